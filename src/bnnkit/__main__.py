@@ -1,0 +1,5 @@
+import sys
+
+from bnnkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,188 @@
+"""The ``bnnkit`` command: thin wrappers over the library, one function per command.
+
+Every user error ends in one line on stderr and exit status 2; ``--json`` prints exactly
+one JSON object on stdout so results can be scripted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from bnnkit import __version__
+from bnnkit.errors import BnnkitError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise BnnkitError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _model_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="architecture name (see `bnnkit models`)")
+    p.add_argument("--dataset", required=True, help="dataset name (see `bnnkit datasets`)")
+    p.add_argument("--recipe", default="baseline", help="recipe name or .toml/.json file (default: baseline)")
+    p.add_argument(
+        "--option",
+        action="append",
+        type=_model_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option, value in JSON (e.g. width=64, channels=[16,32]); repeatable",
+    )
+
+
+def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
+    print(json.dumps(result) if args.json else text)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from bnnkit.recipe import load_recipe
+    from bnnkit.train import RunConfig, TrainOptions, train
+
+    recipe = load_recipe(args.recipe)
+    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    if overrides:
+        recipe = recipe.with_(**overrides)
+    config = RunConfig(
+        model=args.model,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        seed=args.seed,
+        recipe=recipe,
+        model_options=dict(args.option),
+        data_dir=args.data_dir,
+    )
+    config.build_model()  # fail on a bad name or option before touching the output directory
+    options = TrainOptions(resume=args.resume, device=args.device, progress=not args.json, limit_train=args.limit_train)
+    result = train(config, args.out, options)
+    _emit(
+        args,
+        result,
+        f"{config.model} on {config.dataset}: test accuracy {result['test_acc']:.4f} after {config.epochs} epochs"
+        f" (best {result['best_test_acc']:.4f}); run in {args.out}",
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from bnnkit.data import load_dataset
+    from bnnkit.train import evaluate, load_run
+
+    model, config = load_run(args.run_dir)
+    dataset = args.dataset or config.dataset
+    ds = load_dataset(dataset, "test", args.data_dir or config.data_dir)
+    if dataset != config.dataset and ds.info.in_shape != tuple(config.to_dict()["in_shape"]):
+        raise BnnkitError(f"{args.run_dir} was trained on {config.dataset}; {dataset} images have another shape")
+    loss, acc = evaluate(model, ds)
+    result = {"accuracy": acc, "loss": loss, "n": int(len(ds.y)), "dataset": dataset, "model": config.model}
+    _emit(args, result, f"{config.model} on {dataset} test set: accuracy {acc:.4f} ({len(ds.y)} images), loss {loss:.4f}")
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from bnnkit.cost import format_table, layer_costs, totals
+    from bnnkit.data import get_info
+    from bnnkit.models import create_model
+
+    info = get_info(args.dataset)
+    model = create_model(args.model, info.num_classes, info.in_shape, args.recipe, **dict(args.option))
+    rows = layer_costs(model, info.in_shape)
+    result = {"model": args.model, "dataset": args.dataset, "layers": [r.to_dict() for r in rows], "totals": totals(rows)}
+    _emit(args, result, format_table(rows))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from bnnkit.demo import run_demo
+
+    result = run_demo(out=args.out, epochs=args.epochs, data_dir=args.data_dir, progress=not args.json)
+    _emit(args, result, result["message"])
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    if args.command == "models":
+        from bnnkit.models import model_names, model_options
+
+        items = {name: model_options(name) for name in model_names()}
+        text = "\n".join(f"{name:16s} {', '.join(f'{k}={v}' for k, v in opts.items())}" for name, opts in items.items())
+    else:
+        from bnnkit.data import DATASETS
+
+        items = {name: info.description for name, info in DATASETS.items()}
+        text = "\n".join(f"{name:16s} {desc}" for name, desc in items.items())
+    _emit(args, {args.command: items}, text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bnnkit", description="Train binarized neural networks and deploy them on tiny devices.")
+    parser.add_argument("--version", action="version", version=f"bnnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model; writes DIR/model.safetensors, config.json, metrics.jsonl, curves.png")
+    _add_model_args(p)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    p.add_argument("--data-dir", help="where the dataset files are (default: $BNNKIT_DATA or the system location)")
+    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    p.add_argument("--lr", type=float, help="override the recipe's learning rate")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--limit-train", type=int, help="train on the first N images only (quick checks)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="test accuracy of a trained run")
+    p.add_argument("run_dir", type=Path, metavar="DIR")
+    p.add_argument("--dataset", help="evaluate on another dataset of the same shape")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true", help='print {"accuracy", "loss", "n", ...}')
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("summary", help="per-layer parameters, bits, binary vs FP MACs and memory")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_summary)
+
+    p = sub.add_parser("demo", help="train a small binary CNN on data the install brings and report its accuracy")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--epochs", type=int, help="default: chosen to finish in a few minutes on 2 CPU cores")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_demo)
+
+    for name, what in (("models", "architectures and their options"), ("datasets", "datasets and where they come from")):
+        p = sub.add_parser(name, help=f"list {what}")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(fn=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "epochs", None) is not None and args.epochs < 1:
+            raise BnnkitError(f"--epochs must be >= 1, got {args.epochs}")
+        args.fn(args)
+    except BnnkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

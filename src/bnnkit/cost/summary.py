@@ -1,0 +1,151 @@
+"""Per-layer parameter, bit, MAC and memory counts of a model, like Larq's ``summary``.
+
+Counted by tracing one forward pass with hooks, so the shapes are the ones the model
+really produces. Conventions: a MAC is *binary* when both operands are ±1 (an
+XNOR-popcount on the device); every other multiply-accumulate is an FP MAC, BatchNorm
+and per-channel scaling counting one FP MAC per output element. Weights whose kernel
+quantizer is binary cost 1 bit; every other stored value (BN statistics included, as
+they are needed at inference) costs 32 bits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from bnnkit.nn import BinaryConv2d, BinaryLinear, InputNorm
+
+COUNTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, InputNorm)
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    name: str
+    kind: str
+    out_shape: tuple[int, ...]
+    params: int
+    binary_params: int
+    fp_params: int
+    binary_macs: int
+    fp_macs: int
+
+    @property
+    def memory_bytes(self) -> float:
+        return (self.binary_params + 32 * self.fp_params) / 8
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "out_shape": list(self.out_shape), "memory_bytes": self.memory_bytes}
+
+
+def _is_binary(quantizer) -> bool:
+    return quantizer is not None and bool(getattr(quantizer, "binary", False))
+
+
+def _layer_cost(name: str, module: nn.Module, out: torch.Tensor) -> LayerCost:
+    tensors = [t for key, t in module.state_dict().items() if not key.endswith("num_batches_tracked")]
+    params = sum(t.numel() for t in tensors)
+    binary_params = 0
+    if isinstance(module, (BinaryConv2d, BinaryLinear)) and _is_binary(module.kernel_quantizer):
+        binary_params = module.weight.numel()
+    out_elems = out[0].numel()
+    binary_macs = fp_macs = 0
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        fan_in = module.weight[0].numel()
+        macs = out_elems * fan_in
+        binary_input = isinstance(module, (BinaryConv2d, BinaryLinear)) and _is_binary(module.input_quantizer)
+        if binary_input and binary_params:
+            binary_macs = macs
+        else:
+            fp_macs = macs
+        if getattr(module, "weight_scale", "none") != "none":
+            fp_macs += out_elems
+        if module.bias is not None:
+            fp_macs += out_elems
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, InputNorm)):
+        fp_macs = out_elems
+    return LayerCost(
+        name=name,
+        kind=type(module).__name__,
+        out_shape=tuple(out.shape[1:]),
+        params=params,
+        binary_params=binary_params,
+        fp_params=params - binary_params,
+        binary_macs=binary_macs,
+        fp_macs=fp_macs,
+    )
+
+
+def layer_costs(model: nn.Module, in_shape: tuple[int, int, int]) -> list[LayerCost]:
+    """One row per counted layer, in execution order, for a single input of ``in_shape``."""
+    rows: list[LayerCost] = []
+    hooks = [
+        module.register_forward_hook(lambda m, _inp, out, name=name: rows.append(_layer_cost(name, m, out)))
+        for name, module in model.named_modules()
+        if isinstance(module, COUNTED)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *in_shape))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return rows
+
+
+def totals(rows: list[LayerCost]) -> dict:
+    keys = ("params", "binary_params", "fp_params", "binary_macs", "fp_macs")
+    out = {key: sum(getattr(r, key) for r in rows) for key in keys}
+    out["memory_bytes"] = sum(r.memory_bytes for r in rows)
+    # What the same network would need with every weight in 32-bit float.
+    out["fp32_memory_bytes"] = 4 * out["params"]
+    return out
+
+
+def format_table(rows: list[LayerCost]) -> str:
+    header = ("layer", "type", "output", "params", "1-bit", "32-bit", "binary MACs", "FP MACs", "memory")
+    lines = [header]
+    for r in rows:
+        lines.append(
+            (
+                r.name,
+                r.kind,
+                "x".join(map(str, r.out_shape)),
+                f"{r.params:,}",
+                f"{r.binary_params:,}",
+                f"{r.fp_params:,}",
+                f"{r.binary_macs:,}",
+                f"{r.fp_macs:,}",
+                _kib(r.memory_bytes),
+            )
+        )
+    t = totals(rows)
+    lines.append(
+        (
+            "total",
+            "",
+            "",
+            f"{t['params']:,}",
+            f"{t['binary_params']:,}",
+            f"{t['fp_params']:,}",
+            f"{t['binary_macs']:,}",
+            f"{t['fp_macs']:,}",
+            _kib(t["memory_bytes"]),
+        )
+    )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))) for line in lines]
+    text.insert(1, "-" * len(text[0]))
+    text.insert(len(text) - 1, "-" * len(text[0]))
+    ratio = t["fp32_memory_bytes"] / t["memory_bytes"] if t["memory_bytes"] else math.nan
+    text.append(f"memory {_kib(t['memory_bytes'])} vs {_kib(t['fp32_memory_bytes'])} in float32 ({ratio:.1f}x smaller)")
+    return "\n".join(text)
+
+
+def _kib(nbytes: float) -> str:
+    return f"{nbytes / 1024:.2f} KiB"

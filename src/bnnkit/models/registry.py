@@ -1,0 +1,69 @@
+"""``create_model(name, ...)``: one registry of architectures, in the manner of timm."""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from bnnkit.errors import BnnkitError
+from bnnkit.nn import InputNorm
+from bnnkit.recipe import Recipe, load_recipe
+
+Builder = Callable[..., nn.Module]
+MODELS: dict[str, Builder] = {}
+
+
+def register_model(fn: Builder) -> Builder:
+    """Register ``fn(num_classes, in_shape, recipe, **options)`` under its own name."""
+    MODELS[fn.__name__] = fn
+    return fn
+
+
+def model_names() -> list[str]:
+    return sorted(MODELS)
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The keyword options of a model and their defaults."""
+    params = inspect.signature(_builder(name)).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    in_shape: tuple[int, int, int],
+    recipe: Recipe | str | None = None,
+    *,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build architecture ``name`` for inputs of shape ``(C, H, W)`` with the given recipe.
+
+    With ``normalize=(mean, std)`` the network starts with a fixed per-channel
+    normalisation, so that a saved model takes pixels in [0, 1] and carries everything an
+    exporter needs to reproduce its first layer.
+    """
+    builder = _builder(name)
+    unknown = sorted(set(options) - set(model_options(name)))
+    if unknown:
+        known = ", ".join(sorted(model_options(name))) or "none"
+        raise BnnkitError(f"model {name!r} has no option(s) {', '.join(unknown)}; its options: {known}")
+    if num_classes < 2:
+        raise BnnkitError(f"num_classes must be >= 2, got {num_classes}")
+    if len(in_shape) != 3 or min(in_shape) < 1:
+        raise BnnkitError(f"in_shape must be (channels, height, width), got {tuple(in_shape)}")
+    net = builder(num_classes, tuple(in_shape), load_recipe(recipe), **options)
+    if normalize is None:
+        return net
+    return nn.Sequential(OrderedDict(norm=InputNorm(*normalize), net=net))
+
+
+def _builder(name: str) -> Builder:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise BnnkitError(f"unknown model {name!r}; available: {', '.join(model_names())}") from None

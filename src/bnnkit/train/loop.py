@@ -1,0 +1,194 @@
+"""The training loop. One function, read top to bottom, in the spirit of nanoGPT's train.py.
+
+Determinism: the model is initialised from ``seed``; each epoch's batch order and
+augmentation come from a generator seeded by ``(seed, epoch)``; the learning rate and the
+quantizers' schedules are functions of the global step. A run therefore needs nothing but
+the weights and the optimiser state to resume, and 2 epochs straight equal 1 + resume 1
+bit for bit on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from bnnkit.data import ArrayDataset, batches, load_dataset, augmentation_for
+from bnnkit.errors import BnnkitError
+from bnnkit.nn import clip_latent_weights_
+from bnnkit.quant import set_training_progress
+from bnnkit.train.checkpoint import atomic_write, load_state, save_state, save_weights
+from bnnkit.train.optim import lr_factor, make_optimizer, set_lr
+from bnnkit.train.plots import plot_curves
+from bnnkit.train.run import CURVES, METRICS, STATE, WEIGHTS, RunConfig, read_metrics
+
+EVAL_BATCH = 1000
+
+
+@dataclass
+class TrainOptions:
+    """How to run a training, as opposed to what to train (RunConfig)."""
+
+    resume: bool = False
+    device: str = "auto"
+    progress: bool = True
+    limit_train: int | None = None  # first N training images only: quick checks and tests
+    limit_test: int | None = None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BnnkitError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BnnkitError(f"device {name!r} requested but no CUDA GPU is available")
+    return device
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on GPUs only: CPU float32 keeps runs bit-reproducible.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: ArrayDataset, device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (a fraction) over the whole dataset."""
+    device = torch.device(device)
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for x, y in batches(ds, EVAL_BATCH, shuffle=False):
+        x, y = x.to(device), y.to(device)
+        with _autocast(device):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    n = len(ds.y)
+    return loss_sum / n, correct / n
+
+
+def _subset(ds: ArrayDataset, limit: int | None) -> ArrayDataset:
+    if limit is None or limit >= len(ds.y):
+        return ds
+    return ArrayDataset(x=ds.x[:limit], y=ds.y[:limit], info=ds.info)
+
+
+def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptions()) -> dict:
+    """Train ``config`` into directory ``out``; returns the last epoch's metrics."""
+    out = Path(out)
+    recipe = config.recipe
+    device = pick_device(options.device)
+
+    # Data first: a missing dataset must not leave an empty run directory behind.
+    train_ds = _subset(load_dataset(config.dataset, "train", config.data_dir), options.limit_train)
+    test_ds = _subset(load_dataset(config.dataset, "test", config.data_dir), options.limit_test)
+
+    # --- the run directory: fresh, or one to continue ---------------------------------
+    start_epoch, history, state = 0, [], None
+    if (out / STATE).exists():
+        if not options.resume:
+            raise BnnkitError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
+        previous = RunConfig.load(out)
+        if not previous.same_training(config):
+            raise BnnkitError(f"{out}/config.json describes a different run (model, dataset, recipe, options or seed differ)")
+        state = load_state(out / STATE)
+        start_epoch = int(state["epoch"])
+        history = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BnnkitError(f"{out}: cannot create the run directory ({exc.strerror})") from None
+    config.save(out)
+
+    # --- data, model, optimiser --------------------------------------------------------
+    batch_size = min(recipe.batch_size, len(train_ds.y))
+    steps_per_epoch = len(train_ds.y) // batch_size
+    total_steps = steps_per_epoch * config.epochs
+    augment = augmentation_for(config.dataset) != "none"
+
+    torch.manual_seed(config.seed)
+    model = config.build_model().to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+
+    # --- the loop ----------------------------------------------------------------------
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        seen, loss_sum, correct = 0, 0.0, 0
+        bar = tqdm(
+            batches(train_ds, batch_size, shuffle=True, seed=config.seed, epoch=epoch, augment=augment, drop_last=True),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not options.progress,
+            leave=False,
+            unit="batch",
+        )
+        for i, (x, y) in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            set_lr(optimizer, recipe.lr, lr_factor(recipe, step, steps_per_epoch, config.epochs))
+            set_training_progress(model, step / max(1, total_steps - 1))
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if recipe.latent_clip > 0:
+                clip_latent_weights_(model, recipe.latent_clip)
+
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            if i % 10 == 0:
+                rate = seen / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
+        if not math.isfinite(loss_sum):
+            raise BnnkitError(f"training diverged in epoch {epoch + 1} (loss is {loss_sum}); lower the learning rate")
+        train_time = time.perf_counter() - t0
+        test_loss, test_acc = evaluate(model, test_ds, device)
+        record = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "epoch_seconds": train_time,
+            "images_per_second": seen / train_time,
+        }
+        history.append(record)
+
+        # Weights, then state, then metrics: a resume trusts train_state.pt's epoch and
+        # drops any metrics line beyond it.
+        save_weights(out / WEIGHTS, model, metadata={"epoch": str(epoch + 1)})
+        save_state(out / STATE, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        atomic_write(out / METRICS, "".join(json.dumps(m) + "\n" for m in history))
+        if options.progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
+                f" | test loss {test_loss:.4f} acc {test_acc:.4f} | {record['images_per_second']:.0f} img/s"
+            )
+
+    if history:
+        plot_curves(history, out / CURVES, title=f"{config.model} on {config.dataset} ({recipe.name})")
+    final = history[-1] if history else {}
+    best = max((m["test_acc"] for m in history), default=float("nan"))
+    return {**final, "best_test_acc": best, "epochs": config.epochs, "out": str(out)}

@@ -1,0 +1,33 @@
+"""Training curves as a PNG: what people would rather look at than read."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from bnnkit.train.checkpoint import atomic_write
+
+
+def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
+    # Imported here: matplotlib costs a second of start-up that most commands never need.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-"), ("test", "--")):
+        ax_loss.plot(epochs, [m[f"{split}_loss"] for m in history], style, marker="o", label=split)
+        ax_acc.plot(epochs, [100 * m[f"{split}_acc"] for m in history], style, marker="o", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())

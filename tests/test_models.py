@@ -1,0 +1,113 @@
+import pytest
+import torch
+from torch import nn
+
+from bnnkit.errors import BnnkitError
+from bnnkit.models import create_model, model_names, model_options
+from bnnkit.nn import BinaryConv2d, BinaryLinear, InputNorm
+from bnnkit.recipe import BASELINE
+
+SHAPES = {
+    "binarynet_mlp": (1, 28, 28),
+    "ebnn_cnn": (1, 28, 28),
+    "small_cnn": (1, 28, 28),
+    "vgg_small": (3, 32, 32),
+    "resnet20": (3, 32, 32),
+    "resnet18": (3, 32, 32),
+}
+
+
+def test_registry_has_the_required_architectures():
+    assert set(SHAPES) <= set(model_names())
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_forward_and_backward(name):
+    torch.manual_seed(0)
+    options = {"width_mult": 0.25} if "width_mult" in model_options(name) else {}
+    model = create_model(name, 7, SHAPES[name], **options)
+    x = torch.rand(3, *SHAPES[name])
+    out = model(x)
+    assert out.shape == (3, 7)
+    out.sum().backward()
+    binary = [m for m in model.modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
+    assert binary, "a binary network must have binary layers"
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in binary)
+
+
+def _weights(model, kinds):
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, kinds))
+
+
+def test_resnet20_weight_count_matches_the_architecture():
+    model = create_model("resnet20", 10, (3, 32, 32))
+    # stem 3x3x3x16; 6 convs 16->16; 32-wide stage: 16->32 then 5 x 32->32; 64-wide likewise;
+    # two binary 1x1 downsampling shortcuts; the FP classifier 64->10.
+    expected = 3 * 16 * 9 + 6 * 16 * 16 * 9 + (16 * 32 * 9 + 5 * 32 * 32 * 9) + (32 * 64 * 9 + 5 * 64 * 64 * 9)
+    expected += 16 * 32 + 32 * 64
+    assert _weights(model, nn.Conv2d) == expected
+    assert _weights(model, nn.Linear) == 64 * 10
+    # Everything but the stem and the classifier is binary.
+    assert _weights(model, (BinaryConv2d,)) == expected - 3 * 16 * 9
+
+
+def test_resnet18_weight_count():
+    model = create_model("resnet18", 100, (3, 32, 32))
+    widths = [64, 128, 256, 512]
+    expected = 3 * 64 * 9
+    cin = 64
+    for w in widths:
+        expected += cin * w * 9 + 3 * w * w * 9 + (cin * w if cin != w else 0)
+        cin = w
+    assert _weights(model, nn.Conv2d) == expected
+    assert _weights(model, nn.Linear) == 512 * 100
+
+
+def test_small_cnn_layout():
+    model = create_model("small_cnn", 10, (1, 28, 28), width=8, hidden=16)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [type(c) for c in convs] == [nn.Conv2d, BinaryConv2d, BinaryConv2d, BinaryConv2d]
+    assert [c.out_channels for c in convs] == [8, 8, 16, 16]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(16 * 7 * 7, 16), (16, 10)]
+    assert type(linears[0]) is BinaryLinear and type(linears[1]) is nn.Linear
+
+
+def test_first_and_last_layer_precision_is_switchable():
+    recipe = BASELINE.with_(fp_first_layer=False, fp_last_layer=False)
+    model = create_model("ebnn_cnn", 10, (1, 28, 28), recipe)
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert isinstance(first, BinaryConv2d) and first.input_quantizer is None and first.kernel_quantizer is not None
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    assert isinstance(last, BinaryLinear) and last.input_quantizer is not None
+    assert isinstance(list(model.modules())[-1], nn.BatchNorm1d)
+
+
+def test_hidden_activations_are_binary():
+    model = create_model("small_cnn", 10, (1, 28, 28), width=4, hidden=8).eval()
+    seen = []
+    for m in model.modules():
+        if isinstance(m, (BinaryConv2d, BinaryLinear)) and m.input_quantizer is not None:
+            m.input_quantizer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    model(torch.randn(2, 1, 28, 28))
+    assert len(seen) == 4
+    assert all(set(t.unique().tolist()) <= {-1.0, 1.0} for t in seen)
+
+
+def test_normalize_prepends_input_norm():
+    model = create_model("binarynet_mlp", 10, (1, 4, 4), normalize=((0.5,), (0.25,)), width=8, depth=1)
+    assert isinstance(model.norm, InputNorm)
+    x = torch.rand(2, 1, 4, 4)
+    model.eval()
+    torch.testing.assert_close(model(x), model.net((x - 0.5) / 0.25))
+
+
+def test_bad_names_and_options():
+    with pytest.raises(BnnkitError, match="unknown model 'resnet21'.*resnet20"):
+        create_model("resnet21", 10, (3, 32, 32))
+    with pytest.raises(BnnkitError, match="no option.*depth.*width_mult"):
+        create_model("resnet20", 10, (3, 32, 32), depth=3)
+    with pytest.raises(BnnkitError, match="too small"):
+        create_model("vgg_small", 10, (3, 4, 4))
+    with pytest.raises(BnnkitError, match="num_classes"):
+        create_model("ebnn_cnn", 1, (1, 28, 28))

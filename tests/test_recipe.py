@@ -1,0 +1,72 @@
+import json
+
+import pytest
+
+from bnnkit.errors import BnnkitError
+from bnnkit.recipe import BASELINE, Recipe, load_recipe
+
+
+def test_baseline_is_the_default_recipe():
+    assert load_recipe(None) is BASELINE
+    assert load_recipe("baseline") == Recipe()
+    assert BASELINE.input_quantizer == "clipped_ste_sign" and BASELINE.fp_first_layer
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_file_round_trip(tmp_path, suffix):
+    recipe = BASELINE.with_(name="mine", lr=0.003, fp_last_layer=False, pad_value=-1.0, warmup_epochs=2)
+    path = tmp_path / f"r{suffix}"
+    recipe.save(path)
+    assert load_recipe(path) == recipe
+    assert load_recipe(str(path)) == recipe
+
+
+def test_toml_integers_become_floats_and_name_defaults_to_file_stem(tmp_path):
+    path = tmp_path / "quick.toml"
+    path.write_text("lr = 1\npad_value = -1\n")
+    recipe = load_recipe(path)
+    assert recipe.name == "quick" and recipe.lr == 1.0 and isinstance(recipe.lr, float) and recipe.pad_value == -1.0
+
+
+def test_with_changes_only_named_fields():
+    changed = BASELINE.with_(weight_scale="mean_abs")
+    assert changed.weight_scale == "mean_abs"
+    assert {k: v for k, v in changed.to_dict().items() if k != "weight_scale"} == {
+        k: v for k, v in BASELINE.to_dict().items() if k != "weight_scale"
+    }
+    with pytest.raises(BnnkitError, match="unknown recipe field.*colour"):
+        BASELINE.with_(colour="red")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('optimiser = "adam"\n', "unknown recipe key.*optimiser"),
+        ('lr = "fast"\n', "lr must be a float"),
+        ('optimizer = "lamb"\n', "optimizer = 'lamb' is not one of"),
+        ("pad_value = 0.5\n", "pad_value"),
+        ("batch_size = 0\n", "batch_size must be > 0"),
+        ("fp_first_layer = 1\n", "fp_first_layer must be a bool"),
+        ("lr = [\n", "not a valid TOML recipe"),
+    ],
+)
+def test_bad_recipe_files_give_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(BnnkitError, match=message) as info:
+        load_recipe(path)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_name_and_missing_file(tmp_path):
+    with pytest.raises(BnnkitError, match="unknown recipe 'fancy'.*baseline"):
+        load_recipe("fancy")
+    with pytest.raises(BnnkitError, match="cannot read recipe file"):
+        load_recipe(tmp_path / "absent.json")
+
+
+def test_json_recipe_must_be_an_object(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(BnnkitError, match="table of fields"):
+        load_recipe(path)
