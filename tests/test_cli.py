@@ -21,7 +21,7 @@ def test_train_then_eval_json(tmp_path):
     trained = json.loads(proc.stdout)
     assert 0.5 < trained["test_acc"] <= 1.0
     evaluated = json.loads(run_cli("eval", out, "--json").stdout)
-    assert evaluated["n"] == 360 and evaluated["accuracy"] == trained["test_acc"]
+    assert evaluated["n"] == 355 and evaluated["accuracy"] == trained["test_acc"]
 
 
 def test_summary_json_totals_match_layers():

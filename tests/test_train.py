@@ -34,9 +34,26 @@ def test_run_directory_contents(tmp_path):
     assert json.loads((run / "config.json").read_text())["recipe"]["batch_size"] == 64
 
 
-def test_two_epochs_equal_one_plus_resume(tmp_path):
+def interrupt_after_first_checkpoint(monkeypatch):
+    """Make the loop die (like Ctrl-C) right after its first epoch has been committed."""
+    import bnnkit.train.loop as loop
+
+    real = loop.save_state
+
+    def save_then_die(path, state):
+        real(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_state", save_then_die)
+
+
+def test_two_epochs_equal_one_plus_resume(tmp_path, monkeypatch):
     train(digits_config(epochs=2), tmp_path / "straight", QUIET)
-    train(digits_config(epochs=1), tmp_path / "resumed", QUIET)
+    with monkeypatch.context() as m:
+        interrupt_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            train(digits_config(epochs=2), tmp_path / "resumed", QUIET)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "resumed")] == [1]
     train(digits_config(epochs=2), tmp_path / "resumed", TrainOptions(resume=True, progress=False))
     a = safetensors.torch.load_file(tmp_path / "straight" / "model.safetensors")
     b = safetensors.torch.load_file(tmp_path / "resumed" / "model.safetensors")
@@ -49,9 +66,12 @@ def test_two_epochs_equal_one_plus_resume(tmp_path):
     assert read_metrics(tmp_path / "straight")[-1]["test_acc"] == read_metrics(tmp_path / "resumed")[-1]["test_acc"]
 
 
-def test_resume_drops_metrics_beyond_the_checkpoint(tmp_path):
+def test_resume_drops_metrics_beyond_the_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    train(digits_config(epochs=1), run, QUIET)
+    with monkeypatch.context() as m:
+        interrupt_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            train(digits_config(epochs=2), run, QUIET)
     # As if the process died after writing metrics for an epoch whose checkpoint never landed.
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 2, "test_acc": 0.0}) + "\n")

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from bnnkit.errors import BnnkitError
+from bnnkit.nn.layers import PAD_VALUES, WEIGHT_SCALES
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
-WEIGHT_SCALES = ("none", "mean_abs", "learned")
-PAD_VALUES = (0.0, -1.0, 1.0)
 
 
 @dataclass(frozen=True)

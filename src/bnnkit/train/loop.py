@@ -176,11 +176,11 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
         }
         history.append(record)
 
-        # Weights, then state, then metrics: a resume trusts train_state.pt's epoch and
-        # drops any metrics line beyond it.
+        # The training state is written last: it is the commit point. A resume trusts its
+        # epoch, retrains anything after it and drops metrics lines beyond it.
         save_weights(out / WEIGHTS, model, metadata={"epoch": str(epoch + 1)})
-        save_state(out / STATE, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
         atomic_write(out / METRICS, "".join(json.dumps(m) + "\n" for m in history))
+        save_state(out / STATE, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
         if options.progress:
             tqdm.write(
                 f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"

@@ -1,0 +1,66 @@
+"""Batches and augmentation, deterministic in (seed, epoch) and vectorised over a batch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from bnnkit.data import ArrayDataset
+
+CROP_PAD = 4
+_AUGMENTATIONS = {"cifar10": "cifar", "cifar100": "cifar"}
+
+
+def augmentation_for(name: str) -> str:
+    """``"cifar"`` (pad-4 random crop + horizontal flip) for CIFAR, ``"none"`` otherwise."""
+    return _AUGMENTATIONS.get(name, "none")
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator owned by one epoch: a resumed run replays exactly the same batches,
+    whatever else has drawn from the global RNG meanwhile."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> torch.Tensor:
+    """Zero-pad by ``pad``, crop back to the input size at a random offset, and flip
+    left-right with probability 1/2, each image independently."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    flip = torch.rand(b, generator=gen) < 0.5
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = dx[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+def batches(
+    ds: ArrayDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    augment: bool = False,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (float32 images in [0, 1], int64 labels)."""
+    n = len(ds.y)
+    gen = epoch_generator(seed, epoch)
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    images, labels = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        if drop_last and len(idx) < batch_size:
+            break
+        xb = images[idx]
+        if augment:
+            xb = random_crop_flip(xb, gen)
+        yield xb.float().div_(255), labels[idx]
