@@ -31,8 +31,10 @@ LAYOUTS = {
     "cifar100": ("cifar-100-binary", ["train.bin"], "test.bin", "cifar-100-python", ["train"], "test", "fine_labels"),
 }
 
-# What a genuine batch pickle references: ndarray reconstruction, in NumPy 1.x and 2.x spelling.
+# What a genuine batch pickle references: ndarray reconstruction (NumPy 1.x and 2.x
+# spelling), and _codecs.encode, which protocol-2 pickles written by Python 3 use for bytes.
 _ALLOWED = {
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),

@@ -189,8 +189,11 @@ class SteTernary(Quantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         delta = 0.7 * x.detach().abs().mean() if self.ternary_weight_networks else self.threshold_value
-        keep = (x.detach().abs() >= delta).to(x.dtype)
-        return keep * sign_with_gradient(x, clipped_derivative)
+        ternary = (x.detach().abs() >= delta).to(x.dtype) * sign(x.detach())
+        # Straight through hardtanh: the dead zone still passes gradient, or weights in it
+        # could never leave it.
+        hardtanh = torch.clamp(x, -1.0, 1.0)
+        return hardtanh + (ternary - hardtanh).detach()
 
     def extra_repr(self) -> str:
         return "delta=0.7*mean|x|" if self.ternary_weight_networks else f"threshold_value={self.threshold_value}"
