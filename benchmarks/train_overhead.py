@@ -3,8 +3,9 @@
 The twin is the same architecture and code path with the ``identity`` quantizer in place
 of the binarizers, so the ratio isolates what binarization (forward sign, surrogate
 gradient, latent-weight clipping) adds to a training step. Both are timed in the same
-run, interleaved, on random data of the dataset's shape; the per-epoch figure is the
-median step time × the steps in one epoch of the real dataset.
+run, one step each in turn, on random data of the dataset's shape; the per-epoch figure
+is the median step time × the steps in one epoch of the real dataset, the ratio the
+median of the per-step ratios.
 
     python benchmarks/train_overhead.py [--steps 20] [--json]
 """
@@ -34,24 +35,25 @@ CASES = [
 ]
 
 
-def step_times(model, in_shape, classes, steps, batch, recipe):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, *in_shape, generator=gen)
-    y = torch.randint(0, classes, (batch,), generator=gen)
-    optimizer = make_optimizer(model, recipe)
-    model.train()
-    times = []
-    for i in range(steps + 3):
+class Stepper:
+    """One model with its optimiser and a fixed random batch; ``step()`` times one update."""
+
+    def __init__(self, model, in_shape, classes, batch, recipe):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.rand(batch, *in_shape, generator=gen)
+        self.y = torch.randint(0, classes, (batch,), generator=gen)
+        self.model, self.recipe = model.train(), recipe
+        self.optimizer = make_optimizer(model, recipe)
+
+    def step(self) -> float:
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if recipe.latent_clip > 0:
-            clip_latent_weights_(model, recipe.latent_clip)
-        if i >= 3:  # the first steps warm up allocators and caches
-            times.append(time.perf_counter() - t0)
-    return times
+        self.optimizer.step()
+        if self.recipe.latent_clip > 0:
+            clip_latent_weights_(self.model, self.recipe.latent_clip)
+        return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -66,24 +68,22 @@ def main() -> None:
     rows = []
     for name, options, in_shape, classes, epoch_images in CASES:
         torch.manual_seed(0)
-        models = {r.name: create_model(name, classes, in_shape, r, **options) for r in (binary, twin)}
-        medians = {}
-        # Alternate binary and twin in chunks so drift in machine load hits both alike.
-        samples = {key: [] for key in models}
-        for _ in range(2):
-            for key, model in models.items():
-                recipe = binary if key == binary.name else twin
-                samples[key] += step_times(model, in_shape, classes, args.steps // 2, args.batch, recipe)
-        for key, times in samples.items():
-            medians[key] = statistics.median(times)
+        binary_run, twin_run = (
+            Stepper(create_model(name, classes, in_shape, r, **options), in_shape, classes, args.batch, r) for r in (binary, twin)
+        )
+        for _ in range(3):  # warm up allocators and caches
+            binary_run.step(), twin_run.step()
+        # Alternate single steps so that a change in machine load hits both alike; the
+        # median of per-pair ratios is robust to the noisy steps that remain.
+        pairs = [(binary_run.step(), twin_run.step()) for _ in range(args.steps)]
         steps_per_epoch = epoch_images // args.batch
         rows.append(
             {
                 "model": name,
                 "options": options,
-                "binary_s_per_epoch": medians[binary.name] * steps_per_epoch,
-                "fp_s_per_epoch": medians[twin.name] * steps_per_epoch,
-                "ratio": medians[binary.name] / medians[twin.name],
+                "binary_s_per_epoch": statistics.median(b for b, _ in pairs) * steps_per_epoch,
+                "fp_s_per_epoch": statistics.median(t for _, t in pairs) * steps_per_epoch,
+                "ratio": statistics.median(b / t for b, t in pairs),
             }
         )
     if args.json:

@@ -4,135 +4,311 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.quant import QUANTIZERS, Quantizer, get_quantizer, quantizer_names, set_training_progress
+from bnnkit.quant import QUANTIZERS, Quantizer, get_quantizer, quantizer_names, register_quantizer, set_training_progress
 
-POINTS = [-2.0, -1.0001, -1.0, -0.5, -1e-8, 0.0, 1e-8, 0.5, 1.0, 1.0001, 2.0]
-UPSTREAM = torch.arange(1.0, len(POINTS) + 1)  # distinct upstream gradients expose any mix-up
+POINTS = [-1e6, -2.0, -1.0001, -1.0, -0.5, -1e-8, 0.0, 1e-8, 0.5, 1.0, 1.0001, 2.0, 1e6]
+SIGN = [-1, -1, -1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1]
+CLIP = [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]  # 1[|x| <= 1]
+UPSTREAM = torch.arange(1.0, len(POINTS) + 1, dtype=torch.float64)  # distinct values expose any mix-up
+
+REQUIRED = {
+    "ste_sign", "clipped_ste_sign", "approx_sign", "swish_sign", "magnitude_aware_sign",
+    "ede_sign", "dorefa", "ste_ternary", "identity",
+}
 
 
 def forward_backward(name, points=POINTS, **kwargs):
     x = torch.tensor(points, dtype=torch.float64, requires_grad=True)
     y = get_quantizer(name, **kwargs)(x)
-    y.backward(UPSTREAM[: len(points)].double())
+    y.backward(UPSTREAM[: len(points)])
     return y.detach(), x.grad
 
 
-SIGN = [-1, -1, -1, -1, -1, 1, 1, 1, 1, 1, 1]
+def times_upstream(derivative):
+    return [u * d for u, d in zip(UPSTREAM.tolist(), derivative)]
+
+
+# --- registry -------------------------------------------------------------------------
 
 
 def test_required_quantizers_are_registered():
-    required = {"ste_sign", "clipped_ste_sign", "approx_sign", "swish_sign", "magnitude_aware_sign", "ede_sign", "dorefa", "ste_ternary", "identity"}
-    assert required <= set(quantizer_names())
+    assert REQUIRED <= set(quantizer_names())
+    assert quantizer_names() == sorted(QUANTIZERS)
+
+
+@pytest.mark.parametrize("name, bits, binary", [
+    ("ste_sign", 1, True), ("clipped_ste_sign", 1, True), ("approx_sign", 1, True), ("swish_sign", 1, True),
+    ("magnitude_aware_sign", 1, True), ("ede_sign", 1, True), ("ste_ternary", 2, False), ("dorefa", 2, False),
+    ("identity", 32, False),
+])
+def test_bits_and_binary_flags(name, bits, binary):
+    q = get_quantizer(name)
+    assert isinstance(q, Quantizer) and q.bits == bits and q.binary is binary
+    assert get_quantizer("dorefa", k_bit=5).bits == 5
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(QUANTIZERS) if QUANTIZERS[n].binary])
 def test_every_binary_quantizer_maps_zero_to_plus_one(name):
     x = torch.tensor([[0.0, -0.0, -3.0, 3.0]])
     y = get_quantizer(name)(x)
+    # magnitude_aware_sign scales by a positive per-channel factor, so compare signs.
     assert torch.equal(torch.sign(y), torch.tensor([[1.0, 1.0, -1.0, 1.0]]))
 
 
-def test_ste_sign():
+def test_get_quantizer_accepts_names_classes_instances_callables_and_none():
+    assert get_quantizer(None) is None and get_quantizer("none") is None
+    q = get_quantizer("ste_sign")
+    assert type(q) is QUANTIZERS["ste_sign"] and get_quantizer(q) is q
+    assert get_quantizer("ste_sign") is not q  # a name builds a fresh instance each time
+    assert get_quantizer("swish_sign", beta=2.0).beta == 2.0
+    assert get_quantizer(QUANTIZERS["clipped_ste_sign"], clip_value=0.5).clip_value == 0.5
+    wrapped = get_quantizer(torch.tanh)
+    assert isinstance(wrapped, Quantizer) and not wrapped.binary and wrapped.bits == 32
+    assert torch.equal(wrapped(torch.tensor([0.5])), torch.tanh(torch.tensor([0.5])))
+    hardtanh = get_quantizer(nn.Hardtanh())
+    assert isinstance(hardtanh, Quantizer) and hardtanh(torch.tensor([3.0])).item() == 1.0
+
+
+def test_get_quantizer_errors_are_bnnkit_errors_that_name_the_choices():
+    with pytest.raises(BnnkitError, match="unknown quantizer 'sgn'") as info:
+        get_quantizer("sgn")
+    assert all(name in str(info.value) for name in REQUIRED | {"none"})
+    assert "\n" not in str(info.value)
+    with pytest.raises(BnnkitError, match="'swish_sign' got option.* gamma.*takes: beta"):
+        get_quantizer("swish_sign", gamma=2)
+    with pytest.raises(BnnkitError, match="'ste_sign'.*no options"):
+        get_quantizer("ste_sign", clip_value=1.0)
+    with pytest.raises(BnnkitError, match="k_bit"):
+        get_quantizer("dorefa", k_bit=0)
+    with pytest.raises(BnnkitError, match="k_bit"):
+        get_quantizer("dorefa", k_bit=2.0)
+    with pytest.raises(BnnkitError, match="need a quantizer name"):
+        get_quantizer(get_quantizer("ste_sign"), clip_value=1.0)
+    with pytest.raises(BnnkitError, match="got int"):
+        get_quantizer(3)
+    with pytest.raises(BnnkitError, match="beta > 0"):
+        get_quantizer("swish_sign", beta=0.0)
+
+
+def test_register_quantizer_adds_a_name_and_refuses_to_overwrite():
+    @register_quantizer("test_negate")
+    class Negate(Quantizer):
+        """Forward -x, backward -1: a stand-in for a user's own quantizer."""
+
+        def forward(self, x):
+            return -x
+
+    try:
+        assert "test_negate" in quantizer_names()
+        assert get_quantizer("test_negate")(torch.tensor([2.0])).item() == -2.0
+        with pytest.raises(ValueError, match="taken"):
+            register_quantizer("ste_sign")(Negate)
+        with pytest.raises(ValueError, match="taken"):
+            register_quantizer("none")(Negate)
+    finally:
+        del QUANTIZERS["test_negate"]
+
+
+# --- sign with surrogate gradients -----------------------------------------------------
+
+
+def test_ste_sign_passes_the_gradient_everywhere():
     y, g = forward_backward("ste_sign")
     assert y.tolist() == SIGN
-    assert torch.equal(g, UPSTREAM.double())
+    assert torch.equal(g, UPSTREAM)
 
 
-def test_clipped_ste_sign_passes_gradient_on_the_boundary_only_inside():
+def test_clipped_ste_sign_passes_gradient_up_to_and_on_the_boundary():
     y, g = forward_backward("clipped_ste_sign")
     assert y.tolist() == SIGN
-    inside = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0]
-    assert g.tolist() == [u * m for u, m in zip(UPSTREAM.tolist(), inside)]
-    _, g = forward_backward("clipped_ste_sign", [0.4, 0.6], clip_value=0.5)
-    assert g.tolist() == [1.0, 0.0]
+    assert g.tolist() == times_upstream(CLIP)
+    _, g = forward_backward("clipped_ste_sign", [0.4, 0.5, 0.6, -0.5, -0.6], clip_value=0.5)
+    assert g.tolist() == [1.0, 2.0, 0.0, 4.0, 0.0]
 
 
-def test_approx_sign():
+def test_approx_sign_gradient_is_two_minus_two_abs_x_inside_the_unit_interval():
     y, g = forward_backward("approx_sign")
     assert y.tolist() == SIGN
-    # 2 - 2|x| inside [-1, 1], 0 outside.
-    expected = [0, 0, 0, 1, 2 - 2e-8, 2, 2 - 2e-8, 1, 0, 0, 0]
-    assert g.tolist() == pytest.approx([u * e for u, e in zip(UPSTREAM.tolist(), expected)])
+    expected = [0, 0, 0, 0, 1, 2 - 2e-8, 2, 2 - 2e-8, 1, 0, 0, 0, 0]
+    assert g.tolist() == pytest.approx(times_upstream(expected), rel=1e-12, abs=0)
+    _, g = forward_backward("approx_sign", [0.25, -0.75])
+    assert g.tolist() == [1.5, 2 * 0.5]
 
 
 def _signswish(x, beta):
-    s = 1 / (1 + math.exp(-beta * x))
-    return 2 * s * (1 + beta * x * (1 - s)) - 1
+    z = beta * x
+    s = 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
+    return 2 * s * (1 + z * (1 - s)) - 1
 
 
 @pytest.mark.parametrize("beta", [1.0, 5.0])
-def test_swish_sign_gradient_is_the_derivative_of_signswish(beta):
+def test_swish_sign_gradient_is_the_numerical_derivative_of_signswish(beta):
     y, g = forward_backward("swish_sign", beta=beta)
     assert y.tolist() == SIGN
     h = 1e-6
     numeric = [(_signswish(x + h, beta) - _signswish(x - h, beta)) / (2 * h) for x in POINTS]
-    assert (g / UPSTREAM.double()).tolist() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
-    # closed form at 0: beta * 2 / (1 + cosh 0) = beta
-    assert g[POINTS.index(0.0)].item() / UPSTREAM[POINTS.index(0.0)].item() == pytest.approx(beta)
+    assert (g / UPSTREAM).tolist() == pytest.approx(numeric, rel=1e-6, abs=1e-8)
+
+
+def test_swish_sign_gradient_closed_form_values():
+    # β(2 − βx·tanh(βx/2)) / (1 + cosh βx), worked by hand:
+    #   β=5, x=0:    5·2/2 = 5
+    #   β=5, x=±0.2: 5·(2 − tanh 0.5)/(1 + cosh 1) = 5·1.5378828/2.5430806 = 3.0236612
+    #   β=5, x=1:    5·(2 − 5·tanh 2.5)/(1 + cosh 5) = 5·(−2.9330668)/75.209910 = −0.1949923
+    #   β=1, x=2:    (2 − 2·tanh 1)/(1 + cosh 2) = 0.4768117/4.7621957 = 0.1001243
+    _, g = forward_backward("swish_sign", [0.0, 0.2, -0.2, 1.0])
+    assert (g / UPSTREAM[:4]).tolist() == pytest.approx([5.0, 3.0236612, 3.0236612, -0.1949923], rel=1e-6)
+    _, g = forward_backward("swish_sign", [2.0], beta=1.0)
+    assert g.item() == pytest.approx(0.1001243, rel=1e-6)
+
+
+def test_swish_sign_gradient_stays_finite_for_huge_float32_inputs():
+    x = torch.tensor([-1e30, -100.0, 100.0, 1e30], requires_grad=True)
+    get_quantizer("swish_sign")(x).sum().backward()
+    assert torch.equal(x.grad.abs(), torch.zeros(4))
+
+
+def ede_expected(t):
+    k = max(1 / t, 1)
+    return times_upstream([k * t * (1 - math.tanh(t * p) ** 2) for p in POINTS])
 
 
 @pytest.mark.parametrize("progress, t", [(0.0, 0.1), (0.5, 1.0), (1.0, 10.0)])
 def test_ede_sign_follows_its_schedule(progress, t):
     q = get_quantizer("ede_sign")
-    set_training_progress(torch.nn.Sequential(q), progress)
+    set_training_progress(nn.Sequential(nn.Linear(1, 1), nn.Sequential(q)), progress)
+    assert q.progress.item() == progress
     x = torch.tensor(POINTS, dtype=torch.float64, requires_grad=True)
-    q(x).backward(UPSTREAM.double())
-    k = max(1 / t, 1)
-    expected = [u * k * t * (1 - math.tanh(t * p) ** 2) for u, p in zip(UPSTREAM.tolist(), POINTS)]
-    assert x.grad.tolist() == pytest.approx(expected)
+    y = q(x)
+    y.backward(UPSTREAM)
+    assert y.tolist() == SIGN
+    assert x.grad.tolist() == pytest.approx(ede_expected(t), rel=1e-12, abs=1e-300)
 
 
-def test_magnitude_aware_sign_scales_by_mean_abs_per_output_channel():
+def test_ede_sign_ends_of_the_schedule_by_hand():
+    q = get_quantizer("ede_sign")
+    x = torch.tensor([0.0, 10.0], dtype=torch.float64, requires_grad=True)
+    q(x).sum().backward()
+    # p=0: t=0.1, k=10 → k·t = 1 at zero; at x=10, 1 − tanh²(1) = 0.4199743
+    assert x.grad.tolist() == pytest.approx([1.0, 0.4199743], rel=1e-6)
+    q.set_progress(1.0)
+    x.grad = None
+    q(x).sum().backward()
+    # p=1: t=10, k=1 → 10 at zero; at x=10, 10·(1 − tanh²(100)) underflows to 0
+    assert x.grad.tolist() == pytest.approx([10.0, 0.0], abs=1e-12)
+
+
+def test_ede_progress_is_clamped_buffer_not_saved_with_the_weights():
+    q = get_quantizer("ede_sign")
+    q.set_progress(1.5)
+    assert q.progress.item() == 1.0
+    q.set_progress(-0.1)
+    assert q.progress.item() == 0.0
+    assert "progress" in dict(q.named_buffers()) and "progress" not in q.state_dict()
+    q.set_progress(0.25)
+    assert "progress=0.250" in repr(q)
+
+
+def test_ede_gradient_uses_the_progress_of_its_forward_pass():
+    q = get_quantizer("ede_sign")
+    x = torch.tensor([0.0], requires_grad=True)
+    y = q(x)
+    q.set_progress(1.0)  # between forward and backward: must not leak into this step
+    y.backward()
+    assert x.grad.item() == pytest.approx(1.0)
+
+
+# --- magnitude-aware sign --------------------------------------------------------------
+
+
+def test_magnitude_aware_sign_by_hand():
     w = torch.tensor([[0.5, -1.5, 0.0], [-0.2, 0.1, 0.3]], dtype=torch.float64, requires_grad=True)
     y = get_quantizer("magnitude_aware_sign")(w)
-    expected = torch.tensor([[1, -1, 1], [-1, 1, 1]], dtype=torch.float64) * torch.tensor([[2 / 3], [0.2]], dtype=torch.float64)
-    assert torch.allclose(y, expected)
-    up = torch.arange(1.0, 7.0, dtype=torch.float64).view(2, 3)
-    y.backward(up)
-    # scale is a constant in backward; the sign passes |w| <= 1 only.
-    ref = up * torch.tensor([[2 / 3], [0.2]], dtype=torch.float64) * (w.detach().abs() <= 1)
-    assert torch.allclose(w.grad, ref)
+    # α = mean|w| per row: 2/3 and 0.2
+    assert torch.allclose(y, torch.tensor([[2 / 3, -2 / 3, 2 / 3], [-0.2, 0.2, 0.2]], dtype=torch.float64))
+    y.backward(torch.arange(1.0, 7.0, dtype=torch.float64).view(2, 3))
+    # ∂/∂w = α·g·1[|w|≤1] + sign(w)/n·Σ g·s, with d|w|/dw = 0 at w = 0:
+    #   row 0: α=2/3, Σ g·s = 1 − 2 + 3 = 2 → [2/3 + 2/3, 0 − 2/3, 2 + 0]
+    #   row 1: α=0.2, Σ g·s = −4 + 5 + 6 = 7 → [0.8 − 7/3, 1 + 7/3, 1.2 + 7/3]
+    expected = [[4 / 3, -2 / 3, 2.0], [0.8 - 7 / 3, 1 + 7 / 3, 1.2 + 7 / 3]]
+    assert torch.allclose(w.grad, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_magnitude_aware_sign_matches_an_explicit_reference_expression():
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    w[0, 0, 0] = torch.tensor([0.0, 1.0])
+    w[1, 2, 1] = torch.tensor([-1.0, 1.0001])
+    w[2] *= 3  # a channel with many weights beyond the clip
+    up = torch.arange(w.numel(), dtype=torch.float64).view_as(w) - 20
+
+    a = w.clone().requires_grad_()
+    out = get_quantizer("magnitude_aware_sign")(a)
+    out.backward(up)
+
+    b = w.clone().requires_grad_()
+    alpha = b.abs().mean(dim=(1, 2, 3), keepdim=True)
+    clipped = b.clamp(-1, 1)  # straight through with the hardtanh's gradient
+    ref = alpha * (torch.where(b >= 0, 1.0, -1.0).double() + clipped - clipped.detach())
+    ref.backward(up)
+
+    assert torch.allclose(out, ref) and torch.allclose(a.grad, b.grad)
+    assert torch.equal(out / alpha.detach(), torch.where(w >= 0, 1.0, -1.0).double())
+
+
+# --- more than one bit -----------------------------------------------------------------
+
+
+def _half_points(levels):
+    """x with x·levels exactly (i + 0.5): the points where the rounding rule decides."""
+    points = [(i + 0.5) / levels for i in range(levels)]
+    assert all(p * levels == i + 0.5 for i, p in enumerate(points))
+    return points
+
+
+@pytest.mark.parametrize("k, expected_steps", [
+    (1, [0]),  # 0.5 → 0
+    (2, [0, 2, 2]),  # 0.5 → 0, 1.5 → 2, 2.5 → 2
+    (3, [0, 2, 2, 4, 4, 6, 6]),
+])
+def test_dorefa_rounds_halves_to_even(k, expected_steps):
+    levels = 2**k - 1
+    y, _ = forward_backward("dorefa", _half_points(levels), k_bit=k)
+    assert (y * levels).tolist() == pytest.approx(expected_steps, abs=1e-12)
 
 
 @pytest.mark.parametrize("k, points, expected", [
-    (1, [-0.5, 0.0, 0.49, 0.5, 0.51, 1.0, 1.5], [0, 0, 0, 0, 1, 1, 1]),
-    (2, [1 / 6, 0.2, 0.5, 5 / 6, 0.9], [0, 1 / 3, 2 / 3, 2 / 3, 1]),  # 1/6*3=0.5→0 and 5/6*3=2.5→2: halves round to even
-    (3, [0.0, 1 / 7, 0.3, 1.0], [0, 1 / 7, 2 / 7, 1]),
+    (1, [-0.5, 0.0, 0.49, 0.51, 1.0, 1.5], [0, 0, 0, 1, 1, 1]),
+    (2, [-3.0, 0.1, 0.2, 0.9, 1.0, 7.0], [0, 0, 1 / 3, 1, 1, 1]),
+    (3, [0.0, 1 / 7, 0.3, 0.99, 1.0], [0, 1 / 7, 2 / 7, 1, 1]),
 ])
-def test_dorefa_levels(k, points, expected):
-    x = torch.tensor(points, dtype=torch.float64, requires_grad=True)
-    y = get_quantizer("dorefa", k_bit=k)(x)
-    assert y.tolist() == pytest.approx(expected)
-    y.backward(torch.ones_like(y))
-    assert x.grad.tolist() == [1.0 if 0 <= p <= 1 else 0.0 for p in points]
+def test_dorefa_levels_and_straight_through_inside_the_unit_interval(k, points, expected):
+    y, g = forward_backward("dorefa", points, k_bit=k)
+    assert y.tolist() == pytest.approx(expected, abs=1e-15)
+    assert g.tolist() == times_upstream([1.0 if 0 <= p <= 1 else 0.0 for p in points])
 
 
-def test_ste_ternary():
+def test_ste_ternary_with_a_fixed_threshold():
     y, g = forward_backward("ste_ternary", threshold_value=0.5)
-    assert y.tolist() == [-1, -1, -1, -1, 0, 0, 0, 1, 1, 1, 1]
-    inside = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0]
-    assert g.tolist() == [u * m for u, m in zip(UPSTREAM.tolist(), inside)]
-    x = torch.tensor([1.0, -1.0, 0.1, -0.5])  # TWN: delta = 0.7 * 0.65 = 0.455
-    assert get_quantizer("ste_ternary", ternary_weight_networks=True)(x).tolist() == [1, -1, 0, -1]
+    # |x| < 0.5 → 0; x = ±0.5 is on the threshold and keeps its sign
+    assert y.tolist() == [-1, -1, -1, -1, -1, 0, 0, 0, 1, 1, 1, 1, 1]
+    # the clipped STE, dead zone included
+    assert g.tolist() == times_upstream(CLIP)
+    y, _ = forward_backward("ste_ternary", [-0.06, -0.05, -0.04, 0.0, 0.04, 0.05, 0.3])
+    assert y.tolist() == [-1, -1, 0, 0, 0, 1, 1]
+
+
+def test_ste_ternary_twn_threshold_is_per_tensor():
+    x = torch.tensor([1.0, -1.0, 0.1, -0.5])  # Δ = 0.7 · 0.65 = 0.455
+    q = get_quantizer("ste_ternary", ternary_weight_networks=True)
+    assert q(x).tolist() == [1, -1, 0, -1]
+    assert q(x * 10).tolist() == [1, -1, 0, -1]  # Δ scales with the tensor
+    assert q(torch.tensor([0.3, 0.2, 0.1])).tolist() == [1, 1, 0]  # Δ = 0.14
 
 
 def test_identity():
     y, g = forward_backward("identity")
-    assert y.tolist() == POINTS and torch.equal(g, UPSTREAM.double())
-
-
-def test_get_quantizer_accepts_names_instances_callables_and_none():
-    assert get_quantizer(None) is None and get_quantizer("none") is None
-    q = get_quantizer("ste_sign")
-    assert get_quantizer(q) is q and q.binary and q.bits == 1
-    wrapped = get_quantizer(torch.tanh)
-    assert isinstance(wrapped, Quantizer) and not wrapped.binary
-    assert torch.equal(wrapped(torch.tensor([0.5])), torch.tanh(torch.tensor([0.5])))
-    with pytest.raises(BnnkitError, match="unknown quantizer 'sgn'.*clipped_ste_sign"):
-        get_quantizer("sgn")
-    with pytest.raises(BnnkitError, match="swish_sign"):
-        get_quantizer("swish_sign", gamma=2)
-    with pytest.raises(BnnkitError, match="k_bit"):
-        get_quantizer("dorefa", k_bit=0)
+    assert y.tolist() == POINTS and torch.equal(g, UPSTREAM)

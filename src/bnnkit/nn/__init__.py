@@ -1,4 +1,5 @@
-"""Binary layers and the small blocks that repair methods add."""
+"""Binary layers (quantizers from ``bnnkit.quant`` on their inputs and weights) and the
+helpers the trainer applies to them."""
 
 from bnnkit.nn.layers import BinaryConv2d, BinaryLinear, InputNorm, binary_layers, clip_latent_weights_
 

@@ -3,6 +3,8 @@
 The latent weights stay float32 parameters (what the optimiser updates); the forward
 pass uses their quantized values. Subclassing ``nn.Conv2d``/``nn.Linear`` keeps every
 tool that understands those layers (initialisation, summaries, ``isinstance``) working.
+There is no sign activation module: the sign lives in the next layer's
+``input_quantizer``, as in Larq.
 """
 
 from __future__ import annotations
@@ -14,25 +16,51 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.quant import get_quantizer
+from bnnkit.quant import Quantizer, get_quantizer
 
 WEIGHT_SCALES = ("none", "mean_abs", "learned")
 PAD_VALUES = (0.0, -1.0, 1.0)
 
 
+def _quantizer_name(q: Quantizer | None) -> str:
+    return "None" if q is None else (q.registered_name or type(q).__name__)
+
+
 class _BinaryMixin:
-    """Quantizers and the per-output-channel scale shared by both binary layers."""
+    """Quantizers and the per-output-channel scale shared by both binary layers.
+
+    ``weight_scale``:
+
+    * ``"none"``: the output of the binary product as is.
+    * ``"mean_abs"``: XNOR-Net's analytic ``α_c = mean|W_c|`` over the channel's
+      in×kh×kw latent weights, recomputed every forward; the gradient flows through it
+      into the latent weights.
+    * ``"learned"``: XNOR-Net++'s learnable ``α`` (parameter ``scale``, shape (out,)),
+      initialised to ``mean|W_c|`` so that training starts from XNOR-Net's scaling
+      (and re-initialised with the weights by ``reset_parameters``).
+
+    α multiplies the output channel, which equals scaling the weights but keeps the
+    product itself purely binary; the bias is added after the scaling.
+    """
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    scale: nn.Parameter | None
 
     def _init_binary(self, input_quantizer, kernel_quantizer, weight_scale: str) -> None:
         self.input_quantizer = get_quantizer(input_quantizer)
         self.kernel_quantizer = get_quantizer(kernel_quantizer)
-        if weight_scale not in WEIGHT_SCALES:
+        if not isinstance(weight_scale, str) or weight_scale not in WEIGHT_SCALES:
             raise BnnkitError(f"unknown weight_scale {weight_scale!r}; use one of {', '.join(WEIGHT_SCALES)}")
         self.weight_scale = weight_scale
-        # XNOR-Net++ learns the scale; starting at mean|W| makes it start as XNOR-Net's.
         self.scale = None
         if weight_scale == "learned":
             self.scale = nn.Parameter(self._mean_abs().detach().clone())
+
+    def _reset_scale(self) -> None:
+        if getattr(self, "scale", None) is not None:
+            with torch.no_grad():
+                self.scale.copy_(self._mean_abs())
 
     def _mean_abs(self) -> torch.Tensor:
         return self.weight.abs().flatten(1).mean(dim=1)
@@ -42,30 +70,36 @@ class _BinaryMixin:
         wq = self.weight if self.kernel_quantizer is None else self.kernel_quantizer(self.weight)
         return xq, wq
 
-    def _scaled(self, out: torch.Tensor) -> torch.Tensor:
-        """XNOR-Net's α applied to the output, which equals scaling the weights but keeps
-        the product itself purely binary."""
-        if self.weight_scale == "none":
-            return out
-        alpha = self.scale if self.weight_scale == "learned" else self._mean_abs()
+    def _scaled_plus_bias(self, out: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (out.ndim - 2)
-        return out * alpha.view(shape)
+        if self.weight_scale != "none":
+            alpha = self.scale if self.weight_scale == "learned" else self._mean_abs()
+            out = out * alpha.view(shape)
+        if self.bias is not None:
+            out = out + self.bias.view(shape)
+        return out
 
     def _binary_repr(self) -> str:
-        def name(q) -> str:
-            return "None" if q is None else getattr(q, "registered_name", type(q).__name__)
-
-        return f"input_quantizer={name(self.input_quantizer)}, kernel_quantizer={name(self.kernel_quantizer)}, weight_scale={self.weight_scale}"
+        return (
+            f"input_quantizer={_quantizer_name(self.input_quantizer)}, "
+            f"kernel_quantizer={_quantizer_name(self.kernel_quantizer)}, weight_scale={self.weight_scale}"
+        )
 
 
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     """A 2-D convolution on quantized inputs with quantized weights.
 
-    Padding is explicit: the quantized input is padded with ``pad_value`` and then
-    convolved without implicit padding. ``pad_value=0`` (the default) makes the padded
-    taps contribute nothing, which a binary runtime reproduces by counting only the valid
-    taps; ``-1``/``+1`` keep the padded map strictly binary (Simons & Lee discuss both).
-    ``self.padding`` still reports the logical padding, so shapes read as for nn.Conv2d.
+    ``input_quantizer``/``kernel_quantizer`` take a registered name, a ``Quantizer``, any
+    callable, or ``None`` for no quantization of that side (a first layer on real pixels
+    uses ``input_quantizer=None``). ``weight_scale`` is described in ``_BinaryMixin``.
+
+    Padding is explicit: the *quantized* input is padded with ``pad_value`` and then
+    convolved with no implicit padding, so the padded taps hold exactly ``pad_value``
+    whatever the quantizer. ``pad_value=0`` (the default) makes them contribute nothing,
+    which a binary runtime reproduces by counting only the valid taps; ``-1``/``+1`` keep
+    the padded map strictly binary, so an XNOR-popcount kernel needs no border case.
+    ``self.padding`` still reports the logical padding, so shapes (and summaries)
+    read as for an ``nn.Conv2d`` of the same configuration.
     """
 
     def __init__(
@@ -89,25 +123,34 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         )
         if isinstance(self.padding, str):
             raise BnnkitError("BinaryConv2d needs numeric padding, not 'same'/'valid'")
-        if float(pad_value) not in PAD_VALUES:
+        try:
+            pad = float(pad_value)
+        except (TypeError, ValueError):
+            pad = None
+        if isinstance(pad_value, bool) or pad not in PAD_VALUES:
             raise BnnkitError(f"pad_value must be one of 0, -1, +1, got {pad_value!r}")
-        self.pad_value = float(pad_value)
+        self.pad_value = pad + 0.0  # -0.0 → 0.0, for the repr
         self._init_binary(input_quantizer, kernel_quantizer, weight_scale)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self._reset_scale()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
         ph, pw = self.padding
         if ph or pw:
             xq = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value)
-        out = F.conv2d(xq, wq, self.bias, self.stride, 0, self.dilation, self.groups)
-        return self._scaled(out)
+        out = F.conv2d(xq, wq, None, self.stride, 0, self.dilation, self.groups)
+        return self._scaled_plus_bias(out)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._binary_repr()}, pad_value={self.pad_value:g}"
 
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
-    """A fully connected layer on quantized inputs with quantized weights."""
+    """A fully connected layer on quantized inputs with quantized weights; quantizers and
+    ``weight_scale`` as for ``BinaryConv2d``."""
 
     def __init__(
         self,
@@ -122,34 +165,45 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self._init_binary(input_quantizer, kernel_quantizer, weight_scale)
 
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self._reset_scale()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
-        return self._scaled(F.linear(xq, wq, self.bias))
+        return self._scaled_plus_bias(F.linear(xq, wq))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._binary_repr()}"
 
 
 class InputNorm(nn.Module):
-    """Fixed per-channel ``(x − mean) / std``; the statistics are saved with the weights
-    so a trained model carries how it saw its input."""
+    """Fixed per-channel ``(x − mean) / std`` over dim 1. The statistics are persistent
+    buffers of shape (C,), saved with the weights, so a trained model carries how it saw
+    its input and an exporter can fold them into the first layer."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        if len(mean) != len(std) or min(std) <= 0:
-            raise BnnkitError(f"InputNorm needs one positive std per mean, got mean={list(mean)}, std={list(std)}")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        mean, std = list(mean), list(std)
+        if not mean or len(mean) != len(std) or min(std) <= 0:
+            raise BnnkitError(f"InputNorm needs one positive std per mean, got mean={mean}, std={std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
 
     def extra_repr(self) -> str:
-        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+        return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
 
 
 def binary_layers(model: nn.Module) -> list[nn.Module]:
-    """The binary layers whose weights are binarized (their latent weights are what gets clipped)."""
+    """The ``BinaryConv2d``/``BinaryLinear`` layers whose kernel quantizer is binary, in
+    ``model.modules()`` order: the ones whose weights are latent (clipped, not decayed)."""
     return [
         m
         for m in model.modules()
@@ -159,8 +213,8 @@ def binary_layers(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def clip_latent_weights_(model: nn.Module, value: float = 1.0) -> None:
-    """Clamp latent binary weights to [-value, value] (BinaryNet): beyond the clip a
+    """Clamp the latent weights of ``binary_layers(model)`` to [-value, value], in place
+    (BinaryNet; the trainer calls it after every optimiser step). Beyond the clip a
     weight gets no gradient through the clipped STE and could never flip back."""
     for m in binary_layers(model):
         m.weight.clamp_(-value, value)
-

@@ -3,8 +3,12 @@
 One registry, looked up by name, in the manner of Larq's quantizers. Every quantizer is a
 small ``torch.nn.Module`` so that the ones with parameters or schedules (``swish_sign``'s
 β, ``ede_sign``'s training progress) work like the stateless ones. Conventions fixed
-once: ``sign(0) = +1`` for every binary quantizer, and the surrogate gradient of each is
-written next to its forward in the docstring.
+once: ``sign(0) = +1`` for every sign-like quantizer, and the surrogate gradient of each
+is written next to its forward in the docstring.
+
+Registered names: ``ste_sign``, ``clipped_ste_sign``, ``approx_sign``, ``swish_sign``,
+``ede_sign``, ``magnitude_aware_sign`` (in ``sign``) and ``ste_ternary``, ``dorefa``,
+``identity`` (in ``multibit``).
 """
 
 from bnnkit.quant.registry import (
@@ -15,8 +19,8 @@ from bnnkit.quant.registry import (
     register_quantizer,
     set_training_progress,
 )
-from bnnkit.quant import sign  # noqa: F401  (registers the quantizers)
-from bnnkit.quant import multibit  # noqa: F401
+from bnnkit.quant.sign import sign
+from bnnkit.quant import multibit  # noqa: F401  (registers its quantizers; sign's register on import above)
 
 __all__ = [
     "QUANTIZERS",
@@ -25,4 +29,5 @@ __all__ = [
     "quantizer_names",
     "register_quantizer",
     "set_training_progress",
+    "sign",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -22,10 +23,24 @@ class Quantizer(nn.Module):
 
     bits: int = 32
     binary: bool = False
+    registered_name: str | None = None
+
+    def __init__(self) -> None:
+        # An explicit empty signature lets get_quantizer reject options that a
+        # stateless quantizer does not take (nn.Module.__init__ takes *args, **kwargs).
+        super().__init__()
 
 
 def register_quantizer(name: str) -> Callable[[type[Quantizer]], type[Quantizer]]:
+    """Class decorator: make ``cls`` available to ``get_quantizer(name)``."""
+
     def decorate(cls: type[Quantizer]) -> type[Quantizer]:
+        if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
+            raise TypeError(f"register_quantizer({name!r}) needs a Quantizer subclass, got {cls!r}")
+        # "none" already means "no quantizer"; a silent overwrite would swap a layer's
+        # binarizer behind the user's back.
+        if name == "none" or QUANTIZERS.get(name, cls) is not cls:
+            raise ValueError(f"quantizer name {name!r} is taken")
         QUANTIZERS[name] = cls
         cls.registered_name = name
         return cls
@@ -38,7 +53,8 @@ def quantizer_names() -> list[str]:
 
 
 class _Wrapped(Quantizer):
-    """A plain callable used as a quantizer; assumed full precision unless it says otherwise."""
+    """A plain callable used as a quantizer; full precision unless the callable carries
+    ``bits``/``binary`` attributes of its own."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
@@ -50,31 +66,51 @@ class _Wrapped(Quantizer):
         return self.fn(x)
 
     def extra_repr(self) -> str:
-        return getattr(self.fn, "__name__", repr(self.fn))
+        return "" if isinstance(self.fn, nn.Module) else getattr(self.fn, "__name__", repr(self.fn))
+
+
+def _instantiate(name: str, cls: type[Quantizer], kwargs: dict) -> Quantizer:
+    # Binding first tells a misspelt option apart from a TypeError raised inside __init__.
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError:
+        params = list(inspect.signature(cls).parameters)
+        takes = ", ".join(params) if params else "no options"
+        raise BnnkitError(f"quantizer {name!r} got option(s) {', '.join(sorted(kwargs))}; it takes: {takes}") from None
+    return cls(**kwargs)
 
 
 def get_quantizer(spec, **kwargs) -> Quantizer | None:
-    """A quantizer from a registered name, an instance, any callable, or None/"none"."""
-    if spec is None or spec == "none":
+    """Resolve what a layer was given as its quantizer.
+
+    ``None`` or ``"none"`` → ``None`` (that side stays full precision); a registered name
+    → a new instance built with ``kwargs``; a ``Quantizer`` subclass → a new instance; a
+    ``Quantizer`` instance → itself (shared, not copied); any other callable → wrapped
+    in a ``Quantizer`` that calls it.
+    """
+    if spec is None:
         return None
+    if isinstance(spec, str):
+        if spec == "none":
+            return None
+        if spec not in QUANTIZERS:
+            raise BnnkitError(f"unknown quantizer {spec!r}; available: none, {', '.join(quantizer_names())}")
+        return _instantiate(spec, QUANTIZERS[spec], kwargs)
+    if isinstance(spec, type) and issubclass(spec, Quantizer):
+        return _instantiate(spec.__name__, spec, kwargs)
+    if kwargs:
+        raise BnnkitError(f"quantizer options ({', '.join(sorted(kwargs))}) need a quantizer name, not a {type(spec).__name__}")
     if isinstance(spec, Quantizer):
         return spec
-    if isinstance(spec, str):
-        try:
-            cls = QUANTIZERS[spec]
-        except KeyError:
-            raise BnnkitError(f"unknown quantizer {spec!r}; available: {', '.join(quantizer_names())}") from None
-        try:
-            return cls(**kwargs)
-        except TypeError as exc:
-            raise BnnkitError(f"quantizer {spec!r}: {exc}") from None
     if callable(spec):
         return _Wrapped(spec)
     raise BnnkitError(f"a quantizer must be a name, a callable or None, got {type(spec).__name__}")
 
 
 def set_training_progress(module: nn.Module, progress: float) -> None:
-    """Tell every scheduled quantizer in ``module`` how far training is, in [0, 1]."""
+    """Tell every scheduled quantizer in ``module`` (those with ``set_progress``, such as
+    ``ede_sign``) how far training is, from 0 (first step) to 1 (last step). The trainer
+    calls this before every optimiser step."""
     for m in module.modules():
         if isinstance(m, Quantizer) and hasattr(m, "set_progress"):
             m.set_progress(progress)

@@ -19,12 +19,15 @@ Derivative = Callable[[torch.Tensor], torch.Tensor]
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:
-    """±1 with sign(0) = +1: zero must map to a bit, and bit 1 ⇔ +1 ⇔ x ≥ 0."""
-    return (x >= 0).to(x.dtype) * 2 - 1
+    """±1 with sign(0) = +1 (and -0.0 → +1): zero must map to a bit, and the bit
+    convention is 1 ⇔ +1 ⇔ x ≥ 0. ``torch.sign`` would give 0."""
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(x >= 0, one, -one)
 
 
 class _SignFunction(torch.autograd.Function):
-    """Forward sign; backward multiplies the incoming gradient by ``derivative(x)``."""
+    """Forward sign; backward multiplies the incoming gradient by ``derivative(x)``
+    (``None`` means the plain straight-through estimator, ``d(x) = 1``)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, derivative: Derivative | None) -> torch.Tensor:
@@ -42,11 +45,13 @@ class _SignFunction(torch.autograd.Function):
 
 
 def sign_with_gradient(x: torch.Tensor, derivative: Derivative | None) -> torch.Tensor:
+    """``sign(x)`` whose backward pretends its derivative is ``derivative(x)``."""
     return _SignFunction.apply(x, derivative)
 
 
 def clipped_derivative(x: torch.Tensor, clip_value: float = 1.0) -> torch.Tensor:
-    """1 inside [-clip, clip] (the boundary included), 0 outside: the hardtanh derivative."""
+    """1 inside [-clip, clip], the boundary included (as ``torch.clamp`` passes gradient
+    at its bounds, so a latent weight clipped to exactly ±1 can still move); 0 outside."""
     return (x.abs() <= clip_value).to(x.dtype)
 
 
@@ -57,8 +62,8 @@ class _Sign(Quantizer):
 
 @register_quantizer("ste_sign")
 class SteSign(_Sign):
-    """Sign with the plain straight-through estimator: ``d(x) = 1`` everywhere
-    (Bengio et al., 2013)."""
+    """Sign with the plain straight-through estimator (Bengio et al., 2013):
+    ``d(x) = 1`` everywhere, the incoming gradient passes unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sign_with_gradient(x, None)
@@ -67,8 +72,8 @@ class SteSign(_Sign):
 @register_quantizer("clipped_ste_sign")
 class ClippedSteSign(_Sign):
     """Sign with the clipped STE of BinaryNet (Courbariaux et al., 2016):
-    ``d(x) = 1[|x| ≤ clip_value]``, the derivative of hardtanh. At exactly ``|x| = clip``
-    the gradient passes, as it does through ``torch.clamp``."""
+    ``d(x) = 1[|x| ≤ clip_value]``, the derivative of hardtanh. At exactly
+    ``|x| = clip_value`` the gradient passes."""
 
     def __init__(self, clip_value: float = 1.0):
         super().__init__()
@@ -91,8 +96,9 @@ def _approx_sign_derivative(x: torch.Tensor) -> torch.Tensor:
 @register_quantizer("approx_sign")
 class ApproxSign(_Sign):
     """Sign with Bi-Real Net's ApproxSign gradient (Liu et al., 2018): the derivative of
-    the piecewise quadratic ``2x + x²`` (x < 0) / ``2x − x²`` (x ≥ 0) on [-1, 1],
-    ``d(x) = max(0, 2 − 2|x|)``: 2 at zero, falling to 0 at ±1."""
+    the piecewise quadratic ``2x + x²`` (−1 ≤ x < 0) / ``2x − x²`` (0 ≤ x ≤ 1), ±1
+    outside, i.e. ``d(x) = 2 − 2|x|`` for ``|x| < 1`` and 0 elsewhere: 2 at zero,
+    falling linearly to 0 at ±1."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sign_with_gradient(x, _approx_sign_derivative)
@@ -105,11 +111,19 @@ def swish_sign_function(x: torch.Tensor, beta: float) -> torch.Tensor:
     return 2 * s * (1 + beta * x * (1 - s)) - 1
 
 
+def _swish_sign_derivative(x: torch.Tensor, beta: float) -> torch.Tensor:
+    # cosh overflows to inf for large |βx|, which gives the right limit, 0.
+    z = beta * x
+    return beta * (2 - z * torch.tanh(z / 2)) / (1 + torch.cosh(z))
+
+
 @register_quantizer("swish_sign")
 class SwishSign(_Sign):
     """Sign with the SignSwish gradient of BNN+ (Darabi et al., 2018):
-    ``d(x) = β(2 − βx·tanh(βx/2)) / (1 + cosh(βx))``. Larger β approaches the sign; β=5
-    is the paper's choice for CIFAR."""
+    ``d(x) = β(2 − βx·tanh(βx/2)) / (1 + cosh(βx))``, the derivative of
+    ``swish_sign_function``. It peaks at β for x = 0 and turns slightly negative for
+    ``|x| ≳ 2.4/β``, pushing values away from the flip point. ``beta`` (default 5.0, the
+    paper's choice) sets the width: larger β is closer to the true sign."""
 
     def __init__(self, beta: float = 5.0):
         super().__init__()
@@ -118,8 +132,8 @@ class SwishSign(_Sign):
         self.beta = float(beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.beta
-        return sign_with_gradient(x, lambda v: b * (2 - b * v * torch.tanh(b * v / 2)) / (1 + torch.cosh(b * v)))
+        beta = self.beta
+        return sign_with_gradient(x, lambda v: _swish_sign_derivative(v, beta))
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}"
@@ -129,71 +143,57 @@ class SwishSign(_Sign):
 class EdeSign(_Sign):
     """Sign with IR-Net's Error Decay Estimator (Qin et al., 2020):
     ``d(x) = k·t·(1 − tanh²(t·x))`` with ``t = T_min·10^(p·log10(T_max/T_min))`` and
-    ``k = max(1/t, 1)``, where ``p ∈ [0, 1]`` is the training progress. Early on the
-    gradient is close to the identity (good updates everywhere); towards the end it
-    approaches the sign's own (accurate near zero). The trainer calls
-    ``set_progress`` before every step (see ``set_training_progress``)."""
+    ``k = max(1/t, 1)``, where ``p ∈ [0, 1]`` is the training progress. At p = 0
+    (t = 0.1, k = 10) the gradient is nearly the identity, so every latent value gets
+    updated; at p = 1 (t = 10, k = 1) it is a narrow bump around zero, close to the
+    sign's own.
+
+    ``p`` lives in the buffer ``progress``; the trainer sets it before every step with
+    ``set_progress`` (via ``set_training_progress``). The buffer is not persistent: it
+    only shapes the backward pass, so a saved model does not need it and the cost model
+    does not count it as a weight.
+    """
+
+    progress: torch.Tensor
 
     def __init__(self, t_min: float = 0.1, t_max: float = 10.0):
         super().__init__()
         if not 0 < t_min < t_max:
             raise BnnkitError(f"ede_sign needs 0 < t_min < t_max, got {t_min}, {t_max}")
         self.t_min, self.t_max = float(t_min), float(t_max)
-        self.progress = 0.0
+        self.register_buffer("progress", torch.zeros(()), persistent=False)
 
     def set_progress(self, progress: float) -> None:
-        self.progress = min(1.0, max(0.0, float(progress)))
+        # Clamped, not rejected: step / (steps − 1) can land a rounding error past 1.
+        self.progress.fill_(min(1.0, max(0.0, float(progress))))
 
-    def t_and_k(self) -> tuple[float, float]:
-        t = self.t_min * 10 ** (self.progress * math.log10(self.t_max / self.t_min))
-        return t, max(1.0 / t, 1.0)
+    def t_and_k(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        # A tensor computation, so the forward pass never waits on the device for p.
+        p = self.progress.to(dtype)
+        t = self.t_min * torch.pow(10.0, p * math.log10(self.t_max / self.t_min))
+        return t, torch.clamp(1 / t, min=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t, k = self.t_and_k()
+        t, k = self.t_and_k(x.dtype)
         return sign_with_gradient(x, lambda v: k * t * (1 - torch.tanh(t * v) ** 2))
 
     def extra_repr(self) -> str:
-        return f"t_min={self.t_min}, t_max={self.t_max}, progress={self.progress:.3f}"
+        return f"t_min={self.t_min}, t_max={self.t_max}, progress={self.progress.item():.3f}"
 
 
 @register_quantizer("magnitude_aware_sign")
 class MagnitudeAwareSign(_Sign):
-    """Bi-Real Net's weight binarizer: ``sign(w) · mean|w|`` per output channel (dim 0).
+    """Bi-Real Net's weight binarizer: ``sign(w) · mean|w|`` per output channel (dim 0,
+    the mean over all other dims). Meant for weights, not activations.
 
-    The gradient goes through the sign with the clipped STE, times the scale; the scale
-    itself is treated as a constant in the backward pass, as in Bi-Real's update rule.
+    Backward: the product rule on ``α · s`` with ``α = mean|w|`` and ``s = sign(w)``.
+    Through ``s`` the clipped STE, ``α · 1[|w| ≤ 1]``; through ``α`` its true gradient,
+    ``sign(w) / n`` for the ``n`` weights of the channel (0 at w = 0, as torch
+    differentiates |w|). Each weight therefore gets
+    ``α·g·1[|w|≤1] + sign(w)/n · Σ_channel g·s``. An all-zero channel outputs zeros.
     """
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         dims = tuple(range(1, w.ndim))
-        scale = w.detach().abs().mean(dim=dims, keepdim=True) if dims else w.detach().abs()
+        scale = w.abs().mean(dim=dims, keepdim=True) if dims else w.abs()
         return scale * sign_with_gradient(w, clipped_derivative)
-
-
-@register_quantizer("ste_ternary")
-class SteTernary(Quantizer):
-    """Ternary −1/0/+1: 0 where ``|x| < Δ``, else sign(x); the clipped STE backward.
-
-    Δ is ``threshold_value`` or, with ``ternary_weight_networks=True``, ``0.7·mean|x|``
-    over the whole tensor (Li & Liu, 2016, TWN).
-    """
-
-    bits = 2
-
-    def __init__(self, threshold_value: float = 0.05, ternary_weight_networks: bool = False):
-        super().__init__()
-        if not threshold_value >= 0:
-            raise BnnkitError(f"ste_ternary needs threshold_value >= 0, got {threshold_value}")
-        self.threshold_value = float(threshold_value)
-        self.ternary_weight_networks = bool(ternary_weight_networks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        delta = 0.7 * x.detach().abs().mean() if self.ternary_weight_networks else self.threshold_value
-        ternary = (x.detach().abs() >= delta).to(x.dtype) * sign(x.detach())
-        # Straight through hardtanh: the dead zone still passes gradient, or weights in it
-        # could never leave it.
-        hardtanh = torch.clamp(x, -1.0, 1.0)
-        return hardtanh + (ternary - hardtanh).detach()
-
-    def extra_repr(self) -> str:
-        return "delta=0.7*mean|x|" if self.ternary_weight_networks else f"threshold_value={self.threshold_value}"
