@@ -94,12 +94,14 @@ def test_hidden_activations_are_binary():
     assert all(set(t.unique().tolist()) <= {-1.0, 1.0} for t in seen)
 
 
-def test_normalize_prepends_input_norm():
+def test_normalize_prepends_input_norm_to_a_full_precision_first_layer_only():
     model = create_model("binarynet_mlp", 10, (1, 4, 4), normalize=((0.5,), (0.25,)), width=8, depth=1)
     assert isinstance(model.norm, InputNorm)
     x = torch.rand(2, 1, 4, 4)
     model.eval()
     torch.testing.assert_close(model(x), model.net((x - 0.5) / 0.25))
+    binary_first = create_model("binarynet_mlp", 10, (1, 4, 4), "embedded", normalize=((0.5,), (0.25,)), width=8)
+    assert not any(isinstance(m, InputNorm) for m in binary_first.modules())
 
 
 def test_bad_names_and_options():

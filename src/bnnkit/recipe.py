@@ -136,7 +136,13 @@ def _toml_value(value: Any) -> str:
 
 BASELINE = Recipe()
 
-RECIPES: dict[str, Recipe] = {"baseline": BASELINE}
+RECIPES: dict[str, Recipe] = {
+    "baseline": BASELINE,
+    # Every layer binary-weighted, so the whole network runs in integers on a device:
+    # the first layer multiplies uint8 pixels by ±1, the last one's scores are a BN of
+    # popcounts.
+    "embedded": BASELINE.with_(name="embedded", fp_first_layer=False, fp_last_layer=False),
+}
 
 
 def recipe_names() -> list[str]:

@@ -43,9 +43,11 @@ def create_model(
 ) -> nn.Module:
     """Build architecture ``name`` for inputs of shape ``(C, H, W)`` with the given recipe.
 
-    With ``normalize=(mean, std)`` the network starts with a fixed per-channel
-    normalisation, so that a saved model takes pixels in [0, 1] and carries everything an
-    exporter needs to reproduce its first layer.
+    A model takes pixels in [0, 1]. With ``normalize=(mean, std)`` and a full-precision
+    first layer, it starts with a fixed per-channel normalisation (saved with the weights).
+    A binary first layer sees the pixels as they are: its BatchNorm does the centring,
+    its zero padding is a black pixel, and its sums are integers / 255, so a device
+    computes it exactly from uint8 input.
     """
     builder = _builder(name)
     unknown = sorted(set(options) - set(model_options(name)))
@@ -56,8 +58,9 @@ def create_model(
         raise BnnkitError(f"num_classes must be >= 2, got {num_classes}")
     if len(in_shape) != 3 or min(in_shape) < 1:
         raise BnnkitError(f"in_shape must be (channels, height, width), got {tuple(in_shape)}")
-    net = builder(num_classes, tuple(in_shape), load_recipe(recipe), **options)
-    if normalize is None:
+    recipe = load_recipe(recipe)
+    net = builder(num_classes, tuple(in_shape), recipe, **options)
+    if normalize is None or not recipe.fp_first_layer:
         return net
     return nn.Sequential(OrderedDict(norm=InputNorm(*normalize), net=net))
 
