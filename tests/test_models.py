@@ -102,6 +102,8 @@ def test_normalize_prepends_input_norm_to_a_full_precision_first_layer_only():
     torch.testing.assert_close(model(x), model.net((x - 0.5) / 0.25))
     binary_first = create_model("binarynet_mlp", 10, (1, 4, 4), "embedded", normalize=((0.5,), (0.25,)), width=8)
     assert not any(isinstance(m, InputNorm) for m in binary_first.modules())
+    pixels = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(binary_first.norm(pixels.float() / 255), pixels.float())  # exact integers back
 
 
 def test_bad_names_and_options():

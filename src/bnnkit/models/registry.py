@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.nn import InputNorm
+from bnnkit.nn import InputNorm, IntegerPixels
 from bnnkit.recipe import Recipe, load_recipe
 
 Builder = Callable[..., nn.Module]
@@ -45,9 +45,9 @@ def create_model(
 
     A model takes pixels in [0, 1]. With ``normalize=(mean, std)`` and a full-precision
     first layer, it starts with a fixed per-channel normalisation (saved with the weights).
-    A binary first layer sees the pixels as they are: its BatchNorm does the centring,
-    its zero padding is a black pixel, and its sums are integers / 255, so a device
-    computes it exactly from uint8 input.
+    A binary first layer instead sees the integer pixel values 0..255 (`IntegerPixels`):
+    its BatchNorm does the centring, its zero padding is a black pixel, and its sums are
+    exact integers, so a device computes it bit for bit from uint8 input.
     """
     builder = _builder(name)
     unknown = sorted(set(options) - set(model_options(name)))
@@ -60,7 +60,9 @@ def create_model(
         raise BnnkitError(f"in_shape must be (channels, height, width), got {tuple(in_shape)}")
     recipe = load_recipe(recipe)
     net = builder(num_classes, tuple(in_shape), recipe, **options)
-    if normalize is None or not recipe.fp_first_layer:
+    if not recipe.fp_first_layer:
+        return nn.Sequential(OrderedDict(norm=IntegerPixels(), net=net))
+    if normalize is None:
         return net
     return nn.Sequential(OrderedDict(norm=InputNorm(*normalize), net=net))
 

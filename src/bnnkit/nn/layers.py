@@ -201,6 +201,18 @@ class InputNorm(nn.Module):
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
 
 
+class IntegerPixels(nn.Module):
+    """Pixels in [0, 1] back to their integer values 0..255, exactly.
+
+    Every ``k / 255`` in float32, times 255, rounds back to ``k``; the rounding makes
+    that explicit. A binary first layer on these sums integers far below 2^24, which
+    float32 holds exactly, so PyTorch and an integer device compute the same values.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 255)
+
+
 def binary_layers(model: nn.Module) -> list[nn.Module]:
     """The ``BinaryConv2d``/``BinaryLinear`` layers whose kernel quantizer is binary, in
     ``model.modules()`` order: the ones whose weights are latent (clipped, not decayed)."""
