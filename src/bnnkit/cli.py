@@ -110,6 +110,49 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _emit(args, result, result["message"])
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from bnnkit.export import export_and_check
+
+    result = export_and_check(args.run_dir, args.output, check=args.check, allow_approx=args.allow_approx, data_dir=args.data_dir)
+    _emit(
+        args,
+        result,
+        f"exported {result['ops']} ops to {args.output}; on {result['n']} test images the graph agrees with the "
+        f"module on {result['top1_agreement']:.2%} of labels and {result['sign_agreement']:.4%} of binary activations",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from bnnkit.graph import Graph
+    from bnnkit.runtime.evaluate import run_graph
+
+    graph = Graph.load(args.graph)
+    r = run_graph(graph, args.runtime, args.dataset, args.limit, args.data_dir, progress=not args.json)
+    exact = "bit-identical scores" if r["bit_exact"] else "scores differ"
+    _emit(
+        args,
+        r,
+        f"{args.graph} in {r['runtime']} on {r['dataset']} ({r['n']} images): accuracy {r['accuracy']:.4f}, "
+        f"agreement with numpy {r['agreement']:.2%} ({exact})",
+    )
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from bnnkit.cost.graph_cost import format_profile, profile
+    from bnnkit.graph import Graph
+
+    result = profile(Graph.load(args.graph))
+    _emit(args, result, format_profile(result))
+
+
+def cmd_codegen(args: argparse.Namespace) -> None:
+    from bnnkit.graph import Graph
+    from bnnkit.runtime.c import write_sources
+
+    files = write_sources(Graph.load(args.graph), args.output, args.prefix)
+    _emit(args, {"files": [str(f) for f in files]}, "wrote " + ", ".join(str(f) for f in files))
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "models":
         from bnnkit.models import model_names, model_options
@@ -161,6 +204,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("export", help="trained run -> integer graph file, checked against the module")
+    p.add_argument("run_dir", type=Path, metavar="DIR", help="a directory written by `bnnkit train`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="graph file to write (e.g. model.bnn)")
+    p.add_argument("--check", type=int, default=1000, help="test images to compare module and graph on (default 1000; 0 skips)")
+    p.add_argument("--allow-approx", action="store_true", help="export layers without an exact integer form, and report agreement")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("run", help="accuracy of a graph in a runtime, and its agreement with the numpy reference")
+    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    p.add_argument("--runtime", choices=("numpy", "c"), default="numpy")
+    p.add_argument("--dataset", help="default: the dataset the model was trained on")
+    p.add_argument("--limit", type=int, help="first N test images only")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true", help='print {"accuracy", "agreement", "n", ...}')
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("profile", help="per layer: weight bytes, activation bytes, binary and FP ops; planned RAM")
+    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_profile)
+
+    p = sub.add_parser("codegen", help="write the C sources of a graph for your own build")
+    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    p.add_argument("-o", "--output", type=Path, required=True, help="directory for the .c and .h")
+    p.add_argument("--prefix", default="bnn", help="C identifier prefix and file name (default bnn)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_codegen)
 
     for name, what in (("models", "architectures and their options"), ("datasets", "datasets and where they come from")):
         p = sub.add_parser(name, help=f"list {what}")

@@ -1,0 +1,58 @@
+"""Run a graph on a real test set in one of the runtimes and score it."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+
+from bnnkit.data import load_dataset
+from bnnkit.errors import BnnkitError
+from bnnkit.graph import Graph
+from bnnkit.runtime.numpy_ref import predict
+
+RUNTIMES = ("numpy", "c")
+
+
+def test_images(graph: Graph, dataset: str | None, limit: int | None, data_dir: str | None):
+    """The test split the graph was trained for (or ``dataset``), first ``limit`` images."""
+    name = dataset or graph.meta.get("dataset")
+    if not name:
+        raise BnnkitError("the graph does not record its dataset; pass --dataset")
+    ds = load_dataset(name, "test", data_dir)
+    if ds.info.in_shape != graph.input_shape:
+        raise BnnkitError(f"{name} images are {ds.info.in_shape}, the graph takes {graph.input_shape}")
+    if limit is not None and limit < 1:
+        raise BnnkitError(f"--limit must be >= 1, got {limit}")
+    return name, ds.x[:limit], ds.y[:limit]
+
+
+def run_graph(graph: Graph, runtime: str = "numpy", dataset: str | None = None, limit: int | None = None,
+              data_dir: str | None = None, progress: bool = False) -> dict:
+    """Accuracy of ``graph`` in ``runtime`` on a test set, and its agreement with the NumPy
+    reference: the fraction of equal labels and whether every score is bit-identical."""
+    if runtime not in RUNTIMES:
+        raise BnnkitError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    name, x, y = test_images(graph, dataset, limit, data_dir)
+    t0 = time.perf_counter()
+    ref_scores, ref_labels = predict(graph, x, progress=progress)
+    seconds = {"numpy": time.perf_counter() - t0}
+    scores, labels = ref_scores, ref_labels
+    if runtime == "c":
+        from bnnkit.runtime.c import build_host
+
+        with tempfile.TemporaryDirectory(prefix="bnnkit-c-") as work:
+            host = build_host(graph, work)
+            t0 = time.perf_counter()
+            scores, labels = host.predict(x)
+            seconds["c"] = time.perf_counter() - t0
+    return {
+        "runtime": runtime,
+        "dataset": name,
+        "n": int(len(y)),
+        "accuracy": float(np.mean(labels == y)),
+        "agreement": float(np.mean(labels == ref_labels)),
+        "bit_exact": bool(np.array_equal(scores, ref_scores)),
+        "seconds": seconds,
+    }

@@ -1,0 +1,163 @@
+"""The NumPy reference interpreter: the specification of every graph op.
+
+Written for clarity, not speed. Activations carry a leading batch axis. ``bits`` are
+bool arrays (True ⇔ +1); binary arithmetic is done on their ±1 values, so each op reads
+as its formula. Integer sums are computed with float matrix products (BLAS), which are
+exact while every partial sum stays below 2**24 in float32 or 2**53 in float64:
+``_exact_dtype`` picks the smaller type that is exact for the worst case of the layer.
+Results are converted back to int32 at once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from bnnkit.errors import BnnkitError
+from bnnkit.graph import INT32_MIN, Graph, Op, _pair
+
+PAD_VALUE = {"zero": 0.0, "minus_one": -1.0, "plus_one": 1.0}
+
+
+def pm1(bits: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """bits (True ⇔ +1) → ±1."""
+    return np.where(bits, 1.0, -1.0).astype(dtype, copy=False)
+
+
+def _exact_dtype(max_abs_input: int, fan_in: int):
+    return np.float32 if max_abs_input * fan_in < 2**24 else np.float64
+
+
+def _to_i32(x: np.ndarray) -> np.ndarray:
+    if np.abs(x).max(initial=0) >= 2**31:
+        raise BnnkitError("an integer sum overflowed int32")
+    return x.astype(np.int32)
+
+
+def _conv(x: np.ndarray, w: np.ndarray, stride, padding, pad_value: float) -> np.ndarray:
+    """x (N,C,H,W), w (O,C,kh,kw) ±1, both of an exact float type → (N,O,Ho,Wo) sums."""
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+    win = sliding_window_view(x, w.shape[2:], axis=(2, 3))[:, :, ::sh, ::sw]  # N,C,Ho,Wo,kh,kw
+    n, _, ho, wo = win.shape[:4]
+    patches = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, -1)  # one row per output pixel
+    out = patches @ w.reshape(len(w), -1).T
+    return _to_i32(out.reshape(n, ho, wo, len(w)).transpose(0, 3, 1, 2))
+
+
+def _fan_in(op: Op) -> int:
+    return int(np.prod(op.params["weight"].shape[1:]))
+
+
+def input_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
+    # A padded pixel is 0 (black), so it adds nothing to the sum.
+    dt = _exact_dtype(255, _fan_in(op))
+    return _conv(x.astype(dt), pm1(op.params["weight"], dt), op.attrs["stride"], op.attrs["padding"], 0.0)
+
+
+def binary_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
+    # 'zero' pads with 0, which is exactly "sum over the valid taps only".
+    dt = _exact_dtype(1, _fan_in(op))
+    pad = PAD_VALUE[op.attrs["pad"]]
+    return _conv(pm1(x, dt), pm1(op.params["weight"], dt), op.attrs["stride"], op.attrs["padding"], pad)
+
+
+def input_dense(op: Op, x: np.ndarray) -> np.ndarray:
+    dt = _exact_dtype(255, _fan_in(op))
+    return _to_i32(x.astype(dt) @ pm1(op.params["weight"], dt).T)
+
+
+def binary_dense(op: Op, x: np.ndarray) -> np.ndarray:
+    dt = _exact_dtype(1, _fan_in(op))
+    return _to_i32(pm1(x, dt) @ pm1(op.params["weight"], dt).T)
+
+
+def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    """(C,) → broadcastable against (N, C, ...) of ``ndim`` dims."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def threshold(op: Op, x: np.ndarray) -> np.ndarray:
+    t = _per_channel(op.params["thresh"].astype(np.int64), x.ndim)
+    flip = _per_channel(op.params["flip"], x.ndim)
+    # INT32_MIN: x >= t always holds and x <= t never does (sums never reach INT32_MIN).
+    assert x.min(initial=0) > INT32_MIN
+    return np.where(flip, x <= t, x >= t)
+
+
+def affine(op: Op, x: np.ndarray) -> np.ndarray:
+    scale = _per_channel(op.params["scale"], x.ndim)
+    bias = _per_channel(op.params["bias"], x.ndim)
+    # float32 throughout: two roundings, product then sum (the C code is built without FMA).
+    return (x.astype(np.float32) * scale).astype(np.float32) + bias
+
+
+def add(op: Op, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return _to_i32(a.astype(np.int64) + b) if a.dtype == np.int32 else (a + b).astype(np.float32)
+
+
+def _windows(op: Op, x: np.ndarray) -> np.ndarray:
+    (kh, kw), (sh, sw) = _pair(op.attrs["kernel"]), _pair(op.attrs["stride"])
+    ho, wo = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
+    return win.reshape(win.shape[:4] + (-1,))
+
+
+def maxpool(op: Op, x: np.ndarray) -> np.ndarray:
+    win = _windows(op, x)
+    out = win.max(axis=-1)  # on bool: OR
+    if "min_channels" in op.params:
+        mins = _per_channel(op.params["min_channels"], 4)
+        out = np.where(mins, win.min(axis=-1), out)  # on bool: AND
+    return out
+
+
+def avgpool(op: Op, x: np.ndarray) -> np.ndarray:
+    return _to_i32(_windows(op, x).astype(np.int64).sum(axis=-1))
+
+
+def flatten(op: Op, x: np.ndarray) -> np.ndarray:
+    return x.reshape(x.shape[0], -1)
+
+
+def argmax(op: Op, x: np.ndarray) -> np.ndarray:
+    return np.argmax(x, axis=1)  # first maximum wins
+
+
+KERNELS: dict[str, Callable[..., np.ndarray]] = {
+    f.__name__: f
+    for f in (input_conv2d, input_dense, binary_conv2d, binary_dense, threshold, affine, add, maxpool, avgpool, flatten, argmax)
+}
+
+
+def check_input(graph: Graph, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.uint8 or x.shape[1:] != graph.input_shape:
+        raise BnnkitError(f"graph input must be uint8 of shape (N, {', '.join(map(str, graph.input_shape))}), got {x.dtype} {x.shape}")
+    return x
+
+
+def execute(graph: Graph, x: np.ndarray, keep: bool = False) -> dict[str, np.ndarray]:
+    """Run ``graph`` on a batch of uint8 images (N, C, H, W). Returns the graph's scores and
+    labels, and with ``keep=True`` every intermediate tensor by name."""
+    env = {graph.input: check_input(graph, x)}
+    for op in graph.ops:
+        env[op.output] = KERNELS[op.kind](op, *(env[name] for name in op.inputs))
+    if keep:
+        return env
+    return {graph.scores: env[graph.scores], graph.ops[-1].output: env[graph.ops[-1].output]}
+
+
+def predict(graph: Graph, x: np.ndarray, batch_size: int = 100, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N, classes) and labels (N,) for a set of images, a batch at a time."""
+    from tqdm import tqdm
+
+    scores, labels = [], []
+    starts = range(0, len(x), batch_size)
+    for i in tqdm(starts, desc="numpy runtime", unit="batch", disable=not progress, leave=False):
+        env = execute(graph, x[i : i + batch_size])
+        scores.append(env[graph.scores])
+        labels.append(env[graph.ops[-1].output])
+    return np.concatenate(scores), np.concatenate(labels)
