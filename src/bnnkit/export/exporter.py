@@ -33,7 +33,9 @@ from torch import nn
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
 from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels
+from bnnkit.quant import get_quantizer
 
+_APPROX_SIGN = "ste_sign"  # the sign used where --allow-approx binarizes a full-precision layer
 # Integers pushed through the float chain at once: bounds memory for wide layers.
 _CHUNK = 1 << 16
 
@@ -48,6 +50,7 @@ class _Chain:
     before_pool: list[nn.Module] = field(default_factory=list)
     pool: nn.MaxPool2d | None = None
     after_pool: list[nn.Module] = field(default_factory=list)
+    flatten: str = ""  # name of a Flatten met after the chain: applied to its bits
 
     def double(self) -> "_Chain":
         for m in [self.layer, *self.before_pool, *self.after_pool]:
@@ -115,35 +118,37 @@ class Exporter:
             )
         cur, kind = "input", "u8"  # kind: u8 | bits | chain
         chain: _Chain | None = None
-        shape = self.in_shape
         for i, (name, m) in enumerate(modules[1:], start=1):
+            last = i == len(modules) - 1
+            if type(m) is nn.Linear and last and self.allow_approx:
+                m = self._approx_classifier(name, m)
             if isinstance(m, (BinaryConv2d, BinaryLinear)):
                 if kind == "chain":
-                    cur, kind = self._threshold(chain, m, name), "bits"
-                chain = self._binary_layer(name, m, cur, kind, shape)
+                    cur, kind = self._threshold(chain, m.input_quantizer, name), "bits"
+                    if chain.flatten:
+                        cur = self._emit("flatten", [cur], name=chain.flatten)
+                chain = self._binary_layer(name, m, cur, kind)
                 cur, kind = chain.tensor, "chain"
             elif isinstance(m, nn.MaxPool2d):
-                if kind != "chain" or chain.pool is not None:
+                if kind != "chain" or chain.pool is not None or chain.flatten:
                     self._refuse(name, "a max-pool is exported only on a binary layer's sums, once between two layers")
                 self._check_pool(name, m)
                 chain.pool = m
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                if kind != "chain":
+                if kind != "chain" or chain.flatten:
                     self._refuse(name, "BatchNorm must follow a binary layer")
                 chain.add(m)
             elif isinstance(m, nn.Flatten):
-                if kind == "chain":
-                    nxt = modules[i + 1][1] if i + 1 < len(modules) else None
-                    if not isinstance(nxt, BinaryLinear):
-                        self._refuse(name, "a flatten of real values must feed a binary linear layer")
-                    cur, kind = self._threshold(chain, nxt, modules[i + 1][0]), "bits"
-                cur = self._emit("flatten", [cur], name=name)
+                if kind == "chain":  # flatten the bits once the next layer has binarized them
+                    chain.flatten = name
+                else:
+                    cur = self._emit("flatten", [cur], name=name)
             elif isinstance(m, nn.Identity) or isinstance(m, nn.Dropout):
                 continue
             else:
-                self._refuse(name, f"{type(m).__name__} has no exact integer form")
-            shape = None  # only the first layer needs the input shape
-        if kind != "chain":
+                hint = " (--allow-approx binarizes a full-precision classifier)" if type(m) is nn.Linear and last else ""
+                self._refuse(name, f"{type(m).__name__} has no exact integer form{hint}")
+        if kind != "chain" or chain.flatten:
             self._refuse("<output>", "the model must end with a binary layer (and its BatchNorm)")
         scores = self._affine(chain)
         self._emit("argmax", [scores], name="argmax")
@@ -153,7 +158,16 @@ class Exporter:
         if m.padding not in (0, (0, 0)) or m.dilation not in (1, (1, 1)) or m.ceil_mode:
             self._refuse(name, "only max-pools without padding, dilation or ceil_mode are exported")
 
-    def _binary_layer(self, name: str, m: nn.Module, cur: str, kind: str, shape) -> _Chain:
+    def _approx_classifier(self, name: str, m: nn.Linear) -> BinaryLinear:
+        """XNOR-Net's approximation of a full-precision classifier: binarized input (the sign
+        of what the model feeds it) times sign(W), scaled by mean|W| per class."""
+        approx = BinaryLinear(m.in_features, m.out_features, bias=m.bias is not None,
+                              input_quantizer=_APPROX_SIGN, weight_scale="mean_abs")
+        approx.load_state_dict(m.state_dict())
+        self.notes.append(f"{name}: full-precision classifier replaced by sign(input) x sign(W) x mean|W| + bias")
+        return approx
+
+    def _binary_layer(self, name: str, m: nn.Module, cur: str, kind: str) -> _Chain:
         if m.input_quantizer is None and kind != "u8":
             self._refuse(name, "a layer without an input quantizer is only exported as the first layer (integer pixels)")
         if m.input_quantizer is not None and kind != "bits":
@@ -183,9 +197,9 @@ class Exporter:
         return _Chain(tensor, m, bound)
 
     @torch.no_grad()
-    def _threshold(self, chain: _Chain, consumer: nn.Module, name: str) -> str:
-        """Collapse ``chain`` followed by ``consumer``'s input sign into threshold (+ pool)."""
-        q = consumer.input_quantizer
+    def _threshold(self, chain: _Chain, q: nn.Module, name: str) -> str:
+        """Collapse ``chain`` followed by the sign ``q`` (the next layer's input quantizer)
+        into one threshold per channel, and its max-pool into a pool of bits."""
         c = chain.channels
         bits = []
         for lo in range(-chain.bound, chain.bound + 1, _CHUNK):

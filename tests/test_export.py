@@ -1,0 +1,131 @@
+"""Exporter: module vs graph, bit for bit on every binary activation, on random models
+whose BatchNorms hold realistic statistics plus the awkward cases (γ < 0, γ = 0)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnnkit.data import load_dataset
+from bnnkit.errors import BnnkitError
+from bnnkit.export import compare, export_model
+from bnnkit.graph import INT32_MIN
+from bnnkit.models import create_model
+from bnnkit.recipe import RECIPES
+
+EMBEDDED = RECIPES["embedded"]
+DIGITS = load_dataset("digits", "test")
+
+
+def calibrated(model: nn.Module, x: np.ndarray, seed: int = 0) -> nn.Module:
+    """Running statistics from real inputs, then random affine BN parameters including
+    negative and zero γ, so thresholds flip and channels go constant."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a plain average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(x).float() / 255)
+        for bn in bns:
+            c = bn.num_features
+            bn.weight.copy_(torch.randn(c, generator=g))
+            bn.weight[torch.rand(c, generator=g) < 0.1] = 0.0
+            bn.bias.copy_(torch.randn(c, generator=g) * 0.5)
+    return model.eval()
+
+
+def check_exact(model, x):
+    graph = export_model(model, x.shape[1:])
+    result = compare(model, graph, x)
+    assert result["sign_agreement"] and all(v == 1.0 for v in result["sign_agreement"].values()), result["sign_agreement"]
+    assert result["top1_agreement"] == 1.0
+    return graph
+
+
+@pytest.mark.parametrize(
+    "name, options, changes",
+    [
+        ("ebnn_cnn", {"channels": [7, 12]}, {}),
+        ("ebnn_cnn", {"channels": [5, 9], "kernel": 5}, {"weight_scale": "mean_abs"}),
+        ("small_cnn", {"width": 6, "hidden": 20}, {"pad_value": -1.0}),
+        ("small_cnn", {"width": 5, "hidden": 33}, {"pad_value": 1.0, "weight_scale": "learned"}),
+        ("binarynet_mlp", {"width": 40, "depth": 2}, {"input_quantizer": "approx_sign"}),
+        ("vgg_small", {"width_mult": 0.05}, {"kernel_quantizer": "ste_sign"}),
+    ],
+)
+def test_graph_reproduces_every_sign(name, options, changes):
+    torch.manual_seed(0)
+    in_shape = (3, 32, 32) if name == "vgg_small" else DIGITS.info.in_shape
+    x = DIGITS.x if name != "vgg_small" else np.random.default_rng(0).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)
+    model = calibrated(create_model(name, 10, in_shape, EMBEDDED.with_(**changes), **options), x)
+    graph = check_exact(model, x)
+    kinds = [op.kind for op in graph.ops if op.kind != "flatten"]
+    assert kinds[0] in ("input_conv2d", "input_dense") and kinds[-2:] == ["affine", "argmax"]
+    assert "threshold" in kinds and graph.types[graph.ops[-3].output][0] == "i32"  # binary up to the scores
+
+
+def test_negative_gamma_after_pool_becomes_min_pool():
+    torch.manual_seed(1)
+    model = calibrated(create_model("ebnn_cnn", 10, (1, 8, 8), EMBEDDED, channels=[16, 8]), DIGITS.x, seed=3)
+    bn = model.net[2]
+    with torch.no_grad():
+        bn.weight[:8] = -bn.weight[:8].abs() - 0.1
+        bn.weight[8:] = bn.weight[8:].abs() + 0.1
+        bn.weight[3] = 0.0
+    graph = check_exact(model, DIGITS.x)
+    pool = next(op for op in graph.ops if op.kind == "maxpool")
+    assert pool.params["min_channels"][:8].tolist() == [True] * 3 + [False] + [True] * 4  # γ=0: constant, either way
+    assert not pool.params["min_channels"][8:].any()
+    thr = next(op for op in graph.ops if op.kind == "threshold")
+    assert thr.params["flip"][[0, 1, 2, 4]].all() and not thr.params["flip"][8:].any()
+    assert thr.params["thresh"][3] == INT32_MIN
+
+
+def test_thresholds_match_bn_algebra():
+    """Independent check: the threshold is where γ(a·1 − μ)/σ + β crosses 0, by algebra."""
+    torch.manual_seed(2)
+    model = calibrated(create_model("binarynet_mlp", 10, (1, 8, 8), EMBEDDED, width=24, depth=2), DIGITS.x, seed=5)
+    graph = export_model(model, (1, 8, 8))
+    bn = model.net[4]  # after the second (binary) linear, 24 inputs: sums are even, in [-24, 24]
+    thr = [op for op in graph.ops if op.kind == "threshold"][1]
+    a = np.arange(-24, 25, 2)[:, None]
+    with torch.no_grad():
+        sigma = torch.sqrt(bn.running_var.double() + bn.eps).numpy()
+        y = (a - bn.running_mean.double().numpy()) / sigma * bn.weight.double().numpy() + bn.bias.double().numpy()
+    t, flip = thr.params["thresh"].astype(np.int64), thr.params["flip"]
+    ours = np.where(flip, a <= t, a >= t)
+    assert (y >= 0).any() and (y < 0).any() and flip.any()
+    np.testing.assert_array_equal(ours, y >= 0)
+
+
+def test_refuses_full_precision_first_layer():
+    model = create_model("small_cnn", 10, (1, 28, 28), "baseline")
+    with pytest.raises(BnnkitError, match="layer '0'.*--recipe embedded"):
+        export_model(model, (1, 28, 28))
+
+
+def test_refuses_residual_blocks_naming_them():
+    model = create_model("resnet20", 10, (3, 32, 32), EMBEDDED)
+    with pytest.raises(BnnkitError, match="cannot export layer 'net': ResNet has no exact integer form"):
+        export_model(model, (3, 32, 32))
+
+
+def test_refuses_scaled_kernel_quantizer():
+    model = create_model("ebnn_cnn", 10, (1, 8, 8), EMBEDDED.with_(kernel_quantizer="magnitude_aware_sign"))
+    with pytest.raises(BnnkitError, match="scales the weights inside the product; use weight_scale"):
+        export_model(model, (1, 8, 8))
+
+
+def test_full_precision_classifier_only_with_allow_approx():
+    torch.manual_seed(3)
+    recipe = EMBEDDED.with_(fp_last_layer=True)
+    model = calibrated(create_model("ebnn_cnn", 10, (1, 8, 8), recipe, channels=[8, 16]), DIGITS.x)
+    with pytest.raises(BnnkitError, match="Linear has no exact integer form.*--allow-approx"):
+        export_model(model, (1, 8, 8))
+    graph = export_model(model, (1, 8, 8), allow_approx=True)
+    assert graph.meta["approximations"] and "classifier" in graph.meta["approximations"][0]
+    result = compare(model, graph, DIGITS.x)
+    assert all(v == 1.0 for v in result["sign_agreement"].values())  # everything before the classifier is exact
+    assert 0.0 <= result["top1_agreement"] <= 1.0
