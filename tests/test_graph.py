@@ -121,6 +121,9 @@ def test_not_a_graph(tmp_path):
         (lambda ops: ops[4].inputs.__setitem__(0, "nowhere"), "not produced by an earlier op"),
         (lambda ops: ops[5].__setattr__("inputs", ["c"]), "input 'c' is bits, expected i32/f32"),
         (lambda ops: ops[3].params.update(weight=np.ones((5, 3, 3, 3), bool)), "does not match input"),
+        (lambda ops: ops[1].params.update(flip=np.zeros(4, np.int8)), "flip must be a bool array"),
+        (lambda ops: ops[5].params.update(scale=np.full(30, np.inf, np.float32)), "non-finite"),
+        (lambda ops: ops[5].params.update(bias=np.zeros(30)), "bias must be a float32 array"),
     ],
 )
 def test_invalid_graphs_are_refused(change, message):

@@ -12,7 +12,8 @@ types, per sample (no batch axis):
 The ops and what they mean are in ``OPS`` below; ``bnnkit.runtime.numpy_ref`` executes
 them and is the specification. A graph's file is safetensors: binary weights packed
 eight to a byte (bit 1 ⇔ +1, least significant bit first along the flattened
-``(in_channels × kh × kw)`` or ``in_features`` axis), integer and float parameters as
+``(in_channels × kh × kw)`` or ``in_features`` axis, one row per output channel; a
+per-channel flag vector is one row), integer and float parameters as
 they are, and a JSON header under the metadata key ``bnnkit`` holding the ops, shapes,
 conventions, the format version and a SHA-256 of the tensor bytes.
 """
@@ -142,6 +143,13 @@ class Graph:
             extra = set(op.params) - set(spec.params) - set(spec.optional_params)
             if missing or extra:
                 raise BnnkitError(f"{where}: missing {missing or 'nothing'}, unexpected {sorted(extra) or 'nothing'}")
+            for pname, value in op.params.items():
+                want = _PARAM_DTYPES[spec.params.get(pname, "bits")]
+                if not isinstance(value, np.ndarray) or value.dtype != want:
+                    got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+                    raise BnnkitError(f"{where}: parameter {pname} must be a {want} array, got {got}")
+                if want == np.float32 and not np.isfinite(value).all():
+                    raise BnnkitError(f"{where}: parameter {pname} has non-finite values")
             ins = []
             for name, allowed in zip(op.inputs, spec.inputs):
                 if name not in types:
@@ -262,6 +270,12 @@ def _infer(op: Op, ins: list[tuple[str, tuple[int, ...]]]) -> tuple[str, tuple[i
 # --- file encoding ---------------------------------------------------------------
 
 _DTYPES = {"i32": np.int32, "f32": np.float32}
+_PARAM_DTYPES = {"bits": np.dtype(bool), "i32": np.dtype(np.int32), "f32": np.dtype(np.float32)}
+
+
+def _packed_rows(shape: tuple[int, ...]) -> int:
+    """Weights pack one row per output channel; a per-channel flag vector packs as one row."""
+    return 1 if len(shape) == 1 else shape[0]
 
 
 def _param_key(i: int, name: str) -> str:
@@ -275,7 +289,7 @@ def _file_tensors(g: Graph) -> dict[str, np.ndarray]:
         for name, value in op.params.items():
             kind = spec.params.get(name, "bits")
             if kind == "bits":
-                flat = np.asarray(value, dtype=bool).reshape(value.shape[0], -1)
+                flat = np.asarray(value, dtype=bool).reshape(_packed_rows(value.shape), -1)
                 out[_param_key(i, name)] = np.packbits(flat, axis=1, bitorder="little")
             else:
                 out[_param_key(i, name)] = np.ascontiguousarray(value, dtype=_DTYPES[kind])
@@ -296,9 +310,10 @@ def _op_from_header(h: dict, tensors: dict[str, np.ndarray]) -> Op:
     for name, ref in h["params"].items():
         stored, shape = tensors[ref["tensor"]], tuple(ref["shape"])
         if spec.params.get(name, "bits") == "bits":
-            n = int(np.prod(shape[1:], dtype=np.int64))
-            if stored.dtype != np.uint8 or stored.shape != (shape[0], (n + 7) // 8):
-                raise ValueError(f"packed tensor {ref['tensor']} has shape {stored.shape}, expected {(shape[0], (n + 7) // 8)}")
+            rows = _packed_rows(shape)
+            n = int(np.prod(shape, dtype=np.int64)) // max(rows, 1)
+            if stored.dtype != np.uint8 or stored.shape != (rows, (n + 7) // 8):
+                raise ValueError(f"packed tensor {ref['tensor']} has shape {stored.shape}, expected {(rows, (n + 7) // 8)}")
             bits = np.unpackbits(stored, axis=1, count=n, bitorder="little").astype(bool)
             params[name] = bits.reshape(shape)
         else:

@@ -121,7 +121,7 @@ def format_table(rows: list[LayerCost]) -> str:
                 f"{r.fp_params:,}",
                 f"{r.binary_macs:,}",
                 f"{r.fp_macs:,}",
-                _kib(r.memory_bytes),
+                kib(r.memory_bytes),
             )
         )
     t = totals(rows)
@@ -135,17 +135,24 @@ def format_table(rows: list[LayerCost]) -> str:
             f"{t['fp_params']:,}",
             f"{t['binary_macs']:,}",
             f"{t['fp_macs']:,}",
-            _kib(t["memory_bytes"]),
+            kib(t["memory_bytes"]),
         )
     )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))) for line in lines]
-    text.insert(1, "-" * len(text[0]))
-    text.insert(len(text) - 1, "-" * len(text[0]))
+    text = render_table(lines, left=3)
     ratio = t["fp32_memory_bytes"] / t["memory_bytes"] if t["memory_bytes"] else math.nan
-    text.append(f"memory {_kib(t['memory_bytes'])} vs {_kib(t['fp32_memory_bytes'])} in float32 ({ratio:.1f}x smaller)")
+    text.append(f"memory {kib(t['memory_bytes'])} vs {kib(t['fp32_memory_bytes'])} in float32 ({ratio:.1f}x smaller)")
     return "\n".join(text)
 
 
-def _kib(nbytes: float) -> str:
+def kib(nbytes: float) -> str:
     return f"{nbytes / 1024:.2f} KiB"
+
+
+def render_table(lines: list[tuple[str, ...]], left: int) -> list[str]:
+    """Header, rows and a total row as aligned text: the first ``left`` columns flush left,
+    numbers flush right, rules under the header and above the total."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))) for line in lines]
+    text.insert(1, "-" * len(text[0]))
+    text.insert(len(text) - 1, "-" * len(text[0]))
+    return text

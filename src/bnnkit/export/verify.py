@@ -31,7 +31,7 @@ def compare(model: nn.Module, graph: Graph, x: np.ndarray, batch_size: int = 500
     ]
     equal = dict.fromkeys(consumers, 0)
     total = dict.fromkeys(consumers, 0)
-    agree, module_labels, graph_labels = 0, [], []
+    module_labels, graph_labels, graph_scores = [], [], []
     try:
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size]
@@ -43,6 +43,7 @@ def compare(model: nn.Module, graph: Graph, x: np.ndarray, batch_size: int = 500
                 total[n] += ours.size
             module_labels.append(logits.argmax(1).numpy())
             graph_labels.append(env[graph.ops[-1].output])
+            graph_scores.append(env[graph.scores])
     finally:
         for h in hooks:
             h.remove()
@@ -54,4 +55,5 @@ def compare(model: nn.Module, graph: Graph, x: np.ndarray, batch_size: int = 500
         "sign_agreement": {n: equal[n] / total[n] for n in consumers if total[n]},
         "module_labels": module_labels,
         "graph_labels": graph_labels,
+        "graph_scores": np.concatenate(graph_scores) if graph_scores else None,
     }

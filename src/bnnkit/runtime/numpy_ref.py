@@ -82,8 +82,10 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 def threshold(op: Op, x: np.ndarray) -> np.ndarray:
     t = _per_channel(op.params["thresh"].astype(np.int64), x.ndim)
     flip = _per_channel(op.params["flip"], x.ndim)
-    # INT32_MIN: x >= t always holds and x <= t never does (sums never reach INT32_MIN).
-    assert x.min(initial=0) > INT32_MIN
+    # INT32_MIN: x >= t always holds and x <= t never does, because no sum reaches
+    # INT32_MIN (_to_i32 refuses |x| >= 2**31): a contract the C runtime relies on too.
+    if x.min(initial=0) <= INT32_MIN:
+        raise BnnkitError("an integer sum reached INT32_MIN, the constant-channel marker")
     return np.where(flip, x <= t, x >= t)
 
 

@@ -1,0 +1,102 @@
+"""Costs of an exported graph on a device: flash for parameters, RAM for activations (from
+the C runtime's memory plan), and operations by class.
+
+Operation classes, per inference:
+
+* binary MACs: XNOR-popcount multiply-accumulates (``binary_conv2d``, ``binary_dense``),
+  counted over every kernel tap;
+* integer ops: 8-bit × ±1 accumulations of the first layer, threshold comparisons, pool
+  comparisons, integer additions;
+* FP ops: multiplies and adds of ``affine``.
+
+Flash counts parameters as the graph file stores them: binary weights packed 8 per byte per
+output channel, thresholds 4 bytes + 1 flip bit, affine 8 bytes per channel.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bnnkit.cost.summary import kib, render_table
+from bnnkit.graph import OPS, Graph, Op, _pair
+from bnnkit.runtime.plan import plan_memory
+
+
+def _flash_bytes(op: Op) -> int:
+    total = 0
+    for name, value in op.params.items():
+        if OPS[op.kind].params.get(name, "bits") == "bits":
+            total += value.shape[0] * math.ceil(math.prod(value.shape[1:]) / 8) if value.ndim > 1 else math.ceil(value.size / 8)
+        else:
+            total += value.nbytes
+    return total
+
+
+def _ops(graph: Graph, op: Op) -> tuple[int, int, int]:
+    """(binary MACs, integer ops, FP ops) of one op."""
+    out = math.prod(graph.types[op.output][1])
+    if op.kind in ("binary_conv2d", "binary_dense", "input_conv2d", "input_dense"):
+        macs = out * math.prod(op.params["weight"].shape[1:])
+        return (macs, 0, 0) if op.kind.startswith("binary") else (0, macs, 0)
+    if op.kind in ("maxpool", "avgpool"):
+        return 0, out * (math.prod(_pair(op.attrs["kernel"])) - 1), 0
+    if op.kind in ("threshold", "add"):
+        return 0, out, 0
+    if op.kind == "affine":
+        return 0, 0, 2 * out
+    if op.kind == "argmax":
+        return 0, math.prod(graph.types[op.inputs[0]][1]) - 1, 0
+    return 0, 0, 0  # flatten: a view
+
+
+def profile(graph: Graph) -> dict:
+    plan = plan_memory(graph)
+    layers = []
+    for i, op in enumerate(graph.ops):
+        kind, shape = graph.types[op.output]
+        binary, integer, fp = _ops(graph, op)
+        buffer = plan.buffer_of.get(op.output)
+        storage = "-" if kind == "index" else "fused" if buffer is None else "stored" if buffer == op.output else "view"
+        layers.append(
+            {
+                "op": i,
+                "kind": op.kind,
+                "name": op.name,
+                "output": f"{kind} {'x'.join(map(str, shape)) or 'scalar'}",
+                "weight_bytes": _flash_bytes(op),
+                "activation_bytes": plan.tensor_bytes.get(op.output, 0),
+                "storage": storage,  # stored | fused (never materialized) | view (of its input) | -
+                "live_bytes": plan.live_bytes[i],
+                "binary_macs": binary,
+                "int_ops": integer,
+                "fp_ops": fp,
+            }
+        )
+    totals = {k: sum(layer[k] for layer in layers) for k in ("weight_bytes", "binary_macs", "int_ops", "fp_ops")}
+    memory = {
+        "input_bytes": plan.input_bytes,
+        "naive_bytes": plan.naive_bytes,
+        "arena_bytes": plan.arena_bytes,
+        "planned_peak_bytes": plan.peak_bytes,
+    }
+    return {"layers": layers, "totals": totals, "memory": memory, "meta": graph.meta}
+
+
+def format_profile(result: dict) -> str:
+    header = ("#", "op", "layer", "output", "flash", "RAM (output)", "binary MACs", "int ops", "FP ops")
+    lines = [header]
+    for r in result["layers"]:
+        ram = kib(r["activation_bytes"]) if r["storage"] == "stored" else r["storage"]
+        lines.append(
+            (str(r["op"]), r["kind"], r["name"], r["output"], kib(r["weight_bytes"]), ram,
+             f"{r['binary_macs']:,}", f"{r['int_ops']:,}", f"{r['fp_ops']:,}")
+        )
+    t, m = result["totals"], result["memory"]
+    lines.append(("total", "", "", "", kib(t["weight_bytes"]), "", f"{t['binary_macs']:,}", f"{t['int_ops']:,}", f"{t['fp_ops']:,}"))
+    text = render_table(lines, left=4)
+    text.append(
+        f"RAM: naive {kib(m['naive_bytes'])} (every tensor its own buffer) vs planned {kib(m['planned_peak_bytes'])} "
+        f"(input {kib(m['input_bytes'])} + arena {kib(m['arena_bytes'])}); "
+        f"{m['naive_bytes'] / m['planned_peak_bytes']:.1f}x less"
+    )
+    return "\n".join(text)

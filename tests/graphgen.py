@@ -1,0 +1,193 @@
+"""A hypothesis strategy for random valid ``Graph``s, with inputs to run them on.
+
+Hypothesis draws the structure (ops, shapes, strides, padding modes, flags); a NumPy
+generator seeded by hypothesis draws the bulk parameters. Thresholds are drawn from the
+accumulator values the graph really produces on the case's images (computed with the
+reference interpreter while the graph is built), so binary activations are not constant
+and ties (``x == thresh``) occur.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from bnnkit.graph import INT32_MIN, Graph, Op
+from bnnkit.runtime.numpy_ref import KERNELS
+
+# deterministic across runs and machines, no example database, no timing flakiness
+SETTINGS = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+
+N_IMAGES = 8
+KERNEL_SIZES = (1, 3, 5)
+
+
+@dataclass
+class Case:
+    graph: Graph
+    x: np.ndarray  # uint8 (N, C, H, W): the images the thresholds were drawn for
+
+
+class _Builder:
+    def __init__(self, draw, rng: np.random.Generator, x: np.ndarray):
+        self.draw, self.rng = draw, rng
+        self.ops: list[Op] = []
+        self.env: dict[str, np.ndarray] = {"input": x}
+
+    def op(self, kind: str, inputs: list[str], attrs: dict | None = None, params: dict | None = None) -> str:
+        name = f"t{len(self.ops)}"
+        op = Op(kind, inputs, name, attrs or {}, params or {}, name=f"layer{len(self.ops)}")
+        self.env[name] = KERNELS[kind](op, *(self.env[i] for i in inputs))
+        self.ops.append(op)
+        return name
+
+    def kind(self, name: str) -> str:
+        return {"uint8": "u8", "bool": "bits", "int32": "i32", "float32": "f32"}[self.env[name].dtype.name]
+
+    def bits(self, *shape: int) -> np.ndarray:
+        return self.rng.random(shape) < 0.5
+
+    def channels(self) -> int:
+        return self.draw(st.sampled_from([1, 2, 3, 5, 8, 16, 31, 32, 33, 40, 63, 64, 65, 70]))
+
+    def sign(self, src: str) -> str:
+        """``src`` as the input of a dense layer: thresholded when it is an accumulator."""
+        return self.threshold(src) if self.kind(src) == "i32" else src
+
+    # --- one op or a small pattern each -----------------------------------------------
+
+    def conv_geometry(self, h: int, w: int) -> dict:
+        stride = self.draw(st.sampled_from([1, 2, (1, 2), (2, 1)]))
+        padding = self.draw(st.sampled_from([0, 1, (0, 1), (1, 0)]))
+        ph, pw = (padding, padding) if isinstance(padding, int) else padding
+        fits = [k for k in KERNEL_SIZES if k <= h + 2 * ph and k <= w + 2 * pw]
+        k = self.draw(st.sampled_from(fits))
+        return {"stride": stride, "padding": padding, "k": k}
+
+    def conv(self, src: str, out_channels: int | None = None, geometry: dict | None = None) -> str:
+        cin, h, w = self.env[src].shape[1:]
+        g = geometry or self.conv_geometry(h, w)
+        o = out_channels or self.channels()
+        weight = self.bits(o, cin, g["k"], g["k"])
+        attrs = {"stride": g["stride"], "padding": g["padding"]}
+        if self.kind(src) == "u8":
+            return self.op("input_conv2d", [src], attrs, {"weight": weight})
+        attrs["pad"] = self.draw(st.sampled_from(["zero", "minus_one", "plus_one"]))
+        return self.op("binary_conv2d", [src], attrs, {"weight": weight})
+
+    def threshold(self, src: str) -> str:
+        acc = self.env[src]
+        c = acc.shape[1]
+        values = np.sort(np.moveaxis(acc, 1, 0).reshape(c, -1), axis=1)
+        n = values.shape[1]
+        # a value between the quartiles: both signs occur, and so do ties
+        thresh = values[np.arange(c), self.rng.integers(n // 4, n - n // 4, c)].astype(np.int32)
+        thresh[self.rng.random(c) < 0.1] = INT32_MIN  # constant channels
+        flip = self.rng.random(c) < 0.4  # BN with negative gamma
+        return self.op("threshold", [src], params={"thresh": thresh, "flip": flip})
+
+    def pool(self, src: str) -> str:
+        h, w = self.env[src].shape[2:]
+        kernel = (self.draw(st.integers(1, min(3, h))), self.draw(st.integers(1, min(3, w))))
+        stride = (self.draw(st.integers(1, 3)), self.draw(st.integers(1, 3)))
+        attrs = {"kernel": kernel if kernel[0] != kernel[1] else kernel[0], "stride": stride}
+        if self.kind(src) == "bits":
+            params = {"min_channels": self.bits(self.env[src].shape[1])} if self.draw(st.booleans()) else {}
+            return self.op("maxpool", [src], attrs, params)
+        return self.op(self.draw(st.sampled_from(["maxpool", "avgpool"])), [src], attrs)
+
+    def affine(self, src: str) -> str:
+        x = self.env[src]
+        c = x.shape[1]
+        # roughly standardizes each channel (a folded BN), so that no class wins on its
+        # offset alone
+        spread = np.moveaxis(x, 1, 0).reshape(c, -1).std(axis=1) + 1
+        scale = (self.rng.normal(1, 0.3, c) * self.rng.choice([1, -1], c, p=[0.8, 0.2]) / spread).astype(np.float32)
+        mean = np.moveaxis(x, 1, 0).reshape(c, -1).mean(axis=1)
+        bias = (self.rng.normal(0, 0.5, c) - mean * scale).astype(np.float32)
+        return self.op("affine", [src], params={"scale": scale, "bias": bias})
+
+    def dense(self, src: str, out_features: int) -> str:
+        if self.env[src].ndim > 2:
+            src = self.op("flatten", [src])
+        kind = "input_dense" if self.kind(src) == "u8" else "binary_dense"
+        return self.op(kind, [src], params={"weight": self.bits(out_features, self.env[src].shape[1])})
+
+    def two_branches(self, src: str) -> str:
+        """Two convolutions of one map, summed: both stay live until the add."""
+        g = self.conv_geometry(*self.env[src].shape[2:])
+        o = self.channels()
+        return self.op("add", [self.conv(src, o, g), self.conv(src, o, g)])
+
+    def residual(self, src: str) -> str:
+        """acc + conv(sign(acc)) with a shape-preserving conv: ``src`` lives across it."""
+        k = self.draw(st.sampled_from([1, 3]))
+        g = {"stride": 1, "padding": k // 2, "k": k}
+        return self.op("add", [src, self.conv(self.threshold(src), self.env[src].shape[1], g)])
+
+
+@st.composite
+def graph_cases(draw, max_layers: int = 4) -> Case:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(2, 10)), draw(st.integers(2, 10)))
+    b = _Builder(draw, rng, rng.integers(0, 256, (N_IMAGES, *shape), dtype=np.uint8))
+    t = "input"
+    if draw(st.sampled_from(["conv", "conv", "conv", "dense"])) == "conv":
+        t = b.conv(t)
+        for _ in range(draw(st.integers(0, max_layers))):
+            moves = {"i32": ["threshold", "pool", "residual"], "bits": ["conv", "pool", "two_branches"]}
+            t = getattr(b, draw(st.sampled_from(moves[b.kind(t)])))(t)
+    # dense layers to the class scores, or the flattened i32 map itself as scores
+    if b.kind(t) != "i32" or draw(st.booleans()):
+        for _ in range(draw(st.integers(0, 2))):
+            t = b.dense(b.sign(t), b.channels())
+        t = b.dense(b.sign(t), draw(st.integers(2, 12)))
+    head = draw(st.sampled_from(["i32", "affine", "affine_map", "two_affines", "affine_of_affine"]))
+    if head == "affine_map":
+        t = b.affine(t)
+    if b.env[t].ndim > 2:
+        t = b.op("flatten", [t])
+    if head == "affine":
+        t = b.affine(t)
+    elif head == "two_affines":
+        t = b.op("add", [b.affine(t), b.affine(t)])
+    elif head == "affine_of_affine":
+        t = b.affine(b.affine(t))
+    b.op("argmax", [t])
+    return Case(Graph(shape, b.ops), b.env["input"])
+
+
+def ebnn_cnn(rng: np.random.Generator) -> Graph:
+    """The Fashion-MNIST shape: conv 32, conv 32, pool, conv 64, conv 64, pool, dense 256, dense 10."""
+
+    def bits(*shape):
+        return rng.random(shape) < 0.5
+
+    def sign(src, c, spread):
+        return Op("threshold", [src], f"{src}s", {}, {"thresh": rng.integers(-spread, spread, c).astype(np.int32), "flip": bits(c)})
+
+    def conv(kind, src, name, cin, cout, **extra):
+        return Op(kind, [src], name, {"stride": 1, "padding": 1, **extra}, {"weight": bits(cout, cin, 3, 3)})
+
+    ops = [
+        conv("input_conv2d", "input", "c1", 1, 32), sign("c1", 32, 200),
+        conv("binary_conv2d", "c1s", "c2", 32, 32, pad="zero"), sign("c2", 32, 20),
+        Op("maxpool", ["c2s"], "p2", {"kernel": 2, "stride": 2}),
+        conv("binary_conv2d", "p2", "c3", 32, 64, pad="minus_one"), sign("c3", 64, 20),
+        conv("binary_conv2d", "c3s", "c4", 64, 64, pad="plus_one"), sign("c4", 64, 30),
+        Op("maxpool", ["c4s"], "p4", {"kernel": 2, "stride": 2}, {"min_channels": bits(64)}),
+        Op("flatten", ["p4"], "f"),
+        Op("binary_dense", ["f"], "d1", {}, {"weight": bits(256, 3136)}), sign("d1", 256, 40),
+        Op("binary_dense", ["d1s"], "d2", {}, {"weight": bits(10, 256)}),
+        Op("affine", ["d2"], "s", {}, {"scale": rng.normal(1, 0.1, 10).astype(np.float32), "bias": rng.normal(0, 1, 10).astype(np.float32)}),
+        Op("argmax", ["s"], "label"),
+    ]
+    return Graph((1, 28, 28), ops)

@@ -1,0 +1,14 @@
+"""The demo end to end (on the MNIST subset, one epoch): train, export, numpy and C agree."""
+
+import bnnkit.demo as demo
+
+
+def test_demo_end_to_end_and_rerun(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "pick_dataset", lambda data_dir: "mnist5k")
+    first = demo.run_demo(tmp_path / "demo", epochs=1, progress=False)
+    assert first["dataset"] == "mnist5k" and first["n"] == 1000
+    assert first["graph_agreement"] == 1.0 and first["c_bit_exact"]
+    assert first["accuracy"] == first["numpy_accuracy"] == first["c_accuracy"] > 0.5
+    assert (tmp_path / "demo" / demo.GRAPH).is_file()
+    again = demo.run_demo(tmp_path / "demo", epochs=1, progress=False)  # a finished run is reported, not retrained
+    assert again["accuracy"] == first["accuracy"] and again["train_seconds"] < first["train_seconds"]

@@ -1,0 +1,172 @@
+"""The C runtime against the NumPy reference: bit-identical scores and labels.
+
+Compiling is the slow part, so random graphs are checked in batches: one executable holds
+a whole batch, each graph under its own prefix. Batches are not shrunk (every shrinking
+step would compile again); a failure names the graph and its ops instead."""
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from bnnkit.errors import BnnkitError
+from bnnkit.graph import INT32_MIN, Graph, Op
+from bnnkit.runtime import c as c_runtime
+from bnnkit.runtime import numpy_ref
+from bnnkit.runtime.c import build_host, build_hosts, generate_c, write_sources
+from graphgen import SETTINGS, ebnn_cnn, graph_cases
+
+BATCH, BATCHES = 60, 5
+
+
+KERNELS_C = {
+    "input_conv", "input_conv_sign", "binary_conv", "binary_conv_sign", "threshold", "maxpool_bits", "maxpool_i32",
+    "avgpool", "add_i32", "add_f32", "affine_i32", "affine_f32", "argmax_i32", "argmax_f32",
+}
+
+
+def check_batch(cases, **build) -> set[str]:
+    """Compare C and NumPy on every case; returns the C kernels the batch called."""
+    called = set()
+    with tempfile.TemporaryDirectory(prefix="bnnkit-c-test-") as work:
+        hosts = build_hosts([case.graph for case in cases], work, **build)
+        for i in range(len(cases)):
+            body = (Path(work) / f"g{i}.c").read_text().split(f"int g{i}_infer(")[1]
+            called |= set(re.findall(r"^    (?:return )?(\w+)\(", body, re.M))
+        for i, (case, host) in enumerate(zip(cases, hosts)):
+            scores, labels = host.predict(case.x)
+            ref_scores, ref_labels = numpy_ref.predict(case.graph, case.x)
+            ops = [(op.kind, op.attrs, op.params.get("weight", np.empty(0)).shape) for op in case.graph.ops]
+            assert scores.dtype == np.float32 and labels.dtype == np.int64
+            assert np.array_equal(scores, ref_scores.astype(np.float32)), f"graph {i} {ops}: scores differ"
+            assert np.array_equal(labels, ref_labels), f"graph {i} {ops}: labels differ"
+    return called
+
+
+def features(graph: Graph) -> set:
+    """What a graph exercises, for checking that the random graphs cover the ops' cases."""
+    out = {("square", graph.input_shape[1] == graph.input_shape[2])}
+    for op in graph.ops:
+        out.add((op.kind, graph.types[op.inputs[0]][0]))
+        if op.kind.endswith("conv2d"):
+            out |= {("kernel", op.params["weight"].shape[2]), ("stride", op.attrs["stride"]), ("padding", op.attrs["padding"])}
+            out.add(("pad", op.attrs.get("pad")))
+        if op.kind.startswith("binary"):
+            out.add(("odd channels > 32", op.params["weight"].shape[1] > 32 and op.params["weight"].shape[1] % 32 != 0))
+        if op.kind == "threshold":
+            out |= {("flip", bool(op.params["flip"].any())), ("constant", bool((op.params["thresh"] == INT32_MIN).any()))}
+        if op.kind == "maxpool":
+            out.add(("min_channels", "min_channels" in op.params))
+    return out
+
+
+def test_random_graphs_are_bit_exact():
+    checked, called = [], set()
+
+    @settings(SETTINGS, max_examples=BATCHES, phases=[Phase.generate])
+    @given(st.lists(graph_cases(), min_size=BATCH, max_size=BATCH))
+    def run(cases):
+        called.update(check_batch(cases))
+        checked.extend(cases)
+
+    run()
+    assert len(checked) >= 300
+    assert called == KERNELS_C
+    covered = {
+        ("input_conv2d", "u8"), ("binary_conv2d", "bits"), ("input_dense", "u8"), ("binary_dense", "bits"),
+        ("threshold", "i32"), ("maxpool", "i32"), ("maxpool", "bits"), ("avgpool", "i32"), ("add", "i32"),
+        ("add", "f32"), ("affine", "i32"), ("affine", "f32"), ("argmax", "i32"), ("argmax", "f32"),
+        ("flatten", "u8"), ("flatten", "bits"), ("flatten", "i32"), ("flatten", "f32"),
+        ("kernel", 1), ("kernel", 3), ("kernel", 5), ("stride", 2), ("stride", (1, 2)), ("padding", 0), ("padding", 1),
+        ("pad", "zero"), ("pad", "minus_one"), ("pad", "plus_one"), ("odd channels > 32", True), ("flip", True),
+        ("constant", True), ("min_channels", True), ("square", False),
+    }
+    assert covered - set().union(*(features(case.graph) for case in checked)) == set()
+    varied = sum(len(set(numpy_ref.predict(c.graph, c.x)[1])) > 1 for c in checked)
+    assert varied > len(checked) // 2  # labels depend on the image in most graphs
+
+
+def _sanitizers_work(tmp: Path) -> bool:
+    (tmp / "probe.c").write_text("int main(void) { return 0; }\n")
+    cmd = ["gcc", *c_runtime.SANITIZE, str(tmp / "probe.c"), "-o", str(tmp / "probe")]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def test_random_graphs_under_sanitizers(tmp_path):
+    if not _sanitizers_work(tmp_path):
+        pytest.skip("gcc cannot build with -fsanitize=address,undefined here")
+
+    @settings(SETTINGS, max_examples=1, phases=[Phase.generate])
+    @given(st.lists(graph_cases(), min_size=8, max_size=8))
+    def run(cases):
+        check_batch(cases, sanitize=True)
+
+    run()
+
+
+def test_cnn_with_fused_layers_and_portable_popcount(tmp_path):
+    rng = np.random.default_rng(0)
+    graph = ebnn_cnn(rng)
+    x = rng.integers(0, 256, (24, 1, 28, 28), dtype=np.uint8)
+    ref_scores, ref_labels = numpy_ref.predict(graph, x)
+    for flags in ((), ("-DBNNKIT_PORTABLE_POPCOUNT",)):
+        scores, labels = build_host(graph, tmp_path / "-".join(flags or ("builtin",)), cflags=flags).predict(x)
+        assert np.array_equal(scores, ref_scores) and np.array_equal(labels, ref_labels)
+    assert len(set(labels)) > 1
+
+
+def test_sources_are_self_contained_and_documented(tmp_path):
+    rng = np.random.default_rng(1)
+    ops = [
+        Op("flatten", ["input"], "f"),
+        Op("input_dense", ["f"], "d", {}, {"weight": rng.random((5, 12)) < 0.5}),
+        Op("threshold", ["d"], "s", {}, {"thresh": np.array([INT32_MIN, 0, 1, 2, 3], np.int32), "flip": np.array([1, 0, 1, 0, 1], bool)}),
+        Op("binary_dense", ["s"], "o", {}, {"weight": rng.random((3, 5)) < 0.5}),
+        Op("argmax", ["o"], "label"),
+    ]
+    graph = Graph((3, 2, 2), ops)
+    paths = write_sources(graph, tmp_path / "out", "net")
+    assert [p.name for p in paths] == ["net.h", "net.c"]
+    header, source = (p.read_text() for p in paths)
+    for line in ("#define NET_INPUT_SIZE 12", "#define NET_NUM_CLASSES 3", "int net_infer(const uint8_t *input, float *scores);"):
+        assert line in header
+    assert "1 <=> +1" in header and "HWC" in header
+    assert "(-2147483647 - 1)" in source  # INT32_MIN as a valid C expression
+    assert "malloc" not in source and "math.h" not in source and "float.h" not in source
+    assert "static uint32_t net_arena[" in source
+    # only the kernels this graph needs: a fused u8 dense layer and a binary one; no pooling, no floats
+    assert "input_conv_sign(" in source and "binary_conv(" in source and "threshold(" not in source
+    assert "maxpool" not in source and "f32_bits" not in source
+    x = rng.integers(0, 256, (16, 3, 2, 2), dtype=np.uint8)
+    scores, labels = build_host(graph, tmp_path / "build").predict(x)
+    ref_scores, ref_labels = numpy_ref.predict(graph, x)
+    assert np.array_equal(scores, ref_scores) and np.array_equal(labels, ref_labels)
+
+
+def _tiny_graph() -> Graph:
+    w = np.ones((2, 4), bool)
+    return Graph((1, 2, 2), [Op("flatten", ["input"], "f"), Op("input_dense", ["f"], "d", {}, {"weight": w}), Op("argmax", ["d"], "y")])
+
+
+def test_compile_errors_carry_the_compiler_output(tmp_path, monkeypatch):
+    monkeypatch.setattr(c_runtime, "generate_c", lambda graph, prefix: {f"{prefix}.h": "", f"{prefix}.c": "int oops(void) { return missing; }\n"})
+    with pytest.raises(BnnkitError, match="(?s)C compilation failed.*missing"):
+        build_host(_tiny_graph(), tmp_path)
+
+
+def test_missing_compiler_is_a_clear_error(tmp_path):
+    with pytest.raises(BnnkitError, match="no C compiler 'bnnkit-no-such-cc'"):
+        build_host(_tiny_graph(), tmp_path, cc="bnnkit-no-such-cc")
+
+
+def test_bad_input_and_prefix_are_errors(tmp_path):
+    host = build_host(_tiny_graph(), tmp_path)
+    with pytest.raises(BnnkitError, match="uint8"):
+        host.predict(np.zeros((1, 1, 2, 2), np.float32))
+    with pytest.raises(BnnkitError, match="not a C identifier"):
+        generate_c(_tiny_graph(), "9lives")
