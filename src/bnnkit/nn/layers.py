@@ -57,7 +57,12 @@ class _BinaryMixin:
         if weight_scale == "learned":
             self.scale = nn.Parameter(self._mean_abs().detach().clone())
 
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # the torch layer's own initialisation
+        self._reset_scale()
+
     def _reset_scale(self) -> None:
+        # torch's __init__ calls reset_parameters before _init_binary has made the scale
         if getattr(self, "scale", None) is not None:
             with torch.no_grad():
                 self.scale.copy_(self._mean_abs())
@@ -132,16 +137,14 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         self.pad_value = pad + 0.0  # -0.0 → 0.0, for the repr
         self._init_binary(input_quantizer, kernel_quantizer, weight_scale)
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        self._reset_scale()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
-        ph, pw = self.padding
-        if ph or pw:
-            xq = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value)
-        out = F.conv2d(xq, wq, None, self.stride, 0, self.dilation, self.groups)
+        padding = self.padding
+        if self.pad_value != 0.0 and any(padding):
+            ph, pw = padding
+            xq, padding = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value), 0
+        # Zero padding is the convolution's own: the same values, without a padded copy.
+        out = F.conv2d(xq, wq, None, self.stride, padding, self.dilation, self.groups)
         return self._scaled_plus_bias(out)
 
     def extra_repr(self) -> str:
@@ -164,10 +167,6 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
     ):
         super().__init__(in_features, out_features, bias=bias)
         self._init_binary(input_quantizer, kernel_quantizer, weight_scale)
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        self._reset_scale()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
