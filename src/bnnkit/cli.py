@@ -153,6 +153,16 @@ def cmd_codegen(args: argparse.Namespace) -> None:
     _emit(args, {"files": [str(f) for f in files]}, "wrote " + ", ".join(str(f) for f in files))
 
 
+def cmd_fit(args: argparse.Namespace) -> None:
+    from bnnkit.fit import fit, format_fit, parse_bytes
+
+    result = fit(
+        args.dataset, parse_bytes(args.ram), parse_bytes(args.flash), args.out, budget_minutes=args.budget_minutes,
+        epochs=args.epochs, data_dir=args.data_dir, limit_train=args.limit_train, progress=not args.json,
+    )
+    _emit(args, result, format_fit(result))
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "models":
         from bnnkit.models import model_names, model_options
@@ -234,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="bnn", help="C identifier prefix and file name (default bnn)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_codegen)
+
+    p = sub.add_parser("fit", help="find, train and keep the best binary network that fits a RAM and flash budget")
+    p.add_argument("--ram", required=True, help="RAM budget: bytes, or e.g. 4K, 4KiB")
+    p.add_argument("--flash", required=True, help="flash budget, as --ram")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--budget-minutes", type=float, default=10.0, help="stop starting new candidates after this (default 10)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per candidate (default 3)")
+    p.add_argument("--out", type=Path, default=Path("runs/fit"), help="results, runs, best.bnn and pareto.png (resumable)")
+    p.add_argument("--limit-train", type=int, help="train on the first N images only")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_fit)
 
     for name, what in (("models", "architectures and their options"), ("datasets", "datasets and where they come from")):
         p = sub.add_parser(name, help=f"list {what}")

@@ -1,0 +1,215 @@
+"""``bnnkit fit``: find binary networks that fit a device's RAM and flash, train them, and
+keep the best (the eBNN tools, automated).
+
+Every candidate architecture is built with the ``embedded`` recipe (binary end to end,
+so it exports), exported untrained and profiled: its footprint — the planned RAM peak of
+the C runtime (input included) and its packed parameters in flash — does not depend on
+the weights, so the search filters before training anything. The candidates that fit
+train cheapest first until the time budget is spent. Results go to ``DIR/fit.jsonl``
+one line per trained candidate; a rerun skips what is recorded and resumes a candidate
+whose training was interrupted, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bnnkit.errors import BnnkitError
+
+RESULTS, BEST, PLOT = "fit.jsonl", "best.bnn", "pareto.png"
+LR = 3e-3  # what the demo measured best for the embedded recipe on Fashion-MNIST
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        opts = "-".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in self.options.items())
+        return f"{self.model}-{opts}" if opts else self.model
+
+
+def search_space() -> list[Candidate]:
+    """Depth, width, kernel size and pooling vary: eBNN conv-pool nets of one to three
+    blocks, the VGG-like net (two pools, a hidden layer) and the MLP (no pooling)."""
+    space = [
+        Candidate("ebnn_cnn", {"channels": list(ch), "kernel": k})
+        for ch in ((8,), (16,), (8, 16), (16, 32), (32, 64), (16, 32, 64))
+        for k in (3, 5)
+    ]
+    space += [Candidate("small_cnn", {"width": w, "hidden": h}) for w in (8, 16, 32) for h in (64, 256)]
+    space += [Candidate("binarynet_mlp", {"width": w, "depth": d}) for w in (128, 512) for d in (1, 3)]
+    return space
+
+
+def parse_bytes(text: str) -> int:
+    """'4096', '4K', '4KB', '4KiB', '1M' → bytes (K = 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)(?:i?[bB])?\s*", str(text))
+    if not m:
+        raise BnnkitError(f"not a byte count: {text!r} (use e.g. 4096, 4K, 32KiB)")
+    return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()])
+
+
+def footprint(candidate: Candidate, in_shape: tuple, num_classes: int) -> dict:
+    """RAM, flash and operations of the candidate's exported graph (weights do not matter)."""
+    from bnnkit.cost.graph_cost import profile
+    from bnnkit.export import export_model
+    from bnnkit.models import create_model
+
+    model = create_model(candidate.model, num_classes, in_shape, "embedded", **candidate.options)
+    p = profile(export_model(model, in_shape))
+    return {
+        "ram": p["memory"]["planned_peak_bytes"],
+        "flash": p["totals"]["weight_bytes"],
+        "binary_macs": p["totals"]["binary_macs"],
+        "int_ops": p["totals"]["int_ops"],
+    }
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    """Rows no other row beats: at least as accurate, as small in RAM and flash, as few
+    binary MACs, and strictly better in one."""
+    keys = (("accuracy", -1), ("ram", 1), ("flash", 1), ("binary_macs", 1))
+
+    def dominates(a: dict, b: dict) -> bool:
+        better_or_equal = all(s * a[k] <= s * b[k] for k, s in keys)
+        return better_or_equal and any(s * a[k] < s * b[k] for k, s in keys)
+
+    return [r for r in rows if not any(dominates(o, r) for o in rows if o is not r)]
+
+
+def _recorded(out: Path) -> dict[str, dict]:
+    path = out / RESULTS
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["name"]: r for r in rows}
+
+
+def fit(
+    dataset: str,
+    ram: int,
+    flash: int,
+    out: str | Path,
+    *,
+    budget_minutes: float = 10.0,
+    epochs: int = 3,
+    data_dir: str | None = None,
+    limit_train: int | None = None,
+    progress: bool = True,
+    space: list[Candidate] | None = None,
+) -> dict:
+    from bnnkit.data import get_info
+    from bnnkit.recipe import load_recipe
+    from bnnkit.train import RunConfig, TrainOptions, train
+
+    if ram <= 0 or flash <= 0 or budget_minutes <= 0 or epochs < 1:
+        raise BnnkitError("--ram, --flash and --budget-minutes must be > 0 and --epochs >= 1")
+    info = get_info(dataset)
+    out = Path(out)
+    say = print if progress else (lambda *_: None)
+    sized = []
+    for c in space or search_space():
+        try:
+            sized.append({"name": c.name, "model": c.model, "options": c.options, **footprint(c, info.in_shape, info.num_classes)})
+        except BnnkitError:
+            continue  # e.g. too many pools for this input size
+    fits = sorted((r for r in sized if r["ram"] <= ram and r["flash"] <= flash), key=lambda r: r["binary_macs"])
+    if not fits:
+        smallest = min(sized, key=lambda r: (r["ram"], r["flash"]))
+        raise BnnkitError(
+            f"no architecture fits RAM {ram} B and flash {flash} B for {dataset}; the smallest candidate, "
+            f"{smallest['name']}, needs RAM {smallest['ram']} B and flash {smallest['flash']} B"
+        )
+    say(f"bnnkit fit: {len(fits)} of {len(sized)} candidates fit RAM {ram} B / flash {flash} B; training cheapest first")
+    out.mkdir(parents=True, exist_ok=True)
+    done = _recorded(out)
+    recipe = load_recipe("embedded").with_(lr=LR)
+    t0 = time.perf_counter()
+    for row in fits:
+        if row["name"] in done:
+            continue
+        if time.perf_counter() - t0 > budget_minutes * 60:
+            say(f"time budget of {budget_minutes:g} min spent; rerun to continue")
+            break
+        say(f"training {row['name']} (RAM {row['ram']} B, flash {row['flash']} B)")
+        config = RunConfig(row["model"], dataset, epochs, recipe=recipe, model_options=row["options"], data_dir=data_dir)
+        started = time.perf_counter()
+        result = train(config, out / "runs" / row["name"], TrainOptions(resume=True, progress=progress, limit_train=limit_train))
+        done[row["name"]] = {**row, "accuracy": result["test_acc"], "epochs": epochs, "seconds": time.perf_counter() - started}
+        with open(out / RESULTS, "a") as f:  # one whole line per candidate: a crash loses at most the current one
+            f.write(json.dumps(done[row["name"]]) + "\n")
+    trained = [done[r["name"]] for r in fits if r["name"] in done]
+    front = pareto(trained)
+    best = max(trained, key=lambda r: r["accuracy"], default=None)
+    if best is not None:
+        from bnnkit.export import export_run
+
+        graph, _, _ = export_run(out / "runs" / best["name"])
+        graph.save(out / BEST)
+        _plot(sized, trained, front, ram, flash, out / PLOT)
+    return {
+        "dataset": dataset,
+        "ram_budget": ram,
+        "flash_budget": flash,
+        "candidates": len(sized),
+        "fitting": fits,
+        "trained": trained,
+        "pareto": [r["name"] for r in front],
+        "best": best,
+        "best_graph": str(out / BEST) if best else None,
+        "remaining": len(fits) - len(trained),
+    }
+
+
+def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, flash: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bnnkit.train.checkpoint import atomic_write
+
+    fig, (ax_acc, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax_acc.scatter([r["ram"] for r in trained], [r["accuracy"] for r in trained], c="tab:gray", label="trained")
+    pts = sorted(front, key=lambda r: r["ram"])
+    ax_acc.plot([r["ram"] for r in pts], [r["accuracy"] for r in pts], "o-", c="tab:red", label="Pareto front")
+    for r in front:
+        ax_acc.annotate(r["name"], (r["ram"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax_acc.set(xlabel="RAM, planned peak (bytes)", ylabel="test accuracy", xscale="log", title="accuracy vs RAM")
+    ax_acc.legend()
+    ax_mem.scatter([r["ram"] for r in sized], [r["flash"] for r in sized], c="tab:blue", s=12, label="candidates")
+    ax_mem.axvline(ram, c="k", ls="--", lw=1)
+    ax_mem.axhline(flash, c="k", ls="--", lw=1, label="budget")
+    ax_mem.set(xlabel="RAM (bytes)", ylabel="flash (bytes)", xscale="log", yscale="log", title="footprints")
+    ax_mem.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def format_fit(result: dict) -> str:
+    from bnnkit.cost.summary import render_table
+
+    lines = [("candidate", "accuracy", "RAM B", "flash B", "binary MACs", "Pareto")]
+    for r in sorted(result["trained"], key=lambda r: -r["accuracy"]):
+        lines.append((r["name"], f"{r['accuracy']:.4f}", f"{r['ram']:,}", f"{r['flash']:,}", f"{r['binary_macs']:,}",
+                      "*" if r["name"] in result["pareto"] else ""))
+    text = render_table(lines, left=1, total=False)
+    best = result["best"]
+    text.append(
+        f"{len(result['fitting'])} of {result['candidates']} candidates fit; {len(result['trained'])} trained"
+        + (f", {result['remaining']} left (rerun to continue)" if result["remaining"] else "")
+        + (f"; best {best['name']} {best['accuracy']:.4f} -> {result['best_graph']}" if best else "")
+    )
+    return "\n".join(text)

@@ -1,0 +1,258 @@
+"""The Cortex-M runtime: the C of ``bnnkit.runtime.c`` cross-compiled for an Arm Cortex-M3,
+M4 or M7 and run in QEMU's MPS2 boards (AN385, AN386, AN500).
+
+The image is the project's own: start-up code (vector table, reset handler, fault
+handlers), a linker script for the boards' memory map and a harness, all in ``mcu/``, no
+vendor SDK. The harness exchanges files with the host through Arm semihosting, so one QEMU
+launch runs a whole batch of images; it also reports the stack's high-water mark, found by
+painting the stack at reset. Sizes come from the ELF's sections (``arm-none-eabi-size``).
+
+A run whose stack reached the bottom of its region fails with "stack overflow" (the
+stack sits at the bottom of RAM and the fault handlers have their own, so the report
+survives the overflow). An overflow by less than one stack frame can leave the bottom
+word unwritten; it then shows as a fault or as wrong results, so leave a margin over
+``stack_bytes_used``.
+
+Toolchain: ``arm-none-eabi-gcc`` with newlib-nano, used only for the ``memcpy``/``memset``
+the compiler may emit (no syscalls are linked), and ``libgcc`` for soft floats on the M3.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bnnkit.errors import BnnkitError
+from bnnkit.graph import Graph
+from bnnkit.runtime.c import CFLAGS, generate_c
+from bnnkit.runtime.numpy_ref import check_input
+
+TOOLCHAIN_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi"
+QEMU_PACKAGE = "qemu-system-arm"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    machine: str  # the QEMU board
+    cflags: tuple[str, ...]
+
+
+TARGETS = {
+    "cortex-m3": Target("cortex-m3", "mps2-an385", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft")),
+    "cortex-m4": Target(
+        "cortex-m4", "mps2-an386", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
+    ),
+    "cortex-m7": Target("cortex-m7", "mps2-an500", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16")),
+}
+
+# No Cortex-M has a popcount instruction: __builtin_popcount would be a call to libgcc's
+# table-driven __popcountsi2, slower than the bit trick and a 256-byte table in flash.
+MCU_CFLAGS = (*CFLAGS, "-ffunction-sections", "-fdata-sections", "-DBNNKIT_PORTABLE_POPCOUNT")
+LDFLAGS = ("--specs=nano.specs", "-nostartfiles", "-Wl,--gc-sections")
+
+_MCU_SOURCES = ("startup", "semihost", "harness")
+_TRAILER = 0x4B4E4E42  # "BNNK", after the last record of bnnkit.out
+# the harness's exit statuses (mcu/mcu.h)
+_EXIT_STATUS = {2: "bad input", 3: "semihosting I/O failed", 4: "fault", 5: "stack overflow; build with a larger stack_size"}
+
+
+@dataclass(frozen=True)
+class McuSize:
+    """Section sizes of the ELF in bytes (all of its models together)."""
+
+    text: int  # code and the vector table (flash)
+    rodata: int  # constants: weights, thresholds, layer descriptors (flash)
+    data: int  # initialised variables (flash and RAM)
+    bss: int  # zeroed variables: the arenas and the harness's buffers (RAM)
+    stack: int  # reserved for the stack (RAM)
+
+    @property
+    def flash(self) -> int:
+        return self.text + self.rodata + self.data
+
+    @property
+    def static_ram(self) -> int:
+        return self.data + self.bss
+
+
+@dataclass(frozen=True)
+class McuRun:
+    """What one QEMU launch returned."""
+
+    scores: np.ndarray  # float32 (N, classes)
+    labels: np.ndarray  # int64 (N,)
+    stack_bytes_used: int  # high-water mark since reset, harness and start-up included
+    ram_bytes: int  # data + bss + stack used
+    seconds: float  # wall time of the launch, boot included
+
+
+@dataclass(frozen=True)
+class McuImage:
+    """A graph compiled into a Cortex-M ELF; ``run``/``predict`` execute it in QEMU."""
+
+    graph: Graph
+    elf: Path
+    target: Target
+    index: int  # which of the ELF's models
+    size: McuSize
+    qemu: str = "qemu-system-arm"
+
+    def run(self, x: np.ndarray, *, timeout: float | None = None) -> McuRun:
+        """Run uint8 images (N, C, H, W) in one QEMU launch; ``timeout`` in seconds
+        defaults to 60 plus one per image."""
+        x = np.ascontiguousarray(check_input(self.graph, x))
+        qemu = shutil.which(self.qemu)
+        if qemu is None:
+            raise BnnkitError(f"no emulator {self.qemu!r} found; install the Debian package {QEMU_PACKAGE}")
+        limit = 60.0 + len(x) if timeout is None else timeout
+        machine = self.target.machine
+        cmd = [qemu, "-machine", machine, "-nographic", "-monitor", "none", "-serial", "none",
+               "-semihosting-config", "enable=on,target=native", "-kernel", str(self.elf.resolve())]  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="bnnkit-qemu-") as tmp:
+            (Path(tmp) / "bnnkit.in").write_bytes(struct.pack("<I", self.index) + x.tobytes())
+            start = time.perf_counter()
+            try:
+                proc = subprocess.run(cmd, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, timeout=limit)
+            except subprocess.TimeoutExpired:
+                raise BnnkitError(f"{self.elf} did not finish {len(x)} images in {limit:g} s on QEMU {machine}") from None
+            seconds = time.perf_counter() - start
+            if proc.returncode != 0:
+                why = _EXIT_STATUS.get(proc.returncode, "QEMU failed")
+                output = (proc.stderr + proc.stdout).decode(errors="replace").strip()
+                raise BnnkitError(f"{self.elf} exited with status {proc.returncode} ({why}) on QEMU {machine}:\n{output}")
+            out = (Path(tmp) / "bnnkit.out").read_bytes()
+        k = self.graph.num_classes
+        record = np.dtype([("scores", "<f4", (k,)), ("label", "<i4")])
+        if len(out) != len(x) * record.itemsize + 8 or struct.unpack_from("<I", out, len(out) - 8)[0] != _TRAILER:
+            raise BnnkitError(f"{self.elf} wrote {len(out)} bytes for {len(x)} images")
+        records = np.frombuffer(out, dtype=record, count=len(x))
+        used = self.size.stack - struct.unpack_from("<I", out, len(out) - 4)[0]
+        return McuRun(
+            scores=records["scores"].astype(np.float32).reshape(len(x), k),
+            labels=records["label"].astype(np.int64),
+            stack_bytes_used=used,
+            ram_bytes=self.size.static_ram + used,
+            seconds=seconds,
+        )
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores float32 (N, classes) and labels int64 (N,) of uint8 images (N, C, H, W)."""
+        result = self.run(x)
+        return result.scores, result.labels
+
+
+def _tool(cmd: list[str], what: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return proc.stdout
+    if "nano.specs" in proc.stderr:
+        raise BnnkitError(f"{what} failed: newlib-nano is missing; install the Debian packages {TOOLCHAIN_PACKAGES}\n{proc.stderr}")
+    if "overflowed" in proc.stderr or "will not fit in region" in proc.stderr:
+        raise BnnkitError(
+            "the image does not fit the MPS2 board's 4 MiB of code memory or 4 MiB of RAM "
+            f"(see bnnkit/runtime/mcu/mps2.ld):\n{proc.stderr}"
+        )
+    raise BnnkitError(f"{what} failed: {' '.join(cmd)}\n{proc.stderr}")
+
+
+def _section_sizes(size_tool: str, elf: Path) -> dict[str, int]:
+    sizes = {}
+    for line in _tool([size_tool, "-A", str(elf)], "arm-none-eabi-size").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            sizes[parts[0]] = int(parts[1])
+    return sizes
+
+
+def build_mcus(
+    graphs: Sequence[Graph],
+    workdir: str | Path,
+    target: str = "cortex-m4",
+    *,
+    prefixes: Sequence[str] | None = None,
+    stack_size: int = 8192,
+    toolchain: str = "arm-none-eabi-",
+    qemu: str = "qemu-system-arm",
+) -> list[McuImage]:
+    """Compile ``graphs`` into one ELF for ``target`` (a key of ``TARGETS``) under
+    ``workdir``, each graph under its own prefix (default ``g0``, ``g1``, ...).
+    ``toolchain`` prefixes the tool names (``gcc``, ``size``); ``stack_size`` bytes are
+    reserved for the stack."""
+    if target not in TARGETS:
+        raise BnnkitError(f"unknown Cortex-M target {target!r}; choose one of {', '.join(TARGETS)}")
+    if not graphs:
+        raise BnnkitError("build_mcus needs at least one graph")
+    if stack_size <= 0 or stack_size % 8:
+        raise BnnkitError(f"stack_size must be a positive multiple of 8, not {stack_size}")
+    cc, size_tool = f"{toolchain}gcc", f"{toolchain}size"
+    for tool in (cc, size_tool):
+        if shutil.which(tool) is None:
+            raise BnnkitError(f"no Arm cross compiler {tool!r} found; install the Debian packages {TOOLCHAIN_PACKAGES}")
+    prefixes = list(prefixes) if prefixes is not None else [f"g{i}" for i in range(len(graphs))]
+    if len(prefixes) != len(graphs) or len(set(prefixes)) != len(prefixes) or "bnnkit_models" in prefixes:
+        raise BnnkitError(f"need one distinct prefix per graph, not {prefixes}")
+
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    for graph, prefix in zip(graphs, prefixes):
+        for name, text in generate_c(graph, prefix).items():
+            (work / name).write_text(text)
+    mcu = resources.files("bnnkit.runtime") / "mcu"
+    for name in (*(f"{s}.c" for s in _MCU_SOURCES), "mcu.h", "mps2.ld"):
+        (work / name).write_text((mcu / name).read_text())
+    (work / "bnnkit_models.h").write_text(
+        "/* Generated by bnnkit: the models of this image, for harness.c. */\n"
+        + "".join(f'#include "{p}.h"\n' for p in prefixes)
+        + "#define BNNKIT_MODELS(X) " + " ".join(f"X({p}, {p.upper()})" for p in prefixes) + "\n"
+        + f"#define BNNKIT_MAX_INPUT {max(int(np.prod(g.input_shape)) for g in graphs)}\n"
+        + f"#define BNNKIT_MAX_CLASSES {max(g.num_classes for g in graphs)}\n"
+    )
+
+    flags = [*TARGETS[target].cflags, *MCU_CFLAGS]
+    units = [*prefixes, *_MCU_SOURCES]
+    with ThreadPoolExecutor() as pool:
+        compiles = ([cc, *flags, "-c", str(work / f"{u}.c"), "-o", str(work / f"{u}.o")] for u in units)
+        list(pool.map(lambda cmd: _tool(cmd, "C compilation"), compiles))
+    elf = work / f"bnnkit-{target}.elf"
+    _tool(
+        [cc, *flags, *LDFLAGS, f"-Wl,--defsym=__stack_size={stack_size}", "-T", str(work / "mps2.ld"),
+         f"-Wl,-Map={elf.with_suffix('.map')}", *(str(work / f"{u}.o") for u in units), "-o", str(elf)],
+        "linking",
+    )  # fmt: skip
+    sections = _section_sizes(size_tool, elf)
+    size = McuSize(
+        text=sections.get(".text", 0),
+        rodata=sections.get(".rodata", 0) + sections.get(".ARM.exidx", 0),
+        data=sections.get(".data", 0),
+        bss=sections.get(".bss", 0),
+        stack=sections.get(".stack", 0),
+    )
+    return [McuImage(graph, elf, TARGETS[target], i, size, qemu) for i, graph in enumerate(graphs)]
+
+
+def build_mcu(
+    graph: Graph,
+    workdir: str | Path,
+    target: str = "cortex-m4",
+    *,
+    prefix: str = "bnn",
+    stack_size: int = 8192,
+    toolchain: str = "arm-none-eabi-",
+    qemu: str = "qemu-system-arm",
+) -> McuImage:
+    """Compile ``graph`` with the start-up code and the semihosting harness into an ELF
+    for ``target`` under ``workdir`` (see ``build_mcus`` for the options)."""
+    return build_mcus(
+        [graph], workdir, target, prefixes=[prefix], stack_size=stack_size, toolchain=toolchain, qemu=qemu
+    )[0]

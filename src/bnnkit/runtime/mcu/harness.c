@@ -1,0 +1,57 @@
+/* The emulator harness. bnnkit.in holds the model index (uint32) then N images (uint8,
+   CHW); for each image bnnkit.out receives its scores (float32) then its label (int32),
+   and after the last one a trailer {BNNKIT_TRAILER, unused stack bytes} (uint32 each).
+   All little-endian. Files are the host's, opened through semihosting. */
+#include "mcu.h"
+#include "bnnkit_models.h" /* generated: every model's header and BNNKIT_MODELS(X) */
+
+#define BNNKIT_TRAILER 0x4b4e4e42u /* "BNNK" */
+
+struct model {
+    int (*infer)(const uint8_t *, float *);
+    uint32_t input_size, classes;
+};
+
+#define BNNKIT_MODEL(prefix, PREFIX) {prefix##_infer, PREFIX##_INPUT_SIZE, PREFIX##_NUM_CLASSES},
+static const struct model models[] = {BNNKIT_MODELS(BNNKIT_MODEL)};
+
+static uint8_t input[BNNKIT_MAX_INPUT];
+static float scores[BNNKIT_MAX_CLASSES];
+
+static int fail(const char *why, int status)
+{
+    sh_print("bnnkit: ");
+    sh_print(why);
+    sh_print("\n");
+    return status;
+}
+
+int main(void)
+{
+    const struct model *m;
+    uint32_t index, bytes, n, i, trailer[2];
+    int32_t label;
+    int in = sh_open("bnnkit.in", SH_MODE_RB), out = sh_open("bnnkit.out", SH_MODE_WB);
+    if (in < 0 || out < 0)
+        return fail("cannot open bnnkit.in or bnnkit.out", EXIT_IO);
+    if (sh_flen(in) < 4 || sh_read(in, &index, 4) != 0)
+        return fail("bnnkit.in has no model index", EXIT_BAD_INPUT);
+    if (index >= sizeof models / sizeof models[0])
+        return fail("no such model", EXIT_BAD_INPUT);
+    m = &models[index];
+    bytes = (uint32_t)sh_flen(in) - 4;
+    if (bytes % m->input_size != 0)
+        return fail("bnnkit.in ends with a partial image", EXIT_BAD_INPUT);
+    for (n = bytes / m->input_size, i = 0; i < n; i++) {
+        if (sh_read(in, input, m->input_size) != 0)
+            return fail("cannot read an image", EXIT_IO);
+        label = m->infer(input, scores);
+        if (sh_write(out, scores, m->classes * sizeof scores[0]) != 0 || sh_write(out, &label, sizeof label) != 0)
+            return fail("cannot write the scores", EXIT_IO);
+    }
+    trailer[0] = BNNKIT_TRAILER;
+    trailer[1] = stack_unused_bytes();
+    if (sh_write(out, trailer, sizeof trailer) != 0 || sh_close(out) != 0 || sh_close(in) != 0)
+        return fail("cannot write the trailer", EXIT_IO);
+    return 0;
+}
