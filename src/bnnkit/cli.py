@@ -129,12 +129,18 @@ def cmd_run(args: argparse.Namespace) -> None:
     graph = Graph.load(args.graph)
     r = run_graph(graph, args.runtime, args.dataset, args.limit, args.data_dir, progress=not args.json)
     exact = "bit-identical scores" if r["bit_exact"] else "scores differ"
-    _emit(
-        args,
-        r,
+    text = (
         f"{args.graph} in {r['runtime']} on {r['dataset']} ({r['n']} images): accuracy {r['accuracy']:.4f}, "
-        f"agreement with numpy {r['agreement']:.2%} ({exact})",
+        f"agreement with numpy {r['agreement']:.2%} ({exact})"
     )
+    if "device" in r:
+        d = r["device"]
+        text += (
+            f"\n{d['target']} ({d['board']} in QEMU): flash {d['flash_bytes']:,} B (text {d['text']:,}, rodata "
+            f"{d['rodata']:,}, data {d['data']:,}); RAM {d['ram_bytes']:,} B (data + bss {d['bss']:,} + stack used "
+            f"{d['stack_bytes_used']:,})"
+        )
+    _emit(args, r, text)
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -226,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="accuracy of a graph in a runtime, and its agreement with the numpy reference")
     p.add_argument("graph", type=Path, metavar="MODEL.bnn")
-    p.add_argument("--runtime", choices=("numpy", "c"), default="numpy")
+    p.add_argument("--runtime", choices=("numpy", "c", "cortex-m3", "cortex-m4", "cortex-m7"), default="numpy",
+                   help="numpy (the reference), c (compiled on this host) or a Cortex-M core emulated in QEMU")
     p.add_argument("--dataset", help="default: the dataset the model was trained on")
     p.add_argument("--limit", type=int, help="first N test images only")
     p.add_argument("--data-dir")

@@ -22,6 +22,7 @@ DEMO_PLANS = {
     "mnist5k": {"model": "small_cnn", "epochs": 15, "model_options": {}, "lr": 3e-3},
 }
 GRAPH = "model.bnn"
+MCU_IMAGES = 2000  # about 20 s in QEMU for small_cnn
 
 
 def pick_dataset(data_dir: str | None) -> str:
@@ -63,6 +64,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int | None = None, data_dir:
     say("compiling the C runtime and running it on the test set")
     with tempfile.TemporaryDirectory(prefix="bnnkit-demo-") as work:
         c_scores, c_labels = build_host(graph, work).predict(test.x)
+        mcu = _cortex_m4(graph, test.x[:MCU_IMAGES], check["graph_scores"][:MCU_IMAGES], test.y[:MCU_IMAGES], work, say)
     result = {
         "dataset": dataset,
         "model": config.model,
@@ -73,6 +75,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int | None = None, data_dir:
         "c_accuracy": float(np.mean(c_labels == test.y)),
         "graph_agreement": check["top1_agreement"],
         "c_bit_exact": bool(np.array_equal(c_scores, check["graph_scores"])),
+        "cortex_m4": mcu,
         "seconds": time.perf_counter() - t0,
         "train_seconds": train_seconds,
         "out": str(out),
@@ -82,6 +85,34 @@ def run_demo(out: str | Path = "runs/demo", epochs: int | None = None, data_dir:
         f"  PyTorch     accuracy {result['accuracy']:.4f}\n"
         f"  graph/numpy accuracy {result['numpy_accuracy']:.4f} (same label as PyTorch on {check['top1_agreement']:.2%})\n"
         f"  C runtime   accuracy {result['c_accuracy']:.4f} ({'bit-identical scores to numpy' if result['c_bit_exact'] else 'SCORES DIFFER from numpy'})\n"
-        f"total {result['seconds']:.0f} s; run directory {out}, graph {out / GRAPH}"
+        + (
+            f"  Cortex-M4   accuracy {mcu['accuracy']:.4f} on the first {mcu['n']} "
+            f"({'bit-identical' if mcu['bit_exact'] else 'SCORES DIFFER'}); flash {mcu['flash_bytes']:,} B, "
+            f"RAM {mcu['ram_bytes']:,} B (QEMU mps2-an386)\n"
+            if "accuracy" in mcu
+            else f"  Cortex-M4   skipped: {mcu['skipped']}\n"
+        )
+        + f"total {result['seconds']:.0f} s; run directory {out}, graph {out / GRAPH}"
     )
     return result
+
+
+def _cortex_m4(graph, x, reference_scores, y, work: str, say) -> dict:
+    """The graph on an emulated Cortex-M4, where the toolchain and QEMU are installed."""
+    from bnnkit.runtime.cortex_m import build_mcu
+
+    say(f"cross-compiling for Cortex-M4 and running {len(x)} images in QEMU")
+    try:
+        image = build_mcu(graph, Path(work) / "m4", "cortex-m4")
+        run = image.run(x)
+    except BnnkitError as exc:  # no cross toolchain or emulator: the rest of the demo stands
+        return {"skipped": str(exc)}
+    return {
+        "n": int(len(x)),
+        "accuracy": float(np.mean(run.labels == y)),
+        "bit_exact": bool(np.array_equal(run.scores, reference_scores)),
+        "flash_bytes": image.size.flash,
+        "ram_bytes": run.ram_bytes,
+        "stack_bytes_used": run.stack_bytes_used,
+        "seconds": run.seconds,
+    }

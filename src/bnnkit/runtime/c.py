@@ -48,7 +48,9 @@ static int bit_at(const uint32_t *v, int i)
     ),
     "popcount": (
         """\
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(BNNKIT_PORTABLE_POPCOUNT)
+/* No Cortex-M has a popcount instruction: there the builtin is a libgcc table lookup. */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(BNNKIT_PORTABLE_POPCOUNT) && \
+    !(defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M')
 #define POPCOUNT(v) __builtin_popcountl((unsigned long)(v))
 #else
 static int popcount32(uint32_t v)

@@ -50,9 +50,7 @@ class Target:
 
 TARGETS = {
     "cortex-m3": Target("cortex-m3", "mps2-an385", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft")),
-    "cortex-m4": Target(
-        "cortex-m4", "mps2-an386", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
-    ),
+    "cortex-m4": Target("cortex-m4", "mps2-an386", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
     "cortex-m7": Target("cortex-m7", "mps2-an500", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16")),
 }
 
@@ -69,7 +67,8 @@ _EXIT_STATUS = {2: "bad input", 3: "semihosting I/O failed", 4: "fault", 5: "sta
 
 @dataclass(frozen=True)
 class McuSize:
-    """Section sizes of the ELF in bytes (all of its models together)."""
+    """Section sizes of the ELF in bytes (all of its models together). Not counted: the
+    256-byte stack of the reset and fault handlers, an artefact of the harness."""
 
     text: int  # code and the vector table (flash)
     rodata: int  # constants: weights, thresholds, layer descriptors (flash)
@@ -92,7 +91,7 @@ class McuRun:
 
     scores: np.ndarray  # float32 (N, classes)
     labels: np.ndarray  # int64 (N,)
-    stack_bytes_used: int  # high-water mark since reset, harness and start-up included
+    stack_bytes_used: int  # high-water mark of main's stack: harness, inference, exception frames
     ram_bytes: int  # data + bss + stack used
     seconds: float  # wall time of the launch, boot included
 
@@ -157,7 +156,9 @@ def _tool(cmd: list[str], what: str) -> str:
     if proc.returncode == 0:
         return proc.stdout
     if "nano.specs" in proc.stderr:
-        raise BnnkitError(f"{what} failed: newlib-nano is missing; install the Debian packages {TOOLCHAIN_PACKAGES}\n{proc.stderr}")
+        raise BnnkitError(
+            f"{what} failed: newlib-nano is missing; install the Debian packages {TOOLCHAIN_PACKAGES}\n{proc.stderr}"
+        )
     if "overflowed" in proc.stderr or "will not fit in region" in proc.stderr:
         raise BnnkitError(
             "the image does not fit the MPS2 board's 4 MiB of code memory or 4 MiB of RAM "
@@ -195,13 +196,13 @@ def build_mcus(
         raise BnnkitError("build_mcus needs at least one graph")
     if stack_size <= 0 or stack_size % 8:
         raise BnnkitError(f"stack_size must be a positive multiple of 8, not {stack_size}")
+    prefixes = list(prefixes) if prefixes is not None else [f"g{i}" for i in range(len(graphs))]
+    if len(prefixes) != len(graphs) or len(set(prefixes)) != len(prefixes) or "bnnkit_models" in prefixes:
+        raise BnnkitError(f"need one distinct prefix per graph, not {prefixes}")
     cc, size_tool = f"{toolchain}gcc", f"{toolchain}size"
     for tool in (cc, size_tool):
         if shutil.which(tool) is None:
             raise BnnkitError(f"no Arm cross compiler {tool!r} found; install the Debian packages {TOOLCHAIN_PACKAGES}")
-    prefixes = list(prefixes) if prefixes is not None else [f"g{i}" for i in range(len(graphs))]
-    if len(prefixes) != len(graphs) or len(set(prefixes)) != len(prefixes) or "bnnkit_models" in prefixes:
-        raise BnnkitError(f"need one distinct prefix per graph, not {prefixes}")
 
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph
 from bnnkit.runtime.numpy_ref import predict
 
-RUNTIMES = ("numpy", "c")
+RUNTIMES = ("numpy", "c", "cortex-m3", "cortex-m4", "cortex-m7")
 
 
 def test_images(graph: Graph, dataset: str | None, limit: int | None, data_dir: str | None):
@@ -39,6 +39,7 @@ def run_graph(graph: Graph, runtime: str = "numpy", dataset: str | None = None, 
     ref_scores, ref_labels = predict(graph, x, progress=progress)
     seconds = {"numpy": time.perf_counter() - t0}
     scores, labels = ref_scores, ref_labels
+    device = {}
     if runtime == "c":
         from bnnkit.runtime.c import build_host
 
@@ -47,6 +48,27 @@ def run_graph(graph: Graph, runtime: str = "numpy", dataset: str | None = None, 
             t0 = time.perf_counter()
             scores, labels = host.predict(x)
             seconds["c"] = time.perf_counter() - t0
+    elif runtime.startswith("cortex-"):
+        from bnnkit.runtime.cortex_m import build_mcu
+
+        with tempfile.TemporaryDirectory(prefix="bnnkit-mcu-") as work:
+            image = build_mcu(graph, work, runtime)
+            run = image.run(x)
+        scores, labels, seconds[runtime] = run.scores, run.labels, run.seconds
+        size = image.size
+        device = {
+            "device": {
+                "target": runtime,
+                "board": image.target.machine,
+                "text": size.text,
+                "rodata": size.rodata,
+                "data": size.data,
+                "bss": size.bss,
+                "flash_bytes": size.flash,
+                "stack_bytes_used": run.stack_bytes_used,
+                "ram_bytes": run.ram_bytes,
+            }
+        }
     return {
         "runtime": runtime,
         "dataset": name,
@@ -55,4 +77,5 @@ def run_graph(graph: Graph, runtime: str = "numpy", dataset: str | None = None, 
         "agreement": float(np.mean(labels == ref_labels)),
         "bit_exact": bool(np.array_equal(scores, ref_scores)),
         "seconds": seconds,
+        **device,
     }

@@ -1,0 +1,249 @@
+"""The Cortex-M runtime in QEMU against the NumPy reference: bit-identical scores and
+labels on the M3 (soft float), M4 and M7 (hard float), plus the image's sizes, its stack
+high-water mark and its errors.
+
+Random graphs are built into one ELF per target, each graph under its own prefix, and
+each is run by one QEMU launch over all its images."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from bnnkit.errors import BnnkitError
+from bnnkit.graph import Graph, Op
+from bnnkit.runtime import cortex_m, numpy_ref
+from bnnkit.runtime.c import generate_c
+from bnnkit.runtime.cortex_m import TARGETS, McuImage, McuSize, build_mcu, build_mcus
+from bnnkit.runtime.plan import plan_memory
+from graphgen import SETTINGS, ebnn_cnn, graph_cases
+
+MISSING = [tool for tool in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(tool) is None]
+needs_tools = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"{' and '.join(MISSING)} not installed (Debian: gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)",
+)
+
+N_GRAPHS = 60
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """``N_GRAPHS`` distinct random graphs. Hypothesis starts with the simplest list (the
+    same trivial graph throughout), so lists are drawn until enough distinct graphs came."""
+    found: dict[str, object] = {}
+
+    @settings(SETTINGS, max_examples=4, phases=[Phase.generate])
+    @given(st.lists(graph_cases(), min_size=N_GRAPHS // 3, max_size=N_GRAPHS // 3))
+    def draw(batch):
+        for case in batch:
+            found.setdefault(generate_c(case.graph, "g")["g.c"], case)
+
+    draw()
+    assert len(found) > N_GRAPHS
+    return list(found.values())[:N_GRAPHS]
+
+
+def assert_same(image: McuImage, x: np.ndarray, what: str) -> np.ndarray:
+    scores, labels = image.predict(x)
+    ref_scores, ref_labels = numpy_ref.predict(image.graph, x)
+    assert scores.dtype == np.float32 and labels.dtype == np.int64
+    assert np.array_equal(scores, ref_scores.astype(np.float32)), f"{what}: scores differ"
+    assert np.array_equal(labels, ref_labels), f"{what}: labels differ"
+    return labels
+
+
+@needs_tools
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_random_graphs_are_bit_exact(cases, target, tmp_path):
+    images = build_mcus([case.graph for case in cases], tmp_path, target)
+    for i, (case, image) in enumerate(zip(cases, images)):
+        assert_same(image, case.x, f"{target} graph {i} {[op.kind for op in case.graph.ops]}")
+    kinds = {(op.kind, case.graph.types[op.inputs[0]][0]) for case in cases for op in case.graph.ops}
+    # the float paths (soft float on the M3) and the popcount of binary layers are exercised
+    assert {("affine", "i32"), ("affine", "f32"), ("add", "f32"), ("binary_conv2d", "bits"), ("binary_dense", "bits")} <= kinds
+
+
+def _symbols(elf: Path) -> str:
+    return subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True, check=True).stdout
+
+
+@needs_tools
+def test_fashion_cnn_on_m4_is_bit_exact_and_measured(tmp_path):
+    rng = np.random.default_rng(0)
+    graph = ebnn_cnn(rng)
+    x = rng.integers(0, 256, (128, 1, 28, 28), dtype=np.uint8)
+    image = build_mcu(graph, tmp_path, "cortex-m4")
+    run = image.run(x)
+    ref_scores, ref_labels = numpy_ref.predict(graph, x)
+    assert np.array_equal(run.scores, ref_scores.astype(np.float32)) and np.array_equal(run.labels, ref_labels)
+    assert len(set(run.labels)) > 1
+
+    # no Cortex-M has a popcount instruction: the bit trick, not libgcc's table, counts
+    symbols = _symbols(image.elf)
+    assert "bnn_infer" in symbols and "__popcount" not in symbols
+
+    size, plan = image.size, plan_memory(graph)
+    weight_bytes = sum(op.params["weight"].size // 8 for op in graph.ops if "weight" in op.params)
+    assert weight_bytes <= size.rodata < weight_bytes + 4096  # + word padding, thresholds, descriptors
+    assert 1000 < size.text < 16384
+    assert size.bss >= plan.arena_bytes + plan.input_bytes + 4 * graph.num_classes
+    assert size.flash == size.text + size.rodata + size.data and size.stack == 8192
+    assert 0 < run.stack_bytes_used < size.stack
+    assert run.ram_bytes == size.data + size.bss + run.stack_bytes_used
+    assert run.seconds > 0
+
+
+def _dense_graph(width: int) -> Graph:
+    rng = np.random.default_rng(width)
+    ops = [
+        Op("flatten", ["input"], "f"),
+        Op("input_dense", ["f"], "d1", {}, {"weight": rng.random((256, 256)) < 0.5}),
+        Op("threshold", ["d1"], "s", {}, {"thresh": rng.integers(-500, 500, 256).astype(np.int32), "flip": rng.random(256) < 0.5}),
+        Op("binary_dense", ["s"], "d2", {}, {"weight": rng.random((width, 256)) < 0.5}),
+        Op("argmax", ["d2"], "y"),
+    ]
+    return Graph((1, 16, 16), ops)
+
+
+@needs_tools
+def test_sizes_follow_the_weights_and_every_target_runs(tmp_path):
+    x = np.random.default_rng(2).integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
+    small = build_mcu(_dense_graph(16), tmp_path / "small", "cortex-m4").size
+    big = build_mcu(_dense_graph(1024), tmp_path / "big", "cortex-m4").size
+    extra_weights = (1024 - 16) * 256 // 8
+    assert extra_weights <= big.rodata - small.rodata < extra_weights + 64
+    assert big.text == small.text and big.data == small.data
+    extra_arena = plan_memory(_dense_graph(1024)).arena_bytes - plan_memory(_dense_graph(16)).arena_bytes
+    assert big.bss - small.bss == extra_arena + 4 * (1024 - 16)  # and the harness's scores
+    texts = {}
+    for target in TARGETS:
+        image = build_mcu(_dense_graph(16), tmp_path / target, target, stack_size=1024)
+        assert_same(image, x, target)
+        texts[target] = image.size.text
+        assert image.size.stack == 1024 and 0 < image.run(x[:1]).stack_bytes_used < 1024
+    assert texts["cortex-m3"] > texts["cortex-m4"]  # the M3 links the soft-float routines
+
+
+@needs_tools
+def test_stack_overflow_is_reported(tmp_path):
+    image = build_mcu(ebnn_cnn(np.random.default_rng(0)), tmp_path, "cortex-m3", stack_size=128)
+    with pytest.raises(BnnkitError, match="stack overflow"):
+        image.predict(np.zeros((2, 1, 28, 28), np.uint8))
+
+
+def _tiny_graph() -> Graph:
+    w = np.ones((2, 4), bool)
+    ops = [Op("flatten", ["input"], "f"), Op("input_dense", ["f"], "d", {}, {"weight": w}), Op("argmax", ["d"], "y")]
+    return Graph((1, 2, 2), ops)
+
+
+def _with_body(monkeypatch, body: str) -> None:
+    """Replace the generated inference function by one that runs ``body``."""
+    real = cortex_m.generate_c
+
+    def generate(graph, prefix):
+        sources = real(graph, prefix)
+        sources[f"{prefix}.c"] = (
+            f'#include "{prefix}.h"\nint {prefix}_infer(const uint8_t *input, float *scores)\n'
+            f"{{\n    (void)input;\n    (void)scores;\n    {body}\n}}\n"
+        )
+        return sources
+
+    monkeypatch.setattr(cortex_m, "generate_c", generate)
+
+
+@needs_tools
+def test_faults_and_hangs_are_errors(tmp_path, monkeypatch):
+    x = np.zeros((1, 1, 2, 2), np.uint8)
+    _with_body(monkeypatch, "__builtin_trap();")  # an undefined instruction: UsageFault
+    with pytest.raises(BnnkitError, match=r"(?s)status 4 \(fault\).*exception 0x00000006"):
+        build_mcu(_tiny_graph(), tmp_path / "trap", "cortex-m7").predict(x)
+    _with_body(monkeypatch, "for (;;) {}")
+    with pytest.raises(BnnkitError, match="did not finish 1 images in 1 s"):
+        build_mcu(_tiny_graph(), tmp_path / "hang", "cortex-m4").run(x, timeout=1)
+
+
+@needs_tools
+def test_compile_errors_carry_the_compiler_output(tmp_path, monkeypatch):
+    _with_body(monkeypatch, "return missing;")
+    with pytest.raises(BnnkitError, match="(?s)C compilation failed.*arm-none-eabi-gcc.*missing"):
+        build_mcu(_tiny_graph(), tmp_path, "cortex-m3")
+
+
+@needs_tools
+def test_an_image_larger_than_the_board_is_an_error(tmp_path):
+    ops = [
+        Op("input_conv2d", ["input"], "c", {"stride": 1, "padding": 0}, {"weight": np.ones((5, 1, 1, 1), bool)}),
+        Op("maxpool", ["c"], "p", {"kernel": 64, "stride": 64}),
+        Op("flatten", ["p"], "f"),
+        Op("argmax", ["f"], "y"),
+    ]
+    graph = Graph((1, 512, 512), ops)
+    assert plan_memory(graph).arena_bytes > 4 << 20
+    with pytest.raises(BnnkitError, match="(?s)does not fit the MPS2 board.*RAM"):
+        build_mcu(graph, tmp_path, "cortex-m4")
+
+
+def test_missing_toolchain_names_the_packages(tmp_path):
+    with pytest.raises(BnnkitError, match="bnnkit-no-such-gcc.*gcc-arm-none-eabi libnewlib-arm-none-eabi"):
+        build_mcu(_tiny_graph(), tmp_path, toolchain="bnnkit-no-such-")
+
+
+def test_missing_newlib_names_the_packages(tmp_path):
+    # a stand-in compiler that fails as arm-none-eabi-gcc does without newlib
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        "gcc": """case "$*" in *nano.specs*) echo "cannot read spec file 'nano.specs'" >&2; exit 1;; esac""",
+        "size": "",
+    }
+    for tool, script in scripts.items():
+        (bin_dir / f"fake-{tool}").write_text(f"#!/bin/sh\n{script}\nexit 0\n")
+        (bin_dir / f"fake-{tool}").chmod(0o755)
+    with pytest.raises(BnnkitError, match="newlib-nano is missing.*libnewlib-arm-none-eabi"):
+        build_mcu(_tiny_graph(), tmp_path / "work", toolchain=f"{bin_dir}/fake-")
+
+
+def test_missing_qemu_names_the_package(tmp_path):
+    image = McuImage(_tiny_graph(), tmp_path / "x.elf", TARGETS["cortex-m4"], 0, McuSize(0, 0, 0, 0, 8), qemu="bnnkit-no-such-qemu")
+    with pytest.raises(BnnkitError, match="'bnnkit-no-such-qemu' found; install the Debian package qemu-system-arm"):
+        image.predict(np.zeros((1, 1, 2, 2), np.uint8))
+
+
+def test_bad_arguments_are_errors(tmp_path):
+    with pytest.raises(BnnkitError, match="unknown Cortex-M target 'cortex-m0'; choose one of cortex-m3, cortex-m4, cortex-m7"):
+        build_mcu(_tiny_graph(), tmp_path, "cortex-m0")
+    with pytest.raises(BnnkitError, match="stack_size must be a positive multiple of 8"):
+        build_mcu(_tiny_graph(), tmp_path, stack_size=100)
+    with pytest.raises(BnnkitError, match="one distinct prefix per graph"):
+        build_mcus([_tiny_graph(), _tiny_graph()], tmp_path, prefixes=["a", "a"])
+    image = McuImage(_tiny_graph(), tmp_path / "x.elf", TARGETS["cortex-m4"], 0, McuSize(0, 0, 0, 0, 8))
+    with pytest.raises(BnnkitError, match="uint8"):
+        image.predict(np.zeros((1, 1, 2, 2), np.float32))
+
+
+@needs_tools
+def test_cli_run_on_cortex_m_reports_agreement_and_footprint(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from bnnkit.cli import main
+    from bnnkit.export import export_model
+    from bnnkit.models import create_model
+
+    torch.manual_seed(0)
+    graph = export_model(create_model("ebnn_cnn", 10, (1, 8, 8), "embedded", channels=[8, 16]), (1, 8, 8))
+    graph.meta["dataset"] = "digits"
+    graph.save(tmp_path / "m.bnn")
+    assert main(["run", str(tmp_path / "m.bnn"), "--runtime", "cortex-m3", "--limit", "200", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n"] == 200 and r["agreement"] == 1.0 and r["bit_exact"]
+    d = r["device"]
+    assert d["board"] == "mps2-an385" and d["flash_bytes"] == d["text"] + d["rodata"] + d["data"]
+    assert d["ram_bytes"] == d["data"] + d["bss"] + d["stack_bytes_used"] and d["bss"] >= plan_memory(graph).arena_bytes
