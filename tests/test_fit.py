@@ -1,6 +1,7 @@
 """bnnkit fit: footprint filter, training within budget, Pareto front, resume after a crash."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 import bnnkit.fit as fitmod
 from bnnkit.cli import main
 from bnnkit.errors import BnnkitError
-from bnnkit.fit import BEST, RESULTS, Candidate, fit, footprint, pareto, parse_bytes
+from bnnkit.fit import BEST, RESULTS, Candidate, candidate_graph, fit, footprint, pareto, parse_bytes
 from bnnkit.graph import Graph
 from bnnkit.runtime.evaluate import run_graph
 
@@ -38,7 +39,7 @@ def test_pareto_by_hand():
 
 def test_fit_trains_what_fits_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "fit"
-    sizes = {c.name: footprint(c, (1, 8, 8), 10) for c in SPACE}
+    sizes = {c.name: footprint(candidate_graph(c, (1, 8, 8), 10)) for c in SPACE}
     flash = max(s["flash"] for name, s in sizes.items() if not name.startswith("small_cnn"))
     assert sizes["small_cnn-width=32-hidden=256"]["flash"] > flash
 
@@ -92,3 +93,14 @@ def test_cli_fit_json(tmp_path, capsys, monkeypatch):
     assert result["ram_budget"] == 1024 and result["flash_budget"] == 2048
     assert {r["name"] for r in result["trained"]} <= {c.name for c in SPACE[:2]} and result["best"]
     assert np.isfinite(result["best"]["accuracy"])
+
+
+@pytest.mark.skipif(not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")), reason="no Arm toolchain/QEMU")
+def test_measured_footprint_is_the_compiled_image():
+    from bnnkit.runtime.plan import plan_memory
+
+    graph = candidate_graph(SPACE[0], (1, 8, 8), 10)
+    analytic, measured = footprint(graph), footprint(graph, "cortex-m4")
+    assert measured["flash"] > analytic["flash"]  # code and word padding come on top of the packed weights
+    assert measured["ram"] > plan_memory(graph).arena_bytes  # the arena, the harness's buffers and the stack
+    assert measured["binary_macs"] == analytic["binary_macs"]

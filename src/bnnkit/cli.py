@@ -165,6 +165,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     result = fit(
         args.dataset, parse_bytes(args.ram), parse_bytes(args.flash), args.out, budget_minutes=args.budget_minutes,
         epochs=args.epochs, data_dir=args.data_dir, limit_train=args.limit_train, progress=not args.json,
+        target=args.target,
     )
     _emit(args, result, format_fit(result))
 
@@ -258,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--budget-minutes", type=float, default=10.0, help="stop starting new candidates after this (default 10)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per candidate (default 3)")
+    p.add_argument("--target", choices=("cortex-m3", "cortex-m4", "cortex-m7"),
+                   help="measure each candidate's flash and RAM on this core in QEMU (default: the analytic memory plan)")
     p.add_argument("--out", type=Path, default=Path("runs/fit"), help="results, runs, best.bnn and pareto.png (resumable)")
     p.add_argument("--limit-train", type=int, help="train on the first N images only")
     p.add_argument("--data-dir")

@@ -2,9 +2,10 @@
 keep the best (the eBNN tools, automated).
 
 Every candidate architecture is built with the ``embedded`` recipe (binary end to end,
-so it exports), exported untrained and profiled: its footprint — the planned RAM peak of
-the C runtime (input included) and its packed parameters in flash — does not depend on
-the weights, so the search filters before training anything. The candidates that fit
+so it exports), exported untrained and sized: its footprint — the planned RAM peak of
+the C runtime (input included) and its packed parameters in flash, or with ``target``
+the flash and RAM measured on a Cortex-M image in QEMU — does not depend on the weights,
+so the search filters before training anything. The candidates that fit
 train cheapest first until the time budget is spent. Results go to ``DIR/fit.jsonl``
 one line per trained candidate; a rerun skips what is recorded and resumes a candidate
 whose training was interrupted, so nothing is lost.
@@ -15,12 +16,17 @@ from __future__ import annotations
 import io
 import json
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from tqdm import tqdm
+
 from bnnkit.errors import BnnkitError
+from bnnkit.graph import Graph
 
 RESULTS, BEST, PLOT = "fit.jsonl", "best.bnn", "pareto.png"
 LR = 3e-3  # what the demo measured best for the embedded recipe on Fashion-MNIST
@@ -58,20 +64,34 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()])
 
 
-def footprint(candidate: Candidate, in_shape: tuple, num_classes: int) -> dict:
-    """RAM, flash and operations of the candidate's exported graph (weights do not matter)."""
-    from bnnkit.cost.graph_cost import profile
+def candidate_graph(candidate: Candidate, in_shape: tuple, num_classes: int) -> Graph:
+    """The candidate, untrained, exported; ``BnnkitError`` if it cannot take this input."""
     from bnnkit.export import export_model
     from bnnkit.models import create_model
 
     model = create_model(candidate.model, num_classes, in_shape, "embedded", **candidate.options)
-    p = profile(export_model(model, in_shape))
-    return {
-        "ram": p["memory"]["planned_peak_bytes"],
-        "flash": p["totals"]["weight_bytes"],
-        "binary_macs": p["totals"]["binary_macs"],
-        "int_ops": p["totals"]["int_ops"],
-    }
+    return export_model(model, in_shape)
+
+
+def footprint(graph: Graph, target: str | None = None) -> dict:
+    """RAM, flash and operations of a graph (its weights do not change them).
+
+    Without ``target``: the memory plan's RAM peak (input included) and the packed
+    parameters. With a Cortex-M ``target``: measured on the compiled image — flash is
+    text + rodata + data, RAM is data + bss + the stack high-water mark of one inference
+    in QEMU — so code, word padding and the harness's buffers count too."""
+    from bnnkit.cost.graph_cost import profile
+
+    p = profile(graph)
+    sizes = {"ram": p["memory"]["planned_peak_bytes"], "flash": p["totals"]["weight_bytes"]}
+    if target is not None:
+        from bnnkit.runtime.cortex_m import build_mcu
+
+        with tempfile.TemporaryDirectory(prefix="bnnkit-fit-") as work:
+            image = build_mcu(graph, work, target)
+            run = image.run(np.zeros((1, *graph.input_shape), np.uint8))
+        sizes = {"ram": run.ram_bytes, "flash": image.size.flash}
+    return {**sizes, "binary_macs": p["totals"]["binary_macs"], "int_ops": p["totals"]["int_ops"]}
 
 
 def pareto(rows: list[dict]) -> list[dict]:
@@ -106,6 +126,7 @@ def fit(
     limit_train: int | None = None,
     progress: bool = True,
     space: list[Candidate] | None = None,
+    target: str | None = None,
 ) -> dict:
     from bnnkit.data import get_info
     from bnnkit.recipe import load_recipe
@@ -117,11 +138,12 @@ def fit(
     out = Path(out)
     say = print if progress else (lambda *_: None)
     sized = []
-    for c in space or search_space():
+    for c in tqdm(space or search_space(), desc=f"sizing on {target or 'the memory plan'}", disable=not progress, leave=False):
         try:
-            sized.append({"name": c.name, "model": c.model, "options": c.options, **footprint(c, info.in_shape, info.num_classes)})
+            graph = candidate_graph(c, info.in_shape, info.num_classes)
         except BnnkitError:
-            continue  # e.g. too many pools for this input size
+            continue  # e.g. more pools than this input size allows
+        sized.append({"name": c.name, "model": c.model, "options": c.options, **footprint(graph, target)})
     fits = sorted((r for r in sized if r["ram"] <= ram and r["flash"] <= flash), key=lambda r: r["binary_macs"])
     if not fits:
         smallest = min(sized, key=lambda r: (r["ram"], r["flash"]))
@@ -158,6 +180,7 @@ def fit(
         _plot(sized, trained, front, ram, flash, out / PLOT)
     return {
         "dataset": dataset,
+        "measured_on": target or "memory plan",
         "ram_budget": ram,
         "flash_budget": flash,
         "candidates": len(sized),
