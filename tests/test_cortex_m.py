@@ -247,3 +247,24 @@ def test_cli_run_on_cortex_m_reports_agreement_and_footprint(tmp_path, capsys):
     d = r["device"]
     assert d["board"] == "mps2-an385" and d["flash_bytes"] == d["text"] + d["rodata"] + d["data"]
     assert d["ram_bytes"] == d["data"] + d["bss"] + d["stack_bytes_used"] and d["bss"] >= plan_memory(graph).arena_bytes
+
+
+@needs_tools
+def test_instruction_counts_are_deterministic_and_track_the_work(tmp_path):
+    from bnnkit.fit import Candidate, candidate_graph
+
+    rng = np.random.default_rng(0)
+    big = ebnn_cnn(rng)  # the small_cnn shape: ~19M binary MACs
+    x = rng.integers(0, 256, (3, *big.input_shape), dtype=np.uint8)
+    image = build_mcu(big, tmp_path / "big", "cortex-m4")
+    first = image.run(x, count_instructions=True)
+    again = image.run(x, count_instructions=True)
+    assert first.instructions == again.instructions > 0
+    per_image = image.instructions_per_inference(x)
+    empty = image.run(np.zeros((0, *big.input_shape), np.uint8), count_instructions=True).instructions
+    assert per_image == (first.instructions - empty) / 3
+    one = image.instructions_per_inference(x[:1])
+    assert abs(one - per_image) < 0.2 * per_image  # only early-stopping pools make images differ
+    tiny = candidate_graph(Candidate("ebnn_cnn", {"channels": [8], "kernel": 3}), big.input_shape, 10)
+    tiny_count = build_mcu(tiny, tmp_path / "tiny", "cortex-m4").instructions_per_inference(x[:1])
+    assert 0 < 20 * tiny_count < per_image  # 8 channels vs 32-32-64-64-256: far less work

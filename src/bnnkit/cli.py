@@ -138,7 +138,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         text += (
             f"\n{d['target']} ({d['board']} in QEMU): flash {d['flash_bytes']:,} B (text {d['text']:,}, rodata "
             f"{d['rodata']:,}, data {d['data']:,}); RAM {d['ram_bytes']:,} B (data + bss {d['bss']:,} + stack used "
-            f"{d['stack_bytes_used']:,})"
+            f"{d['stack_bytes_used']:,}); {d['instructions_per_inference']:,.0f} instructions per inference "
+            f"(mean of {d['instructions_counted_on']}), ~{d['latency_ms_estimate']:.1f} ms at "
+            f"{d['clock_hz'] / 1e6:g} MHz ({d['part']}, {d['latency_model']})"
         )
     _emit(args, r, text)
 

@@ -46,13 +46,24 @@ class Target:
     name: str
     machine: str  # the QEMU board
     cflags: tuple[str, ...]
+    clock_hz: float  # a typical part's clock, for the latency estimate (see latency_estimate)
+    part: str
 
 
 TARGETS = {
-    "cortex-m3": Target("cortex-m3", "mps2-an385", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft")),
-    "cortex-m4": Target("cortex-m4", "mps2-an386", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
-    "cortex-m7": Target("cortex-m7", "mps2-an500", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16")),
+    "cortex-m3": Target("cortex-m3", "mps2-an385", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"), 72e6, "STM32F103"),
+    "cortex-m4": Target("cortex-m4", "mps2-an386", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"), 80e6, "STM32L476"),
+    "cortex-m7": Target("cortex-m7", "mps2-an500", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"), 216e6, "STM32F746"),
 }
+
+
+def latency_estimate(target: Target, instructions: float) -> dict:
+    """Cycles and milliseconds per inference from a counted instruction total, under a
+    stated model: one cycle per instruction (the M3/M4 issue single-cycle ALU operations
+    and the code here is mostly those; loads, taken branches and flash wait states add
+    cycles, the M7's dual issue removes some), at the clock of a typical part."""
+    return {"cycles_estimate": instructions, "clock_hz": target.clock_hz, "part": target.part,
+            "latency_ms_estimate": 1e3 * instructions / target.clock_hz, "latency_model": "1 cycle per instruction"}
 
 # No Cortex-M has a popcount instruction: __builtin_popcount would be a call to libgcc's
 # table-driven __popcountsi2, slower than the bit trick and a 256-byte table in flash.
@@ -94,6 +105,7 @@ class McuRun:
     stack_bytes_used: int  # high-water mark of main's stack: harness, inference, exception frames
     ram_bytes: int  # data + bss + stack used
     seconds: float  # wall time of the launch, boot included
+    instructions: int | None = None  # guest instructions of the launch, when counted
 
 
 @dataclass(frozen=True)
@@ -107,9 +119,10 @@ class McuImage:
     size: McuSize
     qemu: str = "qemu-system-arm"
 
-    def run(self, x: np.ndarray, *, timeout: float | None = None) -> McuRun:
+    def run(self, x: np.ndarray, *, timeout: float | None = None, count_instructions: bool = False) -> McuRun:
         """Run uint8 images (N, C, H, W) in one QEMU launch; ``timeout`` in seconds
-        defaults to 60 plus one per image."""
+        defaults to 60 plus one per image. With ``count_instructions`` the launch's guest
+        instructions are counted (boot and harness included) by bnnkit's TCG plugin."""
         x = np.ascontiguousarray(check_input(self.graph, x))
         qemu = shutil.which(self.qemu)
         if qemu is None:
@@ -119,6 +132,9 @@ class McuImage:
         cmd = [qemu, "-machine", machine, "-nographic", "-monitor", "none", "-serial", "none",
                "-semihosting-config", "enable=on,target=native", "-kernel", str(self.elf.resolve())]  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="bnnkit-qemu-") as tmp:
+            if count_instructions:
+                counted = Path(tmp) / "instructions.txt"
+                cmd[1:1] = ["-plugin", f"{_instruction_counter(Path(tmp))},out={counted}"]
             (Path(tmp) / "bnnkit.in").write_bytes(struct.pack("<I", self.index) + x.tobytes())
             start = time.perf_counter()
             try:
@@ -131,6 +147,7 @@ class McuImage:
                 output = (proc.stderr + proc.stdout).decode(errors="replace").strip()
                 raise BnnkitError(f"{self.elf} exited with status {proc.returncode} ({why}) on QEMU {machine}:\n{output}")
             out = (Path(tmp) / "bnnkit.out").read_bytes()
+            instructions = int(counted.read_text()) if count_instructions else None
         k = self.graph.num_classes
         record = np.dtype([("scores", "<f4", (k,)), ("label", "<i4")])
         if len(out) != len(x) * record.itemsize + 8 or struct.unpack_from("<I", out, len(out) - 8)[0] != _TRAILER:
@@ -143,12 +160,34 @@ class McuImage:
             stack_bytes_used=used,
             ram_bytes=self.size.static_ram + used,
             seconds=seconds,
+            instructions=instructions,
         )
+
+    def instructions_per_inference(self, x: np.ndarray) -> float:
+        """Mean guest instructions of one inference over images ``x``: a launch with the
+        images minus a launch with none, so boot and harness set-up cancel out. Counts are
+        deterministic; they vary between images only where pooling stops early."""
+        empty = np.zeros((0, *self.graph.input_shape), np.uint8)
+        base = self.run(empty, count_instructions=True).instructions
+        return (self.run(x, count_instructions=True).instructions - base) / max(len(x), 1)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores float32 (N, classes) and labels int64 (N,) of uint8 images (N, C, H, W)."""
         result = self.run(x)
         return result.scores, result.labels
+
+
+def _instruction_counter(workdir: Path) -> Path:
+    """bnnkit's QEMU TCG plugin (mcu/insn_count.c) built with the host C compiler."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise BnnkitError("counting instructions needs a host C compiler (gcc) to build the QEMU plugin")
+    source = workdir / "insn_count.c"
+    source.write_text((resources.files("bnnkit.runtime") / "mcu" / "insn_count.c").read_text())
+    plugin = workdir / "libinsn_count.so"
+    _tool([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-shared", "-fPIC", "-o", str(plugin), str(source)],
+          "building the instruction-counting plugin")
+    return plugin
 
 
 def _tool(cmd: list[str], what: str) -> str:

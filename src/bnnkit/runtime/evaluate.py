@@ -12,6 +12,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph
 from bnnkit.runtime.numpy_ref import predict
 
+COUNTED_IMAGES = 20  # instructions are counted on the first images: the count does not need all
 RUNTIMES = ("numpy", "c", "cortex-m3", "cortex-m4", "cortex-m7")
 
 
@@ -49,11 +50,12 @@ def run_graph(graph: Graph, runtime: str = "numpy", dataset: str | None = None, 
             scores, labels = host.predict(x)
             seconds["c"] = time.perf_counter() - t0
     elif runtime.startswith("cortex-"):
-        from bnnkit.runtime.cortex_m import build_mcu
+        from bnnkit.runtime.cortex_m import build_mcu, latency_estimate
 
         with tempfile.TemporaryDirectory(prefix="bnnkit-mcu-") as work:
             image = build_mcu(graph, work, runtime)
             run = image.run(x)
+            instructions = image.instructions_per_inference(x[:COUNTED_IMAGES])
         scores, labels, seconds[runtime] = run.scores, run.labels, run.seconds
         size = image.size
         device = {
@@ -67,6 +69,9 @@ def run_graph(graph: Graph, runtime: str = "numpy", dataset: str | None = None, 
                 "flash_bytes": size.flash,
                 "stack_bytes_used": run.stack_bytes_used,
                 "ram_bytes": run.ram_bytes,
+                "instructions_per_inference": instructions,
+                "instructions_counted_on": min(len(x), COUNTED_IMAGES),
+                **latency_estimate(image.target, instructions),
             }
         }
     return {
