@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_summary)
 
-    p = sub.add_parser("demo", help="train a small binary CNN on data the install brings and report its accuracy")
+    p = sub.add_parser("demo", help="the whole flow on data the install brings: train a binary CNN, export it, run it in numpy, C and on a Cortex-M4")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--epochs", type=int, help="default: chosen to finish in a few minutes on 2 CPU cores")
     p.add_argument("--data-dir")
