@@ -268,3 +268,21 @@ def test_instruction_counts_are_deterministic_and_track_the_work(tmp_path):
     tiny = candidate_graph(Candidate("ebnn_cnn", {"channels": [8], "kernel": 3}), big.input_shape, 10)
     tiny_count = build_mcu(tiny, tmp_path / "tiny", "cortex-m4").instructions_per_inference(x[:1])
     assert 0 < 20 * tiny_count < per_image  # 8 channels vs 32-32-64-64-256: far less work
+
+
+@needs_tools
+def test_profile_shows_measured_beside_analytic(tmp_path, capsys):
+    import json
+
+    from bnnkit.cli import main
+    from bnnkit.fit import Candidate, candidate_graph
+
+    graph = candidate_graph(Candidate("ebnn_cnn", {"channels": [8, 16], "kernel": 3}), (1, 8, 8), 10)
+    graph.save(tmp_path / "m.bnn")
+    assert main(["profile", str(tmp_path / "m.bnn"), "--target", "cortex-m4", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    d = r["device"]
+    assert d["flash_bytes"] > r["totals"]["weight_bytes"]  # code and word padding on top of the packed weights
+    assert d["ram_bytes"] >= r["memory"]["arena_bytes"] and d["instructions_per_inference"] > r["totals"]["binary_macs"] / 32
+    assert main(["profile", str(tmp_path / "m.bnn"), "--target", "cortex-m4"]) == 0
+    assert "measured on cortex-m4" in capsys.readouterr().out

@@ -149,7 +149,19 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from bnnkit.cost.graph_cost import format_profile, profile
     from bnnkit.graph import Graph
 
-    result = profile(Graph.load(args.graph))
+    graph = Graph.load(args.graph)
+    result = profile(graph)
+    if args.target:
+        import tempfile
+
+        import numpy as np
+
+        from bnnkit.runtime.cortex_m import measure
+
+        with tempfile.TemporaryDirectory(prefix="bnnkit-profile-") as work:
+            # sizes and stack do not depend on the image; instructions do a little (pools stop early),
+            # so this counts one black image: `bnnkit run --runtime` counts real ones
+            _, result["device"] = measure(graph, args.target, np.zeros((1, *graph.input_shape), np.uint8), work)
     _emit(args, result, format_profile(result))
 
 
@@ -245,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="per layer: weight bytes, activation bytes, binary and FP ops; planned RAM")
     p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    p.add_argument("--target", choices=("cortex-m3", "cortex-m4", "cortex-m7"),
+                   help="also build for this core and show what was measured in QEMU beside the analytic figures")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profile)
 

@@ -99,4 +99,14 @@ def format_profile(result: dict) -> str:
         f"(input {kib(m['input_bytes'])} + arena {kib(m['arena_bytes'])}); "
         f"{m['naive_bytes'] / m['planned_peak_bytes']:.1f}x less"
     )
+    if "device" in result:
+        d = result["device"]
+        text.append(
+            f"measured on {d['target']} (QEMU {d['board']}): flash {kib(d['flash_bytes'])} (code {kib(d['text'])} + "
+            f"constants {kib(d['rodata'])} + data {kib(d['data'])}) vs {kib(t['weight_bytes'])} packed parameters; "
+            f"RAM {kib(d['ram_bytes'])} (bss {kib(d['bss'])} + stack {kib(d['stack_bytes_used'])}) vs "
+            f"{kib(m['planned_peak_bytes'])} planned; {d['instructions_per_inference']:,.0f} instructions per "
+            f"inference for {t['binary_macs']:,} binary MACs, ~{d['latency_ms_estimate']:.1f} ms at "
+            f"{d['clock_hz'] / 1e6:g} MHz ({d['latency_model']})"
+        )
     return "\n".join(text)

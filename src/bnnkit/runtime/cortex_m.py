@@ -177,6 +177,33 @@ class McuImage:
         return result.scores, result.labels
 
 
+COUNTED_IMAGES = 20  # instructions are counted on the first images: the mean needs no more
+
+
+def measure(graph: Graph, target: str, x: np.ndarray, workdir: str | Path) -> tuple[McuRun, dict]:
+    """Build ``graph`` for ``target``, run images ``x`` and count instructions on the first
+    ``COUNTED_IMAGES``: the run, and a report of everything measured (JSON-ready)."""
+    image = build_mcu(graph, workdir, target)
+    run = image.run(x)
+    instructions = image.instructions_per_inference(x[:COUNTED_IMAGES])
+    size = image.size
+    report = {
+        "target": target,
+        "board": image.target.machine,
+        "text": size.text,
+        "rodata": size.rodata,
+        "data": size.data,
+        "bss": size.bss,
+        "flash_bytes": size.flash,
+        "stack_bytes_used": run.stack_bytes_used,
+        "ram_bytes": run.ram_bytes,
+        "instructions_per_inference": instructions,
+        "instructions_counted_on": min(len(x), COUNTED_IMAGES),
+        **latency_estimate(image.target, instructions),
+    }
+    return run, report
+
+
 def _instruction_counter(workdir: Path) -> Path:
     """bnnkit's QEMU TCG plugin (mcu/insn_count.c) built with the host C compiler."""
     cc = shutil.which("gcc") or shutil.which("cc")

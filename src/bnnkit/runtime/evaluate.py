@@ -12,7 +12,6 @@ from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph
 from bnnkit.runtime.numpy_ref import predict
 
-COUNTED_IMAGES = 20  # instructions are counted on the first images: the count does not need all
 RUNTIMES = ("numpy", "c", "cortex-m3", "cortex-m4", "cortex-m7")
 
 
@@ -50,30 +49,12 @@ def run_graph(graph: Graph, runtime: str = "numpy", dataset: str | None = None, 
             scores, labels = host.predict(x)
             seconds["c"] = time.perf_counter() - t0
     elif runtime.startswith("cortex-"):
-        from bnnkit.runtime.cortex_m import build_mcu, latency_estimate
+        from bnnkit.runtime.cortex_m import measure
 
         with tempfile.TemporaryDirectory(prefix="bnnkit-mcu-") as work:
-            image = build_mcu(graph, work, runtime)
-            run = image.run(x)
-            instructions = image.instructions_per_inference(x[:COUNTED_IMAGES])
+            run, report = measure(graph, runtime, x, work)
         scores, labels, seconds[runtime] = run.scores, run.labels, run.seconds
-        size = image.size
-        device = {
-            "device": {
-                "target": runtime,
-                "board": image.target.machine,
-                "text": size.text,
-                "rodata": size.rodata,
-                "data": size.data,
-                "bss": size.bss,
-                "flash_bytes": size.flash,
-                "stack_bytes_used": run.stack_bytes_used,
-                "ram_bytes": run.ram_bytes,
-                "instructions_per_inference": instructions,
-                "instructions_counted_on": min(len(x), COUNTED_IMAGES),
-                **latency_estimate(image.target, instructions),
-            }
-        }
+        device = {"device": report}
     return {
         "runtime": runtime,
         "dataset": name,
