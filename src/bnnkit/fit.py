@@ -13,7 +13,6 @@ whose training was interrupted, so nothing is lost.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tempfile
@@ -199,7 +198,7 @@ def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, f
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bnnkit.train.checkpoint import atomic_write
+    from bnnkit.train.plots import save_figure
 
     fig, (ax_acc, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax_acc.scatter([r["ram"] for r in trained], [r["accuracy"] for r in trained], c="tab:gray", label="trained")
@@ -214,11 +213,7 @@ def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, f
     ax_mem.axhline(flash, c="k", ls="--", lw=1, label="budget")
     ax_mem.set(xlabel="RAM (bytes)", ylabel="flash (bytes)", xscale="log", yscale="log", title="footprints")
     ax_mem.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    save_figure(fig, path, dpi=110)
 
 
 def format_fit(result: dict) -> str:

@@ -214,7 +214,8 @@ class Graph:
             raise BnnkitError(f"{path}: malformed graph header ({type(e).__name__}: {e})") from None
 
 
-def _pair(v) -> tuple[int, int]:
+def pair(v) -> tuple[int, int]:
+    """An int or a 2-sequence (a kernel, stride or padding attribute) as (rows, cols)."""
     a, b = (v, v) if isinstance(v, int) else tuple(v)
     return int(a), int(b)
 
@@ -235,7 +236,7 @@ def _infer(op: Op, ins: list[tuple[str, tuple[int, ...]]]) -> tuple[str, tuple[i
             raise ValueError(f"weight {w.shape} does not match input {shape}")
         if k == "binary_conv2d" and op.attrs["pad"] not in PAD_MODES:
             raise ValueError(f"pad must be one of {PAD_MODES}")
-        (sh, sw), (ph, pw) = _pair(op.attrs["stride"]), _pair(op.attrs["padding"])
+        (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
         return "i32", (w.shape[0], _out_size(shape[1], w.shape[2], sh, ph), _out_size(shape[2], w.shape[3], sw, pw))
     if k in ("input_dense", "binary_dense"):
         w = p["weight"]
@@ -256,7 +257,7 @@ def _infer(op: Op, ins: list[tuple[str, tuple[int, ...]]]) -> tuple[str, tuple[i
             raise ValueError(f"pooling needs (C,H,W), got {shape}")
         if "min_channels" in p and (t != "bits" or p["min_channels"].shape != (shape[0],)):
             raise ValueError("min_channels is one flag per channel of a bits input")
-        (kh, kw), (sh, sw) = _pair(op.attrs["kernel"]), _pair(op.attrs["stride"])
+        (kh, kw), (sh, sw) = pair(op.attrs["kernel"]), pair(op.attrs["stride"])
         return t, (shape[0], _out_size(shape[1], kh, sh, 0), _out_size(shape[2], kw, sw, 0))
     if k == "flatten":
         return t, (int(np.prod(shape)),)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from bnnkit.cost.summary import kib, render_table
-from bnnkit.graph import OPS, Graph, Op, _pair
+from bnnkit.graph import OPS, Graph, Op, pair
 from bnnkit.runtime.plan import plan_memory
 
 
@@ -39,7 +39,7 @@ def _ops(graph: Graph, op: Op) -> tuple[int, int, int]:
         macs = out * math.prod(op.params["weight"].shape[1:])
         return (macs, 0, 0) if op.kind.startswith("binary") else (0, macs, 0)
     if op.kind in ("maxpool", "avgpool"):
-        return 0, out * (math.prod(_pair(op.attrs["kernel"])) - 1), 0
+        return 0, out * (math.prod(pair(op.attrs["kernel"])) - 1), 0
     if op.kind in ("threshold", "add"):
         return 0, out, 0
     if op.kind == "affine":

@@ -7,7 +7,6 @@ from pathlib import Path
 from torch import nn
 
 from bnnkit.errors import BnnkitError
-
 from bnnkit.export.exporter import Exporter
 from bnnkit.export.verify import compare
 from bnnkit.graph import Graph
@@ -34,11 +33,11 @@ def export_and_check(run_dir, output, check: int = 1000, allow_approx: bool = Fa
     first ``check`` test images."""
     from bnnkit.runtime.evaluate import test_images
 
+    if check < 0:
+        raise BnnkitError(f"--check must be >= 0, got {check}")
     graph, model, config = export_run(run_dir, allow_approx)
     graph.save(output)
     result = {"output": str(output), "ops": len(graph.ops), "approximations": graph.meta["approximations"]}
-    if check < 0:
-        raise BnnkitError(f"--check must be >= 0, got {check}")
     n, top1, signs = 0, 1.0, 1.0
     if check:
         _, x, _ = test_images(graph, None, check, data_dir or config.data_dir)

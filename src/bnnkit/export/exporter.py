@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import INT32_MIN, Graph, Op
+from bnnkit.graph import INT32_MIN, Graph, Op, pair
 from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels
 from bnnkit.quant import get_quantizer
 
@@ -231,7 +231,7 @@ class Exporter:
             decreasing = self._after_pool_decreasing(chain)
             if decreasing.any():
                 params["min_channels"] = decreasing
-        attrs = {"kernel": _pair(chain.pool.kernel_size), "stride": _pair(chain.pool.stride)}
+        attrs = {"kernel": pair(chain.pool.kernel_size), "stride": pair(chain.pool.stride)}
         return self._emit("maxpool", [out], attrs, params, name + ".pool")
 
     @torch.no_grad()
@@ -262,7 +262,3 @@ def _layers(module: nn.Module, prefix: str = ""):
             yield from _layers(child, full + ".")
         else:
             yield full, child
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))

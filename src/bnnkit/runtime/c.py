@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import INT32_MIN, Graph, Op, _pair
+from bnnkit.graph import INT32_MIN, Graph, Op, pair
 from bnnkit.runtime.numpy_ref import check_input
 from bnnkit.runtime.plan import PRODUCERS, MemoryPlan, Step, plan_memory
 
@@ -431,7 +431,7 @@ class _Emitter:
             kh, kw, (sh, sw), (ph, pw) = h, w, (1, 1), (0, 0)
         else:
             kh, kw = weight.shape[2:]
-            (sh, sw), (ph, pw) = _pair(op.attrs["stride"]), _pair(op.attrs["padding"])
+            (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
         o = weight.shape[0]
         _, ho, wo = self.g.types[op.output][1] if op.kind.endswith("conv2d") else (o, 1, 1)
         family = "input" if op.kind.startswith("input") else "binary"
@@ -480,7 +480,7 @@ class _Emitter:
                 return
             t, flip = self.thresh(step.ops[1], ops[1])
             pool = last if last.kind == "maxpool" else None
-            (pkh, pkw), (psh, psw) = (_pair(pool.attrs["kernel"]), _pair(pool.attrs["stride"])) if pool else ((1, 1), (1, 1))
+            (pkh, pkw), (psh, psw) = (pair(pool.attrs["kernel"]), pair(pool.attrs["stride"])) if pool else ((1, 1), (1, 1))
             mins = self.min_channels(step.ops[-1], pool) if pool else "NULL"
             _, ho, wo = self.plan.layout[last.output]
             self.data.append(
@@ -495,7 +495,7 @@ class _Emitter:
             self.used.add("threshold")
             self.call(step, f"threshold({x[0]}, {c}, {h * w}, {t}, {flip}, {out})")
         elif kind in ("maxpool", "avgpool"):
-            (kh, kw), (sh, sw) = _pair(first.attrs["kernel"]), _pair(first.attrs["stride"])
+            (kh, kw), (sh, sw) = pair(first.attrs["kernel"]), pair(first.attrs["stride"])
             geometry = f"{c}, {h}, {w}, {kh}, {kw}, {sh}, {sw}"
             if kind == "maxpool" and in_type == "bits":
                 self.used.add("maxpool_bits")

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import INT32_MIN, Graph, Op, _pair
+from bnnkit.graph import INT32_MIN, Graph, Op, pair
 
 PAD_VALUE = {"zero": 0.0, "minus_one": -1.0, "plus_one": 1.0}
 
@@ -38,7 +38,7 @@ def _to_i32(x: np.ndarray) -> np.ndarray:
 
 def _conv(x: np.ndarray, w: np.ndarray, stride, padding, pad_value: float) -> np.ndarray:
     """x (N,C,H,W), w (O,C,kh,kw) ±1, both of an exact float type → (N,O,Ho,Wo) sums."""
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    (sh, sw), (ph, pw) = pair(stride), pair(padding)
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
     win = sliding_window_view(x, w.shape[2:], axis=(2, 3))[:, :, ::sh, ::sw]  # N,C,Ho,Wo,kh,kw
     n, _, ho, wo = win.shape[:4]
@@ -101,7 +101,7 @@ def add(op: Op, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _windows(op: Op, x: np.ndarray) -> np.ndarray:
-    (kh, kw), (sh, sw) = _pair(op.attrs["kernel"]), _pair(op.attrs["stride"])
+    (kh, kw), (sh, sw) = pair(op.attrs["kernel"]), pair(op.attrs["stride"])
     ho, wo = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
     win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
     return win.reshape(win.shape[:4] + (-1,))
