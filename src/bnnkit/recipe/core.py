@@ -20,8 +20,14 @@ from typing import Any
 from bnnkit.errors import BnnkitError
 from bnnkit.nn.layers import PAD_VALUES, WEIGHT_SCALES
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "bop")
 SCHEDULES = ("cosine", "step", "constant")
+ACTIVATION_SCALES = ("none", "xnor")
+WEIGHT_NORMS = ("none", "standardize")
+RESIDUALS = ("block", "double")
+DOWNSAMPLES = ("binary", "fp")
+ACTIVATIONS = ("none", "prelu", "rprelu")
+POOL_ORDERS = ("pool_bn_sign", "bn_sign_pool")
 
 
 @dataclass(frozen=True)
@@ -35,15 +41,26 @@ class Recipe:
     """
 
     name: str = "baseline"
-    # Binarizers (names from bnnkit.quant).
+    # --- training techniques --------------------------------------------------------
+    # Binarizers (names from bnnkit.quant): the forward sign and its gradient approximation.
     input_quantizer: str = "clipped_ste_sign"
     kernel_quantizer: str = "clipped_ste_sign"
+    # A learnable per-channel threshold in front of every activation binarizer (RSign).
+    learnable_threshold: bool = False
+    # Scaling factors: per-output-channel weight scale, and XNOR-Net's spatial activation scale.
     weight_scale: str = "none"
-    # Partial binarisation: which layers stay full precision.
+    activation_scale: str = "none"
+    # Normalisation: a BatchNorm directly in front of every activation binarizer, and
+    # zero-mean unit-variance latent weights before their sign (IR-Net's Libra-PB).
+    feature_norm: bool = False
+    weight_norm: str = "none"
+    # Multiple bases (ABC-Net): a binary layer becomes weight_bases × activation_bases ones.
+    weight_bases: int = 1
+    activation_bases: int = 1
+    # Partial binarisation: which layers stay full precision, and k-bit (DoReFa) activations.
     fp_first_layer: bool = True
     fp_last_layer: bool = True
-    # Value that pads binary feature maps: 0 is exact zero padding, ±1 keeps them binary.
-    pad_value: float = 0.0
+    activation_bits: int = 1
     # Optimiser and schedule.
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -55,7 +72,27 @@ class Recipe:
     warmup_epochs: int = 0
     # Latent weights are clamped to [-latent_clip, latent_clip] after each step; 0 disables.
     latent_clip: float = 1.0
+    # Bop (Helwegen et al., 2019): flip a binary weight when its gradient momentum
+    # (adaptivity rate bop_gamma) exceeds bop_threshold; the other parameters use Adam.
+    bop_threshold: float = 1e-8
+    bop_gamma: float = 1e-4
     batch_size: int = 128
+    # Knowledge distillation from a full-precision twin trained first (ReActNet's
+    # distribution loss), and two-stage training (binary activations, then binary weights).
+    distill: bool = False
+    two_stage: bool = False
+    # --- topology changes -----------------------------------------------------------
+    # Shortcuts of residual networks: around every two binary convolutions ("block") or
+    # around every one ("double", Bi-Real Net), and how a strided shortcut downsamples.
+    residual: str = "block"
+    downsample: str = "binary"
+    # Activation after each BatchNorm of the real-valued stream.
+    activation: str = "none"
+    # Where max-pooling sits: on the integer sums before BN and sign, or on the signs.
+    pool_order: str = "pool_bn_sign"
+    width_mult: float = 1.0
+    # Value that pads binary feature maps: 0 is exact zero padding, ±1 keeps them binary.
+    pad_value: float = 0.0
 
     def __post_init__(self) -> None:
         self._check()
@@ -72,13 +109,41 @@ class Recipe:
         choice("schedule", SCHEDULES)
         choice("weight_scale", WEIGHT_SCALES)
         choice("pad_value", PAD_VALUES)
-        for field in ("lr", "batch_size"):
+        choice("activation_scale", ACTIVATION_SCALES)
+        choice("weight_norm", WEIGHT_NORMS)
+        choice("residual", RESIDUALS)
+        choice("downsample", DOWNSAMPLES)
+        choice("activation", ACTIVATIONS)
+        choice("pool_order", POOL_ORDERS)
+        for field in ("lr", "batch_size", "width_mult", "bop_threshold", "bop_gamma"):
             if not getattr(self, field) > 0:
                 raise BnnkitError(f"recipe {self.name!r}: {field} must be > 0, got {getattr(self, field)!r}")
         for field in ("momentum", "weight_decay", "warmup_epochs", "latent_clip"):
             value = getattr(self, field)
             if not (value >= 0 and math.isfinite(value)):
                 raise BnnkitError(f"recipe {self.name!r}: {field} must be a finite number >= 0, got {value!r}")
+        for field in ("weight_bases", "activation_bases", "activation_bits"):
+            if not 1 <= getattr(self, field) <= 8:
+                raise BnnkitError(f"recipe {self.name!r}: {field} must be in 1..8, got {getattr(self, field)!r}")
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        """Fields that each replace the same part of the activation binarizer cannot be mixed."""
+        replacing = [
+            f
+            for f, on in (
+                ("activation_bits", self.activation_bits > 1),
+                ("activation_bases", self.activation_bases > 1),
+                ("learnable_threshold", self.learnable_threshold),
+            )
+            if on
+        ]
+        if len(replacing) > 1:
+            raise BnnkitError(
+                f"recipe {self.name!r}: {' and '.join(replacing)} each replace the activation binarizer; use one"
+            )
+        if self.optimizer == "bop" and self.two_stage:
+            raise BnnkitError(f"recipe {self.name!r}: two_stage trains latent weights first, which Bop does not have")
 
     def with_(self, **changes: Any) -> Recipe:
         """A copy with some fields changed; the way a repair method is applied in isolation."""
@@ -136,31 +201,9 @@ def _toml_value(value: Any) -> str:
 
 BASELINE = Recipe()
 
-RECIPES: dict[str, Recipe] = {
-    "baseline": BASELINE,
-    # Every layer binary-weighted, so the whole network runs in integers on a device:
-    # the first layer multiplies uint8 pixels by ±1, the last one's scores are a BN of
-    # popcounts.
-    "embedded": BASELINE.with_(name="embedded", fp_first_layer=False, fp_last_layer=False),
-}
 
-
-def recipe_names() -> list[str]:
-    return sorted(RECIPES)
-
-
-def load_recipe(spec: str | Path | Recipe | None) -> Recipe:
-    """A recipe from a name in the catalogue, a ``.toml``/``.json`` file, or a Recipe."""
-    if spec is None:
-        return BASELINE
-    if isinstance(spec, Recipe):
-        return spec
-    text = str(spec)
-    if text in RECIPES:
-        return RECIPES[text]
-    path = Path(text)
-    if path.suffix not in (".toml", ".json"):
-        raise BnnkitError(f"unknown recipe {text!r}: give one of {', '.join(recipe_names())} or a .toml/.json file")
+def read_recipe_file(path: Path) -> Recipe:
+    """A recipe from a ``.toml`` or ``.json`` file; its name defaults to the file's stem."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
