@@ -1,7 +1,10 @@
 import torch
 from torch import nn
 
-from bnnkit.cost import format_table, layer_costs, totals
+import pytest
+
+from bnnkit.cost import activation_sizes, energy, format_table, layer_costs, model_costs, totals
+from bnnkit.cost.summary import COUNTED
 from bnnkit.models import create_model
 from bnnkit.recipe import BASELINE
 
@@ -54,3 +57,33 @@ def test_summary_leaves_batchnorm_statistics_alone():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert isinstance(model, nn.Module)
+
+
+def test_activation_sizes_by_hand():
+    # mlp on a 4x4 image: the FP first layer reads 16 floats; the BN after it feeds a
+    # binary layer, so its 8 outputs are stored as 8 bits; the binary layer's sums are
+    # floats; its BN output feeds the FP classifier, so it stays 32-bit.
+    model = create_model("binarynet_mlp", 10, (1, 4, 4), width=8, depth=2)
+    rows = activation_sizes(model, (1, 4, 4))
+    kinds = [type(m).__name__ for _, m in model.named_modules() if isinstance(m, COUNTED)]
+    assert kinds == ["Linear", "BatchNorm1d", "BinaryLinear", "BatchNorm1d", "Linear"]
+    assert [(i, o) for _, i, o in rows] == [
+        (16 * 1, 8 * 4),  # the image is uint8 pixels (flatten is a view of it)
+        (8 * 4, 8 / 8),
+        (8 / 8, 8 * 4),
+        (8 * 4, 8 * 4),
+        (8 * 4, 10 * 4),
+    ]
+
+
+def test_model_costs_energy_from_the_cited_constants():
+    model = create_model("binarynet_mlp", 10, (1, 4, 4), width=8, depth=2)
+    costs = model_costs(model, (1, 4, 4))
+    t = totals(layer_costs(model, (1, 4, 4)))
+    activations = sum(o for _, _, o in activation_sizes(model, (1, 4, 4)))
+    assert costs["binary_macs"] == t["binary_macs"] and costs["model_bytes"] == t["memory_bytes"]
+    assert costs["activation_bytes"] == activations
+    # the model and its activations fit an 8 KB SRAM: 10 pJ per 64-bit access
+    expected = t["binary_macs"] * 0.7 / 32 + t["fp_macs"] * (3.7 + 0.9) + (t["memory_bytes"] + 2 * activations) * 10 / 8
+    assert costs["energy_pj"] == pytest.approx(expected)
+    assert energy.sram_access_pj(8 * 1024 + 1) == 20.0 and energy.sram_access_pj(10**9) == 100.0
