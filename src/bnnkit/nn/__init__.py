@@ -1,6 +1,6 @@
 """Binary layers (quantizers from ``bnnkit.quant`` on their inputs and weights) and the
 helpers the trainer applies to them."""
 
-from bnnkit.nn.layers import BinaryConv2d, BinaryLinear, InputNorm, IntegerPixels, binary_layers, clip_latent_weights_
+from bnnkit.nn.layers import BinaryConv2d, BinaryLinear, InputNorm, IntegerPixels, binary_layers, clip_latent_weights_, set_weight_binarization
 
-__all__ = ["BinaryConv2d", "BinaryLinear", "InputNorm", "IntegerPixels", "binary_layers", "clip_latent_weights_"]
+__all__ = ["BinaryConv2d", "BinaryLinear", "InputNorm", "IntegerPixels", "binary_layers", "clip_latent_weights_", "set_weight_binarization"]

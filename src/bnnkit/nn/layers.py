@@ -46,6 +46,8 @@ class _BinaryMixin:
     weight: nn.Parameter
     bias: nn.Parameter | None
     scale: nn.Parameter | None
+    # Off during the first stage of two-stage training (see set_weight_binarization).
+    binarize_weights: bool = True
 
     def _init_binary(self, input_quantizer, kernel_quantizer, weight_scale: str) -> None:
         self.input_quantizer = get_quantizer(input_quantizer)
@@ -72,7 +74,8 @@ class _BinaryMixin:
 
     def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xq = x if self.input_quantizer is None else self.input_quantizer(x)
-        wq = self.weight if self.kernel_quantizer is None else self.kernel_quantizer(self.weight)
+        binarize = self.kernel_quantizer is not None and self.binarize_weights
+        wq = self.kernel_quantizer(self.weight) if binarize else self.weight
         return xq, wq
 
     def _scaled_plus_bias(self, out: torch.Tensor) -> torch.Tensor:
@@ -229,3 +232,12 @@ def clip_latent_weights_(model: nn.Module, value: float = 1.0) -> None:
     weight gets no gradient through the clipped STE and could never flip back."""
     for m in binary_layers(model):
         m.weight.clamp_(-value, value)
+
+
+def set_weight_binarization(model: nn.Module, enabled: bool) -> None:
+    """Switch the kernel quantizers of every binary layer on or off. Two-stage training
+    (Martinez et al., 2020) first trains binary activations with real-valued weights, then
+    binarizes the weights; the switch is not saved, the trainer sets it every epoch."""
+    for m in model.modules():
+        if isinstance(m, _BinaryMixin):
+            m.binarize_weights = enabled
