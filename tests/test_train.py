@@ -128,3 +128,67 @@ def test_no_weight_decay_on_latent_binary_weights():
     fp_first = model.net[1]
     assert decay_of[id(fp_first.weight)] == 0.1
     assert len(decay_of) == len([p for p in model.parameters() if p.requires_grad])
+
+
+# --- training-side repair methods: each must change the training in its documented way ----
+
+
+def test_bop_flips_binary_weights_and_adam_trains_the_rest(tmp_path):
+    config = digits_config(epochs=1, optimizer="bop", bop_gamma=1e-2, bop_threshold=1e-6)
+    torch.manual_seed(config.seed)
+    initial = [torch.where(m.weight >= 0, 1.0, -1.0) for m in binary_layers(config.build_model())]
+    train(config, tmp_path / "run", QUIET)
+    model, _ = load_run(tmp_path / "run")
+    weights = [m.weight for m in binary_layers(model)]
+    assert all(set(w.unique().tolist()) <= {-1.0, 1.0} for w in weights)  # no latent values
+    flipped = sum((w != w0).sum().item() for w, w0 in zip(weights, initial))
+    assert 0 < flipped < sum(w.numel() for w in weights)
+    optimizer = make_optimizer(config.build_model(), config.recipe)
+    assert [type(o).__name__ for o in optimizer.optimizers] == ["Bop", "AdamW"]
+
+
+def test_bop_step_by_hand():
+    from bnnkit.train.optim import Bop
+
+    w = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.5, -0.7]))
+    bop = Bop([w], threshold=0.05, gamma=0.5)
+    assert w.tolist() == [1, -1, 1, -1]
+    w.grad = torch.tensor([0.2, 0.2, -0.2, -0.04])
+    bop.step()  # m = 0.5 * g = [0.1, 0.1, -0.1, -0.02]: flip where |m| > 0.05 and sign(m) == sign(w)
+    assert w.tolist() == [-1, -1, 1, -1]
+
+
+def test_sgd_step_method_uses_sgd_with_step_decay():
+    from bnnkit.recipe import load_recipe
+
+    recipe = load_recipe("sgd_step")
+    model = digits_config().build_model()
+    assert type(make_optimizer(model, recipe)).__name__ == "SGD"
+    assert lr_factor(recipe, 12, 10, 2) == pytest.approx(0.1) and recipe.lr == 0.1
+    assert lr_factor(load_recipe("step_schedule"), 12, 10, 2) == pytest.approx(0.1)
+
+
+def test_two_stage_first_half_trains_real_weights(tmp_path):
+    # Epoch 1 of a two-stage run is epoch 1 of the same run with real-valued weights, bit
+    # for bit; epoch 2 then binarizes them, so the runs part.
+    train(digits_config(two_stage=True), tmp_path / "two", QUIET)
+    train(digits_config(kernel_quantizer="identity"), tmp_path / "real", QUIET)
+    two, real = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "real")
+    assert two[0]["train_loss"] == real[0]["train_loss"]
+    assert two[1]["train_loss"] != real[1]["train_loss"]
+    plain = read_metrics(train(digits_config(), tmp_path / "plain", QUIET)["out"])
+    assert two[0]["train_loss"] != plain[0]["train_loss"]
+
+
+def test_distillation_trains_a_full_precision_teacher_then_matches_it(tmp_path):
+    from bnnkit.train.loop import distribution_loss
+
+    train(digits_config(epochs=1, distill=True), tmp_path / "kd", QUIET)
+    teacher, teacher_config = load_run(tmp_path / "kd" / "teacher")
+    assert teacher_config.recipe.input_quantizer == teacher_config.recipe.kernel_quantizer == "identity"
+    assert not binary_layers(teacher)
+    plain = train(digits_config(epochs=1), tmp_path / "plain", QUIET)
+    assert read_metrics(tmp_path / "kd")[0]["train_loss"] != plain["train_loss"]
+    logits = torch.randn(4, 10)
+    assert distribution_loss(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert distribution_loss(logits, torch.randn(4, 10)).item() > 0

@@ -10,6 +10,7 @@ bit for bit on a CPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -23,12 +24,12 @@ from tqdm import tqdm
 
 from bnnkit.data import ArrayDataset, batches, load_dataset, augmentation_for
 from bnnkit.errors import BnnkitError
-from bnnkit.nn import clip_latent_weights_
+from bnnkit.nn import clip_latent_weights_, set_weight_binarization
 from bnnkit.quant import set_training_progress
 from bnnkit.train.checkpoint import atomic_write, load_state, save_state, save_weights
 from bnnkit.train.optim import lr_factor, make_optimizer, set_lr
 from bnnkit.train.plots import plot_curves
-from bnnkit.train.run import CURVES, METRICS, STATE, WEIGHTS, RunConfig, read_metrics
+from bnnkit.train.run import CURVES, METRICS, STATE, WEIGHTS, RunConfig, load_run, read_metrics
 
 EVAL_BATCH = 1000
 
@@ -85,6 +86,23 @@ def _subset(ds: ArrayDataset, limit: int | None) -> ArrayDataset:
     return ArrayDataset(x=ds.x[:limit], y=ds.y[:limit], info=ds.info)
 
 
+def teacher_config(config: RunConfig) -> RunConfig:
+    """The full-precision twin that distillation learns from: the same architecture and
+    training, every quantizer an identity and every binarizer-replacing field off."""
+    recipe = config.recipe.with_(
+        name=f"{config.recipe.name}-teacher", input_quantizer="identity", kernel_quantizer="identity",
+        learnable_threshold=False, activation_bases=1, weight_bases=1, activation_bits=1,
+        distill=False, two_stage=False, optimizer="adam" if config.recipe.optimizer == "bop" else config.recipe.optimizer,
+    )
+    return RunConfig(config.model, config.dataset, config.epochs, config.seed, recipe, config.model_options, config.data_dir)
+
+
+def distribution_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """ReActNet's distribution loss: KL(teacher ‖ student) of the softmax outputs, the
+    only loss term (no cross-entropy with the labels)."""
+    return F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(teacher_logits, 1), log_target=True, reduction="batchmean")
+
+
 def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptions()) -> dict:
     """Train ``config`` into directory ``out``; returns the last epoch's metrics."""
     out = Path(out)
@@ -123,6 +141,10 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
+    teacher = None
+    if recipe.distill:  # trained first, into its own resumable run directory
+        train(teacher_config(config), out / "teacher", dataclasses.replace(options, resume=True))
+        teacher = load_run(out / "teacher")[0].to(device)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -130,6 +152,8 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
     # --- the loop ----------------------------------------------------------------------
     for epoch in range(start_epoch, config.epochs):
         model.train()
+        # Two-stage training: real-valued weights in the first half, binary afterwards.
+        set_weight_binarization(model, not (recipe.two_stage and epoch < config.epochs // 2))
         t0 = time.perf_counter()
         seen, loss_sum, correct = 0, 0.0, 0
         bar = tqdm(
@@ -147,7 +171,12 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
+                if teacher is None:
+                    loss = F.cross_entropy(logits.float(), y)
+                else:
+                    with torch.no_grad():
+                        target = teacher(x)
+                    loss = distribution_loss(logits.float(), target.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -18,18 +18,80 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     the binary network computes with.
     """
     latent = {id(m.weight) for m in binary_layers(model)}
+    return param_groups_of([p for p in model.parameters() if p.requires_grad], weight_decay, latent)
+
+
+def param_groups_of(params: list[nn.Parameter], weight_decay: float, no_decay_ids: set[int] = frozenset()) -> list[dict]:
+    """Decay for matrices and kernels only: biases, BN and scale vectors are not decayed."""
     decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim > 1 and id(p) not in latent else no_decay).append(p)
+    for p in params:
+        (decay if p.ndim > 1 and id(p) not in no_decay_ids else no_decay).append(p)
     groups = [{"params": no_decay, "weight_decay": 0.0}]
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})
     return groups
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+class Bop(torch.optim.Optimizer):
+    """Bop (Helwegen et al., 2019, Algorithm 1): the parameters *are* the binary weights
+    (±1, set on construction), and there is no latent weight to update. Each step keeps an
+    exponential moving average m of the gradient with adaptivity rate ``gamma`` and flips
+    a weight when |m| > ``threshold`` and m has the weight's sign (the loss wants it to
+    move to the other side)."""
+
+    def __init__(self, params, threshold: float, gamma: float):
+        super().__init__(params, {"threshold": threshold, "gamma": gamma, "lr": 0.0})
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.copy_(torch.where(p >= 0, 1.0, -1.0))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                m.mul_(1 - group["gamma"]).add_(p.grad, alpha=group["gamma"])
+                flip = (m.abs() > group["threshold"]) & (torch.sign(m) == torch.sign(p))
+                p.copy_(torch.where(flip, -p, p))
+
+
+class SplitOptimizer:
+    """Several optimisers over disjoint parameters, driven as one by the training loop
+    (Bop for the binary weights, Adam for the rest, like Larq's CaseOptimizer)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer | SplitOptimizer:
+    if recipe.optimizer == "bop":
+        binary = [m.weight for m in binary_layers(model)]
+        ids = {id(p) for p in binary}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        bop = Bop(binary, recipe.bop_threshold, recipe.bop_gamma)
+        return SplitOptimizer(bop, torch.optim.AdamW(param_groups_of(rest, recipe.weight_decay), lr=recipe.lr))
     groups = param_groups(model, recipe.weight_decay)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
