@@ -58,3 +58,22 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys, monkeypatch, ar
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message.lower() in err.lower()
     assert not (tmp_path / "X").exists(), "a failed command must not leave a half-made run directory"
+
+
+def test_methods_lists_the_catalogue_and_measures_cost_deltas(capsys):
+    from bnnkit.cost import layer_costs
+    from bnnkit.models import create_model
+    from bnnkit.recipe import METHODS, TOPOLOGY, TRAINING
+
+    assert main(["methods", "--model", "resnet20", "--option", "width_mult=0.25", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["methods"]) == set(METHODS)
+    assert {m["category"] for m in out["methods"].values()} == {TRAINING, TOPOLOGY}
+    # the analytic weight scale costs one FP multiply per binary-conv output value
+    model = create_model("resnet20", 10, (3, 32, 32), width_mult=0.25)
+    outputs = sum(
+        r.binary_macs // (r.params // r.out_shape[0]) for r in layer_costs(model, (3, 32, 32)) if r.binary_macs
+    )
+    delta = out["costs"]["xnor_weight_scale"]["fp_macs"] - out["costs"]["baseline"]["fp_macs"]
+    assert delta == outputs
+    assert out["costs"]["ste"] == out["costs"]["baseline"]

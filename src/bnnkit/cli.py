@@ -184,6 +184,37 @@ def cmd_fit(args: argparse.Namespace) -> None:
     _emit(args, result, format_fit(result))
 
 
+def cmd_methods(args: argparse.Namespace) -> None:
+    from bnnkit.cost.summary import render_table
+    from bnnkit.recipe import METHODS
+
+    result: dict[str, Any] = {"methods": {name: m.to_dict() for name, m in METHODS.items()}}
+    lines = [("method", "category", "kind", "export", "inference cost", "source")]
+    lines += [(m.name, m.category, m.kind, "yes" if m.exportable else "no", m.inference_cost, m.source) for m in METHODS.values()]
+    text = render_table(lines, left=6, total=False)
+    if args.model:
+        from bnnkit.cost import method_costs
+        from bnnkit.data import get_info
+
+        info = get_info(args.dataset)
+        costs = method_costs(args.model, info.num_classes, info.in_shape, **dict(args.option))
+        result.update(model=args.model, dataset=args.dataset, costs=costs)
+        text += ["", f"cost of each method alone on {args.model} ({args.dataset}), change from the baseline:"]
+        text += render_table(_cost_delta_lines(costs), left=1, total=False)
+    _emit(args, result, "\n".join(text))
+
+
+def _cost_delta_lines(costs: dict[str, dict]) -> list[tuple[str, ...]]:
+    keys = ("params", "binary_macs", "fp_macs", "model_bytes", "peak_activation_bytes", "energy_pj")
+    base = costs["baseline"]
+    lines = [("method", "params", "binary MACs", "FP MACs", "model bytes", "peak act. bytes", "energy pJ")]
+    lines.append(("baseline", *(f"{base[k]:,.0f}" for k in keys)))
+    for name, c in costs.items():
+        if name != "baseline":
+            lines.append((name, *(("n/a",) * len(keys) if "error" in c else (f"{c[k] - base[k]:+,.0f}" for k in keys))))
+    return lines
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "models":
         from bnnkit.models import model_names, model_options
@@ -282,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_fit)
+
+    p = sub.add_parser("methods", help="the repair-method catalogue: category, inference cost, source; with --model, measured cost deltas")
+    p.add_argument("--model", help="also compute each method's cost on this architecture")
+    p.add_argument("--dataset", default="cifar10", help="input shape and classes for --model (default cifar10)")
+    p.add_argument("--option", action="append", type=_model_option, default=[], metavar="KEY=VALUE", help="model option for --model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_methods)
 
     for name, what in (("models", "architectures and their options"), ("datasets", "datasets and where they come from")):
         p = sub.add_parser(name, help=f"list {what}")

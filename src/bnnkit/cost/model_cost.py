@@ -37,6 +37,7 @@ def activation_sizes(model: nn.Module, in_shape: tuple[int, int, int]) -> list[t
 
     def before(name, module, args):
         x = args[0]
+        alive.append(x)
         bits = _activation_bits(module)
         if bits is not None:
             read_bits[x.data_ptr()] = min(bits, read_bits.get(x.data_ptr(), 32))
@@ -84,3 +85,19 @@ def model_costs(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str, f
         "activation_bytes": activation_bytes,
         "energy_pj": e["total_pj"],
     }
+
+
+def method_costs(model: str, num_classes: int, in_shape: tuple[int, int, int], **model_options) -> dict[str, dict]:
+    """``model_costs`` of the baseline and of every catalogue method applied to it alone;
+    a method the model cannot use maps to ``{"error": why}``."""
+    from bnnkit.errors import BnnkitError
+    from bnnkit.models import create_model
+    from bnnkit.recipe import BASELINE, METHODS, apply_methods
+
+    def costs(recipe):
+        try:
+            return model_costs(create_model(model, num_classes, in_shape, recipe, **model_options), in_shape)
+        except BnnkitError as exc:
+            return {"error": str(exc)}
+
+    return {"baseline": costs(BASELINE), **{name: costs(apply_methods(BASELINE, [name])) for name in METHODS}}
