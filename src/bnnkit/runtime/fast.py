@@ -32,7 +32,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import Graph, Op, pair
+from bnnkit.graph import INT32_MIN, Graph, Op, pair
 from bnnkit.runtime import numpy_ref
 
 ISAS = ("portable", "avx2", "avx512")  # the C enum bnn_isa, in order
@@ -40,12 +40,12 @@ SOURCES = ("bconv.c", "bconv.h")
 CFLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unknown-pragmas")
 PAD_FACTOR = {"minus_one": 0, "zero": 1, "plus_one": 2}  # see bconv.c on padding
 KERNEL_OPS = ("binary_conv2d", "binary_dense", "input_conv2d")
-ROW_ALIGN = 8  # words per patch row and weight rows per block: one AVX-512 vector, zero filled
+INT32_MAX = 2**31 - 1
 
 
 class _Layer(ctypes.Structure):
     _fields_ = [
-        *((name, ctypes.c_int32) for name in ("C", "H", "W", "O", "Ho", "Wo", "kh", "kw", "sh", "sw", "ph", "pw", "pad_factor", "words", "stride")),
+        *((name, ctypes.c_int32) for name in ("C", "H", "W", "O", "Ho", "Wo", "kh", "kw", "sh", "sw", "ph", "pw", "pad_factor", "words")),
         ("weight", ctypes.c_void_p),
         ("tap_sum", ctypes.c_void_p),
         ("thresh", ctypes.c_void_p),
@@ -100,6 +100,7 @@ def library() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
     lib.bnn_isa_supported.argtypes, lib.bnn_isa_supported.restype = [ctypes.c_int], ctypes.c_int
+    lib.bnn_output_block.argtypes, lib.bnn_output_block.restype = [], ctypes.c_int
     lib.bnn_binary_conv.argtypes = [ctypes.POINTER(_Layer), ptr, i64, ptr, ctypes.c_int, ctypes.c_int]
     lib.bnn_input_conv.argtypes = [ctypes.POINTER(_Layer), ptr, i64, ptr, ctypes.c_int]
     lib.bnn_popcount_peak.argtypes = [ctypes.c_int, ptr, ptr, i32, i64, ctypes.POINTER(i64)]
@@ -178,11 +179,25 @@ def _packed_input(x: Packed, shape: tuple[int, ...], what: str) -> np.ndarray:
 # --- one layer ------------------------------------------------------------------------
 
 
-def _padded_rows(rows: np.ndarray, width_words: int) -> np.ndarray:
-    """bool (O, n) → uint64 (O rounded up to ROW_ALIGN, width_words), bits LSB first, zero filled."""
-    out = np.zeros((-(-len(rows) // ROW_ALIGN) * ROW_ALIGN, 8 * width_words), np.uint8)
-    out[: len(rows), : -(-rows.shape[1] // 8)] = np.packbits(rows, axis=1, bitorder="little")
-    return out.view("<u8").astype(np.uint64, copy=False)
+def _aligned(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+    """Zeros whose data starts on a cache line, for the kernels' vector loads."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(size + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + size].view(dtype).reshape(shape)
+
+
+def weight_blocks(rows: np.ndarray) -> np.ndarray:
+    """bool (O, n) weight rows → the kernels' layout (bconv.h): packed LSB first into
+    words, outputs zero-padded to the output block, word k of 8 outputs side by side."""
+    words = -(-rows.shape[1] // 64)
+    block = library().bnn_output_block()
+    packed = np.zeros((-(-len(rows) // block) * block, 8 * words), np.uint8)
+    packed[: len(rows), : -(-rows.shape[1] // 8)] = np.packbits(rows, axis=1, bitorder="little")
+    by_word = packed.view("<u8").astype(np.uint64, copy=False).reshape(-1, 8, words).transpose(0, 2, 1)
+    out = _aligned(by_word.shape, np.uint64)
+    out[...] = by_word
+    return out
 
 
 class Layer:
@@ -208,22 +223,20 @@ class Layer:
         self.out_shape = (o,) if dense else (o, ho, wo)
         taps = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(o, -1))  # (kh, kw, C): the patch order
         words = -(-taps.shape[1] // 64)
-        stride = -(-words // ROW_ALIGN) * ROW_ALIGN
         if op.kind == "input_conv2d":
             if 255 * taps.shape[1] >= 2**31:
                 raise BnnkitError(f"{op.kind} {op.name}: fan-in {taps.shape[1]} can overflow int32 sums")
             self._weight = np.where(taps, 1, -1).astype(np.int16)
             self._tap_sum = None
         else:
-            self._weight = _padded_rows(taps, stride)
+            self._weight = weight_blocks(taps)
             self._tap_sum = (2 * w.sum(axis=1, dtype=np.int32) - c).reshape(o, kh * kw)
         self.threshold = threshold
         if threshold is not None:
-            self._thresh = np.ascontiguousarray(threshold.params["thresh"], np.int32)
-            self._flip = threshold.params["flip"].astype(np.uint8)
+            self._thresh, self._flip = _xor_form(threshold)
         pad = PAD_FACTOR[op.attrs["pad"]] if op.kind == "binary_conv2d" else 0
         self._struct = _Layer(
-            c, h, wd, o, ho, wo, kh, kw, sh, sw, ph, pw, pad, words, stride,
+            c, h, wd, o, ho, wo, kh, kw, sh, sw, ph, pw, pad, words,
             self._weight.ctypes.data, _address(self._tap_sum),
             _address(self._thresh if threshold else None), _address(self._flip if threshold else None),
         )
@@ -250,6 +263,17 @@ class Layer:
         if self.threshold is not None:
             return Packed(out.reshape(n, -1) if len(self.out_shape) == 1 else out, self.out_shape)
         return np.moveaxis(out, -1, 1)
+
+
+def _xor_form(threshold: Op) -> tuple[np.ndarray, np.ndarray]:
+    """The threshold as bit = (sum >= t) XOR f, which the kernels evaluate without a
+    branch: ``sum <= t`` is ``not sum >= t + 1``; for t = INT32_MAX it always holds, and
+    so does ``sum >= INT32_MIN``."""
+    t = threshold.params["thresh"].astype(np.int64)
+    flip = threshold.params["flip"]
+    always = flip & (t == INT32_MAX)
+    t = np.where(always, INT32_MIN, t + flip).astype(np.int32)
+    return t, (flip & ~always).astype(np.uint8)
 
 
 def _address(a: np.ndarray | None) -> int | None:
@@ -342,9 +366,10 @@ def popcount_peak(isa: str | None = None, seconds: float = 0.2) -> float:
     thread: the roofline the layer kernels are measured against."""
     import time
 
-    words = 256  # rows of 2 KB: the 8 + 8 the micro-kernel may read fit in L1
+    words = 128  # 8 patches and 16 outputs: 24 KB, in L1
     rng = np.random.default_rng(0)
-    x, w = (rng.integers(0, 2**63, (ROW_ALIGN, words), dtype=np.uint64) for _ in range(2))
+    x = rng.integers(0, 2**63, (8, words), dtype=np.uint64)
+    w = weight_blocks(rng.random((16, 64 * words)) < 0.5)
     sink, isa_index, reps = ctypes.c_int64(), ISAS.index(resolve_isa(isa)), 64
     best = 0.0
     deadline = time.perf_counter() + seconds

@@ -20,26 +20,32 @@
 #endif
 
 #define TILE 64 /* pixels per tile: a multiple of every MP */
+#define ALIGN 64 /* bytes: a cache line, one AVX-512 vector */
 
-typedef void dot_fn(const uint64_t *x, const uint64_t *w, int32_t words, int32_t stride, int32_t *out, int32_t ostride);
+typedef void dot_fn(const uint64_t *x, const uint64_t *w, int32_t words, int32_t *out, int32_t ostride);
 
 struct kernel {
-    dot_fn *dot; /* popcount(x_p ^ w_o) for MP rows of x and MO rows of w */
-    int mp, mo;  /* MO divides 8: weight rows come in multiples of 8 */
+    dot_fn *dot; /* the sums of MP patches against MO outputs */
+    int mp, mo;  /* MO divides BNN_OUTPUT_BLOCK */
 };
 
-/* --- micro-kernels: out[p * ostride + o] = popcount of row p of x XOR row o of w --- */
+/* --- micro-kernels ---
+ * out[p * ostride + o] = popcount(patch p XOR weights of output o), for p < MP, o < MO.
+ * x holds MP patches of `words` words each. w holds the weights in blocks of 8 outputs,
+ * word k of the 8 side by side: one vector of 8 (AVX-512) or two of 4 (AVX2) outputs.
+ * A patch word is broadcast against it, so the vector lanes are outputs and the sums
+ * need no horizontal reduction, and no vector lane is wasted on short patches. */
 
 #define PORTABLE_MP 2
-#define PORTABLE_MO 4
+#define PORTABLE_MO 8
 
-static void dot_portable(const uint64_t *x, const uint64_t *w, int32_t words, int32_t stride, int32_t *out, int32_t ostride)
+static void dot_portable(const uint64_t *x, const uint64_t *w, int32_t words, int32_t *out, int32_t ostride)
 {
     uint64_t acc[PORTABLE_MP][PORTABLE_MO] = {{0}};
     for (int32_t k = 0; k < words; k++)
         for (int p = 0; p < PORTABLE_MP; p++)
             for (int o = 0; o < PORTABLE_MO; o++)
-                acc[p][o] += (uint64_t)__builtin_popcountll(x[(size_t)p * stride + k] ^ w[(size_t)o * stride + k]);
+                acc[p][o] += (uint64_t)__builtin_popcountll(x[(size_t)p * words + k] ^ w[(size_t)k * 8 + o]);
     for (int p = 0; p < PORTABLE_MP; p++)
         for (int o = 0; o < PORTABLE_MO; o++)
             out[p * ostride + o] = (int32_t)acc[p][o];
@@ -47,9 +53,9 @@ static void dot_portable(const uint64_t *x, const uint64_t *w, int32_t words, in
 
 #ifdef BNN_X86
 
-#define AVX2_MP 2
-#define AVX2_MO 4
-#define AVX2_CHUNK 31 /* 256-bit steps before a byte counter (<= 8 per step) could pass 255 */
+#define AVX2_MP 4
+#define AVX2_MO 8
+#define AVX2_CHUNK 31 /* steps before a byte counter (<= 8 per step) could pass 255 */
 
 /* Nibble-table popcount (vpshufb): the count of each byte of v. */
 __attribute__((target("avx2"))) static inline __m256i byte_counts(__m256i v)
@@ -62,63 +68,58 @@ __attribute__((target("avx2"))) static inline __m256i byte_counts(__m256i v)
     return _mm256_add_epi8(lo, hi);
 }
 
-__attribute__((target("avx2"))) static void dot_avx2(const uint64_t *x, const uint64_t *w, int32_t words, int32_t stride,
-                                                     int32_t *out, int32_t ostride)
+__attribute__((target("avx2"))) static void dot_avx2(const uint64_t *x, const uint64_t *w, int32_t words, int32_t *out,
+                                                     int32_t ostride)
 {
-    __m256i sums[AVX2_MP][AVX2_MO];
+    __m256i sums[AVX2_MP][2];
     for (int p = 0; p < AVX2_MP; p++)
-        for (int o = 0; o < AVX2_MO; o++)
-            sums[p][o] = _mm256_setzero_si256();
-    for (int32_t k0 = 0; k0 < words; k0 += 4 * AVX2_CHUNK) {
-        int32_t k1 = words < k0 + 4 * AVX2_CHUNK ? words : k0 + 4 * AVX2_CHUNK;
-        __m256i bytes[AVX2_MP][AVX2_MO];
+        sums[p][0] = sums[p][1] = _mm256_setzero_si256();
+    for (int32_t k0 = 0; k0 < words; k0 += AVX2_CHUNK) {
+        int32_t k1 = words < k0 + AVX2_CHUNK ? words : k0 + AVX2_CHUNK;
+        __m256i bytes[AVX2_MP][2];
         for (int p = 0; p < AVX2_MP; p++)
-            for (int o = 0; o < AVX2_MO; o++)
-                bytes[p][o] = _mm256_setzero_si256();
-        for (int32_t k = k0; k < k1; k += 4) {
-            __m256i xv[AVX2_MP], wv[AVX2_MO];
-            for (int p = 0; p < AVX2_MP; p++)
-                xv[p] = _mm256_loadu_si256((const __m256i *)(x + (size_t)p * stride + k));
-            for (int o = 0; o < AVX2_MO; o++)
-                wv[o] = _mm256_loadu_si256((const __m256i *)(w + (size_t)o * stride + k));
-            for (int p = 0; p < AVX2_MP; p++)
-                for (int o = 0; o < AVX2_MO; o++)
-                    bytes[p][o] = _mm256_add_epi8(bytes[p][o], byte_counts(_mm256_xor_si256(xv[p], wv[o])));
+            bytes[p][0] = bytes[p][1] = _mm256_setzero_si256();
+        for (int32_t k = k0; k < k1; k++) {
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + (size_t)k * 8));
+            __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + (size_t)k * 8 + 4));
+            for (int p = 0; p < AVX2_MP; p++) {
+                __m256i xv = _mm256_set1_epi64x((long long)x[(size_t)p * words + k]);
+                bytes[p][0] = _mm256_add_epi8(bytes[p][0], byte_counts(_mm256_xor_si256(xv, w0)));
+                bytes[p][1] = _mm256_add_epi8(bytes[p][1], byte_counts(_mm256_xor_si256(xv, w1)));
+            }
         }
         for (int p = 0; p < AVX2_MP; p++)
-            for (int o = 0; o < AVX2_MO; o++)
-                sums[p][o] = _mm256_add_epi64(sums[p][o], _mm256_sad_epu8(bytes[p][o], _mm256_setzero_si256()));
+            for (int h = 0; h < 2; h++)
+                sums[p][h] = _mm256_add_epi64(sums[p][h], _mm256_sad_epu8(bytes[p][h], _mm256_setzero_si256()));
     }
+    const __m256i low_halves = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
     for (int p = 0; p < AVX2_MP; p++)
-        for (int o = 0; o < AVX2_MO; o++) {
-            __m128i s = _mm_add_epi64(_mm256_castsi256_si128(sums[p][o]), _mm256_extracti128_si256(sums[p][o], 1));
-            out[p * ostride + o] = (int32_t)(_mm_cvtsi128_si64(s) + _mm_extract_epi64(s, 1));
-        }
+        for (int h = 0; h < 2; h++)
+            _mm_storeu_si128((__m128i *)(out + p * ostride + 4 * h),
+                             _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(sums[p][h], low_halves)));
 }
 
-#define AVX512_MP 4
-#define AVX512_MO 4
+#define AVX512_MP 8
+#define AVX512_MO 16
 
 __attribute__((target("avx512f,avx512vpopcntdq"))) static void dot_avx512(const uint64_t *x, const uint64_t *w, int32_t words,
-                                                                          int32_t stride, int32_t *out, int32_t ostride)
+                                                                          int32_t *out, int32_t ostride)
 {
-    __m512i acc[AVX512_MP][AVX512_MO];
+    __m512i acc[AVX512_MP][2];
+    const uint64_t *w1 = w + (size_t)words * 8;
     for (int p = 0; p < AVX512_MP; p++)
-        for (int o = 0; o < AVX512_MO; o++)
-            acc[p][o] = _mm512_setzero_si512();
-    for (int32_t k = 0; k < words; k += 8) {
-        __m512i xv[AVX512_MP], wv[AVX512_MO];
-        for (int p = 0; p < AVX512_MP; p++)
-            xv[p] = _mm512_loadu_si512(x + (size_t)p * stride + k);
-        for (int o = 0; o < AVX512_MO; o++)
-            wv[o] = _mm512_loadu_si512(w + (size_t)o * stride + k);
-        for (int p = 0; p < AVX512_MP; p++)
-            for (int o = 0; o < AVX512_MO; o++)
-                acc[p][o] = _mm512_add_epi64(acc[p][o], _mm512_popcnt_epi64(_mm512_xor_si512(xv[p], wv[o])));
+        acc[p][0] = acc[p][1] = _mm512_setzero_si512();
+    for (int32_t k = 0; k < words; k++) {
+        __m512i w0v = _mm512_loadu_si512(w + (size_t)k * 8), w1v = _mm512_loadu_si512(w1 + (size_t)k * 8);
+        for (int p = 0; p < AVX512_MP; p++) {
+            __m512i xv = _mm512_set1_epi64((long long)x[(size_t)p * words + k]);
+            acc[p][0] = _mm512_add_epi64(acc[p][0], _mm512_popcnt_epi64(_mm512_xor_si512(xv, w0v)));
+            acc[p][1] = _mm512_add_epi64(acc[p][1], _mm512_popcnt_epi64(_mm512_xor_si512(xv, w1v)));
+        }
     }
     for (int p = 0; p < AVX512_MP; p++)
-        for (int o = 0; o < AVX512_MO; o++)
-            out[p * ostride + o] = (int32_t)_mm512_reduce_add_epi64(acc[p][o]);
+        for (int h = 0; h < 2; h++)
+            _mm256_storeu_si256((__m256i *)(out + p * ostride + 8 * h), _mm512_cvtepi64_epi32(acc[p][h]));
 }
 
 #endif /* BNN_X86 */
@@ -158,9 +159,14 @@ struct scratch {
     int32_t *acc; /* TILE x padded_outputs sums */
 };
 
+int bnn_output_block(void)
+{
+    return BNN_OUTPUT_BLOCK;
+}
+
 static size_t padded_outputs(const struct bnn_layer *L)
 {
-    return ((size_t)L->O + 7) & ~(size_t)7;
+    return ((size_t)L->O + BNN_OUTPUT_BLOCK - 1) / BNN_OUTPUT_BLOCK * BNN_OUTPUT_BLOCK;
 }
 
 static void locate(const struct bnn_layer *L, int64_t pixel, int64_t *image, int32_t *y, int32_t *x)
@@ -176,20 +182,37 @@ static int inside(const struct bnn_layer *L, int32_t iy, int32_t ix)
     return iy >= 0 && iy < L->H && ix >= 0 && ix < L->W;
 }
 
-static void emit(const struct bnn_layer *L, const int32_t *acc, int64_t pixel, void *out)
+/* Eight 0/1 bytes -> one byte, bit i from byte i: the multiplier moves byte i's bit to
+ * bit 56 + i; no two partial products meet, so nothing carries into the top byte. */
+static uint64_t pack8(const uint8_t *bytes)
 {
-    if (L->thresh == NULL) {
-        memcpy((int32_t *)out + pixel * L->O, acc, (size_t)L->O * sizeof *acc);
+    uint64_t v;
+    memcpy(&v, bytes, sizeof v);
+    return (v * 0x0102040810204080ull) >> 56;
+}
+
+/* Fields are copied to locals throughout: acc is int32_t like them, so the compiler
+ * would otherwise reload them after every store (and not vectorise). */
+static void emit(const struct bnn_layer *L, const int32_t *restrict acc, int64_t pixel, void *out)
+{
+    const int32_t O = L->O, *restrict thresh = L->thresh;
+    const uint8_t *restrict flip = L->flip;
+    if (thresh == NULL) {
+        memcpy((int32_t *)out + pixel * O, acc, (size_t)O * sizeof *acc);
         return;
     }
-    int32_t words = (L->O + 63) / 64;
+    int32_t words = (O + 63) / 64;
     uint64_t *dst = (uint64_t *)out + pixel * words;
     for (int32_t j = 0; j < words; j++) {
+        uint8_t bits[64] = {0};
+        int32_t n = O - 64 * j < 64 ? O - 64 * j : 64;
+        const int32_t *a = acc + 64 * j, *t = thresh + 64 * j;
+        const uint8_t *f = flip + 64 * j;
+        for (int32_t o = 0; o < n; o++)
+            bits[o] = (uint8_t)((a[o] >= t[o]) ^ f[o]);
         uint64_t word = 0;
-        for (int32_t o = j * 64; o < L->O && o < (j + 1) * 64; o++) {
-            int bit = L->flip[o] ? acc[o] <= L->thresh[o] : acc[o] >= L->thresh[o];
-            word |= (uint64_t)bit << (o % 64);
-        }
+        for (int q = 0; q < 8; q++)
+            word |= pack8(bits + 8 * q) << (8 * q);
         dst[j] = word;
     }
 }
@@ -197,6 +220,10 @@ static void emit(const struct bnn_layer *L, const int32_t *acc, int64_t pixel, v
 /* ORs nbits bits of src (higher bits of its last word zero) into row at bit offset bit. */
 static void append_bits(uint64_t *row, size_t bit, const uint64_t *src, int32_t nbits)
 {
+    if (bit % 64 == 0) { /* always so for C a multiple of 64: whole words */
+        memcpy(row + bit / 64, src, ((size_t)nbits + 63) / 64 * sizeof *src);
+        return;
+    }
     for (int32_t k = 0; k * 64 < nbits; k++, bit += 64) {
         size_t word = bit / 64;
         unsigned off = bit % 64;
@@ -213,7 +240,7 @@ static void binary_patch(const struct bnn_layer *L, const uint64_t *x, int64_t p
     int32_t oy, ox;
     size_t cw = ((size_t)L->C + 63) / 64, bit = 0;
     locate(L, pixel, &image, &oy, &ox);
-    memset(row, 0, (size_t)L->stride * sizeof *row);
+    memset(row, 0, (size_t)L->words * sizeof *row);
     for (int32_t i = 0; i < L->kh; i++)
         for (int32_t j = 0; j < L->kw; j++, bit += (size_t)L->C) {
             int32_t iy = oy * L->sh - L->ph + i, ix = ox * L->sw - L->pw + j;
@@ -223,12 +250,13 @@ static void binary_patch(const struct bnn_layer *L, const uint64_t *x, int64_t p
 }
 
 /* Popcounts of one pixel's row -> its +-1 sums, with the padded taps' correction. */
-static void binary_sums(const struct bnn_layer *L, int64_t pixel, int32_t *acc)
+static void binary_sums(const struct bnn_layer *L, int64_t pixel, int32_t *restrict acc)
 {
-    int32_t taps = L->kh * L->kw, fan_in = taps * L->C;
-    for (int32_t o = 0; o < L->O; o++)
+    const int32_t O = L->O, taps = L->kh * L->kw, fan_in = taps * L->C, factor = L->pad_factor;
+    const int32_t *restrict tap_sum = L->tap_sum;
+    for (int32_t o = 0; o < O; o++)
         acc[o] = fan_in - 2 * acc[o];
-    if (L->pad_factor == 0)
+    if (factor == 0)
         return;
     int64_t image;
     int32_t oy, ox;
@@ -236,8 +264,8 @@ static void binary_sums(const struct bnn_layer *L, int64_t pixel, int32_t *acc)
     for (int32_t i = 0; i < L->kh; i++)
         for (int32_t j = 0; j < L->kw; j++)
             if (!inside(L, oy * L->sh - L->ph + i, ox * L->sw - L->pw + j))
-                for (int32_t o = 0; o < L->O; o++)
-                    acc[o] += L->pad_factor * L->tap_sum[(size_t)o * taps + i * L->kw + j];
+                for (int32_t o = 0; o < O; o++)
+                    acc[o] += factor * tap_sum[(size_t)o * taps + i * L->kw + j];
 }
 
 typedef void tile_fn(const struct bnn_layer *L, const struct kernel *k, const void *x, int64_t p0, int32_t np,
@@ -250,12 +278,11 @@ static void binary_tile(const struct bnn_layer *L, const struct kernel *k, const
     const uint64_t *w = L->weight;
     size_t op = padded_outputs(L);
     for (int32_t i = 0; i < np; i++)
-        binary_patch(L, x, p0 + i, rows + (size_t)i * L->stride);
+        binary_patch(L, x, p0 + i, rows + (size_t)i * L->words);
     /* rows past np hold an earlier tile's patches (or zeros): computed, never emitted */
     for (int32_t o0 = 0; o0 < L->O; o0 += k->mo)
         for (int32_t i0 = 0; i0 < np; i0 += k->mp)
-            k->dot(rows + (size_t)i0 * L->stride, w + (size_t)o0 * L->stride, L->words, L->stride, s->acc + i0 * op + o0,
-                   (int32_t)op);
+            k->dot(rows + (size_t)i0 * L->words, w + (size_t)o0 * L->words, L->words, s->acc + i0 * op + o0, (int32_t)op);
     for (int32_t i = 0; i < np; i++) {
         binary_sums(L, p0 + i, s->acc + i * op);
         emit(L, s->acc + i * op, p0 + i, out);
@@ -291,6 +318,13 @@ static void input_tile(const struct bnn_layer *L, const struct kernel *k, const 
     }
 }
 
+static void *zeroed(size_t bytes)
+{
+    bytes = (bytes + ALIGN - 1) / ALIGN * ALIGN;
+    void *p = aligned_alloc(ALIGN, bytes);
+    return p == NULL ? NULL : memset(p, 0, bytes);
+}
+
 static int run_tiles(const struct bnn_layer *L, const struct kernel *k, tile_fn *tile, size_t row_bytes, const void *x,
                      int64_t n, void *out, int threads)
 {
@@ -299,7 +333,7 @@ static int run_tiles(const struct bnn_layer *L, const struct kernel *k, tile_fn 
     (void)threads; /* without OpenMP the pragmas are ignored and one thread runs */
 #pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(| : failed)
     {
-        struct scratch s = {calloc(TILE, row_bytes), calloc(TILE * padded_outputs(L), sizeof(int32_t))};
+        struct scratch s = {zeroed(TILE * row_bytes), zeroed(TILE * padded_outputs(L) * sizeof(int32_t))};
         failed = s.rows == NULL || s.acc == NULL;
         /* every thread must reach the loop, so a failed one takes tiles and skips them */
 #pragma omp for schedule(dynamic)
@@ -319,7 +353,7 @@ int bnn_binary_conv(const struct bnn_layer *L, const uint64_t *x, int64_t n, voi
     const struct kernel *k = kernel_for(isa);
     if (k == NULL)
         return -1;
-    return run_tiles(L, k, binary_tile, (size_t)L->stride * sizeof(uint64_t), x, n, out, threads);
+    return run_tiles(L, k, binary_tile, (size_t)L->words * sizeof(uint64_t), x, n, out, threads);
 }
 
 int bnn_input_conv(const struct bnn_layer *L, const uint8_t *x, int64_t n, void *out, int threads)
@@ -330,12 +364,12 @@ int bnn_input_conv(const struct bnn_layer *L, const uint8_t *x, int64_t n, void 
 int64_t bnn_popcount_peak(int isa, const uint64_t *x, const uint64_t *w, int32_t words, int64_t reps, int64_t *sink)
 {
     const struct kernel *k = kernel_for(isa);
-    int32_t out[8 * 8];
+    int32_t out[TILE * BNN_OUTPUT_BLOCK];
     int64_t total = 0;
     if (k == NULL)
         return 0;
     for (int64_t r = 0; r < reps; r++) {
-        k->dot(x, w, words, words, out, 8);
+        k->dot(x, w, words, out, BNN_OUTPUT_BLOCK);
         total += out[0];
     }
     *sink = total;

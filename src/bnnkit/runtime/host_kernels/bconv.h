@@ -1,10 +1,11 @@
 /* Host kernels for binary layers: XNOR-popcount GEMM over channel-packed 64-bit words.
  *
  * Binary activations are HWC: per pixel ceil(C/64) words, channel c at bit c%64 of word
- * c/64 (bit 1 = +1), unused high bits zero. A layer's weights are one row per output of
- * the taps' bits packed densely in (kh, kw, C) order, each row `stride` words (a multiple
- * of 8, zero filled), rows rounded up to a multiple of 8. bnnkit/runtime/fast.py prepares
- * both and documents the semantics (those of bnnkit/runtime/numpy_ref.py). */
+ * c/64 (bit 1 = +1), unused high bits zero. A layer's weights are, per output, the taps'
+ * bits packed densely in (kh, kw, C) order into `words` words; outputs are zero-padded
+ * to a multiple of BNN_OUTPUT_BLOCK and stored in groups of 8 with word k of the 8
+ * outputs side by side: uint64 [O/8][words][8]. bnnkit/runtime/fast.py prepares both;
+ * the semantics are those of bnnkit/runtime/numpy_ref.py. */
 #ifndef BNNKIT_BCONV_H
 #define BNNKIT_BCONV_H
 
@@ -12,25 +13,28 @@
 
 enum bnn_isa { BNN_PORTABLE = 0, BNN_AVX2 = 1, BNN_AVX512 = 2 };
 
+#define BNN_OUTPUT_BLOCK 16
+
 struct bnn_layer {
     int32_t C, H, W;            /* input map (a dense layer is a 1x1 map) */
     int32_t O, Ho, Wo;          /* output map */
     int32_t kh, kw, sh, sw, ph, pw;
     int32_t pad_factor;         /* binary: padded taps count as -1 (0), 0 (1) or +1 (2) times their weights */
     int32_t words;              /* binary: words of a patch, ceil(kh*kw*C/64) */
-    int32_t stride;             /* binary: words per patch or weight row */
-    const void *weight;         /* binary: uint64 rows; input: int16 +-1, O rows of kh*kw*C */
+    const void *weight;         /* binary: uint64 as above; input: int16 +-1, O rows of kh*kw*C */
     const int32_t *tap_sum;     /* binary, (O, kh*kw): sum of a tap's +-1 weights */
-    const int32_t *thresh;      /* NULL: write int32 sums (N, Ho, Wo, O); else packed bits */
-    const uint8_t *flip;
+    const int32_t *thresh;      /* NULL: write int32 sums (N, Ho, Wo, O); else packed bits, */
+    const uint8_t *flip;        /* bit o = (sum >= thresh[o]) XOR flip[o] (0 or 1) */
 };
 
 int bnn_isa_supported(int isa);
+int bnn_output_block(void);
 /* 0 on success, -1 for an unsupported isa, -2 when out of memory. */
 int bnn_binary_conv(const struct bnn_layer *L, const uint64_t *x, int64_t n, void *out, int isa, int threads);
 int bnn_input_conv(const struct bnn_layer *L, const uint8_t *x, int64_t n, void *out, int threads);
-/* The roofline micro-benchmark: `reps` register-blocked XOR-popcount blocks over
- * L1-resident rows; returns bit products computed (0 for an unsupported isa). */
+/* The roofline micro-benchmark: `reps` calls of the micro-kernel on L1-resident patches
+ * (x, 8 of `words` words) and weights (w, 16 outputs as above); returns the bit
+ * products computed (0 for an unsupported isa). */
 int64_t bnn_popcount_peak(int isa, const uint64_t *x, const uint64_t *w, int32_t words, int64_t reps, int64_t *sink);
 
 #endif
