@@ -286,3 +286,25 @@ def test_profile_shows_measured_beside_analytic(tmp_path, capsys):
     assert d["ram_bytes"] >= r["memory"]["arena_bytes"] and d["instructions_per_inference"] > r["totals"]["binary_macs"] / 32
     assert main(["profile", str(tmp_path / "m.bnn"), "--target", "cortex-m4"]) == 0
     assert "measured on cortex-m4" in capsys.readouterr().out
+
+
+@needs_tools
+def test_cli_build_writes_an_image_that_runs(tmp_path, capsys):
+    import json
+
+    from bnnkit.cli import main
+    from bnnkit.fit import Candidate, candidate_graph
+
+    graph = candidate_graph(Candidate("ebnn_cnn", {"channels": [8], "kernel": 3}), (1, 8, 8), 10)
+    graph.save(tmp_path / "m.bnn")
+    assert main(["build", str(tmp_path / "m.bnn"), "--target", "cortex-m7", "-o", str(tmp_path / "m7"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    elf = Path(r["elf"])
+    assert elf.is_file() and r["board"] == "mps2-an500" and r["flash_bytes"] == r["text"] + r["rodata"] + r["data"]
+    # the ELF on disk is the one a run uses: same bytes from a fresh build of the same graph
+    again = build_mcu(graph, tmp_path / "again", "cortex-m7")
+    assert again.size.flash == r["flash_bytes"]
+    image = McuImage(graph, elf, TARGETS["cortex-m7"], 0, again.size)
+    assert_same(image, np.random.default_rng(1).integers(0, 256, (5, 1, 8, 8), dtype=np.uint8), "built by the CLI")
+    assert main(["build", str(tmp_path / "m.bnn"), "--target", "host", "-o", str(tmp_path / "host"), "--json"]) == 0
+    assert Path(json.loads(capsys.readouterr().out)["executable"]).is_file()

@@ -51,3 +51,24 @@ def test_cli_profile_json_and_table(tmp_path, capsys):
     assert result["totals"] == profile(g)["totals"]
     text = format_profile(result)
     assert "naive" in text and "planned" in text and text.count("\n") >= len(g.ops) + 3
+
+
+def test_energy_prices_each_operation_class():
+    result = profile(conv_net())
+    t, rows = result["totals"], result["layers"]
+    stored = sum(r["activation_bytes"] for r in rows if r["storage"] == "stored")
+    e = t["energy"]
+    assert e["binary_pj"] == t["binary_macs"] * (1 + 5 + 1) * 0.1 / 32
+    assert e["int_pj"] == t["int_ops"] * 0.1 and e["fp_pj"] == t["fp_ops"] * 3.7
+    assert e["memory_pj"] == (t["weight_bytes"] + 2 * (64 + stored)) * 10 / 8  # all of it fits 8 KB
+    assert e["total_pj"] == sum(v for k, v in e.items() if k != "total_pj")
+    assert "Horowitz" in format_profile(result)
+
+
+def test_device_energy_only_where_a_datasheet_is_cited():
+    from bnnkit.runtime.cortex_m import TARGETS, latency_estimate
+
+    m4 = latency_estimate(TARGETS["cortex-m4"], 1e6)
+    assert m4["latency_ms_estimate"] == 1e3 * 1e6 / 80e6
+    assert m4["energy_uj_estimate"] == 1e6 * 79e-12 * 3.0 * 1e6 and "DS12469" in m4["energy_model"]
+    assert "energy_uj_estimate" not in latency_estimate(TARGETS["cortex-m3"], 1e6)

@@ -173,6 +173,31 @@ def cmd_codegen(args: argparse.Namespace) -> None:
     _emit(args, {"files": [str(f) for f in files]}, "wrote " + ", ".join(str(f) for f in files))
 
 
+def cmd_build(args: argparse.Namespace) -> None:
+    from bnnkit.graph import Graph
+
+    graph = Graph.load(args.graph)
+    if args.target == "host":
+        from bnnkit.runtime.c import build_host
+
+        host = build_host(graph, args.output)
+        result = {"target": "host", "executable": str(host.executable)}
+        text = f"built {host.executable} (reads uint8 images on stdin, writes float32 scores + int32 label per image)"
+    else:
+        from bnnkit.runtime.cortex_m import build_mcu
+
+        image = build_mcu(graph, args.output, args.target, stack_size=args.stack_size)
+        z = image.size
+        result = {"target": args.target, "elf": str(image.elf), "board": image.target.machine, "flash_bytes": z.flash,
+                  "static_ram_bytes": z.static_ram, "text": z.text, "rodata": z.rodata, "data": z.data, "bss": z.bss}
+        text = (
+            f"built {image.elf} for {args.target}: flash {z.flash:,} B (text {z.text:,}, rodata {z.rodata:,}, data "
+            f"{z.data:,}), static RAM {z.static_ram:,} B + stack; `bnnkit run {args.graph} --runtime {args.target}` "
+            f"runs it in QEMU {image.target.machine} (the harness reads bnnkit.in and writes bnnkit.out by semihosting)"
+        )
+    _emit(args, result, text)
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
     from bnnkit.fit import fit, format_fit, parse_bytes
 
@@ -299,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="bnn", help="C identifier prefix and file name (default bnn)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_codegen)
+
+    p = sub.add_parser("build", help="compile a graph for a Cortex-M core (an ELF for QEMU's MPS2 boards) or for this host")
+    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    p.add_argument("--target", required=True, choices=("cortex-m3", "cortex-m4", "cortex-m7", "host"))
+    p.add_argument("-o", "--output", type=Path, required=True, help="build directory (sources, objects, the ELF or executable)")
+    p.add_argument("--stack-size", type=int, default=8192, help="bytes reserved for the stack on a Cortex-M (default 8192)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_build)
 
     p = sub.add_parser("fit", help="find, train and keep the best binary network that fits a RAM and flash budget")
     p.add_argument("--ram", required=True, help="RAM budget: bytes, or e.g. 4K, 4KiB")

@@ -9,6 +9,9 @@ Operation classes, per inference:
   comparisons, integer additions;
 * FP ops: multiplies and adds of ``affine``.
 
+The energy estimate prices these classes and the SRAM traffic with the constants of
+``bnnkit.cost.energy`` (Horowitz, ISSCC 2014).
+
 Flash counts parameters as the graph file stores them: binary weights packed 8 per byte per
 output channel, thresholds 4 bytes + 1 flip bit, affine 8 bytes per channel.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+from bnnkit.cost import energy
 from bnnkit.cost.summary import kib, render_table
 from bnnkit.graph import OPS, Graph, Op, pair
 from bnnkit.runtime.plan import plan_memory
@@ -73,6 +77,12 @@ def profile(graph: Graph) -> dict:
             }
         )
     totals = {k: sum(layer[k] for layer in layers) for k in ("weight_bytes", "binary_macs", "int_ops", "fp_ops")}
+    # Each op's output written and read once: fused ones are never materialised.
+    produced = sum(layer["activation_bytes"] for layer in layers if layer["storage"] == "stored")
+    totals["energy"] = energy.energy_pj(
+        binary_macs=totals["binary_macs"], int_ops=totals["int_ops"], fp_ops=totals["fp_ops"],
+        weight_bytes=totals["weight_bytes"], activation_bytes=plan.input_bytes + produced,
+    )
     memory = {
         "input_bytes": plan.input_bytes,
         "naive_bytes": plan.naive_bytes,
@@ -99,6 +109,11 @@ def format_profile(result: dict) -> str:
         f"(input {kib(m['input_bytes'])} + arena {kib(m['arena_bytes'])}); "
         f"{m['naive_bytes'] / m['planned_peak_bytes']:.1f}x less"
     )
+    e = t["energy"]
+    text.append(
+        f"energy estimate {e['total_pj'] / 1e3:,.1f} nJ per inference (binary {e['binary_pj'] / 1e3:,.1f}, integer "
+        f"{e['int_pj'] / 1e3:,.1f}, FP {e['fp_pj'] / 1e3:,.1f}, SRAM {e['memory_pj'] / 1e3:,.1f} nJ; {energy.SOURCE})"
+    )
     if "device" in result:
         d = result["device"]
         text.append(
@@ -109,4 +124,6 @@ def format_profile(result: dict) -> str:
             f"inference for {t['binary_macs']:,} binary MACs, ~{d['latency_ms_estimate']:.1f} ms at "
             f"{d['clock_hz'] / 1e6:g} MHz ({d['latency_model']})"
         )
+        if "energy_uj_estimate" in d:
+            text.append(f"device energy ~{d['energy_uj_estimate']:,.0f} µJ per inference ({d['energy_model']})")
     return "\n".join(text)

@@ -48,11 +48,19 @@ class Target:
     cflags: tuple[str, ...]
     clock_hz: float  # a typical part's clock, for the latency estimate (see latency_estimate)
     part: str
+    # The part's datasheet run-mode current per MHz and the supply it is quoted at, for the
+    # device energy estimate; None where we have no datasheet figure to cite.
+    ua_per_mhz: float | None = None
+    volts: float | None = None
+    datasheet: str | None = None
 
 
 TARGETS = {
     "cortex-m3": Target("cortex-m3", "mps2-an385", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"), 72e6, "STM32F103"),
-    "cortex-m4": Target("cortex-m4", "mps2-an386", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"), 80e6, "STM32L476"),
+    "cortex-m4": Target(
+        "cortex-m4", "mps2-an386", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"), 80e6,
+        "STM32L412", 79.0, 3.0, "STM32L412xx datasheet DS12469 Rev 7: 79 µA/MHz run mode, LDO, at VDD 3.0 V assumed",
+    ),
     "cortex-m7": Target("cortex-m7", "mps2-an500", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"), 216e6, "STM32F746"),
 }
 
@@ -61,9 +69,15 @@ def latency_estimate(target: Target, instructions: float) -> dict:
     """Cycles and milliseconds per inference from a counted instruction total, under a
     stated model: one cycle per instruction (the M3/M4 issue single-cycle ALU operations
     and the code here is mostly those; loads, taken branches and flash wait states add
-    cycles, the M7's dual issue removes some), at the clock of a typical part."""
-    return {"cycles_estimate": instructions, "clock_hz": target.clock_hz, "part": target.part,
-            "latency_ms_estimate": 1e3 * instructions / target.clock_hz, "latency_model": "1 cycle per instruction"}
+    cycles, the M7's dual issue removes some), at the clock of a typical part; and, where
+    the part's datasheet gives its run-mode current, the energy of those cycles."""
+    estimate = {"cycles_estimate": instructions, "clock_hz": target.clock_hz, "part": target.part,
+                "latency_ms_estimate": 1e3 * instructions / target.clock_hz, "latency_model": "1 cycle per instruction"}
+    if target.ua_per_mhz is not None:
+        # I/MHz × V is energy per cycle: µA/MHz × V = pJ per cycle
+        estimate["energy_uj_estimate"] = instructions * target.ua_per_mhz * target.volts * 1e-6
+        estimate["energy_model"] = f"{target.ua_per_mhz * target.volts:g} pJ per cycle, {target.datasheet}"
+    return estimate
 
 # No Cortex-M has a popcount instruction: __builtin_popcount would be a call to libgcc's
 # table-driven __popcountsi2, slower than the bit trick and a 256-byte table in flash.
