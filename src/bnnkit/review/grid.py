@@ -1,0 +1,235 @@
+"""A review grid: one model on one dataset, the baseline and every chosen repair method in
+isolation (plus chosen combinations), each trained with every seed.
+
+A grid is the ``[review]`` table of a TOML file, or of a preset shipped with bnnkit::
+
+    [review]
+    model = "resnet20"
+    model_options = { width_mult = 0.5 }
+    dataset = "fashion_mnist"
+    epochs = 5
+    seeds = [0, 1]
+    base = "baseline"                 # recipe name, methods joined by '+', or a .toml/.json file
+    methods = ["all"]                 # or catalogue names: ["rsign", "double_residual"]
+    combinations = [["rsign", "double_residual"]]
+    skip_inapplicable = false         # true: drop methods the model cannot use, with a note
+    limit_train = 1024                # optional: first N images only
+    limit_test = 1024
+    data_dir = "data"                 # optional; relative paths are relative to the grid file
+    recipe = { lr = 3e-3 }            # optional overrides of the base recipe's fields
+
+Every run is identified by the SHA-256 of everything that decides its result, so changing
+any of it makes a new run instead of silently reusing an old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bnnkit.errors import BnnkitError
+from bnnkit.recipe import METHODS, Recipe, apply_methods, get_method, load_recipe
+from bnnkit.train import RunConfig
+
+BASELINE_LABEL, COMBINATION = "baseline", "combination"
+
+# key: (type(s) accepted, what to say when another type is given)
+KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "model": (str, "a model name"),
+    "model_options": (dict, "a table of model options"),
+    "dataset": (str, "a dataset name"),
+    "epochs": (int, "an integer >= 1"),
+    "seeds": (list, "a list of integer seeds"),
+    "base": (str, "a recipe name, methods joined by '+', or a recipe file"),
+    "methods": (list, 'a list of method names, or ["all"]'),
+    "combinations": (list, "a list of lists of method names"),
+    "skip_inapplicable": (bool, "true or false"),
+    "limit_train": (int, "an integer >= 1"),
+    "limit_test": (int, "an integer >= 1"),
+    "data_dir": (str, "a path"),
+    "recipe": (dict, "a table of recipe fields"),
+}
+REQUIRED = ("model", "dataset", "epochs", "seeds")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the grid."""
+
+    label: str  # "baseline", a method name, or methods joined by '+'
+    category: str  # "baseline", the method's taxonomy category, or "combination"
+    kind: str  # the method's sub-category ("" for the baseline and combinations)
+    study: str  # what every run of the grid shares; the report compares within a study
+    config: RunConfig
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+    @property
+    def key(self) -> str:
+        identity = self.config.to_dict()
+        # Where the data lives does not change a result; moving it must not retrain.
+        identity.pop("data_dir")
+        identity["limits"] = [self.limit_train, self.limit_test]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Grid:
+    source: str
+    runs: list[RunSpec]
+    # (label, reason) of methods dropped because the model cannot use them
+    skipped: list[tuple[str, str]]
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in _presets().iterdir() if p.name.endswith(".toml"))
+
+
+def _presets():
+    return resources.files("bnnkit.review") / "presets"
+
+
+def load_grid(source: str | Path, overrides: dict[str, Any] | None = None) -> Grid:
+    """The grid in TOML file ``source``, or the preset of that name, with ``overrides``
+    (the same keys as the file) replacing the file's values."""
+    path = Path(source)
+    if path.is_file():
+        text, folder = _read(path), path.parent
+    elif str(source) in preset_names():
+        text, folder = (_presets() / f"{source}.toml").read_text(), None
+    else:
+        raise BnnkitError(f"{source}: no such grid file or preset; presets: {', '.join(preset_names())}")
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BnnkitError(f"{source}: not valid TOML ({exc})") from None
+    if set(table) != {"review"} or not isinstance(table["review"], dict):
+        raise BnnkitError(f"{source}: a grid is one [review] table, found {', '.join(map(repr, table)) or 'nothing'}")
+    return expand({**table["review"], **(overrides or {})}, str(source), folder)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BnnkitError(f"{path}: cannot read grid ({exc})") from None
+
+
+def _check(raw: dict[str, Any], source: str) -> None:
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise BnnkitError(f"{source}: unknown key(s) {', '.join(unknown)} in [review]; known: {', '.join(KEYS)}")
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise BnnkitError(f"{source}: [review] needs {', '.join(missing)}")
+    for key, value in raw.items():
+        types, what = KEYS[key]
+        # bool is an int in Python, never a count or a seed here
+        if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
+            raise BnnkitError(f"{source}: {key} must be {what}, got {value!r}")
+    for key in ("epochs", "limit_train", "limit_test"):
+        if key in raw and raw[key] < 1:
+            raise BnnkitError(f"{source}: {key} must be >= 1, got {raw[key]}")
+    seeds = raw["seeds"]
+    if not seeds or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
+        raise BnnkitError(f"{source}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
+    if not all(isinstance(m, str) for m in raw.get("methods", [])):
+        raise BnnkitError(f"{source}: methods must be {KEYS['methods'][1]}, got {raw['methods']!r}")
+    for combo in raw.get("combinations", []):
+        if not isinstance(combo, list) or len(combo) < 2 or not all(isinstance(m, str) for m in combo):
+            raise BnnkitError(f"{source}: each combination must list two or more method names, got {combo!r}")
+
+
+def _methods(raw: dict[str, Any]) -> list[str]:
+    names = raw.get("methods", [])
+    if "all" in names:
+        return list(METHODS)
+    # The baseline runs in every grid; naming it is harmless.
+    names = [n for n in names if n != BASELINE_LABEL]
+    for name in names:
+        get_method(name)
+    return list(dict.fromkeys(names))
+
+
+def _base(raw: dict[str, Any], source: str, folder: Path | None) -> Recipe:
+    spec = raw.get("base", "baseline")
+    if folder is not None and Path(spec).suffix in (".toml", ".json") and not Path(spec).is_absolute():
+        spec = str(folder / spec)
+    base = load_recipe(spec)
+    if "recipe" in raw:
+        base = Recipe.from_dict({**base.to_dict(), **raw["recipe"]}, source=f"{source}: recipe")
+    return base
+
+
+def _study(raw: dict[str, Any], base: Recipe) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in raw.get("model_options", {}).items())
+    text = f"{raw['model']}{f'({options})' if options else ''} on {raw['dataset']}, {raw['epochs']} epoch{'s' * (raw['epochs'] > 1)}, base {base.name}"
+    if raw.get("recipe"):
+        text += " with " + ", ".join(f"{k}={v}" for k, v in raw["recipe"].items())
+    limits = [f"{k}={raw[k]}" for k in ("limit_train", "limit_test") if k in raw]
+    return text + (f" ({', '.join(limits)})" if limits else "")
+
+
+def expand(raw: dict[str, Any], source: str = "grid", folder: Path | None = None) -> Grid:
+    """The runs of a grid table: the baseline, each method, each combination, × seeds.
+
+    Every entry is built once on the CPU first, so a method the model cannot use fails the
+    whole grid before any training starts, naming every such entry at once (or is dropped
+    with ``skip_inapplicable``)."""
+    _check(raw, source)
+    base = _base(raw, source, folder)
+    data_dir = raw.get("data_dir")
+    if data_dir is not None and folder is not None:
+        data_dir = str(folder / data_dir)
+    template = RunConfig(
+        model=raw["model"],
+        dataset=raw["dataset"],
+        epochs=raw["epochs"],
+        recipe=base,
+        model_options=dict(raw.get("model_options", {})),
+        data_dir=data_dir,
+    )
+    template.build_model()  # a bad model, dataset or option is the grid's error, not an entry's
+    entries: list[tuple[str, str, str, list[str]]] = [(BASELINE_LABEL, BASELINE_LABEL, "", [])]
+    for name in _methods(raw):
+        method = METHODS[name]
+        entries.append((name, method.category, method.kind, [name]))
+    for combo in raw.get("combinations", []):
+        entries.append(("+".join(combo), COMBINATION, "", combo))
+
+    study = _study(raw, base)
+    runs, bad = [], []
+    for label, category, kind, names in entries:
+        try:
+            recipe = apply_methods(base, names, name=label) if names else base
+            config = replace(template, recipe=recipe)
+            config.build_model()
+        except BnnkitError as exc:
+            bad.append((label, str(exc)))
+            continue
+        runs += [
+            RunSpec(label, category, kind, study, replace(config, seed=seed), raw.get("limit_train"), raw.get("limit_test"))
+            for seed in raw["seeds"]
+        ]
+    if bad and not raw.get("skip_inapplicable", False):
+        lines = "\n".join(f"  {label}: {reason}" for label, reason in bad)
+        raise BnnkitError(
+            f"{source}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} cannot be built for {raw['model']} "
+            f"(set skip_inapplicable = true to drop them):\n{lines}"
+        )
+    return Grid(source=source, runs=runs, skipped=bad)
+
+
+def methods_override(text: str) -> dict[str, list]:
+    """``--methods rsign,double_residual,rsign+double_residual``: the methods and the
+    combinations (entries joined by '+') that replace a grid's own."""
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    return {
+        "methods": [e for e in entries if "+" not in e],
+        "combinations": [e.split("+") for e in entries if "+" in e],
+    }

@@ -1,0 +1,208 @@
+"""Running a grid: every run not yet done, on this machine or on a Ray cluster.
+
+Each run trains into ``DIR/runs/<key[:16]>/`` with ``resume=True``. The training loop
+commits after every epoch, so a run killed at any instant (kill -9 included) continues at
+its last finished epoch on the next ``bnnkit review``, and a run whose training finished
+but whose row was never written costs only a re-read of its metrics. Rows marked
+'running' at start-up belong to a review that died (a lock file keeps two reviews off
+one DIR), so they are simply run again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import fcntl
+import multiprocessing
+import os
+import socket
+import traceback
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from tqdm import tqdm
+
+from bnnkit.errors import BnnkitError
+from bnnkit.review.grid import Grid, RunSpec
+from bnnkit.review.store import Store
+
+EXECUTORS = ("local", "ray")
+LOCK = "review.lock"
+
+Outcome = dict[str, Any]
+
+
+def run_dir(out: str | Path, spec: RunSpec) -> Path:
+    return Path(out) / "runs" / spec.key[:16]
+
+
+def execute(spec: RunSpec, out: str, threads: int | None = None) -> Outcome:
+    """Train one run (continuing its directory) and measure its costs. Never raises for a
+    failed run: one bad method must not stop a grid, so the error is the outcome."""
+    import torch
+
+    from bnnkit.cost import model_costs
+    from bnnkit.data import get_info
+    from bnnkit.train import TrainOptions, read_metrics, train
+
+    host = socket.gethostname()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    directory = run_dir(out, spec)
+    try:
+        options = TrainOptions(resume=True, progress=False, limit_train=spec.limit_train, limit_test=spec.limit_test)
+        result = train(spec.config, directory, options)
+        costs = model_costs(spec.config.build_model(), get_info(spec.config.dataset).in_shape)
+    except Exception as exc:
+        detail = "" if isinstance(exc, BnnkitError) else "\n" + traceback.format_exc()
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}{detail}", "host": host}
+    return {
+        "status": "done",
+        "top1_final": result["test_acc"],
+        "top1_best": result["best_test_acc"],
+        "train_seconds": sum(m["epoch_seconds"] for m in read_metrics(directory)),
+        "costs": costs,
+        "host": host,
+    }
+
+
+def _bounded(
+    specs: Iterable[RunSpec],
+    width: int,
+    on_start: Callable[[RunSpec], None],
+    submit: Callable[[RunSpec], Any],
+    wait_one: Callable[[list], tuple[Any, Outcome]],
+) -> Iterator[tuple[RunSpec, Outcome]]:
+    """Keep ``width`` runs in flight and yield each as it finishes. Submitting no more
+    than can start keeps the store's 'running' rows the ones really running."""
+    queue, running = iter(specs), {}
+    while True:
+        for spec in islice(queue, width - len(running)):
+            on_start(spec)
+            running[submit(spec)] = spec
+        if not running:
+            return
+        handle, outcome = wait_one(list(running))
+        yield running.pop(handle), outcome
+
+
+def run_local(specs: list[RunSpec], out: Path, workers: int, on_start) -> Iterator[tuple[RunSpec, Outcome]]:
+    if workers == 1:
+        for spec in specs:
+            on_start(spec)
+            yield spec, execute(spec, str(out))
+        return
+    # spawn, not fork: the driver has already used PyTorch's thread pools (building every
+    # model of the grid), which a forked child may inherit in a locked state.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+
+        def wait_one(futures):
+            done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+            future = next(iter(done))
+            return future, future.result()
+
+        # One thread per worker: N workers each using every core would oversubscribe them.
+        yield from _bounded(specs, workers, on_start, lambda s: pool.submit(execute, s, str(out), 1), wait_one)
+
+
+def run_ray(
+    specs: list[RunSpec], out: Path, workers: int, on_start, address: str | None = None, gpus_per_run: float = 0
+) -> Iterator[tuple[RunSpec, Outcome]]:
+    """Runs as Ray tasks, at most ``workers`` at a time: on a local cluster of ``workers``
+    CPUs by default, or on the cluster at ``address``.
+
+    Tasks return their outcome and the driver writes the store: SQLite's locking is not
+    to be trusted across hosts on a network file system, and a single writer needs none.
+    The run directories are written by the tasks, so on a multi-host cluster DIR must be
+    on a file system every node mounts at the same path (for resume and checkpoints)."""
+    try:
+        import ray
+    except ImportError:
+        raise BnnkitError('the Ray executor needs Ray: pip install "bnnkit[ray]"') from None
+
+    if address:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    else:
+        ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        task = ray.remote(execute).options(num_cpus=1, num_gpus=gpus_per_run, max_retries=0)
+
+        def wait_one(refs):
+            (ref,), _ = ray.wait(refs, num_returns=1)
+            try:
+                return ref, ray.get(ref)
+            except ray.exceptions.RayError as exc:  # the worker died (out of memory, node lost)
+                return ref, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "host": None}
+
+        threads = None if gpus_per_run else 1
+        yield from _bounded(specs, workers, on_start, lambda s: task.remote(s, str(out), threads), wait_one)
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold DIR's lock for a whole review: a second review on the same DIR would take
+    the first one's 'running' rows for leftovers of a dead process."""
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BnnkitError(f"{out}: another `bnnkit review` is running on this directory") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the kernel does the same when a process is killed
+
+
+def run_review(
+    grid: Grid,
+    out: str | Path,
+    executor: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    gpus_per_run: float = 0,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every run of ``grid`` that is not done yet (and the failed ones with
+    ``retry_failed``) into ``out``; returns counts over the grid's runs."""
+    if executor not in EXECUTORS:
+        raise BnnkitError(f"unknown executor {executor!r}; use {' or '.join(EXECUTORS)}")
+    if workers < 1:
+        raise BnnkitError(f"--workers must be >= 1, got {workers}")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BnnkitError(f"{out}: cannot create the review directory ({exc.strerror})") from None
+    host = socket.gethostname()
+    with exclusive(out), Store(out) as store:
+        store.add(grid.runs)
+        status = store.statuses()
+        again = ("pending", "running", "failed") if retry_failed else ("pending", "running")
+        todo = [s for s in grid.runs if status[s.key] in again]
+        bar = tqdm(total=len(grid.runs), initial=len(grid.runs) - len(todo), disable=not progress, unit="run", desc="review")
+        if executor == "ray":
+            finished = run_ray(todo, out, workers, lambda s: store.start(s.key, host), address, gpus_per_run)
+        else:
+            finished = run_local(todo, out, workers, lambda s: store.start(s.key, host))
+        with bar:
+            for spec, outcome in finished:
+                store.finish(spec.key, outcome)
+                result = f"{outcome['top1_final']:.4f}" if outcome["status"] == "done" else "failed"
+                bar.set_postfix_str(f"{spec.label} seed {spec.config.seed}: {result}")
+                bar.update()
+        status = store.statuses()
+    keys = [s.key for s in grid.runs]
+    counts = {name: sum(status[k] == name for k in keys) for name in ("done", "failed")}
+    return {
+        "runs": len(keys),
+        **counts,
+        "trained": len(todo),
+        "skipped": [{"label": label, "reason": reason} for label, reason in grid.skipped],
+        "store": str(store.path),
+        "failed_runs": [{"label": s.label, "seed": s.config.seed} for s in grid.runs if status[s.key] == "failed"],
+    }
