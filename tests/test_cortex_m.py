@@ -308,3 +308,20 @@ def test_cli_build_writes_an_image_that_runs(tmp_path, capsys):
     assert_same(image, np.random.default_rng(1).integers(0, 256, (5, 1, 8, 8), dtype=np.uint8), "built by the CLI")
     assert main(["build", str(tmp_path / "m.bnn"), "--target", "host", "-o", str(tmp_path / "host"), "--json"]) == 0
     assert Path(json.loads(capsys.readouterr().out)["executable"]).is_file()
+
+
+@needs_tools
+def test_every_popcount_variant_is_bit_exact_on_the_m3(tmp_path):
+    from bnnkit.runtime.c import POPCOUNT_VARIANTS
+
+    rng = np.random.default_rng(2)
+    graph = ebnn_cnn(rng)
+    x = rng.integers(0, 256, (4, *graph.input_shape), dtype=np.uint8)
+    sizes = {}
+    for variant in POPCOUNT_VARIANTS:
+        image = build_mcu(graph, tmp_path / variant, "cortex-m3", cflags=[f"-DBNNKIT_POPCOUNT_{variant}"])
+        assert_same(image, x, variant)
+        sizes[variant] = image.size
+    # the table variant carries its 256 bytes; libgcc's builtin brings its own table and code
+    assert sizes["TABLE"].rodata >= sizes["SWAR"].rodata + 256
+    assert sizes["BUILTIN"].text > sizes["SWAR"].text

@@ -18,7 +18,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
 from bnnkit.runtime import c as c_runtime
 from bnnkit.runtime import numpy_ref
-from bnnkit.runtime.c import build_host, build_hosts, generate_c, write_sources
+from bnnkit.runtime.c import POPCOUNT_VARIANTS, build_host, build_hosts, generate_c, write_sources
 from graphgen import SETTINGS, ebnn_cnn, graph_cases
 
 BATCH, BATCHES = 60, 5
@@ -109,13 +109,13 @@ def test_random_graphs_under_sanitizers(tmp_path):
     run()
 
 
-def test_cnn_with_fused_layers_and_portable_popcount(tmp_path):
+def test_cnn_with_fused_layers_and_every_popcount(tmp_path):
     rng = np.random.default_rng(0)
     graph = ebnn_cnn(rng)
     x = rng.integers(0, 256, (24, 1, 28, 28), dtype=np.uint8)
     ref_scores, ref_labels = numpy_ref.predict(graph, x)
-    for flags in ((), ("-DBNNKIT_PORTABLE_POPCOUNT",)):
-        scores, labels = build_host(graph, tmp_path / "-".join(flags or ("builtin",)), cflags=flags).predict(x)
+    for variant in POPCOUNT_VARIANTS:
+        scores, labels = build_host(graph, tmp_path / variant, cflags=[f"-DBNNKIT_POPCOUNT_{variant}"]).predict(x)
         assert np.array_equal(scores, ref_scores) and np.array_equal(labels, ref_labels)
     assert len(set(labels)) > 1
 

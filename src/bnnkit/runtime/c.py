@@ -33,6 +33,8 @@ from bnnkit.runtime.plan import PRODUCERS, MemoryPlan, Step, plan_memory
 
 CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-ffp-contract=off")
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g")
+# The popcount implementations the generated C can use: define BNNKIT_POPCOUNT_<name>.
+POPCOUNT_VARIANTS = ("SWAR", "SHIFTS", "TABLE", "BUILTIN")
 
 # --- the C functions, emitted only when used ----------------------------------------
 # name -> (source, the helpers it calls)
@@ -46,19 +48,50 @@ static int bit_at(const uint32_t *v, int i)
 }""",
         (),
     ),
+    # Variants, chosen at compile time (benchmarks/mcu_popcount.py measures them):
+    # BNNKIT_POPCOUNT_SWAR     bit-parallel sums, one multiply (the default without an instruction)
+    # BNNKIT_POPCOUNT_SHIFTS   bit-parallel sums, shifts and adds only (for cores with slow multiply)
+    # BNNKIT_POPCOUNT_TABLE    four lookups in a 256-byte table
+    # BNNKIT_POPCOUNT_BUILTIN  the compiler's builtin (an instruction on x86/Arm-A, libgcc's table on M)
     "popcount": (
         """\
 /* No Cortex-M has a popcount instruction: there the builtin is a libgcc table lookup. */
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(BNNKIT_PORTABLE_POPCOUNT) && \
-    !(defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M')
+#if !defined(BNNKIT_POPCOUNT_SWAR) && !defined(BNNKIT_POPCOUNT_SHIFTS) && !defined(BNNKIT_POPCOUNT_TABLE) && \
+    !defined(BNNKIT_POPCOUNT_BUILTIN)
+#if (defined(__GNUC__) || defined(__clang__)) && !(defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M')
+#define BNNKIT_POPCOUNT_BUILTIN
+#else
+#define BNNKIT_POPCOUNT_SWAR
+#endif
+#endif
+#if defined(BNNKIT_POPCOUNT_BUILTIN)
 #define POPCOUNT(v) __builtin_popcountl((unsigned long)(v))
+#elif defined(BNNKIT_POPCOUNT_TABLE)
+static const uint8_t popcount_table[256] = {
+    0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 1, 2, 2, 3, 2, 3, 3, 4, 2, 3, 3, 4, 3, 4, 4, 5,
+    1, 2, 2, 3, 2, 3, 3, 4, 2, 3, 3, 4, 3, 4, 4, 5, 2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6,
+    1, 2, 2, 3, 2, 3, 3, 4, 2, 3, 3, 4, 3, 4, 4, 5, 2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6,
+    2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6, 3, 4, 4, 5, 4, 5, 5, 6, 4, 5, 5, 6, 5, 6, 6, 7,
+    1, 2, 2, 3, 2, 3, 3, 4, 2, 3, 3, 4, 3, 4, 4, 5, 2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6,
+    2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6, 3, 4, 4, 5, 4, 5, 5, 6, 4, 5, 5, 6, 5, 6, 6, 7,
+    2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6, 3, 4, 4, 5, 4, 5, 5, 6, 4, 5, 5, 6, 5, 6, 6, 7,
+    3, 4, 4, 5, 4, 5, 5, 6, 4, 5, 5, 6, 5, 6, 6, 7, 4, 5, 5, 6, 5, 6, 6, 7, 5, 6, 6, 7, 6, 7, 7, 8,
+};
+#define POPCOUNT(v) (popcount_table[(v) & 0xffu] + popcount_table[((v) >> 8) & 0xffu] + \
+                     popcount_table[((v) >> 16) & 0xffu] + popcount_table[(v) >> 24])
 #else
 static int popcount32(uint32_t v)
 {
     v = v - ((v >> 1) & 0x55555555u);
     v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
     v = (v + (v >> 4)) & 0x0f0f0f0fu;
+#if defined(BNNKIT_POPCOUNT_SHIFTS)
+    v = v + (v >> 8);
+    v = v + (v >> 16);
+    return (int)(v & 0x3fu);
+#else
     return (int)((v * 0x01010101u) >> 24);
+#endif
 }
 #define POPCOUNT(v) popcount32(v)
 #endif""",
@@ -543,8 +576,9 @@ def generate_c(graph: Graph, prefix: str = "bnn") -> dict[str, str]:
    activations are stored HWC with each pixel's channels packed into ceil(C/32) 32-bit
    words, channel c in bit c % 32 of word c / 32, unused bits 0; integer and float
    activations are CHW. Binary weights are packed the same way (a dense layer's weights
-   permuted to its input's HWC packing). Define BNNKIT_PORTABLE_POPCOUNT to use a
-   bit-trick popcount instead of __builtin_popcountl. */
+   permuted to its input's HWC packing). Define one of BNNKIT_POPCOUNT_SWAR, _SHIFTS,
+   _TABLE or _BUILTIN to choose the popcount (default: the builtin where the core has an
+   instruction, SWAR on Cortex-M). */
 #ifndef {up}_H
 #define {up}_H
 

@@ -79,9 +79,7 @@ def latency_estimate(target: Target, instructions: float) -> dict:
         estimate["energy_model"] = f"{target.ua_per_mhz * target.volts:g} pJ per cycle, {target.datasheet}"
     return estimate
 
-# No Cortex-M has a popcount instruction: __builtin_popcount would be a call to libgcc's
-# table-driven __popcountsi2, slower than the bit trick and a 256-byte table in flash.
-MCU_CFLAGS = (*CFLAGS, "-ffunction-sections", "-fdata-sections", "-DBNNKIT_PORTABLE_POPCOUNT")
+MCU_CFLAGS = (*CFLAGS, "-ffunction-sections", "-fdata-sections")
 LDFLAGS = ("--specs=nano.specs", "-nostartfiles", "-Wl,--gc-sections")
 
 _MCU_SOURCES = ("startup", "semihost", "harness")
@@ -265,11 +263,13 @@ def build_mcus(
     stack_size: int = 8192,
     toolchain: str = "arm-none-eabi-",
     qemu: str = "qemu-system-arm",
+    cflags: Sequence[str] = (),
 ) -> list[McuImage]:
     """Compile ``graphs`` into one ELF for ``target`` (a key of ``TARGETS``) under
     ``workdir``, each graph under its own prefix (default ``g0``, ``g1``, ...).
     ``toolchain`` prefixes the tool names (``gcc``, ``size``); ``stack_size`` bytes are
-    reserved for the stack."""
+    reserved for the stack; ``cflags`` are added to the compiler's (e.g. a popcount
+    variant, ``-DBNNKIT_POPCOUNT_TABLE``)."""
     if target not in TARGETS:
         raise BnnkitError(f"unknown Cortex-M target {target!r}; choose one of {', '.join(TARGETS)}")
     if not graphs:
@@ -300,7 +300,7 @@ def build_mcus(
         + f"#define BNNKIT_MAX_CLASSES {max(g.num_classes for g in graphs)}\n"
     )
 
-    flags = [*TARGETS[target].cflags, *MCU_CFLAGS]
+    flags = [*TARGETS[target].cflags, *MCU_CFLAGS, *cflags]
     units = [*prefixes, *_MCU_SOURCES]
     with ThreadPoolExecutor() as pool:
         compiles = ([cc, *flags, "-c", str(work / f"{u}.c"), "-o", str(work / f"{u}.o")] for u in units)
@@ -331,9 +331,10 @@ def build_mcu(
     stack_size: int = 8192,
     toolchain: str = "arm-none-eabi-",
     qemu: str = "qemu-system-arm",
+    cflags: Sequence[str] = (),
 ) -> McuImage:
     """Compile ``graph`` with the start-up code and the semihosting harness into an ELF
     for ``target`` under ``workdir`` (see ``build_mcus`` for the options)."""
     return build_mcus(
-        [graph], workdir, target, prefixes=[prefix], stack_size=stack_size, toolchain=toolchain, qemu=qemu
+        [graph], workdir, target, prefixes=[prefix], stack_size=stack_size, toolchain=toolchain, qemu=qemu, cflags=cflags
     )[0]
