@@ -35,6 +35,9 @@ def test_pareto_by_hand():
         {"name": "d", "accuracy": 0.9, "ram": 100, "flash": 100, "binary_macs": 10},  # equal to a: neither dominates
     ]
     assert [r["name"] for r in pareto(rows)] == ["a", "c", "d"]
+    # measured instructions, where every row has them, replace the binary MACs
+    counted = [{**r, "instructions": i} for r, i in zip(rows, (10, 10, 10, 5))]
+    assert [r["name"] for r in pareto(counted)] == ["c", "d"]
 
 
 def test_fit_trains_what_fits_and_resumes(tmp_path, monkeypatch):
@@ -104,3 +107,4 @@ def test_measured_footprint_is_the_compiled_image():
     assert measured["flash"] > analytic["flash"]  # code and word padding come on top of the packed weights
     assert measured["ram"] > plan_memory(graph).arena_bytes  # the arena, the harness's buffers and the stack
     assert measured["binary_macs"] == analytic["binary_macs"]
+    assert measured["instructions"] > analytic["binary_macs"] / 32 and "instructions" not in analytic

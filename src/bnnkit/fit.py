@@ -78,7 +78,8 @@ def footprint(graph: Graph, target: str | None = None) -> dict:
     Without ``target``: the memory plan's RAM peak (input included) and the packed
     parameters. With a Cortex-M ``target``: measured on the compiled image — flash is
     text + rodata + data, RAM is data + bss + the stack high-water mark of one inference
-    in QEMU — so code, word padding and the harness's buffers count too."""
+    in QEMU — so code, word padding and the harness's buffers count too — and the
+    instructions of that inference are counted."""
     from bnnkit.cost.graph_cost import profile
 
     p = profile(graph)
@@ -88,15 +89,17 @@ def footprint(graph: Graph, target: str | None = None) -> dict:
 
         with tempfile.TemporaryDirectory(prefix="bnnkit-fit-") as work:
             image = build_mcu(graph, work, target)
-            run = image.run(np.zeros((1, *graph.input_shape), np.uint8))
-        sizes = {"ram": run.ram_bytes, "flash": image.size.flash}
+            black = np.zeros((1, *graph.input_shape), np.uint8)
+            run = image.run(black)
+            sizes = {"ram": run.ram_bytes, "flash": image.size.flash, "instructions": image.instructions_per_inference(black)}
     return {**sizes, "binary_macs": p["totals"]["binary_macs"], "int_ops": p["totals"]["int_ops"]}
 
 
 def pareto(rows: list[dict]) -> list[dict]:
     """Rows no other row beats: at least as accurate, as small in RAM and flash, as few
-    binary MACs, and strictly better in one."""
-    keys = (("accuracy", -1), ("ram", 1), ("flash", 1), ("binary_macs", 1))
+    instructions (measured on a target) or else binary MACs, and strictly better in one."""
+    work = "instructions" if rows and all("instructions" in r for r in rows) else "binary_macs"
+    keys = (("accuracy", -1), ("ram", 1), ("flash", 1), (work, 1))
 
     def dominates(a: dict, b: dict) -> bool:
         better_or_equal = all(s * a[k] <= s * b[k] for k, s in keys)
@@ -219,10 +222,11 @@ def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, f
 def format_fit(result: dict) -> str:
     from bnnkit.cost.summary import render_table
 
-    lines = [("candidate", "accuracy", "RAM B", "flash B", "binary MACs", "Pareto")]
+    lines = [("candidate", "accuracy", "RAM B", "flash B", "binary MACs", "instructions", "Pareto")]
     for r in sorted(result["trained"], key=lambda r: -r["accuracy"]):
+        counted = f"{r['instructions']:,.0f}" if "instructions" in r else "-"
         lines.append((r["name"], f"{r['accuracy']:.4f}", f"{r['ram']:,}", f"{r['flash']:,}", f"{r['binary_macs']:,}",
-                      "*" if r["name"] in result["pareto"] else ""))
+                      counted, "*" if r["name"] in result["pareto"] else ""))
     text = render_table(lines, left=1, total=False)
     best = result["best"]
     text.append(
