@@ -12,7 +12,9 @@ from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph
 from bnnkit.runtime.numpy_ref import predict
 
-RUNTIMES = ("numpy", "c", "cortex-m3", "cortex-m4", "cortex-m7")
+# "c": the host kernels in-process, a batch per call (bnnkit.runtime.fast); "c-portable":
+# the generated C99 of the device runtime, built for the host and fed through a pipe.
+RUNTIMES = ("numpy", "c", "c-portable", "cortex-m3", "cortex-m4", "cortex-m7")
 
 
 def test_images(graph: Graph, dataset: str | None, limit: int | None, data_dir: str | None):
@@ -41,13 +43,20 @@ def run_graph(graph: Graph, runtime: str = "numpy", dataset: str | None = None, 
     scores, labels = ref_scores, ref_labels
     device = {}
     if runtime == "c":
+        from bnnkit.runtime.fast import FastModel
+
+        model = FastModel(graph)
+        t0 = time.perf_counter()
+        scores, labels = model.predict(x)
+        seconds["c"] = time.perf_counter() - t0
+    elif runtime == "c-portable":
         from bnnkit.runtime.c import build_host
 
         with tempfile.TemporaryDirectory(prefix="bnnkit-c-") as work:
             host = build_host(graph, work)
             t0 = time.perf_counter()
             scores, labels = host.predict(x)
-            seconds["c"] = time.perf_counter() - t0
+            seconds["c-portable"] = time.perf_counter() - t0
     elif runtime.startswith("cortex-"):
         from bnnkit.runtime.cortex_m import measure
 

@@ -1,6 +1,6 @@
 """A graph on the host through compiled kernels, a whole batch per call.
 
-``binary_conv2d`` / ``binary_dense`` (and ``input_conv2d``) run in the C kernels of
+``binary_conv2d`` / ``binary_dense`` (and ``input_conv2d`` / ``input_dense``) run in the C kernels of
 ``host_kernels/bconv.c``, each fused with the ``threshold`` that follows it when that is
 its only reader, so the layer writes packed bits and never its integer sums. Binary
 activations between layers stay packed: channels last, 64 to a ``uint64`` word
@@ -39,7 +39,8 @@ ISAS = ("portable", "avx2", "avx512")  # the C enum bnn_isa, in order
 SOURCES = ("bconv.c", "bconv.h")
 CFLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unknown-pragmas")
 PAD_FACTOR = {"minus_one": 0, "zero": 1, "plus_one": 2}  # see bconv.c on padding
-KERNEL_OPS = ("binary_conv2d", "binary_dense", "input_conv2d")
+KERNEL_OPS = ("binary_conv2d", "binary_dense", "input_conv2d", "input_dense")
+INTEGER_INPUT = ("input_conv2d", "input_dense")  # uint8 images, not packed bits
 INT32_MAX = 2**31 - 1
 
 
@@ -204,8 +205,9 @@ class Layer:
     """One kernel op, with the ``threshold`` that follows it fused in when given: ready
     weights and a call that runs it on a batch.
 
-    ``binary_conv2d`` / ``binary_dense`` take ``Packed`` bits; ``input_conv2d`` takes the
-    uint8 images (N, C, H, W). The result is ``Packed`` with a threshold, else the int32
+    ``binary_conv2d`` / ``binary_dense`` take ``Packed`` bits; ``input_conv2d`` /
+    ``input_dense`` take the uint8 images (N, C, H, W) or (N, F). A dense layer is a 1×1
+    convolution of a 1×1 map. The result is ``Packed`` with a threshold, else the int32
     sums in the reference interpreter's layout (N, O, Ho, Wo) or (N, O)."""
 
     def __init__(self, op: Op, in_shape: tuple[int, ...], threshold: Op | None = None):
@@ -213,7 +215,7 @@ class Layer:
             raise BnnkitError(f"no host kernel for {op.kind}; kernels: {', '.join(KERNEL_OPS)}")
         self.op, self.in_shape = op, tuple(in_shape)
         w = op.params["weight"]
-        dense = op.kind == "binary_dense"
+        dense = op.kind.endswith("dense")
         if dense:
             w = w[:, :, None, None]
         c, h, wd = (self.in_shape[0], 1, 1) if dense else self.in_shape
@@ -223,7 +225,7 @@ class Layer:
         self.out_shape = (o,) if dense else (o, ho, wo)
         taps = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(o, -1))  # (kh, kw, C): the patch order
         words = -(-taps.shape[1] // 64)
-        if op.kind == "input_conv2d":
+        if op.kind in INTEGER_INPUT:
             if 255 * taps.shape[1] >= 2**31:
                 raise BnnkitError(f"{op.kind} {op.name}: fan-in {taps.shape[1]} can overflow int32 sums")
             self._weight = np.where(taps, 1, -1).astype(np.int16)
@@ -249,7 +251,7 @@ class Layer:
         else:
             out = np.empty((n, *self.out_shape[1:], self.out_shape[0]), np.int32)
         lib = library()
-        if self.op.kind == "input_conv2d":
+        if self.op.kind in INTEGER_INPUT:
             x = np.asarray(x)
             if x.dtype != np.uint8 or x.shape[1:] != self.in_shape:
                 raise BnnkitError(f"{what} takes uint8 (N, {', '.join(map(str, self.in_shape))}), got {x.dtype} {x.shape}")
@@ -336,7 +338,7 @@ class FastModel:
         for step in self.steps:
             args = [env[name] for name in step.op.inputs]
             if step.layer is not None:
-                if step.op.kind != "input_conv2d":
+                if step.op.kind not in INTEGER_INPUT:
                     args = [_packed(args[0])]
                 env[step.output] = step.layer(args[0], self.isa, self.threads)
             elif step.op.kind == "maxpool" and isinstance(args[0], Packed):
