@@ -10,20 +10,37 @@ from torch import nn
 
 from bnnkit.errors import BnnkitError
 from bnnkit.nn import InputNorm, IntegerPixels
-from bnnkit.recipe import Recipe, load_recipe
+from bnnkit.recipe import METHODS, Recipe, load_recipe, methods_needing
 
 Builder = Callable[..., nn.Module]
 MODELS: dict[str, Builder] = {}
+# The model features that repair methods act on (Method.needs), and which models have them.
+FEATURES = frozenset(m.needs for m in METHODS.values() if m.needs)
+MODEL_FEATURES: dict[str, frozenset[str]] = {}
 
 
-def register_model(fn: Builder) -> Builder:
-    """Register ``fn(num_classes, in_shape, recipe, **options)`` under its own name."""
-    MODELS[fn.__name__] = fn
-    return fn
+def register_model(*features: str) -> Callable[[Builder], Builder]:
+    """Decorator: register ``fn(num_classes, in_shape, recipe, **options)`` under its own
+    name, with the model ``features`` it has ("residual", "pooling")."""
+    unknown = sorted(set(features) - FEATURES)
+    if unknown:
+        raise BnnkitError(f"unknown model feature(s) {', '.join(unknown)}; known: {', '.join(sorted(FEATURES))}")
+
+    def decorate(fn: Builder) -> Builder:
+        MODELS[fn.__name__] = fn
+        MODEL_FEATURES[fn.__name__] = frozenset(features)
+        return fn
+
+    return decorate
 
 
 def model_names() -> list[str]:
     return sorted(MODELS)
+
+
+def model_features(name: str) -> frozenset[str]:
+    _builder(name)
+    return MODEL_FEATURES[name]
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -59,12 +76,23 @@ def create_model(
     if len(in_shape) != 3 or min(in_shape) < 1:
         raise BnnkitError(f"in_shape must be (channels, height, width), got {tuple(in_shape)}")
     recipe = load_recipe(recipe)
-    net = builder(num_classes, tuple(in_shape), recipe, **options)
+    _check_features(name, recipe)
+    model = builder(num_classes, tuple(in_shape), recipe, **options)
     if not recipe.fp_first_layer:
-        return nn.Sequential(OrderedDict(norm=IntegerPixels(), net=net))
-    if normalize is None:
-        return net
-    return nn.Sequential(OrderedDict(norm=InputNorm(*normalize), net=net))
+        model = nn.Sequential(OrderedDict(norm=IntegerPixels(), net=model))
+    elif normalize is not None:
+        model = nn.Sequential(OrderedDict(norm=InputNorm(*normalize), net=model))
+    # The exporter reads which repair methods the model was built with.
+    model.recipe = recipe
+    return model
+
+
+def _check_features(name: str, recipe: Recipe) -> None:
+    for feature in sorted(FEATURES - MODEL_FEATURES[name]):
+        used = methods_needing(feature, recipe)
+        if used:
+            verb = "needs" if len(used) == 1 else "need"
+            raise BnnkitError(f"{' and '.join(used)} {verb} a {feature} model; {name} has none")
 
 
 def _builder(name: str) -> Builder:

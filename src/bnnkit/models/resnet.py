@@ -12,33 +12,59 @@ from bnnkit.models.registry import register_model
 from bnnkit.recipe import Recipe
 
 
-class BasicBlock(nn.Module):
-    """Two binary 3×3 convolutions, each followed by BN, with one shortcut around both.
+def _one(modules: list[nn.Module]) -> nn.Module:
+    """The modules as one: a lone module as itself, so that the baseline's parameter
+    names stay those of earlier checkpoints."""
+    return modules[0] if len(modules) == 1 else nn.Sequential(*modules)
 
-    The residual stream stays real-valued; each binary conv binarizes its own input.
-    Where the shape changes, the baseline shortcut is a binary 1×1 strided conv → BN.
+
+def _binary_conv(layers: Layers, cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Module:
+    """A binary conv, behind a BatchNorm under the recipe's feature_norm."""
+    return _one([*layers.feature_norm(cin), layers.conv(cin, cout, kernel, stride)])
+
+
+def _shortcut(layers: Layers, cin: int, cout: int, stride: int) -> nn.Module:
+    """Identity where the shape stays; else a binary 1×1 strided conv → BN, or (recipe
+    downsample "fp", Bi-Real Net) a 2×2 average pool → full-precision 1×1 conv → BN,
+    which keeps the real-valued stream's information through the downsampling."""
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    if layers.recipe.downsample == "binary":
+        return nn.Sequential(_binary_conv(layers, cin, cout, 1, stride), nn.BatchNorm2d(cout))
+    pool = [nn.AvgPool2d(stride)] if stride > 1 else []
+    return nn.Sequential(*pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    """Two binary 3×3 convolutions, each followed by BN (and the recipe's activation).
+
+    The residual stream stays real-valued; each binary conv binarizes its own input. The
+    recipe's ``residual`` places the shortcuts: ``"block"``, one around both convs;
+    ``"double"`` (Bi-Real Net), one around each, so every conv's real-valued input
+    reaches the stream past its sign.
     """
 
     def __init__(self, layers: Layers, cin: int, cout: int, stride: int):
         super().__init__()
-        self.conv1 = layers.conv(cin, cout, 3, stride)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = layers.conv(cout, cout, 3)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(layers.conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+        self.double = layers.recipe.residual == "double"
+        self.conv1 = _binary_conv(layers, cin, cout, 3, stride)
+        self.bn1 = _one(layers.norm(cout))
+        self.conv2 = _binary_conv(layers, cout, cout, 3)
+        self.bn2 = _one(layers.norm(cout))
+        self.shortcut = _shortcut(layers, cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(self.conv1(x))
-        out = self.bn2(self.conv2(out))
-        return out + self.shortcut(x)
+        if self.double:
+            out = out + self.shortcut(x)
+            return out + self.bn2(self.conv2(out))
+        return self.bn2(self.conv2(out)) + self.shortcut(x)
 
 
 class ResNet(nn.Module):
     def __init__(self, layers: Layers, in_channels: int, num_classes: int, widths: list[int], blocks: list[int]):
         super().__init__()
-        self.stem = nn.Sequential(layers.first_conv(in_channels, widths[0], 3), nn.BatchNorm2d(widths[0]))
+        self.stem = nn.Sequential(layers.first_conv(in_channels, widths[0], 3), *layers.norm(widths[0]))
         stages = []
         cin = widths[0]
         for i, (cout, n) in enumerate(zip(widths, blocks)):
@@ -54,20 +80,20 @@ class ResNet(nn.Module):
         return self.classifier(self.pool(self.blocks(self.stem(x))))
 
 
-def _widths(base: list[int], width_mult: float, model: str) -> list[int]:
+def _resnet(recipe: Recipe, in_shape: tuple, num_classes: int, widths: list[int], blocks: list[int], width_mult: float, model: str) -> ResNet:
     if width_mult <= 0:
         raise BnnkitError(f"{model} needs width_mult > 0, got {width_mult}")
-    return [max(1, round(w * width_mult)) for w in base]
+    layers = Layers(recipe)
+    return ResNet(layers, in_shape[0], num_classes, [layers.width(w * width_mult) for w in widths], blocks)
 
 
-@register_model
+@register_model("residual")
 def resnet20(num_classes: int, in_shape: tuple, recipe: Recipe, *, width_mult: float = 1.0) -> nn.Module:
     """ResNet-20 for CIFAR: 16/32/64 channels × 3 basic blocks (about 0.27 M parameters)."""
-    return ResNet(Layers(recipe), in_shape[0], num_classes, _widths([16, 32, 64], width_mult, "resnet20"), [3, 3, 3])
+    return _resnet(recipe, in_shape, num_classes, [16, 32, 64], [3, 3, 3], width_mult, "resnet20")
 
 
-@register_model
+@register_model("residual")
 def resnet18(num_classes: int, in_shape: tuple, recipe: Recipe, *, width_mult: float = 1.0) -> nn.Module:
     """ResNet-18, CIFAR variant: 64/128/256/512 channels × 2 basic blocks (about 11 M parameters)."""
-    widths = _widths([64, 128, 256, 512], width_mult, "resnet18")
-    return ResNet(Layers(recipe), in_shape[0], num_classes, widths, [2, 2, 2, 2])
+    return _resnet(recipe, in_shape, num_classes, [64, 128, 256, 512], [2, 2, 2, 2], width_mult, "resnet18")

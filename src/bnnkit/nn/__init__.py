@@ -1,6 +1,27 @@
-"""Binary layers (quantizers from ``bnnkit.quant`` on their inputs and weights) and the
-helpers the trainer applies to them."""
+"""Binary layers (quantizers from ``bnnkit.quant`` on their inputs and weights), the
+building blocks that repair methods add, and the helpers the trainer applies to them."""
 
-from bnnkit.nn.layers import BinaryConv2d, BinaryLinear, InputNorm, IntegerPixels, binary_layers, clip_latent_weights_, set_weight_binarization
+from bnnkit.nn.blocks import LearnableThreshold, Prequantized, RPReLU, StandardizedWeights
+from bnnkit.nn.layers import (
+    BinaryConv2d,
+    BinaryLinear,
+    InputNorm,
+    IntegerPixels,
+    binary_layers,
+    clip_latent_weights_,
+    set_weight_binarization,
+)
 
-__all__ = ["BinaryConv2d", "BinaryLinear", "InputNorm", "IntegerPixels", "binary_layers", "clip_latent_weights_", "set_weight_binarization"]
+__all__ = [
+    "BinaryConv2d",
+    "BinaryLinear",
+    "InputNorm",
+    "IntegerPixels",
+    "LearnableThreshold",
+    "Prequantized",
+    "RPReLU",
+    "StandardizedWeights",
+    "binary_layers",
+    "clip_latent_weights_",
+    "set_weight_binarization",
+]

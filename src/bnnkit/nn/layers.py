@@ -19,6 +19,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.quant import Quantizer, get_quantizer
 
 WEIGHT_SCALES = ("none", "mean_abs", "learned")
+ACTIVATION_SCALES = ("none", "xnor")
 PAD_VALUES = (0.0, -1.0, 1.0)
 
 
@@ -41,6 +42,11 @@ class _BinaryMixin:
 
     α multiplies the output channel, which equals scaling the weights but keeps the
     product itself purely binary; the bias is added after the scaling.
+
+    ``activation_scale="xnor"``: XNOR-Net's ``K``, the mean over input channels of
+    ``|x|`` (the real input, before its quantizer) averaged over each output position's
+    receptive field, multiplies that output position (per sample for a linear layer).
+    The gradient flows through ``K`` into the input.
     """
 
     weight: nn.Parameter
@@ -49,25 +55,33 @@ class _BinaryMixin:
     # Off during the first stage of two-stage training (see set_weight_binarization).
     binarize_weights: bool = True
 
-    def _init_binary(self, input_quantizer, kernel_quantizer, weight_scale: str) -> None:
+    def _init_binary(self, input_quantizer, kernel_quantizer, weight_scale: str, activation_scale: str) -> None:
         self.input_quantizer = get_quantizer(input_quantizer)
         self.kernel_quantizer = get_quantizer(kernel_quantizer)
         if not isinstance(weight_scale, str) or weight_scale not in WEIGHT_SCALES:
             raise BnnkitError(f"unknown weight_scale {weight_scale!r}; use one of {', '.join(WEIGHT_SCALES)}")
-        self.weight_scale = weight_scale
-        self.scale = None
-        if weight_scale == "learned":
-            self.scale = nn.Parameter(self._mean_abs().detach().clone())
+        if not isinstance(activation_scale, str) or activation_scale not in ACTIVATION_SCALES:
+            raise BnnkitError(
+                f"unknown activation_scale {activation_scale!r}; use one of {', '.join(ACTIVATION_SCALES)}"
+            )
+        self.weight_scale, self.activation_scale = weight_scale, activation_scale
+        self.scale = nn.Parameter(torch.empty(len(self.weight))) if weight_scale == "learned" else None
+        self._fit_to_weights()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()  # the torch layer's own initialisation
-        self._reset_scale()
+        self._fit_to_weights()
 
-    def _reset_scale(self) -> None:
-        # torch's __init__ calls reset_parameters before _init_binary has made the scale
-        if getattr(self, "scale", None) is not None:
-            with torch.no_grad():
+    def _fit_to_weights(self) -> None:
+        """Initialise what starts from the weights: the learned scale, the kernel quantizer's parameters."""
+        # torch's __init__ calls reset_parameters before _init_binary has made them
+        if not hasattr(self, "weight_scale"):
+            return
+        with torch.no_grad():
+            if self.scale is not None:
                 self.scale.copy_(self._mean_abs())
+            if self.kernel_quantizer is not None:
+                self.kernel_quantizer.fit_(self.weight)
 
     def _mean_abs(self) -> torch.Tensor:
         return self.weight.abs().flatten(1).mean(dim=1)
@@ -77,6 +91,9 @@ class _BinaryMixin:
         binarize = self.kernel_quantizer is not None and self.binarize_weights
         wq = self.kernel_quantizer(self.weight) if binarize else self.weight
         return xq, wq
+
+    def _input_scaled(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return out if self.activation_scale == "none" else out * self._input_magnitude(x)
 
     def _scaled_plus_bias(self, out: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (out.ndim - 2)
@@ -90,7 +107,8 @@ class _BinaryMixin:
     def _binary_repr(self) -> str:
         return (
             f"input_quantizer={_quantizer_name(self.input_quantizer)}, "
-            f"kernel_quantizer={_quantizer_name(self.kernel_quantizer)}, weight_scale={self.weight_scale}"
+            f"kernel_quantizer={_quantizer_name(self.kernel_quantizer)}, weight_scale={self.weight_scale}, "
+            f"activation_scale={self.activation_scale}"
         )
 
 
@@ -99,7 +117,8 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
 
     ``input_quantizer``/``kernel_quantizer`` take a registered name, a ``Quantizer``, any
     callable, or ``None`` for no quantization of that side (a first layer on real pixels
-    uses ``input_quantizer=None``). ``weight_scale`` is described in ``_BinaryMixin``.
+    uses ``input_quantizer=None``). ``weight_scale`` and ``activation_scale`` are described
+    in ``_BinaryMixin``.
 
     Padding is explicit: the *quantized* input is padded with ``pad_value`` and then
     convolved with no implicit padding, so the padded taps hold exactly ``pad_value``
@@ -123,6 +142,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         kernel_quantizer="clipped_ste_sign",
         weight_scale: str = "none",
         pad_value: float = 0.0,
+        activation_scale: str = "none",
         groups: int = 1,
         dilation=1,
     ):
@@ -138,7 +158,9 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         if isinstance(pad_value, bool) or pad not in PAD_VALUES:
             raise BnnkitError(f"pad_value must be one of 0, -1, +1, got {pad_value!r}")
         self.pad_value = pad + 0.0  # -0.0 → 0.0, for the repr
-        self._init_binary(input_quantizer, kernel_quantizer, weight_scale)
+        self._init_binary(input_quantizer, kernel_quantizer, weight_scale, activation_scale)
+        if activation_scale != "none" and self.dilation != (1, 1):
+            raise BnnkitError("activation_scale needs an undilated convolution (its box filter cannot dilate)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
@@ -148,7 +170,11 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
             xq, padding = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value), 0
         # Zero padding is the convolution's own: the same values, without a padded copy.
         out = F.conv2d(xq, wq, None, self.stride, padding, self.dilation, self.groups)
-        return self._scaled_plus_bias(out)
+        return self._scaled_plus_bias(self._input_scaled(out, x))
+
+    def _input_magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        # Padded positions count as zeros, as in XNOR-Net's convolution with a k×k box.
+        return F.avg_pool2d(x.abs().mean(1, keepdim=True), self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._binary_repr()}, pad_value={self.pad_value:g}"
@@ -156,7 +182,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
     """A fully connected layer on quantized inputs with quantized weights; quantizers and
-    ``weight_scale`` as for ``BinaryConv2d``."""
+    scales as for ``BinaryConv2d``."""
 
     def __init__(
         self,
@@ -167,13 +193,17 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         input_quantizer="clipped_ste_sign",
         kernel_quantizer="clipped_ste_sign",
         weight_scale: str = "none",
+        activation_scale: str = "none",
     ):
         super().__init__(in_features, out_features, bias=bias)
-        self._init_binary(input_quantizer, kernel_quantizer, weight_scale)
+        self._init_binary(input_quantizer, kernel_quantizer, weight_scale, activation_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
-        return self._scaled_plus_bias(F.linear(xq, wq))
+        return self._scaled_plus_bias(self._input_scaled(F.linear(xq, wq), x))
+
+    def _input_magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs().mean(1, keepdim=True)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._binary_repr()}"

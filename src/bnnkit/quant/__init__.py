@@ -8,7 +8,8 @@ is written next to its forward in the docstring.
 
 Registered names: ``ste_sign``, ``clipped_ste_sign``, ``approx_sign``, ``swish_sign``,
 ``ede_sign``, ``magnitude_aware_sign`` (in ``sign``) and ``ste_ternary``, ``dorefa``,
-``identity`` (in ``multibit``).
+``identity`` (in ``multibit``). ABC-Net's ``MultiBaseWeights`` and ``MultiBaseActivations``
+wrap a base binarizer and are built by the layer, which knows their shape.
 """
 
 from bnnkit.quant.registry import (
@@ -20,9 +21,11 @@ from bnnkit.quant.registry import (
     set_training_progress,
 )
 from bnnkit.quant.sign import sign
-from bnnkit.quant import multibit  # noqa: F401  (registers its quantizers; sign's register on import above)
+from bnnkit.quant.multibit import MultiBaseActivations, MultiBaseWeights  # also registers multibit's quantizers
 
 __all__ = [
+    "MultiBaseActivations",
+    "MultiBaseWeights",
     "QUANTIZERS",
     "Quantizer",
     "get_quantizer",

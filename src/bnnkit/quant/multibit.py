@@ -1,11 +1,13 @@
-"""Quantizers that keep more than one bit: ternary, DoReFa k-bit and the identity."""
+"""Quantizers that keep more than one bit: ternary, DoReFa k-bit, the identity, and
+ABC-Net's multiple binary bases."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.quant.registry import Quantizer, register_quantizer
+from bnnkit.quant.registry import Quantizer, get_quantizer, register_quantizer
 from bnnkit.quant.sign import sign
 
 
@@ -79,3 +81,83 @@ class Identity(Quantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+def _check_bases(bases) -> int:
+    if isinstance(bases, bool) or not isinstance(bases, int) or not 1 <= bases <= 8:
+        raise BnnkitError(f"ABC-Net needs an integer number of bases in 1..8, got {bases!r}")
+    return bases
+
+
+def _base_quantizer(spec) -> Quantizer:
+    base = get_quantizer(spec)
+    if base is None:
+        raise BnnkitError("ABC-Net needs a base binarizer, got none")
+    return base
+
+
+class MultiBaseWeights(Quantizer):
+    """ABC-Net weights (Lin et al., 2017): ``W ≈ Σ_i α_i · b(W − mean + u_i·std)`` with
+    ``b`` the base binarizer, ``u_i`` spread evenly over [-1, 1] and statistics per output
+    channel (dim 0), so each base is the sign of the centred weights cut at a different
+    level. ``α`` (``bases`` × ``channels``) is learnable and set by ``fit_`` to the least
+    squares solution, so that training starts from the best approximation of ``W``.
+
+    Backward: the base binarizer's surrogate for every base (straight through its cut),
+    weighted by α; mean and std count as constants, as the shifts are only a choice of
+    where to cut. The sum is one tensor, so the layer still runs a single convolution.
+    Not registered by name: α's shape needs the layer's output channels.
+    """
+
+    def __init__(self, channels: int, bases: int = 3, base="clipped_ste_sign"):
+        super().__init__()
+        bases = _check_bases(bases)
+        self.base = _base_quantizer(base)
+        self.bits = bases * self.base.bits
+        levels = torch.linspace(-1.0, 1.0, bases) if bases > 1 else torch.zeros(1)
+        self.register_buffer("levels", levels, persistent=False)
+        self.alpha = nn.Parameter(torch.full((bases, channels), 1.0 / bases))
+
+    def _bases(self, w: torch.Tensor) -> torch.Tensor:
+        """(bases, *w.shape): every base's binarized weights."""
+        flat = w.detach().flatten(1)
+        shape = (-1,) + (1,) * (w.ndim - 1)
+        mean, std = flat.mean(1).view(shape), flat.std(1, correction=0).view(shape)
+        return torch.stack([self.base(w - mean + u * std) for u in self.levels])
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha.view(*self.alpha.shape, *(1,) * (w.ndim - 1))
+        return (alpha * self._bases(w)).sum(0)
+
+    @torch.no_grad()
+    def fit_(self, w: torch.Tensor) -> None:
+        # pinv rather than lstsq: a channel whose cuts coincide makes the bases rank deficient
+        b = self._bases(w).flatten(2).permute(1, 2, 0)  # (channels, fan_in, bases)
+        alpha = torch.linalg.pinv(b) @ w.flatten(1).unsqueeze(2)
+        self.alpha.copy_(alpha.squeeze(2).t())
+
+    def extra_repr(self) -> str:
+        return f"bases={len(self.levels)}, channels={self.alpha.shape[1]}"
+
+
+class MultiBaseActivations(Quantizer):
+    """ABC-Net activations: ``x ≈ Σ_j β_j · b(x − v_j)`` with learnable shifts ``v_j`` and
+    scales ``β_j`` (one of each per base, shared by all channels). They start as the even
+    staircase approximation of hardtanh: ``β_j = 1/n`` and ``v_j`` the midpoints between
+    the ``n + 1`` levels -1, ..., 1. Backward: the base binarizer's surrogate at every
+    shift, weighted by β; v and β get their exact gradients through the sum.
+    """
+
+    def __init__(self, bases: int = 3, base="clipped_ste_sign"):
+        super().__init__()
+        bases = _check_bases(bases)
+        self.base = _base_quantizer(base)
+        self.bits = bases * self.base.bits
+        self.shift = nn.Parameter(torch.tensor([(2 * j + 1 - bases) / bases for j in range(bases)]))
+        self.beta = nn.Parameter(torch.full((bases,), 1.0 / bases))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(beta * self.base(x - v) for beta, v in zip(self.beta, self.shift))
+
+    def extra_repr(self) -> str:
+        return f"bases={len(self.beta)}"

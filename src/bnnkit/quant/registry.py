@@ -30,6 +30,10 @@ class Quantizer(nn.Module):
         # stateless quantizer does not take (nn.Module.__init__ takes *args, **kwargs).
         super().__init__()
 
+    def fit_(self, x: torch.Tensor) -> None:
+        """Initialise parameters that depend on the tensor this quantizer will see; a
+        layer calls it with its weights whenever it (re)initialises them. Most have none."""
+
 
 def register_quantizer(name: str) -> Callable[[type[Quantizer]], type[Quantizer]]:
     """Class decorator: make ``cls`` available to ``get_quantizer(name)``."""
