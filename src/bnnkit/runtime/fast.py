@@ -109,6 +109,7 @@ def library() -> ctypes.CDLL:
     return lib
 
 
+@functools.cache
 def supported_isas() -> tuple[str, ...]:
     return tuple(name for i, name in enumerate(ISAS) if library().bnn_isa_supported(i))
 

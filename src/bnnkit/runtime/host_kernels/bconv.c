@@ -169,12 +169,30 @@ static size_t padded_outputs(const struct bnn_layer *L)
     return ((size_t)L->O + BNN_OUTPUT_BLOCK - 1) / BNN_OUTPUT_BLOCK * BNN_OUTPUT_BLOCK;
 }
 
-static void locate(const struct bnn_layer *L, int64_t pixel, int64_t *image, int32_t *y, int32_t *x)
+/* An output pixel: its index over the batch and its coordinates. A tile walks its
+ * pixels with next() rather than dividing for each. */
+struct pixel {
+    int64_t index, image;
+    int32_t y, x;
+};
+
+static struct pixel locate(const struct bnn_layer *L, int64_t index)
 {
     int64_t per_image = (int64_t)L->Ho * L->Wo;
-    *image = pixel / per_image;
-    *y = (int32_t)(pixel % per_image / L->Wo);
-    *x = (int32_t)(pixel % L->Wo);
+    struct pixel p = {index, index / per_image, (int32_t)(index % per_image / L->Wo), (int32_t)(index % L->Wo)};
+    return p;
+}
+
+static void next(const struct bnn_layer *L, struct pixel *p)
+{
+    p->index++;
+    if (++p->x == L->Wo) {
+        p->x = 0;
+        if (++p->y == L->Ho) {
+            p->y = 0;
+            p->image++;
+        }
+    }
 }
 
 static int inside(const struct bnn_layer *L, int32_t iy, int32_t ix)
@@ -234,36 +252,36 @@ static void append_bits(uint64_t *row, size_t bit, const uint64_t *src, int32_t 
     }
 }
 
-static void binary_patch(const struct bnn_layer *L, const uint64_t *x, int64_t pixel, uint64_t *row)
+static void binary_patch(const struct bnn_layer *L, const uint64_t *x, struct pixel p, uint64_t *row)
 {
-    int64_t image;
-    int32_t oy, ox;
     size_t cw = ((size_t)L->C + 63) / 64, bit = 0;
-    locate(L, pixel, &image, &oy, &ox);
     memset(row, 0, (size_t)L->words * sizeof *row);
     for (int32_t i = 0; i < L->kh; i++)
         for (int32_t j = 0; j < L->kw; j++, bit += (size_t)L->C) {
-            int32_t iy = oy * L->sh - L->ph + i, ix = ox * L->sw - L->pw + j;
+            int32_t iy = p.y * L->sh - L->ph + i, ix = p.x * L->sw - L->pw + j;
             if (inside(L, iy, ix))
-                append_bits(row, bit, x + (((size_t)image * L->H + iy) * L->W + ix) * cw, L->C);
+                append_bits(row, bit, x + (((size_t)p.image * L->H + iy) * L->W + ix) * cw, L->C);
         }
 }
 
+static int window_inside(const struct bnn_layer *L, struct pixel p)
+{
+    int32_t y0 = p.y * L->sh - L->ph, x0 = p.x * L->sw - L->pw;
+    return y0 >= 0 && x0 >= 0 && y0 + L->kh <= L->H && x0 + L->kw <= L->W;
+}
+
 /* Popcounts of one pixel's row -> its +-1 sums, with the padded taps' correction. */
-static void binary_sums(const struct bnn_layer *L, int64_t pixel, int32_t *restrict acc)
+static void binary_sums(const struct bnn_layer *L, struct pixel p, int32_t *restrict acc)
 {
     const int32_t O = L->O, taps = L->kh * L->kw, fan_in = taps * L->C, factor = L->pad_factor;
     const int32_t *restrict tap_sum = L->tap_sum;
     for (int32_t o = 0; o < O; o++)
         acc[o] = fan_in - 2 * acc[o];
-    if (factor == 0)
+    if (factor == 0 || window_inside(L, p))
         return;
-    int64_t image;
-    int32_t oy, ox;
-    locate(L, pixel, &image, &oy, &ox);
     for (int32_t i = 0; i < L->kh; i++)
         for (int32_t j = 0; j < L->kw; j++)
-            if (!inside(L, oy * L->sh - L->ph + i, ox * L->sw - L->pw + j))
+            if (!inside(L, p.y * L->sh - L->ph + i, p.x * L->sw - L->pw + j))
                 for (int32_t o = 0; o < O; o++)
                     acc[o] += factor * tap_sum[(size_t)o * taps + i * L->kw + j];
 }
@@ -277,15 +295,17 @@ static void binary_tile(const struct bnn_layer *L, const struct kernel *k, const
     uint64_t *rows = s->rows;
     const uint64_t *w = L->weight;
     size_t op = padded_outputs(L);
-    for (int32_t i = 0; i < np; i++)
-        binary_patch(L, x, p0 + i, rows + (size_t)i * L->words);
+    struct pixel p = locate(L, p0);
+    for (int32_t i = 0; i < np; i++, next(L, &p))
+        binary_patch(L, x, p, rows + (size_t)i * L->words);
     /* rows past np hold an earlier tile's patches (or zeros): computed, never emitted */
     for (int32_t o0 = 0; o0 < L->O; o0 += k->mo)
         for (int32_t i0 = 0; i0 < np; i0 += k->mp)
             k->dot(rows + (size_t)i0 * L->words, w + (size_t)o0 * L->words, L->words, s->acc + i0 * op + o0, (int32_t)op);
-    for (int32_t i = 0; i < np; i++) {
-        binary_sums(L, p0 + i, s->acc + i * op);
-        emit(L, s->acc + i * op, p0 + i, out);
+    p = locate(L, p0);
+    for (int32_t i = 0; i < np; i++, next(L, &p)) {
+        binary_sums(L, p, s->acc + i * op);
+        emit(L, s->acc + i * op, p.index, out);
     }
 }
 
@@ -298,15 +318,14 @@ static void input_tile(const struct bnn_layer *L, const struct kernel *k, const 
     const int16_t *w = L->weight;
     int16_t *patch = s->rows;
     int32_t fan_in = L->kh * L->kw * L->C;
-    for (int32_t n = 0; n < np; n++) {
-        int64_t image;
-        int32_t oy, ox, t = 0;
-        locate(L, p0 + n, &image, &oy, &ox);
+    struct pixel p = locate(L, p0);
+    for (int32_t n = 0; n < np; n++, next(L, &p)) {
+        int32_t t = 0;
         for (int32_t i = 0; i < L->kh; i++)
             for (int32_t j = 0; j < L->kw; j++)
                 for (int32_t c = 0; c < L->C; c++, t++) {
-                    int32_t iy = oy * L->sh - L->ph + i, ix = ox * L->sw - L->pw + j;
-                    patch[t] = inside(L, iy, ix) ? pixels[(((size_t)image * L->C + c) * L->H + iy) * L->W + ix] : 0;
+                    int32_t iy = p.y * L->sh - L->ph + i, ix = p.x * L->sw - L->pw + j;
+                    patch[t] = inside(L, iy, ix) ? pixels[(((size_t)p.image * L->C + c) * L->H + iy) * L->W + ix] : 0;
                 }
         for (int32_t o = 0; o < L->O; o++) {
             int32_t sum = 0;
@@ -314,7 +333,7 @@ static void input_tile(const struct bnn_layer *L, const struct kernel *k, const 
                 sum += patch[q] * w[(size_t)o * fan_in + q];
             s->acc[o] = sum;
         }
-        emit(L, s->acc, p0 + n, out);
+        emit(L, s->acc, p.index, out);
     }
 }
 
