@@ -209,6 +209,41 @@ def cmd_fit(args: argparse.Namespace) -> None:
     _emit(args, result, format_fit(result))
 
 
+def cmd_review(args: argparse.Namespace) -> None:
+    from bnnkit.review import load_grid, methods_override, run_review
+
+    overrides: dict[str, Any] = {k: v for k, v in (("epochs", args.epochs), ("limit_train", args.limit_train),
+                                                   ("limit_test", args.limit_test)) if v is not None}
+    if args.seeds is not None:
+        try:
+            overrides["seeds"] = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise BnnkitError(f"--seeds takes integers joined by commas, got {args.seeds!r}") from None
+    if args.methods is not None:
+        overrides.update(methods_override(args.methods))
+    if args.data_dir is not None:
+        overrides["data_dir"] = str(Path(args.data_dir).resolve())
+    grid = load_grid(args.grid, overrides)
+    for label, reason in grid.skipped:
+        print(f"note: skipped {label}: {reason}", file=sys.stderr)
+    result = run_review(grid, args.out, executor=args.executor, workers=args.workers, address=args.address,
+                        gpus_per_run=args.gpus_per_run, retry_failed=args.retry_failed, progress=not args.json)
+    text = (f"{args.grid}: {result['runs']} runs, {result['done']} done, {result['failed']} failed "
+            f"({result['trained']} run now); results in {result['store']}; tables and plots: bnnkit report {args.out}")
+    if result["failed"]:
+        text += "\nfailed: " + ", ".join(f"{r['label']} (seed {r['seed']})" for r in result["failed_runs"])
+        text += f"; errors in bnnkit report {args.out}; rerun them with --retry-failed"
+    _emit(args, result, text)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from bnnkit.review import write_report
+
+    result = write_report(args.dir)
+    _emit(args, result, (args.dir / "report.md").read_text() + "\nwrote " + ", ".join(result["files"][:2])
+          + f" and {len(result['files']) - 2} plots in {args.dir / 'plots'}")
+
+
 def cmd_methods(args: argparse.Namespace) -> None:
     from bnnkit.cost.summary import render_table
     from bnnkit.recipe import METHODS
@@ -346,6 +381,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_fit)
+
+    p = sub.add_parser("review", help="train a grid of repair methods x seeds into one SQLite store (resumable; local or Ray)")
+    p.add_argument("grid", metavar="GRID", help="a grid .toml file, or the name of a preset shipped with bnnkit (a wrong name lists them)")
+    p.add_argument("--out", required=True, type=Path, help="review directory: review.sqlite and runs/ (rerun to resume)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, default=1, help="runs at the same time (local: processes; ray: tasks)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local cluster of --workers CPUs)")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each Ray task asks for (default 0)")
+    p.add_argument("--retry-failed", action="store_true", help="run the failed runs again too")
+    p.add_argument("--epochs", type=int, help="override the grid's epochs")
+    p.add_argument("--seeds", help="override the grid's seeds, e.g. 0,1,2")
+    p.add_argument("--methods", help="override the grid's methods and combinations, e.g. rsign,prelu,rsign+prelu")
+    p.add_argument("--limit-train", type=int, help="train on the first N images only")
+    p.add_argument("--limit-test", type=int, help="test on the first N images only")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the counts")
+    p.set_defaults(fn=cmd_review)
+
+    p = sub.add_parser("report", help="tables (report.md, report.csv) and plots of a review directory")
+    p.add_argument("dir", type=Path, metavar="DIR", help="a directory written by `bnnkit review`")
+    p.add_argument("--json", action="store_true", help='print {"rows": [...], "files": [...]}')
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("methods", help="the repair-method catalogue: category, inference cost, source; with --model, measured cost deltas")
     p.add_argument("--model", help="also compute each method's cost on this architecture")
