@@ -14,11 +14,15 @@ one ``threshold`` per channel:
   OR of the bits; where the part of the chain after the pool is decreasing (γ < 0), the
   max becomes a min, i.e. AND (``min_channels``).
 * Zero padding stays exact (``pad='zero'``, valid taps only); ±1 padding is kept as such.
+* An explicit quantizer module (recipe ``pool_order = "bn_sign_pool"``) ends the chain
+  the same way; a max-pool of its bits is their OR, and the layer after it must take
+  those bits as they are.
 
 The last binary layer's chain becomes an ``affine`` on the integer scores (float32,
 so those agree in top-1 rather than bit for bit). Anything else — a full-precision
 conv or linear, a residual block, an activation the graph has no op for — is refused
-naming the layer.
+naming the layer. A model from ``create_model`` carries its recipe; repair methods that
+the catalogue marks as not exportable are refused up front, by name.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from torch import nn
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op, pair
 from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels
-from bnnkit.quant import get_quantizer
+from bnnkit.quant import Quantizer
+from bnnkit.recipe import BASELINE, METHODS, Method, Recipe
 
 _APPROX_SIGN = "ste_sign"  # the sign used where --allow-approx binarizes a full-precision layer
 # Integers pushed through the float chain at once: bounds memory for wide layers.
@@ -108,6 +113,7 @@ class Exporter:
     # --- the walk ------------------------------------------------------------------
 
     def export(self) -> Graph:
+        _check_methods(getattr(self.model, "recipe", None))
         modules = list(_layers(self.model))
         if not modules or not isinstance(modules[0][1], IntegerPixels):
             first = modules[0][0] if modules else "<empty>"
@@ -124,14 +130,23 @@ class Exporter:
                 m = self._approx_classifier(name, m)
             if isinstance(m, (BinaryConv2d, BinaryLinear)):
                 if kind == "chain":
-                    cur, kind = self._threshold(chain, m.input_quantizer, name), "bits"
+                    cur, kind = self._threshold(chain, m.input_quantizer, name, name + ".input_quantizer"), "bits"
                     if chain.flatten:
                         cur = self._emit("flatten", [cur], name=chain.flatten)
+                elif kind == "bits":
+                    self._check_takes_bits(name, m)
                 chain = self._binary_layer(name, m, cur, kind)
                 cur, kind = chain.tensor, "chain"
+            elif isinstance(m, Quantizer):
+                if kind != "chain" or chain.flatten:
+                    self._refuse(name, "an explicit quantizer is exported only on a binary layer's chain")
+                cur, kind = self._threshold(chain, m, name, name), "bits"
+            elif isinstance(m, nn.MaxPool2d) and kind == "bits":
+                self._check_pool(name, m)
+                cur = self._emit("maxpool", [cur], {"kernel": pair(m.kernel_size), "stride": pair(m.stride)}, name=name)
             elif isinstance(m, nn.MaxPool2d):
                 if kind != "chain" or chain.pool is not None or chain.flatten:
-                    self._refuse(name, "a max-pool is exported only on a binary layer's sums, once between two layers")
+                    self._refuse(name, "a max-pool is exported only on a binary layer's sums or signs, once between two layers")
                 self._check_pool(name, m)
                 chain.pool = m
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -167,7 +182,18 @@ class Exporter:
         self.notes.append(f"{name}: full-precision classifier replaced by sign(input) x sign(W) x mean|W| + bias")
         return approx
 
+    @torch.no_grad()
+    def _check_takes_bits(self, name: str, m: nn.Module) -> None:
+        """A layer whose input an explicit quantizer already binarized must keep ±1 as is."""
+        q = m.input_quantizer
+        signs = torch.ones((2, m.in_channels, 1, 1) if isinstance(m, BinaryConv2d) else (2, m.in_features))
+        signs[0] = -1.0
+        if q is None or not torch.equal(q(signs), signs):
+            self._refuse(name, "its input is already binary, and its input quantizer does not pass ±1 through unchanged")
+
     def _binary_layer(self, name: str, m: nn.Module, cur: str, kind: str) -> _Chain:
+        if m.activation_scale != "none":
+            self._refuse(name, "its activation scale (xnor_activation_scale) multiplies each output by a real-valued map")
         if m.input_quantizer is None and kind != "u8":
             self._refuse(name, "a layer without an input quantizer is only exported as the first layer (integer pixels)")
         if m.input_quantizer is not None and kind != "bits":
@@ -197,9 +223,10 @@ class Exporter:
         return _Chain(tensor, m, bound)
 
     @torch.no_grad()
-    def _threshold(self, chain: _Chain, q: nn.Module, name: str) -> str:
-        """Collapse ``chain`` followed by the sign ``q`` (the next layer's input quantizer)
-        into one threshold per channel, and its max-pool into a pool of bits."""
+    def _threshold(self, chain: _Chain, q: nn.Module, name: str, op_name: str) -> str:
+        """Collapse ``chain`` followed by the sign ``q`` (the next layer's input quantizer,
+        or an explicit one) into one threshold per channel named ``op_name``, and its
+        max-pool into a pool of bits."""
         c = chain.channels
         bits = []
         for lo in range(-chain.bound, chain.bound + 1, _CHUNK):
@@ -223,7 +250,7 @@ class Exporter:
                 thresh[ch], flip[ch] = falling[0] - chain.bound, True
             else:
                 self._refuse(name, f"channel {ch}: the float32 chain before its sign is not monotone in the integer sum")
-        out = self._emit("threshold", [chain.tensor], {}, {"thresh": thresh, "flip": flip}, name + ".input_quantizer")
+        out = self._emit("threshold", [chain.tensor], {}, {"thresh": thresh, "flip": flip}, op_name)
         if chain.pool is None:
             return out
         params = {}
@@ -251,6 +278,27 @@ class Exporter:
         v = exact.values(torch.tensor([[0.0], [1.0]], dtype=torch.float64).expand(-1, chain.channels), exact.before_pool, True)
         scale, bias = (v[1] - v[0]).numpy(), v[0].numpy()
         return self._emit("affine", [chain.tensor], {}, {"scale": scale.astype(np.float32), "bias": bias.astype(np.float32)}, "scores")
+
+
+def _check_methods(recipe: Recipe | None) -> None:
+    """Refuse, by name, the repair methods of the model's recipe that the catalogue says
+    the integer graph cannot express. (The walk refuses their modules too; this names them.)"""
+    if recipe is None:
+        return
+    blocked = [m.name for m in METHODS.values() if not m.exportable and _uses(recipe, m)]
+    if blocked:
+        raise BnnkitError(
+            f"cannot export recipe {recipe.name!r}: repair method(s) {', '.join(blocked)} have no exact integer form"
+        )
+
+
+def _uses(recipe: Recipe, method: Method) -> bool:
+    """Whether ``recipe`` applies ``method``: its choices as the method makes them, and its
+    numbers (bits, bases, rates) changed from the baseline at all."""
+    return all(
+        getattr(recipe, key) == value if isinstance(value, (str, bool)) else getattr(recipe, key) != getattr(BASELINE, key)
+        for key, value in method.changes.items()
+    )
 
 
 def _layers(module: nn.Module, prefix: str = ""):
