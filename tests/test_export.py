@@ -11,6 +11,8 @@ from bnnkit.errors import BnnkitError
 from bnnkit.export import compare, export_model
 from bnnkit.graph import INT32_MIN
 from bnnkit.models import create_model
+from bnnkit.nn import LearnableThreshold
+from bnnkit.quant import get_quantizer
 from bnnkit.recipe import RECIPES
 
 EMBEDDED = RECIPES["embedded"]
@@ -81,6 +83,31 @@ def test_negative_gamma_after_pool_becomes_min_pool():
     thr = next(op for op in graph.ops if op.kind == "threshold")
     assert thr.params["flip"][[0, 1, 2, 4]].all() and not thr.params["flip"][8:].any()
     assert thr.params["thresh"][3] == INT32_MIN
+
+
+def test_pool_after_sign_pools_the_signs_whatever_gamma():
+    """conv → BN → sign → pool: the max of ±1 is an OR of bits even where γ < 0 flips the
+    threshold, so no min-pool is needed (unlike conv → pool → BN)."""
+    torch.manual_seed(4)
+    recipe = EMBEDDED.with_(pool_order="bn_sign_pool")
+    model = calibrated(create_model("ebnn_cnn", 10, (1, 8, 8), recipe, channels=[8, 8]), DIGITS.x, seed=6)
+    with torch.no_grad():
+        model.net[1].weight[:4] = -model.net[1].weight[:4].abs() - 0.1
+    graph = check_exact(model, DIGITS.x)
+    kinds = [op.kind for op in graph.ops]
+    assert kinds[:5] == ["input_conv2d", "threshold", "maxpool", "binary_conv2d", "threshold"]
+    assert graph.ops[1].params["flip"][:4].all()
+    assert all("min_channels" not in op.params for op in graph.ops if op.kind == "maxpool")
+
+
+def test_refuses_a_layer_that_would_binarize_bits_differently():
+    recipe = EMBEDDED.with_(pool_order="bn_sign_pool")
+    model = calibrated(create_model("ebnn_cnn", 10, (1, 8, 8), recipe, channels=[4, 4]), DIGITS.x)
+    model.net[4].input_quantizer = LearnableThreshold(4, get_quantizer("ste_sign"))
+    with torch.no_grad():
+        model.net[4].input_quantizer.shift.fill_(1.5)  # sign(±1 − 1.5) = −1: not the bits it gets
+    with pytest.raises(BnnkitError, match="'net.4'.*does not pass ±1 through unchanged"):
+        export_model(model, (1, 8, 8))
 
 
 def test_thresholds_match_bn_algebra():

@@ -115,3 +115,23 @@ def test_bad_names_and_options():
         create_model("vgg_small", 10, (3, 4, 4))
     with pytest.raises(BnnkitError, match="num_classes"):
         create_model("ebnn_cnn", 1, (1, 28, 28))
+
+
+def test_recipe_width_mult_multiplies_every_hidden_width_and_the_model_option():
+    wide = BASELINE.with_(width_mult=1.5)
+    mlp = create_model("binarynet_mlp", 10, (1, 4, 4), wide, width=10, depth=2)
+    assert [m.out_features for m in mlp.modules() if isinstance(m, nn.Linear)] == [15, 15, 10]
+    cnn = create_model("small_cnn", 10, (1, 8, 8), wide, width=4, hidden=8)
+    assert [m.out_channels for m in cnn.modules() if isinstance(m, nn.Conv2d)] == [6, 6, 12, 12]
+    resnet = create_model("resnet20", 10, (3, 8, 8), wide, width_mult=0.5)
+    assert resnet.stem[0].out_channels == 12  # 16 × 0.5 × 1.5
+    vgg = create_model("vgg_small", 10, (3, 32, 32), BASELINE.with_(width_mult=0.01), width_mult=0.5)
+    assert [m.out_channels for m in vgg.modules() if isinstance(m, nn.Conv2d)] == [1, 1, 1, 1, 3, 3]  # >= 1
+
+
+def test_a_model_carries_its_recipe_and_the_baseline_keeps_its_parameter_names():
+    recipe = BASELINE.with_(name="mine", activation="prelu")
+    assert create_model("ebnn_cnn", 10, (1, 8, 8), recipe).recipe is recipe
+    assert create_model("ebnn_cnn", 10, (1, 8, 8), "embedded").recipe.name == "embedded"
+    names = set(create_model("resnet20", 10, (3, 8, 8), width_mult=0.25).state_dict())
+    assert {"blocks.0.conv1.weight", "blocks.0.bn1.weight", "blocks.3.shortcut.0.weight"} <= names

@@ -6,7 +6,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.nn import BinaryConv2d, BinaryLinear, InputNorm, binary_layers, clip_latent_weights_
+from bnnkit.nn import (
+    BinaryConv2d,
+    BinaryLinear,
+    InputNorm,
+    LearnableThreshold,
+    Prequantized,
+    RPReLU,
+    StandardizedWeights,
+    binary_layers,
+    clip_latent_weights_,
+)
 from bnnkit.quant import get_quantizer, set_training_progress
 
 
@@ -273,3 +283,85 @@ def test_input_norm():
     for mean, std in (((0.5,), (0.0,)), ((0.5, 0.5), (1.0,)), ((), ())):
         with pytest.raises(BnnkitError, match="InputNorm"):
             InputNorm(mean, std)
+
+
+def test_xnor_activation_scale_multiplies_by_the_box_filtered_mean_abs_input():
+    torch.manual_seed(9)
+    conv = BinaryConv2d(3, 4, 3, stride=2, padding=1, activation_scale="xnor", weight_scale="mean_abs", bias=True)
+    x = torch.randn(2, 3, 7, 6, requires_grad=True)
+    k = F.avg_pool2d(x.abs().mean(1, keepdim=True), 3, 2, 1)  # zeros count at the border
+    alpha = conv.weight.abs().mean(dim=(1, 2, 3)).view(1, -1, 1, 1)
+    ref = F.conv2d(sign_ref(x), sign_ref(conv.weight), stride=2, padding=1) * k * alpha + conv.bias.view(1, -1, 1, 1)
+    out = conv(x)
+    assert torch.allclose(out, ref, atol=1e-5)
+    out.sum().backward()
+    assert x.grad[x.abs() > 1].abs().sum() > 0  # the clipped STE passes nothing there; K does
+    lin = BinaryLinear(5, 2, activation_scale="xnor")
+    x = torch.randn(3, 5)
+    assert torch.allclose(lin(x), (sign_ref(x) @ sign_ref(lin.weight).T) * x.abs().mean(1, keepdim=True))
+    assert "activation_scale=xnor" in repr(lin)
+    with pytest.raises(BnnkitError, match="activation_scale.*none, xnor"):
+        BinaryLinear(2, 2, activation_scale="spatial")
+    with pytest.raises(BnnkitError, match="undilated"):
+        BinaryConv2d(2, 2, 3, padding=2, dilation=2, activation_scale="xnor")
+
+
+def test_learnable_threshold_shifts_each_channel_before_the_sign():
+    torch.manual_seed(10)
+    q = LearnableThreshold(3, get_quantizer("clipped_ste_sign"))
+    assert q.binary and q.bits == 1 and torch.equal(q.shift, torch.zeros(3))
+    with torch.no_grad():
+        q.shift.copy_(torch.tensor([0.5, -0.25, 2.0]))
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.equal(q(x), sign_ref(x - q.shift.view(1, 3, 1, 1)))
+    # a flattened map keeps one threshold per channel of the map
+    assert torch.equal(q(x.flatten(1)), q(x).flatten(1))
+    y = torch.tensor([[0.0, 0.0, 1.5]], requires_grad=True)
+    q(y).sum().backward()
+    # d/dv sign(x − v) through the clipped STE: −1 where |x − v| ≤ 1
+    assert q.shift.grad.tolist() == [-1.0, -1.0, -1.0] and y.grad.tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_standardized_weights_are_centred_and_unit_variance_per_output_channel():
+    torch.manual_seed(11)
+    q = StandardizedWeights(get_quantizer("identity"))
+    w = torch.randn(4, 3, 3, 3) * torch.tensor([0.1, 1.0, 5.0, 0.01]).view(4, 1, 1, 1) + 0.3
+    s = q(w).flatten(1)
+    assert torch.allclose(s.mean(1), torch.zeros(4), atol=1e-5) and torch.allclose(s.std(1, correction=0), torch.ones(4), atol=1e-4)
+    assert torch.isfinite(q(torch.ones(2, 3))).all()  # constant channel: std 0
+    conv = BinaryConv2d(3, 4, 3, kernel_quantizer=StandardizedWeights(get_quantizer("clipped_ste_sign")))
+    w = conv.weight.detach().clone().requires_grad_()
+    x = torch.randn(2, 3, 5, 5)
+    ref_w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), correction=0, keepdim=True) + 1e-8)
+    ref = F.conv2d(sign_ref(x), clipped_ste_ref(ref_w))
+    out = conv(x)
+    assert torch.equal(out, ref)
+    up = torch.randn_like(out)
+    out.backward(up)
+    ref.backward(up)
+    assert torch.allclose(conv.weight.grad, w.grad, atol=1e-4)  # through the statistics too
+
+
+def test_prequantized_passes_values_and_gradients_and_describes_its_quantizer():
+    by = LearnableThreshold(4, get_quantizer("approx_sign"))
+    q = Prequantized(by)
+    assert q.binary and q.bits == 1 and list(q.parameters()) == [] and "LearnableThreshold" in repr(q)
+    x = torch.tensor([[-1.0, 1.0, 1.0, -1.0]], requires_grad=True)
+    q(x).sum().backward()
+    assert torch.equal(q(x), x) and x.grad.tolist() == [[1.0] * 4]
+
+
+def test_rprelu_is_shift_prelu_shift_per_channel():
+    act = RPReLU(2)
+    x = torch.randn(3, 2, 4, 4)
+    assert torch.allclose(act(x), F.prelu(x, torch.full((2,), 0.25)))  # starts as PReLU
+    with torch.no_grad():
+        act.shift_in.copy_(torch.tensor([0.5, -1.0]))
+        act.slope.copy_(torch.tensor([0.1, -0.2]))
+        act.shift_out.copy_(torch.tensor([2.0, 0.0]))
+    shifted = x - torch.tensor([0.5, -1.0]).view(1, 2, 1, 1)
+    slope = torch.tensor([0.1, -0.2]).view(1, 2, 1, 1)
+    ref = torch.where(shifted >= 0, shifted, slope * shifted) + torch.tensor([2.0, 0.0]).view(1, 2, 1, 1)
+    assert torch.allclose(act(x), ref)
+    assert torch.allclose(act(x[:, :, 0, 0]), ref[:, :, 0, 0])  # (N, C) too
+    assert sum(p.numel() for p in act.parameters()) == 6

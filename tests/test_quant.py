@@ -7,7 +7,17 @@ import torch
 from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.quant import QUANTIZERS, Quantizer, get_quantizer, quantizer_names, register_quantizer, set_training_progress
+from bnnkit.nn import BinaryConv2d, StandardizedWeights
+from bnnkit.quant import (
+    QUANTIZERS,
+    MultiBaseActivations,
+    MultiBaseWeights,
+    Quantizer,
+    get_quantizer,
+    quantizer_names,
+    register_quantizer,
+    set_training_progress,
+)
 
 POINTS = [-1e6, -2.0, -1.0001, -1.0, -0.5, -1e-8, 0.0, 1e-8, 0.5, 1.0, 1.0001, 2.0, 1e6]
 SIGN = [-1, -1, -1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1]
@@ -312,3 +322,77 @@ def test_ste_ternary_twn_threshold_is_per_tensor():
 def test_identity():
     y, g = forward_backward("identity")
     assert y.tolist() == POINTS and torch.equal(g, UPSTREAM)
+
+
+# --- ABC-Net bases ----------------------------------------------------------------------
+
+
+def test_multi_base_weights_cut_the_centred_weights_at_spread_levels():
+    torch.manual_seed(0)
+    q = MultiBaseWeights(channels=2, bases=3)
+    w = torch.randn(2, 5) * 0.3 + 0.1
+    q.fit_(w)
+    mean, std = w.mean(1, keepdim=True), w.std(1, correction=0, keepdim=True)
+    bases = [torch.where(w - mean + u * std >= 0, 1.0, -1.0) for u in (-1.0, 0.0, 1.0)]
+    ref = sum(a.view(2, 1) * b for a, b in zip(q.alpha, bases))
+    assert torch.allclose(q(w), ref)
+    # α is the least-squares fit of each channel by its bases
+    for c in range(2):
+        design = torch.stack([b[c] for b in bases], dim=1)
+        best = torch.linalg.lstsq(design, w[c : c + 1].t()).solution.squeeze(1)
+        assert torch.allclose(q.alpha[:, c], best, atol=1e-5)
+    assert q.bits == 3 and not q.binary and q.alpha.shape == (3, 2)
+
+
+def test_multi_base_weights_gradient_is_the_clipped_ste_of_every_base_weighted_by_alpha():
+    q = MultiBaseWeights(channels=1, bases=2)
+    with torch.no_grad():
+        q.alpha.copy_(torch.tensor([[0.5], [2.0]]))
+    w = torch.tensor([[-3.0, -0.5, 0.5, 3.0]], requires_grad=True)  # mean 0, std ~2.1
+    q(w).backward(torch.ones(1, 4))
+    std = w.detach().std(correction=0)
+    cuts = [w.detach() - std, w.detach() + std]  # u = -1, +1
+    expected = sum(a * (c.abs() <= 1).float() for a, c in zip((0.5, 2.0), cuts))
+    assert torch.equal(w.grad, expected)
+    signs = [torch.where(c >= 0, 1.0, -1.0) for c in cuts]
+    assert q.alpha.grad.flatten().tolist() == [float(s.sum()) for s in signs]
+
+
+def test_multi_base_activations_start_as_a_staircase_of_hardtanh_and_learn_shift_and_scale():
+    q = MultiBaseActivations(bases=3)
+    assert torch.allclose(q.shift, torch.tensor([-2 / 3, 0.0, 2 / 3])) and torch.allclose(q.beta, torch.full((3,), 1 / 3))
+    x = torch.tensor([-5.0, -0.7, -0.1, 0.1, 0.7, 5.0], requires_grad=True)
+    assert torch.allclose(q(x), torch.tensor([-1.0, -1.0, -1 / 3, 1 / 3, 1.0, 1.0]))
+    q(x).sum().backward()
+    # each base's clipped STE at its own shift, weighted by β; v_j gets minus that, β_j its sign sum
+    near = [((x.detach() - v).abs() <= 1).float() for v in (-2 / 3, 0.0, 2 / 3)]
+    assert torch.allclose(x.grad, sum(n / 3 for n in near))
+    assert torch.allclose(q.shift.grad, torch.stack([-n.sum() / 3 for n in near]))
+    assert q.beta.grad.tolist() == [2.0, 0.0, -2.0]
+    assert q.bits == 3 and not q.binary
+
+
+def test_multi_base_quantizers_check_their_options_and_wrap_any_binarizer():
+    assert MultiBaseActivations(2, "approx_sign").base.registered_name == "approx_sign"
+    for bad in (0, 9, 2.0, True):
+        with pytest.raises(BnnkitError, match="bases in 1..8"):
+            MultiBaseWeights(4, bad)
+    with pytest.raises(BnnkitError, match="base binarizer"):
+        MultiBaseActivations(2, None)
+
+
+def test_a_layer_fits_its_multi_base_weights_on_init_and_reset():
+    conv = BinaryConv2d(3, 4, 3, kernel_quantizer=MultiBaseWeights(4, 3))
+    fitted = conv.kernel_quantizer.alpha.detach().clone()
+    assert not torch.allclose(fitted, torch.full((3, 4), 1 / 3))
+    with torch.no_grad():
+        conv.weight.mul_(10)
+    conv.reset_parameters()
+    assert not torch.allclose(conv.kernel_quantizer.alpha, fitted)
+    # behind a standardization, the bases are fitted to the standardized weights
+    std = BinaryConv2d(3, 4, 3, kernel_quantizer=StandardizedWeights(MultiBaseWeights(4, 3)))
+    inner = std.kernel_quantizer.quantizer
+    target = std.kernel_quantizer.standardize(std.weight.detach())
+    fresh = MultiBaseWeights(4, 3)
+    fresh.fit_(target)
+    assert torch.allclose(inner.alpha, fresh.alpha)
