@@ -212,8 +212,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def cmd_review(args: argparse.Namespace) -> None:
     from bnnkit.review import load_grid, methods_override, run_review
 
-    overrides: dict[str, Any] = {k: v for k, v in (("epochs", args.epochs), ("limit_train", args.limit_train),
-                                                   ("limit_test", args.limit_test)) if v is not None}
+    given = {"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if args.seeds is not None:
         try:
             overrides["seeds"] = [int(s) for s in args.seeds.split(",")]
@@ -229,7 +229,7 @@ def cmd_review(args: argparse.Namespace) -> None:
     result = run_review(grid, args.out, executor=args.executor, workers=args.workers, address=args.address,
                         gpus_per_run=args.gpus_per_run, retry_failed=args.retry_failed, progress=not args.json)
     text = (f"{args.grid}: {result['runs']} runs, {result['done']} done, {result['failed']} failed "
-            f"({result['trained']} run now); results in {result['store']}; tables and plots: bnnkit report {args.out}")
+            f"({result['ran']} ran now); results in {result['store']}; tables and plots: bnnkit report {args.out}")
     if result["failed"]:
         text += "\nfailed: " + ", ".join(f"{r['label']} (seed {r['seed']})" for r in result["failed_runs"])
         text += f"; errors in bnnkit report {args.out}; rerun them with --retry-failed"

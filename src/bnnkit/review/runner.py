@@ -21,11 +21,15 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import torch
 from tqdm import tqdm
 
+from bnnkit.cost import model_costs
+from bnnkit.data import get_info
 from bnnkit.errors import BnnkitError
 from bnnkit.review.grid import Grid, RunSpec
 from bnnkit.review.store import Store
+from bnnkit.train import TrainOptions, read_metrics, train
 
 EXECUTORS = ("local", "ray")
 LOCK = "review.lock"
@@ -40,12 +44,6 @@ def run_dir(out: str | Path, spec: RunSpec) -> Path:
 def execute(spec: RunSpec, out: str, threads: int | None = None) -> Outcome:
     """Train one run (continuing its directory) and measure its costs. Never raises for a
     failed run: one bad method must not stop a grid, so the error is the outcome."""
-    import torch
-
-    from bnnkit.cost import model_costs
-    from bnnkit.data import get_info
-    from bnnkit.train import TrainOptions, read_metrics, train
-
     host = socket.gethostname()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -136,8 +134,8 @@ def run_ray(
             except ray.exceptions.RayError as exc:  # the worker died (out of memory, node lost)
                 return ref, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "host": None}
 
-        threads = None if gpus_per_run else 1
-        yield from _bounded(specs, workers, on_start, lambda s: task.remote(s, str(out), threads), wait_one)
+        # One CPU per task, so one thread: more would oversubscribe the node.
+        yield from _bounded(specs, workers, on_start, lambda s: task.remote(s, str(out), 1), wait_one)
     finally:
         ray.shutdown()
 
@@ -201,7 +199,7 @@ def run_review(
     return {
         "runs": len(keys),
         **counts,
-        "trained": len(todo),
+        "ran": len(todo),
         "skipped": [{"label": label, "reason": reason} for label, reason in grid.skipped],
         "store": str(store.path),
         "failed_runs": [{"label": s.label, "seed": s.config.seed} for s in grid.runs if status[s.key] == "failed"],
