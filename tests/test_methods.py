@@ -12,7 +12,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.export import export_model
 from bnnkit.models import create_model, model_features, model_names
 from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableThreshold, Prequantized, RPReLU, StandardizedWeights
-from bnnkit.quant import MultiBaseActivations, MultiBaseWeights, Quantizer
+from bnnkit.quant import MultiBaseActivations, MultiBaseWeights, Quantizer, get_quantizer
 from bnnkit.recipe import BASELINE, METHODS
 from test_export import DIGITS, EMBEDDED, calibrated, check_exact
 
@@ -173,6 +173,16 @@ def check_pool_after_sign() -> None:
         assert binary_after and all(isinstance(m.input_quantizer, Prequantized) for m in binary_after)
         assert n_params(changed) == n_params(base)
         assert not torch.equal(output(base, model), output(changed, model))
+
+
+def test_pool_after_sign_applies_the_surrogate_gradient_once():
+    """ApproxSign's gradient is 0 at ±1: a second sign after the pool would cut it off."""
+    net = build("small_cnn", BASELINE.with_(pool_order="bn_sign_pool", input_quantizer="approx_sign"))
+    assert gradients(net)["0.weight"].abs().sum() > 0
+    for m in binary(net):
+        if isinstance(m.input_quantizer, Prequantized):
+            m.input_quantizer = get_quantizer("approx_sign")
+    assert gradients(net)["0.weight"].abs().sum() == 0
 
 
 def check_width_x2() -> None:

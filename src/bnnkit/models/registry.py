@@ -39,7 +39,8 @@ def model_names() -> list[str]:
 
 
 def model_features(name: str) -> frozenset[str]:
-    _builder(name)
+    """The features of model ``name`` that repair methods need ("residual", "pooling")."""
+    _builder(name)  # the error for an unknown name
     return MODEL_FEATURES[name]
 
 

@@ -80,7 +80,10 @@ class ResNet(nn.Module):
         return self.classifier(self.pool(self.blocks(self.stem(x))))
 
 
-def _resnet(recipe: Recipe, in_shape: tuple, num_classes: int, widths: list[int], blocks: list[int], width_mult: float, model: str) -> ResNet:
+def _resnet(
+    model: str, recipe: Recipe, in_shape: tuple, num_classes: int, widths: list[int], blocks: list[int], width_mult: float
+) -> ResNet:
+    """The model option ``width_mult`` and the recipe's multiply the base widths."""
     if width_mult <= 0:
         raise BnnkitError(f"{model} needs width_mult > 0, got {width_mult}")
     layers = Layers(recipe)
@@ -90,10 +93,10 @@ def _resnet(recipe: Recipe, in_shape: tuple, num_classes: int, widths: list[int]
 @register_model("residual")
 def resnet20(num_classes: int, in_shape: tuple, recipe: Recipe, *, width_mult: float = 1.0) -> nn.Module:
     """ResNet-20 for CIFAR: 16/32/64 channels × 3 basic blocks (about 0.27 M parameters)."""
-    return _resnet(recipe, in_shape, num_classes, [16, 32, 64], [3, 3, 3], width_mult, "resnet20")
+    return _resnet("resnet20", recipe, in_shape, num_classes, [16, 32, 64], [3, 3, 3], width_mult)
 
 
 @register_model("residual")
 def resnet18(num_classes: int, in_shape: tuple, recipe: Recipe, *, width_mult: float = 1.0) -> nn.Module:
     """ResNet-18, CIFAR variant: 64/128/256/512 channels × 2 basic blocks (about 11 M parameters)."""
-    return _resnet(recipe, in_shape, num_classes, [64, 128, 256, 512], [2, 2, 2, 2], width_mult, "resnet18")
+    return _resnet("resnet18", recipe, in_shape, num_classes, [64, 128, 256, 512], [2, 2, 2, 2], width_mult)
