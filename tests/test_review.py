@@ -60,6 +60,7 @@ def toml(value):
         ({"seeds": [True]}, "distinct integers"),
         ({"methods": ["rsign", "no_such_method"]}, "unknown repair method 'no_such_method'"),
         ({"combinations": [["rsign"]]}, "two or more method names"),
+        ({"combinations": [["rsign", "prelu_typo"]], "skip_inapplicable": True}, "unknown repair method 'prelu_typo'"),
         ({"recipe": {"lrr": 0.1}}, r"unknown recipe key\(s\) lrr"),
         ({"model": "resnet99"}, "unknown model 'resnet99'"),
         ({"limit_train": 0}, "limit_train must be >= 1"),

@@ -146,14 +146,15 @@ def _check(raw: dict[str, Any], source: str) -> None:
 
 
 def _methods(raw: dict[str, Any]) -> list[str]:
+    # A misspelt name is the grid's error, never an entry to skip as inapplicable.
+    for name in [*raw.get("methods", []), *(n for combo in raw.get("combinations", []) for n in combo)]:
+        if name not in ("all", BASELINE_LABEL):
+            get_method(name)
     names = raw.get("methods", [])
     if "all" in names:
         return list(METHODS)
     # The baseline runs in every grid; naming it is harmless.
-    names = [n for n in names if n != BASELINE_LABEL]
-    for name in names:
-        get_method(name)
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(n for n in names if n != BASELINE_LABEL))
 
 
 def _base(raw: dict[str, Any], source: str, folder: Path | None) -> Recipe:
@@ -168,7 +169,9 @@ def _base(raw: dict[str, Any], source: str, folder: Path | None) -> Recipe:
 
 def _study(raw: dict[str, Any], base: Recipe) -> str:
     options = ", ".join(f"{k}={v}" for k, v in raw.get("model_options", {}).items())
-    text = f"{raw['model']}{f'({options})' if options else ''} on {raw['dataset']}, {raw['epochs']} epoch{'s' * (raw['epochs'] > 1)}, base {base.name}"
+    model = f"{raw['model']}({options})" if options else raw["model"]
+    epochs = f"{raw['epochs']} epoch{'s' if raw['epochs'] > 1 else ''}"
+    text = f"{model} on {raw['dataset']}, {epochs}, base {base.name}"
     if raw.get("recipe"):
         text += " with " + ", ".join(f"{k}={v}" for k, v in raw["recipe"].items())
     limits = [f"{k}={raw[k]}" for k in ("limit_train", "limit_test") if k in raw]

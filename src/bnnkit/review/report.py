@@ -97,7 +97,8 @@ def _markdown(rows: list[dict], runs: list[dict], costs: list[str]) -> str:
         "",
         f"{len(runs)} runs: " + ", ".join(f"{status[s]} {s}" for s in ("done", "running", "pending", "failed") if status[s]) + ".",
         "Top-1 in %: mean ± sample std over the seeds that finished (n); Δ against the baseline's mean "
-        "(percentage points for top-1); best: the best epoch's test accuracy, mean over seeds.",
+        "(percentage points for top-1); best: the best epoch's test accuracy, mean over seeds; "
+        "costs (bnnkit.cost.model_costs, one inference): value (Δ).",
     ]
     header = ["label", "category", "n", "top-1", "Δ top-1", "best", "train s", *costs]
     for study in dict.fromkeys(r["study"] for r in rows):
@@ -114,7 +115,9 @@ def _markdown(rows: list[dict], runs: list[dict], costs: list[str]) -> str:
     failed = [r for r in runs if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed runs", "", "Rerun them with `bnnkit review GRID --out DIR --retry-failed`.", ""]
-        lines += [f"- {r['label']}, seed {r['seed']}: {(r['error'] or '').splitlines()[0]}" for r in failed]
+        for r in failed:
+            reason = (r["error"] or "").partition("\n")[0]  # the traceback stays in the store
+            lines.append(f"- {r['label']}, seed {r['seed']}: {reason}")
     return "\n".join(lines) + "\n"
 
 
