@@ -56,13 +56,14 @@ def test_random_layers_are_bit_exact(isa):
         check_layer(rng, op, rng.random((n, c, h, w)) < 0.5, isa, threads=1 + trial % 2)
 
 
-def test_integer_input_layers_are_bit_exact():
+@pytest.mark.parametrize("isa", ISAS)
+def test_integer_input_layers_are_bit_exact(isa):
     rng = np.random.default_rng(3)
     for k, stride, padding, c in [(3, 1, 1, 1), (5, 2, 2, 3), (1, (1, 2), 0, 2), (3, (2, 1), (0, 1), 3)]:
         op = Op("input_conv2d", ["x"], "y", {"stride": stride, "padding": padding}, {"weight": rng.random((33, c, k, k)) < 0.5})
-        check_layer(rng, op, rng.integers(0, 256, (3, c, 9, 8), dtype=np.uint8), "portable", threads=2)
+        check_layer(rng, op, rng.integers(0, 256, (3, c, 9, 8), dtype=np.uint8), isa, threads=2)
     op = Op("input_dense", ["x"], "y", {}, {"weight": rng.random((70, 784)) < 0.5})
-    check_layer(rng, op, rng.integers(0, 256, (5, 784), dtype=np.uint8), "portable")
+    check_layer(rng, op, rng.integers(0, 256, (5, 784), dtype=np.uint8), isa)
 
 
 def test_random_graphs_are_bit_exact():

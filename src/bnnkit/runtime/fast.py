@@ -103,7 +103,7 @@ def library() -> ctypes.CDLL:
     lib.bnn_isa_supported.argtypes, lib.bnn_isa_supported.restype = [ctypes.c_int], ctypes.c_int
     lib.bnn_output_block.argtypes, lib.bnn_output_block.restype = [], ctypes.c_int
     lib.bnn_binary_conv.argtypes = [ctypes.POINTER(_Layer), ptr, i64, ptr, ctypes.c_int, ctypes.c_int]
-    lib.bnn_input_conv.argtypes = [ctypes.POINTER(_Layer), ptr, i64, ptr, ctypes.c_int]
+    lib.bnn_input_conv.argtypes = [ctypes.POINTER(_Layer), ptr, i64, ptr, ctypes.c_int, ctypes.c_int]
     lib.bnn_popcount_peak.argtypes = [ctypes.c_int, ptr, ptr, i32, i64, ctypes.POINTER(i64)]
     lib.bnn_popcount_peak.restype = i64
     return lib
@@ -189,6 +189,17 @@ def _aligned(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
     return raw[start : start + size].view(dtype).reshape(shape)
 
 
+def _sign_masks(taps: np.ndarray) -> np.ndarray:
+    """bool (O, fan_in) → int32 (O padded / block, fan_in, block): 0 for +1, −1 for −1."""
+    block = library().bnn_output_block()
+    masks = np.zeros((-(-len(taps) // block) * block, taps.shape[1]), np.int32)
+    masks[: len(taps)] = np.where(taps, 0, -1)
+    by_block = masks.reshape(-1, block, taps.shape[1]).transpose(0, 2, 1)
+    out = _aligned(by_block.shape, np.int32)
+    out[...] = by_block
+    return out
+
+
 def weight_blocks(rows: np.ndarray) -> np.ndarray:
     """bool (O, n) weight rows → the kernels' layout (bconv.h): packed LSB first into
     words, outputs zero-padded to the output block, word k of 8 outputs side by side."""
@@ -229,7 +240,7 @@ class Layer:
         if op.kind in INTEGER_INPUT:
             if 255 * taps.shape[1] >= 2**31:
                 raise BnnkitError(f"{op.kind} {op.name}: fan-in {taps.shape[1]} can overflow int32 sums")
-            self._weight = np.where(taps, 1, -1).astype(np.int16)
+            self._weight = _sign_masks(taps)
             self._tap_sum = None
         else:
             self._weight = weight_blocks(taps)
@@ -256,13 +267,10 @@ class Layer:
             x = np.asarray(x)
             if x.dtype != np.uint8 or x.shape[1:] != self.in_shape:
                 raise BnnkitError(f"{what} takes uint8 (N, {', '.join(map(str, self.in_shape))}), got {x.dtype} {x.shape}")
-            x = np.ascontiguousarray(x)
-            _check(lib.bnn_input_conv(ctypes.byref(self._struct), x.ctypes.data, n, out.ctypes.data, threads), what)
+            run, data = lib.bnn_input_conv, np.ascontiguousarray(x)
         else:
-            words = _packed_input(x, self.in_shape, what)
-            code = lib.bnn_binary_conv(ctypes.byref(self._struct), words.ctypes.data, n, out.ctypes.data,
-                                       ISAS.index(resolve_isa(isa)), threads)
-            _check(code, what)
+            run, data = lib.bnn_binary_conv, _packed_input(x, self.in_shape, what)
+        _check(run(ctypes.byref(self._struct), data.ctypes.data, n, out.ctypes.data, ISAS.index(resolve_isa(isa)), threads), what)
         if self.threshold is not None:
             return Packed(out.reshape(n, -1) if len(self.out_shape) == 1 else out, self.out_shape)
         return np.moveaxis(out, -1, 1)

@@ -247,7 +247,7 @@ static void append_bits(uint64_t *row, size_t bit, const uint64_t *src, int32_t 
         unsigned off = bit % 64;
         int32_t n = nbits - 64 * k < 64 ? nbits - 64 * k : 64;
         row[word] |= src[k] << off;
-        if (off != 0 && off + (unsigned)n > 64)
+        if (off + (unsigned)n > 64)
             row[word + 1] |= src[k] >> (64 - off);
     }
 }
@@ -309,37 +309,85 @@ static void binary_tile(const struct bnn_layer *L, const struct kernel *k, const
     }
 }
 
-/* Integer pixels times +-1 weights: int16 products the compiler vectorises (pmaddwd). */
-static void input_tile(const struct bnn_layer *L, const struct kernel *k, const void *x, int64_t p0, int32_t np,
-                       const struct scratch *s, void *out)
+static void input_patch(const struct bnn_layer *L, const uint8_t *pixels, struct pixel p, int32_t *row)
 {
-    (void)k;
-    const uint8_t *pixels = x;
-    const int16_t *w = L->weight;
-    int16_t *patch = s->rows;
-    int32_t fan_in = L->kh * L->kw * L->C;
+    for (int32_t i = 0, t = 0; i < L->kh; i++)
+        for (int32_t j = 0; j < L->kw; j++)
+            for (int32_t c = 0; c < L->C; c++, t++) {
+                int32_t iy = p.y * L->sh - L->ph + i, ix = p.x * L->sw - L->pw + j;
+                row[t] = inside(L, iy, ix) ? pixels[(((size_t)p.image * L->C + c) * L->H + iy) * L->W + ix] : 0;
+            }
+}
+
+#define INPUT_MP 8 /* pixels that share each loaded block of weights */
+
+/* One block of outputs as a vector: one register on AVX-512, two on AVX2, four on SSE2
+ * (GCC and clang vector extensions; the masks are 64-byte aligned). */
+typedef int32_t sums_block __attribute__((vector_size(BNN_OUTPUT_BLOCK * sizeof(int32_t))));
+
+/* Integer pixels times +-1 weights, a GEMM vectorised along the outputs: the weights are
+ * sign masks (0 for +1, -1 for -1), v * w = (v ^ mask) - mask, stored per block of
+ * outputs [O/BLOCK][kh*kw*C][BLOCK]; INPUT_MP pixels x one block of sums stay in
+ * registers while the block's masks stream past once. Compiled once per instruction
+ * set below. */
+static inline __attribute__((always_inline)) void input_tile_body(const struct bnn_layer *L, const void *x, int64_t p0,
+                                                                  int32_t np, const struct scratch *s, void *out)
+{
+    const int32_t *masks = L->weight;
+    const size_t op = padded_outputs(L), fan_in = (size_t)L->kh * L->kw * L->C;
+    int32_t *rows = s->rows;
     struct pixel p = locate(L, p0);
-    for (int32_t n = 0; n < np; n++, next(L, &p)) {
-        int32_t t = 0;
-        for (int32_t i = 0; i < L->kh; i++)
-            for (int32_t j = 0; j < L->kw; j++)
-                for (int32_t c = 0; c < L->C; c++, t++) {
-                    int32_t iy = p.y * L->sh - L->ph + i, ix = p.x * L->sw - L->pw + j;
-                    patch[t] = inside(L, iy, ix) ? pixels[(((size_t)p.image * L->C + c) * L->H + iy) * L->W + ix] : 0;
+    for (int32_t n = 0; n < np; n++, next(L, &p))
+        input_patch(L, x, p, rows + n * fan_in);
+    /* rows past np hold an earlier tile's patches (or zeros): computed, never emitted */
+    for (size_t o0 = 0; o0 < op; o0 += BNN_OUTPUT_BLOCK)
+        for (int32_t i0 = 0; i0 < np; i0 += INPUT_MP) {
+            sums_block sums[INPUT_MP] = {{0}};
+            const sums_block *m = (const sums_block *)(masks + o0 * fan_in);
+            for (size_t q = 0; q < fan_in; q++, m++)
+                for (int i = 0; i < INPUT_MP; i++) {
+                    const int32_t v = rows[(i0 + i) * fan_in + q];
+                    sums[i] += (v ^ *m) - *m;
                 }
-        for (int32_t o = 0; o < L->O; o++) {
-            int32_t sum = 0;
-            for (int32_t q = 0; q < fan_in; q++)
-                sum += patch[q] * w[(size_t)o * fan_in + q];
-            s->acc[o] = sum;
+            for (int i = 0; i < INPUT_MP; i++)
+                memcpy(s->acc + (i0 + i) * op + o0, &sums[i], sizeof sums[i]);
         }
-        emit(L, s->acc, p.index, out);
+    p = locate(L, p0);
+    for (int32_t n = 0; n < np; n++, next(L, &p))
+        emit(L, s->acc + n * op, p.index, out);
+}
+
+#define INPUT_TILE(name, target)                                                                                        \
+    target static void name(const struct bnn_layer *L, const struct kernel *k, const void *x, int64_t p0, int32_t np, \
+                            const struct scratch *s, void *out)                                                         \
+    {                                                                                                                  \
+        (void)k;                                                                                                       \
+        input_tile_body(L, x, p0, np, s, out);                                                                         \
     }
+
+INPUT_TILE(input_tile_portable, )
+#ifdef BNN_X86
+INPUT_TILE(input_tile_avx2, __attribute__((target("avx2"))))
+INPUT_TILE(input_tile_avx512, __attribute__((target("avx512f"))))
+#endif
+
+static tile_fn *input_tile_for(int isa)
+{
+    static tile_fn *const tiles[] = {
+        [BNN_PORTABLE] = input_tile_portable,
+#ifdef BNN_X86
+        [BNN_AVX2] = input_tile_avx2,
+        [BNN_AVX512] = input_tile_avx512,
+#endif
+    };
+    if (isa < 0 || isa >= (int)(sizeof tiles / sizeof tiles[0]) || !bnn_isa_supported(isa))
+        return NULL;
+    return tiles[isa];
 }
 
 static void *zeroed(size_t bytes)
 {
-    bytes = (bytes + ALIGN - 1) / ALIGN * ALIGN;
+    bytes = (bytes / ALIGN + 1) * ALIGN; /* a whole number of lines, never 0 */
     void *p = aligned_alloc(ALIGN, bytes);
     return p == NULL ? NULL : memset(p, 0, bytes);
 }
@@ -375,9 +423,12 @@ int bnn_binary_conv(const struct bnn_layer *L, const uint64_t *x, int64_t n, voi
     return run_tiles(L, k, binary_tile, (size_t)L->words * sizeof(uint64_t), x, n, out, threads);
 }
 
-int bnn_input_conv(const struct bnn_layer *L, const uint8_t *x, int64_t n, void *out, int threads)
+int bnn_input_conv(const struct bnn_layer *L, const uint8_t *x, int64_t n, void *out, int isa, int threads)
 {
-    return run_tiles(L, NULL, input_tile, (size_t)L->kh * L->kw * L->C * sizeof(int16_t), x, n, out, threads);
+    tile_fn *tile = input_tile_for(isa);
+    if (tile == NULL)
+        return -1;
+    return run_tiles(L, NULL, tile, (size_t)L->kh * L->kw * L->C * sizeof(int32_t), x, n, out, threads);
 }
 
 int64_t bnn_popcount_peak(int isa, const uint64_t *x, const uint64_t *w, int32_t words, int64_t reps, int64_t *sink)

@@ -21,7 +21,7 @@ struct bnn_layer {
     int32_t kh, kw, sh, sw, ph, pw;
     int32_t pad_factor;         /* binary: padded taps count as -1 (0), 0 (1) or +1 (2) times their weights */
     int32_t words;              /* binary: words of a patch, ceil(kh*kw*C/64) */
-    const void *weight;         /* binary: uint64 as above; input: int16 +-1, O rows of kh*kw*C */
+    const void *weight;         /* binary: uint64 as above; input: int32 sign masks (see bconv.c) */
     const int32_t *tap_sum;     /* binary, (O, kh*kw): sum of a tap's +-1 weights */
     const int32_t *thresh;      /* NULL: write int32 sums (N, Ho, Wo, O); else packed bits, */
     const uint8_t *flip;        /* bit o = (sum >= thresh[o]) XOR flip[o] (0 or 1) */
@@ -31,7 +31,7 @@ int bnn_isa_supported(int isa);
 int bnn_output_block(void);
 /* 0 on success, -1 for an unsupported isa, -2 when out of memory. */
 int bnn_binary_conv(const struct bnn_layer *L, const uint64_t *x, int64_t n, void *out, int isa, int threads);
-int bnn_input_conv(const struct bnn_layer *L, const uint8_t *x, int64_t n, void *out, int threads);
+int bnn_input_conv(const struct bnn_layer *L, const uint8_t *x, int64_t n, void *out, int isa, int threads);
 /* The roofline micro-benchmark: `reps` calls of the micro-kernel on L1-resident patches
  * (x, 8 of `words` words) and weights (w, 16 outputs as above); returns the bit
  * products computed (0 for an unsupported isa). */
