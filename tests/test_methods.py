@@ -13,7 +13,7 @@ from bnnkit.export import export_model
 from bnnkit.models import create_model, model_features, model_names
 from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableThreshold, Prequantized, RPReLU, StandardizedWeights
 from bnnkit.quant import MultiBaseActivations, MultiBaseWeights, Quantizer, get_quantizer
-from bnnkit.recipe import BASELINE, METHODS
+from bnnkit.recipe import BASELINE, METHODS, apply_methods
 from test_export import DIGITS, EMBEDDED, calibrated, check_exact
 
 # Trained, not built: tests/test_train.py checks them.
@@ -279,8 +279,10 @@ def perturbed(model: nn.Module) -> nn.Module:
 
 def _exportable_cases():
     for name, method in METHODS.items():
+        # a training-side method builds the embedded model itself: one family shows it
+        families = ("ebnn_cnn",) if name in TRAINING_SIDE else ("ebnn_cnn", "small_cnn", "binarynet_mlp")
         if method.exportable:
-            for model in ("ebnn_cnn", "small_cnn", "binarynet_mlp"):
+            for model in families:
                 if method.needs is None or method.needs in model_features(model):
                     yield name, model
 
@@ -289,8 +291,9 @@ def _exportable_cases():
 def test_exportable_method_exports_bit_exactly(method, model):
     torch.manual_seed(0)
     recipe = EMBEDDED.with_(**METHODS[method].changes)
-    net = perturbed(calibrated(create_model(model, 10, DIGITS.info.in_shape, recipe, **TINY[model][1]), DIGITS.x))
-    check_exact(net, DIGITS.x)
+    x = DIGITS.x[:150]
+    net = perturbed(calibrated(create_model(model, 10, DIGITS.info.in_shape, recipe, **TINY[model][1]), x))
+    check_exact(net, x)
 
 
 @pytest.mark.parametrize("method", [m.name for m in METHODS.values() if not m.exportable])
@@ -336,3 +339,30 @@ def test_model_features():
     assert model_features("resnet20") == model_features("resnet18") == {"residual"}
     assert model_features("ebnn_cnn") == model_features("small_cnn") == model_features("vgg_small") == {"pooling"}
     assert model_features("binarynet_mlp") == set()
+
+
+# --- composition ---------------------------------------------------------------------
+
+# Methods that set the same field are alternatives; one of each goes into a combination.
+ALTERNATIVES = [
+    ("ste", "approx_sign", "swish_sign", "ede"),
+    ("rsign", "dorefa_2bit", "abc_activation_bases"),
+    ("xnor_weight_scale", "learned_weight_scale"),
+    ("prelu", "rprelu"),
+    ("pad_minus_one", "pad_plus_one"),
+]
+ALONE = [m for m in CHECKS if not any(m in group for group in ALTERNATIVES)]
+
+
+@pytest.mark.parametrize("choice", range(4))
+@pytest.mark.parametrize("model", ["binarynet_mlp", "ebnn_cnn", "small_cnn", "vgg_small", "resnet20"])
+def test_model_side_methods_compose_on_every_model(model, choice):
+    shape, options = {"vgg_small": ((3, 16, 16), {"width_mult": 0.03})}.get(model, TINY.get(model))
+    names = [group[choice % len(group)] for group in ALTERNATIVES] + ALONE
+    usable = [m for m in names if METHODS[m].needs is None or METHODS[m].needs in model_features(model)]
+    torch.manual_seed(0)
+    net = create_model(model, 5, shape, apply_methods(BASELINE, usable), **options)
+    out = net(torch.rand(3, *shape))
+    (out * torch.randn_like(out)).sum().backward()
+    assert out.shape == (3, 5) and torch.isfinite(out).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
