@@ -397,8 +397,9 @@ static int run_tiles(const struct bnn_layer *L, const struct kernel *k, tile_fn 
 {
     int64_t pixels = n * L->Ho * L->Wo, tiles = (pixels + TILE - 1) / TILE;
     int failed = 0;
+    threads = threads < 1 ? 1 : tiles < threads ? (int)tiles : threads; /* no thread without a tile */
     (void)threads; /* without OpenMP the pragmas are ignored and one thread runs */
-#pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(| : failed)
+#pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         struct scratch s = {zeroed(TILE * row_bytes), zeroed(TILE * padded_outputs(L) * sizeof(int32_t))};
         failed = s.rows == NULL || s.acc == NULL;
