@@ -3,13 +3,14 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test bench system-packages
 
 demo: $(STAMP) system-packages
 	$(VENV)/bin/bnnkit demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(VENV)/bin/python -m pytest
 
 bench: $(STAMP)
@@ -30,5 +31,10 @@ system-packages:
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"
+	$(VENV)/bin/pip install -q -c constraints.txt -e .
 	touch $(STAMP)
+
+# The tests also need pytest and hypothesis, and Ray for the review's Ray executor.
+$(TEST_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev,ray]"
+	touch $(TEST_STAMP)

@@ -87,3 +87,29 @@ def test_model_costs_energy_from_the_cited_constants():
     expected = t["binary_macs"] * 0.7 / 32 + t["fp_macs"] * (3.7 + 0.9) + (t["memory_bytes"] + 2 * activations) * 10 / 8
     assert costs["energy_pj"] == pytest.approx(expected)
     assert energy.sram_access_pj(8 * 1024 + 1) == 20.0 and energy.sram_access_pj(10**9) == 100.0
+
+
+def test_repair_methods_cost_what_they_add():
+    shape = (1, 8, 8)
+
+    def row(recipe, kind="BinaryLinear"):
+        model = create_model("binarynet_mlp", 10, shape, recipe, width=8, depth=2)
+        return next(r for r in layer_costs(model, shape) if r.kind == kind)
+
+    base = row(BASELINE)
+    # ABC-Net: 3 weight bases x 2 activation bases = 6 binary products per MAC, summed in FP
+    abc = row(BASELINE.with_(weight_bases=3, activation_bases=2))
+    assert abc.binary_macs == 6 * base.binary_macs and abc.binary_params == 3 * base.binary_params
+    assert abc.fp_macs == 6 * 8 and abc.fp_params == 3 * 8 + 2 * 2  # alpha per base and output; shift, beta
+    dorefa = row(BASELINE.with_(activation_bits=2))
+    assert dorefa.binary_macs == 2 * base.binary_macs and dorefa.fp_macs == 2 * 8
+    prelu = row(BASELINE.with_(activation="prelu"), "PReLU")
+    assert prelu.fp_macs == 8 and prelu.params == 8
+
+    def adds(recipe):
+        model = create_model("resnet20", 10, (3, 8, 8), recipe, width_mult=0.25)
+        return sum(r.fp_macs for r in layer_costs(model, (3, 8, 8)) if r.kind == "BasicBlock")
+
+    # one addition per block output, two with a shortcut around every conv
+    per_block_outputs = 3 * (4 * 8 * 8) + 3 * (8 * 4 * 4) + 3 * (16 * 2 * 2)
+    assert adds(BASELINE) == per_block_outputs and adds(BASELINE.with_(residual="double")) == 2 * per_block_outputs

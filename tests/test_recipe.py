@@ -70,3 +70,38 @@ def test_json_recipe_must_be_an_object(tmp_path):
     path.write_text(json.dumps([1, 2]))
     with pytest.raises(BnnkitError, match="table of fields"):
         load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    "methods, message",
+    [
+        (["ste", "approx_sign"], "'ste' and 'approx_sign' are incompatible: both set input_quantizer"),
+        (["rsign", "abc_activation_bases"], "activation_bases and learnable_threshold each replace the activation binarizer"),
+        (["dorefa_2bit", "rsign"], "activation_bits and learnable_threshold each replace"),
+        (["bop", "two_stage"], "two_stage need"),
+        (["bop", "abc_weight_bases"], "weight_bases need"),
+        (["bop", "weight_standardization"], "weight_norm need"),
+        (["xnor_weight_scale", "learned_weight_scale"], "both set weight_scale"),
+    ],
+)
+def test_incompatible_methods_are_one_clear_error(methods, message):
+    from bnnkit.recipe import apply_methods
+
+    with pytest.raises(BnnkitError, match=message):
+        apply_methods(BASELINE, methods)
+
+
+def test_methods_compose_by_name_and_in_a_recipe_string():
+    from bnnkit.recipe import METHODS, apply_methods
+
+    both = apply_methods(BASELINE, ["rsign", "double_residual"])
+    assert both.learnable_threshold and both.residual == "double" and both.name == "rsign+double_residual"
+    assert load_recipe("rsign+double_residual") == both
+    assert load_recipe("embedded+bop").fp_first_layer is False and load_recipe("embedded+bop").optimizer == "bop"
+    for name, method in METHODS.items():  # each alone changes exactly the fields it names
+        changed = apply_methods(BASELINE, [name]).to_dict()
+        assert {k for k, v in changed.items() if v != BASELINE.to_dict()[k]} - {"name"} == {
+            k for k, v in method.changes.items() if getattr(BASELINE, k) != v
+        }
+    with pytest.raises(BnnkitError, match="unknown recipe 'rsign\\+nonsense'"):
+        load_recipe("rsign+nonsense")

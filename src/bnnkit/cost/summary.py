@@ -16,9 +16,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from bnnkit.nn import BinaryConv2d, BinaryLinear, InputNorm
+from bnnkit.nn import BinaryConv2d, BinaryLinear, InputNorm, RPReLU
 
-COUNTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, InputNorm)
+# Layers with a cost of their own; residual blocks (with a ``residual_adds`` attribute)
+# are counted for their additions.
+COUNTED = (
+    nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, InputNorm,
+    nn.PReLU, RPReLU,
+)
 
 
 @dataclass(frozen=True)
@@ -40,32 +45,56 @@ class LayerCost:
         return {**asdict(self), "out_shape": list(self.out_shape), "memory_bytes": self.memory_bytes}
 
 
-def _is_binary(quantizer) -> bool:
-    return quantizer is not None and bool(getattr(quantizer, "binary", False))
+def binary_bases(quantizer) -> int:
+    """How many binary tensors a quantized operand is computed from: 1 for a sign, M for
+    ABC-Net's M binary bases, k bit planes for k-bit values (DoReFa); 0 for full precision.
+    A product of an M-base and an N-base operand is M·N binary products, summed in FP."""
+    bits = 32 if quantizer is None else getattr(quantizer, "bits", 32)
+    return bits if bits < 32 else 0
 
 
-def _layer_cost(name: str, module: nn.Module, out: torch.Tensor) -> LayerCost:
-    tensors = [t for key, t in module.state_dict().items() if not key.endswith("num_batches_tracked")]
-    params = sum(t.numel() for t in tensors)
-    binary_params = 0
-    if isinstance(module, (BinaryConv2d, BinaryLinear)) and _is_binary(module.kernel_quantizer):
-        binary_params = module.weight.numel()
+def _conv_or_linear(module: nn.Module, x: torch.Tensor, out_elems: int) -> tuple[int, int, int]:
+    """(binary weights stored, binary MACs, FP MACs) of a convolution or linear layer."""
+    macs = out_elems * module.weight[0].numel()
+    w_bases = i_bases = 0
+    if isinstance(module, (BinaryConv2d, BinaryLinear)):
+        w_bases, i_bases = binary_bases(module.kernel_quantizer), binary_bases(module.input_quantizer)
+    binary_params = w_bases * module.weight.numel()
+    if w_bases and i_bases:
+        binary_macs, fp_macs = macs * w_bases * i_bases, 0
+        if w_bases * i_bases > 1:  # the partial products, weighted (α_i·β_j or 2^j) and summed
+            fp_macs += out_elems * w_bases * i_bases
+    else:
+        binary_macs, fp_macs = 0, macs
+    if getattr(module, "weight_scale", "none") != "none":
+        fp_macs += out_elems
+    if getattr(module, "activation_scale", "none") != "none":
+        # XNOR-Net's K: mean |x| over the input channels, its k×k box filter, one multiply per output
+        taps = math.prod(module.kernel_size) if isinstance(module, nn.Conv2d) else 1
+        positions = out_elems // module.weight.shape[0]
+        fp_macs += x[0].numel() + positions * taps + out_elems
+    if module.bias is not None:
+        fp_macs += out_elems
+    return binary_params, binary_macs, fp_macs
+
+
+def _layer_cost(name: str, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> LayerCost:
     out_elems = out[0].numel()
-    binary_macs = fp_macs = 0
+    binary_params = binary_macs = fp_macs = 0
+    if hasattr(module, "residual_adds"):
+        # a residual block: its layers are counted on their own, the block adds its additions
+        params, fp_macs = 0, module.residual_adds * out_elems
+    else:
+        tensors = [t for key, t in module.state_dict().items() if not key.endswith("num_batches_tracked")]
+        params = sum(t.numel() for t in tensors)
     if isinstance(module, (nn.Conv2d, nn.Linear)):
-        fan_in = module.weight[0].numel()
-        macs = out_elems * fan_in
-        binary_input = isinstance(module, (BinaryConv2d, BinaryLinear)) and _is_binary(module.input_quantizer)
-        if binary_input and binary_params:
-            binary_macs = macs
-        else:
-            fp_macs = macs
-        if getattr(module, "weight_scale", "none") != "none":
-            fp_macs += out_elems
-        if module.bias is not None:
-            fp_macs += out_elems
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, InputNorm)):
+        binary_params, binary_macs, fp_macs = _conv_or_linear(module, x, out_elems)
+        if binary_params:  # the device stores the binary bases, not the latent weights
+            params += binary_params - module.weight.numel()
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, InputNorm, nn.PReLU)):
         fp_macs = out_elems
+    elif isinstance(module, RPReLU):
+        fp_macs = 3 * out_elems  # shift, PReLU, shift
     return LayerCost(
         name=name,
         kind=type(module).__name__,
@@ -82,9 +111,9 @@ def layer_costs(model: nn.Module, in_shape: tuple[int, int, int]) -> list[LayerC
     """One row per counted layer, in execution order, for a single input of ``in_shape``."""
     rows: list[LayerCost] = []
     hooks = [
-        module.register_forward_hook(lambda m, _inp, out, name=name: rows.append(_layer_cost(name, m, out)))
+        module.register_forward_hook(lambda m, inp, out, name=name: rows.append(_layer_cost(name, m, inp[0], out)))
         for name, module in model.named_modules()
-        if isinstance(module, COUNTED)
+        if isinstance(module, COUNTED) or hasattr(module, "residual_adds")
     ]
     was_training = model.training
     try:

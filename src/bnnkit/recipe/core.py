@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from bnnkit.errors import BnnkitError
-from bnnkit.nn.layers import PAD_VALUES, WEIGHT_SCALES
+from bnnkit.nn.layers import ACTIVATION_SCALES, PAD_VALUES, WEIGHT_SCALES
 
 OPTIMIZERS = ("adam", "sgd", "bop")
 SCHEDULES = ("cosine", "step", "constant")
-ACTIVATION_SCALES = ("none", "xnor")
 WEIGHT_NORMS = ("none", "standardize")
 RESIDUALS = ("block", "double")
 DOWNSAMPLES = ("binary", "fp")
@@ -142,8 +141,14 @@ class Recipe:
             raise BnnkitError(
                 f"recipe {self.name!r}: {' and '.join(replacing)} each replace the activation binarizer; use one"
             )
-        if self.optimizer == "bop" and self.two_stage:
-            raise BnnkitError(f"recipe {self.name!r}: two_stage trains latent weights first, which Bop does not have")
+        if self.optimizer == "bop":
+            # Bop flips the binary weights themselves: nothing may compute them from latent ones
+            latent = [f for f, on in (("two_stage", self.two_stage), ("weight_bases", self.weight_bases > 1),
+                                      ("weight_norm", self.weight_norm != "none")) if on]  # fmt: skip
+            if latent:
+                raise BnnkitError(
+                    f"recipe {self.name!r}: {', '.join(latent)} need(s) latent real-valued weights, which Bop does not have"
+                )
 
     def with_(self, **changes: Any) -> Recipe:
         """A copy with some fields changed; the way a repair method is applied in isolation."""
