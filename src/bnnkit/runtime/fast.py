@@ -1,10 +1,10 @@
 """A graph on the host through compiled kernels, a whole batch per call.
 
-``binary_conv2d`` / ``binary_dense`` (and ``input_conv2d`` / ``input_dense``) run in the C kernels of
-``host_kernels/bconv.c``, each fused with the ``threshold`` that follows it when that is
-its only reader, so the layer writes packed bits and never its integer sums. Binary
-activations between layers stay packed: channels last, 64 to a ``uint64`` word
-(``pack``). The remaining ops are cheap and run in the NumPy interpreter's own kernels
+``binary_conv2d`` / ``binary_dense`` (and ``input_conv2d`` / ``input_dense``) run in the
+C kernels of ``host_kernels/bconv.c``, each fused with the ``threshold`` that follows it
+when that is its only reader, so the layer writes packed bits and never its integer
+sums. Binary activations between layers stay packed: channels last, 64 to a ``uint64``
+word (``Packed``). The remaining ops are cheap and run in the NumPy interpreter's own kernels
 (max-pool on packed bits excepted), so scores are bit-identical to ``numpy_ref``.
 
 The library is compiled once per source hash with the system C compiler and cached in
@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
@@ -375,8 +376,6 @@ def _packed(value) -> Packed:
 def popcount_peak(isa: str | None = None, seconds: float = 0.2) -> float:
     """Bit products per second of the XOR-popcount micro-kernel on L1-resident rows, one
     thread: the roofline the layer kernels are measured against."""
-    import time
-
     words = 128  # 8 patches and 16 outputs: 24 KB, in L1
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2**63, (8, words), dtype=np.uint64)
