@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from bnnkit import __version__
 from bnnkit.errors import BnnkitError
+from bnnkit.runtime import RUNTIMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -338,8 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="accuracy of a graph in a runtime, and its agreement with the numpy reference")
     p.add_argument("graph", type=Path, metavar="MODEL.bnn")
-    p.add_argument("--runtime", choices=("numpy", "c", "cortex-m3", "cortex-m4", "cortex-m7"), default="numpy",
-                   help="numpy (the reference), c (compiled on this host) or a Cortex-M core emulated in QEMU")
+    p.add_argument("--runtime", choices=RUNTIMES, default="numpy",
+                   help="numpy (the reference), c (bnnkit's fast host kernels, in-process), c-portable (the generated "
+                   "C99 compiled on this host) or a Cortex-M core emulated in QEMU")
     p.add_argument("--dataset", help="default: the dataset the model was trained on")
     p.add_argument("--limit", type=int, help="first N test images only")
     p.add_argument("--data-dir")

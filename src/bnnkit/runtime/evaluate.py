@@ -10,11 +10,11 @@ import numpy as np
 from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph
+from bnnkit.runtime import RUNTIMES
 from bnnkit.runtime.numpy_ref import predict
 
 # "c": the host kernels in-process, a batch per call (bnnkit.runtime.fast); "c-portable":
 # the generated C99 of the device runtime, built for the host and fed through a pipe.
-RUNTIMES = ("numpy", "c", "c-portable", "cortex-m3", "cortex-m4", "cortex-m7")
 
 
 def test_images(graph: Graph, dataset: str | None, limit: int | None, data_dir: str | None):
