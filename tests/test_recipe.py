@@ -105,3 +105,17 @@ def test_methods_compose_by_name_and_in_a_recipe_string():
         }
     with pytest.raises(BnnkitError, match="unknown recipe 'rsign\\+nonsense'"):
         load_recipe("rsign+nonsense")
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_every_field_survives_a_file_round_trip(tmp_path, suffix):
+    from bnnkit.recipe import apply_methods
+
+    recipe = apply_methods(BASELINE, ["swish_sign", "learned_weight_scale", "abc_weight_bases", "dorefa_2bit",
+                                      "sgd_step", "two_stage", "distillation", "double_residual", "fp_downsample",
+                                      "rprelu", "pool_after_sign", "width_x2", "pad_plus_one", "binary_first_last",
+                                      "weight_standardization", "xnor_activation_scale", "feature_norm"])  # fmt: skip
+    changed = {k for k, v in recipe.to_dict().items() if v != BASELINE.to_dict()[k]}
+    assert len(changed) >= 20
+    recipe.save(tmp_path / f"r{suffix}")
+    assert load_recipe(tmp_path / f"r{suffix}") == recipe
