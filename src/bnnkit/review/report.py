@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
                 ax.errorbar(r[cost], 100 * r["top1_mean"], yerr=100 * (r["top1_std"] or 0), fmt="o", capsize=3,
                             color=COLORS.get(r["category"], "tab:gray"))
                 ax.annotate(r["label"], (r[cost], 100 * r["top1_mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-            ax.set(xlabel=cost.replace("_", " "), ylabel="top-1 accuracy (%)", title=study)
+            ax.set(xlabel=cost.replace("_", " "), ylabel="top-1 accuracy (%)", title=textwrap.fill(study, 90))
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3)
             _legend(ax, {r["category"] for r in points})
@@ -168,7 +169,7 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
         ax.set_yticks(list(positions), [r["label"] for r in bars], fontsize=7)
         ax.invert_yaxis()
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set(xlabel="Δ top-1 vs baseline (percentage points; error bar: std over seeds)", title=study)
+        ax.set(xlabel="Δ top-1 vs baseline (percentage points; error bar: std over seeds)", title=textwrap.fill(study, 90))
         ax.title.set_fontsize(9)
         ax.grid(axis="x", alpha=0.3)
         _legend(ax, {r["category"] for r in bars})
