@@ -89,9 +89,8 @@ def footprint(graph: Graph, target: str | None = None) -> dict:
 
         with tempfile.TemporaryDirectory(prefix="bnnkit-fit-") as work:
             image = build_mcu(graph, work, target)
-            black = np.zeros((1, *graph.input_shape), np.uint8)
-            run = image.run(black)
-            sizes = {"ram": run.ram_bytes, "flash": image.size.flash, "instructions": image.instructions_per_inference(black)}
+            run, instructions = image.counted_run(np.zeros((1, *graph.input_shape), np.uint8))
+        sizes = {"ram": run.ram_bytes, "flash": image.size.flash, "instructions": instructions}
     return {**sizes, "binary_macs": p["totals"]["binary_macs"], "int_ops": p["totals"]["int_ops"]}
 
 

@@ -14,15 +14,7 @@ import torch
 from torch import nn
 
 from bnnkit.cost import energy
-from bnnkit.cost.summary import COUNTED, layer_costs, totals
-
-
-def _activation_bits(module: nn.Module) -> int | None:
-    """Bits per element at which ``module`` reads its input, when it binarizes it."""
-    quantizer = getattr(module, "input_quantizer", None)
-    if quantizer is None:
-        return None
-    return 1 if getattr(quantizer, "binary", False) else getattr(quantizer, "bits", 32)
+from bnnkit.cost.summary import COUNTED, binary_bases, layer_costs, totals
 
 
 def activation_sizes(model: nn.Module, in_shape: tuple[int, int, int]) -> list[tuple[str, float, float]]:
@@ -38,8 +30,8 @@ def activation_sizes(model: nn.Module, in_shape: tuple[int, int, int]) -> list[t
     def before(name, module, args):
         x = args[0]
         alive.append(x)
-        bits = _activation_bits(module)
-        if bits is not None:
+        bits = binary_bases(getattr(module, "input_quantizer", None))  # bits per element, 0: float
+        if bits:
             read_bits[x.data_ptr()] = min(bits, read_bits.get(x.data_ptr(), 32))
         inputs.append((name, x.data_ptr(), x[0].numel()))
 

@@ -38,7 +38,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op, pair
 from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels
 from bnnkit.quant import Quantizer
-from bnnkit.recipe import BASELINE, METHODS, Method, Recipe
+from bnnkit.recipe import METHODS, Recipe
 
 _APPROX_SIGN = "ste_sign"  # the sign used where --allow-approx binarizes a full-precision layer
 # Integers pushed through the float chain at once: bounds memory for wide layers.
@@ -285,20 +285,11 @@ def _check_methods(recipe: Recipe | None) -> None:
     the integer graph cannot express. (The walk refuses their modules too; this names them.)"""
     if recipe is None:
         return
-    blocked = [m.name for m in METHODS.values() if not m.exportable and _uses(recipe, m)]
+    blocked = [m.name for m in METHODS.values() if not m.exportable and m.used_by(recipe)]
     if blocked:
         raise BnnkitError(
             f"cannot export recipe {recipe.name!r}: repair method(s) {', '.join(blocked)} have no exact integer form"
         )
-
-
-def _uses(recipe: Recipe, method: Method) -> bool:
-    """Whether ``recipe`` applies ``method``: its choices as the method makes them, and its
-    numbers (bits, bases, rates) changed from the baseline at all."""
-    return all(
-        getattr(recipe, key) == value if isinstance(value, (str, bool)) else getattr(recipe, key) != getattr(BASELINE, key)
-        for key, value in method.changes.items()
-    )
 
 
 def _layers(module: nn.Module, prefix: str = ""):

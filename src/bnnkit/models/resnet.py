@@ -47,12 +47,16 @@ class BasicBlock(nn.Module):
     def __init__(self, layers: Layers, cin: int, cout: int, stride: int):
         super().__init__()
         self.double = layers.recipe.residual == "double"
-        self.residual_adds = 2 if self.double else 1  # additions per output value, for bnnkit.cost
         self.conv1 = _binary_conv(layers, cin, cout, 3, stride)
         self.bn1 = _one(layers.norm(cout))
         self.conv2 = _binary_conv(layers, cout, cout, 3)
         self.bn2 = _one(layers.norm(cout))
         self.shortcut = _shortcut(layers, cin, cout, stride)
+
+    @property
+    def residual_adds(self) -> int:
+        """Additions per output value, for bnnkit.cost."""
+        return 2 if self.double else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(self.conv1(x))

@@ -34,6 +34,14 @@ class Method:
     # Model feature the method acts on ("residual", "pooling"); models without it refuse it.
     needs: str | None = None
 
+    def used_by(self, recipe: Recipe) -> bool:
+        """Whether ``recipe`` applies this method: its choices (names, switches) as the
+        method makes them, and its numbers (bits, bases, rates) changed from the baseline."""
+        return all(
+            getattr(recipe, key) == value if isinstance(value, (str, bool)) else getattr(recipe, key) != getattr(BASELINE, key)
+            for key, value in self.changes.items()
+        )
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
@@ -186,12 +194,8 @@ def apply_methods(base: Recipe, names: Iterable[str], name: str | None = None) -
 
 
 def methods_needing(feature: str, recipe: Recipe) -> list[str]:
-    """The methods needing model ``feature`` whose fields ``recipe`` changes from the baseline."""
-    return [
-        m.name
-        for m in METHODS.values()
-        if m.needs == feature and any(getattr(recipe, k) != getattr(BASELINE, k) for k in m.changes)
-    ]
+    """The methods that need model ``feature`` and that ``recipe`` applies."""
+    return [m.name for m in METHODS.values() if m.needs == feature and m.used_by(recipe)]
 
 
 def recipe_names() -> list[str]:

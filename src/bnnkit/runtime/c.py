@@ -400,13 +400,15 @@ def _closure(names: set[str]) -> list[str]:
 # --- parameters as C arrays -----------------------------------------------------------
 
 
-def pack_words(bits: np.ndarray) -> np.ndarray:
-    """bool (..., n) -> uint32 (..., ceil(n/32)): bit i in bit i % 32 of word i // 32, unused bits 0."""
+def pack_words(bits: np.ndarray, word_bits: int = 32) -> np.ndarray:
+    """bool (..., n) -> uint32 (or uint64) (..., ceil(n/word_bits)): bit i in bit
+    i % word_bits of word i // word_bits, unused bits 0."""
     bits = np.asarray(bits, dtype=bool)
     n = bits.shape[-1]
-    padded = np.zeros(bits.shape[:-1] + (-(-n // 32) * 32,), dtype=bool)
+    padded = np.zeros(bits.shape[:-1] + (-(-n // word_bits) * word_bits,), dtype=bool)
     padded[..., :n] = bits
-    return np.packbits(padded, axis=-1, bitorder="little").view("<u4").astype(np.uint32)
+    little_endian = np.packbits(padded, axis=-1, bitorder="little").view(f"<u{word_bits // 8}")
+    return little_endian.astype(f"u{word_bits // 8}")
 
 
 def _array(ctype: str, name: str, values: Sequence[str]) -> str:

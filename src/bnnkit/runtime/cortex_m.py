@@ -175,13 +175,19 @@ class McuImage:
             instructions=instructions,
         )
 
-    def instructions_per_inference(self, x: np.ndarray) -> float:
-        """Mean guest instructions of one inference over images ``x``: a launch with the
-        images minus a launch with none, so boot and harness set-up cancel out. Counts are
-        deterministic; they vary between images only where pooling stops early."""
+    def counted_run(self, x: np.ndarray) -> tuple[McuRun, float]:
+        """A launch over images ``x`` with instructions counted, and the mean instructions
+        of one inference: that launch minus a launch with no images, so boot and harness
+        set-up cancel out. Counts are deterministic; they vary between images only where
+        pooling stops early."""
         empty = np.zeros((0, *self.graph.input_shape), np.uint8)
         base = self.run(empty, count_instructions=True).instructions
-        return (self.run(x, count_instructions=True).instructions - base) / max(len(x), 1)
+        run = self.run(x, count_instructions=True)
+        return run, (run.instructions - base) / max(len(x), 1)
+
+    def instructions_per_inference(self, x: np.ndarray) -> float:
+        """Mean guest instructions of one inference over images ``x`` (see ``counted_run``)."""
+        return self.counted_run(x)[1]
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores float32 (N, classes) and labels int64 (N,) of uint8 images (N, C, H, W)."""

@@ -35,6 +35,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op, pair
 from bnnkit.runtime import numpy_ref
+from bnnkit.runtime.c import pack_words
 
 ISAS = ("portable", "avx2", "avx512")  # the C enum bnn_isa, in order
 SOURCES = ("bconv.c", "bconv.h")
@@ -154,12 +155,7 @@ class Packed:
         bits = np.asarray(bits)
         if bits.dtype != bool or bits.ndim not in (2, 4):
             raise BnnkitError(f"packing needs bool (N, C, H, W) or (N, F), got {bits.dtype} {bits.shape}")
-        last = np.moveaxis(bits, 1, -1)
-        c = last.shape[-1]
-        nbytes = 8 * -(-c // 64)
-        packed = np.zeros(last.shape[:-1] + (nbytes,), np.uint8)
-        packed[..., : -(-c // 8)] = np.packbits(last, axis=-1, bitorder="little")
-        return cls(packed.view("<u8").astype(np.uint64, copy=False), tuple(bits.shape[1:]))
+        return cls(pack_words(np.moveaxis(bits, 1, -1), 64), tuple(bits.shape[1:]))
 
     def bits(self) -> np.ndarray:
         """bool (N, *shape)."""
@@ -206,9 +202,9 @@ def weight_blocks(rows: np.ndarray) -> np.ndarray:
     words, outputs zero-padded to the output block, word k of 8 outputs side by side."""
     words = -(-rows.shape[1] // 64)
     block = library().bnn_output_block()
-    packed = np.zeros((-(-len(rows) // block) * block, 8 * words), np.uint8)
-    packed[: len(rows), : -(-rows.shape[1] // 8)] = np.packbits(rows, axis=1, bitorder="little")
-    by_word = packed.view("<u8").astype(np.uint64, copy=False).reshape(-1, 8, words).transpose(0, 2, 1)
+    packed = np.zeros((-(-len(rows) // block) * block, words), np.uint64)
+    packed[: len(rows)] = pack_words(rows, 64)
+    by_word = packed.reshape(-1, 8, words).transpose(0, 2, 1)
     out = _aligned(by_word.shape, np.uint64)
     out[...] = by_word
     return out

@@ -94,7 +94,7 @@ def teacher_config(config: RunConfig) -> RunConfig:
         learnable_threshold=False, activation_bases=1, weight_bases=1, activation_bits=1,
         distill=False, two_stage=False, optimizer="adam" if config.recipe.optimizer == "bop" else config.recipe.optimizer,
     )
-    return RunConfig(config.model, config.dataset, config.epochs, config.seed, recipe, config.model_options, config.data_dir)
+    return dataclasses.replace(config, recipe=recipe)
 
 
 def distribution_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
