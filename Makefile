@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install -q -c constraints.txt -e .
 	touch $(STAMP)
 
-# The tests also need pytest and hypothesis, and Ray for the review's Ray executor.
+# The tests also need pytest and hypothesis, Ray for the review's Ray executor, PySAT for
+# `bnnkit verify` and onnx/onnxruntime for the ONNX export.
 $(TEST_STAMP): $(STAMP)
-	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev,ray]"
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev,ray,verify,onnx]"
 	touch $(TEST_STAMP)
