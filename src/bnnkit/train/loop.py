@@ -5,6 +5,10 @@ augmentation come from a generator seeded by ``(seed, epoch)``; the learning rat
 quantizers' schedules are functions of the global step. A run therefore needs nothing but
 the weights and the optimiser state to resume, and 2 epochs straight equal 1 + resume 1
 bit for bit on a CPU.
+
+Under ``torchrun`` the same loop runs in every process (see ``distributed.py``): each
+trains on its slice of every global batch through DistributedDataParallel, the metrics
+are summed over the processes, and rank 0 alone writes the run directory and prints.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from bnnkit.data import ArrayDataset, batches, load_dataset, augmentation_for
 from bnnkit.errors import BnnkitError
 from bnnkit.nn import clip_latent_weights_, set_weight_binarization
 from bnnkit.quant import set_training_progress
+from bnnkit.train import distributed
 from bnnkit.train.checkpoint import atomic_write, load_state, save_state, save_weights
 from bnnkit.train.optim import lr_factor, make_optimizer, set_lr
 from bnnkit.train.plots import plot_curves
@@ -65,9 +70,7 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: ArrayDataset, device: torch.device | str = "cpu") -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy (a fraction) over the whole dataset."""
-    device = torch.device(device)
+def _evaluation_sums(model: nn.Module, ds: ArrayDataset, device: torch.device) -> tuple[float, int]:
     model.eval()
     loss_sum, correct = 0.0, 0
     for x, y in batches(ds, EVAL_BATCH, shuffle=False):
@@ -76,6 +79,12 @@ def evaluate(model: nn.Module, ds: ArrayDataset, device: torch.device | str = "c
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
+    return loss_sum, correct
+
+
+def evaluate(model: nn.Module, ds: ArrayDataset, device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (a fraction) over the whole dataset."""
+    loss_sum, correct = _evaluation_sums(model, ds, torch.device(device))
     n = len(ds.y)
     return loss_sum / n, correct / n
 
@@ -84,6 +93,10 @@ def _subset(ds: ArrayDataset, limit: int | None) -> ArrayDataset:
     if limit is None or limit >= len(ds.y):
         return ds
     return ArrayDataset(x=ds.x[:limit], y=ds.y[:limit], info=ds.info)
+
+
+def _shard(ds: ArrayDataset) -> ArrayDataset:
+    return ArrayDataset(x=distributed.shard(ds.x), y=distributed.shard(ds.y), info=ds.info)
 
 
 def teacher_config(config: RunConfig) -> RunConfig:
@@ -107,7 +120,8 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
     """Train ``config`` into directory ``out``; returns the last epoch's metrics."""
     out = Path(out)
     recipe = config.recipe
-    device = pick_device(options.device)
+    device = distributed.init(pick_device(options.device))
+    main = distributed.is_main()  # the one process that writes files and prints
 
     # Data first: a missing dataset must not leave an empty run directory behind.
     train_ds = _subset(load_dataset(config.dataset, "train", config.data_dir), options.limit_train)
@@ -124,14 +138,16 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
         state = load_state(out / STATE)
         start_epoch = int(state["epoch"])
         history = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BnnkitError(f"{out}: cannot create the run directory ({exc.strerror})") from None
-    config.save(out)
+    if main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BnnkitError(f"{out}: cannot create the run directory ({exc.strerror})") from None
+        config.save(out)
 
     # --- data, model, optimiser --------------------------------------------------------
     batch_size = min(recipe.batch_size, len(train_ds.y))
+    distributed.check_batch_size(batch_size)
     steps_per_epoch = len(train_ds.y) // batch_size
     total_steps = steps_per_epoch * config.epochs
     augment = augmentation_for(config.dataset) != "none"
@@ -148,10 +164,11 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+    net = distributed.wrap(model, device)  # trains through DDP; `model` is evaluated and saved
 
     # --- the loop ----------------------------------------------------------------------
     for epoch in range(start_epoch, config.epochs):
-        model.train()
+        net.train()
         # Two-stage training: real-valued weights in the first half, binary afterwards.
         set_weight_binarization(model, not (recipe.two_stage and epoch < config.epochs // 2))
         t0 = time.perf_counter()
@@ -160,7 +177,7 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
             batches(train_ds, batch_size, shuffle=True, seed=config.seed, epoch=epoch, augment=augment, drop_last=True),
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not options.progress,
+            disable=not (options.progress and main),
             leave=False,
             unit="batch",
         )
@@ -168,9 +185,10 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
             step = epoch * steps_per_epoch + i
             set_lr(optimizer, recipe.lr, lr_factor(recipe, step, steps_per_epoch, config.epochs))
             set_training_progress(model, step / max(1, total_steps - 1))
+            x, y = distributed.shard(x), distributed.shard(y)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device):
-                logits = model(x)
+                logits = net(x)
                 if teacher is None:
                     loss = F.cross_entropy(logits.float(), y)
                 else:
@@ -189,17 +207,21 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
             if i % 10 == 0:
                 rate = seen / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
+        loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum, correct, seen)
         if not math.isfinite(loss_sum):
             raise BnnkitError(f"training diverged in epoch {epoch + 1} (loss is {loss_sum}); lower the learning rate")
         train_time = time.perf_counter() - t0
-        test_loss, test_acc = evaluate(model, test_ds, device)
+        distributed.broadcast_buffers(model)
+        distributed.check_in_sync(model)
+        # Each rank tests every N-th image: the sums over the ranks are the whole test set's.
+        test_loss, test_correct = distributed.sum_over_ranks(*_evaluation_sums(model, _shard(test_ds), device))
         record = {
             "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": loss_sum / seen,
             "train_acc": correct / seen,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+            "test_loss": test_loss / len(test_ds.y),
+            "test_acc": test_correct / len(test_ds.y),
             "epoch_seconds": train_time,
             "images_per_second": seen / train_time,
         }
@@ -207,16 +229,18 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
 
         # The training state is written last: it is the commit point. A resume trusts its
         # epoch, retrains anything after it and drops metrics lines beyond it.
-        save_weights(out / WEIGHTS, model, metadata={"epoch": str(epoch + 1)})
-        atomic_write(out / METRICS, "".join(json.dumps(m) + "\n" for m in history))
-        save_state(out / STATE, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
-        if options.progress:
+        if main:
+            save_weights(out / WEIGHTS, model, metadata={"epoch": str(epoch + 1)})
+            atomic_write(out / METRICS, "".join(json.dumps(m) + "\n" for m in history))
+            save_state(out / STATE, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        distributed.barrier()  # no rank goes on (or returns) before the epoch is on disk
+        if options.progress and main:
             tqdm.write(
                 f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
-                f" | test loss {test_loss:.4f} acc {test_acc:.4f} | {record['images_per_second']:.0f} img/s"
+                f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f} | {record['images_per_second']:.0f} img/s"
             )
 
-    if history:
+    if history and main:
         plot_curves(history, out / CURVES, title=f"{config.model} on {config.dataset} ({recipe.name})")
     final = history[-1] if history else {}
     best = max((m["test_acc"] for m in history), default=float("nan"))
