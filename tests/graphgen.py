@@ -1,10 +1,13 @@
-"""A hypothesis strategy for random valid ``Graph``s, with inputs to run them on.
+"""Random valid ``Graph``s, with inputs to run them on.
 
-Hypothesis draws the structure (ops, shapes, strides, padding modes, flags); a NumPy
-generator seeded by hypothesis draws the bulk parameters. Thresholds are drawn from the
-accumulator values the graph really produces on the case's images (computed with the
-reference interpreter while the graph is built), so binary activations are not constant
-and ties (``x == thresh``) occur.
+Two sources of the same graphs: ``graph_cases()``, a hypothesis strategy in which
+hypothesis draws the structure (ops, shapes, strides, padding modes, flags) so that
+failures shrink, and ``case_from_seed(seed)``, where one integer determines everything,
+for the batched runtime checks that never shrink and must name a failing graph in a
+form that rebuilds it. In both a NumPy generator draws the bulk parameters. Thresholds
+are drawn from the accumulator values the graph really produces on the case's images
+(computed with the reference interpreter while the graph is built), so binary
+activations are not constant and ties (``x == thresh``) occur.
 """
 
 from __future__ import annotations
@@ -34,11 +37,44 @@ KERNEL_SIZES = (1, 3, 5)
 class Case:
     graph: Graph
     x: np.ndarray  # uint8 (N, C, H, W): the images the thresholds were drawn for
+    seed: int | None = None  # case_from_seed(seed) rebuilds it; None when hypothesis drew it
+
+
+class _Drawn:
+    """Choices drawn by hypothesis."""
+
+    def __init__(self, draw):
+        self.draw = draw
+
+    def choice(self, options):
+        return self.draw(st.sampled_from(options))
+
+    def integer(self, low: int, high: int) -> int:
+        return self.draw(st.integers(low, high))
+
+    def boolean(self) -> bool:
+        return self.draw(st.booleans())
+
+
+class _Seeded:
+    """Choices drawn by a NumPy generator, uniformly."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def choice(self, options):
+        return options[self.rng.integers(len(options))]
+
+    def integer(self, low: int, high: int) -> int:
+        return int(self.rng.integers(low, high + 1))
+
+    def boolean(self) -> bool:
+        return bool(self.rng.integers(2))
 
 
 class _Builder:
-    def __init__(self, draw, rng: np.random.Generator, x: np.ndarray):
-        self.draw, self.rng = draw, rng
+    def __init__(self, choose: _Drawn | _Seeded, rng: np.random.Generator, x: np.ndarray):
+        self.choose, self.rng = choose, rng
         self.ops: list[Op] = []
         self.env: dict[str, np.ndarray] = {"input": x}
 
@@ -56,7 +92,7 @@ class _Builder:
         return self.rng.random(shape) < 0.5
 
     def channels(self) -> int:
-        return self.draw(st.sampled_from([1, 2, 3, 5, 8, 16, 31, 32, 33, 40, 63, 64, 65, 70]))
+        return self.choose.choice([1, 2, 3, 5, 8, 16, 31, 32, 33, 40, 63, 64, 65, 70])
 
     def sign(self, src: str) -> str:
         """``src`` as the input of a dense layer: thresholded when it is an accumulator."""
@@ -65,11 +101,11 @@ class _Builder:
     # --- one op or a small pattern each -----------------------------------------------
 
     def conv_geometry(self, h: int, w: int) -> dict:
-        stride = self.draw(st.sampled_from([1, 2, (1, 2), (2, 1)]))
-        padding = self.draw(st.sampled_from([0, 1, (0, 1), (1, 0)]))
+        stride = self.choose.choice([1, 2, (1, 2), (2, 1)])
+        padding = self.choose.choice([0, 1, (0, 1), (1, 0)])
         ph, pw = (padding, padding) if isinstance(padding, int) else padding
         fits = [k for k in KERNEL_SIZES if k <= h + 2 * ph and k <= w + 2 * pw]
-        k = self.draw(st.sampled_from(fits))
+        k = self.choose.choice(fits)
         return {"stride": stride, "padding": padding, "k": k}
 
     def conv(self, src: str, out_channels: int | None = None, geometry: dict | None = None) -> str:
@@ -80,7 +116,7 @@ class _Builder:
         attrs = {"stride": g["stride"], "padding": g["padding"]}
         if self.kind(src) == "u8":
             return self.op("input_conv2d", [src], attrs, {"weight": weight})
-        attrs["pad"] = self.draw(st.sampled_from(["zero", "minus_one", "plus_one"]))
+        attrs["pad"] = self.choose.choice(["zero", "minus_one", "plus_one"])
         return self.op("binary_conv2d", [src], attrs, {"weight": weight})
 
     def threshold(self, src: str) -> str:
@@ -96,13 +132,13 @@ class _Builder:
 
     def pool(self, src: str) -> str:
         h, w = self.env[src].shape[2:]
-        kernel = (self.draw(st.integers(1, min(3, h))), self.draw(st.integers(1, min(3, w))))
-        stride = (self.draw(st.integers(1, 3)), self.draw(st.integers(1, 3)))
+        kernel = (self.choose.integer(1, min(3, h)), self.choose.integer(1, min(3, w)))
+        stride = (self.choose.integer(1, 3), self.choose.integer(1, 3))
         attrs = {"kernel": kernel if kernel[0] != kernel[1] else kernel[0], "stride": stride}
         if self.kind(src) == "bits":
-            params = {"min_channels": self.bits(self.env[src].shape[1])} if self.draw(st.booleans()) else {}
+            params = {"min_channels": self.bits(self.env[src].shape[1])} if self.choose.boolean() else {}
             return self.op("maxpool", [src], attrs, params)
-        return self.op(self.draw(st.sampled_from(["maxpool", "avgpool"])), [src], attrs)
+        return self.op(self.choose.choice(["maxpool", "avgpool"]), [src], attrs)
 
     def affine(self, src: str) -> str:
         x = self.env[src]
@@ -129,28 +165,37 @@ class _Builder:
 
     def residual(self, src: str) -> str:
         """acc + conv(sign(acc)) with a shape-preserving conv: ``src`` lives across it."""
-        k = self.draw(st.sampled_from([1, 3]))
+        k = self.choose.choice([1, 3])
         g = {"stride": 1, "padding": k // 2, "k": k}
         return self.op("add", [src, self.conv(self.threshold(src), self.env[src].shape[1], g)])
 
 
 @st.composite
 def graph_cases(draw, max_layers: int = 4) -> Case:
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    shape = (draw(st.integers(1, 3)), draw(st.integers(2, 10)), draw(st.integers(2, 10)))
-    b = _Builder(draw, rng, rng.integers(0, 256, (N_IMAGES, *shape), dtype=np.uint8))
+    return _build(_Drawn(draw), np.random.default_rng(draw(st.integers(0, 2**32 - 1))), max_layers)
+
+
+def case_from_seed(seed: int, max_layers: int = 4) -> Case:
+    """The random graph numbered ``seed``: the same one on every machine and run."""
+    rng = np.random.default_rng(seed)
+    return _build(_Seeded(rng), rng, max_layers, seed)
+
+
+def _build(choose: _Drawn | _Seeded, rng: np.random.Generator, max_layers: int, seed: int | None = None) -> Case:
+    shape = (choose.integer(1, 3), choose.integer(2, 10), choose.integer(2, 10))
+    b = _Builder(choose, rng, rng.integers(0, 256, (N_IMAGES, *shape), dtype=np.uint8))
     t = "input"
-    if draw(st.sampled_from(["conv", "conv", "conv", "dense"])) == "conv":
+    if choose.choice(["conv", "conv", "conv", "dense"]) == "conv":
         t = b.conv(t)
-        for _ in range(draw(st.integers(0, max_layers))):
+        for _ in range(choose.integer(0, max_layers)):
             moves = {"i32": ["threshold", "pool", "residual"], "bits": ["conv", "pool", "two_branches"]}
-            t = getattr(b, draw(st.sampled_from(moves[b.kind(t)])))(t)
+            t = getattr(b, choose.choice(moves[b.kind(t)]))(t)
     # dense layers to the class scores, or the flattened i32 map itself as scores
-    if b.kind(t) != "i32" or draw(st.booleans()):
-        for _ in range(draw(st.integers(0, 2))):
+    if b.kind(t) != "i32" or choose.boolean():
+        for _ in range(choose.integer(0, 2)):
             t = b.dense(b.sign(t), b.channels())
-        t = b.dense(b.sign(t), draw(st.integers(2, 12)))
-    head = draw(st.sampled_from(["i32", "affine", "affine_map", "two_affines", "affine_of_affine"]))
+        t = b.dense(b.sign(t), choose.integer(2, 12))
+    head = choose.choice(["i32", "affine", "affine_map", "two_affines", "affine_of_affine"])
     if head == "affine_map":
         t = b.affine(t)
     if b.env[t].ndim > 2:
@@ -162,7 +207,7 @@ def graph_cases(draw, max_layers: int = 4) -> Case:
     elif head == "affine_of_affine":
         t = b.affine(b.affine(t))
     b.op("argmax", [t])
-    return Case(Graph(shape, b.ops), b.env["input"])
+    return Case(Graph(shape, b.ops), b.env["input"], seed)
 
 
 def ebnn_cnn(rng: np.random.Generator) -> Graph:

@@ -1,5 +1,11 @@
 """The host kernels (bnnkit.runtime.fast) against the NumPy reference: bit-identical sums,
-bits, scores and labels, on every instruction set this CPU runs (the portable one always)."""
+bits, scores and labels, on every instruction set this CPU runs (the portable one always),
+and the layer tests again with the kernels under AddressSanitizer + UBSan."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +100,22 @@ def test_fashion_mnist_shaped_graph(isa):
     scores, labels = model.predict(x, batch_size=16)
     ref_scores, ref_labels = numpy_ref.predict(graph, x)
     assert np.array_equal(scores, ref_scores) and np.array_equal(labels, ref_labels)
+
+
+def test_layers_under_sanitizers():
+    """The layer tests above in a child Python whose kernels are built with ``c.SANITIZE``
+    (``$BNNKIT_SANITIZE``) and which starts with ASan's runtime preloaded, as a library
+    loaded by ctypes needs: a bad access or undefined behaviour aborts it. The leak
+    checker is off, for the interpreter's own allocations outlive it."""
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(libasan):
+        pytest.skip("gcc's AddressSanitizer runtime (libasan) is not installed")
+    env = {**os.environ, "BNNKIT_SANITIZE": "1", "LD_PRELOAD": libasan, "ASAN_OPTIONS": "detect_leaks=0"}
+    selected = "random_layers or integer_input or fashion_mnist"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selected]
+    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    assert proc.returncode == 0, f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    assert f"{3 * len(fast.supported_isas())} passed" in proc.stdout
 
 
 def test_packing_round_trips():

@@ -1,27 +1,39 @@
-"""The C runtime against the NumPy reference: bit-identical scores and labels.
+"""The C runtime against the NumPy reference: bit-identical scores and labels, also under
+AddressSanitizer + UBSan and under valgrind.
 
 Compiling is the slow part, so random graphs are checked in batches: one executable holds
-a whole batch, each graph under its own prefix. Batches are not shrunk (every shrinking
-step would compile again); a failure names the graph and its ops instead."""
+a whole batch, each graph under its own prefix. The random graphs are
+``graphgen.case_from_seed(seed)`` for the seeds in ``SEEDS``, the same on every run; a
+failure names the seed of its graph (a compile error: the seeds of its batch, in the
+order of the sources g0.c, g1.c, ...). To check one graph again, from tests/:
 
+    ../.venv/bin/python -c "import graphgen, test_runtime_c as t; t.check_batch([graphgen.case_from_seed(SEED)])"
+
+(add ``sanitize=True`` for the sanitizers) or ``graphgen.case_from_seed(SEED).graph.save(PATH)``
+to look at the graph with the CLI."""
+
+import dataclasses
 import re
+import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
 from bnnkit.runtime import c as c_runtime
 from bnnkit.runtime import numpy_ref
-from bnnkit.runtime.c import POPCOUNT_VARIANTS, build_host, build_hosts, generate_c, write_sources
-from graphgen import SETTINGS, ebnn_cnn, graph_cases
+from bnnkit.runtime.c import POPCOUNT_VARIANTS, HostModel, build_host, build_hosts, generate_c, write_sources
+from graphgen import Case, case_from_seed, ebnn_cnn
 
-BATCH, BATCHES = 60, 5
+SEEDS = range(1020)
+BATCH = 102
+SANITIZED_SEEDS = range(100)  # as many as build in ~12 s; the first 50 already call every kernel
+VALGRIND_SEEDS = range(24)  # a launch runs one graph, and valgrind takes ~0.3 s to start
 
 
 KERNELS_C = {
@@ -30,21 +42,31 @@ KERNELS_C = {
 }
 
 
-def check_batch(cases, **build) -> set[str]:
+def assert_same(host: HostModel, case: Case) -> None:
+    what = f"graph of seed {case.seed}"
+    try:
+        scores, labels = host.predict(case.x)
+    except BnnkitError as e:  # a crash, or a sanitizer's or valgrind's report
+        raise AssertionError(f"{what}: {e}") from e
+    ref_scores, ref_labels = numpy_ref.predict(case.graph, case.x)
+    assert scores.dtype == np.float32 and labels.dtype == np.int64
+    assert np.array_equal(scores, ref_scores.astype(np.float32)), f"{what}: scores differ"
+    assert np.array_equal(labels, ref_labels), f"{what}: labels differ"
+
+
+def check_batch(cases: list[Case], **build) -> set[str]:
     """Compare C and NumPy on every case; returns the C kernels the batch called."""
     called = set()
     with tempfile.TemporaryDirectory(prefix="bnnkit-c-test-") as work:
-        hosts = build_hosts([case.graph for case in cases], work, **build)
+        try:
+            hosts = build_hosts([case.graph for case in cases], work, **build)
+        except BnnkitError as e:
+            raise AssertionError(f"seeds of g0, g1, ...: {[case.seed for case in cases]}\n{e}") from e
         for i in range(len(cases)):
             body = (Path(work) / f"g{i}.c").read_text().split(f"int g{i}_infer(")[1]
             called |= set(re.findall(r"^    (?:return )?(\w+)\(", body, re.M))
-        for i, (case, host) in enumerate(zip(cases, hosts)):
-            scores, labels = host.predict(case.x)
-            ref_scores, ref_labels = numpy_ref.predict(case.graph, case.x)
-            ops = [(op.kind, op.attrs, op.params.get("weight", np.empty(0)).shape) for op in case.graph.ops]
-            assert scores.dtype == np.float32 and labels.dtype == np.int64
-            assert np.array_equal(scores, ref_scores.astype(np.float32)), f"graph {i} {ops}: scores differ"
-            assert np.array_equal(labels, ref_labels), f"graph {i} {ops}: labels differ"
+        for case, host in zip(cases, hosts):
+            assert_same(host, case)
     return called
 
 
@@ -66,16 +88,10 @@ def features(graph: Graph) -> set:
 
 
 def test_random_graphs_are_bit_exact():
-    checked, called = [], set()
-
-    @settings(SETTINGS, max_examples=BATCHES, phases=[Phase.generate])
-    @given(st.lists(graph_cases(), min_size=BATCH, max_size=BATCH))
-    def run(cases):
-        called.update(check_batch(cases))
-        checked.extend(cases)
-
-    run()
-    assert len(checked) >= 300
+    cases, called = [case_from_seed(seed) for seed in SEEDS], set()
+    for i in range(0, len(cases), BATCH):
+        called |= check_batch(cases[i : i + BATCH])
+    assert len(cases) >= 1000
     assert called == KERNELS_C
     covered = {
         ("input_conv2d", "u8"), ("binary_conv2d", "bits"), ("input_dense", "u8"), ("binary_dense", "bits"),
@@ -86,9 +102,9 @@ def test_random_graphs_are_bit_exact():
         ("pad", "zero"), ("pad", "minus_one"), ("pad", "plus_one"), ("odd channels > 32", True), ("flip", True),
         ("constant", True), ("min_channels", True), ("square", False),
     }
-    assert covered - set().union(*(features(case.graph) for case in checked)) == set()
-    varied = sum(len(set(numpy_ref.predict(c.graph, c.x)[1])) > 1 for c in checked)
-    assert varied > len(checked) // 2  # labels depend on the image in most graphs
+    assert covered - set().union(*(features(case.graph) for case in cases)) == set()
+    varied = sum(len(set(numpy_ref.predict(c.graph, c.x)[1])) > 1 for c in cases)
+    assert varied > len(cases) // 2  # labels depend on the image in most graphs
 
 
 def _sanitizers_work(tmp: Path) -> bool:
@@ -100,13 +116,24 @@ def _sanitizers_work(tmp: Path) -> bool:
 def test_random_graphs_under_sanitizers(tmp_path):
     if not _sanitizers_work(tmp_path):
         pytest.skip("gcc cannot build with -fsanitize=address,undefined here")
+    called = check_batch([case_from_seed(seed) for seed in SANITIZED_SEEDS], sanitize=True)
+    assert called == KERNELS_C
 
-    @settings(SETTINGS, max_examples=1, phases=[Phase.generate])
-    @given(st.lists(graph_cases(), min_size=8, max_size=8))
-    def run(cases):
-        check_batch(cases, sanitize=True)
 
-    run()
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed (Debian: valgrind)")
+def test_random_graphs_under_valgrind(tmp_path):
+    """The harness and the generated C under memcheck: no invalid access, no use of
+    uninitialised memory, no leak (ASan runs without its leak checker, see c.HostModel)."""
+    cases = [case_from_seed(seed) for seed in VALGRIND_SEEDS]
+    hosts = build_hosts([case.graph for case in cases], tmp_path, cflags=["-g"])
+    memcheck = tmp_path / "memcheck"
+    memcheck.write_text(
+        "#!/bin/sh\nexec valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=all "
+        f'--default-suppressions=no "{hosts[0].executable}" "$@"\n'
+    )
+    memcheck.chmod(0o755)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one launch per graph; each is mostly valgrind's start-up
+        list(pool.map(lambda hc: assert_same(dataclasses.replace(hc[0], executable=memcheck), hc[1]), zip(hosts, cases)))
 
 
 def test_cnn_with_fused_layers_and_every_popcount(tmp_path):

@@ -12,6 +12,10 @@ The library is compiled once per source hash with the system C compiler and cach
 chosen at run time: ``avx512`` (VPOPCNTQ), ``avx2`` (``vpshufb`` nibble table) or
 ``portable`` (plain C), the best one the CPU has unless ``isa=`` or ``$BNNKIT_ISA``
 names another.
+
+With ``$BNNKIT_SANITIZE=1`` the library is built with AddressSanitizer and UBSan
+(``c.SANITIZE``); Python must then start with ASan's runtime preloaded
+(``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``, as tests/test_fast.py does).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op, pair
 from bnnkit.runtime import numpy_ref
-from bnnkit.runtime.c import pack_words
+from bnnkit.runtime.c import SANITIZE, pack_words
 
 ISAS = ("portable", "avx2", "avx512")  # the C enum bnn_isa, in order
 SOURCES = ("bconv.c", "bconv.h")
@@ -71,11 +75,11 @@ def _cache_dir() -> Path:
         return path
 
 
-def _compile(cc: str, source: Path, target: Path) -> None:
+def _compile(cc: str, flags: tuple[str, ...], source: Path, target: Path) -> None:
     """Build with OpenMP where the compiler has it, else single-threaded."""
     errors = []
     for extra in (("-fopenmp",), ()):
-        cmd = [cc, *CFLAGS, *extra, str(source), "-o", str(target)]
+        cmd = [cc, *flags, *extra, str(source), "-o", str(target)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
             return
@@ -91,14 +95,15 @@ def library() -> ctypes.CDLL:
         raise BnnkitError("no C compiler found (cc or gcc); install gcc or clang, or set $CC")
     folder = resources.files("bnnkit.runtime") / "host_kernels"
     texts = {name: (folder / name).read_bytes() for name in SOURCES}
-    digest = hashlib.sha256(b"".join(texts[n] for n in SOURCES) + " ".join((cc, *CFLAGS)).encode()).hexdigest()[:16]
+    flags = (*CFLAGS, *(SANITIZE if os.environ.get("BNNKIT_SANITIZE") == "1" else ()))
+    digest = hashlib.sha256(b"".join(texts[n] for n in SOURCES) + " ".join((cc, *flags)).encode()).hexdigest()[:16]
     path = _cache_dir() / f"bconv-{digest}.so"
     if not path.exists():
         with tempfile.TemporaryDirectory(dir=path.parent) as work:  # same file system: the rename is atomic
             for name, text in texts.items():
                 Path(work, name).write_bytes(text)
             built = Path(work, path.name)
-            _compile(cc, Path(work, "bconv.c"), built)
+            _compile(cc, flags, Path(work, "bconv.c"), built)
             os.replace(built, path)  # concurrent builders write identical files
     lib = ctypes.CDLL(str(path))
     ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
