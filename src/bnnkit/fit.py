@@ -111,8 +111,22 @@ def _recorded(out: Path) -> dict[str, dict]:
     path = out / RESULTS
     if not path.exists():
         return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["name"]: r for r in rows}
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise BnnkitError(f"{path}: cannot read ({exc.strerror})") from None
+    rows = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows[row["name"]] = row
+        except (json.JSONDecodeError, TypeError, KeyError):
+            raise BnnkitError(
+                f"{path}: line {number} is not a candidate's record; delete that line to train the candidate again"
+            ) from None
+    return rows
 
 
 def fit(
@@ -132,11 +146,13 @@ def fit(
     from bnnkit.data import get_info
     from bnnkit.recipe import load_recipe
     from bnnkit.train import RunConfig, TrainOptions, train
+    from bnnkit.train.checkpoint import atomic_write, make_dir
 
     if ram <= 0 or flash <= 0 or budget_minutes <= 0 or epochs < 1:
         raise BnnkitError("--ram, --flash and --budget-minutes must be > 0 and --epochs >= 1")
     info = get_info(dataset)
     out = Path(out)
+    done = _recorded(out)  # a damaged record stops the fit before any work
     say = print if progress else (lambda *_: None)
     sized = []
     for c in tqdm(space or search_space(), desc=f"sizing on {target or 'the memory plan'}", disable=not progress, leave=False):
@@ -153,8 +169,7 @@ def fit(
             f"{smallest['name']}, needs RAM {smallest['ram']} B and flash {smallest['flash']} B"
         )
     say(f"bnnkit fit: {len(fits)} of {len(sized)} candidates fit RAM {ram} B / flash {flash} B; training cheapest first")
-    out.mkdir(parents=True, exist_ok=True)
-    done = _recorded(out)
+    make_dir(out, "fit directory")
     recipe = load_recipe("embedded").with_(lr=LR)
     t0 = time.perf_counter()
     for row in fits:
@@ -168,8 +183,8 @@ def fit(
         started = time.perf_counter()
         result = train(config, out / "runs" / row["name"], TrainOptions(resume=True, progress=progress, limit_train=limit_train))
         done[row["name"]] = {**row, "accuracy": result["test_acc"], "epochs": epochs, "seconds": time.perf_counter() - started}
-        with open(out / RESULTS, "a") as f:  # one whole line per candidate: a crash loses at most the current one
-            f.write(json.dumps(done[row["name"]]) + "\n")
+        # the whole file, atomically: a kill leaves the previous records or these, never a torn line
+        atomic_write(out / RESULTS, "".join(json.dumps(r) + "\n" for r in done.values()))
     trained = [done[r["name"]] for r in fits if r["name"] in done]
     front = pareto(trained)
     best = max(trained, key=lambda r: r["accuracy"], default=None)

@@ -212,6 +212,8 @@ class Graph:
             return cls(tuple(header["input"]["shape"]), ops, header["input"]["name"], header.get("meta", {}))
         except (KeyError, TypeError, ValueError) as e:
             raise BnnkitError(f"{path}: malformed graph header ({type(e).__name__}: {e})") from None
+        except BnnkitError as e:  # the graph's own validation: say which file
+            raise BnnkitError(f"{path}: {e}") from None
 
 
 def pair(v) -> tuple[int, int]:

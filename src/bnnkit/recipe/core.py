@@ -171,15 +171,19 @@ class Recipe:
             )
         types = {f.name: f.type for f in fields(cls)}
         clean = {key: _coerce(source, key, value, types[key]) for key, value in data.items()}
-        return cls(**clean)
+        try:
+            return cls(**clean)
+        except BnnkitError as exc:  # a bad value or combination: say which file it came from
+            raise BnnkitError(f"{source}: {exc}") from None
 
     def to_toml(self) -> str:
         return "".join(f"{key} = {_toml_value(value)}\n" for key, value in self.to_dict().items())
 
     def save(self, path: str | Path) -> None:
+        from bnnkit.train.checkpoint import atomic_write  # shared atomic writer
+
         path = Path(path)
-        text = json.dumps(self.to_dict(), indent=2) + "\n" if path.suffix == ".json" else self.to_toml()
-        path.write_text(text)
+        atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n" if path.suffix == ".json" else self.to_toml())
 
 
 def _field_names() -> set[str]:

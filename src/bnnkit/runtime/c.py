@@ -613,11 +613,12 @@ int {prefix}_infer(const uint8_t *input, float *scores);
 
 def write_sources(graph: Graph, out_dir: str | Path, prefix: str = "bnn") -> list[Path]:
     """Write ``{prefix}.h`` and ``{prefix}.c`` into ``out_dir``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from bnnkit.train.checkpoint import atomic_write, make_dir  # shared file helpers
+
+    out = make_dir(out_dir, "output directory")
     paths = []
     for name, text in generate_c(graph, prefix).items():
-        (out / name).write_text(text)
+        atomic_write(out / name, text)
         paths.append(out / name)
     return paths
 
@@ -718,11 +719,15 @@ def build_hosts(
     if not graphs:
         raise BnnkitError("build_hosts needs at least one graph")
     work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    try:  # not checkpoint.make_dir: that import costs a host build a second of torch start-up
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BnnkitError(f"{work}: cannot create the build directory ({exc.strerror})") from None
     flags = [*CFLAGS, *(SANITIZE if sanitize else ()), *cflags]
     prefixes = [f"g{i}" for i in range(len(graphs))]
     for graph, prefix in zip(graphs, prefixes):
-        write_sources(graph, work, prefix)
+        for name, text in generate_c(graph, prefix).items():
+            (work / name).write_text(text)  # build scratch: no need for write_sources' fsync per file
     (work / "main.c").write_text(
         _MAIN.format(
             includes="\n".join(f'#include "{p}.h"' for p in prefixes),
