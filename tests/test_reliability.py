@@ -28,7 +28,8 @@ import bnnkit.fit as fitmod
 from bnnkit.cli import main
 from bnnkit.graph import Graph
 from bnnkit.train import read_metrics
-from bnnkit.train.checkpoint import atomic_write, load_state, read_json
+from bnnkit.files import atomic_write
+from bnnkit.train.checkpoint import load_state, read_json
 from bnnkit.train.run import CONFIG, CURVES, METRICS, STATE, WEIGHTS, load_run
 from test_data import cifar_images, make_idx_dir, write_cifar_bin, write_cifar_py
 from test_graph import _rewrite
@@ -300,6 +301,14 @@ def resume_from_truncated_state(c: Ctx) -> Bad:
     return Bad(args, str(run / STATE), "unreadable training state", [run])
 
 
+def resume_from_damaged_metrics(c: Ctx) -> Bad:
+    run = c.copy(c.run, "run")
+    (run / METRICS).write_text('{"epoch": 1, "test_a\n')
+    args = ["train", "--model", "ebnn_cnn", "--option", "channels=[8]", "--recipe", "embedded", "--dataset", "digits",
+            "--epochs", "2", "--out", str(run), "--resume", "--json"]
+    return Bad(args, str(run / METRICS), "line 1", [run])
+
+
 def fit_args(c: Ctx, ram: str, flash: str) -> list[str]:
     return ["fit", "--ram", ram, "--flash", flash, "--dataset", "digits", "--out", str(c.tmp / "fit"), "--json"]
 
@@ -346,6 +355,7 @@ CASES: dict[str, Callable[[Ctx], Bad]] = {
     "weights shape mismatch": lambda c: export_of(c, change_weights(drop_rows), "the model expects"),
     "weights Inf": lambda c: export_of(c, change_weights(lambda t, k: set_first(t[k], np.inf)), "non-finite"),
     "training state truncated": resume_from_truncated_state,
+    "metrics log damaged": resume_from_damaged_metrics,
     "IDX wrong magic": bad_idx("train-images-idx3-ubyte", struct.pack(">HBB", 0, 0x0D, 3) + bytes(12), "magic"),
     "IDX wrong dims": bad_idx("train-images-idx3-ubyte", struct.pack(">HBBIII", 0, 8, 3, 6, 10, 10) + bytes(600), "28x28"),
     "IDX label out of range": bad_idx("train-labels-idx1-ubyte", struct.pack(">HBBI", 0, 8, 1, 6) + bytes([1, 2, 3, 12, 0, 0]),

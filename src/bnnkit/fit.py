@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bnnkit.errors import BnnkitError
+from bnnkit.files import atomic_write, make_dir
 from bnnkit.graph import Graph
 
 RESULTS, BEST, PLOT = "fit.jsonl", "best.bnn", "pareto.png"
@@ -146,7 +147,6 @@ def fit(
     from bnnkit.data import get_info
     from bnnkit.recipe import load_recipe
     from bnnkit.train import RunConfig, TrainOptions, train
-    from bnnkit.train.checkpoint import atomic_write, make_dir
 
     if ram <= 0 or flash <= 0 or budget_minutes <= 0 or epochs < 1:
         raise BnnkitError("--ram, --flash and --budget-minutes must be > 0 and --epochs >= 1")

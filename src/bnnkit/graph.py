@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bnnkit.errors import BnnkitError
+from bnnkit.files import atomic_write
 
 FORMAT_VERSION = 1
 CONVENTIONS = {
@@ -168,7 +169,6 @@ class Graph:
     # --- files -------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        from bnnkit.train.checkpoint import atomic_write  # shared atomic writer
         from safetensors.numpy import save
 
         tensors = _file_tensors(self)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bnnkit.errors import BnnkitError
-from bnnkit.train.checkpoint import atomic_write
+from bnnkit.files import atomic_write
 
 INPUT, OUTPUT = "images", "logits"
 

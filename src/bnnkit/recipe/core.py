@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnkit.errors import BnnkitError
+from bnnkit.files import atomic_write
 from bnnkit.nn.layers import ACTIVATION_SCALES, PAD_VALUES, WEIGHT_SCALES
 
 OPTIMIZERS = ("adam", "sgd", "bop")
@@ -180,7 +181,6 @@ class Recipe:
         return "".join(f"{key} = {_toml_value(value)}\n" for key, value in self.to_dict().items())
 
     def save(self, path: str | Path) -> None:
-        from bnnkit.train.checkpoint import atomic_write  # shared atomic writer
 
         path = Path(path)
         atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n" if path.suffix == ".json" else self.to_toml())

@@ -20,7 +20,7 @@ from typing import Any
 from bnnkit.recipe import TOPOLOGY, TRAINING
 from bnnkit.review.grid import BASELINE_LABEL, COMBINATION
 from bnnkit.review.store import Store
-from bnnkit.train.checkpoint import atomic_write
+from bnnkit.files import atomic_write, make_dir
 from bnnkit.train.plots import save_figure
 
 CATEGORY_ORDER = (BASELINE_LABEL, TRAINING, TOPOLOGY, COMBINATION)
@@ -139,7 +139,7 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder, "plot directory")
     studies = list(dict.fromkeys(r["study"] for r in rows))
     written = []
     for i, study in enumerate(studies, 1):

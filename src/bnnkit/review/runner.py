@@ -27,6 +27,7 @@ from tqdm import tqdm
 from bnnkit.cost import model_costs
 from bnnkit.data import get_info
 from bnnkit.errors import BnnkitError
+from bnnkit.files import make_dir
 from bnnkit.review.grid import Grid, RunSpec
 from bnnkit.review.store import Store
 from bnnkit.train import TrainOptions, read_metrics, train
@@ -171,11 +172,7 @@ def run_review(
         raise BnnkitError(f"unknown executor {executor!r}; use {' or '.join(EXECUTORS)}")
     if workers < 1:
         raise BnnkitError(f"--workers must be >= 1, got {workers}")
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BnnkitError(f"{out}: cannot create the review directory ({exc.strerror})") from None
+    out = make_dir(out, "review directory")
     host = socket.gethostname()
     with exclusive(out), Store(out) as store:
         store.add(grid.runs)

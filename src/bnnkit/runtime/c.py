@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from bnnkit.errors import BnnkitError
+from bnnkit.files import atomic_write, make_dir
 from bnnkit.graph import INT32_MIN, Graph, Op, pair
 from bnnkit.runtime.numpy_ref import check_input
 from bnnkit.runtime.plan import PRODUCERS, MemoryPlan, Step, plan_memory
@@ -613,8 +614,6 @@ int {prefix}_infer(const uint8_t *input, float *scores);
 
 def write_sources(graph: Graph, out_dir: str | Path, prefix: str = "bnn") -> list[Path]:
     """Write ``{prefix}.h`` and ``{prefix}.c`` into ``out_dir``; returns their paths."""
-    from bnnkit.train.checkpoint import atomic_write, make_dir  # shared file helpers
-
     out = make_dir(out_dir, "output directory")
     paths = []
     for name, text in generate_c(graph, prefix).items():
@@ -718,11 +717,7 @@ def build_hosts(
         raise BnnkitError(f"no C compiler {cc!r} found; install gcc or clang, or pass cc=")
     if not graphs:
         raise BnnkitError("build_hosts needs at least one graph")
-    work = Path(workdir)
-    try:  # not checkpoint.make_dir: that import costs a host build a second of torch start-up
-        work.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BnnkitError(f"{work}: cannot create the build directory ({exc.strerror})") from None
+    work = make_dir(workdir, "build directory")
     flags = [*CFLAGS, *(SANITIZE if sanitize else ()), *cflags]
     prefixes = [f"g{i}" for i in range(len(graphs))]
     for graph, prefix in zip(graphs, prefixes):

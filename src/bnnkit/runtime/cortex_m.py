@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from bnnkit.errors import BnnkitError
+from bnnkit.files import make_dir
 from bnnkit.graph import Graph
 from bnnkit.runtime.c import CFLAGS, generate_c
 from bnnkit.runtime.numpy_ref import check_input
@@ -290,8 +291,7 @@ def build_mcus(
         if shutil.which(tool) is None:
             raise BnnkitError(f"no Arm cross compiler {tool!r} found; install the Debian packages {TOOLCHAIN_PACKAGES}")
 
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    work = make_dir(workdir, "build directory")
     for graph, prefix in zip(graphs, prefixes):
         for name, text in generate_c(graph, prefix).items():
             (work / name).write_text(text)

@@ -31,7 +31,8 @@ from bnnkit.errors import BnnkitError
 from bnnkit.nn import clip_latent_weights_, set_weight_binarization
 from bnnkit.quant import set_training_progress
 from bnnkit.train import distributed
-from bnnkit.train.checkpoint import atomic_write, load_state, save_state, save_weights
+from bnnkit.files import atomic_write, make_dir
+from bnnkit.train.checkpoint import load_state, save_state, save_weights
 from bnnkit.train.optim import lr_factor, make_optimizer, set_lr
 from bnnkit.train.plots import plot_curves
 from bnnkit.train.run import CURVES, METRICS, STATE, WEIGHTS, RunConfig, load_run, read_metrics
@@ -139,10 +140,7 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
         start_epoch = int(state["epoch"])
         history = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
     if main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BnnkitError(f"{out}: cannot create the run directory ({exc.strerror})") from None
+        make_dir(out, "run directory")
         config.save(out)
 
     # --- data, model, optimiser --------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from bnnkit.train.checkpoint import atomic_write
+from bnnkit.files import atomic_write
 
 
 def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:

@@ -21,7 +21,8 @@ from bnnkit.data import get_info
 from bnnkit.errors import BnnkitError
 from bnnkit.models import create_model
 from bnnkit.recipe import Recipe
-from bnnkit.train.checkpoint import atomic_write, load_weights, read_json
+from bnnkit.files import atomic_write
+from bnnkit.train.checkpoint import load_weights, read_json
 
 CONFIG, WEIGHTS, STATE, METRICS, CURVES = "config.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "curves.png"
 
@@ -105,4 +106,12 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise BnnkitError(f"{path}: line {number} is not an epoch's record (the file was edited or damaged)") from None
+    return rows
