@@ -261,6 +261,16 @@ def _section_sizes(size_tool: str, elf: Path) -> dict[str, int]:
     return sizes
 
 
+def require_toolchain(toolchain: str = "arm-none-eabi-") -> tuple[str, str]:
+    """The cross compiler and ``size`` tool, or a ``BnnkitError`` naming the packages:
+    callers check before spending minutes on anything else."""
+    tools = f"{toolchain}gcc", f"{toolchain}size"
+    for tool in tools:
+        if shutil.which(tool) is None:
+            raise BnnkitError(f"no Arm cross compiler {tool!r} found; install the Debian packages {TOOLCHAIN_PACKAGES}")
+    return tools
+
+
 def build_mcus(
     graphs: Sequence[Graph],
     workdir: str | Path,
@@ -286,10 +296,7 @@ def build_mcus(
     prefixes = list(prefixes) if prefixes is not None else [f"g{i}" for i in range(len(graphs))]
     if len(prefixes) != len(graphs) or len(set(prefixes)) != len(prefixes) or "bnnkit_models" in prefixes:
         raise BnnkitError(f"need one distinct prefix per graph, not {prefixes}")
-    cc, size_tool = f"{toolchain}gcc", f"{toolchain}size"
-    for tool in (cc, size_tool):
-        if shutil.which(tool) is None:
-            raise BnnkitError(f"no Arm cross compiler {tool!r} found; install the Debian packages {TOOLCHAIN_PACKAGES}")
+    cc, size_tool = require_toolchain(toolchain)
 
     work = make_dir(workdir, "build directory")
     for graph, prefix in zip(graphs, prefixes):

@@ -36,6 +36,10 @@ def run_graph(graph: Graph, runtime: str = "numpy", dataset: str | None = None, 
     reference: the fraction of equal labels and whether every score is bit-identical."""
     if runtime not in RUNTIMES:
         raise BnnkitError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    if runtime.startswith("cortex-"):
+        from bnnkit.runtime.cortex_m import require_toolchain
+
+        require_toolchain()  # before the reference pass, not minutes after it
     name, x, y = test_images(graph, dataset, limit, data_dir)
     t0 = time.perf_counter()
     ref_scores, ref_labels = predict(graph, x, progress=progress)
