@@ -52,7 +52,7 @@ def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from bnnkit.recipe import load_recipe
-    from bnnkit.train import RunConfig, TrainOptions, train
+    from bnnkit.train import RunConfig, TrainOptions, distributed, train
 
     recipe = load_recipe(args.recipe)
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
@@ -70,6 +70,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     config.build_model()  # fail on a bad name or option before touching the output directory
     options = TrainOptions(resume=args.resume, device=args.device, progress=not args.json, limit_train=args.limit_train)
     result = train(config, args.out, options)
+    if not distributed.is_main():  # under torchrun: rank 0 reports for all
+        return
     _emit(
         args,
         result,
@@ -112,6 +114,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.format == "onnx":
+        from bnnkit.export.onnx import export_onnx
+
+        result = export_onnx(args.run_dir, args.output, check=args.check, data_dir=args.data_dir)
+        _emit(
+            args,
+            result,
+            f"exported the float model to {args.output}; on {result['n']} test images onnxruntime agrees with PyTorch "
+            f"on {result['top1_agreement']:.2%} of labels (largest logit difference {result.get('max_abs_diff', 0):.3g}; "
+            f"with onnxruntime's graph optimisations {result.get('top1_agreement_optimized', 1):.2%})",
+        )
+        return
     from bnnkit.export import export_and_check
 
     result = export_and_check(args.run_dir, args.output, check=args.check, allow_approx=args.allow_approx, data_dir=args.data_dir)
@@ -276,6 +290,20 @@ def _cost_delta_lines(costs: dict[str, dict]) -> list[tuple[str, ...]]:
     return lines
 
 
+def cmd_verify(args: argparse.Namespace) -> None:
+    from bnnkit.graph import Graph
+    from bnnkit.verify import verify_images
+
+    result = verify_images(Graph.load(args.graph), args.image, args.images, args.eps, args.timeout, args.dataset,
+                           args.data_dir, save=args.save, progress=not args.json)
+    lines = [f"{q['image']:>6} {q['eps']:>4} {q['status']:<15} {q['seconds']:8.2f} s  {q['clauses']:>10,} clauses"
+             + (f"  -> label {q['new_label']} (L∞ {q['linf']}, {q['changed_pixels']} pixels)" if q["new_label"] is not None else "")
+             for q in result["queries"]]
+    lines += [f"radius {eps}: {s['robust']} robust, {s['counterexample']} not robust, {s['timeout']} timed out; "
+              f"median {s['median_seconds']:.2f} s, max {s['max_seconds']:.2f} s" for eps, s in result["summary"].items()]
+    _emit(args, result, "\n".join(["image  eps  answer          time        CNF size"] + lines))
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "models":
         from bnnkit.models import model_names, model_options
@@ -302,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     p.add_argument("--data-dir", help="where the dataset files are (default: $BNNKIT_DATA or the system location)")
-    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    p.add_argument("--batch-size", type=int, help="override the recipe's batch size (under torchrun: the global batch, split over the processes)")
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--limit-train", type=int, help="train on the first N images only (quick checks)")
@@ -330,9 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="trained run -> integer graph file, checked against the module")
     p.add_argument("run_dir", type=Path, metavar="DIR", help="a directory written by `bnnkit train`")
-    p.add_argument("-o", "--output", type=Path, required=True, help="graph file to write (e.g. model.bnn)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="file to write (model.bnn, or model.onnx with --format onnx)")
     p.add_argument("--check", type=int, default=1000, help="test images to compare module and graph on (default 1000; 0 skips)")
     p.add_argument("--allow-approx", action="store_true", help="export layers without an exact integer form, and report agreement")
+    p.add_argument("--format", choices=("bnn", "onnx"), default="bnn",
+                   help="bnn: the integer graph (default); onnx: the float model, checked in onnxruntime (needs bnnkit[onnx])")
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_export)
@@ -405,6 +435,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, metavar="DIR", help="a directory written by `bnnkit review`")
     p.add_argument("--json", action="store_true", help='print {"rows": [...], "files": [...]}')
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("verify", help="prove a graph's label robust within an L∞ radius of a test image, or find a counterexample (SAT)")
+    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    p.add_argument("--image", type=int, required=True, help="index of the (first) test image")
+    p.add_argument("--images", type=int, default=1, help="verify this many test images from --image on (default 1)")
+    p.add_argument("--eps", type=int, nargs="+", default=[1], metavar="K", help="L∞ radii in pixel values (default 1)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per query, encoding included (default 60)")
+    p.add_argument("--dataset", help="default: the dataset the model was trained on")
+    p.add_argument("--save", type=Path, help="directory for counterexample images (uint8 .npy)")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("methods", help="the repair-method catalogue: category, inference cost, source; with --model, measured cost deltas")
     p.add_argument("--model", help="also compute each method's cost on this architecture")
