@@ -70,7 +70,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     config.build_model()  # fail on a bad name or option before touching the output directory
     options = TrainOptions(resume=args.resume, device=args.device, progress=not args.json, limit_train=args.limit_train)
     result = train(config, args.out, options)
-    if not distributed.is_main():  # under torchrun: rank 0 reports for all
+    reports = distributed.is_main()  # under torchrun: rank 0 reports for all
+    distributed.shutdown()
+    if not reports:
         return
     _emit(
         args,
@@ -295,7 +297,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
     from bnnkit.verify import verify_images
 
     result = verify_images(Graph.load(args.graph), args.image, args.images, args.eps, args.timeout, args.dataset,
-                           args.data_dir, save=args.save, progress=not args.json)
+                           args.data_dir, save=args.save, progress=not args.json, solver=args.solver,
+                           encoding=args.encoding)
     lines = [f"{q['image']:>6} {q['eps']:>4} {q['status']:<15} {q['seconds']:8.2f} s  {q['clauses']:>10,} clauses"
              + (f"  -> label {q['new_label']} (L∞ {q['linf']}, {q['changed_pixels']} pixels)" if q["new_label"] is not None else "")
              for q in result["queries"]]
@@ -444,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per query, encoding included (default 60)")
     p.add_argument("--dataset", help="default: the dataset the model was trained on")
     p.add_argument("--save", type=Path, help="directory for counterexample images (uint8 .npy)")
+    p.add_argument("--solver", default="minicard", help="PySAT solver name (default minicard; the native encoding "
+                   "needs minicard, gluecard3 or gluecard4)")
+    p.add_argument("--encoding", default="native", help="cardinality encoding: native (default) or a PySAT CardEnc "
+                   "one (seqcounter, totalizer, kmtotalizer, ...)")
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_verify)

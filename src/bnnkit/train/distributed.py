@@ -58,8 +58,23 @@ def init(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not active():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        atexit.register(dist.destroy_process_group)
+        atexit.register(_destroy)  # an error path; a finished command calls shutdown()
     return device
+
+
+def shutdown() -> None:
+    """Leave the process group together, once the command's work is done. Leaving it
+    while a peer still works, or at interpreter exit with gloo's threads still holding
+    tensors, can abort the process (SIGABRT, "terminate called without an active
+    exception")."""
+    if active():
+        dist.barrier()
+        _destroy()
+
+
+def _destroy() -> None:
+    if active():
+        dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
