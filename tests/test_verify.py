@@ -7,14 +7,19 @@ import json
 
 import numpy as np
 import pytest
+from pysat.examples.genhard import PHP
+from pysat.solvers import Solver
 
 from bnnkit.cli import main
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
 from bnnkit.runtime.numpy_ref import KERNELS, execute
-from bnnkit.verify import Encoding, label_of, verify
+from bnnkit.verify import NATIVE_SOLVERS, Encoding, _solve, label_of, verify
 
 SHAPE = (1, 2, 3)  # six pixels: every image of a radius-2 ball is 5**6 = 15625 images
+# the default (pure CNF), another CNF encoding, and native cardinality constraints on every solver that has them
+CHOICES = [("glucose4", "seqcounter"), ("glucose4", "kmtotalizer"), ("minicard", "native"), ("gluecard3", "native"),
+           ("gluecard4", "native")]
 
 
 def ball(x0: np.ndarray, eps: int) -> np.ndarray:
@@ -69,13 +74,14 @@ def cases():
         yield seed, x0, int(rng.integers(1, 3))
 
 
+@pytest.mark.parametrize("solver, encoding", CHOICES)
 @pytest.mark.parametrize("seed, x0, eps", list(cases()))
-def test_robust_iff_no_image_in_the_ball_changes_the_label(seed, x0, eps):
+def test_robust_iff_no_image_in_the_ball_changes_the_label(seed, x0, eps, solver, encoding):
     images = ball(x0, eps)
     graph = random_graph(seed, images, conv=seed % 2 == 0)
     labels = execute(graph, images)[graph.ops[-1].output]
-    assert verify(graph, x0, 0).status == "robust"
-    result = verify(graph, x0, eps)
+    assert verify(graph, x0, 0, solver=solver, encoding=encoding).status == "robust"
+    result = verify(graph, x0, eps, solver=solver, encoding=encoding)
     assert result.label == label_of(graph, x0)
     assert (result.status == "robust") == bool(np.all(labels == result.label))
     if result.status == "counterexample":
@@ -85,14 +91,15 @@ def test_robust_iff_no_image_in_the_ball_changes_the_label(seed, x0, eps):
         assert label_of(graph, x) == result.new_label != result.label
 
 
+@pytest.mark.parametrize("solver, encoding", [CHOICES[0], CHOICES[2]])
 @pytest.mark.parametrize("seed", range(6))
-def test_every_model_reproduces_numpy_ref_activations(seed):
+def test_every_model_reproduces_numpy_ref_activations(seed, solver, encoding):
     rng = np.random.default_rng(seed)
     x0 = rng.integers(0, 256, SHAPE, dtype=np.uint8)
     eps = 3
     images = ball(x0, eps)
     graph = random_graph(seed, images, conv=seed % 2 == 0)
-    enc = Encoding(graph, x0, eps)
+    enc = Encoding(graph, x0, eps, solver=solver, encoding=encoding)
     try:
         px = enc.env[graph.input]
         for target in images[rng.choice(len(images), 8, replace=False)]:
@@ -107,6 +114,36 @@ def test_every_model_reproduces_numpy_ref_activations(seed):
                 assert np.array_equal(enc.values(model, lits), ref[name][0]), name
     finally:
         enc.solver.delete()
+
+
+@pytest.mark.parametrize("solver", NATIVE_SOLVERS)
+def test_native_atmost_counts_repeated_literals(solver):
+    """The native threshold encoding weights a literal by repeating it: every model the
+    solver enumerates must be one brute force accepts, and every such one must appear."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        nv = int(rng.integers(2, 6))
+        cons = []
+        for _ in range(int(rng.integers(1, 4))):
+            size = int(rng.integers(1, 9))  # more literals than variables: repeats, and both signs of one
+            lits = (rng.integers(1, nv + 1, size) * rng.choice([-1, 1], size)).tolist()
+            cons.append((lits, int(rng.integers(0, len(lits) + 1))))
+        truth = np.array(list(itertools.product([False, True], repeat=nv)))  # (2**nv, nv)
+        ok = np.ones(len(truth), bool)
+        for lits, k in cons:
+            ok &= sum(truth[:, abs(l) - 1] == (l > 0) for l in lits) <= k
+        with Solver(name=solver) as s:
+            s.add_clause([v for v in range(1, nv + 1)] + [-v for v in range(1, nv + 1)])  # every variable appears
+            for lits, k in cons:
+                s.add_atmost(lits, k)
+            models = {tuple(np.array(m) > 0) for m in s.enum_models()}
+        assert models == {tuple(t) for t in truth[ok]}, cons
+
+
+@pytest.mark.parametrize("solver", NATIVE_SOLVERS)
+def test_native_solvers_stop_on_the_time_out(solver):
+    with Solver(name=solver, bootstrap_with=PHP(11).clauses) as s:  # far too hard to finish in 0.2 s
+        assert _solve(s, 0.2) is None
 
 
 def test_the_cases_have_both_answers():
@@ -129,6 +166,12 @@ def test_clear_errors():
            Op("avgpool", ["c"], "p", {"kernel": 1, "stride": 1}), Op("flatten", ["p"], "f"), Op("argmax", ["f"], "y")]
     with pytest.raises(BnnkitError, match=r"op 1 \(avgpool\)"):
         verify(Graph(SHAPE, ops), x0, 1)
+    with pytest.raises(BnnkitError, match="native encoding needs a solver with cardinality constraints"):
+        verify(graph, x0, 1, solver="glucose4", encoding="native")
+    with pytest.raises(BnnkitError, match="unknown cardinality encoding 'bdd'"):
+        verify(graph, x0, 1, encoding="bdd")
+    with pytest.raises(BnnkitError, match="unknown SAT solver 'nosuch'"):
+        verify(graph, x0, 1, solver="nosuch", encoding="seqcounter")
 
 
 def test_cli_json_on_a_digits_graph(tmp_path, capsys):
@@ -157,5 +200,12 @@ def test_cli_json_on_a_digits_graph(tmp_path, capsys):
             assert np.abs(saved.astype(int) - x[q["image"]]).max() == q["linf"] <= q["eps"]
     assert out["summary"]["0"]["robust"] == 2 and out["summary"]["3"]["counterexample"] >= 1
     assert sum(out["summary"]["3"][s] for s in ("robust", "counterexample", "timeout")) == 2
+    assert main(["verify", str(path), "--image", "1", "--images", "2", "--eps", "0", "1", "3", "--json",
+                 "--solver", "minicard", "--encoding", "native"]) == 0
+    native = json.loads(capsys.readouterr().out)
+    assert (native["solver"], native["encoding"]) == ("minicard", "native")
+    assert [q["status"] for q in native["queries"]] == [q["status"] for q in out["queries"]]
+    assert main(["verify", str(path), "--image", "1", "--encoding", "native"]) == 2
+    assert "native encoding needs a solver" in capsys.readouterr().err
     assert main(["verify", str(path), "--image", "354", "--images", "2"]) == 2
     assert "test set has 355" in capsys.readouterr().err

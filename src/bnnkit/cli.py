@@ -447,10 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per query, encoding included (default 60)")
     p.add_argument("--dataset", help="default: the dataset the model was trained on")
     p.add_argument("--save", type=Path, help="directory for counterexample images (uint8 .npy)")
-    p.add_argument("--solver", default="minicard", help="PySAT solver name (default minicard; the native encoding "
+    p.add_argument("--solver", default="glucose4", help="PySAT solver name (default glucose4; the native encoding "
                    "needs minicard, gluecard3 or gluecard4)")
-    p.add_argument("--encoding", default="native", help="cardinality encoding: native (default) or a PySAT CardEnc "
-                   "one (seqcounter, totalizer, kmtotalizer, ...)")
+    p.add_argument("--encoding", default="seqcounter", help="cardinality encoding: a PySAT CardEnc one (seqcounter "
+                   "(default), totalizer, kmtotalizer, ...) or native (the solver's own at-most constraints)")
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_verify)

@@ -21,9 +21,15 @@ up to the class scores is an integer the CNF represents literally:
 * ``threshold``: ``acc ≥ t`` ⇔ ``count ≥ k`` with k = ⌈(t − const)/mult⌉, and the flipped
   ``acc ≤ t`` is the negation of ``count ≥ ⌊(t − const)/mult⌋ + 1``. Where k ≤ 0 or k > n
   the bit is a constant (this also makes ``INT32_MIN`` channels constant, and is what
-  keeps small radii small: most neurons cannot move). Otherwise a fresh b is reified:
-  PySAT's ``atleast(lits, k)`` with ¬b added to each clause, ``atmost(lits, k − 1)``
-  with b added (sound and complete since each encoding's auxiliaries are fresh).
+  keeps small radii small: most neurons cannot move). Otherwise a fresh b is reified.
+  With ``encoding="native"`` (Minicard/Gluecard only) that is two of the
+  solver's own at-most constraints over the n literals, a literal listed m times
+  counting m times: Σ¬l + k·b ≤ n (b → count ≥ k) and Σl + (n − k + 1)·¬b ≤ n
+  (¬b → count ≤ k − 1); each is vacuous on the other value of b, so together they are
+  b ⇔ count ≥ k, in O(n) instead of the O(n·k) clauses of a sequential counter. With a
+  CNF encoding it is PySAT's ``atleast(lits, k)`` with ¬b added to each clause and
+  ``atmost(lits, k − 1)`` with b added (sound and complete since each encoding's
+  auxiliaries are fresh).
 * ``maxpool`` of bits is OR (AND on ``min_channels``): a fresh b ⇔ OR of the
   non-constant window literals, so no literal appears twice in a later count.
 * The head (the ops from the last accumulator to ``argmax``: ``affine``, ``add``,
@@ -32,7 +38,8 @@ up to the class scores is an integer the CNF represents literally:
   the clean label c" by running numpy_ref's ``argmax`` on every pair of scores (ties
   go to the lower index, exactly as in the reference). Each reachable class gets an
   exact unary counter o_j[t] ⇔ count_j ≥ t (two PySAT totalizers, one on the negated
-  literals, linked), and for each count t of class c one clause says: count_c = t
+  literals, linked; clauses under every encoding, since the solver proves far less with
+  native constraints here), and for each count t of class c one clause says: count_c = t
   implies some class j has a count in a run of counts that beats c at t.
 
 Other ops (``avgpool``, ``maxpool`` of accumulators, a residual ``add`` before the
@@ -59,8 +66,12 @@ from bnnkit.graph import Graph, Op, pair
 from bnnkit.runtime.numpy_ref import KERNELS, PAD_VALUE, _windows, check_input, execute
 
 HEAD_OPS = ("affine", "add", "flatten", "argmax")
-ENCODINGS = ("seqcounter", "sortnetwrk", "cardnetwrk", "totalizer", "mtotalizer", "kmtotalizer")
-DEFAULT_SOLVER = "glucose4"  # interruptible, so a time-out stops the solver
+# "native": the solver's own at-most-k constraints; the rest: PySAT CardEnc clauses
+ENCODINGS = ("native", "seqcounter", "sortnetwrk", "cardnetwrk", "totalizer", "mtotalizer", "kmtotalizer")
+NATIVE_SOLVERS = ("minicard", "gluecard3", "gluecard4")
+# measured fastest on Fashion-MNIST at radii 1-2 (docs/verification.md): the solver
+# decides more queries with the sequential counter's auxiliaries than with native ones
+DEFAULT_SOLVER = "glucose4"  # interruptible (as are Minicard and Gluecard), so a time-out stops it
 DEFAULT_ENCODING = "seqcounter"
 
 
@@ -116,11 +127,18 @@ class Encoding:
             raise BnnkitError(f"the radius must be an integer >= 0, got {eps}")
         if encoding not in ENCODINGS:
             raise BnnkitError(f"unknown cardinality encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+        self.native = encoding == "native"
+        if self.native and solver not in NATIVE_SOLVERS:
+            raise BnnkitError(f"the native encoding needs a solver with cardinality constraints ({', '.join(NATIVE_SOLVERS)}), "
+                              f"not {solver!r}; or pick a CNF encoding ({', '.join(ENCODINGS[1:])})")
         self.graph, self.deadline = graph, deadline
-        self.card = getattr(EncType, encoding)
+        self.card = None if self.native else getattr(EncType, encoding)
         self.pool = IDPool()
-        self.solver = Solver(name=solver)
-        self.clauses = 0
+        try:
+            self.solver = Solver(name=solver)
+        except Exception as e:  # PySAT names its solvers in the message
+            raise BnnkitError(f"unknown SAT solver {solver!r}: {e}") from None
+        self.clauses = self.atmosts = 0
         self.true = self.pool.id()
         self.add([[self.true]])
         self._counters: dict[int, list[int]] = {}
@@ -141,6 +159,11 @@ class Encoding:
     def add(self, clauses: list[list[int]]) -> None:
         self.solver.append_formula(clauses)
         self.clauses += len(clauses)
+
+    def atmost(self, lits: list[int], k: int) -> None:
+        """At most k of ``lits`` are true; a literal listed m times counts m times."""
+        self.solver.add_atmost(lits, k)
+        self.atmosts += 1
 
     def _tick(self) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline:
@@ -224,6 +247,11 @@ class Encoding:
         """A fresh b ⇔ (at least k of ``lits`` are true), for 0 < k ≤ len(lits)."""
         self._tick()
         b = int(self._fresh(1)[0])
+        if self.native:
+            n = len(lits)
+            self.atmost([-l for l in lits] + [b] * k, n)  # b → Σ¬l ≤ n − k
+            self.atmost(lits + [-b] * (n - k + 1), n)  # ¬b → Σl ≤ k − 1
+            return b
         on = CardEnc.atleast(lits, k, vpool=self.pool, encoding=self.card).clauses
         off = CardEnc.atmost(lits, k - 1, vpool=self.pool, encoding=self.card).clauses
         self.add([c + [-b] for c in on] + [c + [b] for c in off])
@@ -269,6 +297,7 @@ class Encoding:
     def counter(self, e: int) -> list[int]:
         """o[0..n+1] for score element e: o[t] ⇔ count_e ≥ t (o[0] = T, o[n+1] = ¬T)."""
         if e not in self._counters:
+            self._tick()
             row = self.head_lits[e]
             lits = row[row != 0].tolist()
             o = [self.true]
@@ -355,6 +384,7 @@ class Result:
     encode_seconds: float
     variables: int = 0
     clauses: int = 0
+    atmosts: int = 0  # native cardinality constraints, besides the clauses
     counterexample: np.ndarray | None = field(default=None, repr=False)
     new_label: int | None = None
     linf: int | None = None  # the counterexample's distance from the clean image
@@ -390,7 +420,8 @@ def verify(graph: Graph, image: np.ndarray, eps: int, timeout: float | None = No
         answer = encoded = None
     now = time.perf_counter()
     status = "timeout" if answer is None else "counterexample" if answer else "robust"
-    result = Result(int(eps), status, label, now - start, (encoded or now) - start, enc.pool.top, enc.clauses)
+    result = Result(int(eps), status, label, now - start, (encoded or now) - start, enc.pool.top, enc.clauses,
+                    enc.atmosts)
     if answer:
         x = enc.image(enc.solver.get_model())
         diff = np.abs(x.astype(np.int64) - image)
@@ -418,7 +449,7 @@ def _solve(solver: Solver, seconds: float | None) -> bool | None:
 
 def verify_images(graph: Graph, first: int, count: int, radii: list[int], timeout: float | None,
                   dataset: str | None = None, data_dir: str | None = None, save: Path | None = None,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, solver: str = DEFAULT_SOLVER, encoding: str = DEFAULT_ENCODING) -> dict:
     """``verify`` on test images ``first .. first + count − 1`` at each radius: every query
     and, per radius, the counts of answers and the median and largest time."""
     from tqdm import tqdm
@@ -436,7 +467,7 @@ def verify_images(graph: Graph, first: int, count: int, radii: list[int], timeou
     queries = []
     for i in tqdm(range(first, first + count), desc="verify", unit="image", disable=not progress, leave=False):
         for eps in radii:
-            r = verify(graph, x[i], eps, timeout)
+            r = verify(graph, x[i], eps, timeout, solver=solver, encoding=encoding)
             queries.append({"image": i, "true_label": int(y[i]), **r.to_dict()})
             if save is not None and r.counterexample is not None:
                 buf = io.BytesIO()
@@ -448,5 +479,7 @@ def verify_images(graph: Graph, first: int, count: int, radii: list[int], timeou
         times = [q["seconds"] for q in done]
         summary[str(eps)] = {**{s: sum(q["status"] == s for q in done) for s in ("robust", "counterexample", "timeout")},
                              "median_seconds": float(np.median(times)), "max_seconds": float(np.max(times)),
+                             "median_encode_seconds": float(np.median([q["encode_seconds"] for q in done])),
                              "median_clauses": float(np.median([q["clauses"] for q in done]))}
-    return {"graph_dataset": name, "timeout": timeout, "queries": queries, "summary": summary}
+    return {"graph_dataset": name, "timeout": timeout, "solver": solver, "encoding": encoding, "queries": queries,
+            "summary": summary}
