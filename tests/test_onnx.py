@@ -75,6 +75,13 @@ def test_bad_run_dir(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_allow_approx_is_refused_for_onnx(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(tmp_path), "--format", "onnx", "--allow-approx", "-o", str(out)]) == 2
+    assert "--allow-approx is for the integer graph" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_missing_onnxruntime_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(BnnkitError, match=r"pip install bnnkit\[onnx\]"):

@@ -4,6 +4,7 @@ every image in the ball on graphs small enough to enumerate."""
 
 import itertools
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -209,3 +210,11 @@ def test_cli_json_on_a_digits_graph(tmp_path, capsys):
     assert "native encoding needs a solver" in capsys.readouterr().err
     assert main(["verify", str(path), "--image", "354", "--images", "2"]) == 2
     assert "test set has 355" in capsys.readouterr().err
+
+
+def test_missing_pysat_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.delitem(sys.modules, "bnnkit.verify")
+    monkeypatch.setitem(sys.modules, "pysat", None)  # what an install without the extra looks like to import
+    monkeypatch.setitem(sys.modules, "pysat.card", None)
+    assert main(["verify", str(tmp_path / "m.bnn"), "--image", "0"]) == 2
+    assert capsys.readouterr().err == 'error: bnnkit verify needs PySAT: pip install "bnnkit[verify]"\n'

@@ -119,6 +119,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.format == "onnx":
         from bnnkit.export.onnx import export_onnx
 
+        if args.allow_approx:
+            raise BnnkitError("--allow-approx is for the integer graph; the ONNX file is the float model itself")
+
         result = export_onnx(args.run_dir, args.output, check=args.check, data_dir=args.data_dir)
         _emit(
             args,
@@ -294,8 +297,13 @@ def _cost_delta_lines(costs: dict[str, dict]) -> list[tuple[str, ...]]:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     from bnnkit.graph import Graph
-    from bnnkit.verify import verify_images
 
+    try:
+        from bnnkit.verify import verify_images
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("pysat"):
+            raise
+        raise BnnkitError('bnnkit verify needs PySAT: pip install "bnnkit[verify]"') from None
     result = verify_images(Graph.load(args.graph), args.image, args.images, args.eps, args.timeout, args.dataset,
                            args.data_dir, save=args.save, progress=not args.json, solver=args.solver,
                            encoding=args.encoding)
