@@ -4,8 +4,8 @@ with the NumPy reference and time. The long test run before each release note:
     python benchmarks/agreement.py [MODEL.bnn] [--runtimes numpy,c,cortex-m4] [--limit N] [--json]
 
 MODEL.bnn defaults to runs/demo/model.bnn (``bnnkit demo`` writes it), the runtimes to
-one of each kind (``bnnkit.runtime.RUNTIMES`` lists them). Every row comes from one
-``bnnkit.runtime.evaluate.run_graph`` call in this run; "seconds" is that runtime's own
+one of each kind (``bnnkit.runtime.RUNTIMES`` lists them). Every row comes from
+``bnnkit.runtime.evaluate.run_graphs`` in this run (one reference pass, shared); "seconds" is that runtime's own
 time on the images (for Cortex-M the QEMU run, build excluded). Exits 1 unless every
 runtime agrees with the reference bit for bit.
 """
@@ -18,7 +18,7 @@ import sys
 
 from bnnkit.cost.summary import render_table
 from bnnkit.graph import Graph
-from bnnkit.runtime.evaluate import run_graph
+from bnnkit.runtime.evaluate import run_graphs
 
 
 def main() -> int:
@@ -29,11 +29,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     graph = Graph.load(args.graph)
-    rows = []
-    for runtime in args.runtimes.split(","):
-        r = run_graph(graph, runtime, limit=args.limit)
-        rows.append({"runtime": runtime, "dataset": r["dataset"], "n": r["n"], "accuracy": r["accuracy"],
-                     "agreement": r["agreement"], "bit_exact": r["bit_exact"], "seconds": r["seconds"][runtime]})
+    rows = [{"runtime": r["runtime"], "dataset": r["dataset"], "n": r["n"], "accuracy": r["accuracy"], "agreement": r["agreement"],
+             "bit_exact": r["bit_exact"], "seconds": r["seconds"][r["runtime"]]}
+            for r in run_graphs(graph, args.runtimes.split(","), limit=args.limit)]
     agree = all(r["bit_exact"] and r["agreement"] == 1.0 for r in rows)
     if args.json:
         print(json.dumps({"graph": args.graph, "rows": rows, "all_bit_exact": agree}))

@@ -4,7 +4,7 @@ agreement with the NumPy reference, flash, RAM, instructions, latency and energy
     python benchmarks/cortex_m.py MODEL.bnn [MODEL.bnn ...] [--targets cortex-m4,...] [--limit N] [--json]
 
 Graphs come from ``bnnkit export`` (docs/cortex-m.md has the training commands). Every
-row comes from one ``bnnkit.runtime.evaluate.run_graph`` call in this run.
+row comes from ``bnnkit.runtime.evaluate.run_graphs`` in this run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 from bnnkit.cost.summary import render_table
 from bnnkit.graph import Graph
 from bnnkit.runtime.cortex_m import TARGETS
-from bnnkit.runtime.evaluate import run_graph
+from bnnkit.runtime.evaluate import run_graphs
 
 
 def main() -> None:
@@ -28,9 +28,7 @@ def main() -> None:
     rows = []
     for path in args.graphs:
         graph = Graph.load(path)
-        for target in args.targets.split(","):
-            r = run_graph(graph, target, limit=args.limit, progress=False)
-            rows.append({"graph": path, **r})
+        rows += [{"graph": path, **r} for r in run_graphs(graph, args.targets.split(","), limit=args.limit)]
     if args.json:
         print(json.dumps({"rows": rows}))
         return

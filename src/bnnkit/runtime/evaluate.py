@@ -34,16 +34,30 @@ def run_graph(graph: Graph, runtime: str = "numpy", dataset: str | None = None, 
               data_dir: str | None = None, progress: bool = False) -> dict:
     """Accuracy of ``graph`` in ``runtime`` on a test set, and its agreement with the NumPy
     reference: the fraction of equal labels and whether every score is bit-identical."""
-    if runtime not in RUNTIMES:
-        raise BnnkitError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
-    if runtime.startswith("cortex-"):
+    return run_graphs(graph, [runtime], dataset, limit, data_dir, progress)[0]
+
+
+def run_graphs(graph: Graph, runtimes: list[str], dataset: str | None = None, limit: int | None = None,
+               data_dir: str | None = None, progress: bool = False) -> list[dict]:
+    """``run_graph`` for each of ``runtimes`` on the same images, with one reference pass."""
+    for runtime in runtimes:
+        if runtime not in RUNTIMES:
+            raise BnnkitError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    if any(runtime.startswith("cortex-") for runtime in runtimes):
         from bnnkit.runtime.cortex_m import require_toolchain
 
         require_toolchain()  # before the reference pass, not minutes after it
     name, x, y = test_images(graph, dataset, limit, data_dir)
     t0 = time.perf_counter()
-    ref_scores, ref_labels = predict(graph, x, progress=progress)
-    seconds = {"numpy": time.perf_counter() - t0}
+    reference = predict(graph, x, progress=progress)
+    numpy_seconds = time.perf_counter() - t0
+    return [_score(graph, runtime, name, x, y, reference, numpy_seconds) for runtime in runtimes]
+
+
+def _score(graph: Graph, runtime: str, name: str, x: np.ndarray, y: np.ndarray,
+           reference: tuple[np.ndarray, np.ndarray], numpy_seconds: float) -> dict:
+    ref_scores, ref_labels = reference
+    seconds = {"numpy": numpy_seconds}
     scores, labels = ref_scores, ref_labels
     device = {}
     if runtime == "c":
