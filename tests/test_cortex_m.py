@@ -16,7 +16,8 @@ import pytest
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph, Op
-from bnnkit.runtime import cortex_m, numpy_ref
+from bnnkit.runtime import c as c_runtime
+from bnnkit.runtime import numpy_ref
 from bnnkit.runtime.cortex_m import TARGETS, McuImage, McuSize, build_mcu, build_mcus
 from bnnkit.runtime.plan import plan_memory
 from graphgen import case_from_seed, ebnn_cnn
@@ -131,7 +132,7 @@ def _tiny_graph() -> Graph:
 
 def _with_body(monkeypatch, body: str) -> None:
     """Replace the generated inference function by one that runs ``body``."""
-    real = cortex_m.generate_c
+    real = c_runtime.generate_c
 
     def generate(graph, prefix):
         sources = real(graph, prefix)
@@ -141,7 +142,7 @@ def _with_body(monkeypatch, body: str) -> None:
         )
         return sources
 
-    monkeypatch.setattr(cortex_m, "generate_c", generate)
+    monkeypatch.setattr(c_runtime, "generate_c", generate)  # build_mcus writes through c.write_sources
 
 
 @needs_tools

@@ -1,11 +1,13 @@
-"""Writing the files users keep: each one replaced all at once (temp file + fsync + rename),
-so an interruption at any instant leaves the old file or the new one, never half of one.
+"""The files users keep. Each is written all at once (temp file + fsync + rename), so an
+interruption at any instant leaves the old file or the new one, never half of one; a log
+of JSON lines is read back with every bad line named.
 
 No torch here: the C code generator writes through these too, and must start fast.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -55,3 +57,28 @@ def make_dir(path: str | Path, what: str) -> Path:
     except OSError as exc:
         raise BnnkitError(f"{path}: cannot create the {what} ({exc.strerror})") from None
     return path
+
+
+def read_json_lines(path: str | Path, what: str, key: str, fix: str) -> list[dict]:
+    """The records of a JSON-lines file, each an object with ``key``, blank lines skipped; a
+    line that is not one is a ``BnnkitError`` naming the line, ``what`` it should have been
+    and ``fix``. A missing file has no records."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise BnnkitError(f"{path}: cannot read ({exc.strerror})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or key not in row:
+            raise BnnkitError(f"{path}: line {number} is not {what}{fix}")
+        rows.append(row)
+    return rows

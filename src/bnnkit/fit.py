@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bnnkit.errors import BnnkitError
-from bnnkit.files import atomic_write, make_dir
+from bnnkit.files import atomic_write, make_dir, read_json_lines
 from bnnkit.graph import Graph
 
 RESULTS, BEST, PLOT = "fit.jsonl", "best.bnn", "pareto.png"
@@ -109,25 +109,8 @@ def pareto(rows: list[dict]) -> list[dict]:
 
 
 def _recorded(out: Path) -> dict[str, dict]:
-    path = out / RESULTS
-    if not path.exists():
-        return {}
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        raise BnnkitError(f"{path}: cannot read ({exc.strerror})") from None
-    rows = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            rows[row["name"]] = row
-        except (json.JSONDecodeError, TypeError, KeyError):
-            raise BnnkitError(
-                f"{path}: line {number} is not a candidate's record; delete that line to train the candidate again"
-            ) from None
-    return rows
+    rows = read_json_lines(out / RESULTS, "a candidate's record", "name", "; delete that line to train the candidate again")
+    return {r["name"]: r for r in rows}
 
 
 def fit(

@@ -454,8 +454,8 @@ def verify_images(graph: Graph, first: int, count: int, radii: list[int], timeou
     and, per radius, the counts of answers and the median and largest time."""
     from tqdm import tqdm
 
+    from bnnkit.files import atomic_write, make_dir
     from bnnkit.runtime.evaluate import test_images
-    from bnnkit.train.checkpoint import atomic_write
 
     if count < 1 or first < 0:
         raise BnnkitError(f"--image must be >= 0 and --images >= 1, got {first} and {count}")
@@ -463,7 +463,7 @@ def verify_images(graph: Graph, first: int, count: int, radii: list[int], timeou
     if first + count > len(x):
         raise BnnkitError(f"images {first}..{first + count - 1} asked for, the {name} test set has {len(x)} (0..{len(x) - 1})")
     if save is not None:
-        save.mkdir(parents=True, exist_ok=True)
+        make_dir(save, "counterexample directory")
     queries = []
     for i in tqdm(range(first, first + count), desc="verify", unit="image", disable=not progress, leave=False):
         for eps in radii:

@@ -181,7 +181,6 @@ class Recipe:
         return "".join(f"{key} = {_toml_value(value)}\n" for key, value in self.to_dict().items())
 
     def save(self, path: str | Path) -> None:
-
         path = Path(path)
         atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n" if path.suffix == ".json" else self.to_toml())
 

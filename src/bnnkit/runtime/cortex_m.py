@@ -35,7 +35,7 @@ import numpy as np
 from bnnkit.errors import BnnkitError
 from bnnkit.files import make_dir
 from bnnkit.graph import Graph
-from bnnkit.runtime.c import CFLAGS, generate_c
+from bnnkit.runtime.c import CFLAGS, write_sources
 from bnnkit.runtime.numpy_ref import check_input
 
 TOOLCHAIN_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi"
@@ -300,8 +300,7 @@ def build_mcus(
 
     work = make_dir(workdir, "build directory")
     for graph, prefix in zip(graphs, prefixes):
-        for name, text in generate_c(graph, prefix).items():
-            (work / name).write_text(text)
+        write_sources(graph, work, prefix, scratch=True)
     mcu = resources.files("bnnkit.runtime") / "mcu"
     for name in (*(f"{s}.c" for s in _MCU_SOURCES), "mcu.h", "mps2.ld"):
         (work / name).write_text((mcu / name).read_text())

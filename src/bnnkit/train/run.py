@@ -21,7 +21,7 @@ from bnnkit.data import get_info
 from bnnkit.errors import BnnkitError
 from bnnkit.models import create_model
 from bnnkit.recipe import Recipe
-from bnnkit.files import atomic_write
+from bnnkit.files import atomic_write, read_json_lines
 from bnnkit.train.checkpoint import load_weights, read_json
 
 CONFIG, WEIGHTS, STATE, METRICS, CURVES = "config.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "curves.png"
@@ -103,15 +103,4 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise BnnkitError(f"{path}: line {number} is not an epoch's record (the file was edited or damaged)") from None
-    return rows
+    return read_json_lines(Path(run_dir) / METRICS, "an epoch's record", "epoch", " (the file was edited or damaged)")
