@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from bnnkit.models import create_model
 from bnnkit.nn import clip_latent_weights_
 from bnnkit.recipe import BASELINE
-from bnnkit.train.optim import make_optimizer
+from bnnkit.training.optim import make_optimizer
 
 # (model, options, input shape, classes, images per epoch of the dataset it is meant for)
 CASES = [

@@ -47,7 +47,7 @@ def test_fit_trains_what_fits_and_resumes(tmp_path, monkeypatch):
     assert sizes["small_cnn-width=32-hidden=256"]["flash"] > flash
 
     calls = []
-    import bnnkit.train as train_pkg  # fit imports train when it runs: patch it at the source
+    import bnnkit.training as train_pkg  # fit imports train when it runs: patch it at the source
 
     original = train_pkg.train
 

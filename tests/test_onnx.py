@@ -13,7 +13,7 @@ from bnnkit.cli import main
 from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import BASELINE, load_recipe
-from bnnkit.train import RunConfig, TrainOptions, load_run, train
+from bnnkit.training import RunConfig, TrainOptions, load_run, train
 
 RUNS = {
     "mlp": RunConfig(model="binarynet_mlp", dataset="digits", epochs=1, seed=1, recipe=BASELINE.with_(batch_size=64),

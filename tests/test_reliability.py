@@ -27,10 +27,10 @@ import bnnkit
 import bnnkit.fit as fitmod
 from bnnkit.cli import main
 from bnnkit.graph import Graph
-from bnnkit.train import read_metrics
+from bnnkit.training import read_metrics
 from bnnkit.files import atomic_write
-from bnnkit.train.checkpoint import load_state, read_json
-from bnnkit.train.run import CONFIG, CURVES, METRICS, STATE, WEIGHTS, load_run
+from bnnkit.training.checkpoint import load_state, read_json
+from bnnkit.training.run import CONFIG, CURVES, METRICS, STATE, WEIGHTS, load_run
 from test_data import cifar_images, make_idx_dir, write_cifar_bin, write_cifar_py
 from test_graph import _rewrite
 
@@ -117,7 +117,7 @@ def test_fit_killed_mid_candidate_keeps_the_finished_ones(tmp_path, monkeypatch,
             assert_run_files_valid(run)
             kept[run] = read_metrics(run)[: load_state(run / STATE)["epoch"]]
 
-    import bnnkit.train as train_pkg  # fit imports train when it runs: patch it at the source
+    import bnnkit.training as train_pkg  # fit imports train when it runs: patch it at the source
 
     trained, original = [], train_pkg.train
 

@@ -19,7 +19,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.recipe import METHODS, TOPOLOGY, TRAINING
 from bnnkit.review import Store, expand, load_grid, preset_names, run_review, summarize, write_report
 from bnnkit.review.runner import run_dir
-from bnnkit.train import TrainOptions, read_metrics, train
+from bnnkit.training import TrainOptions, read_metrics, train
 from test_data import cifar_images, write_cifar_bin
 
 TINY = {

@@ -8,9 +8,9 @@ import torch
 from bnnkit.errors import BnnkitError
 from bnnkit.nn import binary_layers
 from bnnkit.recipe import BASELINE
-from bnnkit.train import RunConfig, TrainOptions, evaluate, load_run, read_metrics, train
-from bnnkit.train.checkpoint import load_state
-from bnnkit.train.optim import lr_factor, make_optimizer
+from bnnkit.training import RunConfig, TrainOptions, evaluate, load_run, read_metrics, train
+from bnnkit.training.checkpoint import load_state
+from bnnkit.training.optim import lr_factor, make_optimizer
 from bnnkit.data import load_dataset
 
 QUIET = TrainOptions(progress=False)
@@ -36,7 +36,7 @@ def test_run_directory_contents(tmp_path):
 
 def interrupt_after_first_checkpoint(monkeypatch):
     """Make the loop die (like Ctrl-C) right after its first epoch has been committed."""
-    import bnnkit.train.loop as loop
+    import bnnkit.training.loop as loop
 
     real = loop.save_state
 
@@ -148,7 +148,7 @@ def test_bop_flips_binary_weights_and_adam_trains_the_rest(tmp_path):
 
 
 def test_bop_step_by_hand():
-    from bnnkit.train.optim import Bop
+    from bnnkit.training.optim import Bop
 
     w = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.5, -0.7]))
     bop = Bop([w], threshold=0.05, gamma=0.5)
@@ -181,7 +181,7 @@ def test_two_stage_first_half_trains_real_weights(tmp_path):
 
 
 def test_distillation_trains_a_full_precision_teacher_then_matches_it(tmp_path):
-    from bnnkit.train.loop import distribution_loss
+    from bnnkit.training.loop import distribution_loss
 
     train(digits_config(epochs=1, distill=True), tmp_path / "kd", QUIET)
     teacher, teacher_config = load_run(tmp_path / "kd" / "teacher")

@@ -52,7 +52,7 @@ def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from bnnkit.recipe import load_recipe
-    from bnnkit.train import RunConfig, TrainOptions, distributed, train
+    from bnnkit.training import RunConfig, TrainOptions, distributed, train
 
     recipe = load_recipe(args.recipe)
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from bnnkit.data import load_dataset
-    from bnnkit.train import evaluate, load_run
+    from bnnkit.training import evaluate, load_run
 
     model, config = load_run(args.run_dir)
     dataset = args.dataset or config.dataset

@@ -12,7 +12,7 @@ import numpy as np
 from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import load_recipe
-from bnnkit.train import RunConfig, TrainOptions, train
+from bnnkit.training import RunConfig, TrainOptions, train
 
 # Measured on 2 CPU cores (see README): these finish well inside 10 minutes. The embedded
 # recipe binarizes the first and last layers too, so the whole network exports exactly.

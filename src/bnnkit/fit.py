@@ -129,7 +129,7 @@ def fit(
 ) -> dict:
     from bnnkit.data import get_info
     from bnnkit.recipe import load_recipe
-    from bnnkit.train import RunConfig, TrainOptions, train
+    from bnnkit.training import RunConfig, TrainOptions, train
 
     if ram <= 0 or flash <= 0 or budget_minutes <= 0 or epochs < 1:
         raise BnnkitError("--ram, --flash and --budget-minutes must be > 0 and --epochs >= 1")
@@ -198,7 +198,7 @@ def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, f
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bnnkit.train.plots import save_figure
+    from bnnkit.training.plots import save_figure
 
     fig, (ax_acc, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax_acc.scatter([r["ram"] for r in trained], [r["accuracy"] for r in trained], c="tab:gray", label="trained")

@@ -20,7 +20,7 @@ def export_model(model: nn.Module, in_shape: tuple[int, int, int], allow_approx:
 
 def export_run(run_dir: str | Path, allow_approx: bool = False) -> tuple[Graph, nn.Module, "RunConfig"]:  # noqa: F821
     """Export the model of a ``bnnkit train`` directory; the graph records where it came from."""
-    from bnnkit.train.run import load_run
+    from bnnkit.training.run import load_run
 
     model, config = load_run(run_dir)
     graph = export_model(model, config.to_dict()["in_shape"], allow_approx)

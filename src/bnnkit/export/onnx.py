@@ -108,7 +108,7 @@ def export_onnx(run_dir: str | Path, output: str | Path, check: int = 1000, data
     """``bnnkit export --format onnx``: write the ONNX file of a run, then run it in
     onnxruntime on the first ``check`` test images against PyTorch."""
     from bnnkit.data import load_dataset
-    from bnnkit.train.run import load_run
+    from bnnkit.training.run import load_run
 
     if check < 0:
         raise BnnkitError(f"--check must be >= 0, got {check}")

@@ -34,7 +34,7 @@ from typing import Any
 
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import METHODS, Recipe, apply_methods, get_method, load_recipe
-from bnnkit.train import RunConfig
+from bnnkit.training import RunConfig
 
 BASELINE_LABEL, COMBINATION = "baseline", "combination"
 

@@ -21,7 +21,7 @@ from bnnkit.recipe import TOPOLOGY, TRAINING
 from bnnkit.review.grid import BASELINE_LABEL, COMBINATION
 from bnnkit.review.store import Store
 from bnnkit.files import atomic_write, make_dir
-from bnnkit.train.plots import save_figure
+from bnnkit.training.plots import save_figure
 
 CATEGORY_ORDER = (BASELINE_LABEL, TRAINING, TOPOLOGY, COMBINATION)
 COLORS = {BASELINE_LABEL: "black", TRAINING: "tab:blue", TOPOLOGY: "tab:orange", COMBINATION: "tab:green"}

@@ -30,7 +30,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.files import make_dir
 from bnnkit.review.grid import Grid, RunSpec
 from bnnkit.review.store import Store
-from bnnkit.train import TrainOptions, read_metrics, train
+from bnnkit.training import TrainOptions, read_metrics, train
 
 EXECUTORS = ("local", "ray")
 LOCK = "review.lock"

@@ -30,12 +30,12 @@ from bnnkit.data import ArrayDataset, batches, load_dataset, augmentation_for
 from bnnkit.errors import BnnkitError
 from bnnkit.nn import clip_latent_weights_, set_weight_binarization
 from bnnkit.quant import set_training_progress
-from bnnkit.train import distributed
+from bnnkit.training import distributed
 from bnnkit.files import atomic_write, make_dir
-from bnnkit.train.checkpoint import load_state, save_state, save_weights
-from bnnkit.train.optim import lr_factor, make_optimizer, set_lr
-from bnnkit.train.plots import plot_curves
-from bnnkit.train.run import CURVES, METRICS, STATE, WEIGHTS, RunConfig, load_run, read_metrics
+from bnnkit.training.checkpoint import load_state, save_state, save_weights
+from bnnkit.training.optim import lr_factor, make_optimizer, set_lr
+from bnnkit.training.plots import plot_curves
+from bnnkit.training.run import CURVES, METRICS, STATE, WEIGHTS, RunConfig, load_run, read_metrics
 
 EVAL_BATCH = 1000
 

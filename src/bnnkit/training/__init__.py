@@ -1,6 +1,6 @@
 """Training: the loop, optimisers and schedules, checkpoints and run directories."""
 
-from bnnkit.train.loop import TrainOptions, evaluate, pick_device, train
-from bnnkit.train.run import RunConfig, load_run, read_metrics
+from bnnkit.training.loop import TrainOptions, evaluate, pick_device, train
+from bnnkit.training.run import RunConfig, load_run, read_metrics
 
 __all__ = ["RunConfig", "TrainOptions", "evaluate", "load_run", "pick_device", "read_metrics", "train"]

@@ -22,7 +22,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.models import create_model
 from bnnkit.recipe import Recipe
 from bnnkit.files import atomic_write, read_json_lines
-from bnnkit.train.checkpoint import load_weights, read_json
+from bnnkit.training.checkpoint import load_weights, read_json
 
 CONFIG, WEIGHTS, STATE, METRICS, CURVES = "config.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "curves.png"
 
