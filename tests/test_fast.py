@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Op
 from bnnkit.runtime import evaluate, fast, numpy_ref
-from graphgen import SETTINGS, ebnn_cnn, graph_cases
+from bnnkit.runtime.c import build_hosts
+from graphgen import SETTINGS, case_from_seed, ebnn_cnn, graph_cases
 
 ISAS = [pytest.param(isa, marks=pytest.mark.skipif(isa not in fast.supported_isas(), reason=f"this CPU lacks {isa}"))
         for isa in fast.ISAS]
@@ -166,6 +167,26 @@ def test_run_graph_runtimes(monkeypatch):
     for runtime in ("c", "c-portable"):
         result = evaluate.run_graph(graph, runtime)
         assert result["bit_exact"] and result["agreement"] == 1.0 and runtime in result["seconds"]
+
+
+def test_an_empty_batch_gives_empty_results_in_every_runtime(tmp_path):
+    """The predict contract for 0 images, in the NumPy reference, the host kernels (every ISA)
+    and the compiled C: (0, classes) scores and (0,) labels, of the dtypes the same runtime
+    gives one image. Graphs with int32 and with float32 scores."""
+    cases = [case_from_seed(seed) for seed in (0, 2)]
+    assert {numpy_ref.predict(c.graph, c.x[:1])[0].dtype for c in cases} == {np.dtype(np.int32), np.dtype(np.float32)}
+    hosts = build_hosts([c.graph for c in cases], tmp_path)
+    for case, host in zip(cases, hosts):
+        runtimes = [lambda x: numpy_ref.predict(case.graph, x), host.predict]
+        runtimes += [fast.FastModel(case.graph, isa).predict for isa in fast.supported_isas()]
+        for predict in runtimes:
+            (scores, labels), (one_scores, one_labels) = predict(case.x[:0]), predict(case.x[:1])
+            assert scores.shape == (0, case.graph.num_classes) and labels.shape == (0,)
+            assert (scores.dtype, labels.dtype) == (one_scores.dtype, one_labels.dtype)
+        empty_but_wrong = np.zeros((0, 1, 2, 2), np.uint8)  # an empty batch is still checked
+        for predict in runtimes:
+            with pytest.raises(BnnkitError, match="graph input must be uint8 of shape"):
+                predict(empty_but_wrong)
 
 
 def test_popcount_peak_counts_bit_products():

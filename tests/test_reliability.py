@@ -389,9 +389,8 @@ def snapshot(path: Path):
     return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_malformed_input_is_one_clear_line_and_writes_nothing(name, trained, tmp_path, monkeypatch, capsys):
-    bad = CASES[name](Ctx(tmp_path, *trained, monkeypatch))
+def assert_one_clear_line(bad: Bad, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``bnnkit BAD.args`` exits 2 with one ``error:`` line naming the file and the problem, and writes nothing."""
     before = {p: snapshot(p) for p in bad.outputs}
     capsys.readouterr()
     assert main(bad.args) == 2
@@ -402,6 +401,11 @@ def test_malformed_input_is_one_clear_line_and_writes_nothing(name, trained, tmp
     for path, was in before.items():
         assert snapshot(path) == was, f"{path} was written"
     assert not list(tmp_path.rglob(".*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_malformed_input_is_one_clear_line_and_writes_nothing(name, trained, tmp_path, monkeypatch, capsys):
+    assert_one_clear_line(CASES[name](Ctx(tmp_path, *trained, monkeypatch)), tmp_path, capsys)
 
 
 def test_a_real_process_gets_the_one_line_and_status_2(trained, tmp_path, monkeypatch):

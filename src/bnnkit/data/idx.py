@@ -1,10 +1,20 @@
-"""IDX files (the MNIST family's format), gzipped or raw, validated before use."""
+"""IDX files (the MNIST family's format), gzipped or raw, validated before use.
+
+A file comes from anyone, so nothing is allocated before the header is checked: the header
+is read first, the size it implies is computed with Python integers (header dimensions
+overflow NumPy's int64) and bounded, and then exactly that many bytes are read, a gzip
+stream decompressed a chunk at a time. A gzip bomb therefore costs at most the size its
+header declares, and that declared size is bounded twice: by ``MAX_ITEMS`` and by what
+the compressed file can possibly expand to.
+"""
 
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -12,28 +22,74 @@ from bnnkit.errors import BnnkitError
 
 # Magic = 0x0000 | type code (0x08: unsigned byte) | number of dimensions.
 UBYTE = 0x08
+# Images (or labels) per file. EMNIST ByClass, the largest set published in this format,
+# has 697,932 training images; MNIST and Fashion-MNIST have 60,000.
+MAX_ITEMS = 1_000_000
+# zlib's documented limit: deflate never expands a byte of input to more than 1032 bytes.
+MAX_DEFLATE_RATIO = 1032
+# Decompressed bytes read per call, so that no temporary outgrows this.
+CHUNK = 1 << 20
 
 
-def read_idx(path: Path, ndim: int, hint: str) -> np.ndarray:
-    """The uint8 array of an IDX file with ``ndim`` dimensions; any defect is a BnnkitError."""
+def _open(path: Path) -> BinaryIO:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_into(f: BinaryIO, out: np.ndarray) -> int:
+    """Fill ``out`` from ``f`` a chunk at a time; the number of bytes read (short at EOF)."""
+    view, done = memoryview(out), 0
+    while done < len(out):
+        got = f.readinto(view[done : done + CHUNK])
+        if not got:
+            break
+        done += got
+    return done
+
+
+def read_idx(path: Path, item_shape: tuple[int, ...], what: str, hint: str) -> np.ndarray:
+    """The uint8 array (N, *item_shape) of an IDX file holding N ``what`` of ``item_shape``;
+    any defect is a BnnkitError."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with _open(path) as f:
+            return _read_checked(f, path, item_shape, what, hint)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise BnnkitError(f"{path}: cannot read ({exc}) — {hint}") from None
-    if len(raw) < 4:
-        raise BnnkitError(f"{path}: {len(raw)} bytes, too short for an IDX header — {hint}")
-    zero, dtype, dims = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
-    if zero != 0 or dtype != UBYTE or dims != ndim:
-        magic = raw[:4].hex()
-        raise BnnkitError(f"{path}: IDX magic 0x{magic}, expected 0x{UBYTE:06x}{ndim:02x} (unsigned bytes, {ndim}-D) — {hint}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+
+
+def _read_checked(f: BinaryIO, path: Path, item_shape: tuple[int, ...], what: str, hint: str) -> np.ndarray:
+    ndim = 1 + len(item_shape)
+    magic = f.read(4)
+    if len(magic) < 4:
+        raise BnnkitError(f"{path}: {len(magic)} bytes, too short for an IDX header — {hint}")
+    if magic != bytes([0, 0, UBYTE, ndim]):
+        raise BnnkitError(f"{path}: IDX magic 0x{magic.hex()}, expected 0x{UBYTE:06x}{ndim:02x} (unsigned bytes, {ndim}-D) — {hint}")
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise BnnkitError(f"{path}: truncated IDX header — {hint}")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
-        raise BnnkitError(f"{path}: {len(raw)} bytes, but its header {shape} implies {expected} — {hint}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    if shape[1:] != item_shape:
+        got, want = "x".join(map(str, shape[1:])), "x".join(map(str, item_shape))
+        raise BnnkitError(f"{path}: {what} are {got}, expected {want} — {hint}")
+    if shape[0] > MAX_ITEMS:
+        raise BnnkitError(f"{path}: its header declares {shape[0]:,} {what}, more than the {MAX_ITEMS:,} allowed — {hint}")
+    header = 4 + 4 * ndim
+    expected = header + shape[0] * math.prod(item_shape)
+    stored = path.stat().st_size
+    if path.suffix == ".gz":
+        if expected > stored * MAX_DEFLATE_RATIO:
+            raise BnnkitError(f"{path}: its header {shape} implies {expected:,} bytes, more than {stored:,} gzipped bytes can hold — {hint}")
+    elif stored != expected:
+        raise BnnkitError(f"{path}: {stored} bytes, but its header {shape} implies {expected} — {hint}")
+    try:
+        data = np.empty(expected - header, dtype=np.uint8)
+    except MemoryError:
+        raise BnnkitError(f"{path}: not enough memory for the {expected:,} bytes its header {shape} implies — {hint}") from None
+    got = header + _read_into(f, data)
+    if got < expected:
+        raise BnnkitError(f"{path}: {got} bytes, but its header {shape} implies {expected} — {hint}")
+    if f.read(1):
+        raise BnnkitError(f"{path}: more than the {expected} bytes its header {shape} implies — {hint}")
+    return data.reshape(shape)
 
 
 def find_file(directory: Path, stem: str) -> Path | None:
@@ -52,12 +108,12 @@ def load_idx_split(directory: Path, split: str, num_classes: int, hint: str) -> 
     if missing:
         wanted = ", ".join(f"{m}[.gz]" for m in missing)
         raise BnnkitError(f"{directory}: missing {wanted} — {hint}")
-    images = read_idx(images_path, 3, hint)
-    labels = read_idx(labels_path, 1, hint)
-    if images.shape[1:] != (28, 28):
-        raise BnnkitError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28 — {hint}")
+    images = read_idx(images_path, (28, 28), "images", hint)
+    if len(images) == 0:
+        raise BnnkitError(f"{images_path}: holds 0 images — {hint}")
+    labels = read_idx(labels_path, (), "labels", hint)
     if len(images) != len(labels):
         raise BnnkitError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name} — {hint}")
-    if len(labels) and labels.max() >= num_classes:
+    if labels.max() >= num_classes:
         raise BnnkitError(f"{labels_path}: label {labels.max()} out of range 0..{num_classes - 1} — {hint}")
     return images[:, None, :, :], labels.astype(np.int64)

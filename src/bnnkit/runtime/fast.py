@@ -360,10 +360,12 @@ class FastModel:
         return {name: env[name] for name in (self.graph.scores, self.graph.ops[-1].output)}
 
     def predict(self, x: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (N, classes) and labels (N,), equal to ``numpy_ref.predict``'s."""
+        """Scores (N, classes) and labels (N,), equal to ``numpy_ref.predict``'s; N may be 0."""
         x = numpy_ref.check_input(self.graph, x)
+        if len(x) == 0:
+            return numpy_ref.no_predictions(self.graph)
         scores, labels = [], []
-        for i in range(0, max(len(x), 1), batch_size):
+        for i in range(0, len(x), batch_size):
             env = self.execute(x[i : i + batch_size])
             scores.append(env[self.graph.scores])
             labels.append(env[self.graph.ops[-1].output])

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import INT32_MIN, Graph, Op, pair
+from bnnkit.graph import _DTYPES, INT32_MIN, Graph, Op, pair
 
 PAD_VALUE = {"zero": 0.0, "minus_one": -1.0, "plus_one": 1.0}
 
@@ -152,10 +152,20 @@ def execute(graph: Graph, x: np.ndarray, keep: bool = False) -> dict[str, np.nda
     return {graph.scores: env[graph.scores], graph.ops[-1].output: env[graph.ops[-1].output]}
 
 
+def no_predictions(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
+    """What ``predict`` returns for 0 images: (0, classes) scores of the graph's score type
+    and (0,) int64 labels. The ops are not run on an empty batch: reshapes to (0, -1) are
+    ambiguous."""
+    return np.zeros((0, graph.num_classes), _DTYPES[graph.types[graph.scores][0]]), np.zeros(0, np.int64)
+
+
 def predict(graph: Graph, x: np.ndarray, batch_size: int = 100, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N, classes) and labels (N,) for a set of images, a batch at a time."""
+    """Scores (N, classes) and labels (N,) for a set of images, a batch at a time; N may be 0."""
     from tqdm import tqdm
 
+    x = check_input(graph, x)
+    if len(x) == 0:
+        return no_predictions(graph)
     scores, labels = [], []
     starts = range(0, len(x), batch_size)
     for i in tqdm(starts, desc="numpy runtime", unit="batch", disable=not progress, leave=False):
