@@ -5,6 +5,7 @@ and none makes a reader allocate more than the bounded size the file's header de
 
 import codecs
 import gzip
+import io
 import pickle
 import re
 import struct
@@ -100,8 +101,9 @@ def run_capped(tmp_path: Path, data_dir: Path, dataset: str, names: Path) -> tup
     """``bnnkit run`` on ``dataset`` in ``data_dir`` with at most CAP bytes of address space:
     exit 2 with one ``error:`` line naming ``names``. Its message and peak RSS in bytes."""
     graph = tmp_path / "tiny.bnn"  # the data fails to load before the graph's shape is compared with it
-    w = np.ones((10, 784), bool)
-    Graph((1, 28, 28), [Op("flatten", ["input"], "f"), Op("input_dense", ["f"], "d", {}, {"weight": w}), Op("argmax", ["d"], "y")]).save(graph)
+    ops = [Op("flatten", ["input"], "f"), Op("input_dense", ["f"], "d", {}, {"weight": np.ones((10, 784), bool)}),
+           Op("argmax", ["d"], "y")]
+    Graph((1, 28, 28), ops).save(graph)
     rss = tmp_path / "maxrss"
     args = ["run", str(graph), "--dataset", dataset, "--data-dir", str(data_dir), "--json"]
     proc = subprocess.run([sys.executable, "-c", CAPPED, str(CAP), str(rss), *args], capture_output=True, text=True, timeout=300)
@@ -291,3 +293,28 @@ def test_an_empty_test_set_is_one_clear_line(command, trained, tmp_path, monkeyp
     target = c.graph if command == "run" else c.run
     args = [command, str(target), "--dataset", "mnist", "--data-dir", str(root), "--json"]
     assert_one_clear_line(Bad(args, str(root / MNIST_TEST), "holds 0 images"), tmp_path, capsys)
+
+
+class Python2Pickler(pickle._Pickler):
+    """Pickles as Python 2 did, where bytes and text were both ``str``: as BINSTRING, not as
+    ``_codecs.encode`` of text. The format of the published CIFAR python batches."""
+
+    def save_str(self, obj):
+        self.save_bytes(obj.encode("latin1"))
+
+    def save_bytes(self, obj):
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + obj)
+        self.memoize(obj)
+
+    dispatch = {**pickle._Pickler.dispatch, str: save_str, bytes: save_bytes}
+
+
+def test_python_2_pickles_still_load(tmp_path):
+    images = cifar_images(3)
+    f = io.BytesIO()
+    Python2Pickler(f, protocol=2).dump(batch(data=images.reshape(3, -1), labels=[7, 0, 9]) | {b"batch_label": b"testing"})
+    assert b"_codecs" not in f.getvalue()
+    pickle_batch_dir(tmp_path, f.getvalue())
+    ds = load_dataset("cifar10", "test", tmp_path)
+    assert np.array_equal(ds.x, images) and ds.y.tolist() == [7, 0, 9]

@@ -236,8 +236,9 @@ def load_cifar(name: str, directory: Path, split: str, num_classes: int, hint: s
             directory = base
             break
     candidates = []
+    label_bytes = 2 if name == "cifar100" else 1
     for folder, files, reader in (
-        (bin_dir, bin_train if split == "train" else [bin_test], lambda p: _read_binary_batch(p, 2 if name == "cifar100" else 1, num_classes, hint)),
+        (bin_dir, bin_train if split == "train" else [bin_test], lambda p: _read_binary_batch(p, label_bytes, num_classes, hint)),
         (py_dir, py_train if split == "train" else [py_test], lambda p: _read_python_batch(p, label_key, num_classes, hint)),
     ):
         for root in (directory / folder, directory):

@@ -77,7 +77,8 @@ def _read_checked(f: BinaryIO, path: Path, item_shape: tuple[int, ...], what: st
     stored = path.stat().st_size
     if path.suffix == ".gz":
         if expected > stored * MAX_DEFLATE_RATIO:
-            raise BnnkitError(f"{path}: its header {shape} implies {expected:,} bytes, more than {stored:,} gzipped bytes can hold — {hint}")
+            raise BnnkitError(
+                f"{path}: its header {shape} implies {expected:,} bytes, more than {stored:,} gzipped bytes can hold — {hint}")
     elif stored != expected:
         raise BnnkitError(f"{path}: {stored} bytes, but its header {shape} implies {expected} — {hint}")
     try:
