@@ -94,9 +94,10 @@ def _empty_bytes() -> bytes:
     return b""
 
 
-class _Ndarray:
-    """What the name ``numpy.ndarray`` stands for in a batch: only ``_reconstruct``'s first
-    argument, never a callable (``ndarray(shape)`` would allocate any shape)."""
+# What the name ``numpy.ndarray`` stands for in a batch: only ``_reconstruct``'s first argument,
+# never a callable (``ndarray(shape)`` would allocate any shape), nor a class whose attributes
+# a BUILD opcode could set.
+_NDARRAY = object()
 
 
 # A batch's arrays: uint8 pixels, and integer labels where a writer stored them as an array.
@@ -124,7 +125,7 @@ class _BatchUnpickler(pickle.Unpickler):
             ("_codecs", "encode"): self._encode,
             ("numpy.core.multiarray", "_reconstruct"): self._reconstruct,
             ("numpy._core.multiarray", "_reconstruct"): self._reconstruct,
-            ("numpy", "ndarray"): _Ndarray,
+            ("numpy", "ndarray"): _NDARRAY,
             ("numpy", "dtype"): self._dtype,
             # Python 3's protocol 2 stores b"" as bytes(); bytes(n) would allocate n bytes, so no argument is taken
             ("__builtin__", "bytes"): _empty_bytes,
@@ -158,8 +159,9 @@ class _BatchUnpickler(pickle.Unpickler):
 
     def _reconstruct(self, subtype, shape, typecode):
         # NumPy pickles every array as _reconstruct(ndarray, (0,), b'b') and sets its content after.
-        if subtype is not _Ndarray or shape != (0,) or typecode != b"b":
-            raise self._refuse(f"numpy _reconstruct{reprlib.repr((subtype, shape, typecode))}")
+        if subtype is not _NDARRAY or shape != (0,) or typecode != b"b":
+            got = f"{'ndarray' if subtype is _NDARRAY else type(subtype).__name__}, {reprlib.repr(shape)}, {reprlib.repr(typecode)}"
+            raise BnnkitError(f"{self.path}: refuses numpy _reconstruct({got}); NumPy writes _reconstruct(ndarray, (0,), b'b')")
         array = _BatchArray((0,), np.uint8)
         array.check_state = self._check_array_state
         return array
