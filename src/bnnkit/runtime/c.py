@@ -563,7 +563,7 @@ class _Emitter:
 def generate_c(graph: Graph, prefix: str = "bnn") -> dict[str, str]:
     """The sources ``{prefix}.h`` and ``{prefix}.c`` of ``graph``."""
     if not (isinstance(prefix, str) and PREFIX.fullmatch(prefix)):
-        raise BnnkitError(f"prefix {prefix!r} is not a C identifier of at most 64 letters, digits and _, starting with a letter")
+        raise BnnkitError(f"prefix {prefix!r} is not a C identifier (a letter, then at most 63 letters, digits and _)")
     e = _Emitter(graph, prefix)
     for step in e.plan.steps:
         e.step(step)
