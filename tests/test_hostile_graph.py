@@ -175,8 +175,9 @@ def bases(tmp_path_factory) -> list[Path]:
 
 # --- the fuzz -------------------------------------------------------------------------------------
 
-# Pasted into a C comment, this would run `touch` when the program starts.
-INJECT = 'x */ int system(const char *); __attribute__((constructor)) static void pwn(void) {{ system("touch {}"); }} /* y'
+# An op name that bnnkit before issue 15 pasted into a comment inside bnn_infer: `bnnkit run
+# --runtime c-portable` compiled it and ran the `touch` (exit 0, the file created).
+INJECT = 'x */ int system(const char *); system("touch {}"); /* y'
 NASTY_TEXT = [
     "*/", "/*", "//", '"', "'", "\n", "\r\n", "#include <stdlib.h>", "#define bnn_infer main", "\\", "\\\n", "??/",
     "a*/b", "%s%n", "\x00", "\u2028", "\x85", "é", "x" * 300, "../../evil", "bnn.c", "op000.weight", "input", "t0",
@@ -360,7 +361,7 @@ HEADER_CASES = {**TYPE_CASES, **BOUND_CASES}
 # item 1: text that would reach generated C (INJECT, above)
 NAME = "expected a name of at most 128 letters, digits, '_' and '.', got"
 INJECTION_CASES = {
-    "op name": (lambda h, text: h["ops"][0].update(name=text), f'header field ops[0].name: {NAME} "x */ int system'),
+    "op name": (lambda h, text: h["ops"][0].update(name=text), f'header field ops[0].name: {NAME} "x */ int system(const'),
     "tensor name": (lambda h, text: h["ops"][0].update(output=text), f"header field ops[0].output: {NAME}"),
     "input name": (lambda h, text: h["input"].update(name=text), f"header field input.name: {NAME}"),
     "param tensor key": (lambda h, text: h["ops"][0]["params"]["weight"].update(tensor=text),
@@ -400,6 +401,10 @@ def regressions(bases, tmp_path_factory) -> dict[str, list[dict]]:
     for name, text in raw.items():
         path = write_crafted(work / f"{len(cases)}.bnn", None, tensors, raw=text)
         add(f"raw {name}", path, ["profile", path, "--json"])
+    path = work / "bfloat16.bnn"  # safetensors written by hand: NumPy has no bfloat16 to write it with
+    entry = json.dumps({"x": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]}, "__metadata__": {"bnnkit": "{}"}})
+    path.write_bytes(len(entry).to_bytes(8, "little") + entry.encode() + bytes(6))
+    add("raw bfloat16 tensor", path, ["profile", path, "--json"])
     stale = copy.deepcopy(header)
     stale["ops"][0]["name"] = "renamed"  # valid, but the header is under the SHA-256
     path = write_crafted(work / "stale.bnn", stale, tensors, "stale")
@@ -443,6 +448,7 @@ def test_text_for_generated_c_is_refused_and_never_runs(regressions, name):
     ("raw 5,000 digits", "the bnnkit graph header is not valid JSON"),
     ("raw NaN", "header: expected a JSON object, got NaN"),
     ("raw not JSON", "the bnnkit graph header is not valid JSON"),
+    ("raw bfloat16 tensor", "not a readable graph file (truncated or not safetensors): data type 'bfloat16' not understood"),
     ("stale digest", "contents do not match the header's SHA-256"),
 ])
 def test_unreadable_or_altered_headers_are_one_error_line(regressions, name, fragment):

@@ -247,7 +247,7 @@ class Graph:
             with safe_open(str(path), framework="numpy") as f:
                 metadata = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError, TypeError) as e:  # TypeError: a dtype NumPy lacks (bfloat16)
             raise BnnkitError(f"{path}: not a readable graph file (truncated or not safetensors): {e}") from None
         scale = LARGE_GRAPH_FACTOR if allow_large else 1
         try:
@@ -409,6 +409,8 @@ _META_TEXT = ("dataset", "model", "recipe", "run")  # read by bnnkit as strings
 
 def _show(value: Any) -> str:
     """``value`` as one short line of JSON (NaN and Infinity spelled as JSON parsers read them)."""
+    if isinstance(value, (list, dict)) and len(value) > 8:  # never encode a huge value to show 60 characters of it
+        return f"a {'list' if isinstance(value, list) else 'JSON object'} of {len(value)} items"
     try:
         text = json.dumps(value, default=str)
     except (RecursionError, ValueError):
