@@ -96,13 +96,13 @@ def test_tampered_tensor(saved):
 
 def test_wrong_version(saved):
     _rewrite(saved, header_change=lambda h: h.update(version=FORMAT_VERSION + 1))
-    with pytest.raises(BnnkitError, match="version 2.*re-export"):
+    with pytest.raises(BnnkitError, match=f"version {FORMAT_VERSION + 1}, .*re-export"):
         Graph.load(saved)
 
 
 def test_unknown_op(saved):
     _rewrite(saved, header_change=lambda h: h["ops"][4].update(kind="softmax"))
-    with pytest.raises(BnnkitError, match="op 4 \\(softmax\\): unknown op"):
+    with pytest.raises(BnnkitError, match='header field ops\\[4\\]\\.kind: unknown op "softmax"'):
         Graph.load(saved)
 
 
@@ -116,7 +116,7 @@ def test_not_a_graph(tmp_path):
     "change, message",
     [
         (lambda ops: ops.pop(), "must end with an argmax"),
-        (lambda ops: ops[3].attrs.update(pad="reflect"), "pad must be one of"),
+        (lambda ops: ops[3].attrs.update(pad="reflect"), 'attribute pad: expected one of zero, minus_one, plus_one, got "reflect"'),
         (lambda ops: ops[1].params.update(thresh=np.zeros(3, np.int32)), "thresh has shape"),
         (lambda ops: ops[4].inputs.__setitem__(0, "nowhere"), "not produced by an earlier op"),
         (lambda ops: ops[5].__setattr__("inputs", ["c"]), "input 'c' is bits, expected i32/f32"),

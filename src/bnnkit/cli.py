@@ -46,6 +46,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_graph_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    p.add_argument("--allow-large-graph", action="store_true",
+                   help="raise the graph file's resource limits 64-fold (see docs/reliability.md, threat model)")
+
+
+def _load_graph(args: argparse.Namespace):
+    from bnnkit.graph import Graph
+
+    return Graph.load(args.graph, allow_large=args.allow_large_graph)
+
+
 def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
     print(json.dumps(result) if args.json else text)
 
@@ -143,10 +155,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from bnnkit.graph import Graph
     from bnnkit.runtime.evaluate import run_graph
 
-    graph = Graph.load(args.graph)
+    graph = _load_graph(args)
     r = run_graph(graph, args.runtime, args.dataset, args.limit, args.data_dir, progress=not args.json)
     exact = "bit-identical scores" if r["bit_exact"] else "scores differ"
     text = (
@@ -167,9 +178,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_profile(args: argparse.Namespace) -> None:
     from bnnkit.cost.graph_cost import format_profile, profile
-    from bnnkit.graph import Graph
 
-    graph = Graph.load(args.graph)
+    graph = _load_graph(args)
     result = profile(graph)
     if args.target:
         import tempfile
@@ -186,17 +196,14 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 
 def cmd_codegen(args: argparse.Namespace) -> None:
-    from bnnkit.graph import Graph
     from bnnkit.runtime.c import write_sources
 
-    files = write_sources(Graph.load(args.graph), args.output, args.prefix)
+    files = write_sources(_load_graph(args), args.output, args.prefix)
     _emit(args, {"files": [str(f) for f in files]}, "wrote " + ", ".join(str(f) for f in files))
 
 
 def cmd_build(args: argparse.Namespace) -> None:
-    from bnnkit.graph import Graph
-
-    graph = Graph.load(args.graph)
+    graph = _load_graph(args)
     if args.target == "host":
         from bnnkit.runtime.c import build_host
 
@@ -296,15 +303,13 @@ def _cost_delta_lines(costs: dict[str, dict]) -> list[tuple[str, ...]]:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    from bnnkit.graph import Graph
-
     try:
         from bnnkit.verify import verify_images
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("pysat"):
             raise
         raise BnnkitError('bnnkit verify needs PySAT: pip install "bnnkit[verify]"') from None
-    result = verify_images(Graph.load(args.graph), args.image, args.images, args.eps, args.timeout, args.dataset,
+    result = verify_images(_load_graph(args), args.image, args.images, args.eps, args.timeout, args.dataset,
                            args.data_dir, save=args.save, progress=not args.json, solver=args.solver,
                            encoding=args.encoding)
     lines = [f"{q['image']:>6} {q['eps']:>4} {q['status']:<15} {q['seconds']:8.2f} s  {q['clauses']:>10,} clauses"
@@ -379,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("run", help="accuracy of a graph in a runtime, and its agreement with the numpy reference")
-    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    _add_graph_args(p)
     p.add_argument("--runtime", choices=RUNTIMES, default="numpy",
                    help="numpy (the reference), c (bnnkit's fast host kernels, in-process), c-portable (the generated "
                    "C99 compiled on this host) or a Cortex-M core emulated in QEMU")
@@ -390,21 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("profile", help="per layer: weight bytes, activation bytes, binary and FP ops; planned RAM")
-    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    _add_graph_args(p)
     p.add_argument("--target", choices=("cortex-m3", "cortex-m4", "cortex-m7"),
                    help="also build for this core and show what was measured in QEMU beside the analytic figures")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profile)
 
     p = sub.add_parser("codegen", help="write the C sources of a graph for your own build")
-    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    _add_graph_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="directory for the .c and .h")
     p.add_argument("--prefix", default="bnn", help="C identifier prefix and file name (default bnn)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_codegen)
 
     p = sub.add_parser("build", help="compile a graph for a Cortex-M core (an ELF for QEMU's MPS2 boards) or for this host")
-    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    _add_graph_args(p)
     p.add_argument("--target", required=True, choices=("cortex-m3", "cortex-m4", "cortex-m7", "host"))
     p.add_argument("-o", "--output", type=Path, required=True, help="build directory (sources, objects, the ELF or executable)")
     p.add_argument("--stack-size", type=int, default=8192, help="bytes reserved for the stack on a Cortex-M (default 8192)")
@@ -448,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("verify", help="prove a graph's label robust within an L∞ radius of a test image, or find a counterexample (SAT)")
-    p.add_argument("graph", type=Path, metavar="MODEL.bnn")
+    _add_graph_args(p)
     p.add_argument("--image", type=int, required=True, help="index of the (first) test image")
     p.add_argument("--images", type=int, default=1, help="verify this many test images from --image on (default 1)")
     p.add_argument("--eps", type=int, nargs="+", default=[1], metavar="K", help="L∞ radii in pixel values (default 1)")

@@ -28,10 +28,14 @@ import numpy as np
 
 from bnnkit.errors import BnnkitError
 from bnnkit.files import atomic_write, make_dir
-from bnnkit.graph import INT32_MIN, Graph, Op, pair
+from bnnkit.graph import INT32_MIN, Graph, Op, check_name, pair
 from bnnkit.runtime.numpy_ref import check_input
 from bnnkit.runtime.plan import PRODUCERS, MemoryPlan, Step, plan_memory
 
+# What reaches the generated C as text: this prefix, op names (graph.NAME, checked again
+# where they are quoted) and numbers formatted from validated ints and floats; tensor names
+# and meta never do.
+PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-ffp-contract=off")
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g")
 # The popcount implementations the generated C can use: define BNNKIT_POPCOUNT_<name>.
@@ -453,7 +457,8 @@ class _Emitter:
 
     def call(self, step: Step, text: str) -> None:
         ops = [self.g.ops[i] for i in step.ops]
-        names = ", ".join(dict.fromkeys(op.name for op in ops if op.name))
+        # checked again here: an Op is mutable after its graph was validated
+        names = ", ".join(dict.fromkeys(check_name(op.name, f"op {i} name") for i, op in zip(step.ops, ops) if op.name))
         kinds = " + ".join(op.kind for op in ops)
         where = f"op {step.ops[0]}" if len(ops) == 1 else f"ops {step.ops[0]}-{step.ops[-1]}"
         self.calls.append(f"    /* {where}: {kinds}{' (' + names + ')' if names else ''} */\n    {text};")
@@ -557,8 +562,8 @@ class _Emitter:
 
 def generate_c(graph: Graph, prefix: str = "bnn") -> dict[str, str]:
     """The sources ``{prefix}.h`` and ``{prefix}.c`` of ``graph``."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
-        raise BnnkitError(f"prefix {prefix!r} is not a C identifier")
+    if not (isinstance(prefix, str) and PREFIX.fullmatch(prefix)):
+        raise BnnkitError(f"prefix {prefix!r} is not a C identifier (a letter, then at most 63 letters, digits and _)")
     e = _Emitter(graph, prefix)
     for step in e.plan.steps:
         e.step(step)
@@ -616,9 +621,10 @@ def write_sources(graph: Graph, out_dir: str | Path, prefix: str = "bnn", *, scr
     """Write ``{prefix}.h`` and ``{prefix}.c`` into ``out_dir``; returns their paths. Each
     file is written atomically, unless ``scratch``: a build directory that is thrown away
     needs no fsync per file (the random-graph tests build over a thousand)."""
+    sources = generate_c(graph, prefix)  # a bad prefix or graph creates no directory
     out = make_dir(out_dir, "output directory")
     paths = []
-    for name, text in generate_c(graph, prefix).items():
+    for name, text in sources.items():
         if scratch:
             (out / name).write_text(text)
         else:

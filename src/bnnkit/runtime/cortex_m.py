@@ -84,6 +84,8 @@ MCU_CFLAGS = (*CFLAGS, "-ffunction-sections", "-fdata-sections")
 LDFLAGS = ("--specs=nano.specs", "-nostartfiles", "-Wl,--gc-sections")
 
 _MCU_SOURCES = ("startup", "semihost", "harness")
+# A prefix names the model's .c and .h: these would overwrite the harness's own files.
+_TAKEN_PREFIXES = ("bnnkit_models", "mcu", *_MCU_SOURCES)
 _TRAILER = 0x4B4E4E42  # "BNNK", after the last record of bnnkit.out
 # the harness's exit statuses (mcu/mcu.h)
 _EXIT_STATUS = {2: "bad input", 3: "semihosting I/O failed", 4: "fault", 5: "stack overflow; build with a larger stack_size"}
@@ -294,8 +296,8 @@ def build_mcus(
     if stack_size <= 0 or stack_size % 8:
         raise BnnkitError(f"stack_size must be a positive multiple of 8, not {stack_size}")
     prefixes = list(prefixes) if prefixes is not None else [f"g{i}" for i in range(len(graphs))]
-    if len(prefixes) != len(graphs) or len(set(prefixes)) != len(prefixes) or "bnnkit_models" in prefixes:
-        raise BnnkitError(f"need one distinct prefix per graph, not {prefixes}")
+    if len(prefixes) != len(graphs) or len(set(prefixes)) != len(prefixes) or set(prefixes) & set(_TAKEN_PREFIXES):
+        raise BnnkitError(f"need one distinct prefix per graph, none of {', '.join(_TAKEN_PREFIXES)}; not {prefixes}")
     cc, size_tool = require_toolchain(toolchain)
 
     work = make_dir(workdir, "build directory")

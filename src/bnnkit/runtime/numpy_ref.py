@@ -16,9 +16,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import _DTYPES, INT32_MIN, Graph, Op, pair
+from bnnkit.graph import _DTYPES, INT32_MIN, Graph, Op, pair, resources
 
 PAD_VALUE = {"zero": 0.0, "minus_one": -1.0, "plus_one": 1.0}
+# What one batch of ``predict`` may hold: graph.MAX_ELEMENTS bounds one image, this the batch.
+BATCH_BYTES = 2**29
 
 
 def pm1(bits: np.ndarray, dtype=np.float64) -> np.ndarray:
@@ -160,12 +162,15 @@ def no_predictions(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
 
 
 def predict(graph: Graph, x: np.ndarray, batch_size: int = 100, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N, classes) and labels (N,) for a set of images, a batch at a time; N may be 0."""
+    """Scores (N, classes) and labels (N,) for a set of images (N may be 0), a batch of at
+    most ``batch_size`` at a time, fewer where a batch would hold more than ``BATCH_BYTES``."""
     from tqdm import tqdm
 
     x = check_input(graph, x)
     if len(x) == 0:
         return no_predictions(graph)
+    use = resources(graph)  # its largest array as float64 for the matrix products, every tensor kept at <= 4 bytes
+    batch_size = max(1, min(batch_size, BATCH_BYTES // (8 * use["largest"] + 4 * use["activations"])))
     scores, labels = [], []
     starts = range(0, len(x), batch_size)
     for i in tqdm(starts, desc="numpy runtime", unit="batch", disable=not progress, leave=False):
