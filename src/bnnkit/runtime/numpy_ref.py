@@ -154,11 +154,11 @@ def execute(graph: Graph, x: np.ndarray, keep: bool = False) -> dict[str, np.nda
 
 def predict(graph: Graph, x: np.ndarray, batch_size: int = 100, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N, classes) and labels (N,) for a set of images, a batch at a time."""
-    from tqdm import tqdm
+    from bnnkit.progress import progress as bar
 
     scores, labels = [], []
     starts = range(0, len(x), batch_size)
-    for i in tqdm(starts, desc="numpy runtime", unit="batch", disable=not progress, leave=False):
+    for i in bar(starts, desc="numpy runtime", unit="batch", enabled=progress):
         env = execute(graph, x[i : i + batch_size])
         scores.append(env[graph.scores])
         labels.append(env[graph.ops[-1].output])
