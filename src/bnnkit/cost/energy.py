@@ -100,13 +100,14 @@ def describe(op_energy: dict[str, float], binary_macs: float, device: dict | Non
     per_cycle = device_pj / device["cycles_estimate"]
     lines.append(
         f"energy, {DEVICE_MODEL}: {device_pj / 1e6:,.1f} µJ per inference = {device['cycles_estimate']:,.0f} cycles "
-        f"(1 per instruction) × {per_cycle:.0f} pJ per cycle ({device['energy_model']}): the whole chip while it runs"
+        f"(1 per instruction) × {device['energy_model']}; the whole chip (core, flash, clocks) while it runs"
     )
     if binary_macs:
         per_mac = device["instructions_per_inference"] / binary_macs
         lines.append(
-            f"the {DEVICE_MODEL} is {device_pj / e['total_pj']:,.0f}x the {OP_MODEL}: the {device['part']} spends "
-            f"{per_mac:.2f} instructions per binary MAC at {per_cycle:.0f} pJ each ({per_mac * per_cycle:,.1f} pJ per "
-            f"binary MAC), where the op model prices one at {BINARY_MAC_PJ:.3f} pJ (see bnnkit.cost.energy)"
+            f"the {DEVICE_MODEL} is {device_pj / e['total_pj']:,.0f}x the {OP_MODEL}: {per_cycle:.0f} pJ per "
+            f"instruction against {INT_ADD_PJ} pJ per 32-bit add and {BINARY_MAC_PJ:.3f} pJ per binary MAC (the "
+            f"datapath alone), and {per_mac:.2f} instructions per binary MAC on the {device['part']} (counting every "
+            f"instruction, loops and integer layers included) where the op model counts 1/32 of an XNOR-popcount-add"
         )
     return lines
