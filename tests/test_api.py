@@ -86,9 +86,9 @@ def test_train_wrapper_makes_the_same_run_as_the_cli(tmp_path):
                   limit_train=400, progress=False)
     ours = bnnkit.train("binarynet_mlp", "digits", out=tmp_path / "api", **kwargs)
     cli = subprocess.run(
-        [sys.executable, "-m", "bnnkit", "train", "--model", "binarynet_mlp", "--dataset", "digits", "--recipe", "embedded",
-         "--epochs", "1", "--seed", "3", "--lr", "2e-3", "--batch-size", "32", "--option", "width=32", "--option",
-         "depth=1", "--limit-train", "400", "--out", str(tmp_path / "cli"), "--json"],
+        [sys.executable, "-m", "bnnkit", "train", "--model", "binarynet_mlp", "--dataset", "digits", "--recipe",
+         "embedded", "--epochs", "1", "--seed", "3", "--lr", "2e-3", "--batch-size", "32", "--option", "width=32",
+         "--option", "depth=1", "--limit-train", "400", "--out", str(tmp_path / "cli"), "--json"],
         capture_output=True, text=True, timeout=600,
     )
     assert cli.returncode == 0, cli.stderr

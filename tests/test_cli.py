@@ -111,7 +111,8 @@ def test_swapped_run_directory_and_graph_file_name_the_right_command(digits_grap
     ]
     cases += [([command, run, *extra], f"error: {run}: a run directory, not a graph file; `bnnkit eval {run}` evaluates "
                                        f"it, `bnnkit export {run} -o run.bnn` makes its graph")
-              for command, extra in (("run", []), ("profile", []), ("codegen", ["-o", "c"]), ("verify", ["--image", "0"]))]
+              for command, extra in (("run", []), ("profile", []), ("codegen", ["-o", "c"]),
+                                     ("verify", ["--image", "0"]))]
     for args, message in cases:
         proc = run_cli(*args, check=False)
         assert (proc.returncode, proc.stderr) == (2, message + "\n"), args

@@ -89,7 +89,8 @@ def expect_run_dir(path: PathLike, command: str = "eval") -> Path:
     written_by = "a run directory is what `bnnkit train --out DIR` writes"
     if path.suffix == ".bnn":
         state = "a graph file" if path.is_file() else "no such run directory, and .bnn names a graph file"
-        raise BnnkitError(f"{path}: {state}, not a run directory; {_GRAPH_TAKEN_BY[command].format(path=path)} ({written_by})")
+        taken_by = _GRAPH_TAKEN_BY[command].format(path=path)
+        raise BnnkitError(f"{path}: {state}, not a run directory; {taken_by} ({written_by})")
     if path.exists():
         raise BnnkitError(f"{path}: a file, not a run directory ({written_by})")
     raise BnnkitError(f"{path}: no such run directory (create one with `bnnkit train --out {path}`)")
@@ -138,7 +139,8 @@ def export_model(source: PathLike | nn.Module, output: PathLike | None = None, *
     return graph
 
 
-def predict(model: Graph | PathLike | nn.Module, x: np.ndarray, *, runtime: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: Graph | PathLike | nn.Module, x: np.ndarray, *,
+            runtime: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores ``(N, classes)`` and labels ``(N,)`` of uint8 images ``x`` ``(N, C, H, W)``.
 
     A graph (or its file) runs in ``runtime``: ``numpy`` (the reference, default), ``c``
@@ -210,7 +212,7 @@ def evaluate(source: Graph | PathLike | nn.Module, dataset: str | None = None, *
             raise BnnkitError("evaluate of a module needs dataset=")
         return _evaluate_module(source, type(source).__name__, dataset, data_dir, limit)
     path = None if not isinstance(source, (str, Path)) else Path(source)
-    if path is not None and path.is_dir() and (path / "config.json").is_file():
+    if path is not None and path.is_dir():  # a run directory (load_run says what is wrong with one)
         from bnnkit.training import load_run
 
         loaded, config = load_run(path) if model is None else load_run(path, model=model)

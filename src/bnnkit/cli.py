@@ -70,7 +70,9 @@ def _import_modules(names: list[str]) -> None:
         except ModuleNotFoundError as exc:
             if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
                 raise  # the module was found and its own imports failed: the user's traceback
-            raise BnnkitError(f"--import {name}: no module named {exc.name!r} (run from its directory or set PYTHONPATH)") from None
+            raise BnnkitError(
+                f"--import {name}: no module named {exc.name!r} (run from its directory or set PYTHONPATH)"
+            ) from None
 
 
 def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
@@ -143,7 +145,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         if args.allow_approx:
             raise BnnkitError("--allow-approx is for the integer graph; the ONNX file is the float model itself")
 
-        result = export_onnx(expect_run_dir(args.run_dir, "export"), args.output, check=args.check, data_dir=args.data_dir)
+        result = export_onnx(expect_run_dir(args.run_dir, "export"), args.output, check=args.check,
+                             data_dir=args.data_dir)
         _emit(
             args,
             result,
@@ -508,7 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="the repair-method catalogue: category, inference cost, source; with --model, measured cost deltas")
     p.add_argument("--model", help="also compute each method's cost on this architecture")
-    p.add_argument("--dataset", default="cifar10", type=_dataset, help="input shape and classes for --model (default cifar10)")
+    p.add_argument("--dataset", default="cifar10", type=_dataset,
+                   help="input shape and classes for --model (default cifar10)")
     p.add_argument("--option", action="append", type=_model_option, default=[], metavar="KEY=VALUE", help="model option for --model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_methods)

@@ -138,7 +138,8 @@ def fit(
     done = _recorded(out)  # a damaged record stops the fit before any work
     say = print if progress else (lambda *_: None)
     sized = []
-    for c in bar(space or search_space(), desc=f"sizing on {target or 'the memory plan'}", unit="candidate", enabled=progress):
+    candidates = space or search_space()
+    for c in bar(candidates, desc=f"sizing on {target or 'the memory plan'}", unit="candidate", enabled=progress):
         try:
             graph = candidate_graph(c, info.in_shape, info.num_classes)
         except BnnkitError:
@@ -206,7 +207,8 @@ def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, f
         ax.step([r[key] / 1024 for r in staircase], [100 * r["accuracy"] for r in staircase], "o-", where="post",
                 c="tab:red", label=f"best within a {what} budget")
         ax.axvline(budget / 1024, c="k", ls="--", lw=1, label="budget")
-        ax.set(xlabel=f"{what}{', planned peak' if key == 'ram' else ''} (KiB)", ylabel="test accuracy (%)", title=f"accuracy vs {what}")
+        ax.set(xlabel=f"{what}{', planned peak' if key == 'ram' else ''} (KiB)", ylabel="test accuracy (%)",
+               title=f"accuracy vs {what}")
         _kib_axis(ax, "x")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")

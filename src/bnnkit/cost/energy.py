@@ -91,8 +91,8 @@ def describe(op_energy: dict[str, float], binary_macs: float, device: dict | Non
     e = op_energy
     lines = [
         f"energy, {OP_MODEL}: {e['total_pj'] / 1e3:,.1f} nJ per inference (binary {e['binary_pj'] / 1e3:,.1f}, "
-        f"integer {e['int_pj'] / 1e3:,.1f}, FP {e['fp_pj'] / 1e3:,.1f}, SRAM {e['memory_pj'] / 1e3:,.1f} nJ): arithmetic "
-        f"and SRAM reads alone, as a custom accelerator would spend them ({SOURCE})"
+        f"integer {e['int_pj'] / 1e3:,.1f}, FP {e['fp_pj'] / 1e3:,.1f}, SRAM {e['memory_pj'] / 1e3:,.1f} nJ): "
+        f"arithmetic and SRAM reads alone, as a custom accelerator would spend them ({SOURCE})"
     ]
     if not device or "energy_uj_estimate" not in device:
         return lines

@@ -160,13 +160,14 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
             for r in points:
                 ax.errorbar(r[cost], 100 * r["top1_mean"], yerr=100 * (r["top1_std"] or 0), fmt="o", capsize=3,
                             color=COLORS.get(r["category"], "tab:gray"), alpha=0.8)
-            ax.set(xlabel=COST_AXES.get(cost, cost.replace("_", " ")), ylabel="top-1 accuracy (%; error bar: std over seeds)",
-                   title=textwrap.fill(study, 90))
+            ax.set(xlabel=COST_AXES.get(cost, cost.replace("_", " ")),
+                   ylabel="top-1 accuracy (%; error bar: std over seeds)", title=textwrap.fill(study, 90))
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3)
             ax.margins(x=0.08)
             _legend(ax, {r["category"] for r in points})
-            label_points(ax, [r[cost] for r in points], [100 * r["top1_mean"] for r in points], [r["label"] for r in points])
+            xs, ys = [r[cost] for r in points], [100 * r["top1_mean"] for r in points]
+            label_points(ax, xs, ys, [r["label"] for r in points])
             save_figure(fig, folder / f"{prefix}acc_vs_{cost}.png")
             written.append(folder / f"{prefix}acc_vs_{cost}.png")
 

@@ -179,7 +179,8 @@ def run_review(
         status = store.statuses()
         again = ("pending", "running", "failed") if retry_failed else ("pending", "running")
         todo = [s for s in grid.runs if status[s.key] in again]
-        bar = Progress(total=len(grid.runs), initial=len(grid.runs) - len(todo), enabled=progress, unit="run", desc="review")
+        bar = Progress(total=len(grid.runs), initial=len(grid.runs) - len(todo), enabled=progress, unit="run",
+                       desc="review")
         if executor == "ray":
             finished = run_ray(todo, out, workers, lambda s: store.start(s.key, host), address, gpus_per_run)
         else:

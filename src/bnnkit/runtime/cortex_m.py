@@ -200,7 +200,8 @@ class McuImage:
 COUNTED_IMAGES = 20  # instructions are counted on the first images: the mean needs no more
 
 
-def measure(graph: Graph, target: str, x: np.ndarray, workdir: str | Path, progress: bool = False) -> tuple[McuRun, dict]:
+def measure(graph: Graph, target: str, x: np.ndarray, workdir: str | Path,
+            progress: bool = False) -> tuple[McuRun, dict]:
     """Build ``graph`` for ``target``, run images ``x`` and count instructions on the first
     ``COUNTED_IMAGES``: the run, and a report of everything measured (JSON-ready). With
     ``progress`` each phase says when it starts and ends (one QEMU launch runs a whole
