@@ -7,12 +7,15 @@ one JSON object on stdout so results can be scripted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from bnnkit import __version__
+from bnnkit.api import expect_run_dir, load_graph
 from bnnkit.errors import BnnkitError
 from bnnkit.runtime import RUNTIMES
 
@@ -32,9 +35,15 @@ def _model_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _dataset(name: str) -> str:
+    from bnnkit.data import canonical_name
+
+    return canonical_name(name)
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="architecture name (see `bnnkit models`)")
-    p.add_argument("--dataset", required=True, help="dataset name (see `bnnkit datasets`)")
+    p.add_argument("--dataset", required=True, type=_dataset, help="dataset name (see `bnnkit datasets`)")
     p.add_argument("--recipe", default="baseline", help="recipe name or .toml/.json file (default: baseline)")
     p.add_argument(
         "--option",
@@ -53,9 +62,27 @@ def _add_graph_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_graph(args: argparse.Namespace):
-    from bnnkit.graph import Graph
+    return load_graph(args.graph, allow_large=args.allow_large_graph)
 
-    return Graph.load(args.graph, allow_large=args.allow_large_graph)
+
+def _add_import_arg(p: argparse.ArgumentParser, dest: str) -> None:
+    p.add_argument("--import", dest=dest, action="append", default=[], metavar="MODULE",
+                   help="import this module first, e.g. one that registers your models with "
+                   "@bnnkit.register_model (repeatable; the current directory is on the path)")
+
+
+def _import_modules(names: list[str]) -> None:
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the console script, unlike python -m, leaves it out
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+                raise  # the module was found and its own imports failed: the user's traceback
+            raise BnnkitError(
+                f"--import {name}: no module named {exc.name!r} (run from its directory or set PYTHONPATH)"
+            ) from None
 
 
 def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
@@ -95,17 +122,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from bnnkit.data import load_dataset
-    from bnnkit.training import evaluate, load_run
+    from bnnkit.api import evaluate
 
-    model, config = load_run(args.run_dir)
-    dataset = args.dataset or config.dataset
-    ds = load_dataset(dataset, "test", args.data_dir or config.data_dir)
-    if dataset != config.dataset and ds.info.in_shape != tuple(config.to_dict()["in_shape"]):
-        raise BnnkitError(f"{args.run_dir} was trained on {config.dataset}; {dataset} images have another shape")
-    loss, acc = evaluate(model, ds)
-    result = {"accuracy": acc, "loss": loss, "n": int(len(ds.y)), "dataset": dataset, "model": config.model}
-    _emit(args, result, f"{config.model} on {dataset} test set: accuracy {acc:.4f} ({len(ds.y)} images), loss {loss:.4f}")
+    r = evaluate(expect_run_dir(args.run_dir, "eval"), args.dataset, data_dir=args.data_dir)
+    _emit(args, r, f"{r['model']} on {r['dataset']} test set: accuracy {r['accuracy']:.4f} ({r['n']} images), "
+          f"loss {r['loss']:.4f}")
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -134,7 +155,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         if args.allow_approx:
             raise BnnkitError("--allow-approx is for the integer graph; the ONNX file is the float model itself")
 
-        result = export_onnx(args.run_dir, args.output, check=args.check, data_dir=args.data_dir)
+        result = export_onnx(expect_run_dir(args.run_dir, "export"), args.output, check=args.check,
+                             data_dir=args.data_dir)
         _emit(
             args,
             result,
@@ -145,7 +167,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         return
     from bnnkit.export import export_and_check
 
-    result = export_and_check(args.run_dir, args.output, check=args.check, allow_approx=args.allow_approx, data_dir=args.data_dir)
+    result = export_and_check(expect_run_dir(args.run_dir, "export"), args.output, check=args.check,
+                              allow_approx=args.allow_approx, data_dir=args.data_dir)
     _emit(
         args,
         result,
@@ -160,9 +183,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     graph = _load_graph(args)
     r = run_graph(graph, args.runtime, args.dataset, args.limit, args.data_dir, progress=not args.json)
     exact = "bit-identical scores" if r["bit_exact"] else "scores differ"
+    took = r["seconds"][r["runtime"]]
     text = (
         f"{args.graph} in {r['runtime']} on {r['dataset']} ({r['n']} images): accuracy {r['accuracy']:.4f}, "
-        f"agreement with numpy {r['agreement']:.2%} ({exact})"
+        f"agreement with numpy {r['agreement']:.2%} ({exact}); {took:.2f} s in {r['runtime']}"
+        + ("" if r["runtime"] == "numpy" else f", {r['seconds']['numpy']:.2f} s in numpy")
     )
     if "device" in r:
         d = r["device"]
@@ -173,6 +198,11 @@ def cmd_run(args: argparse.Namespace) -> None:
             f"(mean of {d['instructions_counted_on']}), ~{d['latency_ms_estimate']:.1f} ms at "
             f"{d['clock_hz'] / 1e6:g} MHz ({d['part']}, {d['latency_model']})"
         )
+        from bnnkit.cost import energy
+        from bnnkit.cost.graph_cost import profile
+
+        totals = profile(graph)["totals"]
+        text += "\n" + "\n".join(energy.describe(totals["energy"], totals["binary_macs"], d))
     _emit(args, r, text)
 
 
@@ -191,7 +221,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="bnnkit-profile-") as work:
             # sizes and stack do not depend on the image; instructions do a little (pools stop early),
             # so this counts one black image: `bnnkit run --runtime` counts real ones
-            _, result["device"] = measure(graph, args.target, np.zeros((1, *graph.input_shape), np.uint8), work)
+            black = np.zeros((1, *graph.input_shape), np.uint8)
+            _, result["device"] = measure(graph, args.target, black, work, progress=not args.json)
     _emit(args, result, format_profile(result))
 
 
@@ -284,7 +315,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
         from bnnkit.data import get_info
 
         info = get_info(args.dataset)
-        costs = method_costs(args.model, info.num_classes, info.in_shape, **dict(args.option))
+        costs = method_costs(args.model, info.num_classes, info.in_shape, progress=not args.json, **dict(args.option))
         result.update(model=args.model, dataset=args.dataset, costs=costs)
         text += ["", f"cost of each method alone on {args.model} ({args.dataset}), change from the baseline:"]
         text += render_table(_cost_delta_lines(costs), left=1, total=False)
@@ -312,12 +343,26 @@ def cmd_verify(args: argparse.Namespace) -> None:
     result = verify_images(_load_graph(args), args.image, args.images, args.eps, args.timeout, args.dataset,
                            args.data_dir, save=args.save, progress=not args.json, solver=args.solver,
                            encoding=args.encoding)
-    lines = [f"{q['image']:>6} {q['eps']:>4} {q['status']:<15} {q['seconds']:8.2f} s  {q['clauses']:>10,} clauses"
+    _emit(args, result, _verify_table(result))
+
+
+def _verify_table(result: dict) -> str:
+    """One row per query. Robust means the graph's own label cannot change, right or
+    wrong, so each row shows that label beside the true one."""
+    lines = [f"{q['image']:>6} {q['eps']:>4} {q['label']:>5} {q['true_label']:>4} {_mark(q)} {q['status']:<15} "
+             f"{q['seconds']:8.2f} s  {q['clauses']:>10,} clauses"
              + (f"  -> label {q['new_label']} (L∞ {q['linf']}, {q['changed_pixels']} pixels)" if q["new_label"] is not None else "")
              for q in result["queries"]]
     lines += [f"radius {eps}: {s['robust']} robust, {s['counterexample']} not robust, {s['timeout']} timed out; "
               f"median {s['median_seconds']:.2f} s, max {s['max_seconds']:.2f} s" for eps, s in result["summary"].items()]
-    _emit(args, result, "\n".join(["image  eps  answer          time        CNF size"] + lines))
+    wrong = {q["image"] for q in result["queries"] if q["label"] != q["true_label"]}
+    if wrong:
+        lines.append(f"x: {len(wrong)} misclassified image(s); robust there means the wrong label cannot change")
+    return "\n".join(["image  eps label true    answer          time        CNF size"] + lines)
+
+
+def _mark(query: dict) -> str:
+    return " " if query["label"] == query["true_label"] else "x"
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -337,7 +382,9 @@ def cmd_list(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bnnkit", description="Train binarized neural networks and deploy them on tiny devices.")
     parser.add_argument("--version", action="version", version=f"bnnkit {__version__}")
+    _add_import_arg(parser, "imports")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    models_built: list[argparse.ArgumentParser] = []  # the commands that build models take --import too
 
     p = sub.add_parser("train", help="train a model; writes DIR/model.safetensors, config.json, metrics.jsonl, curves.png")
     _add_model_args(p)
@@ -352,18 +399,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int, help="train on the first N images only (quick checks)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     p.set_defaults(fn=cmd_train)
+    models_built.append(p)
 
     p = sub.add_parser("eval", help="test accuracy of a trained run")
     p.add_argument("run_dir", type=Path, metavar="DIR")
-    p.add_argument("--dataset", help="evaluate on another dataset of the same shape")
+    p.add_argument("--dataset", type=_dataset, help="evaluate on another dataset of the same shape")
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true", help='print {"accuracy", "loss", "n", ...}')
     p.set_defaults(fn=cmd_eval)
+    models_built.append(p)
 
     p = sub.add_parser("summary", help="per-layer parameters, bits, binary vs FP MACs and memory")
     _add_model_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_summary)
+    models_built.append(p)
 
     p = sub.add_parser("demo", help="the whole flow on data the install brings: train a binary CNN, export it, run it in numpy, C and on a Cortex-M4")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -382,13 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_export)
+    models_built.append(p)
 
     p = sub.add_parser("run", help="accuracy of a graph in a runtime, and its agreement with the numpy reference")
     _add_graph_args(p)
     p.add_argument("--runtime", choices=RUNTIMES, default="numpy",
                    help="numpy (the reference), c (bnnkit's fast host kernels, in-process), c-portable (the generated "
                    "C99 compiled on this host) or a Cortex-M core emulated in QEMU")
-    p.add_argument("--dataset", help="default: the dataset the model was trained on")
+    p.add_argument("--dataset", type=_dataset, help="default: the dataset the model was trained on")
     p.add_argument("--limit", type=int, help="first N test images only")
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true", help='print {"accuracy", "agreement", "n", ...}')
@@ -419,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="find, train and keep the best binary network that fits a RAM and flash budget")
     p.add_argument("--ram", required=True, help="RAM budget: bytes, or e.g. 4K, 4KiB")
     p.add_argument("--flash", required=True, help="flash budget, as --ram")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, type=_dataset)
     p.add_argument("--budget-minutes", type=float, default=10.0, help="stop starting new candidates after this (default 10)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per candidate (default 3)")
     p.add_argument("--target", choices=("cortex-m3", "cortex-m4", "cortex-m7"),
@@ -458,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=1, help="verify this many test images from --image on (default 1)")
     p.add_argument("--eps", type=int, nargs="+", default=[1], metavar="K", help="L∞ radii in pixel values (default 1)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per query, encoding included (default 60)")
-    p.add_argument("--dataset", help="default: the dataset the model was trained on")
+    p.add_argument("--dataset", type=_dataset, help="default: the dataset the model was trained on")
     p.add_argument("--save", type=Path, help="directory for counterexample images (uint8 .npy)")
     p.add_argument("--solver", default="glucose4", help="PySAT solver name (default glucose4; the native encoding "
                    "needs minicard, gluecard3 or gluecard4)")
@@ -470,15 +521,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="the repair-method catalogue: category, inference cost, source; with --model, measured cost deltas")
     p.add_argument("--model", help="also compute each method's cost on this architecture")
-    p.add_argument("--dataset", default="cifar10", help="input shape and classes for --model (default cifar10)")
+    p.add_argument("--dataset", default="cifar10", type=_dataset,
+                   help="input shape and classes for --model (default cifar10)")
     p.add_argument("--option", action="append", type=_model_option, default=[], metavar="KEY=VALUE", help="model option for --model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_methods)
+    models_built.append(p)
 
     for name, what in (("models", "architectures and their options"), ("datasets", "datasets and where they come from")):
         p = sub.add_parser(name, help=f"list {what}")
         p.add_argument("--json", action="store_true")
         p.set_defaults(fn=cmd_list)
+        models_built.append(p)
+    for p in models_built:  # also after the command, where people put options
+        _add_import_arg(p, "command_imports")
     return parser
 
 
@@ -487,7 +543,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "epochs", None) is not None and args.epochs < 1:
             raise BnnkitError(f"--epochs must be >= 1, got {args.epochs}")
+        _import_modules(args.imports + getattr(args, "command_imports", []))
         args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        # The reader went away (`bnnkit methods --json | head`): what Python's documentation
+        # prescribes — stdout to devnull so the exit's flush cannot fail again, no traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except BnnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from bnnkit.errors import BnnkitError
 from bnnkit.files import atomic_write, make_dir, read_json_lines
 from bnnkit.graph import Graph
+from bnnkit.progress import progress as bar
 
 RESULTS, BEST, PLOT = "fit.jsonl", "best.bnn", "pareto.png"
 LR = 3e-3  # what the demo measured best for the embedded recipe on Fashion-MNIST
@@ -138,7 +138,8 @@ def fit(
     done = _recorded(out)  # a damaged record stops the fit before any work
     say = print if progress else (lambda *_: None)
     sized = []
-    for c in tqdm(space or search_space(), desc=f"sizing on {target or 'the memory plan'}", disable=not progress, leave=False):
+    candidates = space or search_space()
+    for c in bar(candidates, desc=f"sizing on {target or 'the memory plan'}", unit="candidate", enabled=progress):
         try:
             graph = candidate_graph(c, info.in_shape, info.num_classes)
         except BnnkitError:
@@ -193,27 +194,61 @@ def fit(
 
 
 def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, flash: int, path: Path) -> None:
-    import matplotlib
+    """Accuracy against RAM and against flash, each panel with its own 2-D front (the
+    staircase of the best accuracy within a budget; the table's Pareto column is the front
+    over accuracy, RAM, flash and work together), and every candidate's footprint."""
+    from bnnkit.training.plots import label_points, pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bnnkit.training.plots import save_figure
-
-    fig, (ax_acc, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax_acc.scatter([r["ram"] for r in trained], [r["accuracy"] for r in trained], c="tab:gray", label="trained")
-    pts = sorted(front, key=lambda r: r["ram"])
-    ax_acc.plot([r["ram"] for r in pts], [r["accuracy"] for r in pts], "o-", c="tab:red", label="Pareto front")
-    for r in front:
-        ax_acc.annotate(r["name"], (r["ram"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax_acc.set(xlabel="RAM, planned peak (bytes)", ylabel="test accuracy", xscale="log", title="accuracy vs RAM")
-    ax_acc.legend()
-    ax_mem.scatter([r["ram"] for r in sized], [r["flash"] for r in sized], c="tab:blue", s=12, label="candidates")
-    ax_mem.axvline(ram, c="k", ls="--", lw=1)
-    ax_mem.axhline(flash, c="k", ls="--", lw=1, label="budget")
-    ax_mem.set(xlabel="RAM (bytes)", ylabel="flash (bytes)", xscale="log", yscale="log", title="footprints")
-    ax_mem.legend()
+    fig, axes = pyplot().subplots(1, 3, figsize=(16, 5.2))
+    for ax, key, budget, what in ((axes[0], "ram", ram, "RAM"), (axes[1], "flash", flash, "flash")):
+        staircase = _front_2d(trained, key)
+        ax.scatter([r[key] / 1024 for r in trained], [100 * r["accuracy"] for r in trained], c="tab:gray", s=18,
+                   label="trained")
+        ax.step([r[key] / 1024 for r in staircase], [100 * r["accuracy"] for r in staircase], "o-", where="post",
+                c="tab:red", label=f"best within a {what} budget")
+        ax.axvline(budget / 1024, c="k", ls="--", lw=1, label="budget")
+        ax.set(xlabel=f"{what}{', planned peak' if key == 'ram' else ''} (KiB)", ylabel="test accuracy (%)",
+               title=f"accuracy vs {what}")
+        _kib_axis(ax, "x")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        label_points(ax, [r[key] / 1024 for r in staircase], [100 * r["accuracy"] for r in staircase],
+                     [r["name"] for r in staircase])
+    ax = axes[2]
+    done = {r["name"] for r in trained}
+    for rows, style in (([r for r in sized if r["name"] not in done], {"c": "tab:blue", "s": 12, "label": "sized"}),
+                        ([r for r in sized if r["name"] in done], {"c": "tab:red", "s": 18, "label": "trained"})):
+        ax.scatter([r["ram"] / 1024 for r in rows], [r["flash"] / 1024 for r in rows], **style)
+    ax.axvline(ram / 1024, c="k", ls="--", lw=1)
+    ax.axhline(flash / 1024, c="k", ls="--", lw=1, label="budget")
+    ax.set(xlabel="RAM, planned peak (KiB)", ylabel="flash (KiB)", title="footprints of all candidates")
+    _kib_axis(ax, "x")
+    _kib_axis(ax, "y")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     save_figure(fig, path, dpi=110)
+
+
+def _front_2d(rows: list[dict], key: str) -> list[dict]:
+    """The rows that no other beats on accuracy and ``key`` alone, cheapest first."""
+    front, best = [], float("-inf")
+    for r in sorted(rows, key=lambda r: (r[key], -r["accuracy"])):
+        if r["accuracy"] > best:
+            front.append(r)
+            best = r["accuracy"]
+    return front
+
+
+def _kib_axis(ax, which: str) -> None:
+    """A log axis with 1-2-5 ticks written as plain numbers: footprints span decades, and
+    matplotlib's default shows one or two powers of ten there."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def format_fit(result: dict) -> str:

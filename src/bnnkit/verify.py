@@ -452,9 +452,8 @@ def verify_images(graph: Graph, first: int, count: int, radii: list[int], timeou
                   progress: bool = False, solver: str = DEFAULT_SOLVER, encoding: str = DEFAULT_ENCODING) -> dict:
     """``verify`` on test images ``first .. first + count − 1`` at each radius: every query
     and, per radius, the counts of answers and the median and largest time."""
-    from tqdm import tqdm
-
     from bnnkit.files import atomic_write, make_dir
+    from bnnkit.progress import progress as bar
     from bnnkit.runtime.evaluate import test_images
 
     if count < 1 or first < 0:
@@ -465,7 +464,7 @@ def verify_images(graph: Graph, first: int, count: int, radii: list[int], timeou
     if save is not None:
         make_dir(save, "counterexample directory")
     queries = []
-    for i in tqdm(range(first, first + count), desc="verify", unit="image", disable=not progress, leave=False):
+    for i in bar(range(first, first + count), desc="verify", unit="image", enabled=progress):
         for eps in radii:
             r = verify(graph, x[i], eps, timeout, solver=solver, encoding=encoding)
             queries.append({"image": i, "true_label": int(y[i]), **r.to_dict()})

@@ -1,6 +1,21 @@
-"""Energy per inference from operation counts: a first-order estimate, not a measurement.
+"""Energy per inference: two first-order estimates, not measurements, that answer two
+different questions and differ by three orders of magnitude.
 
-Constants are the 45 nm, 0.9 V figures of Horowitz, "Computing's energy problem (and what
+* The **45 nm op model** (this module, ``energy_pj``; ``bnnkit profile``, ``bnnkit methods
+  --model``, the review's ``energy_pj`` column): every operation and SRAM access priced with
+  the energy of that operation alone in 45 nm logic. It is what a custom BNN accelerator
+  would spend on arithmetic and on-chip memory, and compares models with each other.
+* The **MCU datasheet model** (``bnnkit.runtime.cortex_m.latency_estimate``; ``bnnkit run
+  --runtime cortex-m4``, ``bnnkit profile --target``): the instructions counted in QEMU, at
+  one cycle each, times the part's datasheet run current per MHz and its supply voltage
+  (79 µA/MHz × 3.0 V = 237 pJ per cycle for an STM32L412). It is what the whole chip — core,
+  flash reads, clock tree, regulators, leakage — draws while it runs the inference.
+
+An MCU does a binary MAC as a fraction of a 32-bit XOR + popcount + add, several
+instructions for 32 MACs (the M4 has no popcount instruction), at ~237 pJ per cycle; the op
+model prices the same MAC at 0.022 pJ. ``describe`` prints both with that breakdown.
+
+The op model's constants are the 45 nm, 0.9 V figures of Horowitz, "Computing's energy problem (and what
 we can do about it)", ISSCC 2014, Fig. 1.1.9 (the table most BNN cost models cite):
 
     32-bit int add 0.1 pJ     32-bit int mult 3.1 pJ
@@ -63,3 +78,36 @@ def energy_pj(
         "memory_pj": (weight_bytes + 2 * activation_bytes) * access,
     }
     return {**parts, "total_pj": sum(parts.values())}
+
+
+OP_MODEL = "45 nm op model"
+DEVICE_MODEL = "MCU datasheet model"
+
+
+def describe(op_energy: dict[str, float], binary_macs: float, device: dict | None = None) -> list[str]:
+    """The energy lines of ``bnnkit profile`` and ``bnnkit run``: the op model's estimate
+    and, given a Cortex-M report with a datasheet figure, that estimate beside it and
+    where the factor between the two comes from."""
+    e = op_energy
+    lines = [
+        f"energy, {OP_MODEL}: {e['total_pj'] / 1e3:,.1f} nJ per inference (binary {e['binary_pj'] / 1e3:,.1f}, "
+        f"integer {e['int_pj'] / 1e3:,.1f}, FP {e['fp_pj'] / 1e3:,.1f}, SRAM {e['memory_pj'] / 1e3:,.1f} nJ): "
+        f"arithmetic and SRAM reads alone, as a custom accelerator would spend them ({SOURCE})"
+    ]
+    if not device or "energy_uj_estimate" not in device:
+        return lines
+    device_pj = device["energy_uj_estimate"] * 1e6
+    per_cycle = device_pj / device["cycles_estimate"]
+    lines.append(
+        f"energy, {DEVICE_MODEL}: {device_pj / 1e6:,.1f} µJ per inference = {device['cycles_estimate']:,.0f} cycles "
+        f"(1 per instruction) × {device['energy_model']}; the whole chip (core, flash, clocks) while it runs"
+    )
+    if binary_macs:
+        per_mac = device["instructions_per_inference"] / binary_macs
+        lines.append(
+            f"the {DEVICE_MODEL} is {device_pj / e['total_pj']:,.0f}x the {OP_MODEL}: {per_cycle:.0f} pJ per "
+            f"instruction against {INT_ADD_PJ} pJ per 32-bit add and {BINARY_MAC_PJ:.3f} pJ per binary MAC (the "
+            f"datapath alone), and {per_mac:.2f} instructions per binary MAC on the {device['part']} (counting every "
+            f"instruction, loops and integer layers included) where the op model counts 1/32 of an XNOR-popcount-add"
+        )
+    return lines

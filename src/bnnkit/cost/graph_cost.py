@@ -10,7 +10,8 @@ Operation classes, per inference:
 * FP ops: multiplies and adds of ``affine``.
 
 The energy estimate prices these classes and the SRAM traffic with the constants of
-``bnnkit.cost.energy`` (Horowitz, ISSCC 2014).
+``bnnkit.cost.energy`` (Horowitz, ISSCC 2014): its 45 nm op model, not the MCU datasheet
+model of ``bnnkit run --runtime cortex-m4`` (that module's docstring compares the two).
 
 Flash counts parameters as the graph file stores them: binary weights packed 8 per byte per
 output channel, thresholds 4 bytes + 1 flip bit, affine 8 bytes per channel.
@@ -109,11 +110,6 @@ def format_profile(result: dict) -> str:
         f"(input {kib(m['input_bytes'])} + arena {kib(m['arena_bytes'])}); "
         f"{m['naive_bytes'] / m['planned_peak_bytes']:.1f}x less"
     )
-    e = t["energy"]
-    text.append(
-        f"energy estimate {e['total_pj'] / 1e3:,.1f} nJ per inference (binary {e['binary_pj'] / 1e3:,.1f}, integer "
-        f"{e['int_pj'] / 1e3:,.1f}, FP {e['fp_pj'] / 1e3:,.1f}, SRAM {e['memory_pj'] / 1e3:,.1f} nJ; {energy.SOURCE})"
-    )
     if "device" in result:
         d = result["device"]
         text.append(
@@ -124,6 +120,5 @@ def format_profile(result: dict) -> str:
             f"inference for {t['binary_macs']:,} binary MACs, ~{d['latency_ms_estimate']:.1f} ms at "
             f"{d['clock_hz'] / 1e6:g} MHz ({d['latency_model']})"
         )
-        if "energy_uj_estimate" in d:
-            text.append(f"device energy ~{d['energy_uj_estimate']:,.0f} µJ per inference ({d['energy_model']})")
+    text += energy.describe(t["energy"], t["binary_macs"], result.get("device"))
     return "\n".join(text)

@@ -79,11 +79,13 @@ def model_costs(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str, f
     }
 
 
-def method_costs(model: str, num_classes: int, in_shape: tuple[int, int, int], **model_options) -> dict[str, dict]:
+def method_costs(model: str, num_classes: int, in_shape: tuple[int, int, int], *, progress: bool = False,
+                 **model_options) -> dict[str, dict]:
     """``model_costs`` of the baseline and of every catalogue method applied to it alone;
     a method the model cannot use maps to ``{"error": why}``."""
     from bnnkit.errors import BnnkitError
     from bnnkit.models import create_model
+    from bnnkit.progress import progress as bar
     from bnnkit.recipe import BASELINE, METHODS, apply_methods
 
     def costs(recipe):
@@ -92,4 +94,5 @@ def method_costs(model: str, num_classes: int, in_shape: tuple[int, int, int], *
         except BnnkitError as exc:
             return {"error": str(exc)}
 
-    return {"baseline": costs(BASELINE), **{name: costs(apply_methods(BASELINE, [name])) for name in METHODS}}
+    methods = bar(METHODS, desc=f"costing methods on {model}", unit="method", enabled=progress)
+    return {"baseline": costs(BASELINE), **{name: costs(apply_methods(BASELINE, [name])) for name in methods}}

@@ -85,9 +85,15 @@ def dataset_names() -> list[str]:
     return sorted(DATASETS)
 
 
+def canonical_name(name: str) -> str:
+    """A dataset's name as ``DATASETS`` spells it: ``fashion-mnist`` (as the review preset
+    is spelled) is ``fashion_mnist``."""
+    return name.replace("-", "_")
+
+
 def get_info(name: str) -> DatasetInfo:
     try:
-        return DATASETS[name]
+        return DATASETS[canonical_name(name)]
     except KeyError:
         raise BnnkitError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}") from None
 
@@ -174,7 +180,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     info = get_info(name)
     if split not in SPLITS:
         raise BnnkitError(f"unknown split {split!r}; use train or test")
-    x, y = _LOADERS[name](info, split, data_dir)
+    x, y = _LOADERS[info.name](info, split, data_dir)
     # Own, writable memory: torch.from_numpy refuses to share a read-only file buffer.
     return ArrayDataset(x=np.array(x, dtype=np.uint8, order="C"), y=np.array(y, dtype=np.int64), info=info)
 
@@ -185,6 +191,7 @@ __all__ = [
     "DatasetInfo",
     "augmentation_for",
     "batches",
+    "canonical_name",
     "dataset_names",
     "get_info",
     "load_dataset",

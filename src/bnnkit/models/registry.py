@@ -100,4 +100,7 @@ def _builder(name: str) -> Builder:
     try:
         return MODELS[name]
     except KeyError:
-        raise BnnkitError(f"unknown model {name!r}; available: {', '.join(model_names())}") from None
+        raise BnnkitError(
+            f"unknown model {name!r}; available: {', '.join(model_names())} (a model of your own: import the module "
+            "that registers it, e.g. bnnkit --import MODULE)"
+        ) from None

@@ -100,8 +100,8 @@ def load_grid(source: str | Path, overrides: dict[str, Any] | None = None) -> Gr
     path = Path(source)
     if path.is_file():
         text, folder = _read(path), path.parent
-    elif str(source) in preset_names():
-        text, folder = (_presets() / f"{source}.toml").read_text(), None
+    elif str(source).replace("_", "-") in preset_names():  # fashion_mnist, as the dataset is spelled, works too
+        text, folder = (_presets() / f"{str(source).replace('_', '-')}.toml").read_text(), None
     else:
         raise BnnkitError(f"{source}: no such grid file or preset; presets: {', '.join(preset_names())}")
     try:

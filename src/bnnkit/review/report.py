@@ -21,10 +21,22 @@ from bnnkit.recipe import TOPOLOGY, TRAINING
 from bnnkit.review.grid import BASELINE_LABEL, COMBINATION
 from bnnkit.review.store import Store
 from bnnkit.files import atomic_write, make_dir
-from bnnkit.training.plots import save_figure
+from bnnkit.training.plots import label_points, max_column, pyplot, save_figure
 
 CATEGORY_ORDER = (BASELINE_LABEL, TRAINING, TOPOLOGY, COMBINATION)
 COLORS = {BASELINE_LABEL: "black", TRAINING: "tab:blue", TOPOLOGY: "tab:orange", COMBINATION: "tab:green"}
+# x-axis titles of the accuracy-vs-cost plots, with their units (bnnkit.cost.model_costs, one inference)
+COST_AXES = {
+    "params": "parameters",
+    "binary_params": "binary parameters",
+    "fp_params": "full-precision parameters",
+    "binary_macs": "binary MACs per inference",
+    "fp_macs": "FP MACs per inference",
+    "model_bytes": "model size (bytes)",
+    "peak_activation_bytes": "peak activation memory (bytes)",
+    "activation_bytes": "activations written per inference (bytes)",
+    "energy_pj": "energy per inference (pJ, 45 nm op model: bnnkit.cost.energy)",
+}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -134,11 +146,7 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     make_dir(folder, "plot directory")
     studies = list(dict.fromkeys(r["study"] for r in rows))
     written = []
@@ -147,15 +155,19 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
         done = [r for r in rows if r["study"] == study and r["n"]]
         for cost in costs:
             points = [r for r in done if r[cost] is not None]
-            fig, ax = plt.subplots(figsize=(8, 5.5))
+            # tall enough for the largest column of labels (most methods share the baseline's MACs)
+            fig, ax = plt.subplots(figsize=(9, max(5.5, 0.16 * max_column([r[cost] for r in points]) + 1.5)))
             for r in points:
                 ax.errorbar(r[cost], 100 * r["top1_mean"], yerr=100 * (r["top1_std"] or 0), fmt="o", capsize=3,
-                            color=COLORS.get(r["category"], "tab:gray"))
-                ax.annotate(r["label"], (r[cost], 100 * r["top1_mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-            ax.set(xlabel=cost.replace("_", " "), ylabel="top-1 accuracy (%)", title=textwrap.fill(study, 90))
+                            color=COLORS.get(r["category"], "tab:gray"), alpha=0.8)
+            ax.set(xlabel=COST_AXES.get(cost, cost.replace("_", " ")),
+                   ylabel="top-1 accuracy (%; error bar: std over seeds)", title=textwrap.fill(study, 90))
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3)
+            ax.margins(x=0.08)
             _legend(ax, {r["category"] for r in points})
+            xs, ys = [r[cost] for r in points], [100 * r["top1_mean"] for r in points]
+            label_points(ax, xs, ys, [r["label"] for r in points])
             save_figure(fig, folder / f"{prefix}acc_vs_{cost}.png")
             written.append(folder / f"{prefix}acc_vs_{cost}.png")
 
@@ -188,6 +200,25 @@ def _legend(ax, categories: set[str]) -> None:
 
 def _category_rank(category: str) -> int:
     return CATEGORY_ORDER.index(category) if category in CATEGORY_ORDER else len(CATEGORY_ORDER)
+
+
+def plots_from_csv(csv_path: str | Path, folder: str | Path) -> list[Path]:
+    """Redraw the plots from a ``report.csv`` alone (e.g. the one committed with a study
+    whose store is gone)."""
+    with open(csv_path, newline="") as f:
+        rows = [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    costs = [c for c in COST_AXES if rows and c in rows[0]]
+    return _plots(rows, costs, Path(folder))
+
+
+def _cell(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text else number
 
 
 def write_report(directory: str | Path) -> dict[str, Any]:

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
-from tqdm import tqdm
 
 from bnnkit.cost import model_costs
 from bnnkit.data import get_info
 from bnnkit.errors import BnnkitError
 from bnnkit.files import make_dir
+from bnnkit.progress import Progress
 from bnnkit.review.grid import Grid, RunSpec
 from bnnkit.review.store import Store
 from bnnkit.training import TrainOptions, read_metrics, train
@@ -179,7 +179,8 @@ def run_review(
         status = store.statuses()
         again = ("pending", "running", "failed") if retry_failed else ("pending", "running")
         todo = [s for s in grid.runs if status[s.key] in again]
-        bar = tqdm(total=len(grid.runs), initial=len(grid.runs) - len(todo), disable=not progress, unit="run", desc="review")
+        bar = Progress(total=len(grid.runs), initial=len(grid.runs) - len(todo), enabled=progress, unit="run",
+                       desc="review")
         if executor == "ray":
             finished = run_ray(todo, out, workers, lambda s: store.start(s.key, host), address, gpus_per_run)
         else:

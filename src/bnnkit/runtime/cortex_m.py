@@ -35,6 +35,7 @@ import numpy as np
 from bnnkit.errors import BnnkitError
 from bnnkit.files import make_dir
 from bnnkit.graph import Graph
+from bnnkit.progress import stage
 from bnnkit.runtime.c import CFLAGS, write_sources
 from bnnkit.runtime.numpy_ref import check_input
 
@@ -201,12 +202,18 @@ class McuImage:
 COUNTED_IMAGES = 20  # instructions are counted on the first images: the mean needs no more
 
 
-def measure(graph: Graph, target: str, x: np.ndarray, workdir: str | Path) -> tuple[McuRun, dict]:
+def measure(graph: Graph, target: str, x: np.ndarray, workdir: str | Path,
+            progress: bool = False) -> tuple[McuRun, dict]:
     """Build ``graph`` for ``target``, run images ``x`` and count instructions on the first
-    ``COUNTED_IMAGES``: the run, and a report of everything measured (JSON-ready)."""
-    image = build_mcu(graph, workdir, target)
-    run = image.run(x)
-    instructions = image.instructions_per_inference(x[:COUNTED_IMAGES])
+    ``COUNTED_IMAGES``: the run, and a report of everything measured (JSON-ready). With
+    ``progress`` each phase says when it starts and ends (one QEMU launch runs a whole
+    batch, so there is nothing finer to count)."""
+    with stage(f"{target}: cross-compiling", progress):
+        image = build_mcu(graph, workdir, target)
+    with stage(f"{target}: {len(x):,} images in QEMU {image.target.machine}", progress):
+        run = image.run(x)
+    with stage(f"{target}: counting instructions on {min(len(x), COUNTED_IMAGES)} images", progress):
+        instructions = image.instructions_per_inference(x[:COUNTED_IMAGES])
     size = image.size
     report = {
         "target": target,

@@ -51,11 +51,11 @@ def run_graphs(graph: Graph, runtimes: list[str], dataset: str | None = None, li
     t0 = time.perf_counter()
     reference = predict(graph, x, progress=progress)
     numpy_seconds = time.perf_counter() - t0
-    return [_score(graph, runtime, name, x, y, reference, numpy_seconds) for runtime in runtimes]
+    return [_score(graph, runtime, name, x, y, reference, numpy_seconds, progress) for runtime in runtimes]
 
 
 def _score(graph: Graph, runtime: str, name: str, x: np.ndarray, y: np.ndarray,
-           reference: tuple[np.ndarray, np.ndarray], numpy_seconds: float) -> dict:
+           reference: tuple[np.ndarray, np.ndarray], numpy_seconds: float, progress: bool = False) -> dict:
     ref_scores, ref_labels = reference
     seconds = {"numpy": numpy_seconds}
     scores, labels = ref_scores, ref_labels
@@ -79,7 +79,7 @@ def _score(graph: Graph, runtime: str, name: str, x: np.ndarray, y: np.ndarray,
         from bnnkit.runtime.cortex_m import measure
 
         with tempfile.TemporaryDirectory(prefix="bnnkit-mcu-") as work:
-            run, report = measure(graph, runtime, x, work)
+            run, report = measure(graph, runtime, x, work, progress)
         scores, labels, seconds[runtime] = run.scores, run.labels, run.seconds
         device = {"device": report}
     return {

@@ -164,7 +164,7 @@ def no_predictions(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
 def predict(graph: Graph, x: np.ndarray, batch_size: int = 100, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N, classes) and labels (N,) for a set of images (N may be 0), a batch of at
     most ``batch_size`` at a time, fewer where a batch would hold more than ``BATCH_BYTES``."""
-    from tqdm import tqdm
+    from bnnkit.progress import progress as bar
 
     x = check_input(graph, x)
     if len(x) == 0:
@@ -173,7 +173,7 @@ def predict(graph: Graph, x: np.ndarray, batch_size: int = 100, progress: bool =
     batch_size = max(1, min(batch_size, BATCH_BYTES // (8 * use["largest"] + 4 * use["activations"])))
     scores, labels = [], []
     starts = range(0, len(x), batch_size)
-    for i in tqdm(starts, desc="numpy runtime", unit="batch", disable=not progress, leave=False):
+    for i in bar(starts, desc="numpy runtime", unit="batch", enabled=progress):
         env = execute(graph, x[i : i + batch_size])
         scores.append(env[graph.scores])
         labels.append(env[graph.ops[-1].output])
