@@ -73,6 +73,23 @@ def test_resume_continues_the_same_training(runs):
     assert sorted(p.name for p in (runs["tmp"] / "resumed").iterdir()) == RUN_FILES
 
 
+def test_a_locked_run_directory_stops_every_rank(tmp_path):
+    """Rank 0 alone takes the lock; were the others not told it failed, they would wait in
+    DDP's first collective for a rank that is gone."""
+    from bnnkit.files import exclusive
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bnnkit", "train",
+           "--model", "binarynet_mlp", "--dataset", "digits", "--option", "width=16", "--epochs", "1", "--out", str(run)]
+    with exclusive(run, "run directory"):  # another writer holds it
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert f"error: {run}: another bnnkit process (PID {os.getpid()}) is writing this run directory" in proc.stderr
+    assert f"error: {run}: rank 0 could not take the run directory" in proc.stderr
+    assert list(run.iterdir()) == []
+
+
 def _diverge(rank: int, port: int, failures) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     distributed.init(torch.device("cpu"))

@@ -83,6 +83,21 @@ def test_fit_trains_what_fits_and_resumes(tmp_path, monkeypatch):
     assert [r["accuracy"] for r in again["trained"]] == [r["accuracy"] for r in result["trained"]]
 
 
+def test_a_second_fit_on_one_directory_is_refused_naming_the_first(tmp_path, monkeypatch):
+    import os
+
+    from bnnkit.files import exclusive
+
+    (tmp_path / RESULTS).write_text(json.dumps({"name": "recorded", "accuracy": 0.5}) + "\n")
+    monkeypatch.setattr("bnnkit.training.train", lambda *_: pytest.fail("trained while another fit held the directory"))
+    with exclusive(tmp_path, "fit directory"):  # what a running `bnnkit fit` holds
+        with pytest.raises(BnnkitError) as info:
+            fit("digits", 10_000, 10_000, tmp_path, epochs=1, progress=False, space=SPACE[:1])
+    assert str(info.value) == (f"{tmp_path}: another bnnkit process (PID {os.getpid()}) is writing this fit directory; "
+                               "wait for it to finish or choose another directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RESULTS]
+
+
 def test_nothing_fits_says_what_the_smallest_needs(tmp_path):
     with pytest.raises(BnnkitError, match="no architecture fits RAM 10 B.*smallest candidate.*needs RAM"):
         fit("digits", 10, 10, tmp_path, progress=False, space=SPACE)

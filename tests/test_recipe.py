@@ -45,8 +45,23 @@ def test_with_changes_only_named_fields():
         ('lr = "fast"\n', "lr must be a float"),
         ('optimizer = "lamb"\n', "optimizer = 'lamb' is not one of"),
         ("pad_value = 0.5\n", "pad_value"),
-        ("batch_size = 0\n", "batch_size must be > 0"),
+        ("batch_size = 0\n", r"batch_size must be an integer in 1\.\.1048576, got 0"),
+        ("batch_size = 1099511627776\n", r"batch_size must be an integer in 1\.\.1048576"),
+        ("batch_size = 64.0\n", "batch_size must be an int, got 64.0"),
+        ("batch_size = true\n", "batch_size must be an int, got True"),
         ("fp_first_layer = 1\n", "fp_first_layer must be a bool"),
+        ("lr = inf\n", r"lr must be a finite number in \(0, 10\], got inf"),
+        ("lr = nan\n", r"lr must be a finite number in \(0, 10\], got nan"),
+        ("lr = -inf\n", "lr must be a finite number"),
+        ("lr = true\n", "lr must be a float, got True"),
+        ("width_mult = inf\n", r"width_mult must be a finite number in \(0, 16\], got inf"),
+        ("momentum = 1.0\n", r"momentum must be a finite number in \[0, 1\)"),
+        ("weight_decay = -0.1\n", "weight_decay must be a finite number in"),
+        ("latent_clip = inf\n", "latent_clip must be a finite number"),
+        ("bop_gamma = 2\n", r"bop_gamma must be a finite number in \(0, 1\]"),
+        ("warmup_epochs = -1\n", r"warmup_epochs must be an integer in 0\.\.10000"),
+        ("activation_bits = 9\n", r"activation_bits must be an integer in 1\.\.8"),
+        ('name = 3\n', "recipe name must be a str, got 3"),
         ("lr = [\n", "not a valid TOML recipe"),
     ],
 )
@@ -56,6 +71,30 @@ def test_bad_recipe_files_give_one_clear_error(tmp_path, content, message):
     with pytest.raises(BnnkitError, match=message) as info:
         load_recipe(path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"lr": float("inf")}, "lr must be a finite number"),
+        ({"width_mult": float("inf")}, "width_mult must be a finite number"),
+        ({"lr": True}, "lr must be a float, got True"),
+        ({"batch_size": 32.0}, "batch_size must be an int"),
+        ({"distill": 1}, "distill must be a bool"),
+        ({"input_quantizer": 3}, "input_quantizer must be a str"),
+    ],
+)
+def test_recipes_built_in_python_are_checked_as_files_are(changes, message):
+    with pytest.raises(BnnkitError, match=message):
+        BASELINE.with_(**changes)
+    with pytest.raises(BnnkitError, match=message):
+        Recipe(**changes)
+
+
+def test_an_int_given_for_a_float_field_becomes_that_float():
+    recipe = BASELINE.with_(lr=1, width_mult=2)
+    assert type(recipe.lr) is float and type(recipe.width_mult) is float
+    assert recipe == BASELINE.with_(lr=1.0, width_mult=2.0) and json.loads(json.dumps(recipe.to_dict()))["lr"] == 1.0
 
 
 def test_unknown_name_and_missing_file(tmp_path):

@@ -8,6 +8,7 @@ import ast
 import json
 import os
 import pickle
+import resource
 import shutil
 import signal
 import struct
@@ -24,11 +25,12 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import bnnkit
+import bnnkit.errors
 import bnnkit.fit as fitmod
 from bnnkit.cli import main
 from bnnkit.graph import Graph
 from bnnkit.training import read_metrics
-from bnnkit.files import atomic_write
+from bnnkit.files import LOCK, STALE_SECONDS, atomic_write, exclusive, remove_stale_temporaries
 from bnnkit.training.checkpoint import load_state, read_json
 from bnnkit.training.run import CONFIG, CURVES, METRICS, STATE, WEIGHTS, load_run
 from test_data import cifar_images, make_idx_dir, write_cifar_bin, write_cifar_py
@@ -71,7 +73,7 @@ def assert_run_files_valid(run: Path) -> None:
     """Every file of a run directory reads back whole; the only extra files allowed are
     the hidden temporaries of a write the kill interrupted (never read by anything)."""
     for path in run.iterdir():
-        if path.name.startswith(".") and path.name.endswith(".tmp"):
+        if path.name.startswith(".") and path.name.endswith(".tmp") or path.name == LOCK:  # what a kill leaves
             continue
         assert path.name in (CONFIG, WEIGHTS, STATE, METRICS, CURVES), f"unexpected file {path}"
     read_json(run / CONFIG, "run configuration")
@@ -144,6 +146,139 @@ def test_atomic_write_gives_the_mode_a_plain_write_would(tmp_path):
     (tmp_path / "new.txt").chmod(0o640)
     atomic_write(tmp_path / "new.txt", "two")
     assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640 and (tmp_path / "new.txt").read_text() == "two"
+
+
+def start_bnnkit_on_signal(args: list[str], go: Path) -> subprocess.Popen:
+    """A ``bnnkit ARGS`` process with bnnkit and torch already imported, that runs the
+    command once file ``go`` exists: it reaches the run directory within a moment."""
+    code = ("import sys, time, pathlib\nfrom bnnkit.cli import main\n"
+            f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+            f"sys.exit(main({args!r}))")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_two_trains_on_one_out_the_second_is_refused_and_the_first_finishes_intact(tmp_path, resume, one_thread):
+    run, go = tmp_path / "run", tmp_path / "go"
+    args = ["train", *TINY_TRAIN, "--epochs", "200", "--out", str(run), "--json"]
+    second = start_bnnkit_on_signal(args + ["--resume"] * resume + ["--seed", "1"], go)
+    first = subprocess.Popen([sys.executable, "-m", "bnnkit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / STATE).exists() and (run / LOCK).exists()):  # holding the lock, an epoch on disk
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.01)
+        assert (run / LOCK).read_text() == f"{first.pid}\n"
+        go.touch()
+        out, err = second.communicate(timeout=120)
+        assert first.poll() is None, "the first run finished before the second came: give it more epochs"
+    finally:
+        go.touch()
+        first_out, first_err = first.communicate(timeout=300)
+    assert second.returncode == 2 and out == ""
+    assert err == (f"error: {run}: another bnnkit process (PID {first.pid}) is writing this run directory; "
+                   "wait for it to finish or choose another directory\n")
+    assert first.returncode == 0, first_err
+    assert json.loads(first_out)["epoch"] == 200
+    assert_run_files_valid(run)
+    assert sorted(p.name for p in run.iterdir()) == sorted([CONFIG, WEIGHTS, STATE, METRICS, CURVES])  # lock removed
+    assert json.loads((run / CONFIG).read_text())["seed"] == 0  # the first run's, not the second's
+    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 201)) and load_state(run / STATE)["epoch"] == 200
+
+
+def test_a_lock_names_its_holder_and_outlives_no_process(tmp_path):
+    with exclusive(tmp_path, "thing"):
+        assert (tmp_path / LOCK).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(bnnkit.errors.BnnkitError, match=rf"another bnnkit process \(PID {os.getpid()}\) is writing this thing"):
+            with exclusive(tmp_path, "thing"):
+                pass
+        assert (tmp_path / LOCK).exists()  # the refused one did not remove the holder's lock
+    assert not (tmp_path / LOCK).exists()
+    # a holder killed with -9 leaves its lock file, and the kernel its lock: the next one takes it
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom bnnkit.files import exclusive\n"
+                               f"with exclusive({str(tmp_path)!r}, 'x'):\n    print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(bnnkit.errors.BnnkitError, match=f"PID {holder.pid}"):
+        with exclusive(tmp_path, "x"):
+            pass
+    holder.kill()
+    holder.wait()
+    assert (tmp_path / LOCK).read_text() == f"{holder.pid}\n"
+    with exclusive(tmp_path, "x"):
+        assert (tmp_path / LOCK).read_text() == f"{os.getpid()}\n"
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # reaped: no process has this PID now (until the system reuses it)
+    return proc.pid
+
+
+def age(path: Path, seconds: float) -> Path:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+    return path
+
+
+def left_file(path: Path, seconds_old: float) -> Path:
+    path.write_bytes(b"half a file")
+    return age(path, seconds_old)
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path):
+    live = subprocess.Popen(["sleep", "60"])
+    old = STALE_SECONDS + 5
+    try:
+        stale = [left_file(tmp_path / f".model.safetensors.{dead_pid()}.a1b2c3d4.tmp", old),
+                 left_file(tmp_path / ".config.json.x9_y8z7w.tmp", old)]  # the form before PIDs were in the name
+        kept = [left_file(tmp_path / f".config.json.{live.pid}.a1b2c3d4.tmp", old),  # its writer is still at work
+                left_file(tmp_path / f".metrics.jsonl.{dead_pid()}.a1b2c3d4.tmp", 0),  # young: its writer may be elsewhere
+                left_file(tmp_path / "notes.tmp", old), left_file(tmp_path / ".notes.tmp", old),  # not bnnkit's names
+                left_file(tmp_path / ".config.json.a1b2c3d4.tmp.bak", old)]
+        atomic_write(tmp_path / "result.json", "{}")  # the next write to the directory tidies it
+        assert not any(p.exists() for p in stale)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*(p.name for p in kept), "result.json"])
+        assert remove_stale_temporaries(tmp_path) == []
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_kill_9_in_the_middle_of_a_write_leaves_a_temporary_the_next_write_removes(tmp_path):
+    # The writer kills itself between writing its temporary and renaming it: the worst instant.
+    code = ("import os, signal\nimport bnnkit.files as files\n"
+            "files.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"files.atomic_write({str(tmp_path / 'config.json')!r}, 'new')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(f".config.json.{proc.pid}.") and left.name.endswith(".tmp") and left.read_text() == "new"
+    atomic_write(tmp_path / "other.json", "{}")
+    assert left.exists()  # too young to be judged: a writer in another PID namespace might still be at work
+    age(left, STALE_SECONDS + 1)
+    atomic_write(tmp_path / "other.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json"]
+
+
+@pytest.mark.parametrize("limit, failing", [(100, CONFIG), (4096, WEIGHTS)])
+def test_train_on_a_full_disk_is_one_line_and_leaves_no_directory(tmp_path, limit, failing):
+    """A file-size limit stands for a full disk: every write beyond ``limit`` bytes fails
+    (EFBIG; Python ignores SIGXFSZ), so config.json (1 KB) or the weights (20 KB) cannot
+    be written. The run directory and its parent, which train created, are gone."""
+    out = tmp_path / "new" / "run"
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "bnnkit", "train", *TINY_TRAIN, "--epochs", "1", "--out", str(out),
+                           "--json"], capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.endswith(f"error: {out / failing}: cannot write (File too large)\n"), proc.stderr
+    assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- malformed input -------------------------------------------------------------------------
@@ -293,20 +428,31 @@ def recipe_file(c: Ctx, text: str, problem: str) -> Bad:
     return Bad(["train", *TINY_TRAIN, "--recipe", str(path), "--out", str(out), "--json"], str(path), problem, [out])
 
 
+def resume_args(run: Path, *changed: str) -> list[str]:
+    """Resume the trained run (see ``trained``), with ``changed`` settings appended."""
+    return ["train", "--model", "ebnn_cnn", "--option", "channels=[8]", "--recipe", "embedded", "--dataset", "digits",
+            "--limit-train", "128", "--epochs", "2", "--out", str(run), "--resume", "--json", *changed]
+
+
 def resume_from_truncated_state(c: Ctx) -> Bad:
     run = c.copy(c.run, "run")
     (run / STATE).write_bytes((run / STATE).read_bytes()[:1000])
-    args = ["train", "--model", "ebnn_cnn", "--option", "channels=[8]", "--recipe", "embedded", "--dataset", "digits",
-            "--epochs", "2", "--out", str(run), "--resume", "--json"]
-    return Bad(args, str(run / STATE), "unreadable training state", [run])
+    return Bad(resume_args(run), str(run / STATE), "unreadable training state", [run])
 
 
 def resume_from_damaged_metrics(c: Ctx) -> Bad:
     run = c.copy(c.run, "run")
     (run / METRICS).write_text('{"epoch": 1, "test_a\n')
-    args = ["train", "--model", "ebnn_cnn", "--option", "channels=[8]", "--recipe", "embedded", "--dataset", "digits",
-            "--epochs", "2", "--out", str(run), "--resume", "--json"]
-    return Bad(args, str(run / METRICS), "line 1", [run])
+    return Bad(resume_args(run), str(run / METRICS), "line 1", [run])
+
+
+def resume_another_run(c: Ctx, *changed: str, problem: str) -> Bad:
+    run = c.copy(c.run, "run")
+    return Bad(resume_args(run, *changed), str(run / CONFIG), f"describes a different run: {problem}", [run])
+
+
+def train_tiny(c: Ctx, *args: str, names: str, problem: str) -> Bad:
+    return Bad(["train", *TINY_TRAIN, *args, "--out", str(c.tmp / "out"), "--json"], names, problem, [c.tmp / "out"])
 
 
 def fit_args(c: Ctx, ram: str, flash: str) -> list[str]:
@@ -370,6 +516,23 @@ CASES: dict[str, Callable[[Ctx], Bad]] = {
     "incompatible methods by name": lambda c: Bad(
         ["train", *TINY_TRAIN, "--recipe", "rsign+dorefa_2bit", "--out", str(c.tmp / "out"), "--json"],
         "rsign+dorefa_2bit", "each replace the activation binarizer", [c.tmp / "out"]),
+    "infinite learning rate in a recipe": lambda c: recipe_file(c, "lr = inf\n", "lr must be a finite number"),
+    "infinite width in a recipe": lambda c: recipe_file(c, "width_mult = inf\n", "width_mult must be a finite number"),
+    "boolean batch size in a recipe": lambda c: recipe_file(c, "batch_size = true\n", "batch_size must be an int"),
+    "infinite --lr": lambda c: train_tiny(c, "--lr", "inf", names="lr", problem="must be a finite number"),
+    "--limit-train 0": lambda c: train_tiny(c, "--limit-train", "0", names="limit_train", problem="must be an integer >= 1"),
+    "negative --seed": lambda c: train_tiny(c, "--seed", "-1", names="seed", problem="must be an integer in 0.."),
+    "Bop without binary weights": lambda c: train_tiny(
+        c, "--option", "depth=1", "--recipe", "bop", names="Bop", problem="the model has no binary layer"),
+    "model option of the wrong type": lambda c: train_tiny(
+        c, "--option", "depth=three", names="option depth", problem="expected an int like depth=3, got 'three'"),
+    "list option given a number": lambda c: Bad(
+        ["train", "--model", "ebnn_cnn", "--option", "channels=16", "--dataset", "digits", "--out", str(c.tmp / "out")],
+        "option channels", "expected a list of ints like channels=[16,32], got 16", [c.tmp / "out"]),
+    "resume on another data subset": lambda c: resume_another_run(
+        c, "--limit-train", "64", problem="limit_train 128 (stored) vs 64 (now)"),
+    "resume with another seed and test subset": lambda c: resume_another_run(
+        c, "--seed", "1", "--limit-test", "50", problem="seed 0 (stored) vs 1 (now); limit_test None vs 50"),
     "impossible fit budget": impossible_fit,
     "zero fit budget": lambda c: Bad(fit_args(c, "0", "4K"), "--ram", "must be > 0", [c.tmp / "fit"]),
     "damaged fit record": fit_with_damaged_record,

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,8 @@ def toml(value):
         return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
     if isinstance(value, list):
         return "[" + ", ".join(map(toml, value)) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # inf, -inf and nan are spelt the same in TOML
     return json.dumps(value)
 
 
@@ -70,6 +73,35 @@ def test_grid_errors_name_the_problem(change, message):
     raw = {k: v for k, v in {**TINY, **change}.items() if v is not None}
     with pytest.raises(BnnkitError, match=message):
         expand(raw)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"recipe": {"lr": math.inf}}, r"grid.toml: recipe: recipe 'baseline': lr must be a finite number in \(0, 10\], got inf"),
+        ({"recipe": {"width_mult": math.inf}}, "grid.toml: recipe: recipe 'baseline': width_mult must be a finite number"),
+        ({"recipe": {"lr": math.nan}}, "lr must be a finite number in .*, got nan"),
+        ({"recipe": {"batch_size": True}}, "batch_size must be an int, got True"),
+        ({"recipe": {"momentum": 1.5}}, r"momentum must be a finite number in \[0, 1\)"),
+        ({"epochs": 10**7}, "grid.toml: epochs must be an integer in 1..1000000, got 10000000"),
+        ({"epochs": True}, "grid.toml: epochs must be an integer >= 1, got True"),
+        ({"seeds": [0, -1]}, "grid.toml: seed must be an integer in 0..9223372036854775807, got -1"),
+        ({"seeds": [2**64]}, "grid.toml: seed must be an integer in 0.."),
+        ({"limit_train": 0}, "grid.toml: limit_train must be >= 1, got 0"),
+        ({"limit_test": 1.5}, "grid.toml: limit_test must be an integer >= 1, got 1.5"),
+        ({"model_options": {"width": "wide"}}, "grid.toml: model binarynet_mlp option width: expected an int like width=512"),
+        ({"model_options": {"width": math.inf}}, "option width: expected an int like width=512, got inf"),
+        ({"base": "no_such_recipe"}, "grid.toml: base: unknown recipe 'no_such_recipe'"),
+    ],
+)
+def test_a_hostile_grid_is_one_error_line_and_writes_nothing(tmp_path, capsys, change, message):
+    grid = write_grid(tmp_path / "grid.toml", {**TINY, **change})
+    out = tmp_path / "review"
+    assert main(["review", str(grid), "--out", str(out), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    assert re.search(message, captured.err), captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.toml"]
 
 
 def test_grid_file_errors(tmp_path):
@@ -209,11 +241,13 @@ def test_kill_9_then_rerun_keeps_finished_runs_and_resumes_the_rest(tmp_path):
 
 
 def test_two_reviews_cannot_share_a_directory(tmp_path):
-    from bnnkit.review.runner import exclusive
+    from bnnkit.files import exclusive
 
-    with exclusive(tmp_path):
-        with pytest.raises(BnnkitError, match="another `bnnkit review` is running"):
+    with exclusive(tmp_path, "review directory"):  # what the first review holds while it runs
+        with pytest.raises(BnnkitError) as info:
             run_review(expand(TINY), tmp_path, progress=False)
+    assert str(info.value) == (f"{tmp_path}: another bnnkit process (PID {os.getpid()}) is writing this review "
+                               "directory; wait for it to finish or choose another directory")
 
 
 # --- the report ---------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         type=_model_option,
         default=[],
         metavar="KEY=VALUE",
-        help="model option, value in JSON (e.g. width=64, channels=[16,32]); repeatable",
+        help="model option, value in JSON or a list as 16,32 (e.g. width=64, channels=16,32); repeatable",
     )
 
 
@@ -106,8 +106,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         model_options=dict(args.option),
         data_dir=args.data_dir,
     )
-    config.build_model()  # fail on a bad name or option before touching the output directory
-    options = TrainOptions(resume=args.resume, device=args.device, progress=not args.json, limit_train=args.limit_train)
+    warning = _export_warning(config, args.recipe)
+    options = TrainOptions(resume=args.resume, device=args.device, progress=not args.json, limit_train=args.limit_train,
+                           limit_test=args.limit_test, warnings=(warning,) if warning else ())
     result = train(config, args.out, options)
     reports = distributed.is_main()  # under torchrun: rank 0 reports for all
     distributed.shutdown()
@@ -119,6 +120,37 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"{config.model} on {config.dataset}: test accuracy {result['test_acc']:.4f} after {config.epochs} epochs"
         f" (best {result['best_test_acc']:.4f}); run in {args.out}",
     )
+
+
+def _export_warning(config, recipe_text: str) -> str | None:
+    """Why `bnnkit export` will refuse what this training makes, and the recipe it would
+    take, or None. The exporter decides, on the untrained model: its layers and recipe are
+    what training keeps."""
+    from dataclasses import replace
+
+    from bnnkit.data import get_info
+    from bnnkit.export import export_model
+
+    in_shape = get_info(config.dataset).in_shape
+    try:
+        export_model(config.build_model(), in_shape)
+        return None
+    except BnnkitError as exc:
+        reason = str(exc)
+    fix = "`bnnkit export --format onnx` exports the float model"
+    binary = config.recipe.with_(fp_first_layer=False, fp_last_layer=False)
+    if binary != config.recipe:
+        try:
+            export_model(replace(config, recipe=binary).build_model(), in_shape)
+        except BnnkitError as exc:
+            fix = f"binary first and last layers would not do either ({exc}); {fix}"
+        else:
+            if Path(recipe_text).suffix in (".toml", ".json"):
+                fix = f"set fp_first_layer = false and fp_last_layer = false in {recipe_text} to train one it takes"
+            else:
+                spec = "embedded" if recipe_text == "baseline" else f"{recipe_text}+binary_first_last"
+                fix = f"--recipe {spec} trains one it takes"
+    return f"`bnnkit export` will refuse this run: {reason}; {fix}"
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -397,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--limit-train", type=int, help="train on the first N images only (quick checks)")
+    p.add_argument("--limit-test", type=int, help="test on the first N images only")
     p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     p.set_defaults(fn=cmd_train)
     models_built.append(p)

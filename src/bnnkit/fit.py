@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bnnkit.errors import BnnkitError
-from bnnkit.files import atomic_write, make_dir, read_json_lines
+from bnnkit.files import atomic_write, exclusive, make_dir, read_json_lines
 from bnnkit.graph import Graph
 from bnnkit.progress import progress as bar
 
@@ -154,30 +154,35 @@ def fit(
         )
     say(f"bnnkit fit: {len(fits)} of {len(sized)} candidates fit RAM {ram} B / flash {flash} B; training cheapest first")
     make_dir(out, "fit directory")
-    recipe = load_recipe("embedded").with_(lr=LR)
-    t0 = time.perf_counter()
-    for row in fits:
-        if row["name"] in done:
-            continue
-        if time.perf_counter() - t0 > budget_minutes * 60:
-            say(f"time budget of {budget_minutes:g} min spent; rerun to continue")
-            break
-        say(f"training {row['name']} (RAM {row['ram']} B, flash {row['flash']} B)")
-        config = RunConfig(row["model"], dataset, epochs, recipe=recipe, model_options=row["options"], data_dir=data_dir)
-        started = time.perf_counter()
-        result = train(config, out / "runs" / row["name"], TrainOptions(resume=True, progress=progress, limit_train=limit_train))
-        done[row["name"]] = {**row, "accuracy": result["test_acc"], "epochs": epochs, "seconds": time.perf_counter() - started}
-        # the whole file, atomically: a kill leaves the previous records or these, never a torn line
-        atomic_write(out / RESULTS, "".join(json.dumps(r) + "\n" for r in done.values()))
-    trained = [done[r["name"]] for r in fits if r["name"] in done]
-    front = pareto(trained)
-    best = max(trained, key=lambda r: r["accuracy"], default=None)
-    if best is not None:
-        from bnnkit.export import export_run
+    with exclusive(out, "fit directory"):
+        done = _recorded(out)  # again, under the lock: a fit that finished meanwhile may have added some
+        recipe = load_recipe("embedded").with_(lr=LR)
+        t0 = time.perf_counter()
+        for row in fits:
+            if row["name"] in done:
+                continue
+            if time.perf_counter() - t0 > budget_minutes * 60:
+                say(f"time budget of {budget_minutes:g} min spent; rerun to continue")
+                break
+            say(f"training {row['name']} (RAM {row['ram']} B, flash {row['flash']} B)")
+            config = RunConfig(row["model"], dataset, epochs, recipe=recipe, model_options=row["options"],
+                               data_dir=data_dir)
+            started = time.perf_counter()
+            options = TrainOptions(resume=True, progress=progress, limit_train=limit_train)
+            result = train(config, out / "runs" / row["name"], options)
+            seconds = time.perf_counter() - started
+            done[row["name"]] = {**row, "accuracy": result["test_acc"], "epochs": epochs, "seconds": seconds}
+            # the whole file, atomically: a kill leaves the previous records or these, never a torn line
+            atomic_write(out / RESULTS, "".join(json.dumps(r) + "\n" for r in done.values()))
+        trained = [done[r["name"]] for r in fits if r["name"] in done]
+        front = pareto(trained)
+        best = max(trained, key=lambda r: r["accuracy"], default=None)
+        if best is not None:
+            from bnnkit.export import export_run
 
-        graph, _, _ = export_run(out / "runs" / best["name"])
-        graph.save(out / BEST)
-        _plot(sized, trained, front, ram, flash, out / PLOT)
+            graph, _, _ = export_run(out / "runs" / best["name"])
+            graph.save(out / BEST)
+            _plot(sized, trained, front, ram, flash, out / PLOT)
     return {
         "dataset": dataset,
         "measured_on": target or "memory plan",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import json
+import re
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
@@ -27,6 +29,9 @@ def register_model(*features: str) -> Callable[[Builder], Builder]:
         raise BnnkitError(f"unknown model feature(s) {', '.join(unknown)}; known: {', '.join(sorted(FEATURES))}")
 
     def decorate(fn: Builder) -> Builder:
+        for key, default in _keyword_defaults(fn).items():
+            if _kind(default) is None:  # the option's type is read from its default
+                raise TypeError(f"model {fn.__name__} option {key}: default {default!r} is no int, float, bool, str or list")
         MODELS[fn.__name__] = fn
         MODEL_FEATURES[fn.__name__] = frozenset(features)
         return fn
@@ -46,8 +51,82 @@ def model_features(name: str) -> frozenset[str]:
 
 def model_options(name: str) -> dict[str, Any]:
     """The keyword options of a model and their defaults."""
-    params = inspect.signature(_builder(name)).parameters.values()
+    return _keyword_defaults(_builder(name))
+
+
+def _keyword_defaults(fn: Builder) -> dict[str, Any]:
+    params = inspect.signature(fn).parameters.values()
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+# Model options are sizes and counts (widths, channels, kernels, depths: ints) and width
+# factors (floats). The bounds make a typo or a hostile config.json an error line rather
+# than a huge allocation.
+RANGES = {int: (1, 1 << 16), float: (0.0, 64.0)}  # ints: low..high; floats: (low, high]
+_NAMES = {int: "int", float: "number", bool: "bool", str: "string"}
+_INT_LIST = re.compile(r"\s*[+-]?\d+\s*(,\s*[+-]?\d+\s*)*")
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` of model ``name`` as its builder takes them, each checked against the
+    type of the builder's default for it (an int, a float, a bool, a str, or a list of
+    one of those), numbers against ``RANGES``. A list of ints may also be given as the
+    shell-safe text ``16,32``; an int where a float is expected becomes that float. A
+    problem is one ``BnnkitError`` line with an example of a valid value."""
+    defaults = model_options(name)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        known = ", ".join(sorted(defaults)) or "none"
+        raise BnnkitError(f"model {name!r} has no option(s) {', '.join(unknown)}; its options: {known}")
+    return {key: _option_value(name, key, value, defaults[key]) for key, value in options.items()}
+
+
+def _kind(default: Any) -> tuple[type, ...] | None:
+    """(type,) of a scalar option, (list, element type) of a list option, from its default."""
+    if isinstance(default, (bool, int, float, str)):
+        return (type(default),)
+    if isinstance(default, (list, tuple)) and default and len({type(v) for v in default}) == 1:
+        element = _kind(default[0])
+        return (list, *element) if element and len(element) == 1 else None
+    return None
+
+
+def _option_value(model: str, key: str, value: Any, default: Any) -> Any:
+    kind = _kind(default)
+    if kind[0] is list:
+        element = kind[1]
+        if isinstance(value, str) and element is int and _INT_LIST.fullmatch(value):
+            value = [int(v) for v in value.split(",")]
+        items = [_scalar(v, element) for v in value] if isinstance(value, (list, tuple)) and value else [None]
+        what = f"a list of {_NAMES[element]}s"
+    else:
+        element, items, what = kind[0], [_scalar(value, kind[0])], f"{'an' if kind[0] is int else 'a'} {_NAMES[kind[0]]}"
+    if any(v is None for v in items):
+        _bad_option(model, key, value, default, what)
+    if not all(_in_range(v) for v in items):
+        low, high = RANGES[element]
+        interval = f"{low}..{high}" if element is int else f"({low:g}, {high:g}]"
+        _bad_option(model, key, value, default, f"{what} in {interval}")
+    return items if kind[0] is list else items[0]
+
+
+def _scalar(value: Any, expected: type) -> Any:
+    """``value`` as an ``expected`` (a bool is no number; an int is a float), or None."""
+    if expected is float and type(value) is int:
+        return float(value)
+    return value if type(value) is expected else None
+
+
+def _in_range(value: Any) -> bool:
+    if type(value) not in RANGES:
+        return True
+    low, high = RANGES[type(value)]
+    return low <= value <= high if type(value) is int else low < value <= high  # NaN and inf fail
+
+
+def _bad_option(model: str, key: str, value: Any, default: Any, expected: str) -> None:
+    example = json.dumps(list(default) if isinstance(default, tuple) else default, separators=(",", ":"))
+    raise BnnkitError(f"model {model} option {key}: expected {expected} like {key}={example}, got {value!r}")
 
 
 def create_model(
@@ -68,10 +147,7 @@ def create_model(
     exact integers, so a device computes it bit for bit from uint8 input.
     """
     builder = _builder(name)
-    unknown = sorted(set(options) - set(model_options(name)))
-    if unknown:
-        known = ", ".join(sorted(model_options(name))) or "none"
-        raise BnnkitError(f"model {name!r} has no option(s) {', '.join(unknown)}; its options: {known}")
+    options = check_options(name, options)
     if num_classes < 2:
         raise BnnkitError(f"num_classes must be >= 2, got {num_classes}")
     if len(in_shape) != 3 or min(in_shape) < 1:

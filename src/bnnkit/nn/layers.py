@@ -258,8 +258,18 @@ def binary_layers(model: nn.Module) -> list[nn.Module]:
 @torch.no_grad()
 def clip_latent_weights_(model: nn.Module, value: float = 1.0) -> None:
     """Clamp the latent weights of ``binary_layers(model)`` to [-value, value], in place
-    (BinaryNet; the trainer calls it after every optimiser step). Beyond the clip a
-    weight gets no gradient through the clipped STE and could never flip back."""
+    (BinaryNet). Beyond the clip a weight gets no gradient through the clipped STE and
+    could never flip back.
+
+    `bnnkit.training.train` calls it after every optimiser step with the recipe's
+    ``latent_clip`` (0 turns it off); a training loop of your own makes the same call,
+    right after each step::
+
+        loss.backward()
+        optimizer.step()
+        clip_latent_weights_(model, recipe.latent_clip)  # e.g. 1.0
+
+    ``model`` may be the module or a wrapper around it (DistributedDataParallel)."""
     for m in binary_layers(model):
         m.weight.clamp_(-value, value)
 

@@ -171,10 +171,12 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def apply_methods(base: Recipe, names: Iterable[str], name: str | None = None) -> Recipe:
-    """``base`` with the repair methods ``names`` applied, named ``name`` (default: the
-    base's name and the methods joined by '+'). Methods that set one field to different
-    values, or fields that cannot be combined, raise one error naming both."""
+def apply_methods(base: Recipe | str, names: Iterable[str], name: str | None = None) -> Recipe:
+    """``base`` (a Recipe or anything `load_recipe` takes) with the repair methods ``names``
+    applied, named ``name`` (default: the base's name and the methods joined by '+').
+    Methods that set one field to different values, or fields that cannot be combined,
+    raise one error naming both."""
+    base = load_recipe(base)
     names = list(names)
     changes: dict[str, Any] = {}
     owner: dict[str, str] = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,6 +27,44 @@ RESIDUALS = ("block", "double")
 DOWNSAMPLES = ("binary", "fp")
 ACTIVATIONS = ("none", "prelu", "rprelu")
 POOL_ORDERS = ("pool_bn_sign", "bn_sign_pool")
+_TYPES = {"str": str, "bool": bool, "int": int, "float": float}
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        # NaN fails every comparison, so it never holds; nor does ±inf, all bounds being finite
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if isinstance(self.low, int) and isinstance(self.high, int) and not (self.low_open or self.high_open):
+            return f"{self.low}..{self.high}"
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+# The range of every numeric field. The upper bounds are far beyond any useful value and
+# keep a typo (or a hostile file) from allocating or diverging without end.
+RANGES = {
+    "lr": Interval(0.0, 10.0, low_open=True),
+    "momentum": Interval(0.0, 1.0, high_open=True),  # at 1 or more the velocity grows without bound
+    "weight_decay": Interval(0.0, 1.0),
+    "warmup_epochs": Interval(0, 10_000),
+    "latent_clip": Interval(0.0, 1e6),  # 0 disables; beyond every latent value it clips nothing
+    "bop_threshold": Interval(0.0, 1e6, low_open=True),
+    "bop_gamma": Interval(0.0, 1.0, low_open=True),  # the rate of an exponential moving average
+    "batch_size": Interval(1, 1 << 20),
+    "weight_bases": Interval(1, 8),
+    "activation_bases": Interval(1, 8),
+    "activation_bits": Interval(1, 8),
+    "width_mult": Interval(0.0, 16.0, low_open=True),
+}
 
 
 @dataclass(frozen=True)
@@ -95,7 +132,21 @@ class Recipe:
     pad_value: float = 0.0
 
     def __post_init__(self) -> None:
+        self._check_types()
         self._check()
+
+    def _check_types(self) -> None:
+        """Every field of its declared type (a bool is no number here); an int where a float
+        is declared becomes that float, as TOML and JSON write 1 for 1.0."""
+        if not isinstance(self.name, str):
+            raise BnnkitError(f"recipe name must be a str, got {self.name!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float" and type(value) is int:
+                object.__setattr__(self, f.name, float(value))
+            elif type(value) is not _TYPES[f.type]:
+                article = "an" if f.type == "int" else "a"
+                raise BnnkitError(f"recipe {self.name!r}: {f.name} must be {article} {f.type}, got {value!r}")
 
     def _check(self) -> None:
         def choice(field: str, allowed: tuple) -> None:
@@ -115,16 +166,11 @@ class Recipe:
         choice("downsample", DOWNSAMPLES)
         choice("activation", ACTIVATIONS)
         choice("pool_order", POOL_ORDERS)
-        for field in ("lr", "batch_size", "width_mult", "bop_threshold", "bop_gamma"):
-            if not getattr(self, field) > 0:
-                raise BnnkitError(f"recipe {self.name!r}: {field} must be > 0, got {getattr(self, field)!r}")
-        for field in ("momentum", "weight_decay", "warmup_epochs", "latent_clip"):
+        for field, interval in RANGES.items():
             value = getattr(self, field)
-            if not (value >= 0 and math.isfinite(value)):
-                raise BnnkitError(f"recipe {self.name!r}: {field} must be a finite number >= 0, got {value!r}")
-        for field in ("weight_bases", "activation_bases", "activation_bits"):
-            if not 1 <= getattr(self, field) <= 8:
-                raise BnnkitError(f"recipe {self.name!r}: {field} must be in 1..8, got {getattr(self, field)!r}")
+            if not interval.holds(value):
+                kind = "an integer" if isinstance(value, int) else "a finite number"
+                raise BnnkitError(f"recipe {self.name!r}: {field} must be {kind} in {interval}, got {value!r}")
         self._check_combinations()
 
     def _check_combinations(self) -> None:
@@ -170,11 +216,9 @@ class Recipe:
             raise BnnkitError(
                 f"{source}: unknown recipe key(s) {', '.join(unknown)}; known: {', '.join(sorted(_field_names()))}"
             )
-        types = {f.name: f.type for f in fields(cls)}
-        clean = {key: _coerce(source, key, value, types[key]) for key, value in data.items()}
         try:
-            return cls(**clean)
-        except BnnkitError as exc:  # a bad value or combination: say which file it came from
+            return cls(**data)
+        except BnnkitError as exc:  # a bad type, value or combination: say which file it came from
             raise BnnkitError(f"{source}: {exc}") from None
 
     def to_toml(self) -> str:
@@ -187,16 +231,6 @@ class Recipe:
 
 def _field_names() -> set[str]:
     return {f.name for f in fields(Recipe)}
-
-
-def _coerce(source: str, key: str, value: Any, type_name: str) -> Any:
-    """Check one value against the field's declared type; TOML and JSON both write 1 for 1.0."""
-    if type_name == "float" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    expected = {"str": str, "bool": bool, "int": int, "float": float}[type_name]
-    if type(value) is not expected:
-        raise BnnkitError(f"{source}: {key} must be a {type_name}, got {value!r}")
-    return value
 
 
 def _toml_value(value: Any) -> str:

@@ -161,7 +161,10 @@ def _base(raw: dict[str, Any], source: str, folder: Path | None) -> Recipe:
     spec = raw.get("base", "baseline")
     if folder is not None and Path(spec).suffix in (".toml", ".json") and not Path(spec).is_absolute():
         spec = str(folder / spec)
-    base = load_recipe(spec)
+    try:
+        base = load_recipe(spec)
+    except BnnkitError as exc:
+        raise BnnkitError(f"{source}: base: {exc}") from None
     if "recipe" in raw:
         base = Recipe.from_dict({**base.to_dict(), **raw["recipe"]}, source=f"{source}: recipe")
     return base
@@ -189,15 +192,21 @@ def expand(raw: dict[str, Any], source: str = "grid", folder: Path | None = None
     data_dir = raw.get("data_dir")
     if data_dir is not None and folder is not None:
         data_dir = str(folder / data_dir)
-    template = RunConfig(
-        model=raw["model"],
-        dataset=raw["dataset"],
-        epochs=raw["epochs"],
-        recipe=base,
-        model_options=dict(raw.get("model_options", {})),
-        data_dir=data_dir,
-    )
-    template.build_model()  # a bad model, dataset or option is the grid's error, not an entry's
+    try:
+        # a bad model, dataset, option, epoch count or seed is the grid's error, not an entry's
+        template = RunConfig(
+            model=raw["model"],
+            dataset=raw["dataset"],
+            epochs=raw["epochs"],
+            recipe=base,
+            model_options=dict(raw.get("model_options", {})),
+            data_dir=data_dir,
+        )
+        template.build_model()
+        for seed in raw["seeds"]:
+            replace(template, seed=seed)
+    except BnnkitError as exc:
+        raise BnnkitError(f"{source}: {exc}") from None
     entries: list[tuple[str, str, str, list[str]]] = [(BASELINE_LABEL, BASELINE_LABEL, "", [])]
     for name in _methods(raw):
         method = METHODS[name]

@@ -11,12 +11,9 @@ one DIR), so they are simply run again.
 from __future__ import annotations
 
 import concurrent.futures
-import fcntl
 import multiprocessing
-import os
 import socket
 import traceback
-from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -26,14 +23,13 @@ import torch
 from bnnkit.cost import model_costs
 from bnnkit.data import get_info
 from bnnkit.errors import BnnkitError
-from bnnkit.files import make_dir
+from bnnkit.files import exclusive, make_dir
 from bnnkit.progress import Progress
 from bnnkit.review.grid import Grid, RunSpec
 from bnnkit.review.store import Store
 from bnnkit.training import TrainOptions, read_metrics, train
 
 EXECUTORS = ("local", "ray")
-LOCK = "review.lock"
 
 Outcome = dict[str, Any]
 
@@ -141,21 +137,6 @@ def run_ray(
         ray.shutdown()
 
 
-@contextmanager
-def exclusive(out: Path) -> Iterator[None]:
-    """Hold DIR's lock for a whole review: a second review on the same DIR would take
-    the first one's 'running' rows for leftovers of a dead process."""
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BnnkitError(f"{out}: another `bnnkit review` is running on this directory") from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock; the kernel does the same when a process is killed
-
-
 def run_review(
     grid: Grid,
     out: str | Path,
@@ -174,7 +155,9 @@ def run_review(
         raise BnnkitError(f"--workers must be >= 1, got {workers}")
     out = make_dir(out, "review directory")
     host = socket.gethostname()
-    with exclusive(out), Store(out) as store:
+    # Held for the whole review: a second one on DIR would take the first one's 'running'
+    # rows for leftovers of a dead process.
+    with exclusive(out, "review directory"), Store(out) as store:
         store.add(grid.runs)
         status = store.statuses()
         again = ("pending", "running", "failed") if retry_failed else ("pending", "running")

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,23 @@ from bnnkit.errors import BnnkitError
 from bnnkit.nn import clip_latent_weights_, set_weight_binarization
 from bnnkit.quant import set_training_progress
 from bnnkit.training import distributed
-from bnnkit.files import atomic_write, make_dir
+from bnnkit.files import atomic_write
 from bnnkit.training.checkpoint import load_state, save_state, save_weights
 from bnnkit.training.optim import lr_factor, make_optimizer, set_lr
 from bnnkit.training.plots import plot_curves
-from bnnkit.training.run import CURVES, METRICS, STATE, WEIGHTS, RunConfig, load_run, read_metrics
+from bnnkit.training.run import (
+    CURVES,
+    METRICS,
+    STATE,
+    WEIGHTS,
+    ModelArg,
+    RunConfig,
+    check_continues,
+    load_run,
+    read_metrics,
+    run_directory,
+    the_model,
+)
 
 EVAL_BATCH = 1000
 
@@ -49,6 +62,19 @@ class TrainOptions:
     progress: bool = True
     limit_train: int | None = None  # first N training images only: quick checks and tests
     limit_test: int | None = None
+    # Printed on stderr ("warning: ...") once the run is set up, just before it trains: a
+    # word about the run (the CLI's that it will not export) that an earlier error makes moot.
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise BnnkitError(f"{name} must be an integer >= 1 (or None for all images), got {value!r}")
+
+    @property
+    def limits(self) -> dict[str, int | None]:
+        return {"limit_train": self.limit_train, "limit_test": self.limit_test}
 
 
 def pick_device(name: str) -> torch.device:
@@ -117,33 +143,33 @@ def distribution_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(teacher_logits, 1), log_target=True, reduction="batchmean")
 
 
-def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptions()) -> dict:
-    """Train ``config`` into directory ``out``; returns the last epoch's metrics."""
-    out = Path(out)
-    recipe = config.recipe
+def train(
+    config: RunConfig, out: str | Path, options: TrainOptions = TrainOptions(), model: ModelArg | None = None
+) -> dict:
+    """Train ``config`` into directory ``out``; returns the last epoch's metrics.
+
+    ``model`` trains a model of your own instead of the registry's ``config.model``: an
+    ``nn.Module`` (trained in place) or a function of no arguments that builds one (called
+    after seeding, so its initialisation follows ``config.seed``). The run records its
+    class; ``--resume`` and `load_run` need the model given again.
+
+    Anything wrong with the inputs (data, model, options, recipe, optimiser) is an error
+    before ``out`` is touched; a run that fails before its first epoch is on disk leaves
+    nothing behind; a second process training into ``out`` meanwhile is an error."""
+    with contextlib.ExitStack() as held:  # the run directory's lock, until the last epoch is written
+        return _train(config, Path(out), options, model, held)
+
+
+def _train(
+    config: RunConfig, out: Path, options: TrainOptions, model: ModelArg | None, held: contextlib.ExitStack
+) -> dict:
     device = distributed.init(pick_device(options.device))
     main = distributed.is_main()  # the one process that writes files and prints
 
-    # Data first: a missing dataset must not leave an empty run directory behind.
+    # --- data, model, optimiser: every input checked before the run directory is touched --
     train_ds = _subset(load_dataset(config.dataset, "train", config.data_dir), options.limit_train)
     test_ds = _subset(load_dataset(config.dataset, "test", config.data_dir), options.limit_test)
-
-    # --- the run directory: fresh, or one to continue ---------------------------------
-    start_epoch, history, state = 0, [], None
-    if (out / STATE).exists():
-        if not options.resume:
-            raise BnnkitError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
-        previous = RunConfig.load(out)
-        if not previous.same_training(config):
-            raise BnnkitError(f"{out}/config.json describes a different run (model, dataset, recipe, options or seed differ)")
-        state = load_state(out / STATE)
-        start_epoch = int(state["epoch"])
-        history = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
-    if main:
-        make_dir(out, "run directory")
-        config.save(out)
-
-    # --- data, model, optimiser --------------------------------------------------------
+    recipe = config.recipe
     batch_size = min(recipe.batch_size, len(train_ds.y))
     distributed.check_batch_size(batch_size)
     steps_per_epoch = len(train_ds.y) // batch_size
@@ -151,13 +177,33 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
     augment = augmentation_for(config.dataset) != "none"
 
     torch.manual_seed(config.seed)
-    model = config.build_model().to(device)
+    config, model = the_model(config, model, out)
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
+    if recipe.distill and config.user_model:
+        raise BnnkitError(
+            f"distillation trains a full-precision twin of a registry model; {config.model_class} is your own"
+        )
+
+    # --- the run directory: fresh, or one to continue ---------------------------------
+    held.enter_context(run_directory(out, writer=main))
+    start_epoch, history, state = 0, [], None
+    if (out / STATE).exists():
+        if not options.resume:
+            raise BnnkitError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
+        check_continues(out, config, options.limits)
+        state = load_state(out / STATE)
+        start_epoch = int(state["epoch"])
+        history = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
+    if main:
+        config.save(out, options.limits)
+        for warning in options.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     teacher = None
     if recipe.distill:  # trained first, into its own resumable run directory
-        train(teacher_config(config), out / "teacher", dataclasses.replace(options, resume=True))
+        train(teacher_config(config), out / "teacher", dataclasses.replace(options, resume=True, warnings=()))
         teacher = load_run(out / "teacher")[0].to(device)
     if state is not None:
         model.load_state_dict(state["model"])

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from bnnkit.errors import BnnkitError
 from bnnkit.nn import binary_layers
 from bnnkit.recipe import Recipe
 
@@ -86,8 +87,14 @@ class SplitOptimizer:
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer | SplitOptimizer:
+    if not any(p.requires_grad for p in model.parameters()):
+        raise BnnkitError(f"recipe {recipe.name!r}: the model has no trainable parameters")
     if recipe.optimizer == "bop":
         binary = [m.weight for m in binary_layers(model)]
+        if not binary:
+            raise BnnkitError(
+                f"recipe {recipe.name!r}: Bop trains binary weights and the model has no binary layer; use adam or sgd"
+            )
         ids = {id(p) for p in binary}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         bop = Bop(binary, recipe.bop_threshold, recipe.bop_gamma)
