@@ -1,7 +1,6 @@
 """The Python API (``import bnnkit``): lazy, torch-free on the graph side, and the same
 runs as the command line."""
 
-import inspect
 import json
 import subprocess
 import sys
@@ -16,10 +15,6 @@ from bnnkit.runtime.numpy_ref import predict as reference_predict
 from docblocks import ROOT, blocks, run_shell, user_env
 from graphgen import case_from_seed
 
-# bnnkit.training.train(config, out, options, model=...) comes from the run-directory work
-# (branch h-runs); until it is merged the tests of a user's own nn.Module are skipped.
-USER_MODELS = "model" in inspect.signature(__import__("bnnkit.training", fromlist=["train"]).train).parameters
-needs_user_models = pytest.mark.skipif(not USER_MODELS, reason="bnnkit.training.train has no model= yet")
 
 
 def python(code: str, env=None, cwd=None) -> subprocess.CompletedProcess:
@@ -119,7 +114,6 @@ def test_swapped_paths_name_the_right_command(tmp_path):
         bnnkit.export_model(bnnkit.create_model("binarynet_mlp", 10, (1, 8, 8), "embedded"))
 
 
-@needs_user_models
 def test_train_takes_a_module_and_load_run_rebuilds_it(tmp_path):
     def build():
         return bnnkit.create_model("binarynet_mlp", 10, (1, 8, 8), "embedded", width=32, depth=1)
@@ -137,8 +131,6 @@ def test_python_api_page_runs_as_written(tmp_path):
     script = []
     shell = []
     for block in blocks(ROOT / "docs/python-api.md"):
-        if block.marker == "needs: user-model training" and not USER_MODELS:
-            continue
         if block.marker and block.marker.startswith("file: "):
             (tmp_path / block.marker.removeprefix("file: ")).write_text(block.code)
         elif block.lang == "python":
