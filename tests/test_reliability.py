@@ -34,6 +34,7 @@ from bnnkit.files import LOCK, STALE_SECONDS, atomic_write, exclusive, remove_st
 from bnnkit.training.checkpoint import load_state, read_json
 from bnnkit.training.run import CONFIG, CURVES, METRICS, STATE, WEIGHTS, load_run
 from test_data import cifar_images, make_idx_dir, write_cifar_bin, write_cifar_py
+from graphgen import case_from_seed
 from test_graph import _rewrite
 
 # small enough that an epoch takes milliseconds, so that the kill tests can afford many
@@ -279,6 +280,24 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_directory(tmp_path, limi
     assert proc.stderr.endswith(f"error: {out / failing}: cannot write (File too large)\n"), proc.stderr
     assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_codegen_on_a_full_disk_is_one_line_and_leaves_no_directory(tmp_path):
+    """As for train: the generated sources cannot be written, and the directories codegen
+    created for them are removed again."""
+    graph = tmp_path / "g.bnn"
+    case_from_seed(0).graph.save(graph)
+    out = tmp_path / "new" / "src"
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    proc = subprocess.run([sys.executable, "-m", "bnnkit", "codegen", str(graph), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: {out / 'bnn.'}") and proc.stderr.endswith(": cannot write (File too large)\n")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.bnn"]
 
 
 # --- malformed input -------------------------------------------------------------------------

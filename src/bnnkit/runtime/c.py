@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from bnnkit.errors import BnnkitError
-from bnnkit.files import atomic_write, make_dir
+from bnnkit.files import atomic_write, created_dir, make_dir
 from bnnkit.graph import INT32_MIN, Graph, Op, check_name, pair
 from bnnkit.runtime.numpy_ref import check_input
 from bnnkit.runtime.plan import PRODUCERS, MemoryPlan, Step, plan_memory
@@ -622,14 +622,14 @@ def write_sources(graph: Graph, out_dir: str | Path, prefix: str = "bnn", *, scr
     file is written atomically, unless ``scratch``: a build directory that is thrown away
     needs no fsync per file (the random-graph tests build over a thousand)."""
     sources = generate_c(graph, prefix)  # a bad prefix or graph creates no directory
-    out = make_dir(out_dir, "output directory")
     paths = []
-    for name, text in sources.items():
-        if scratch:
-            (out / name).write_text(text)
-        else:
-            atomic_write(out / name, text)
-        paths.append(out / name)
+    with created_dir(out_dir, "output directory") as out:  # a full disk leaves no empty directory
+        for name, text in sources.items():
+            if scratch:
+                (out / name).write_text(text)
+            else:
+                atomic_write(out / name, text)
+            paths.append(out / name)
     return paths
 
 
