@@ -4,7 +4,7 @@ with the NumPy reference and time. The long test run before each release note:
     python benchmarks/agreement.py [MODEL.bnn] [--runtimes numpy,c,cortex-m4] [--limit N] [--json]
 
 MODEL.bnn defaults to runs/demo/model.bnn (``bnnkit demo`` writes it), the runtimes to
-one of each kind (``bnnkit.runtime.RUNTIMES`` lists them). Every row comes from
+one of each kind (``bnnkit.runtime.registry.RUNTIMES`` lists them). Every row comes from
 ``bnnkit.runtime.evaluate.run_graphs`` in this run (one reference pass, shared); "seconds" is that runtime's own
 time on the images (for Cortex-M the QEMU run, build excluded). Exits 1 unless every
 runtime agrees with the reference bit for bit.
@@ -19,18 +19,20 @@ import sys
 from bnnkit.cost.summary import render_table
 from bnnkit.graph import Graph
 from bnnkit.runtime.evaluate import run_graphs
+from bnnkit.runtime.registry import RUNTIMES
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("graph", nargs="?", default="runs/demo/model.bnn", metavar="MODEL.bnn")
-    parser.add_argument("--runtimes", default="numpy,c,cortex-m4", help="comma-separated (default: numpy,c,cortex-m4)")
+    parser.add_argument("--runtimes", default="numpy,c,cortex-m4",
+                        help=f"comma-separated, of {', '.join(RUNTIMES)} (default: numpy,c,cortex-m4)")
     parser.add_argument("--limit", type=int, help="first N test images only (default: the whole test set)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     graph = Graph.load(args.graph)
-    rows = [{"runtime": r["runtime"], "dataset": r["dataset"], "n": r["n"], "accuracy": r["accuracy"], "agreement": r["agreement"],
-             "bit_exact": r["bit_exact"], "seconds": r["seconds"][r["runtime"]]}
+    rows = [{"runtime": r.runtime, "dataset": r.dataset, "n": r.n, "accuracy": r.accuracy, "agreement": r.agreement,
+             "bit_exact": r.bit_exact, "seconds": r.seconds[r.runtime]}
             for r in run_graphs(graph, args.runtimes.split(","), limit=args.limit)]
     agree = all(r["bit_exact"] and r["agreement"] == 1.0 for r in rows)
     if args.json:

@@ -14,21 +14,21 @@ import json
 
 from bnnkit.cost.summary import render_table
 from bnnkit.graph import Graph
-from bnnkit.runtime.cortex_m import TARGETS
 from bnnkit.runtime.evaluate import run_graphs
+from bnnkit.runtime.registry import device_runtimes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("graphs", nargs="+", metavar="MODEL.bnn")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated cores (default: all three)")
+    parser.add_argument("--targets", default=",".join(device_runtimes()), help="comma-separated cores (default: all three)")
     parser.add_argument("--limit", type=int, help="first N test images only (default: the whole test set)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
     for path in args.graphs:
         graph = Graph.load(path)
-        rows += [{"graph": path, **r} for r in run_graphs(graph, args.targets.split(","), limit=args.limit)]
+        rows += [{"graph": path, **r.to_dict()} for r in run_graphs(graph, args.targets.split(","), limit=args.limit)]
     if args.json:
         print(json.dumps({"rows": rows}))
         return

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Op
 from bnnkit.runtime import evaluate, fast, numpy_ref
-from bnnkit.runtime.c import build_hosts
+from bnnkit.runtime.host import build_hosts
 from graphgen import SETTINGS, case_from_seed, ebnn_cnn, graph_cases
 
 ISAS = [pytest.param(isa, marks=pytest.mark.skipif(isa not in fast.supported_isas(), reason=f"this CPU lacks {isa}"))
@@ -166,7 +166,7 @@ def test_run_graph_runtimes(monkeypatch):
     monkeypatch.setattr(evaluate, "test_images", lambda *a: ("synthetic", x, np.zeros(len(x), np.int64)))
     for runtime in ("c", "c-portable"):
         result = evaluate.run_graph(graph, runtime)
-        assert result["bit_exact"] and result["agreement"] == 1.0 and runtime in result["seconds"]
+        assert result.bit_exact and result.agreement == 1.0 and runtime in result.seconds
 
 
 def test_an_empty_batch_gives_empty_results_in_every_runtime(tmp_path):

@@ -72,7 +72,7 @@ def test_fit_trains_what_fits_and_resumes(tmp_path, monkeypatch):
     best = result["best"]
     assert best["accuracy"] == max(r["accuracy"] for r in result["trained"])
     ran = run_graph(Graph.load(out / BEST), "numpy")
-    assert ran["accuracy"] == pytest.approx(best["accuracy"]) and ran["n"] == 355
+    assert ran.accuracy == pytest.approx(best["accuracy"]) and ran.n == 355
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
     def must_not_train(*_):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from bnnkit.graph import Graph
-from bnnkit.runtime.c import build_host
 from bnnkit.runtime.fast import FastModel
+from bnnkit.runtime.host import build_host
 from bnnkit.runtime.numpy_ref import predict
 
 DATA = Path(__file__).parent / "data"

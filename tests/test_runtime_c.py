@@ -26,8 +26,9 @@ import pytest
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
 from bnnkit.runtime import c as c_runtime
-from bnnkit.runtime import numpy_ref
-from bnnkit.runtime.c import POPCOUNT_VARIANTS, HostModel, build_host, build_hosts, generate_c, write_sources
+from bnnkit.runtime import numpy_ref, toolchain
+from bnnkit.runtime.c import POPCOUNT_VARIANTS, generate_c, write_sources
+from bnnkit.runtime.host import HostModel, build_host, build_hosts
 from graphgen import Case, case_from_seed, ebnn_cnn
 
 SEEDS = range(1020)
@@ -109,7 +110,7 @@ def test_random_graphs_are_bit_exact():
 
 def _sanitizers_work(tmp: Path) -> bool:
     (tmp / "probe.c").write_text("int main(void) { return 0; }\n")
-    cmd = ["gcc", *c_runtime.SANITIZE, str(tmp / "probe.c"), "-o", str(tmp / "probe")]
+    cmd = ["gcc", *toolchain.SANITIZE, str(tmp / "probe.c"), "-o", str(tmp / "probe")]
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
 

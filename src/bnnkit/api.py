@@ -9,7 +9,6 @@ directory, a ``Graph`` or its file. The page docs/python-api.md walks through th
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -151,28 +150,12 @@ def predict(model: Graph | PathLike | nn.Module, x: np.ndarray, *,
         if runtime not in (None, "torch"):
             raise BnnkitError(f"a PyTorch module runs in torch; export it (bnnkit.export_model) to run it in {runtime}")
         return _predict_torch(model, x)
-    from bnnkit.runtime import RUNTIMES
+    from bnnkit.runtime.registry import REFERENCE, get_runtime
 
-    runtime = runtime or "numpy"
-    if runtime not in RUNTIMES:
-        raise BnnkitError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
-    graph = _graph(model)
-    if runtime == "numpy":
-        from bnnkit.runtime.numpy_ref import predict as reference
-
-        return reference(graph, x)
-    if runtime == "c":
-        from bnnkit.runtime.fast import FastModel
-
-        return FastModel(graph).predict(x)
-    with tempfile.TemporaryDirectory(prefix="bnnkit-predict-") as work:
-        if runtime == "c-portable":
-            from bnnkit.runtime.c import build_host
-
-            return build_host(graph, work).predict(x)
-        from bnnkit.runtime.cortex_m import build_mcu
-
-        return build_mcu(graph, work, runtime).predict(x)
+    chosen = get_runtime(runtime or REFERENCE)
+    with chosen.prepare(_graph(model)) as predictor:
+        result = predictor.predict(x)
+    return result.scores, result.labels
 
 
 def _is_module(obj: Any) -> bool:
@@ -220,7 +203,7 @@ def evaluate(source: Graph | PathLike | nn.Module, dataset: str | None = None, *
                                 (tuple(config.to_dict()["in_shape"]), f"{path} was trained on {config.dataset}"))
     from bnnkit.runtime.evaluate import run_graph
 
-    return run_graph(_graph(source), runtime, dataset, limit, data_dir)
+    return run_graph(_graph(source), runtime, dataset, limit, data_dir).to_dict()
 
 
 def _evaluate_module(module: nn.Module, name: str, dataset: str, data_dir: str | None, limit: int | None,

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from bnnkit import __version__
 from bnnkit.api import expect_run_dir, load_graph
 from bnnkit.errors import BnnkitError
-from bnnkit.runtime import RUNTIMES
+from bnnkit.runtime.registry import RUNTIMES, device_runtimes
 
 
 class _Parser(argparse.ArgumentParser):
@@ -214,15 +214,14 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     graph = _load_graph(args)
     r = run_graph(graph, args.runtime, args.dataset, args.limit, args.data_dir, progress=not args.json)
-    exact = "bit-identical scores" if r["bit_exact"] else "scores differ"
-    took = r["seconds"][r["runtime"]]
+    exact = "bit-identical scores" if r.bit_exact else "scores differ"
     text = (
-        f"{args.graph} in {r['runtime']} on {r['dataset']} ({r['n']} images): accuracy {r['accuracy']:.4f}, "
-        f"agreement with numpy {r['agreement']:.2%} ({exact}); {took:.2f} s in {r['runtime']}"
-        + ("" if r["runtime"] == "numpy" else f", {r['seconds']['numpy']:.2f} s in numpy")
+        f"{args.graph} in {r.runtime} on {r.dataset} ({r.n} images): accuracy {r.accuracy:.4f}, "
+        f"agreement with numpy {r.agreement:.2%} ({exact}); {r.seconds[r.runtime]:.2f} s in {r.runtime}"
+        + ("" if r.runtime == "numpy" else f", {r.seconds['numpy']:.2f} s in numpy")
     )
-    if "device" in r:
-        d = r["device"]
+    if r.device is not None:
+        d = r.device
         text += (
             f"\n{d['target']} ({d['board']} in QEMU): flash {d['flash_bytes']:,} B (text {d['text']:,}, rodata "
             f"{d['rodata']:,}, data {d['data']:,}); RAM {d['ram_bytes']:,} B (data + bss {d['bss']:,} + stack used "
@@ -235,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         totals = profile(graph)["totals"]
         text += "\n" + "\n".join(energy.describe(totals["energy"], totals["binary_macs"], d))
-    _emit(args, r, text)
+    _emit(args, r.to_dict(), text)
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -244,17 +243,13 @@ def cmd_profile(args: argparse.Namespace) -> None:
     graph = _load_graph(args)
     result = profile(graph)
     if args.target:
-        import tempfile
-
         import numpy as np
 
-        from bnnkit.runtime.cortex_m import measure
-
-        with tempfile.TemporaryDirectory(prefix="bnnkit-profile-") as work:
-            # sizes and stack do not depend on the image; instructions do a little (pools stop early),
-            # so this counts one black image: `bnnkit run --runtime` counts real ones
-            black = np.zeros((1, *graph.input_shape), np.uint8)
-            _, result["device"] = measure(graph, args.target, black, work, progress=not args.json)
+        # sizes and stack do not depend on the image; instructions do a little (pools stop early),
+        # so this counts one black image: `bnnkit run --runtime` counts real ones
+        black = np.zeros((1, *graph.input_shape), np.uint8)
+        with RUNTIMES[args.target].prepare(graph, progress=not args.json) as device:
+            result["device"] = device.predict(black).device
     _emit(args, result, format_profile(result))
 
 
@@ -268,7 +263,7 @@ def cmd_codegen(args: argparse.Namespace) -> None:
 def cmd_build(args: argparse.Namespace) -> None:
     graph = _load_graph(args)
     if args.target == "host":
-        from bnnkit.runtime.c import build_host
+        from bnnkit.runtime.host import build_host
 
         host = build_host(graph, args.output)
         result = {"target": "host", "executable": str(host.executable)}
@@ -469,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="accuracy of a graph in a runtime, and its agreement with the numpy reference")
     _add_graph_args(p)
-    p.add_argument("--runtime", choices=RUNTIMES, default="numpy",
+    p.add_argument("--runtime", choices=list(RUNTIMES), default="numpy",
                    help="numpy (the reference), c (bnnkit's fast host kernels, in-process), c-portable (the generated "
                    "C99 compiled on this host) or a Cortex-M core emulated in QEMU")
     p.add_argument("--dataset", type=_dataset, help="default: the dataset the model was trained on")
@@ -480,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="per layer: weight bytes, activation bytes, binary and FP ops; planned RAM")
     _add_graph_args(p)
-    p.add_argument("--target", choices=("cortex-m3", "cortex-m4", "cortex-m7"),
+    p.add_argument("--target", choices=device_runtimes(),
                    help="also build for this core and show what was measured in QEMU beside the analytic figures")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profile)
@@ -494,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="compile a graph for a Cortex-M core (an ELF for QEMU's MPS2 boards) or for this host")
     _add_graph_args(p)
-    p.add_argument("--target", required=True, choices=("cortex-m3", "cortex-m4", "cortex-m7", "host"))
+    p.add_argument("--target", required=True, choices=(*device_runtimes(), "host"))
     p.add_argument("-o", "--output", type=Path, required=True, help="build directory (sources, objects, the ELF or executable)")
     p.add_argument("--stack-size", type=int, default=8192, help="bytes reserved for the stack on a Cortex-M (default 8192)")
     p.add_argument("--json", action="store_true")
@@ -506,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, type=_dataset)
     p.add_argument("--budget-minutes", type=float, default=10.0, help="stop starting new candidates after this (default 10)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per candidate (default 3)")
-    p.add_argument("--target", choices=("cortex-m3", "cortex-m4", "cortex-m7"),
+    p.add_argument("--target", choices=device_runtimes(),
                    help="measure each candidate's flash and RAM on this core in QEMU (default: the analytic memory plan)")
     p.add_argument("--out", type=Path, default=Path("runs/fit"), help="results, runs, best.bnn and pareto.png (resumable)")
     p.add_argument("--limit-train", type=int, help="train on the first N images only")

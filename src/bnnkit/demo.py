@@ -3,7 +3,6 @@ CNN, export it to the integer graph, and run that graph in NumPy and in C."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import load_recipe
+from bnnkit.runtime.registry import RUNTIMES
 from bnnkit.training import RunConfig, TrainOptions, train
 
 # Measured on 2 CPU cores (see README): these finish well inside 10 minutes. The embedded
@@ -36,7 +36,6 @@ def pick_dataset(data_dir: str | None) -> str:
 
 def run_demo(out: str | Path = "runs/demo", epochs: int | None = None, data_dir: str | None = None, progress: bool = True) -> dict:
     from bnnkit.export import compare, export_run
-    from bnnkit.runtime.c import build_host
 
     out = Path(out)
     dataset = pick_dataset(data_dir)
@@ -62,9 +61,9 @@ def run_demo(out: str | Path = "runs/demo", epochs: int | None = None, data_dir:
     test = load_dataset(dataset, "test", config.data_dir)
     check = compare(model, graph, test.x)
     say("compiling the C runtime and running it on the test set")
-    with tempfile.TemporaryDirectory(prefix="bnnkit-demo-") as work:
-        c_scores, c_labels = build_host(graph, work).predict(test.x)
-        mcu = _cortex_m4(graph, test.x[:MCU_IMAGES], check["graph_scores"][:MCU_IMAGES], test.y[:MCU_IMAGES], work, say)
+    with RUNTIMES["c-portable"].prepare(graph) as portable:
+        c = portable.predict(test.x)
+    mcu = _cortex_m4(graph, test.x[:MCU_IMAGES], check["graph_scores"][:MCU_IMAGES], test.y[:MCU_IMAGES], say)
     result = {
         "dataset": dataset,
         "model": config.model,
@@ -72,9 +71,9 @@ def run_demo(out: str | Path = "runs/demo", epochs: int | None = None, data_dir:
         "n": int(len(test.y)),
         "accuracy": trained["test_acc"],
         "numpy_accuracy": float(np.mean(check["graph_labels"] == test.y)),
-        "c_accuracy": float(np.mean(c_labels == test.y)),
+        "c_accuracy": float(np.mean(c.labels == test.y)),
         "graph_agreement": check["top1_agreement"],
-        "c_bit_exact": bool(np.array_equal(c_scores, check["graph_scores"])),
+        "c_bit_exact": bool(np.array_equal(c.scores, check["graph_scores"])),
         "cortex_m4": mcu,
         "seconds": time.perf_counter() - t0,
         "train_seconds": train_seconds,
@@ -97,22 +96,20 @@ def run_demo(out: str | Path = "runs/demo", epochs: int | None = None, data_dir:
     return result
 
 
-def _cortex_m4(graph, x, reference_scores, y, work: str, say) -> dict:
+def _cortex_m4(graph, x, reference_scores, y, say) -> dict:
     """The graph on an emulated Cortex-M4, where the toolchain and QEMU are installed."""
-    from bnnkit.runtime.cortex_m import build_mcu
-
     say(f"cross-compiling for Cortex-M4 and running {len(x)} images in QEMU")
     try:
-        image = build_mcu(graph, Path(work) / "m4", "cortex-m4")
-        run = image.run(x)
+        with RUNTIMES["cortex-m4"].prepare(graph) as m4:
+            run = m4.predict(x)
     except BnnkitError as exc:  # no cross toolchain or emulator: the rest of the demo stands
         return {"skipped": str(exc)}
     return {
         "n": int(len(x)),
         "accuracy": float(np.mean(run.labels == y)),
         "bit_exact": bool(np.array_equal(run.scores, reference_scores)),
-        "flash_bytes": image.size.flash,
-        "ram_bytes": run.ram_bytes,
-        "stack_bytes_used": run.stack_bytes_used,
+        "flash_bytes": run.device["flash_bytes"],
+        "ram_bytes": run.device["ram_bytes"],
+        "stack_bytes_used": run.device["stack_bytes_used"],
         "seconds": run.seconds,
     }

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,12 +85,12 @@ def footprint(graph: Graph, target: str | None = None) -> dict:
     p = profile(graph)
     sizes = {"ram": p["memory"]["planned_peak_bytes"], "flash": p["totals"]["weight_bytes"]}
     if target is not None:
-        from bnnkit.runtime.cortex_m import build_mcu
+        from bnnkit.runtime.registry import get_runtime
 
-        with tempfile.TemporaryDirectory(prefix="bnnkit-fit-") as work:
-            image = build_mcu(graph, work, target)
-            run, instructions = image.counted_run(np.zeros((1, *graph.input_shape), np.uint8))
-        sizes = {"ram": run.ram_bytes, "flash": image.size.flash, "instructions": instructions}
+        with get_runtime(target, device=True).prepare(graph) as device:
+            measured = device.predict(np.zeros((1, *graph.input_shape), np.uint8)).device
+        sizes = {"ram": measured["ram_bytes"], "flash": measured["flash_bytes"],
+                 "instructions": measured["instructions_per_inference"]}
     return {**sizes, "binary_macs": p["totals"]["binary_macs"], "int_ops": p["totals"]["int_ops"]}
 
 

@@ -1,9 +1,10 @@
-"""The C runtime: a generator of portable C99 for a ``Graph`` and a host build that runs it.
+"""The C runtime's generator: portable C99 for a ``Graph``.
 
 The generated ``{prefix}.c`` holds the weights as ``static const`` packed words, one
-``static`` arena placed by ``bnnkit.runtime.plan`` and one small function per op kind the
-graph uses; ``{prefix}_infer`` calls them in order with the layer's constants. No malloc,
-no libm. The layout of every activation is the one ``plan`` documents (bits HWC-packed in
+``static`` arena placed by ``bnnkit.runtime.plan`` and the kernels the graph uses, copied
+from ``c_kernels/kernels.c`` (``bnnkit.runtime.c_library``); ``{prefix}_infer`` calls them
+in order with the layer's constants. This module writes only those tables and calls. No
+malloc, no libm. The layout of every activation is the one ``plan`` documents (bits HWC-packed in
 32-bit words, integers and floats CHW); the header repeats what a caller needs.
 
 Binary dot products are XOR-popcounts, ``n_valid - 2 * popcount(x ^ w)``, with the unused
@@ -11,395 +12,31 @@ bits of every word 0 in activations and weights alike, so channel counts that ar
 multiples of 32 need no masks. A dense layer is generated as a convolution whose kernel
 covers its input's layout, which is how the graph's CHW ``flatten`` order is kept on an
 HWC-packed map: the weights are permuted here, the data never moves.
+
+``bnnkit.runtime.host`` compiles the sources for this machine, ``bnnkit.runtime.cortex_m``
+for a Cortex-M; both through ``bnnkit.runtime.toolchain``.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from bnnkit.errors import BnnkitError
-from bnnkit.files import atomic_write, created_dir, make_dir
+from bnnkit.files import atomic_write, created_dir
 from bnnkit.graph import INT32_MIN, Graph, Op, check_name, pair
-from bnnkit.runtime.numpy_ref import check_input
+from bnnkit.runtime.c_library import kernel_sources
 from bnnkit.runtime.plan import PRODUCERS, MemoryPlan, Step, plan_memory
 
 # What reaches the generated C as text: this prefix, op names (graph.NAME, checked again
 # where they are quoted) and numbers formatted from validated ints and floats; tensor names
 # and meta never do.
 PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-ffp-contract=off")
-SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g")
 # The popcount implementations the generated C can use: define BNNKIT_POPCOUNT_<name>.
 POPCOUNT_VARIANTS = ("SWAR", "SHIFTS", "TABLE", "BUILTIN")
-
-# --- the C functions, emitted only when used ----------------------------------------
-# name -> (source, the helpers it calls)
-
-_HELPERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "bit_at": (
-        """\
-static int bit_at(const uint32_t *v, int i)
-{
-    return (int)((v[i >> 5] >> (i & 31)) & 1u);
-}""",
-        (),
-    ),
-    # Variants, chosen at compile time (benchmarks/mcu_popcount.py measures them):
-    # BNNKIT_POPCOUNT_SWAR     bit-parallel sums, one multiply (the default without an instruction)
-    # BNNKIT_POPCOUNT_SHIFTS   bit-parallel sums, shifts and adds only (for cores with slow multiply)
-    # BNNKIT_POPCOUNT_TABLE    four lookups in a 256-byte table
-    # BNNKIT_POPCOUNT_BUILTIN  the compiler's builtin (an instruction on x86/Arm-A, libgcc's table on M)
-    "popcount": (
-        """\
-/* No Cortex-M has a popcount instruction: there the builtin is a libgcc table lookup. */
-#if !defined(BNNKIT_POPCOUNT_SWAR) && !defined(BNNKIT_POPCOUNT_SHIFTS) && !defined(BNNKIT_POPCOUNT_TABLE) && \
-    !defined(BNNKIT_POPCOUNT_BUILTIN)
-#if (defined(__GNUC__) || defined(__clang__)) && !(defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M')
-#define BNNKIT_POPCOUNT_BUILTIN
-#else
-#define BNNKIT_POPCOUNT_SWAR
-#endif
-#endif
-#if defined(BNNKIT_POPCOUNT_BUILTIN)
-#define POPCOUNT(v) __builtin_popcountl((unsigned long)(v))
-#elif defined(BNNKIT_POPCOUNT_TABLE)
-static const uint8_t popcount_table[256] = {
-    0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 1, 2, 2, 3, 2, 3, 3, 4, 2, 3, 3, 4, 3, 4, 4, 5,
-    1, 2, 2, 3, 2, 3, 3, 4, 2, 3, 3, 4, 3, 4, 4, 5, 2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6,
-    1, 2, 2, 3, 2, 3, 3, 4, 2, 3, 3, 4, 3, 4, 4, 5, 2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6,
-    2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6, 3, 4, 4, 5, 4, 5, 5, 6, 4, 5, 5, 6, 5, 6, 6, 7,
-    1, 2, 2, 3, 2, 3, 3, 4, 2, 3, 3, 4, 3, 4, 4, 5, 2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6,
-    2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6, 3, 4, 4, 5, 4, 5, 5, 6, 4, 5, 5, 6, 5, 6, 6, 7,
-    2, 3, 3, 4, 3, 4, 4, 5, 3, 4, 4, 5, 4, 5, 5, 6, 3, 4, 4, 5, 4, 5, 5, 6, 4, 5, 5, 6, 5, 6, 6, 7,
-    3, 4, 4, 5, 4, 5, 5, 6, 4, 5, 5, 6, 5, 6, 6, 7, 4, 5, 5, 6, 5, 6, 6, 7, 5, 6, 6, 7, 6, 7, 7, 8,
-};
-#define POPCOUNT(v) (popcount_table[(v) & 0xffu] + popcount_table[((v) >> 8) & 0xffu] + \
-                     popcount_table[((v) >> 16) & 0xffu] + popcount_table[(v) >> 24])
-#else
-static int popcount32(uint32_t v)
-{
-    v = v - ((v >> 1) & 0x55555555u);
-    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
-    v = (v + (v >> 4)) & 0x0f0f0f0fu;
-#if defined(BNNKIT_POPCOUNT_SHIFTS)
-    v = v + (v >> 8);
-    v = v + (v >> 16);
-    return (int)(v & 0x3fu);
-#else
-    return (int)((v * 0x01010101u) >> 24);
-#endif
-}
-#define POPCOUNT(v) popcount32(v)
-#endif""",
-        (),
-    ),
-    # f32 activations live in the uint32_t arena as their bit patterns; a union is the
-    # C99 way to reinterpret them without breaking strict aliasing
-    "f32_bits": (
-        """\
-static uint32_t f32_bits(float f)
-{
-    union { float f; uint32_t u; } v;
-    v.f = f;
-    return v.u;
-}""",
-        (),
-    ),
-    "f32_of": (
-        """\
-static float f32_of(uint32_t u)
-{
-    union { float f; uint32_t u; } v;
-    v.u = u;
-    return v.f;
-}""",
-        (),
-    ),
-    "input_acc": (
-        """\
-/* One accumulator of a u8 convolution: padded pixels are 0 and add nothing, so only the
-   taps inside the image are summed. Weight bit k = (c * KH + i) * KW + j. */
-static int32_t input_acc(const struct conv *L, const uint8_t *x, const uint32_t *w, int y, int xo)
-{
-    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;
-    int i0 = y0 < 0 ? -y0 : 0, i1 = L->H - y0 < L->KH ? L->H - y0 : L->KH;
-    int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;
-    int32_t acc = 0;
-    int c, i, j;
-    for (c = 0; c < L->C; c++)
-        for (i = i0; i < i1; i++) {
-            const uint8_t *row = x + (c * L->H + y0 + i) * L->W + x0;
-            int k = (c * L->KH + i) * L->KW;
-            for (j = j0; j < j1; j++) {
-                int32_t v = row[j], neg = bit_at(w, k + j) - 1; /* 0 for +1, -1 for -1 */
-                acc += (v ^ neg) - neg;
-            }
-        }
-    return acc;
-}""",
-        ("bit_at",),
-    ),
-    "binary_acc": (
-        """\
-/* One accumulator of a binary convolution: n - 2 * popcount(x ^ w) over the taps that
-   count. A kernel row's taps inside the map are one run of words (HWC). A tap outside
-   reads L->pad (the constant padded pixel) or, when that is NULL (pad 'zero'), is
-   skipped. Weights: per tap (i, j), the input's words per pixel. */
-static int32_t binary_acc(const struct conv *L, const uint32_t *x, const uint32_t *w, int y, int xo)
-{
-    int cw = (L->C + 31) / 32, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;
-    int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;
-    int32_t n = 0, ones = 0;
-    int i, j, k;
-    for (i = 0; i < L->KH; i++, w += L->KW * cw) {
-        int iy = y0 + i, lo = L->KW, hi = L->KW;
-        if (iy >= 0 && iy < L->H && j0 < j1) {
-            const uint32_t *p = x + (iy * L->W + x0 + j0) * cw, *q = w + j0 * cw;
-            lo = j0;
-            hi = j1;
-            for (k = 0; k < (hi - lo) * cw; k++)
-                ones += POPCOUNT(p[k] ^ q[k]);
-            n += (hi - lo) * L->C;
-        }
-        if (L->pad != NULL)
-            for (j = 0; j < L->KW; j++)
-                if (j < lo || j >= hi) {
-                    for (k = 0; k < cw; k++)
-                        ones += POPCOUNT(L->pad[k] ^ w[j * cw + k]);
-                    n += L->C;
-                }
-    }
-    return n - 2 * ones;
-}""",
-        ("popcount",),
-    ),
-    "threshold": (
-        """\
-/* i32 CHW -> bits HWC. thresh INT32_MIN needs no case of its own: no sum reaches it. */
-static void threshold(const int32_t *x, int C, int HW, const int32_t *thresh, const uint32_t *flip, uint32_t *out)
-{
-    int cw = (C + 31) / 32, p, c;
-    for (p = 0; p < HW; p++, out += cw) {
-        for (c = 0; c < cw; c++)
-            out[c] = 0;
-        for (c = 0; c < C; c++) {
-            int32_t v = x[c * HW + p];
-            int b = bit_at(flip, c) ? v <= thresh[c] : v >= thresh[c];
-            out[c >> 5] |= (uint32_t)b << (c & 31);
-        }
-    }
-}""",
-        ("bit_at",),
-    ),
-    "maxpool_bits": (
-        """\
-/* Window OR per word; channels set in min (may be NULL) take the window AND instead. */
-static void maxpool_bits(const uint32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW,
-                         const uint32_t *min, uint32_t *out)
-{
-    int cw = (C + 31) / 32, Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, y, xo, k, i, j;
-    for (y = 0; y < Ho; y++)
-        for (xo = 0; xo < Wo; xo++)
-            for (k = 0; k < cw; k++) {
-                uint32_t any = 0, all = 0xffffffffu, m = min != NULL ? min[k] : 0;
-                for (i = 0; i < KH; i++)
-                    for (j = 0; j < KW; j++) {
-                        uint32_t v = x[((y * SH + i) * W + xo * SW + j) * cw + k];
-                        any |= v;
-                        all &= v;
-                    }
-                *out++ = (any & ~m) | (all & m);
-            }
-}""",
-        (),
-    ),
-    "maxpool_i32": (
-        """\
-static void maxpool_i32(const int32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, int32_t *out)
-{
-    int Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, c, y, xo, i, j;
-    for (c = 0; c < C; c++, x += H * W)
-        for (y = 0; y < Ho; y++)
-            for (xo = 0; xo < Wo; xo++) {
-                int32_t m = x[y * SH * W + xo * SW];
-                for (i = 0; i < KH; i++)
-                    for (j = 0; j < KW; j++) {
-                        int32_t v = x[(y * SH + i) * W + xo * SW + j];
-                        m = v > m ? v : m;
-                    }
-                *out++ = m;
-            }
-}""",
-        (),
-    ),
-    "avgpool": (
-        """\
-/* The window SUM: the consumer folds the 1/(KH*KW). */
-static void avgpool(const int32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, int32_t *out)
-{
-    int Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, c, y, xo, i, j;
-    for (c = 0; c < C; c++, x += H * W)
-        for (y = 0; y < Ho; y++)
-            for (xo = 0; xo < Wo; xo++) {
-                int32_t s = 0;
-                for (i = 0; i < KH; i++)
-                    for (j = 0; j < KW; j++)
-                        s += x[(y * SH + i) * W + xo * SW + j];
-                *out++ = s;
-            }
-}""",
-        (),
-    ),
-    "add_i32": (
-        """\
-static void add_i32(const int32_t *a, const int32_t *b, int n, int32_t *out)
-{
-    int i;
-    for (i = 0; i < n; i++)
-        out[i] = a[i] + b[i];
-}""",
-        (),
-    ),
-    "add_f32": (
-        """\
-static void add_f32(const uint32_t *a, const uint32_t *b, int n, uint32_t *out)
-{
-    int i;
-    for (i = 0; i < n; i++)
-        out[i] = f32_bits(f32_of(a[i]) + f32_of(b[i]));
-}""",
-        ("f32_bits", "f32_of"),
-    ),
-    "argmax_i32": (
-        """\
-/* The first maximum wins. */
-static int argmax_i32(const int32_t *x, int n, float *scores)
-{
-    int i, best = 0;
-    for (i = 0; i < n; i++) {
-        if (scores != NULL)
-            scores[i] = (float)x[i];
-        if (x[i] > x[best])
-            best = i;
-    }
-    return best;
-}""",
-        (),
-    ),
-    "argmax_f32": (
-        """\
-/* The first maximum wins. */
-static int argmax_f32(const uint32_t *x, int n, float *scores)
-{
-    int i, best = 0;
-    for (i = 0; i < n; i++) {
-        if (scores != NULL)
-            scores[i] = f32_of(x[i]);
-        if (f32_of(x[i]) > f32_of(x[best]))
-            best = i;
-    }
-    return best;
-}""",
-        ("f32_of",),
-    ),
-}
-
-_AFFINE = """\
-/* float(x) * scale[c], rounded to float, then + bias[c]: the volatile product cannot be
-   contracted into an FMA whatever -ffp-contract says. */
-static void affine_{t}(const {xtype} *x, int C, int HW, const float *scale, const float *bias, uint32_t *out)
-{{
-    int c, p;
-    for (c = 0; c < C; c++)
-        for (p = 0; p < HW; p++) {{
-            volatile float prod = {load} * scale[c];
-            *out++ = f32_bits(prod + bias[c]);
-        }}
-}}"""
-_HELPERS["affine_i32"] = (_AFFINE.format(t="i32", xtype="int32_t", load="(float)x[c * HW + p]"), ("f32_bits",))
-_HELPERS["affine_f32"] = (_AFFINE.format(t="f32", xtype="uint32_t", load="f32_of(x[c * HW + p])"), ("f32_bits", "f32_of"))
-
-_CONV_I32 = """\
-/* -> i32 CHW */
-static void {kind}(const struct conv *L, const {xtype} *x, int32_t *out)
-{{
-    int o, y, xo;
-    for (o = 0; o < L->O; o++)
-        for (y = 0; y < L->Ho; y++)
-            for (xo = 0; xo < L->Wo; xo++)
-                *out++ = {acc}(L, x, L->w + o * L->wpo, y, xo);
-}}"""
-
-_CONV_SIGN = """\
-/* Fused with its threshold and a max-pool (1x1 when there is none) -> bits HWC; the i32
-   map is never stored. A pooled OR stops at the first 1, an AND (min channel) at the first 0. */
-static void {kind}_sign(const struct conv *L, const struct sign *S, const {xtype} *x, uint32_t *out)
-{{
-    int ow = (L->O + 31) / 32, py, px, o, i, j;
-    for (py = 0; py < S->Ho; py++)
-        for (px = 0; px < S->Wo; px++, out += ow) {{
-            for (o = 0; o < ow; o++)
-                out[o] = 0;
-            for (o = 0; o < L->O; o++) {{
-                const uint32_t *w = L->w + o * L->wpo;
-                int32_t t = S->thresh[o];
-                int flip = bit_at(S->flip, o), init = S->min != NULL && bit_at(S->min, o), b = init;
-                for (i = 0; i < S->KH && b == init; i++)
-                    for (j = 0; j < S->KW && b == init; j++) {{
-                        int32_t acc = {acc}(L, x, w, py * S->SH + i, px * S->SW + j);
-                        b = flip ? acc <= t : acc >= t;
-                    }}
-                out[o >> 5] |= (uint32_t)b << (o & 31);
-            }}
-        }}
-}}"""
-
-for _kind, _xtype in (("input", "uint8_t"), ("binary", "uint32_t")):
-    _HELPERS[f"{_kind}_conv"] = (_CONV_I32.format(kind=f"{_kind}_conv", xtype=_xtype, acc=f"{_kind}_acc"), (f"{_kind}_acc",))
-    _HELPERS[f"{_kind}_conv_sign"] = (
-        _CONV_SIGN.format(kind=f"{_kind}_conv", xtype=_xtype, acc=f"{_kind}_acc"),
-        (f"{_kind}_acc", "bit_at"),
-    )
-
-_STRUCTS = """\
-/* A convolution; a dense layer is one whose kernel covers its whole input. */
-struct conv {
-    int C, H, W;              /* input layout */
-    int O, KH, KW, SH, SW, PH, PW;
-    int Ho, Wo;               /* output */
-    int wpo;                  /* weight words per output channel */
-    const uint32_t *w;
-    const uint32_t *pad;      /* binary input: the padded pixel, NULL to count valid taps only */
-};
-
-/* A threshold fused after a conv, then a max-pool (1x1, stride 1 when none). */
-struct sign {
-    const int32_t *thresh;
-    const uint32_t *flip;
-    int KH, KW, SH, SW;
-    const uint32_t *min;      /* pooled channels taking the minimum (AND), or NULL */
-    int Ho, Wo;               /* output */
-};"""
-
-
-def _closure(names: set[str]) -> list[str]:
-    """``names`` and every helper they call, in ``_HELPERS`` order (callees first)."""
-    needed, todo = set(), list(names)
-    while todo:
-        name = todo.pop()
-        if name not in needed:
-            needed.add(name)
-            todo.extend(_HELPERS[name][1])
-    return [name for name in _HELPERS if name in needed]
 
 
 # --- parameters as C arrays -----------------------------------------------------------
@@ -603,11 +240,9 @@ int {prefix}_infer(const uint8_t *input, float *scores);
 
 #endif
 """
-    structs = [_STRUCTS] if e.used & {"input_conv", "binary_conv", "input_conv_sign", "binary_conv_sign"} else []
     source = "\n\n".join(
         [f'/* Generated by bnnkit; see {prefix}.h. */\n#include <stddef.h>\n#include "{prefix}.h"']
-        + structs
-        + [_HELPERS[name][0] for name in _closure(e.used)]
+        + kernel_sources(e.used)
         + e.data
         + [
             f"static uint32_t {prefix}_arena[{max(plan.arena_bytes // 4, 1)}];",
@@ -633,121 +268,15 @@ def write_sources(graph: Graph, out_dir: str | Path, prefix: str = "bnn", *, scr
     return paths
 
 
-# --- the host build -------------------------------------------------------------------
+def __getattr__(name: str):
+    # The host build lived here until it moved to bnnkit.runtime.host, and the flags to
+    # bnnkit.runtime.toolchain; these names stay importable from here for existing callers.
+    if name in ("HostModel", "build_host", "build_hosts"):
+        from bnnkit.runtime import host
 
-_MAIN = """\
-/* Host harness: argv[1] picks the model; images (raw uint8) on stdin, for each its scores
-   (float32) then its label (int32) on stdout, native byte order. */
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdint.h>
-{includes}
+        return getattr(host, name)
+    if name in ("CFLAGS", "SANITIZE"):
+        from bnnkit.runtime import toolchain
 
-struct model {{
-    int (*infer)(const uint8_t *, float *);
-    size_t input_size, classes;
-}};
-
-static const struct model models[] = {{
-{models}
-}};
-
-int main(int argc, char **argv)
-{{
-    const struct model *m;
-    uint8_t *input;
-    float *scores;
-    size_t got;
-    int index = argc == 2 ? atoi(argv[1]) : -1;
-    if (index < 0 || index >= (int)(sizeof models / sizeof models[0])) {{
-        fprintf(stderr, "usage: %s MODEL_INDEX < images > scores\\n", argv[0]);
-        return 2;
-    }}
-    m = &models[index];
-    input = malloc(m->input_size);
-    scores = malloc(m->classes * sizeof *scores);
-    if (input == NULL || scores == NULL)
-        return 3;
-    while ((got = fread(input, 1, m->input_size, stdin)) == m->input_size) {{
-        int32_t label = m->infer(input, scores);
-        fwrite(scores, sizeof *scores, m->classes, stdout);
-        fwrite(&label, sizeof label, 1, stdout);
-    }}
-    if (got != 0) {{
-        fprintf(stderr, "truncated image on stdin\\n");
-        return 4;
-    }}
-    free(input);
-    free(scores);
-    return fflush(stdout) != 0;
-}}
-"""
-
-
-@dataclass(frozen=True)
-class HostModel:
-    """A graph compiled for this machine; ``predict`` runs the executable."""
-
-    graph: Graph
-    executable: Path
-    index: int  # which of the executable's models
-    sanitize: bool = False
-
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores float32 (N, classes) and labels int64 (N,) of uint8 images (N, C, H, W)."""
-        x = np.ascontiguousarray(check_input(self.graph, x))
-        env = dict(os.environ)
-        if self.sanitize:  # leak checking needs ptrace, which containers often forbid
-            env["ASAN_OPTIONS"] = "detect_leaks=0:" + env.get("ASAN_OPTIONS", "")
-        proc = subprocess.run([str(self.executable), str(self.index)], input=x.tobytes(), capture_output=True, env=env)
-        if proc.returncode != 0:
-            raise BnnkitError(
-                f"{self.executable} exited with status {proc.returncode}:\n{proc.stderr.decode(errors='replace')}"
-            )
-        k = self.graph.num_classes
-        record = np.dtype([("scores", "=f4", (k,)), ("label", "=i4")])
-        if len(proc.stdout) != len(x) * record.itemsize:
-            raise BnnkitError(f"{self.executable} wrote {len(proc.stdout)} bytes for {len(x)} images")
-        out = np.frombuffer(proc.stdout, dtype=record)
-        return out["scores"].astype(np.float32).reshape(len(x), k), out["label"].astype(np.int64)
-
-
-def _compile(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BnnkitError(f"C compilation failed: {' '.join(cmd)}\n{proc.stderr}")
-
-
-def build_hosts(
-    graphs: Sequence[Graph], workdir: str | Path, *, sanitize: bool = False, cc: str = "gcc", cflags: Sequence[str] = ()
-) -> list[HostModel]:
-    """Compile ``graphs`` into one host executable under ``workdir`` (one compile for many
-    graphs, each with its own prefix ``g0``, ``g1``, ...). ``cflags`` are added to the
-    strict ``CFLAGS``; ``sanitize`` adds AddressSanitizer and UBSan."""
-    if shutil.which(cc) is None:
-        raise BnnkitError(f"no C compiler {cc!r} found; install gcc or clang, or pass cc=")
-    if not graphs:
-        raise BnnkitError("build_hosts needs at least one graph")
-    work = make_dir(workdir, "build directory")
-    flags = [*CFLAGS, *(SANITIZE if sanitize else ()), *cflags]
-    prefixes = [f"g{i}" for i in range(len(graphs))]
-    for graph, prefix in zip(graphs, prefixes):
-        write_sources(graph, work, prefix, scratch=True)
-    (work / "main.c").write_text(
-        _MAIN.format(
-            includes="\n".join(f'#include "{p}.h"' for p in prefixes),
-            models="\n".join(f"    {{{p}_infer, {p.upper()}_INPUT_SIZE, {p.upper()}_NUM_CLASSES}}," for p in prefixes),
-        )
-    )
-    units = [*prefixes, "main"]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(_compile, ([cc, *flags, "-c", str(work / f"{u}.c"), "-o", str(work / f"{u}.o")] for u in units)))
-    exe = work / "bnnkit_host"
-    _compile([cc, *flags, *(str(work / f"{u}.o") for u in units), "-o", str(exe)])
-    return [HostModel(graph, exe, i, sanitize) for i, graph in enumerate(graphs)]
-
-
-def build_host(graph: Graph, workdir: str | Path, *, sanitize: bool = False, cc: str = "gcc", cflags: Sequence[str] = ()) -> HostModel:
-    """Compile ``graph`` with its C runtime and a stdin/stdout harness under ``workdir``
-    (see ``build_hosts`` for the options)."""
-    return build_hosts([graph], workdir, sanitize=sanitize, cc=cc, cflags=cflags)[0]
+        return getattr(toolchain, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,13 +13,13 @@ survives the overflow). An overflow by less than one stack frame can leave the b
 word unwritten; it then shows as a fault or as wrong results, so leave a margin over
 ``stack_bytes_used``.
 
-Toolchain: ``arm-none-eabi-gcc`` with newlib-nano, used only for the ``memcpy``/``memset``
-the compiler may emit (no syscalls are linked), and ``libgcc`` for soft floats on the M3.
+Toolchain (``bnnkit.runtime.toolchain``): ``arm-none-eabi-gcc`` with newlib-nano, used only
+for the ``memcpy``/``memset`` the compiler may emit (no syscalls are linked), and ``libgcc``
+for soft floats on the M3.
 """
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 import tempfile
@@ -36,11 +36,11 @@ from bnnkit.errors import BnnkitError
 from bnnkit.files import make_dir
 from bnnkit.graph import Graph
 from bnnkit.progress import stage
-from bnnkit.runtime.c import CFLAGS, write_sources
+from bnnkit.runtime.c import write_sources
+from bnnkit.runtime.c_library import harness_sources
 from bnnkit.runtime.numpy_ref import check_input
-
-TOOLCHAIN_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi"
-QEMU_PACKAGE = "qemu-system-arm"
+from bnnkit.runtime.toolchain import (CROSS_PACKAGES, CROSS_PREFIX, MCU_CFLAGS, MCU_LDFLAGS, PLUGIN_CFLAGS, QEMU,
+                                      QEMU_PACKAGE, cross_tools, find_tool, host_cc, install_hint, run_tool)
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,17 @@ def latency_estimate(target: Target, instructions: float) -> dict:
         estimate["energy_model"] = f"{target.ua_per_mhz * target.volts:g} pJ per cycle, {target.datasheet}"
     return estimate
 
-MCU_CFLAGS = (*CFLAGS, "-ffunction-sections", "-fdata-sections")
-LDFLAGS = ("--specs=nano.specs", "-nostartfiles", "-Wl,--gc-sections")
 
 _MCU_SOURCES = ("startup", "semihost", "harness")
 # A prefix names the model's .c and .h: these would overwrite the harness's own files.
 _TAKEN_PREFIXES = ("bnnkit_models", "mcu", *_MCU_SOURCES)
+# What the cross compiler's and linker's complaints mean
+_TOO_BIG = "the image does not fit the MPS2 board's 4 MiB of code memory or 4 MiB of RAM (see bnnkit/runtime/mcu/mps2.ld)"
+_HINTS = (
+    ("nano.specs", f"newlib-nano is missing; {install_hint(CROSS_PACKAGES)}"),
+    ("overflowed", _TOO_BIG),
+    ("will not fit in region", _TOO_BIG),
+)
 _TRAILER = 0x4B4E4E42  # "BNNK", after the last record of bnnkit.out
 # the harness's exit statuses (mcu/mcu.h)
 _EXIT_STATUS = {2: "bad input", 3: "semihosting I/O failed", 4: "fault", 5: "stack overflow; build with a larger stack_size"}
@@ -133,16 +138,14 @@ class McuImage:
     target: Target
     index: int  # which of the ELF's models
     size: McuSize
-    qemu: str = "qemu-system-arm"
+    qemu: str = QEMU
 
     def run(self, x: np.ndarray, *, timeout: float | None = None, count_instructions: bool = False) -> McuRun:
         """Run uint8 images (N, C, H, W) in one QEMU launch; ``timeout`` in seconds
         defaults to 60 plus one per image. With ``count_instructions`` the launch's guest
         instructions are counted (boot and harness included) by bnnkit's TCG plugin."""
         x = np.ascontiguousarray(check_input(self.graph, x))
-        qemu = shutil.which(self.qemu)
-        if qemu is None:
-            raise BnnkitError(f"no emulator {self.qemu!r} found; install the Debian package {QEMU_PACKAGE}")
+        qemu = find_tool(self.qemu, "emulator", QEMU_PACKAGE)
         limit = 60.0 + len(x) if timeout is None else timeout
         machine = self.target.machine
         cmd = [qemu, "-machine", machine, "-nographic", "-monitor", "none", "-serial", "none",
@@ -198,25 +201,36 @@ class McuImage:
         result = self.run(x)
         return result.scores, result.labels
 
+    def measure(self, x: np.ndarray, progress: bool = False) -> tuple[McuRun, dict]:
+        """Run images ``x`` and count instructions on the first ``COUNTED_IMAGES``: the run,
+        and a report of everything measured (JSON-ready). With ``progress`` each phase says
+        when it starts and ends (one QEMU launch runs a whole batch, so there is nothing
+        finer to count)."""
+        name = self.target.name
+        with stage(f"{name}: {len(x):,} images in QEMU {self.target.machine}", progress):
+            run = self.run(x)
+        with stage(f"{name}: counting instructions on {min(len(x), COUNTED_IMAGES)} images", progress):
+            instructions = self.instructions_per_inference(x[:COUNTED_IMAGES])
+        return run, device_report(self, run, instructions, min(len(x), COUNTED_IMAGES))
+
 
 COUNTED_IMAGES = 20  # instructions are counted on the first images: the mean needs no more
 
 
 def measure(graph: Graph, target: str, x: np.ndarray, workdir: str | Path,
             progress: bool = False) -> tuple[McuRun, dict]:
-    """Build ``graph`` for ``target``, run images ``x`` and count instructions on the first
-    ``COUNTED_IMAGES``: the run, and a report of everything measured (JSON-ready). With
-    ``progress`` each phase says when it starts and ends (one QEMU launch runs a whole
-    batch, so there is nothing finer to count)."""
+    """Build ``graph`` for ``target`` under ``workdir``, then ``McuImage.measure`` images ``x``."""
     with stage(f"{target}: cross-compiling", progress):
         image = build_mcu(graph, workdir, target)
-    with stage(f"{target}: {len(x):,} images in QEMU {image.target.machine}", progress):
-        run = image.run(x)
-    with stage(f"{target}: counting instructions on {min(len(x), COUNTED_IMAGES)} images", progress):
-        instructions = image.instructions_per_inference(x[:COUNTED_IMAGES])
+    return image.measure(x, progress)
+
+
+def device_report(image: McuImage, run: McuRun, instructions: float, counted_on: int) -> dict:
+    """What ``bnnkit run --json`` reports of a device (JSON-ready): the image's sections, the
+    run's stack and RAM, the instructions of one inference and the estimates made from them."""
     size = image.size
-    report = {
-        "target": target,
+    return {
+        "target": image.target.name,
         "board": image.target.machine,
         "text": size.text,
         "rodata": size.rodata,
@@ -226,57 +240,36 @@ def measure(graph: Graph, target: str, x: np.ndarray, workdir: str | Path,
         "stack_bytes_used": run.stack_bytes_used,
         "ram_bytes": run.ram_bytes,
         "instructions_per_inference": instructions,
-        "instructions_counted_on": min(len(x), COUNTED_IMAGES),
+        "instructions_counted_on": counted_on,
         **latency_estimate(image.target, instructions),
     }
-    return run, report
 
 
 def _instruction_counter(workdir: Path) -> Path:
     """bnnkit's QEMU TCG plugin (mcu/insn_count.c) built with the host C compiler."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise BnnkitError("counting instructions needs a host C compiler (gcc) to build the QEMU plugin")
     source = workdir / "insn_count.c"
     source.write_text((resources.files("bnnkit.runtime") / "mcu" / "insn_count.c").read_text())
     plugin = workdir / "libinsn_count.so"
-    _tool([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-shared", "-fPIC", "-o", str(plugin), str(source)],
-          "building the instruction-counting plugin")
+    run_tool([*host_cc(), *PLUGIN_CFLAGS, "-o", str(plugin), str(source)], "building the instruction-counting plugin")
     return plugin
-
-
-def _tool(cmd: list[str], what: str) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode == 0:
-        return proc.stdout
-    if "nano.specs" in proc.stderr:
-        raise BnnkitError(
-            f"{what} failed: newlib-nano is missing; install the Debian packages {TOOLCHAIN_PACKAGES}\n{proc.stderr}"
-        )
-    if "overflowed" in proc.stderr or "will not fit in region" in proc.stderr:
-        raise BnnkitError(
-            "the image does not fit the MPS2 board's 4 MiB of code memory or 4 MiB of RAM "
-            f"(see bnnkit/runtime/mcu/mps2.ld):\n{proc.stderr}"
-        )
-    raise BnnkitError(f"{what} failed: {' '.join(cmd)}\n{proc.stderr}")
 
 
 def _section_sizes(size_tool: str, elf: Path) -> dict[str, int]:
     sizes = {}
-    for line in _tool([size_tool, "-A", str(elf)], "arm-none-eabi-size").splitlines():
+    for line in run_tool([size_tool, "-A", str(elf)], "arm-none-eabi-size").splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
             sizes[parts[0]] = int(parts[1])
     return sizes
 
 
-def require_toolchain(toolchain: str = "arm-none-eabi-") -> tuple[str, str]:
-    """The cross compiler and ``size`` tool, or a ``BnnkitError`` naming the packages:
-    callers check before spending minutes on anything else."""
-    tools = f"{toolchain}gcc", f"{toolchain}size"
-    for tool in tools:
-        if shutil.which(tool) is None:
-            raise BnnkitError(f"no Arm cross compiler {tool!r} found; install the Debian packages {TOOLCHAIN_PACKAGES}")
+def require_toolchain(toolchain: str = CROSS_PREFIX, qemu: str | None = None) -> tuple[str, str]:
+    """The cross compiler and ``size`` tool (and with ``qemu``, that the emulator is there),
+    or a ``BnnkitError`` naming the packages: callers check before spending minutes on
+    anything else."""
+    tools = cross_tools(toolchain)
+    if qemu is not None:
+        find_tool(qemu, "emulator", QEMU_PACKAGE)
     return tools
 
 
@@ -287,8 +280,8 @@ def build_mcus(
     *,
     prefixes: Sequence[str] | None = None,
     stack_size: int = 8192,
-    toolchain: str = "arm-none-eabi-",
-    qemu: str = "qemu-system-arm",
+    toolchain: str = CROSS_PREFIX,
+    qemu: str = QEMU,
     cflags: Sequence[str] = (),
 ) -> list[McuImage]:
     """Compile ``graphs`` into one ELF for ``target`` (a key of ``TARGETS``) under
@@ -313,24 +306,20 @@ def build_mcus(
     mcu = resources.files("bnnkit.runtime") / "mcu"
     for name in (*(f"{s}.c" for s in _MCU_SOURCES), "mcu.h", "mps2.ld"):
         (work / name).write_text((mcu / name).read_text())
-    (work / "bnnkit_models.h").write_text(
-        "/* Generated by bnnkit: the models of this image, for harness.c. */\n"
-        + "".join(f'#include "{p}.h"\n' for p in prefixes)
-        + "#define BNNKIT_MODELS(X) " + " ".join(f"X({p}, {p.upper()})" for p in prefixes) + "\n"
-        + f"#define BNNKIT_MAX_INPUT {max(int(np.prod(g.input_shape)) for g in graphs)}\n"
-        + f"#define BNNKIT_MAX_CLASSES {max(g.num_classes for g in graphs)}\n"
-    )
+    for name, text in harness_sources(graphs, prefixes).items():
+        (work / name).write_text(text)
 
     flags = [*TARGETS[target].cflags, *MCU_CFLAGS, *cflags]
     units = [*prefixes, *_MCU_SOURCES]
     with ThreadPoolExecutor() as pool:
         compiles = ([cc, *flags, "-c", str(work / f"{u}.c"), "-o", str(work / f"{u}.o")] for u in units)
-        list(pool.map(lambda cmd: _tool(cmd, "C compilation"), compiles))
+        list(pool.map(lambda cmd: run_tool(cmd, "C compilation", _HINTS), compiles))
     elf = work / f"bnnkit-{target}.elf"
-    _tool(
-        [cc, *flags, *LDFLAGS, f"-Wl,--defsym=__stack_size={stack_size}", "-T", str(work / "mps2.ld"),
+    run_tool(
+        [cc, *flags, *MCU_LDFLAGS, f"-Wl,--defsym=__stack_size={stack_size}", "-T", str(work / "mps2.ld"),
          f"-Wl,-Map={elf.with_suffix('.map')}", *(str(work / f"{u}.o") for u in units), "-o", str(elf)],
         "linking",
+        _HINTS,
     )  # fmt: skip
     sections = _section_sizes(size_tool, elf)
     size = McuSize(
@@ -350,8 +339,8 @@ def build_mcu(
     *,
     prefix: str = "bnn",
     stack_size: int = 8192,
-    toolchain: str = "arm-none-eabi-",
-    qemu: str = "qemu-system-arm",
+    toolchain: str = CROSS_PREFIX,
+    qemu: str = QEMU,
     cflags: Sequence[str] = (),
 ) -> McuImage:
     """Compile ``graph`` with the start-up code and the semihosting harness into an ELF

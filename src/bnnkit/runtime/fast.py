@@ -13,8 +13,9 @@ chosen at run time: ``avx512`` (VPOPCNTQ), ``avx2`` (``vpshufb`` nibble table) o
 ``portable`` (plain C), the best one the CPU has unless ``isa=`` or ``$BNNKIT_ISA``
 names another.
 
-With ``$BNNKIT_SANITIZE=1`` the library is built with AddressSanitizer and UBSan
-(``c.SANITIZE``); Python must then start with ASan's runtime preloaded
+The compiler is ``toolchain.host_cc()`` (``$CC``, else gcc or cc). With
+``$BNNKIT_SANITIZE=1`` the library is built with AddressSanitizer and UBSan
+(``toolchain.SANITIZE``); Python must then start with ASan's runtime preloaded
 (``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``, as tests/test_fast.py does).
 """
 
@@ -24,8 +25,6 @@ import ctypes
 import functools
 import hashlib
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -39,11 +38,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op, pair
 from bnnkit.runtime import numpy_ref
-from bnnkit.runtime.c import SANITIZE, pack_words
+from bnnkit.runtime.c import pack_words
+from bnnkit.runtime.toolchain import FAST_CFLAGS, OPENMP, SANITIZE, host_cc, run_tool
 
 ISAS = ("portable", "avx2", "avx512")  # the C enum bnn_isa, in order
 SOURCES = ("bconv.c", "bconv.h")
-CFLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unknown-pragmas")
 PAD_FACTOR = {"minus_one": 0, "zero": 1, "plus_one": 2}  # see bconv.c on padding
 KERNEL_OPS = ("binary_conv2d", "binary_dense", "input_conv2d", "input_dense")
 INTEGER_INPUT = ("input_conv2d", "input_dense")  # uint8 images, not packed bits
@@ -75,28 +74,24 @@ def _cache_dir() -> Path:
         return path
 
 
-def _compile(cc: str, flags: tuple[str, ...], source: Path, target: Path) -> None:
-    """Build with OpenMP where the compiler has it, else single-threaded."""
-    errors = []
-    for extra in (("-fopenmp",), ()):
-        cmd = [cc, *flags, *extra, str(source), "-o", str(target)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode == 0:
-            return
-        errors.append(f"{' '.join(cmd)}\n{proc.stderr}")
-    raise BnnkitError("could not compile the host kernels:\n" + "\n".join(errors))
+def _compile(cc: list[str], flags: tuple[str, ...], source: Path, target: Path) -> None:
+    """Build with OpenMP where the compiler has it, else single-threaded; the error of a
+    build that fails either way is the one without OpenMP."""
+    cmd = [*cc, *flags, str(source), "-o", str(target)]
+    try:
+        run_tool([*cmd, *OPENMP], "compiling the host kernels with OpenMP")
+    except BnnkitError:
+        run_tool(cmd, "compiling the host kernels")
 
 
 @functools.cache
 def library() -> ctypes.CDLL:
     """The compiled kernels, built on first use and cached by source hash."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise BnnkitError("no C compiler found (cc or gcc); install gcc or clang, or set $CC")
+    cc = host_cc()
     folder = resources.files("bnnkit.runtime") / "host_kernels"
     texts = {name: (folder / name).read_bytes() for name in SOURCES}
-    flags = (*CFLAGS, *(SANITIZE if os.environ.get("BNNKIT_SANITIZE") == "1" else ()))
-    digest = hashlib.sha256(b"".join(texts[n] for n in SOURCES) + " ".join((cc, *flags)).encode()).hexdigest()[:16]
+    flags = (*FAST_CFLAGS, *(SANITIZE if os.environ.get("BNNKIT_SANITIZE") == "1" else ()))
+    digest = hashlib.sha256(b"".join(texts[n] for n in SOURCES) + " ".join((*cc, *flags)).encode()).hexdigest()[:16]
     path = _cache_dir() / f"bconv-{digest}.so"
     if not path.exists():
         with tempfile.TemporaryDirectory(dir=path.parent) as work:  # same file system: the rename is atomic

@@ -3,17 +3,9 @@
    and after the last one a trailer {BNNKIT_TRAILER, unused stack bytes} (uint32 each).
    All little-endian. Files are the host's, opened through semihosting. */
 #include "mcu.h"
-#include "bnnkit_models.h" /* generated: every model's header and BNNKIT_MODELS(X) */
+#include "harness.h" /* the models of this image (c_kernels/harness.h, shared with the host) */
 
 #define BNNKIT_TRAILER 0x4b4e4e42u /* "BNNK" */
-
-struct model {
-    int (*infer)(const uint8_t *, float *);
-    uint32_t input_size, classes;
-};
-
-#define BNNKIT_MODEL(prefix, PREFIX) {prefix##_infer, PREFIX##_INPUT_SIZE, PREFIX##_NUM_CLASSES},
-static const struct model models[] = {BNNKIT_MODELS(BNNKIT_MODEL)};
 
 static uint8_t input[BNNKIT_MAX_INPUT];
 static float scores[BNNKIT_MAX_CLASSES];
@@ -36,7 +28,7 @@ int main(void)
         return fail("cannot open bnnkit.in or bnnkit.out", EXIT_IO);
     if (sh_flen(in) < 4 || sh_read(in, &index, 4) != 0)
         return fail("bnnkit.in has no model index", EXIT_BAD_INPUT);
-    if (index >= sizeof models / sizeof models[0])
+    if (index >= BNNKIT_NUM_MODELS)
         return fail("no such model", EXIT_BAD_INPUT);
     m = &models[index];
     bytes = (uint32_t)sh_flen(in) - 4;
