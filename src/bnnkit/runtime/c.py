@@ -4,8 +4,8 @@ The generated ``{prefix}.c`` holds the weights as ``static const`` packed words,
 ``static`` arena placed by ``bnnkit.runtime.plan`` and the kernels the graph uses, copied
 from ``c_kernels/kernels.c`` (``bnnkit.runtime.c_library``); ``{prefix}_infer`` calls them
 in order with the layer's constants. This module writes only those tables and calls. No
-malloc, no libm. The layout of every activation is the one ``plan`` documents (bits HWC-packed in
-32-bit words, integers and floats CHW); the header repeats what a caller needs.
+malloc, no libm. The layout of every activation is the one ``plan`` documents (bits
+HWC-packed in 32-bit words, integers and floats CHW); the header repeats what a caller needs.
 
 Binary dot products are XOR-popcounts, ``n_valid - 2 * popcount(x ^ w)``, with the unused
 bits of every word 0 in activations and weights alike, so channel counts that are not

@@ -24,7 +24,9 @@ import numpy as np
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph
-from bnnkit.runtime.cortex_m import TARGETS
+from bnnkit.progress import stage
+from bnnkit.runtime.cortex_m import TARGETS, build_mcu, require_toolchain
+from bnnkit.runtime.toolchain import QEMU
 
 REFERENCE = "numpy"  # the runtime that defines every op; the others are measured against it
 
@@ -99,7 +101,8 @@ def device_runtimes() -> tuple[str, ...]:
 class _Timed(Predictor):
     """A predictor from a function images -> (scores, labels), timed around the call."""
 
-    def __init__(self, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], close: Callable[[], None] = lambda: None):
+    def __init__(self, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 close: Callable[[], None] = lambda: None):
         self._run, self._close = run, close
 
     def predict(self, x: np.ndarray) -> Prediction:
@@ -144,9 +147,6 @@ class _Emulated(Predictor):
     """A graph cross-compiled for a Cortex-M core, run in QEMU."""
 
     def __init__(self, graph: Graph, target: str, progress: bool):
-        from bnnkit.progress import stage
-        from bnnkit.runtime.cortex_m import build_mcu
-
         with stage(f"{target}: cross-compiling", progress):
             self.image, self._cleanup = _in_scratch("bnnkit-mcu-", lambda work: build_mcu(graph, work, target))
         self.progress = progress
@@ -160,9 +160,6 @@ class _Emulated(Predictor):
 
 
 def _require_cortex_m() -> None:
-    from bnnkit.runtime.cortex_m import require_toolchain
-    from bnnkit.runtime.toolchain import QEMU
-
     require_toolchain(qemu=QEMU)
 
 
