@@ -254,7 +254,9 @@ class Layer:
         self.threshold = threshold
         if threshold is not None:
             self._thresh, self._flip = _xor_form(threshold)
-        pad = pad_of(op).value + 1 if "pad" in op.attrs else 0  # see bconv.c on padding; 0: none to correct
+        # bconv.c reads a padded tap as -1 and adds pad_factor x its weight back: 0 keeps -1 (and
+        # skips the check where no op pads), 1 makes it 0, 2 makes it +1
+        pad = pad_of(op).value + 1 if "pad" in op.attrs else 0
         self._struct = _Layer(
             c, h, wd, o, ho, wo, kh, kw, sh, sw, ph, pw, pad, words,
             self._weight.ctypes.data, _address(self._tap_sum),
