@@ -13,7 +13,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import INT32_MIN, Op
+from bnnkit.graph import INT32_MIN, OPS, PAD_MODES, Op
 from bnnkit.runtime import evaluate, fast, numpy_ref
 from bnnkit.runtime.host import build_hosts
 from graphgen import SETTINGS, case_from_seed, ebnn_cnn, graph_cases
@@ -36,7 +36,7 @@ def random_threshold(rng, sums: np.ndarray, name: str) -> Op:
 def check_layer(rng, op: Op, x: np.ndarray, isa: str, threads: int = 1) -> None:
     """op alone (int32 sums) and fused with a threshold (packed bits) against the reference."""
     sums = numpy_ref.KERNELS[op.kind](op, x)
-    arg = x if op.kind in fast.INTEGER_INPUT else fast.Packed.from_bits(x)
+    arg = x if OPS[op.kind].reads_pixels else fast.Packed.from_bits(x)
     got = fast.Layer(op, x.shape[1:])(arg, isa, threads)
     assert got.dtype == np.int32 and np.array_equal(got, sums), op.attrs
     th = random_threshold(rng, sums, op.output)
@@ -58,7 +58,7 @@ def test_random_layers_are_bit_exact(isa):
         h, w = (int(rng.integers(k, 10)) for _ in range(2))
         attrs = {"stride": (int(rng.integers(1, 3)), int(rng.integers(1, 3))),
                  "padding": (int(rng.integers(0, 3)), int(rng.integers(0, 3))),
-                 "pad": str(rng.choice(list(fast.PAD_FACTOR)))}
+                 "pad": str(rng.choice(PAD_MODES))}
         op = Op("binary_conv2d", ["x"], "y", attrs, {"weight": rng.random((o, c, k, k)) < 0.5})
         check_layer(rng, op, rng.random((n, c, h, w)) < 0.5, isa, threads=1 + trial % 2)
 

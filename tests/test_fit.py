@@ -115,7 +115,7 @@ def test_cli_fit_json(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.skipif(not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")), reason="no Arm toolchain/QEMU")
 def test_measured_footprint_is_the_compiled_image():
-    from bnnkit.runtime.plan import plan_memory
+    from bnnkit.graph.plan import plan_memory
 
     graph = candidate_graph(SPACE[0], (1, 8, 8), 10)
     analytic, measured = footprint(graph), footprint(graph, "cortex-m4")

@@ -91,8 +91,12 @@ import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2)
 from bnnkit.cli import main
 status = main(sys.argv[3:])
+# VmHWM, not ru_maxrss: Linux carries the parent's peak across fork and exec into ru_maxrss,
+# so a large pytest process would be counted as the child's
+with open("/proc/self/status") as status_file:
+    peak_kib = next(line.split()[1] for line in status_file if line.startswith("VmHWM:"))
 with open(sys.argv[2], "w") as f:
-    f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    f.write(peak_kib)
 sys.exit(status)
 """
 
@@ -109,7 +113,7 @@ def run_capped(tmp_path: Path, data_dir: Path, dataset: str, names: Path) -> tup
     proc = subprocess.run([sys.executable, "-c", CAPPED, str(CAP), str(rss), *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
     assert proc.stderr.startswith(f"error: {names}: ") and proc.stderr.count("\n") == 1, proc.stderr
-    return proc.stderr, int(rss.read_text()) * 1024  # ru_maxrss is in KiB
+    return proc.stderr, int(rss.read_text()) * 1024  # VmHWM is in KiB
 
 
 def gzip_bomb(path: Path, head: bytes, gib: int = 1) -> None:

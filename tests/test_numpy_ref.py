@@ -45,7 +45,7 @@ def test_binary_conv_matches_torch(stride, padding, pad):
     x, w = rng.random((3, 5, 7, 9)) < 0.5, rng.random((6, 5, 3, 5)) < 0.5
     op = Op("binary_conv2d", ["x"], "y", {"stride": stride, "padding": padding, "pad": pad}, {"weight": w})
     ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    xt = F.pad(torch.tensor(ref.pm1(x)), (pw, pw, ph, ph), value=ref.PAD_VALUE[pad])
+    xt = F.pad(torch.tensor(ref.pm1(x)), (pw, pw, ph, ph), value={"zero": 0.0, "minus_one": -1.0, "plus_one": 1.0}[pad])
     want = F.conv2d(xt, torch.tensor(ref.pm1(w)), stride=stride).numpy()
     np.testing.assert_array_equal(ref.binary_conv2d(op, x), want)
 

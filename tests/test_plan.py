@@ -4,8 +4,8 @@ that are needed at the same time overlap (checked by brute force over the steps)
 import numpy as np
 from hypothesis import given, settings
 
-from bnnkit.graph import Graph, Op
-from bnnkit.runtime.plan import PRODUCERS, plan_memory
+from bnnkit.graph import OPS, Family, Graph, Op
+from bnnkit.graph.plan import plan_memory
 from graphgen import SETTINGS, ebnn_cnn, graph_cases
 
 
@@ -68,7 +68,7 @@ def test_a_conv_read_only_by_a_threshold_is_never_stored(case):
         for name in op.inputs:
             users.setdefault(name, []).append(op.kind)
     for op in graph.ops:
-        if op.kind in PRODUCERS:
+        if OPS[op.kind].family is Family.PRODUCER:
             fused = users.get(op.output) == ["threshold"]
             assert (op.output not in plan.materialized) == fused, (op.kind, users.get(op.output))
 

@@ -43,7 +43,8 @@ up to the class scores is an integer the CNF represents literally:
   implies some class j has a count in a run of counts that beats c at t.
 
 Other ops (``avgpool``, ``maxpool`` of accumulators, a residual ``add`` before the
-head) are refused by name.
+head) are refused by name. ``ENCODERS`` is the SAT backend's table of the op table: per op
+kind its encoder, the head, or a ``Refusal``.
 """
 
 from __future__ import annotations
@@ -62,10 +63,14 @@ from pysat.formula import IDPool
 from pysat.solvers import Solver
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import Graph, Op, pair
-from bnnkit.runtime.numpy_ref import KERNELS, PAD_VALUE, _windows, check_input, execute
+from bnnkit.graph import OPS, Family, Graph, Op, OpTable, Refusal, pad_of, pair
+from bnnkit.runtime.numpy_ref import KERNELS, _windows, check_input, execute
 
-HEAD_OPS = ("affine", "add", "flatten", "argmax")
+ENCODERS = OpTable("sat")
+# the head: from the first of its ops (ENCODERS' entry Encoding._head) to argmax, every op acts
+# value by value, so each class score is a function of one accumulator element
+HEAD_FAMILIES = (Family.ELEMENTWISE, Family.VIEW, Family.HEAD)
+ENCODERS.refuse("avgpool", "a window sum of accumulators is not one count of literals")
 # "native": the solver's own at-most-k constraints; the rest: PySAT CardEnc clauses
 ENCODINGS = ("native", "seqcounter", "sortnetwrk", "cardnetwrk", "totalizer", "mtotalizer", "kmtotalizer")
 NATIVE_SOLVERS = ("minicard", "gluecard3", "gluecard4")
@@ -146,10 +151,13 @@ class Encoding:
         try:
             self.env: dict[str, Any] = {graph.input: self._pixels(image, int(eps))}
             for i, op in enumerate(graph.ops):
-                if op.kind in ("affine", "add", "argmax"):
+                encode = ENCODERS.find(op.kind)
+                if isinstance(encode, Refusal):
+                    self._refuse(i, op, f"{op.kind} has no encoding: {encode.reason}")
+                if encode is Encoding._head:
                     self._head(i)
                     break
-                self.env[op.output] = self._op(i, op)
+                self.env[op.output] = encode(self, i, op, self.env[op.inputs[0]])
         except BaseException:
             self.solver.delete()
             raise
@@ -194,21 +202,10 @@ class Encoding:
         self.add(np.stack([-later, earlier], 1).tolist())
         return _Pixels(lo, unary, image.shape)
 
-    def _op(self, i: int, op: Op):
-        src = self.env[op.inputs[0]]
-        if op.kind in ("input_conv2d", "input_dense"):
-            return self._input_layer(op, src)
-        if op.kind in ("binary_conv2d", "binary_dense"):
-            return self._binary_layer(op, src)
-        if op.kind == "threshold":
-            return self._threshold(op, src)
-        if op.kind == "maxpool" and isinstance(src, _Bits):
-            return self._maxpool(op, src)
-        if op.kind == "flatten":
-            return _Bits(src.lits.reshape(-1)) if isinstance(src, _Bits) else _reshape(src, (int(np.prod(src.shape)),))
-        self._refuse(i, op, f"{op.kind} on {self.graph.types[op.inputs[0]][0]} has no encoding here")
+    # Every encoder takes (op index, op, the encoding of its first input) and returns its output's.
 
-    def _input_layer(self, op: Op, px: _Pixels) -> _Sums:
+    @ENCODERS.register("input_conv2d", "input_dense")
+    def _input_layer(self, i: int, op: Op, px: _Pixels) -> _Sums:
         idx, sign = _taps(op, px.shape)
         lo = np.append(px.lo, 0)[idx]  # a padded pixel is 0 and adds nothing
         unary = np.vstack([px.unary, np.zeros((1, px.unary.shape[1]), np.int32)])[idx]  # P,K,R
@@ -218,19 +215,21 @@ class Encoding:
         lits = unary[None] * sign[:, None, :, None]
         return _Sums(const.T.reshape(-1), 1, lits.reshape(const.size, -1), self.graph.types[op.output][1])
 
-    def _binary_layer(self, op: Op, src: _Bits) -> _Sums:
+    @ENCODERS.register("binary_conv2d", "binary_dense")
+    def _binary_layer(self, i: int, op: Op, src: _Bits) -> _Sums:
         idx, sign = _taps(op, self.graph.types[op.inputs[0]][1])
         pad = idx < 0
         eff = np.append(src.lits.reshape(-1), 0)[idx][None] * sign[:, None, :]  # O,P,K: lit true ⇔ w·s = +1
         fixed = np.abs(eff) == self.true
         free = ~fixed & ~pad[None]
-        pad_value = int(PAD_VALUE[op.attrs.get("pad", "zero")])
+        pad_value = pad_of(op).value
         const = pad_value * (pad.astype(np.int64) @ sign.T).T + np.sign(eff, where=fixed, out=np.zeros_like(eff)).sum(-1)
         const = const - free.sum(-1)  # a free tap is 2[lit] − 1
         lits = np.where(free, eff, 0)
         return _Sums(const.reshape(-1).astype(np.int64), 2, lits.reshape(const.size, -1), self.graph.types[op.output][1])
 
-    def _threshold(self, op: Op, acc: _Sums) -> _Bits:
+    @ENCODERS.register("threshold")
+    def _threshold(self, i: int, op: Op, acc: _Sums) -> _Bits:
         per = acc.const.size // len(op.params["thresh"])
         t = np.repeat(op.params["thresh"].astype(np.int64), per)
         flip = np.repeat(op.params["flip"], per)
@@ -257,7 +256,10 @@ class Encoding:
         self.add([c + [-b] for c in on] + [c + [b] for c in off])
         return b
 
-    def _maxpool(self, op: Op, src: _Bits) -> _Bits:
+    @ENCODERS.register("maxpool")
+    def _maxpool(self, i: int, op: Op, src: _Bits | _Sums) -> _Bits:
+        if not isinstance(src, _Bits):
+            self._refuse(i, op, f"{op.kind} on {self.graph.types[op.inputs[0]][0]} has no encoding here")
         win = _windows(op, src.lits[None])[0]  # C,Ho,Wo,kh*kw
         mins = op.params.get("min_channels", np.zeros(win.shape[0], bool))[:, None, None, None]
         win = np.where(mins, -win, win)  # AND(lits) = ¬OR(¬lits)
@@ -270,14 +272,21 @@ class Encoding:
             out[pos] = b
         return _Bits(np.where(mins[..., 0], -out, out))
 
+    @ENCODERS.register("flatten")
+    def _flatten(self, i: int, op: Op, src: _Pixels | _Sums | _Bits) -> _Pixels | _Sums | _Bits:
+        return _Bits(src.lits.reshape(-1)) if isinstance(src, _Bits) else _reshape(src, (int(np.prod(src.shape)),))
+
     # --- the head: class scores and the goal ---------------------------------------
 
+    @ENCODERS.register("affine", "add", "argmax")
     def _head(self, first: int) -> None:
+        """The ops from ``first`` to ``argmax``: each class score as a table over the counts of
+        its accumulator element."""
         ops = self.graph.ops[first:]
         base = ops[0].inputs[0]
         derived = {base}
         for j, op in enumerate(ops, start=first):
-            if op.kind not in HEAD_OPS:
+            if OPS[op.kind].family not in HEAD_FAMILIES:
                 self._refuse(first, ops[0], f"{ops[0].kind} is encoded only on the way to the class scores, "
                              f"not before op {j} ({op.kind})")
             if not set(op.inputs) <= derived:

@@ -15,6 +15,8 @@ model of ``bnnkit run --runtime cortex-m4`` (that module's docstring compares th
 
 Flash counts parameters as the graph file stores them: binary weights packed 8 per byte per
 output channel, thresholds 4 bytes + 1 flip bit, affine 8 bytes per channel.
+
+The operation counts of each op are its ``OpDef.cost`` rule in the op table (``bnnkit.graph.ops``).
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ import math
 
 from bnnkit.cost import energy
 from bnnkit.cost.summary import kib, render_table
-from bnnkit.graph import OPS, Graph, Op, pair
-from bnnkit.runtime.plan import plan_memory
+from bnnkit.graph import OPS, Graph, Op, plan_memory
 
 
 def _flash_bytes(op: Op) -> int:
     total = 0
     for name, value in op.params.items():
-        if OPS[op.kind].params.get(name, "bits") == "bits":
+        if OPS[op.kind].param_type(name) == "bits":
             total += value.shape[0] * math.ceil(math.prod(value.shape[1:]) / 8) if value.ndim > 1 else math.ceil(value.size / 8)
         else:
             total += value.nbytes
@@ -39,19 +40,7 @@ def _flash_bytes(op: Op) -> int:
 
 def _ops(graph: Graph, op: Op) -> tuple[int, int, int]:
     """(binary MACs, integer ops, FP ops) of one op."""
-    out = math.prod(graph.types[op.output][1])
-    if op.kind in ("binary_conv2d", "binary_dense", "input_conv2d", "input_dense"):
-        macs = out * math.prod(op.params["weight"].shape[1:])
-        return (macs, 0, 0) if op.kind.startswith("binary") else (0, macs, 0)
-    if op.kind in ("maxpool", "avgpool"):
-        return 0, out * (math.prod(pair(op.attrs["kernel"])) - 1), 0
-    if op.kind in ("threshold", "add"):
-        return 0, out, 0
-    if op.kind == "affine":
-        return 0, 0, 2 * out
-    if op.kind == "argmax":
-        return 0, math.prod(graph.types[op.inputs[0]][1]) - 1, 0
-    return 0, 0, 0  # flatten: a view
+    return OPS[op.kind].cost(op, [graph.types[name] for name in op.inputs], graph.types[op.output])
 
 
 def profile(graph: Graph) -> dict:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import INT32_MIN, Graph, Op, pair
+from bnnkit.graph import INT32_MIN, OPS, Graph, Op, PadMode, pair
 from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels
 from bnnkit.quant import Quantizer
 from bnnkit.recipe import METHODS, Recipe
@@ -211,8 +211,8 @@ class Exporter:
         attrs = {}
         if isinstance(m, BinaryConv2d):
             attrs = {"stride": tuple(m.stride), "padding": tuple(m.padding)}
-            if op == "binary_conv2d":
-                attrs["pad"] = {0.0: "zero", -1.0: "minus_one", 1.0: "plus_one"}[m.pad_value]
+            if "pad" in OPS[op].attrs:
+                attrs["pad"] = PadMode(m.pad_value).mode
             elif m.padding != (0, 0) and m.pad_value != 0.0:
                 self._refuse(name, "the first layer pads integer pixels with 0 (a black pixel) only")
         if not bool(torch.all(magnitude == 1)):

@@ -1,7 +1,7 @@
 """The C runtime's generator: portable C99 for a ``Graph``.
 
 The generated ``{prefix}.c`` holds the weights as ``static const`` packed words, one
-``static`` arena placed by ``bnnkit.runtime.plan`` and the kernels the graph uses, copied
+``static`` arena placed by ``bnnkit.graph.plan`` and the kernels the graph uses, copied
 from ``c_kernels/kernels.c`` (``bnnkit.runtime.c_library``); ``{prefix}_infer`` calls them
 in order with the layer's constants. This module writes only those tables and calls. No
 malloc, no libm. The layout of every activation is the one ``plan`` documents (bits
@@ -27,9 +27,9 @@ import numpy as np
 
 from bnnkit.errors import BnnkitError
 from bnnkit.files import atomic_write, created_dir
-from bnnkit.graph import INT32_MIN, Graph, Op, check_name, pair
+from bnnkit.graph import INT32_MIN, OPS, Graph, Op, OpTable, PadMode, check_name, pad_of, pair
+from bnnkit.graph.plan import MemoryPlan, Step, plan_memory
 from bnnkit.runtime.c_library import kernel_sources
-from bnnkit.runtime.plan import PRODUCERS, MemoryPlan, Step, plan_memory
 
 # What reaches the generated C as text: this prefix, op names (graph.NAME, checked again
 # where they are quoted) and numbers formatted from validated ints and floats; tensor names
@@ -78,6 +78,11 @@ def _f32(v: np.float32) -> str:
 
 
 class _Emitter:
+    """The tables and calls of one graph's C, step by step of its memory plan. ``EMIT`` is the
+    C backend's table: per op kind the method that emits a step starting with that op."""
+
+    EMIT = OpTable("c")
+
     def __init__(self, graph: Graph, prefix: str):
         self.g, self.p = graph, prefix
         self.plan: MemoryPlan = plan_memory(graph)
@@ -104,23 +109,24 @@ class _Emitter:
         """The ``struct conv`` of producer op ``i``; returns its name and the kernel family."""
         c, h, w = self.plan.layout[op.inputs[0]]
         weight = np.asarray(op.params["weight"], dtype=bool)
-        if op.kind.endswith("dense"):  # a conv whose kernel covers the input's layout
+        if weight.ndim == 2:  # dense: a conv whose kernel covers the input's layout
             weight = weight.reshape(weight.shape[0], c, h, w)
             kh, kw, (sh, sw), (ph, pw) = h, w, (1, 1), (0, 0)
         else:
             kh, kw = weight.shape[2:]
             (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
         o = weight.shape[0]
-        _, ho, wo = self.g.types[op.output][1] if op.kind.endswith("conv2d") else (o, 1, 1)
-        family = "input" if op.kind.startswith("input") else "binary"
+        out = self.g.types[op.output][1]
+        _, ho, wo = out if len(out) == 3 else (o, 1, 1)
+        family = "input" if OPS[op.kind].reads_pixels else "binary"
         if family == "input":
             words = pack_words(weight.reshape(o, -1))
         else:
             words = pack_words(weight.transpose(0, 2, 3, 1)).reshape(o, -1)
         self.data.append(_words(f"op{i}_weight", words))
         pad = "NULL"
-        if op.kind == "binary_conv2d" and op.attrs["pad"] != "zero":
-            self.data.append(_words(f"op{i}_pad", pack_words(np.full(c, op.attrs["pad"] == "plus_one"))))
+        if pad_of(op) is not PadMode.ZERO:
+            self.data.append(_words(f"op{i}_pad", pack_words(np.full(c, pad_of(op) is PadMode.PLUS_ONE))))
             pad = f"op{i}_pad"
         self.data.append(
             f"static const struct conv op{i}_conv = {{\n"
@@ -142,59 +148,100 @@ class _Emitter:
         return f"op{i}_min"
 
     def step(self, step: Step) -> None:
+        self.EMIT[self.g.ops[step.ops[0]].kind](self, step)
+
+    # --- per op kind: a step that starts with it ----------------------------------------
+
+    def inputs(self, op: Op) -> list[str]:
+        """The buffers ``op`` reads, each as a pointer of its C type."""
+        return [self.buf(n, {"u8": "uint8_t", "i32": "int32_t"}.get(self.g.types[n][0], "uint32_t")) for n in op.inputs]
+
+    def output(self, step: Step) -> str:
+        """The buffer ``step`` writes."""
+        out_type = self.g.types[self.g.ops[step.ops[-1]].output][0]
+        return self.buf(self.g.ops[step.ops[-1]].output, "int32_t" if out_type == "i32" else "uint32_t")
+
+    @EMIT.register("input_conv2d", "input_dense", "binary_conv2d", "binary_dense")
+    def producer(self, step: Step) -> None:
+        """A conv or dense layer, alone (-> i32) or fused with its threshold and a max-pool (-> bits)."""
         ops = [self.g.ops[i] for i in step.ops]
-        first, last = ops[0], ops[-1]
-        kind, i = first.kind, step.ops[0]
-        in_type = self.g.types[first.inputs[0]][0]
-        out_type = self.g.types[last.output][0]
-        x = [self.buf(n, {"u8": "uint8_t", "i32": "int32_t"}.get(self.g.types[n][0], "uint32_t")) for n in first.inputs]
-        out = self.buf(last.output, "int32_t" if out_type == "i32" else "uint32_t") if step.output else ""
-        c, h, w = self.plan.layout[first.inputs[0]]
-        if kind in PRODUCERS:
-            conv, family = self.conv(i, first)
-            if len(ops) == 1:
-                self.used.add(f"{family}_conv")
-                self.call(step, f"{family}_conv(&{conv}, {x[0]}, {out})")
-                return
-            t, flip = self.thresh(step.ops[1], ops[1])
-            pool = last if last.kind == "maxpool" else None
-            (pkh, pkw), (psh, psw) = (pair(pool.attrs["kernel"]), pair(pool.attrs["stride"])) if pool else ((1, 1), (1, 1))
-            mins = self.min_channels(step.ops[-1], pool) if pool else "NULL"
-            _, ho, wo = self.plan.layout[last.output]
-            self.data.append(
-                f"static const struct sign op{i}_sign = {{\n"
-                f"    .thresh = {t}, .flip = {flip}, .KH = {pkh}, .KW = {pkw}, .SH = {psh}, .SW = {psw},\n"
-                f"    .min = {mins}, .Ho = {ho}, .Wo = {wo}\n}};"
-            )
-            self.used.add(f"{family}_conv_sign")
-            self.call(step, f"{family}_conv_sign(&{conv}, &op{i}_sign, {x[0]}, {out})")
-        elif kind == "threshold":
-            t, flip = self.thresh(i, first)
-            self.used.add("threshold")
-            self.call(step, f"threshold({x[0]}, {c}, {h * w}, {t}, {flip}, {out})")
-        elif kind in ("maxpool", "avgpool"):
-            (kh, kw), (sh, sw) = pair(first.attrs["kernel"]), pair(first.attrs["stride"])
-            geometry = f"{c}, {h}, {w}, {kh}, {kw}, {sh}, {sw}"
-            if kind == "maxpool" and in_type == "bits":
-                self.used.add("maxpool_bits")
-                self.call(step, f"maxpool_bits({x[0]}, {geometry}, {self.min_channels(i, first)}, {out})")
-            else:
-                fn = "maxpool_i32" if kind == "maxpool" else "avgpool"
-                self.used.add(fn)
-                self.call(step, f"{fn}({x[0]}, {geometry}, {out})")
-        elif kind == "add":
-            self.used.add(f"add_{in_type}")
-            self.call(step, f"add_{in_type}({x[0]}, {x[1]}, {c * h * w}, {out})")
-        elif kind == "affine":
-            for name in ("scale", "bias"):
-                self.data.append(_array("float", f"op{i}_{name}", [_f32(v) for v in np.asarray(first.params[name], np.float32)]))
-            self.used.add(f"affine_{in_type}")
-            self.call(step, f"affine_{in_type}({x[0]}, {c}, {h * w}, op{i}_scale, op{i}_bias, {out})")
-        elif kind == "argmax":
-            self.used.add(f"argmax_{in_type}")
-            self.call(step, f"return argmax_{in_type}({x[0]}, {c * h * w}, scores)")
+        first, last, i = ops[0], ops[-1], step.ops[0]
+        x, out = self.inputs(first), self.output(step)
+        conv, family = self.conv(i, first)
+        if len(ops) == 1:
+            self.used.add(f"{family}_conv")
+            self.call(step, f"{family}_conv(&{conv}, {x[0]}, {out})")
+            return
+        t, flip = self.thresh(step.ops[1], ops[1])
+        pool = last if len(ops) == 3 else None  # the plan fuses a maxpool as the third op
+        (pkh, pkw), (psh, psw) = (pair(pool.attrs["kernel"]), pair(pool.attrs["stride"])) if pool else ((1, 1), (1, 1))
+        mins = self.min_channels(step.ops[-1], pool) if pool else "NULL"
+        _, ho, wo = self.plan.layout[last.output]
+        self.data.append(
+            f"static const struct sign op{i}_sign = {{\n"
+            f"    .thresh = {t}, .flip = {flip}, .KH = {pkh}, .KW = {pkw}, .SH = {psh}, .SW = {psw},\n"
+            f"    .min = {mins}, .Ho = {ho}, .Wo = {wo}\n}};"
+        )
+        self.used.add(f"{family}_conv_sign")
+        self.call(step, f"{family}_conv_sign(&{conv}, &op{i}_sign, {x[0]}, {out})")
+
+    @EMIT.register("threshold")
+    def threshold(self, step: Step) -> None:
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        c, h, w = self.plan.layout[op.inputs[0]]
+        t, flip = self.thresh(i, op)
+        self.used.add("threshold")
+        self.call(step, f"threshold({self.inputs(op)[0]}, {c}, {h * w}, {t}, {flip}, {self.output(step)})")
+
+    def pool(self, step: Step, fn: str, extra: str = "") -> None:
+        op = self.g.ops[step.ops[0]]
+        (kh, kw), (sh, sw) = pair(op.attrs["kernel"]), pair(op.attrs["stride"])
+        c, h, w = self.plan.layout[op.inputs[0]]
+        self.used.add(fn)
+        x, out = self.inputs(op)[0], self.output(step)
+        self.call(step, f"{fn}({x}, {c}, {h}, {w}, {kh}, {kw}, {sh}, {sw}, {extra}{out})")
+
+    @EMIT.register("maxpool")
+    def maxpool(self, step: Step) -> None:
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        if self.g.types[op.inputs[0]][0] == "bits":
+            self.pool(step, "maxpool_bits", f"{self.min_channels(i, op)}, ")
         else:
-            raise BnnkitError(f"op {i}: the C runtime has no kernel for {kind!r}")
+            self.pool(step, "maxpool_i32")
+
+    @EMIT.register("avgpool")
+    def avgpool(self, step: Step) -> None:
+        self.pool(step, "avgpool")
+
+    @EMIT.register("add")
+    def add(self, step: Step) -> None:
+        op = self.g.ops[step.ops[0]]
+        in_type, (c, h, w), x = self.g.types[op.inputs[0]][0], self.plan.layout[op.inputs[0]], self.inputs(op)
+        self.used.add(f"add_{in_type}")
+        self.call(step, f"add_{in_type}({x[0]}, {x[1]}, {c * h * w}, {self.output(step)})")
+
+    @EMIT.register("affine")
+    def affine(self, step: Step) -> None:
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        in_type, (c, h, w) = self.g.types[op.inputs[0]][0], self.plan.layout[op.inputs[0]]
+        for name in ("scale", "bias"):
+            values = np.asarray(op.params[name], np.float32)
+            self.data.append(_array("float", f"op{i}_{name}", [_f32(v) for v in values]))
+        self.used.add(f"affine_{in_type}")
+        x, out = self.inputs(op)[0], self.output(step)
+        self.call(step, f"affine_{in_type}({x}, {c}, {h * w}, op{i}_scale, op{i}_bias, {out})")
+
+    @EMIT.register("argmax")
+    def argmax(self, step: Step) -> None:
+        op = self.g.ops[step.ops[0]]
+        in_type, (c, h, w) = self.g.types[op.inputs[0]][0], self.plan.layout[op.inputs[0]]
+        self.used.add(f"argmax_{in_type}")
+        self.call(step, f"return argmax_{in_type}({self.inputs(op)[0]}, {c * h * w}, scores)")
+
+    @EMIT.register("flatten")
+    def flatten(self, step: Step) -> None:
+        """Never called: the plan makes a flatten a view of its input, which no step runs."""
+        raise RuntimeError("internal error: the memory plan runs no flatten step")
 
 
 def generate_c(graph: Graph, prefix: str = "bnn") -> dict[str, str]:

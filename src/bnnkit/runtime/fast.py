@@ -5,7 +5,8 @@ C kernels of ``host_kernels/bconv.c``, each fused with the ``threshold`` that fo
 when that is its only reader, so the layer writes packed bits and never its integer
 sums. Binary activations between layers stay packed: channels last, 64 to a ``uint64``
 word (``Packed``). The remaining ops are cheap and run in the NumPy interpreter's own kernels
-(max-pool on packed bits excepted), so scores are bit-identical to ``numpy_ref``.
+(max-pool on packed bits excepted), so scores are bit-identical to ``numpy_ref``. Which op
+runs how is the fast backend's table of the op table, ``KERNELS``.
 
 The library is compiled once per source hash with the system C compiler and cached in
 ``$XDG_CACHE_HOME/bnnkit`` (or ``~/.cache/bnnkit``). The XOR-popcount micro-kernel is
@@ -31,22 +32,24 @@ from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import INT32_MIN, Graph, Op, pair
+from bnnkit.graph import INT32_MIN, OPS, Family, Graph, Op, OpTable, out_size, pad_of, pair
 from bnnkit.runtime import numpy_ref
 from bnnkit.runtime.c import pack_words
 from bnnkit.runtime.toolchain import FAST_CFLAGS, OPENMP, SANITIZE, host_cc, run_tool
 
 ISAS = ("portable", "avx2", "avx512")  # the C enum bnn_isa, in order
 SOURCES = ("bconv.c", "bconv.h")
-PAD_FACTOR = {"minus_one": 0, "zero": 1, "plus_one": 2}  # see bconv.c on padding
-KERNEL_OPS = ("binary_conv2d", "binary_dense", "input_conv2d", "input_dense")
-INTEGER_INPUT = ("input_conv2d", "input_dense")  # uint8 images, not packed bits
 INT32_MAX = 2**31 - 1
+
+KERNELS = OpTable("fast")
+"""Per op kind: ``Layer`` (a compiled kernel, built once per graph) or a function
+``(op, *inputs)`` run on each batch."""
 
 
 class _Layer(ctypes.Structure):
@@ -220,21 +223,22 @@ class Layer:
     sums in the reference interpreter's layout (N, O, Ho, Wo) or (N, O)."""
 
     def __init__(self, op: Op, in_shape: tuple[int, ...], threshold: Op | None = None):
-        if op.kind not in KERNEL_OPS:
-            raise BnnkitError(f"no host kernel for {op.kind}; kernels: {', '.join(KERNEL_OPS)}")
+        if KERNELS.entries.get(op.kind) is not Layer:
+            raise BnnkitError(f"no host kernel for {op.kind}; kernels: {', '.join(_layer_kinds())}")
         self.op, self.in_shape = op, tuple(in_shape)
+        self.pixels = OPS[op.kind].reads_pixels  # uint8 images, not packed bits
         w = op.params["weight"]
-        dense = op.kind.endswith("dense")
+        dense = w.ndim == 2
         if dense:
             w = w[:, :, None, None]
         c, h, wd = (self.in_shape[0], 1, 1) if dense else self.in_shape
         o, _, kh, kw = w.shape
         (sh, sw), (ph, pw) = ((1, 1), (0, 0)) if dense else (pair(op.attrs["stride"]), pair(op.attrs["padding"]))
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+        ho, wo = out_size(h, kh, sh, ph), out_size(wd, kw, sw, pw)
         self.out_shape = (o,) if dense else (o, ho, wo)
         taps = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(o, -1))  # (kh, kw, C): the patch order
         words = -(-taps.shape[1] // 64)
-        if op.kind in INTEGER_INPUT:
+        if self.pixels:
             if 255 * taps.shape[1] >= 2**31:
                 raise BnnkitError(f"{op.kind} {op.name}: fan-in {taps.shape[1]} can overflow int32 sums")
             self._weight = _sign_masks(taps)
@@ -245,7 +249,9 @@ class Layer:
         self.threshold = threshold
         if threshold is not None:
             self._thresh, self._flip = _xor_form(threshold)
-        pad = PAD_FACTOR[op.attrs["pad"]] if op.kind == "binary_conv2d" else 0
+        # bconv.c reads a padded tap as -1 and adds pad_factor x its weight back: 0 keeps -1 (and
+        # skips the check where no op pads), 1 makes it 0, 2 makes it +1
+        pad = pad_of(op).value + 1 if "pad" in op.attrs else 0
         self._struct = _Layer(
             c, h, wd, o, ho, wo, kh, kw, sh, sw, ph, pw, pad, words,
             self._weight.ctypes.data, _address(self._tap_sum),
@@ -260,7 +266,7 @@ class Layer:
         else:
             out = np.empty((n, *self.out_shape[1:], self.out_shape[0]), np.int32)
         lib = library()
-        if self.op.kind in INTEGER_INPUT:
+        if self.pixels:
             x = np.asarray(x)
             if x.dtype != np.uint8 or x.shape[1:] != self.in_shape:
                 raise BnnkitError(f"{what} takes uint8 (N, {', '.join(map(str, self.in_shape))}), got {x.dtype} {x.shape}")
@@ -292,7 +298,7 @@ def maxpool_packed(op: Op, x: Packed) -> Packed:
     """``maxpool`` on packed bits: OR of the window's words (AND for min_channels)."""
     (kh, kw), (sh, sw) = pair(op.attrs["kernel"]), pair(op.attrs["stride"])
     c, h, w = x.shape
-    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    ho, wo = out_size(h, kh, sh), out_size(w, kw, sw)
     win = sliding_window_view(x.words, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :ho, :wo]
     win = win.reshape(win.shape[:4] + (-1,))
     out = np.bitwise_or.reduce(win, axis=-1)
@@ -300,6 +306,26 @@ def maxpool_packed(op: Op, x: Packed) -> Packed:
         mins = Packed.from_bits(op.params["min_channels"][None]).words[0]
         out = (out & ~mins) | (np.bitwise_and.reduce(win, axis=-1) & mins)
     return Packed(out, (c, ho, wo))
+
+
+# --- the fast backend's op table -------------------------------------------------------
+
+KERNELS.register("input_conv2d", "input_dense", "binary_conv2d", "binary_dense")(Layer)
+
+
+@KERNELS.register("threshold", "affine", "add", "avgpool", "flatten", "argmax")
+def _reference(op: Op, *args):
+    """The NumPy reference's own kernel, on unpacked bits: these ops are cheap next to a layer."""
+    return numpy_ref.KERNELS[op.kind](op, *(a.bits() if isinstance(a, Packed) else a for a in args))
+
+
+@KERNELS.register("maxpool")
+def _maxpool(op: Op, x):
+    return maxpool_packed(op, x) if isinstance(x, Packed) else _reference(op, x)
+
+
+def _layer_kinds() -> tuple[str, ...]:
+    return tuple(kind for kind in OPS if KERNELS.entries.get(kind) is Layer)
 
 
 # --- a whole graph --------------------------------------------------------------------
@@ -310,6 +336,7 @@ class _Step:
     op: Op  # the op, or the kernel op a threshold was fused into
     output: str
     layer: Layer | None = None
+    kernel: Callable | None = None  # (op, *inputs) when there is no layer
 
 
 def _plan(graph: Graph) -> list[_Step]:
@@ -317,14 +344,15 @@ def _plan(graph: Graph) -> list[_Step]:
     steps, ops, i = [], graph.ops, 0
     while i < len(ops):
         op = ops[i]
-        if op.kind in KERNEL_OPS:
+        kernel = KERNELS[op.kind]
+        if kernel is Layer:
             nxt = ops[i + 1]  # a graph ends in argmax, so a kernel op is never last
-            fuse = nxt.kind == "threshold" and nxt.inputs == [op.output] and readers[op.output] == 1
+            fuse = OPS[nxt.kind].family is Family.THRESHOLD and nxt.inputs == [op.output] and readers[op.output] == 1
             in_shape = graph.types[op.inputs[0]][1]
             steps.append(_Step(op, nxt.output if fuse else op.output, Layer(op, in_shape, nxt if fuse else None)))
             i += 2 if fuse else 1
         else:
-            steps.append(_Step(op, op.output))
+            steps.append(_Step(op, op.output, kernel=kernel))
             i += 1
     return steps
 
@@ -344,14 +372,10 @@ class FastModel:
         for step in self.steps:
             args = [env[name] for name in step.op.inputs]
             if step.layer is not None:
-                if step.op.kind not in INTEGER_INPUT:
-                    args = [_packed(args[0])]
-                env[step.output] = step.layer(args[0], self.isa, self.threads)
-            elif step.op.kind == "maxpool" and isinstance(args[0], Packed):
-                env[step.output] = maxpool_packed(step.op, args[0])
+                x = args[0] if step.layer.pixels else _packed(args[0])
+                env[step.output] = step.layer(x, self.isa, self.threads)
             else:
-                args = [a.bits() if isinstance(a, Packed) else a for a in args]
-                env[step.output] = numpy_ref.KERNELS[step.op.kind](step.op, *args)
+                env[step.output] = step.kernel(step.op, *args)
         return {name: env[name] for name in (self.graph.scores, self.graph.ops[-1].output)}
 
     def predict(self, x: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:

@@ -6,19 +6,20 @@ as its formula. Integer sums are computed with float matrix products (BLAS), whi
 exact while every partial sum stays below 2**24 in float32 or 2**53 in float64:
 ``_exact_dtype`` picks the smaller type that is exact for the worst case of the layer.
 Results are converted back to int32 at once.
+
+Every kernel is registered in ``KERNELS``, the NumPy backend's entry per op kind of the op
+table (``bnnkit.graph.ops``); ``KERNELS[kind](op, *inputs)`` runs one.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import _DTYPES, INT32_MIN, Graph, Op, pair, resources
+from bnnkit.graph import DTYPES, INT32_MIN, Graph, Op, OpTable, out_size, pad_of, pair, resources
 
-PAD_VALUE = {"zero": 0.0, "minus_one": -1.0, "plus_one": 1.0}
+KERNELS = OpTable("numpy")
 # What one batch of ``predict`` may hold: graph.MAX_ELEMENTS bounds one image, this the batch.
 BATCH_BYTES = 2**29
 
@@ -53,24 +54,28 @@ def _fan_in(op: Op) -> int:
     return int(np.prod(op.params["weight"].shape[1:]))
 
 
+@KERNELS.register("input_conv2d")
 def input_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
     # A padded pixel is 0 (black), so it adds nothing to the sum.
     dt = _exact_dtype(255, _fan_in(op))
     return _conv(x.astype(dt), pm1(op.params["weight"], dt), op.attrs["stride"], op.attrs["padding"], 0.0)
 
 
+@KERNELS.register("binary_conv2d")
 def binary_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
     # 'zero' pads with 0, which is exactly "sum over the valid taps only".
     dt = _exact_dtype(1, _fan_in(op))
-    pad = PAD_VALUE[op.attrs["pad"]]
+    pad = float(pad_of(op).value)
     return _conv(pm1(x, dt), pm1(op.params["weight"], dt), op.attrs["stride"], op.attrs["padding"], pad)
 
 
+@KERNELS.register("input_dense")
 def input_dense(op: Op, x: np.ndarray) -> np.ndarray:
     dt = _exact_dtype(255, _fan_in(op))
     return _to_i32(x.astype(dt) @ pm1(op.params["weight"], dt).T)
 
 
+@KERNELS.register("binary_dense")
 def binary_dense(op: Op, x: np.ndarray) -> np.ndarray:
     dt = _exact_dtype(1, _fan_in(op))
     return _to_i32(pm1(x, dt) @ pm1(op.params["weight"], dt).T)
@@ -81,6 +86,7 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
     return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
+@KERNELS.register("threshold")
 def threshold(op: Op, x: np.ndarray) -> np.ndarray:
     t = _per_channel(op.params["thresh"].astype(np.int64), x.ndim)
     flip = _per_channel(op.params["flip"], x.ndim)
@@ -91,6 +97,7 @@ def threshold(op: Op, x: np.ndarray) -> np.ndarray:
     return np.where(flip, x <= t, x >= t)
 
 
+@KERNELS.register("affine")
 def affine(op: Op, x: np.ndarray) -> np.ndarray:
     scale = _per_channel(op.params["scale"], x.ndim)
     bias = _per_channel(op.params["bias"], x.ndim)
@@ -98,17 +105,19 @@ def affine(op: Op, x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float32) * scale).astype(np.float32) + bias
 
 
+@KERNELS.register("add")
 def add(op: Op, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _to_i32(a.astype(np.int64) + b) if a.dtype == np.int32 else (a + b).astype(np.float32)
 
 
 def _windows(op: Op, x: np.ndarray) -> np.ndarray:
     (kh, kw), (sh, sw) = pair(op.attrs["kernel"]), pair(op.attrs["stride"])
-    ho, wo = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    ho, wo = out_size(x.shape[2], kh, sh), out_size(x.shape[3], kw, sw)
     win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
     return win.reshape(win.shape[:4] + (-1,))
 
 
+@KERNELS.register("maxpool")
 def maxpool(op: Op, x: np.ndarray) -> np.ndarray:
     win = _windows(op, x)
     out = win.max(axis=-1)  # on bool: OR
@@ -118,22 +127,19 @@ def maxpool(op: Op, x: np.ndarray) -> np.ndarray:
     return out
 
 
+@KERNELS.register("avgpool")
 def avgpool(op: Op, x: np.ndarray) -> np.ndarray:
     return _to_i32(_windows(op, x).astype(np.int64).sum(axis=-1))
 
 
+@KERNELS.register("flatten")
 def flatten(op: Op, x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
+@KERNELS.register("argmax")
 def argmax(op: Op, x: np.ndarray) -> np.ndarray:
     return np.argmax(x, axis=1)  # first maximum wins
-
-
-KERNELS: dict[str, Callable[..., np.ndarray]] = {
-    f.__name__: f
-    for f in (input_conv2d, input_dense, binary_conv2d, binary_dense, threshold, affine, add, maxpool, avgpool, flatten, argmax)
-}
 
 
 def check_input(graph: Graph, x: np.ndarray) -> np.ndarray:
@@ -158,7 +164,7 @@ def no_predictions(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     """What ``predict`` returns for 0 images: (0, classes) scores of the graph's score type
     and (0,) int64 labels. The ops are not run on an empty batch: reshapes to (0, -1) are
     ambiguous."""
-    return np.zeros((0, graph.num_classes), _DTYPES[graph.types[graph.scores][0]]), np.zeros(0, np.int64)
+    return np.zeros((0, graph.num_classes), DTYPES[graph.types[graph.scores][0]]), np.zeros(0, np.int64)
 
 
 def predict(graph: Graph, x: np.ndarray, batch_size: int = 100, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
