@@ -1,4 +1,10 @@
-"""Batches and augmentation, deterministic in (seed, epoch) and vectorised over a batch."""
+"""Batches for training and evaluation, cut from a dataset's uint8 images held in memory.
+
+The order of an epoch and its augmentation come from one generator seeded by
+``(seed, epoch)``, so a resumed run replays exactly the batches it would have seen.
+Augmentation works on a whole batch of uint8 images at once, before the conversion to
+float. (The dataset readers in ``bnnkit.data`` stay NumPy-only; torch starts here.)
+"""
 
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> torch.Tensor:
     """Zero-pad by ``pad``, crop back to the input size at a random offset, and flip
-    left-right with probability 1/2, each image independently."""
+    left-right with probability 1/2, each image independently: one gather for the batch."""
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
@@ -39,6 +45,11 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD)
     cols = dx[:, None] + torch.arange(w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
     return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels → float32 in [0, 1] (``k / 255``, which ``IntegerPixels`` inverts exactly)."""
+    return images.float().div_(255)
 
 
 def batches(
@@ -51,16 +62,22 @@ def batches(
     augment: bool = False,
     drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of (float32 images in [0, 1], int64 labels)."""
+    """Batches of (float32 images in [0, 1], int64 labels). The images are shared with
+    ``ds`` (no copy of the dataset); each batch is converted to float on its own, so the
+    float copy stays in cache."""
     n = len(ds.y)
     gen = epoch_generator(seed, epoch)
-    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    order = torch.randperm(n, generator=gen) if shuffle else None
     images, labels = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
     for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        if drop_last and len(idx) < batch_size:
+        stop = min(n, start + batch_size)
+        if drop_last and stop - start < batch_size:
             break
-        xb = images[idx]
+        if order is None:  # in order: a view, not a gather
+            xb, yb = images[start:stop], labels[start:stop]
+        else:
+            idx = order[start:stop]
+            xb, yb = images[idx], labels[idx]
         if augment:
             xb = random_crop_flip(xb, gen)
-        yield xb.float().div_(255), labels[idx]
+        yield to_unit_float(xb), yb
