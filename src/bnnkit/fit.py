@@ -126,6 +126,7 @@ def fit(
     progress: bool = True,
     space: list[Candidate] | None = None,
     target: str | None = None,
+    threads: int | None = None,
 ) -> dict:
     from bnnkit.data import get_info
     from bnnkit.recipe import load_recipe
@@ -164,7 +165,8 @@ def fit(
         say(f"training {row['name']} (RAM {row['ram']} B, flash {row['flash']} B)")
         config = RunConfig(row["model"], dataset, epochs, recipe=recipe, model_options=row["options"], data_dir=data_dir)
         started = time.perf_counter()
-        result = train(config, out / "runs" / row["name"], TrainOptions(resume=True, progress=progress, limit_train=limit_train))
+        options = TrainOptions(resume=True, progress=progress, limit_train=limit_train, threads=threads)
+        result = train(config, out / "runs" / row["name"], options)
         done[row["name"]] = {**row, "accuracy": result["test_acc"], "epochs": epochs, "seconds": time.perf_counter() - started}
         # the whole file, atomically: a kill leaves the previous records or these, never a torn line
         atomic_write(out / RESULTS, "".join(json.dumps(r) + "\n" for r in done.values()))

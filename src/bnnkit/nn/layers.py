@@ -242,7 +242,9 @@ class IntegerPixels(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(x * 255)
+        # In place: torch.round would give one-channel images in channels-last strides
+        # (see training.batching.in_memory_format) NCHW strides again.
+        return (x * 255).round_()
 
 
 def binary_layers(model: nn.Module) -> list[nn.Module]:

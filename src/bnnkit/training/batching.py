@@ -52,6 +52,19 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
+def in_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``x`` laid out in ``memory_format``. One-channel images are the same bytes in NCHW and
+    channels_last, so ``contiguous`` leaves their NCHW strides, and convolutions given those
+    answer in NCHW; explicit channels-last strides (a view, no copy) make them answer in
+    channels_last, which the layers after them need."""
+    if memory_format != torch.channels_last or x.ndim != 4:
+        return x.contiguous(memory_format=memory_format)
+    if x.shape[1] == 1 and x.is_contiguous():
+        n, _, h, w = x.shape
+        return x.as_strided(x.shape, (h * w, 1, w, 1))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def batches(
     ds: ArrayDataset,
     batch_size: int,

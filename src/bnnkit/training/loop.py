@@ -31,7 +31,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.nn import clip_weights_, latent_weights, set_weight_binarization
 from bnnkit.quant import scheduled_quantizers
 from bnnkit.training import distributed
-from bnnkit.training.batching import augmentation_for, batches
+from bnnkit.training.batching import augmentation_for, batches, in_memory_format
 from bnnkit.files import atomic_write, make_dir
 from bnnkit.training.checkpoint import load_state, save_state, save_weights
 from bnnkit.training.optim import lr_factor, make_optimizer, set_lr
@@ -51,7 +51,10 @@ class TrainOptions:
     progress: bool = True
     limit_train: int | None = None  # first N training images only: quick checks and tests
     limit_test: int | None = None
-    threads: int | None = None  # intra-op threads of this process; None: see training.threads.choose_threads
+    # Intra-op threads of this process. None: the count a resumed run recorded, else the
+    # free cores split between `processes` trainings on this machine (training.threads).
+    threads: int | None = None
+    processes: int | None = None  # None: the processes of this torchrun job on this node, else 1
 
 
 def pick_device(name: str) -> torch.device:
@@ -88,7 +91,7 @@ def _evaluation_sums(model: nn.Module, ds: ArrayDataset, device: torch.device) -
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in batches(ds, EVAL_BATCH, shuffle=False):
-        x, y = x.to(device, memory_format=layout), y.to(device)
+        x, y = in_memory_format(x.to(device), layout), y.to(device)
         with _autocast(device):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
@@ -176,7 +179,7 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     net = distributed.wrap(model, device)  # trains through DDP; `model` is evaluated and saved
-    threads = choose_threads(options.threads, state.get("threads") if state else None)
+    threads = choose_threads(options.threads, state.get("threads") if state else None, options.processes)
     use_threads(threads)
     latent = latent_weights(model) if recipe.latent_clip > 0 else []
     scheduled = scheduled_quantizers(model)
@@ -207,7 +210,7 @@ def train(config: RunConfig, out: str | Path, options: TrainOptions = TrainOptio
             for quantizer in scheduled:
                 quantizer.set_progress(step / max(1, total_steps - 1))
             x, y = distributed.shard(x), distributed.shard(y)
-            x, y = x.to(device, non_blocking=True, memory_format=layout), y.to(device, non_blocking=True)
+            x, y = in_memory_format(x.to(device, non_blocking=True), layout), y.to(device, non_blocking=True)
             with _autocast(device):
                 logits = net(x)
                 if teacher is None:

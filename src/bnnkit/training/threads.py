@@ -82,13 +82,13 @@ def check_threads(threads: int | None, what: str = "--threads") -> None:
         raise BnnkitError(f"{what} must be an integer >= 1, got {threads!r}")
 
 
-def choose_threads(requested: int | None, recorded: int | None = None) -> int:
+def choose_threads(requested: int | None, recorded: int | None = None, processes: int | None = None) -> int:
     """What a training uses: ``requested`` if given, else the count the run recorded
-    (a resume), else ``auto_threads()``."""
+    (a resume), else ``auto_threads(processes)``."""
     check_threads(requested)
     if requested is not None:
         return requested
-    return int(recorded) if recorded else auto_threads()
+    return int(recorded) if recorded else auto_threads(processes)
 
 
 def use_threads(threads: int) -> None:
