@@ -6,7 +6,7 @@ busy, every parallel region (hundreds per training step) waits at its barrier fo
 thread that the scheduler has parked for a whole time slice, and an epoch on 2 busy
 cores ran 10x slower with 2 threads than with 1. So the default counts the cores in this
 process's affinity mask, takes away the tasks that are running on them right now (sampled
-from ``/proc/loadavg`` over 0.1 s, so that it sees a job that started a second ago, which
+from ``/proc/loadavg`` over 20 ms, so that it sees a job that started a second ago, which
 the load averages do not yet show), and splits the rest between the processes of a
 ``torchrun`` job.
 
@@ -39,7 +39,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def runnable_tasks(samples: int = 5, interval: float = 0.02, path: Path = LOADAVG) -> float | None:
+def runnable_tasks(samples: int = 3, interval: float = 0.01, path: Path = LOADAVG) -> float | None:
     """Tasks running or ready to run on the machine besides this one: the median of a few
     readings of ``/proc/loadavg``'s "running/total" field (None where there is no such file)."""
     readings = []
