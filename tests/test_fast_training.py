@@ -123,17 +123,23 @@ def test_cpu_hogs_on_every_core_leave_one_thread():
             h.wait()
 
 
-def test_requested_threads_win_then_the_recorded_count_then_the_free_cores(monkeypatch):
+def test_requested_threads_win_then_the_environment_then_the_recorded_count_then_the_free_cores(monkeypatch):
     monkeypatch.setattr(threads, "auto_threads", lambda processes=None: 7)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert threads.choose_threads(3, 2) == 3
     assert threads.choose_threads(None, 2) == 2
     assert threads.choose_threads(None, None) == 7
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert threads.choose_threads(3, 2) == 3 and threads.choose_threads(None, 2) == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")  # not a count: as if unset, as PyTorch does
+    assert threads.choose_threads(None, 2) == 2
     with pytest.raises(threads.BnnkitError, match=r"^--threads must be an integer >= 1, got 0$"):
         threads.choose_threads(0)
 
 
 def test_a_run_records_its_thread_count_and_a_resume_reuses_it(tmp_path, monkeypatch):
     monkeypatch.setattr(threads, "auto_threads", lambda processes=None: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     config = RunConfig(model="binarynet_mlp", dataset="digits", epochs=1, recipe=load_recipe("baseline").with_(batch_size=64),
                        model_options={"width": 16, "depth": 1})
     train(config, tmp_path / "run", TrainOptions(progress=False, threads=1))
@@ -150,6 +156,7 @@ def test_a_run_records_its_thread_count_and_a_resume_reuses_it(tmp_path, monkeyp
 
 
 def test_review_workers_split_the_free_cores(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
     monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
     spec = expand({"model": "binarynet_mlp", "model_options": {"width": 16}, "dataset": "digits", "epochs": 1,

@@ -5,15 +5,15 @@ PyTorch's default is one thread per core. When other processes keep some of thos
 busy, every parallel region (hundreds per training step) waits at its barrier for a
 thread that the scheduler has parked for a whole time slice, and an epoch on 2 busy
 cores ran 10x slower with 2 threads than with 1. So the default counts the cores in this
-process's affinity mask, takes away the tasks that are running on them right now (sampled
-from ``/proc/loadavg`` over 20 ms, so that it sees a job that started a second ago, which
-the load averages do not yet show), and splits the rest between the processes of a
-``torchrun`` job.
+process's affinity mask, takes away the tasks that the machine is running right now
+(sampled from ``/proc/loadavg`` over 20 ms, so that it sees a job that started a second
+ago, which the load averages do not yet show), and splits the rest between the processes
+of a ``torchrun`` job. ``--threads N`` or ``OMP_NUM_THREADS`` overrides it.
 
 The thread count changes how reductions are split (convolution weight gradients,
 BatchNorm statistics) and so the rounding of a training: the trainer records the count in
 the training state, a resume uses it again, and ``--threads N`` pins it where runs must be
-reproduced bit for bit on another day.
+reproduced bit for bit on another day or machine.
 """
 
 from __future__ import annotations
@@ -82,13 +82,23 @@ def check_threads(threads: int | None, what: str = "--threads") -> None:
         raise BnnkitError(f"{what} must be an integer >= 1, got {threads!r}")
 
 
+def _from_environment() -> int | None:
+    """``OMP_NUM_THREADS`` where it holds a positive integer (torchrun sets it to 1), else None."""
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
 def choose_threads(requested: int | None, recorded: int | None = None, processes: int | None = None) -> int:
-    """What a training uses: ``requested`` if given, else the count the run recorded
-    (a resume), else ``auto_threads(processes)``."""
+    """What a training uses: ``requested`` (``--threads``) if given, else ``$OMP_NUM_THREADS``,
+    else the count the run recorded (a resume), else ``auto_threads(processes)``."""
     check_threads(requested)
-    if requested is not None:
-        return requested
-    return int(recorded) if recorded else auto_threads(processes)
+    for choice in (requested, _from_environment(), recorded):
+        if choice:
+            return int(choice)
+    return auto_threads(processes)
 
 
 def use_threads(threads: int) -> None:
