@@ -16,7 +16,12 @@ the median over the rounds. The same is then measured beside two CPU-bound proce
 the benchmark starts (and kills at the end), and bnnkit with its default thread count
 against 1 thread beside them.
 
+``--profile MODEL`` instead breaks one epoch of ``bnnkit train`` (60,000 images, the 10,000
+test images, 1 thread) down by where its time goes, under ``torch.profiler`` with named
+ranges around the loop's parts (the breakdown tables of docs/performance.md).
+
     python benchmarks/train_speed.py [--rounds 2] [--models ebnn_cnn,small_cnn] [--scale 1.0] [--json]
+    python benchmarks/train_speed.py --profile ebnn_cnn [--scale 1.0]
 """
 
 from __future__ import annotations
@@ -162,14 +167,87 @@ def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
             "ratio": statistics.median(d.wall / o.wall for d, o in pairs)}
 
 
+# --- --profile -------------------------------------------------------------------------
+
+# Top-level profiler events by name (forward ops and backward nodes alike), first match wins.
+CATEGORIES = [
+    ("onvolution", "convolution"), ("conv", "convolution"), ("atch_norm", "batchnorm"), ("BatchNorm", "batchnorm"),
+    ("ax_pool", "max-pool"), ("MaxPool", "max-pool"), ("Sign", "quantizers"), ("Mm", "linear"), ("Addmm", "linear"),
+    ("linear", "linear"), ("Optimizer.", "optimizer"), ("_local_scalar_dense", "host syncs (.item)"),
+    ("aten::item", "host syncs (.item)"), ("cross_entropy", "loss"), ("NllLoss", "loss"), ("LogSoftmax", "loss"),
+]
+# The loop's helpers, by the names it imports them under (old and new loops), and their part.
+RANGES = {
+    "batches": "batches and augmentation", "_evaluation_sums": "evaluation (test set)", "save_weights": "checkpoint",
+    "save_state": "checkpoint", "atomic_write": "checkpoint", "plot_curves": "curves.png", "load_dataset": "reading the dataset",
+    "clip_latent_weights_": "latent clipping", "clip_weights_": "latent clipping", "set_lr": "schedules",
+    "set_training_progress": "schedules", "choose_threads": "choosing threads",
+}
+
+
+def _ranged(name: str, fn, iterator: bool = False):
+    from torch.profiler import record_function
+
+    def call(*args, **kwargs):
+        with record_function("part:" + name):
+            return fn(*args, **kwargs)
+
+    def iterate(*args, **kwargs):
+        items = iter(fn(*args, **kwargs))
+        while True:
+            with record_function("part:" + name):
+                item = next(items, None)
+            if item is None:
+                return
+            yield item
+
+    return iterate if iterator else call
+
+
+def profile(model: str, limit: int) -> list[tuple[str, float]]:
+    """(part, seconds) of one profiled ``train`` call, largest first; the rest is Python."""
+    import bnnkit.quant.sign as sign
+    import bnnkit.training.loop as loop
+    from torch.profiler import profile as torch_profile
+    from torch.profiler import record_function
+
+    for attr, part in RANGES.items():
+        if hasattr(loop, attr):
+            setattr(loop, attr, _ranged(part, getattr(loop, attr), iterator=attr == "batches"))
+    for attr in ("_SignFunction", "_ClippedSignFunction"):
+        if hasattr(sign, attr):
+            getattr(sign, attr).apply = _ranged("quantizers", getattr(sign, attr).apply)
+    run_bnnkit(model, 2 * BATCH, 1)  # imports and caches outside the profile
+    with torch_profile() as prof, record_function("part:total"):
+        run_bnnkit(model, limit, 1)
+    events = prof.events()
+    total = next(e for e in events if e.name == "part:total")
+    sums: dict[str, float] = {}
+    for e in events:
+        if e.cpu_parent is total or (e.cpu_parent is None and e is not total):
+            part = e.name[5:] if e.name.startswith("part:") else next((c for k, c in CATEGORIES if k in e.name), "other ops")
+            sums[part] = sums.get(part, 0.0) + e.cpu_time_total / 1e6
+    sums["Python, tqdm, rest"] = total.cpu_time_total / 1e6 - sum(sums.values())
+    return sorted(sums.items(), key=lambda kv: -kv[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(LIMITS), help=f"comma-separated, of {', '.join(LIMITS)}")
     parser.add_argument("--rounds", type=int, default=2, help="alternations per measurement (default 2)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the training images per model")
     parser.add_argument("--hogs", type=int, default=2, help="CPU-bound background processes (default 2; 0 skips)")
+    parser.add_argument("--profile", metavar="MODEL", help="break one epoch of MODEL down instead (60,000 images x --scale)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.profile:
+        limit = round(60_000 * args.scale)
+        parts = profile(args.profile, limit)
+        total = sum(s for _, s in parts)
+        print(f"{args.profile}: one epoch, {limit} images, 1 thread, {total:.1f} s under the profiler; "
+              f"load average {os.getloadavg()[0]:.2f}\n\n| part | s | % |\n| --- | ---: | ---: |")
+        print("\n".join(f"| {part} | {sec:.2f} | {100 * sec / total:.1f} |" for part, sec in parts))
+        return
     models = args.models.split(",")
     unknown = sorted(set(models) - set(LIMITS))
     if unknown:
