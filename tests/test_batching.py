@@ -73,3 +73,17 @@ def test_the_data_package_does_not_import_torch():
     code = "import sys, bnnkit.data; bnnkit.data.load_dataset('digits', 'test'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_in_memory_format_lays_out_batches_for_channels_last_convolutions():
+    from bnnkit.training.batching import in_memory_format
+
+    gray = torch.rand(6, 1, 5, 5)
+    strided = in_memory_format(gray[::2], torch.channels_last)  # a shard of a batch: not contiguous
+    assert strided.stride() == (25, 1, 5, 1) and torch.equal(strided, gray[::2])
+    color = torch.rand(2, 3, 5, 5)
+    cl = in_memory_format(color, torch.channels_last)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous() and torch.equal(cl, color)
+    flat = torch.rand(4, 10)
+    assert in_memory_format(flat, torch.channels_last) is flat  # not a feature map: as it is
+    assert in_memory_format(color, torch.contiguous_format) is color

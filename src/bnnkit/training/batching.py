@@ -57,9 +57,12 @@ def in_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> tor
     channels_last, so ``contiguous`` leaves their NCHW strides, and convolutions given those
     answer in NCHW; explicit channels-last strides (a view, no copy) make them answer in
     channels_last, which the layers after them need."""
-    if memory_format != torch.channels_last or x.ndim != 4:
+    if memory_format != torch.channels_last:
         return x.contiguous(memory_format=memory_format)
-    if x.shape[1] == 1 and x.is_contiguous():
+    if x.ndim != 4:  # not a feature map (an MLP's input): no channels to put last
+        return x
+    if x.shape[1] == 1:
+        x = x.contiguous()
         n, _, h, w = x.shape
         return x.as_strided(x.shape, (h * w, 1, w, 1))
     return x.contiguous(memory_format=torch.channels_last)

@@ -54,8 +54,8 @@ class TrainOptions:
     progress: bool = True
     limit_train: int | None = None  # first N training images only: quick checks and tests
     limit_test: int | None = None
-    # Intra-op threads of this process. None: the count a resumed run recorded, else the
-    # free cores split between `processes` trainings on this machine (training.threads).
+    # Intra-op threads of this process. None: $OMP_NUM_THREADS, else the count a resumed run
+    # recorded, else the free cores split between `processes` trainings (training.threads).
     threads: int | None = None
     processes: int | None = None  # None: the processes of this torchrun job on this node, else 1
 
