@@ -20,7 +20,8 @@ against 1 thread beside them.
 test images, 1 thread) down by where its time goes, under ``torch.profiler`` with named
 ranges around the loop's parts (the breakdown tables of docs/performance.md).
 
-    python benchmarks/train_speed.py [--rounds 2] [--models ebnn_cnn,small_cnn] [--scale 1.0] [--hogs-scale 0.25] [--json]
+    python benchmarks/train_speed.py [--rounds 2] [--models ebnn_cnn,small_cnn] [--scale 1.0] [--hogs-scale 0.25]
+                                     [--json]
     python benchmarks/train_speed.py --profile ebnn_cnn [--scale 1.0]
 """
 
@@ -54,7 +55,8 @@ LIMITS = {"ebnn_cnn": 60_000, "small_cnn": 9_600, "binarynet_mlp": 60_000, "resn
 
 
 def config(model: str) -> RunConfig:
-    return RunConfig(model=model, dataset=DATASET, epochs=1, seed=0, recipe=load_recipe("embedded").with_(batch_size=BATCH))
+    recipe = load_recipe("embedded").with_(batch_size=BATCH)
+    return RunConfig(model=model, dataset=DATASET, epochs=1, seed=0, recipe=recipe)
 
 
 def run_bnnkit(model: str, limit: int, threads: int | None) -> tuple[float, float]:
@@ -179,7 +181,8 @@ CATEGORIES = [
 # The loop's helpers, by the names it imports them under (old and new loops), and their part.
 RANGES = {
     "batches": "batches and augmentation", "_evaluation_sums": "evaluation (test set)", "save_weights": "checkpoint",
-    "save_state": "checkpoint", "atomic_write": "checkpoint", "plot_curves": "curves.png", "load_dataset": "reading the dataset",
+    "save_state": "checkpoint", "atomic_write": "checkpoint", "plot_curves": "curves.png",
+    "load_dataset": "reading the dataset",
     "clip_latent_weights_": "latent clipping", "clip_weights_": "latent clipping", "set_lr": "schedules",
     "set_training_progress": "schedules", "choose_threads": "choosing threads",
 }
@@ -225,7 +228,8 @@ def profile(model: str, limit: int) -> list[tuple[str, float]]:
     sums: dict[str, float] = {}
     for e in events:
         if e.cpu_parent is total or (e.cpu_parent is None and e is not total):
-            part = e.name[5:] if e.name.startswith("part:") else next((c for k, c in CATEGORIES if k in e.name), "other ops")
+            named = e.name[5:] if e.name.startswith("part:") else None
+            part = named or next((c for k, c in CATEGORIES if k in e.name), "other ops")
             sums[part] = sums.get(part, 0.0) + e.cpu_time_total / 1e6
     sums["Python, tqdm, rest"] = total.cpu_time_total / 1e6 - sum(sums.values())
     return sorted(sums.items(), key=lambda kv: -kv[1])
@@ -239,7 +243,8 @@ def main() -> None:
     parser.add_argument("--hogs", type=int, default=2, help="CPU-bound background processes (default 2; 0 skips)")
     parser.add_argument("--hogs-scale", type=float, default=0.25,
                         help="multiply the training images beside the hogs (default 0.25: everything runs slower there)")
-    parser.add_argument("--profile", metavar="MODEL", help="break one epoch of MODEL down instead (60,000 images x --scale)")
+    parser.add_argument("--profile", metavar="MODEL",
+                        help="break one epoch of MODEL down instead (60,000 images x --scale)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.profile:
@@ -273,7 +278,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"bnnkit train vs minimal eager FP32 loop, 1 thread; time ratio (lower is faster), median of {args.rounds} rounds")
+    print("bnnkit train vs minimal eager FP32 loop, 1 thread; time ratio (lower is faster), "
+          f"median of {args.rounds} rounds")
     print(f"torch {report['torch']}, {report['cores']} cores, load average before {report['load_before'][0]:.2f}, "
           f"after {report['load_after'][0]:.2f}; beside {args.hogs} CPU hogs")
     print(f"{'model':14s} {'images':>7s} {'bnnkit img/s':>13s} {'ref img/s':>10s} {'ratio':>6s} {'(CPU)':>6s} "

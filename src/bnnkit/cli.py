@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--limit-train", type=int, help="train on the first N images only (quick checks)")
-    p.add_argument("--threads", type=int, help="intra-op threads per training (default: the cores other processes leave free; a resumed run keeps its count)")
+    p.add_argument("--threads", type=int,
+                   help="intra-op threads per training (default: the cores other processes leave free; a resume keeps its count)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     p.set_defaults(fn=cmd_train)
 
@@ -424,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure each candidate's flash and RAM on this core in QEMU (default: the analytic memory plan)")
     p.add_argument("--out", type=Path, default=Path("runs/fit"), help="results, runs, best.bnn and pareto.png (resumable)")
     p.add_argument("--limit-train", type=int, help="train on the first N images only")
-    p.add_argument("--threads", type=int, help="intra-op threads per training (default: the cores other processes leave free; a resumed run keeps its count)")
+    p.add_argument("--threads", type=int,
+                   help="intra-op threads per training (default: the cores other processes leave free; a resume keeps its count)")
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_fit)
