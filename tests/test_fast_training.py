@@ -179,3 +179,14 @@ def test_threads_below_one_is_a_one_line_error(tmp_path, capsys, monkeypatch, co
     assert main([*command, "--threads", "0"]) == 2
     assert capsys.readouterr().err == "error: --threads must be >= 1, got 0\n"
     assert not (tmp_path / "X").exists()
+
+
+def test_cli_threads_reach_the_training(tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", "--model", "binarynet_mlp", "--dataset", "digits", "--option", "width=16", "--epochs", "1",
+                     "--threads", "1", "--out", str(tmp_path / "run"), "--json"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads(capsys.readouterr().out)["threads"] == 1
+    assert read_metrics(tmp_path / "run")[0]["threads"] == 1
