@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from bnnkit.data import DATASETS, batches, get_info, load_dataset
-from bnnkit.data.augment import epoch_generator, random_crop_flip
+from bnnkit.data import DATASETS, get_info, load_dataset
 from bnnkit.errors import BnnkitError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -240,39 +238,3 @@ def test_packaged_datasets(name, n_train, n_test, shape):
     assert pixels.std() == pytest.approx(get_info(name).std[0], abs=1e-3)
     assert not set(map(bytes, train.x[:50])) & set(map(bytes, test.x))  # no image in both splits
 
-
-# --- batches and augmentation ---------------------------------------------------------
-
-
-def small_dataset(n=50, shape=(3, 8, 8)):
-    info = DATASETS["cifar10"]
-    x = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
-    return type(load_dataset("digits", "test"))(x=x, y=np.arange(n, dtype=np.int64), info=info)
-
-
-def test_batches_are_a_deterministic_permutation_per_epoch():
-    ds = small_dataset()
-    run = lambda epoch: [(x.clone(), y.clone()) for x, y in batches(ds, 16, shuffle=True, seed=1, epoch=epoch)]
-    a, b, c = run(0), run(0), run(1)
-    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
-    order0 = torch.cat([y for _, y in a])
-    assert sorted(order0.tolist()) == list(range(50))
-    assert not torch.equal(order0, torch.cat([y for _, y in c]))
-    x, y = a[0]
-    assert x.dtype == torch.float32 and torch.equal(x * 255, torch.from_numpy(ds.x[y.numpy()]).float())
-    assert [len(y) for _, y in batches(ds, 16, shuffle=False, drop_last=True)] == [16, 16, 16]
-
-
-def test_crop_and_flip_against_a_per_image_reference():
-    ds = small_dataset(n=20)
-    images = torch.from_numpy(ds.x)
-    out = random_crop_flip(images, epoch_generator(5, 0))
-    gen = epoch_generator(5, 0)  # replay the same draws
-    dy = torch.randint(0, 9, (20,), generator=gen)
-    dx = torch.randint(0, 9, (20,), generator=gen)
-    flip = torch.rand(20, generator=gen) < 0.5
-    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    for i in range(20):
-        crop = padded[i, :, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8]
-        assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop)
-    assert 0 < flip.sum() < 20 and len(set(dy.tolist())) > 1

@@ -365,3 +365,49 @@ def test_rprelu_is_shift_prelu_shift_per_channel():
     assert torch.allclose(act(x), ref)
     assert torch.allclose(act(x[:, :, 0, 0]), ref[:, :, 0, 0])  # (N, C) too
     assert sum(p.numel() for p in act.parameters()) == 6
+
+
+# --- the trainer's fast paths ---------------------------------------------------------
+
+
+def test_clip_weights_clamps_every_tensor_in_place_like_clamp():
+    from bnnkit.nn import clip_weights_, latent_weights
+
+    torch.manual_seed(3)
+    model = nn.Sequential(BinaryConv2d(2, 4, 3), nn.Conv2d(4, 4, 1), BinaryLinear(4, 3))
+    latent = latent_weights(model)
+    assert [id(w) for w in latent] == [id(model[0].weight), id(model[2].weight)]  # not the FP conv
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5)
+    before = [p.detach().clone() for p in model.parameters()]
+    clip_weights_(latent, 0.75)
+    assert torch.equal(model[0].weight, before[0].clamp(-0.75, 0.75))
+    assert torch.equal(model[2].weight, before[-1].clamp(-0.75, 0.75))
+    assert torch.equal(model[1].weight, before[1])  # full precision: untouched
+    clip_weights_([], 1.0)  # nothing to clip is no error
+
+
+def test_learnable_threshold_on_a_channels_last_map_keeps_its_layout_and_values():
+    torch.manual_seed(11)
+    q = LearnableThreshold(3, get_quantizer("clipped_ste_sign"))
+    with torch.no_grad():
+        q.shift.copy_(torch.tensor([0.5, -0.25, 2.0]))
+    x = torch.randn(2, 3, 4, 4)
+    y = q(x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y, q(x))
+
+
+def test_integer_pixels_keep_channels_last_strides_of_a_one_channel_batch():
+    from bnnkit.nn import IntegerPixels
+    from bnnkit.training.batching import in_memory_format
+
+    pixels = torch.arange(256, dtype=torch.float32).div(255).repeat(4).view(4, 1, 16, 16)
+    x = in_memory_format(pixels, torch.channels_last)
+    assert x.data_ptr() == pixels.data_ptr() and x.stride() == (256, 1, 16, 1)  # a view, no copy
+    y = IntegerPixels()(x)
+    assert y.stride() == x.stride() and torch.equal(y, torch.arange(256.0).repeat(4).view(4, 1, 16, 16))
+    # a convolution given those strides answers in channels_last
+    conv = BinaryConv2d(1, 8, 3, padding=1, input_quantizer=None).to(memory_format=torch.channels_last)
+    out = conv(y)
+    assert out.stride()[1] == 1 and torch.equal(out, conv(y.contiguous()))

@@ -396,3 +396,50 @@ def test_a_layer_fits_its_multi_base_weights_on_init_and_reset():
     fresh = MultiBaseWeights(4, 3)
     fresh.fit_(target)
     assert torch.allclose(inner.alpha, fresh.alpha)
+
+
+# --- the fast forms: the same values as the plain expressions ---------------------------
+
+
+def special_values(dtype):
+    finfo = torch.finfo(dtype)
+    edge = [0.0, -0.0, finfo.tiny, -finfo.tiny, finfo.smallest_normal / 4, -finfo.smallest_normal / 4,
+            finfo.max, -finfo.max, math.inf, -math.inf, 1.0, -1.0, 0.3, -0.3]
+    random = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    return torch.cat([torch.tensor(edge, dtype=torch.float64), random]).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_sign_is_the_plus_one_at_zero_sign_of_every_value(dtype):
+    from bnnkit.quant import sign
+
+    x = special_values(dtype)
+    assert torch.equal(sign(x), torch.where(x >= 0, 1.0, -1.0).to(dtype))
+    assert sign(x).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("clip", [1.0, 0.3, 2.5])
+def test_clipped_gradient_passes_exactly_where_abs_x_is_at_most_clip(dtype, clip):
+    from bnnkit.quant.sign import clipped_gradient
+
+    x = special_values(dtype)
+    c = torch.tensor(clip, dtype=dtype)
+    inf = torch.tensor(math.inf, dtype=dtype)
+    # the clip itself, as the dtype rounds it, and its neighbours on both sides
+    x = torch.cat([x, torch.stack([c, -c, torch.nextafter(c, inf), -torch.nextafter(c, inf),
+                                   torch.nextafter(c, -inf), -torch.nextafter(c, -inf)])])
+    grad = torch.arange(1, len(x) + 1).to(dtype)
+    assert torch.equal(clipped_gradient(grad, x, clip), grad * (x.abs() <= clip).to(dtype))
+
+
+def test_clipped_ste_sign_autograd_equals_the_reference_expression_on_a_channels_last_map():
+    x = torch.randn(4, 8, 5, 5, dtype=torch.float64).mul(1.5).contiguous(memory_format=torch.channels_last)
+    x[0, :4, 0, 0] = torch.tensor([1.0, -1.0, 0.0, -0.0], dtype=torch.float64)  # on the boundary, and zeros
+    upstream = torch.randn_like(x)
+    a = x.clone().requires_grad_()
+    y = get_quantizer("clipped_ste_sign")(a)
+    y.backward(upstream)
+    assert torch.equal(y, torch.where(x >= 0, 1.0, -1.0).double())
+    assert torch.equal(a.grad, upstream * (x.abs() <= 1).double())
+    assert y.is_contiguous(memory_format=torch.channels_last)

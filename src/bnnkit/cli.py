@@ -108,7 +108,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     warning = _export_warning(config, args.recipe)
     options = TrainOptions(resume=args.resume, device=args.device, progress=not args.json, limit_train=args.limit_train,
-                           limit_test=args.limit_test, warnings=(warning,) if warning else ())
+                           limit_test=args.limit_test, threads=args.threads,
+                           warnings=(warning,) if warning else ())
     result = train(config, args.out, options)
     reports = distributed.is_main()  # under torchrun: rank 0 reports for all
     distributed.shutdown()
@@ -289,7 +290,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     result = fit(
         args.dataset, parse_bytes(args.ram), parse_bytes(args.flash), args.out, budget_minutes=args.budget_minutes,
         epochs=args.epochs, data_dir=args.data_dir, limit_train=args.limit_train, progress=not args.json,
-        target=args.target,
+        target=args.target, threads=args.threads,
     )
     _emit(args, result, format_fit(result))
 
@@ -312,7 +313,8 @@ def cmd_review(args: argparse.Namespace) -> None:
     for label, reason in grid.skipped:
         print(f"note: skipped {label}: {reason}", file=sys.stderr)
     result = run_review(grid, args.out, executor=args.executor, workers=args.workers, address=args.address,
-                        gpus_per_run=args.gpus_per_run, retry_failed=args.retry_failed, progress=not args.json)
+                        gpus_per_run=args.gpus_per_run, retry_failed=args.retry_failed, progress=not args.json,
+                        threads=args.threads)
     text = (f"{args.grid}: {result['runs']} runs, {result['done']} done, {result['failed']} failed "
             f"({result['ran']} ran now); results in {result['store']}; tables and plots: bnnkit report {args.out}")
     if result["failed"]:
@@ -425,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--limit-train", type=int, help="train on the first N images only (quick checks)")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
+    p.add_argument("--threads", type=int,
+                   help="intra-op threads per training (default: the cores other processes leave free; a resume keeps its count)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     p.set_defaults(fn=cmd_train)
     models_built.append(p)
@@ -507,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure each candidate's flash and RAM on this core in QEMU (default: the analytic memory plan)")
     p.add_argument("--out", type=Path, default=Path("runs/fit"), help="results, runs, best.bnn and pareto.png (resumable)")
     p.add_argument("--limit-train", type=int, help="train on the first N images only")
+    p.add_argument("--threads", type=int,
+                   help="intra-op threads per training (default: the cores other processes leave free; a resume keeps its count)")
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_fit)
@@ -524,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="override the grid's methods and combinations, e.g. rsign,prelu,rsign+prelu")
     p.add_argument("--limit-train", type=int, help="train on the first N images only")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
+    p.add_argument("--threads", type=int,
+                   help="threads per run (default: the free cores split between the --workers; ray: 1, one CPU per task)")
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true", help="print one JSON object with the counts")
     p.set_defaults(fn=cmd_review)
@@ -573,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "epochs", None) is not None and args.epochs < 1:
             raise BnnkitError(f"--epochs must be >= 1, got {args.epochs}")
+        if getattr(args, "threads", None) is not None and args.threads < 1:
+            raise BnnkitError(f"--threads must be >= 1, got {args.threads}")
         _import_modules(args.imports + getattr(args, "command_imports", []))
         args.fn(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit

@@ -125,6 +125,7 @@ def fit(
     progress: bool = True,
     space: list[Candidate] | None = None,
     target: str | None = None,
+    threads: int | None = None,
 ) -> dict:
     from bnnkit.data import get_info
     from bnnkit.recipe import load_recipe
@@ -167,7 +168,7 @@ def fit(
             config = RunConfig(row["model"], dataset, epochs, recipe=recipe, model_options=row["options"],
                                data_dir=data_dir)
             started = time.perf_counter()
-            options = TrainOptions(resume=True, progress=progress, limit_train=limit_train)
+            options = TrainOptions(resume=True, progress=progress, limit_train=limit_train, threads=threads)
             result = train(config, out / "runs" / row["name"], options)
             seconds = time.perf_counter() - started
             done[row["name"]] = {**row, "accuracy": result["test_acc"], "epochs": epochs, "seconds": seconds}

@@ -1,7 +1,7 @@
 """Real datasets in their public on-disk formats; nothing is downloaded at run time.
 
 Every dataset loads to one in-memory ``ArrayDataset`` of uint8 images ``(N, C, H, W)``;
-``batches`` turns it into float tensors in [0, 1]. Normalisation is the model's job (its
+``bnnkit.training.batching`` turns it into float tensors in [0, 1]. Normalisation is the model's job (its
 ``InputNorm`` holds ``DatasetInfo.mean/std``), so an exported model knows how it saw its
 input. Any defect in a file is one ``BnnkitError`` naming the file, what was expected and
 how to obtain the data.
@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 
-from bnnkit.data.augment import augmentation_for, batches
 from bnnkit.data.cifar import load_cifar
 from bnnkit.data.idx import load_idx_split
 from bnnkit.errors import BnnkitError
@@ -189,8 +188,6 @@ __all__ = [
     "ArrayDataset",
     "DATASETS",
     "DatasetInfo",
-    "augmentation_for",
-    "batches",
     "canonical_name",
     "dataset_names",
     "get_info",

@@ -9,6 +9,8 @@ from bnnkit.nn.layers import (
     IntegerPixels,
     binary_layers,
     clip_latent_weights_,
+    clip_weights_,
+    latent_weights,
     set_weight_binarization,
 )
 
@@ -23,5 +25,7 @@ __all__ = [
     "StandardizedWeights",
     "binary_layers",
     "clip_latent_weights_",
+    "clip_weights_",
+    "latent_weights",
     "set_weight_binarization",
 ]

@@ -41,6 +41,8 @@ class LearnableThreshold(_Wrapper):
         self.shift = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim > 2:  # a feature map: broadcast, which keeps its memory format (channels last)
+            return self.quantizer(x - _per_channel(x, self.shift))
         grouped = x.reshape(x.shape[0], len(self.shift), -1)
         return self.quantizer((grouped - self.shift.view(1, -1, 1)).reshape(x.shape))
 

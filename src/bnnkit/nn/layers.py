@@ -243,7 +243,9 @@ class IntegerPixels(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(x * 255)
+        # In place: torch.round would give one-channel images in channels-last strides
+        # (see training.batching.in_memory_format) NCHW strides again.
+        return (x * 255).round_()
 
 
 def binary_layers(model: nn.Module) -> list[nn.Module]:
@@ -256,7 +258,20 @@ def binary_layers(model: nn.Module) -> list[nn.Module]:
     ]
 
 
+def latent_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The latent weights of ``binary_layers(model)``."""
+    return [m.weight for m in binary_layers(model)]
+
+
 @torch.no_grad()
+def clip_weights_(weights: list[torch.Tensor], value: float = 1.0) -> None:
+    """Clamp every tensor of ``weights`` to [-value, value], in place, in two calls
+    whatever their number (the trainer's per-step form of ``clip_latent_weights_``)."""
+    if weights:
+        torch._foreach_clamp_min_(weights, -value)
+        torch._foreach_clamp_max_(weights, value)
+
+
 def clip_latent_weights_(model: nn.Module, value: float = 1.0) -> None:
     """Clamp the latent weights of ``binary_layers(model)`` to [-value, value], in place
     (BinaryNet). Beyond the clip a weight gets no gradient through the clipped STE and
@@ -271,8 +286,7 @@ def clip_latent_weights_(model: nn.Module, value: float = 1.0) -> None:
         clip_latent_weights_(model, recipe.latent_clip)  # e.g. 1.0
 
     ``model`` may be the module or a wrapper around it (DistributedDataParallel)."""
-    for m in binary_layers(model):
-        m.weight.clamp_(-value, value)
+    clip_weights_(latent_weights(model), value)
 
 
 def set_weight_binarization(model: nn.Module, enabled: bool) -> None:

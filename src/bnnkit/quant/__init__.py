@@ -18,6 +18,7 @@ from bnnkit.quant.registry import (
     get_quantizer,
     quantizer_names,
     register_quantizer,
+    scheduled_quantizers,
     set_training_progress,
 )
 from bnnkit.quant.sign import sign
@@ -31,6 +32,7 @@ __all__ = [
     "get_quantizer",
     "quantizer_names",
     "register_quantizer",
+    "scheduled_quantizers",
     "set_training_progress",
     "sign",
 ]

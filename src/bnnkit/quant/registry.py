@@ -111,10 +111,15 @@ def get_quantizer(spec, **kwargs) -> Quantizer | None:
     raise BnnkitError(f"a quantizer must be a name, a callable or None, got {type(spec).__name__}")
 
 
+def scheduled_quantizers(module: nn.Module) -> list[Quantizer]:
+    """The quantizers in ``module`` that follow the training progress (those with
+    ``set_progress``, such as ``ede_sign``)."""
+    return [m for m in module.modules() if isinstance(m, Quantizer) and hasattr(m, "set_progress")]
+
+
 def set_training_progress(module: nn.Module, progress: float) -> None:
-    """Tell every scheduled quantizer in ``module`` (those with ``set_progress``, such as
-    ``ede_sign``) how far training is, from 0 (first step) to 1 (last step). The trainer
-    calls this before every optimiser step."""
-    for m in module.modules():
-        if isinstance(m, Quantizer) and hasattr(m, "set_progress"):
-            m.set_progress(progress)
+    """Tell every scheduled quantizer in ``module`` how far training is, from 0 (first
+    step) to 1 (last step). The trainer does this before every optimiser step, over the
+    list ``scheduled_quantizers`` made once."""
+    for m in scheduled_quantizers(module):
+        m.set_progress(progress)

@@ -18,7 +18,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import torch
 
 from bnnkit.cost import model_costs
 from bnnkit.data import get_info
@@ -28,6 +27,7 @@ from bnnkit.progress import Progress
 from bnnkit.review.grid import Grid, RunSpec
 from bnnkit.review.store import Store
 from bnnkit.training import TrainOptions, read_metrics, train
+from bnnkit.training.threads import check_threads
 
 EXECUTORS = ("local", "ray")
 
@@ -38,15 +38,17 @@ def run_dir(out: str | Path, spec: RunSpec) -> Path:
     return Path(out) / "runs" / spec.key[:16]
 
 
-def execute(spec: RunSpec, out: str, threads: int | None = None) -> Outcome:
+def execute(spec: RunSpec, out: str, threads: int | None = None, processes: int = 1) -> Outcome:
     """Train one run (continuing its directory) and measure its costs. Never raises for a
-    failed run: one bad method must not stop a grid, so the error is the outcome."""
+    failed run: one bad method must not stop a grid, so the error is the outcome.
+
+    ``threads=None``: the count the run recorded, else the free cores split between the
+    ``processes`` runs that train at the same time (``TrainOptions``)."""
     host = socket.gethostname()
-    if threads is not None:
-        torch.set_num_threads(threads)
     directory = run_dir(out, spec)
     try:
-        options = TrainOptions(resume=True, progress=False, limit_train=spec.limit_train, limit_test=spec.limit_test)
+        options = TrainOptions(resume=True, progress=False, limit_train=spec.limit_train, limit_test=spec.limit_test,
+                               threads=threads, processes=processes)
         result = train(spec.config, directory, options)
         costs = model_costs(spec.config.build_model(), get_info(spec.config.dataset).in_shape)
     except Exception as exc:
@@ -82,11 +84,13 @@ def _bounded(
         yield running.pop(handle), outcome
 
 
-def run_local(specs: list[RunSpec], out: Path, workers: int, on_start) -> Iterator[tuple[RunSpec, Outcome]]:
+def run_local(
+    specs: list[RunSpec], out: Path, workers: int, on_start, threads: int | None = None
+) -> Iterator[tuple[RunSpec, Outcome]]:
     if workers == 1:
         for spec in specs:
             on_start(spec)
-            yield spec, execute(spec, str(out))
+            yield spec, execute(spec, str(out), threads)
         return
     # spawn, not fork: the driver has already used PyTorch's thread pools (building every
     # model of the grid), which a forked child may inherit in a locked state.
@@ -98,15 +102,16 @@ def run_local(specs: list[RunSpec], out: Path, workers: int, on_start) -> Iterat
             future = next(iter(done))
             return future, future.result()
 
-        # One thread per worker: N workers each using every core would oversubscribe them.
-        yield from _bounded(specs, workers, on_start, lambda s: pool.submit(execute, s, str(out), 1), wait_one)
+        # The workers split the cores: N workers each using every core would oversubscribe them.
+        yield from _bounded(specs, workers, on_start, lambda s: pool.submit(execute, s, str(out), threads, workers), wait_one)
 
 
 def run_ray(
-    specs: list[RunSpec], out: Path, workers: int, on_start, address: str | None = None, gpus_per_run: float = 0
+    specs: list[RunSpec], out: Path, workers: int, on_start, address: str | None = None, gpus_per_run: float = 0,
+    threads: int | None = None,
 ) -> Iterator[tuple[RunSpec, Outcome]]:
-    """Runs as Ray tasks, at most ``workers`` at a time: on a local cluster of ``workers``
-    CPUs by default, or on the cluster at ``address``.
+    """Runs as Ray tasks of ``threads`` CPUs (default 1), at most ``workers`` at a time: on
+    a local cluster of ``workers × threads`` CPUs by default, or on the cluster at ``address``.
 
     Tasks return their outcome and the driver writes the store: SQLite's locking is not
     to be trusted across hosts on a network file system, and a single writer needs none.
@@ -120,9 +125,9 @@ def run_ray(
     if address:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     else:
-        ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(num_cpus=workers * (threads or 1), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
-        task = ray.remote(execute).options(num_cpus=1, num_gpus=gpus_per_run, max_retries=0)
+        task = ray.remote(execute).options(num_cpus=threads or 1, num_gpus=gpus_per_run, max_retries=0)
 
         def wait_one(refs):
             (ref,), _ = ray.wait(refs, num_returns=1)
@@ -131,8 +136,8 @@ def run_ray(
             except ray.exceptions.RayError as exc:  # the worker died (out of memory, node lost)
                 return ref, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "host": None}
 
-        # One CPU per task, so one thread: more would oversubscribe the node.
-        yield from _bounded(specs, workers, on_start, lambda s: task.remote(s, str(out), 1), wait_one)
+        # As many threads as the CPUs the task asked Ray for: more would oversubscribe the node.
+        yield from _bounded(specs, workers, on_start, lambda s: task.remote(s, str(out), threads or 1), wait_one)
     finally:
         ray.shutdown()
 
@@ -146,13 +151,16 @@ def run_review(
     gpus_per_run: float = 0,
     retry_failed: bool = False,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run every run of ``grid`` that is not done yet (and the failed ones with
-    ``retry_failed``) into ``out``; returns counts over the grid's runs."""
+    ``retry_failed``) into ``out``; returns counts over the grid's runs. ``threads``: per
+    run (default: local, the free cores split between the workers; Ray, 1 per task)."""
     if executor not in EXECUTORS:
         raise BnnkitError(f"unknown executor {executor!r}; use {' or '.join(EXECUTORS)}")
     if workers < 1:
         raise BnnkitError(f"--workers must be >= 1, got {workers}")
+    check_threads(threads)
     out = make_dir(out, "review directory")
     host = socket.gethostname()
     # Held for the whole review: a second one on DIR would take the first one's 'running'
@@ -165,9 +173,9 @@ def run_review(
         bar = Progress(total=len(grid.runs), initial=len(grid.runs) - len(todo), enabled=progress, unit="run",
                        desc="review")
         if executor == "ray":
-            finished = run_ray(todo, out, workers, lambda s: store.start(s.key, host), address, gpus_per_run)
+            finished = run_ray(todo, out, workers, lambda s: store.start(s.key, host), address, gpus_per_run, threads)
         else:
-            finished = run_local(todo, out, workers, lambda s: store.start(s.key, host))
+            finished = run_local(todo, out, workers, lambda s: store.start(s.key, host), threads)
         with bar:
             for spec, outcome in finished:
                 store.finish(spec.key, outcome)

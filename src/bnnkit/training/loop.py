@@ -25,14 +25,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from bnnkit.data import ArrayDataset, batches, load_dataset, augmentation_for
+from bnnkit.data import ArrayDataset, load_dataset
 from bnnkit.errors import BnnkitError
-from bnnkit.nn import clip_latent_weights_, set_weight_binarization
-from bnnkit.quant import set_training_progress
+from bnnkit.nn import clip_weights_, latent_weights, set_weight_binarization
+from bnnkit.quant import scheduled_quantizers
 from bnnkit.training import distributed
 from bnnkit.files import atomic_write
+from bnnkit.progress import progress, write
+from bnnkit.training.batching import augmentation_for, batches, in_memory_format
 from bnnkit.training.checkpoint import load_state, save_state, save_weights
 from bnnkit.training.optim import lr_factor, make_optimizer, set_lr
 from bnnkit.training.plots import plot_curves
@@ -49,8 +50,12 @@ from bnnkit.training.run import (
     run_directory,
     the_model,
 )
+from bnnkit.training.threads import choose_threads, use_threads
 
 EVAL_BATCH = 1000
+# A convolution net on a CPU evaluates 1.5-2.5x faster in batches of 128 than of 1000 (2
+# cores, docs/performance.md): its feature maps then stay in cache. MLPs and GPUs take 1000.
+CPU_CONV_EVAL_BATCH = 128
 
 
 @dataclass
@@ -62,6 +67,10 @@ class TrainOptions:
     progress: bool = True
     limit_train: int | None = None  # first N training images only: quick checks and tests
     limit_test: int | None = None
+    # Intra-op threads of this process. None: $OMP_NUM_THREADS, else the count a resumed run
+    # recorded, else the free cores split between `processes` trainings (training.threads).
+    threads: int | None = None
+    processes: int | None = None  # None: the processes of this torchrun job on this node, else 1
     # Printed on stderr ("warning: ...") once the run is set up, just before it trains: a
     # word about the run (the CLI's that it will not export) that an earlier error makes moot.
     warnings: tuple[str, ...] = ()
@@ -96,17 +105,28 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
+def memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last for a network with convolutions: PyTorch's CPU convolutions, max-pools
+    and BatchNorms run 2-6x faster on it than on NCHW (docs/performance.md), GPUs' too."""
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return torch.channels_last if has_conv else torch.contiguous_format
+
+
+@torch.inference_mode()
 def _evaluation_sums(model: nn.Module, ds: ArrayDataset, device: torch.device) -> tuple[float, int]:
     model.eval()
-    loss_sum, correct = 0.0, 0
-    for x, y in batches(ds, EVAL_BATCH, shuffle=False):
-        x, y = x.to(device), y.to(device)
+    layout = memory_format(model)
+    batch = CPU_CONV_EVAL_BATCH if device.type == "cpu" and layout == torch.channels_last else EVAL_BATCH
+    # Summed as tensors (float64, as Python would) and read once: no wait on the device per batch.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in batches(ds, batch, shuffle=False):
+        x, y = in_memory_format(x.to(device), layout), y.to(device)
         with _autocast(device):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return loss_sum, correct
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    return loss_sum.item(), int(correct.item())
 
 
 def evaluate(model: nn.Module, ds: ArrayDataset, device: torch.device | str = "cpu") -> tuple[float, float]:
@@ -178,9 +198,8 @@ def _train(
 
     torch.manual_seed(config.seed)
     config, model = the_model(config, model, out)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    layout = memory_format(model)
+    model = model.to(device, memory_format=layout)
     optimizer = make_optimizer(model, recipe)
     if recipe.distill and config.user_model:
         raise BnnkitError(
@@ -209,6 +228,10 @@ def _train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     net = distributed.wrap(model, device)  # trains through DDP; `model` is evaluated and saved
+    threads = choose_threads(options.threads, state.get("threads") if state else None, options.processes)
+    use_threads(threads)
+    latent = latent_weights(model) if recipe.latent_clip > 0 else []
+    scheduled = scheduled_quantizers(model)
 
     # --- the loop ----------------------------------------------------------------------
     for epoch in range(start_epoch, config.epochs):
@@ -216,21 +239,26 @@ def _train(
         # Two-stage training: real-valued weights in the first half, binary afterwards.
         set_weight_binarization(model, not (recipe.two_stage and epoch < config.epochs // 2))
         t0 = time.perf_counter()
-        seen, loss_sum, correct = 0, 0.0, 0
-        bar = tqdm(
+        show = options.progress and main
+        # Sums stay tensors, read once an epoch (and by the progress bar every 10 steps):
+        # reading them every step would make the host wait for the device.
+        seen = 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        bar = progress(
             batches(train_ds, batch_size, shuffle=True, seed=config.seed, epoch=epoch, augment=augment, drop_last=True),
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not (options.progress and main),
-            leave=False,
+            enabled=options.progress and main,
             unit="batch",
         )
         for i, (x, y) in enumerate(bar):
             step = epoch * steps_per_epoch + i
             set_lr(optimizer, recipe.lr, lr_factor(recipe, step, steps_per_epoch, config.epochs))
-            set_training_progress(model, step / max(1, total_steps - 1))
+            for quantizer in scheduled:
+                quantizer.set_progress(step / max(1, total_steps - 1))
             x, y = distributed.shard(x), distributed.shard(y)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = in_memory_format(x.to(device, non_blocking=True), layout), y.to(device, non_blocking=True)
             with _autocast(device):
                 logits = net(x)
                 if teacher is None:
@@ -242,16 +270,16 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if recipe.latent_clip > 0:
-                clip_latent_weights_(model, recipe.latent_clip)
+            if latent:
+                clip_weights_(latent, recipe.latent_clip)
 
             seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            if i % 10 == 0:
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            if show and i % 10 == 0:
                 rate = seen / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
-        loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum, correct, seen)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
+        loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum.item(), int(correct.item()), seen)
         if not math.isfinite(loss_sum):
             raise BnnkitError(f"training diverged in epoch {epoch + 1} (loss is {loss_sum}); lower the learning rate")
         train_time = time.perf_counter() - t0
@@ -268,6 +296,7 @@ def _train(
             "test_acc": test_correct / len(test_ds.y),
             "epoch_seconds": train_time,
             "images_per_second": seen / train_time,
+            "threads": threads,
         }
         history.append(record)
 
@@ -276,10 +305,11 @@ def _train(
         if main:
             save_weights(out / WEIGHTS, model, metadata={"epoch": str(epoch + 1)})
             atomic_write(out / METRICS, "".join(json.dumps(m) + "\n" for m in history))
-            save_state(out / STATE, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+            save_state(out / STATE, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "threads": threads})
         distributed.barrier()  # no rank goes on (or returns) before the epoch is on disk
         if options.progress and main:
-            tqdm.write(
+            write(
                 f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
                 f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f} | {record['images_per_second']:.0f} img/s"
             )

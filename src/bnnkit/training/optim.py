@@ -86,6 +86,11 @@ class SplitOptimizer:
             o.load_state_dict(s)
 
 
+# One kernel per parameter tensor for the whole update: on a CPU PyTorch's default loops
+# over a dozen elementwise ops per tensor (the fused AdamW step is 3-12x faster here).
+FUSED = {"fused": True}
+
+
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer | SplitOptimizer:
     if not any(p.requires_grad for p in model.parameters()):
         raise BnnkitError(f"recipe {recipe.name!r}: the model has no trainable parameters")
@@ -98,12 +103,12 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer | 
         ids = {id(p) for p in binary}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         bop = Bop(binary, recipe.bop_threshold, recipe.bop_gamma)
-        return SplitOptimizer(bop, torch.optim.AdamW(param_groups_of(rest, recipe.weight_decay), lr=recipe.lr))
+        return SplitOptimizer(bop, torch.optim.AdamW(param_groups_of(rest, recipe.weight_decay), lr=recipe.lr, **FUSED))
     groups = param_groups(model, recipe.weight_decay)
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0, **FUSED)
     # Adam with decoupled decay: the decay rate does not interact with Adam's scaling.
-    return torch.optim.AdamW(groups, lr=recipe.lr)
+    return torch.optim.AdamW(groups, lr=recipe.lr, **FUSED)
 
 
 def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int, epochs: int) -> float:

@@ -1,0 +1,296 @@
+"""Training speed: `bnnkit train` against a minimal eager PyTorch FP32 loop of the same network.
+
+For each model, in one process, alternately (bnnkit, reference, bnnkit, reference, ...):
+
+* **bnnkit**: the library's ``train`` for one epoch on the first ``N`` Fashion-MNIST training
+  images and its evaluation of the first ``N / 6`` test images (the proportion of a full
+  epoch: 60,000 and 10,000), recipe ``embedded``; the whole call is timed, from reading the
+  dataset to the checkpoint and the curves.
+* **reference**: the loop one writes by hand: the same architecture with plain
+  ``nn.Conv2d``/``nn.Linear`` layers in full precision, NCHW, ``torch.optim.Adam``, batch
+  128, the same images as float tensors prepared beforehand, then the same test images under
+  ``no_grad`` in batches of 1,000.
+
+Both run at 1 thread. The ratio is bnnkit's time over the reference's (lower is faster),
+the median over the rounds. The same is then measured beside two CPU-bound processes that
+the benchmark starts (and kills at the end), and bnnkit with its default thread count
+against 1 thread beside them.
+
+``--profile MODEL`` instead breaks one epoch of ``bnnkit train`` (60,000 images, the 10,000
+test images, 1 thread) down by where its time goes, under ``torch.profiler`` with named
+ranges around the loop's parts (the breakdown tables of docs/performance.md).
+
+    python benchmarks/train_speed.py [--rounds 2] [--models ebnn_cnn,small_cnn] [--scale 1.0] [--hogs-scale 0.25]
+                                     [--json]
+    python benchmarks/train_speed.py --profile ebnn_cnn [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnnkit.data import load_dataset
+from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels
+from bnnkit.recipe import load_recipe
+from bnnkit.training import RunConfig, TrainOptions, train
+
+DATASET = "fashion_mnist"
+BATCH = 128
+# Training images per model: the whole epoch where a round (bnnkit + reference) still takes
+# tens of seconds on 2 cores, else a part of it.
+LIMITS = {"ebnn_cnn": 60_000, "small_cnn": 9_600, "binarynet_mlp": 60_000, "resnet20": 4_800}
+
+
+def config(model: str) -> RunConfig:
+    recipe = load_recipe("embedded").with_(batch_size=BATCH)
+    return RunConfig(model=model, dataset=DATASET, epochs=1, seed=0, recipe=recipe)
+
+
+def run_bnnkit(model: str, limit: int, threads: int | None) -> tuple[float, float]:
+    """Seconds of one ``train`` call (1 epoch), wall and CPU; ``threads=None``: bnnkit's default."""
+    options = TrainOptions(progress=False, limit_train=limit, limit_test=limit // 6)
+    if "threads" in {f.name for f in dataclasses.fields(TrainOptions)}:
+        options = dataclasses.replace(options, threads=threads)
+    else:  # an older bnnkit, without the option: PyTorch's own default is every core
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as out, timer() as t:
+        train(config(model), out + "/run", options)
+    return t
+
+
+def fp32_twin(module: nn.Module) -> nn.Module:
+    """``module`` with every binary layer replaced by the plain full-precision one of the
+    same shape, and no integer-pixel input: what one would write without bnnkit."""
+    for name, child in module.named_children():
+        if isinstance(child, BinaryConv2d):
+            plain = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                              child.dilation, child.groups, bias=child.bias is not None)
+        elif isinstance(child, BinaryLinear):
+            plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+        elif isinstance(child, IntegerPixels):
+            plain = nn.Identity()
+        else:
+            plain = fp32_twin(child)
+        setattr(module, name, plain)
+    return module
+
+
+class Reference:
+    """The minimal hand-written loop over the same images."""
+
+    def __init__(self, model: str):
+        self.model_name = model
+        train_ds, test_ds = load_dataset(DATASET, "train"), load_dataset(DATASET, "test")
+        self.x, self.y = torch.from_numpy(train_ds.x).float() / 255, torch.from_numpy(train_ds.y)
+        self.xt, self.yt = torch.from_numpy(test_ds.x).float() / 255, torch.from_numpy(test_ds.y)
+
+    def run(self, limit: int) -> tuple[float, float]:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        with timer() as t:
+            self._train_and_test(limit)
+        return t
+
+    def _train_and_test(self, limit: int) -> None:
+        model = fp32_twin(config(self.model_name).build_model())
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        order = torch.randperm(limit)
+        model.train()
+        for start in range(0, limit - BATCH + 1, BATCH):
+            idx = order[start : start + BATCH]
+            loss = F.cross_entropy(model(self.x[idx]), self.y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, limit // 6, 1000):
+                stop = min(limit // 6, start + 1000)
+                correct += (model(self.xt[start:stop]).argmax(1) == self.yt[start:stop]).sum().item()
+
+
+class timer:
+    """``with timer() as t``: afterwards ``t`` holds the wall and the process CPU seconds.
+    At 1 thread the CPU time is the steadier figure on a machine that others share."""
+
+    def __enter__(self):
+        self.start = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.start[0], time.process_time() - self.start[1]
+
+
+@contextmanager
+def cpu_hogs(n: int):
+    """``n`` CPU-bound processes for the duration, killed on the way out whatever happens."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(1.0)  # let them be scheduled before anything is measured
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def compare(model: str, limit: int, rounds: int) -> dict:
+    """bnnkit (1 thread) against the reference, alternately; times are medians."""
+    reference = Reference(model)
+    pairs = [(run_bnnkit(model, limit, 1), reference.run(limit)) for _ in range(rounds)]
+    return {
+        "bnnkit_images_per_s": limit / statistics.median(b.wall for b, _ in pairs),
+        "reference_images_per_s": limit / statistics.median(r.wall for _, r in pairs),
+        "ratio": statistics.median(b.wall / r.wall for b, r in pairs),
+        "cpu_ratio": statistics.median(b.cpu / r.cpu for b, r in pairs),
+    }
+
+
+def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
+    """Wall time of bnnkit with its default threads over that with 1 thread, alternately."""
+    pairs = [(run_bnnkit(model, limit, None), run_bnnkit(model, limit, 1)) for _ in range(rounds)]
+    return {"default_threads_s": statistics.median(d.wall for d, _ in pairs),
+            "one_thread_s": statistics.median(o.wall for _, o in pairs),
+            "ratio": statistics.median(d.wall / o.wall for d, o in pairs)}
+
+
+# --- --profile -------------------------------------------------------------------------
+
+# Top-level profiler events by name (forward ops and backward nodes alike), first match wins.
+CATEGORIES = [
+    ("onvolution", "convolution"), ("conv", "convolution"), ("atch_norm", "batchnorm"), ("BatchNorm", "batchnorm"),
+    ("ax_pool", "max-pool"), ("MaxPool", "max-pool"), ("Sign", "quantizers"), ("Mm", "linear"), ("Addmm", "linear"),
+    ("linear", "linear"), ("Optimizer.", "optimizer"), ("_local_scalar_dense", "host syncs (.item)"),
+    ("aten::item", "host syncs (.item)"), ("cross_entropy", "loss"), ("NllLoss", "loss"), ("LogSoftmax", "loss"),
+]
+# The loop's helpers, by the names it imports them under (old and new loops), and their part.
+RANGES = {
+    "batches": "batches and augmentation", "_evaluation_sums": "evaluation (test set)", "save_weights": "checkpoint",
+    "save_state": "checkpoint", "atomic_write": "checkpoint", "plot_curves": "curves.png",
+    "load_dataset": "reading the dataset",
+    "clip_latent_weights_": "latent clipping", "clip_weights_": "latent clipping", "set_lr": "schedules",
+    "set_training_progress": "schedules", "choose_threads": "choosing threads",
+}
+
+
+def _ranged(name: str, fn, iterator: bool = False):
+    from torch.profiler import record_function
+
+    def call(*args, **kwargs):
+        with record_function("part:" + name):
+            return fn(*args, **kwargs)
+
+    def iterate(*args, **kwargs):
+        items = iter(fn(*args, **kwargs))
+        while True:
+            with record_function("part:" + name):
+                item = next(items, None)
+            if item is None:
+                return
+            yield item
+
+    return iterate if iterator else call
+
+
+def profile(model: str, limit: int) -> list[tuple[str, float]]:
+    """(part, seconds) of one profiled ``train`` call, largest first; the rest is Python."""
+    import bnnkit.quant.sign as sign
+    import bnnkit.training.loop as loop
+    from torch.profiler import profile as torch_profile
+    from torch.profiler import record_function
+
+    for attr, part in RANGES.items():
+        if hasattr(loop, attr):
+            setattr(loop, attr, _ranged(part, getattr(loop, attr), iterator=attr == "batches"))
+    for attr in ("_SignFunction", "_ClippedSignFunction"):
+        if hasattr(sign, attr):
+            getattr(sign, attr).apply = _ranged("quantizers", getattr(sign, attr).apply)
+    run_bnnkit(model, 2 * BATCH, 1)  # imports and caches outside the profile
+    with torch_profile() as prof, record_function("part:total"):
+        run_bnnkit(model, limit, 1)
+    events = prof.events()
+    total = next(e for e in events if e.name == "part:total")
+    sums: dict[str, float] = {}
+    for e in events:
+        if e.cpu_parent is total or (e.cpu_parent is None and e is not total):
+            named = e.name[5:] if e.name.startswith("part:") else None
+            part = named or next((c for k, c in CATEGORIES if k in e.name), "other ops")
+            sums[part] = sums.get(part, 0.0) + e.cpu_time_total / 1e6
+    sums["Python, tqdm, rest"] = total.cpu_time_total / 1e6 - sum(sums.values())
+    return sorted(sums.items(), key=lambda kv: -kv[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(LIMITS), help=f"comma-separated, of {', '.join(LIMITS)}")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations per measurement (default 2)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the training images per model")
+    parser.add_argument("--hogs", type=int, default=2, help="CPU-bound background processes (default 2; 0 skips)")
+    parser.add_argument("--hogs-scale", type=float, default=0.25,
+                        help="multiply the training images beside the hogs (default 0.25: everything runs slower there)")
+    parser.add_argument("--profile", metavar="MODEL",
+                        help="break one epoch of MODEL down instead (60,000 images x --scale)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.profile:
+        limit = round(60_000 * args.scale)
+        parts = profile(args.profile, limit)
+        total = sum(s for _, s in parts)
+        print(f"{args.profile}: one epoch, {limit} images, 1 thread, {total:.1f} s under the profiler; "
+              f"load average {os.getloadavg()[0]:.2f}\n\n| part | s | % |\n| --- | ---: | ---: |")
+        print("\n".join(f"| {part} | {sec:.2f} | {100 * sec / total:.1f} |" for part, sec in parts))
+        return
+    models = args.models.split(",")
+    unknown = sorted(set(models) - set(LIMITS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}")
+    limits = {m: max(6 * BATCH, round(LIMITS[m] * args.scale)) for m in models}
+
+    for m in models:  # warm-up: imports (matplotlib, torch's optimisers), allocator, caches
+        run_bnnkit(m, 2 * BATCH, 1), Reference(m).run(2 * BATCH)
+    report = {"torch": torch.__version__, "cores": os.cpu_count(), "rounds": args.rounds, "batch": BATCH,
+              "load_before": os.getloadavg(), "models": {}}
+    for m in models:
+        report["models"][m] = {"limit_train": limits[m], "quiet": compare(m, limits[m], args.rounds)}
+    if args.hogs:
+        with cpu_hogs(args.hogs):
+            for m in models:
+                row = report["models"][m]
+                row["hogs_limit_train"] = limit = max(6 * BATCH, round(limits[m] * args.hogs_scale))
+                row["hogs"] = compare(m, limit, args.rounds)
+                row["threads_under_hogs"] = thread_default_vs_one(m, limit, args.rounds)
+    report["load_after"] = os.getloadavg()
+    if args.json:
+        print(json.dumps(report))
+        return
+    print("bnnkit train vs minimal eager FP32 loop, 1 thread; time ratio (lower is faster), "
+          f"median of {args.rounds} rounds")
+    print(f"torch {report['torch']}, {report['cores']} cores, load average before {report['load_before'][0]:.2f}, "
+          f"after {report['load_after'][0]:.2f}; beside {args.hogs} CPU hogs")
+    print(f"{'model':14s} {'images':>7s} {'bnnkit img/s':>13s} {'ref img/s':>10s} {'ratio':>6s} {'(CPU)':>6s} "
+          f"{'hogs ratio':>11s} {'(CPU)':>6s} {'default/1 thread, hogs':>23s}")
+    for m, row in report["models"].items():
+        q, h, t = row["quiet"], row.get("hogs"), row.get("threads_under_hogs")
+        hogs = f"{h['ratio']:11.2f} {h['cpu_ratio']:6.2f}" if h else f"{'-':>11s} {'-':>6s}"
+        threads = f"{t['ratio']:23.2f}" if t else f"{'-':>23s}"
+        print(f"{m:14s} {row['limit_train']:7d} {q['bnnkit_images_per_s']:13.0f} {q['reference_images_per_s']:10.0f} "
+              f"{q['ratio']:6.2f} {q['cpu_ratio']:6.2f} {hogs} {threads}")
+
+
+if __name__ == "__main__":
+    main()
