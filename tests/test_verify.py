@@ -132,7 +132,7 @@ def test_native_atmost_counts_repeated_literals(solver):
         truth = np.array(list(itertools.product([False, True], repeat=nv)))  # (2**nv, nv)
         ok = np.ones(len(truth), bool)
         for lits, k in cons:
-            ok &= sum(truth[:, abs(l) - 1] == (l > 0) for l in lits) <= k
+            ok &= sum(truth[:, abs(lit) - 1] == (lit > 0) for lit in lits) <= k
         with Solver(name=solver) as s:
             s.add_clause([v for v in range(1, nv + 1)] + [-v for v in range(1, nv + 1)])  # every variable appears
             for lits, k in cons:
