@@ -8,14 +8,16 @@ import sys
 
 import numpy as np
 import pytest
-from pysat.examples.genhard import PHP
-from pysat.solvers import Solver
 
 from bnnkit.cli import main
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
 from bnnkit.runtime.numpy_ref import KERNELS, execute
 from bnnkit.verify import NATIVE_SOLVERS, Encoding, _solve, label_of, verify
+
+_EXTRA = 'bnnkit verify is optional: pip install -c constraints.txt -e ".[verify]"'
+PHP = pytest.importorskip("pysat.examples.genhard", reason=_EXTRA).PHP
+Solver = pytest.importorskip("pysat.solvers", reason=_EXTRA).Solver
 
 SHAPE = (1, 2, 3)  # six pixels: every image of a radius-2 ball is 5**6 = 15625 images
 # the default (pure CNF), another CNF encoding, and native cardinality constraints on every solver that has them
