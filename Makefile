@@ -1,17 +1,30 @@
 # Two entry points, as in the README: `make demo` installs everything and runs the demo,
-# `make test` runs the whole test suite. Both create .venv on first use.
+# `make test` runs the whole test suite. Both create .venv on first use. For the developer loop:
+# `make test-fast` (the suite less the tests marked slow) and `make lint`.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench system-packages format-c
+.PHONY: demo test test-fast lint bench system-packages format-c
 
 demo: $(STAMP) system-packages
 	$(VENV)/bin/bnnkit demo
 
 test: $(TEST_STAMP)
 	$(VENV)/bin/python -m pytest
+
+test-fast: $(TEST_STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow"
+
+# lint-imports runs where import-linter is installed and configured (the layering contracts).
+# LINT_FORMAT= leaves out the format check (CI, until the tree has been through `ruff format` once).
+LINT_FORMAT ?= $(VENV)/bin/ruff format --check src tests benchmarks
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(LINT_FORMAT)
+	$(VENV)/bin/mypy
+	@if [ -x $(VENV)/bin/lint-imports ] && grep -q '^\[tool.importlinter' pyproject.toml; then $(VENV)/bin/lint-imports; fi
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/train_overhead.py

@@ -134,7 +134,7 @@ def bench_layer(op: Op, n: int, in_shape, isa: str, threads: list[int], peak: fl
     rows = []
     for t in threads:
         torch.set_num_threads(t)
-        ours = best_seconds(lambda: layer(x, isa, t), budget)
+        ours = best_seconds(lambda t=t: layer(x, isa, t), budget)
         pytorch = best_seconds(torch_layer(op, n, in_shape), budget)
         rows.append({
             "case": describe(op, n, in_shape), "threads": t, "ms": 1e3 * ours, "gops": 2 * products / ours / 1e9,
@@ -178,7 +178,7 @@ def bench_model(name: str, x: np.ndarray, isa: str, threads: list[int], budget: 
     for t in threads:
         torch.set_num_threads(t)
         model = fast.FastModel(graph, isa, t)
-        ours = best_seconds(lambda: model.predict(x, batch_size=500), budget)
+        ours = best_seconds(lambda model=model: model.predict(x, batch_size=500), budget)
         torch_s = best_seconds(pytorch, budget)
         rows.append({
             "case": f"end to end: {name}, {len(x)} images", "threads": t, "ms": 1e3 * ours,

@@ -209,10 +209,11 @@ def _ranged(name: str, fn, iterator: bool = False):
 
 def profile(model: str, limit: int) -> list[tuple[str, float]]:
     """(part, seconds) of one profiled ``train`` call, largest first; the rest is Python."""
-    import bnnkit.quant.sign as sign
-    import bnnkit.training.loop as loop
     from torch.profiler import profile as torch_profile
     from torch.profiler import record_function
+
+    import bnnkit.quant.sign as sign
+    import bnnkit.training.loop as loop
 
     for attr, part in RANGES.items():
         if hasattr(loop, attr):

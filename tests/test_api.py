@@ -8,13 +8,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers.docblocks import ROOT, blocks, run_shell, user_env
+from helpers.graphgen import case_from_seed
 
 import bnnkit
 from bnnkit import api
 from bnnkit.runtime.numpy_ref import predict as reference_predict
-from docblocks import ROOT, blocks, run_shell, user_env
-from graphgen import case_from_seed
-
 
 
 def python(code: str, env=None, cwd=None) -> subprocess.CompletedProcess:

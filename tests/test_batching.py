@@ -17,7 +17,10 @@ def small_dataset(n=50, shape=(3, 8, 8)):
 
 def test_batches_are_a_deterministic_permutation_per_epoch():
     ds = small_dataset()
-    run = lambda epoch: [(x.clone(), y.clone()) for x, y in batches(ds, 16, shuffle=True, seed=1, epoch=epoch)]
+
+    def run(epoch):
+        return [(x.clone(), y.clone()) for x, y in batches(ds, 16, shuffle=True, seed=1, epoch=epoch)]
+
     a, b, c = run(0), run(0), run(1)
     assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
     order0 = torch.cat([y for _, y in a])

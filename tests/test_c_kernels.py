@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.graphgen import case_from_seed
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph, Op
 from bnnkit.runtime import c_library, numpy_ref, toolchain
 from bnnkit.runtime.c import POPCOUNT_VARIANTS, generate_c
 from bnnkit.runtime.host import build_host
-from graphgen import case_from_seed
 
 C_KERNELS = Path(str(resources.files("bnnkit.runtime") / "c_kernels"))
 MCU = Path(str(resources.files("bnnkit.runtime") / "mcu"))

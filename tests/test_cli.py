@@ -7,9 +7,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers.docblocks import user_env
 
 from bnnkit.cli import main
-from docblocks import user_env
 
 
 def run_cli(*args, check=True):
@@ -32,8 +32,8 @@ def test_train_then_eval_json(tmp_path):
 def test_summary_json_totals_match_layers():
     result = json.loads(run_cli("summary", "--model", "small_cnn", "--dataset", "fashion_mnist", "--json").stdout)
     layers = result["layers"]
-    assert result["totals"]["binary_macs"] == sum(l["binary_macs"] for l in layers) > 0
-    assert result["totals"]["params"] == sum(l["params"] for l in layers)
+    assert result["totals"]["binary_macs"] == sum(layer["binary_macs"] for layer in layers) > 0
+    assert result["totals"]["params"] == sum(layer["params"] for layer in layers)
 
 
 def test_listings():

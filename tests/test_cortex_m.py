@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.graphgen import case_from_seed, ebnn_cnn
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph, Op
+from bnnkit.graph.plan import plan_memory
 from bnnkit.runtime import c as c_runtime
 from bnnkit.runtime import numpy_ref
 from bnnkit.runtime.cortex_m import TARGETS, McuImage, McuSize, build_mcu, build_mcus
-from bnnkit.graph.plan import plan_memory
-from graphgen import case_from_seed, ebnn_cnn
 
 MISSING = [tool for tool in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(tool) is None]
 needs_tools = pytest.mark.skipif(

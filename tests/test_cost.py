@@ -1,7 +1,6 @@
+import pytest
 import torch
 from torch import nn
-
-import pytest
 
 from bnnkit.cost import activation_sizes, energy, format_table, layer_costs, model_costs, totals
 from bnnkit.cost.summary import COUNTED

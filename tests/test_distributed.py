@@ -12,8 +12,7 @@ import torch.multiprocessing as mp
 
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import BASELINE
-from bnnkit.training import RunConfig, TrainOptions, read_metrics, train
-from bnnkit.training import distributed
+from bnnkit.training import RunConfig, TrainOptions, distributed, read_metrics, train
 
 # A constant learning rate makes `--epochs 1` then `--resume --epochs 2` the same training
 # as `--epochs 2` straight (a cosine schedule depends on the epoch count).

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.graphgen import SETTINGS, case_from_seed, ebnn_cnn, graph_cases
 from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, OPS, PAD_MODES, Op
 from bnnkit.runtime import evaluate, fast, numpy_ref
 from bnnkit.runtime.host import build_hosts
-from graphgen import SETTINGS, case_from_seed, ebnn_cnn, graph_cases
 
 ISAS = [pytest.param(isa, marks=pytest.mark.skipif(isa not in fast.supported_isas(), reason=f"this CPU lacks {isa}"))
         for isa in fast.ISAS]
@@ -177,7 +176,7 @@ def test_an_empty_batch_gives_empty_results_in_every_runtime(tmp_path):
     assert {numpy_ref.predict(c.graph, c.x[:1])[0].dtype for c in cases} == {np.dtype(np.int32), np.dtype(np.float32)}
     hosts = build_hosts([c.graph for c in cases], tmp_path)
     for case, host in zip(cases, hosts):
-        runtimes = [lambda x: numpy_ref.predict(case.graph, x), host.predict]
+        runtimes = [lambda x, graph=case.graph: numpy_ref.predict(graph, x), host.predict]
         runtimes += [fast.FastModel(case.graph, isa).predict for isa in fast.supported_isas()]
         for predict in runtimes:
             (scores, labels), (one_scores, one_labels) = predict(case.x[:0]), predict(case.x[:1])

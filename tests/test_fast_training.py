@@ -11,6 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from helpers.interrupt import interrupt_after_first_checkpoint
 
 import bnnkit.training.threads as threads
 from bnnkit.cli import main
@@ -22,7 +23,6 @@ from bnnkit.training import RunConfig, TrainOptions, evaluate, load_run, read_me
 from bnnkit.training.checkpoint import load_state
 from bnnkit.training.loop import memory_format
 from bnnkit.training.optim import make_optimizer
-from test_train import interrupt_after_first_checkpoint
 
 
 def conv_config(epochs=2):

@@ -90,9 +90,8 @@ def test_a_second_fit_on_one_directory_is_refused_naming_the_first(tmp_path, mon
 
     (tmp_path / RESULTS).write_text(json.dumps({"name": "recorded", "accuracy": 0.5}) + "\n")
     monkeypatch.setattr("bnnkit.training.train", lambda *_: pytest.fail("trained while another fit held the directory"))
-    with exclusive(tmp_path, "fit directory"):  # what a running `bnnkit fit` holds
-        with pytest.raises(BnnkitError) as info:
-            fit("digits", 10_000, 10_000, tmp_path, epochs=1, progress=False, space=SPACE[:1])
+    with exclusive(tmp_path, "fit directory"), pytest.raises(BnnkitError) as info:  # what a running `bnnkit fit` holds
+        fit("digits", 10_000, 10_000, tmp_path, epochs=1, progress=False, space=SPACE[:1])
     assert str(info.value) == (f"{tmp_path}: another bnnkit process (PID {os.getpid()}) is writing this fit directory; "
                                "wait for it to finish or choose another directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == [RESULTS]

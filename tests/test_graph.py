@@ -1,9 +1,9 @@
 """The graph format: type inference, file round trip, and one clear error per bad file."""
 
-import json
 
 import numpy as np
 import pytest
+from helpers.graphfiles import rewrite_graph
 from safetensors.numpy import load_file, save_file
 
 from bnnkit.errors import BnnkitError
@@ -62,17 +62,6 @@ def test_weights_are_packed_bits(tmp_path):
     assert int(w[0, 0]) == sum(int(b) << i for i, b in enumerate(first[:8]))  # bit 1 = +1, LSB first
 
 
-def _rewrite(path, tensors=None, header_change=None):
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        header = json.loads(f.metadata()["bnnkit"])
-    tensors = tensors if tensors is not None else load_file(path)
-    if header_change:
-        header_change(header)
-    save_file(tensors, path, metadata={"bnnkit": json.dumps(header)})
-
-
 @pytest.fixture
 def saved(tmp_path):
     path = tmp_path / "m.bnn"
@@ -89,19 +78,19 @@ def test_truncated_file(saved):
 def test_tampered_tensor(saved):
     tensors = load_file(saved)
     tensors["op001.thresh"] = tensors["op001.thresh"] + 1
-    _rewrite(saved, tensors)
+    rewrite_graph(saved, tensors)
     with pytest.raises(BnnkitError, match="SHA-256"):
         Graph.load(saved)
 
 
 def test_wrong_version(saved):
-    _rewrite(saved, header_change=lambda h: h.update(version=FORMAT_VERSION + 1))
+    rewrite_graph(saved, header_change=lambda h: h.update(version=FORMAT_VERSION + 1))
     with pytest.raises(BnnkitError, match=f"version {FORMAT_VERSION + 1}, .*re-export"):
         Graph.load(saved)
 
 
 def test_unknown_op(saved):
-    _rewrite(saved, header_change=lambda h: h["ops"][4].update(kind="softmax"))
+    rewrite_graph(saved, header_change=lambda h: h["ops"][4].update(kind="softmax"))
     with pytest.raises(BnnkitError, match='header field ops\\[4\\]\\.kind: unknown op "softmax"'):
         Graph.load(saved)
 

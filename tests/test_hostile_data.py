@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.cli_errors import Bad, Ctx, assert_one_clear_line
+from helpers.datafiles import cifar_images, make_idx_dir, write_cifar_bin, write_cifar_py, write_idx
 from numpy._core.multiarray import _reconstruct
 
 from bnnkit.data import cifar, idx, load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph, Op
-from test_data import cifar_images, make_idx_dir, write_cifar_bin, write_cifar_py, write_idx
-from test_reliability import Bad, Ctx, assert_one_clear_line, trained  # noqa: F401 (trained: a fixture)
 
 MNIST_TEST = "t10k-images-idx3-ubyte"
 

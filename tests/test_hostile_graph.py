@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.graphgen import SETTINGS, _Builder, _Seeded
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -36,7 +37,6 @@ from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, MAX_ELEMENTS, Graph, Op, resources
 from bnnkit.runtime import numpy_ref
 from bnnkit.runtime.c import generate_c
-from graphgen import SETTINGS, _Builder, _Seeded
 
 CHILD_MEMORY = 2 << 30  # bytes of address space: numpy, scikit-learn and bnnkit take ~0.9 GiB
 FUZZ_CASES = 1300  # drawn; hypothesis repeats some, and at least 1,000 distinct files must remain
@@ -202,7 +202,7 @@ def _paths(node, path=()):
 def _leaves(node) -> list:
     """Every value in a JSON value, to swap one field's value for another's."""
     out = [node]
-    for key, child_node in node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ():
+    for _key, child_node in node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ():
         out += _leaves(child_node)
     return out
 

@@ -6,6 +6,7 @@ shared weights copied over), so it fails if the method were a no-op."""
 
 import pytest
 import torch
+from helpers.exactness import DIGITS, EMBEDDED, calibrated, check_exact
 from torch import nn
 
 from bnnkit.errors import BnnkitError
@@ -14,7 +15,6 @@ from bnnkit.models import create_model, model_features, model_names
 from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableThreshold, Prequantized, RPReLU, StandardizedWeights
 from bnnkit.quant import MultiBaseActivations, MultiBaseWeights, Quantizer, get_quantizer
 from bnnkit.recipe import BASELINE, METHODS, apply_methods
-from test_export import DIGITS, EMBEDDED, calibrated, check_exact
 
 # Trained, not built: tests/test_train.py checks them.
 TRAINING_SIDE = {"bop", "sgd_step", "step_schedule", "distillation", "two_stage"}

@@ -69,7 +69,7 @@ def test_small_cnn_layout():
     assert [type(c) for c in convs] == [nn.Conv2d, BinaryConv2d, BinaryConv2d, BinaryConv2d]
     assert [c.out_channels for c in convs] == [8, 8, 16, 16]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(16 * 7 * 7, 16), (16, 10)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(16 * 7 * 7, 16), (16, 10)]
     assert type(linears[0]) is BinaryLinear and type(linears[1]) is nn.Linear
 
 

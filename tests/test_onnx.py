@@ -4,7 +4,6 @@ import json
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -14,6 +13,10 @@ from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import BASELINE, load_recipe
 from bnnkit.training import RunConfig, TrainOptions, load_run, train
+
+_EXTRA = 'the ONNX export is optional: pip install -c constraints.txt -e ".[onnx]"'
+pytest.importorskip("onnx", reason=_EXTRA)
+ort = pytest.importorskip("onnxruntime", reason=_EXTRA)
 
 RUNS = {
     "mlp": RunConfig(model="binarynet_mlp", dataset="digits", epochs=1, seed=1, recipe=BASELINE.with_(batch_size=64),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.graphgen import case_from_seed
 
 import bnnkit.cost.graph_cost  # noqa: F401  (the cost rules' user)
 import bnnkit.runtime.c  # noqa: F401  (each backend fills its table on import)
@@ -20,7 +21,6 @@ import bnnkit.verify  # noqa: F401
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import OPS, PAD_MODES, Cost, Family, Graph, Op, OpDef, OpTable, PadMode, Refusal, conformance, pad_of
 from bnnkit.graph.ops import BACKENDS, TABLES
-from graphgen import case_from_seed
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bnnkit"
 MAX_KIND_TESTS = 8  # outside src/bnnkit/graph/; 42 before the op table (issue 17)

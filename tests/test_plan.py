@@ -2,11 +2,11 @@
 that are needed at the same time overlap (checked by brute force over the steps)."""
 
 import numpy as np
+from helpers.graphgen import SETTINGS, ebnn_cnn, graph_cases
 from hypothesis import given, settings
 
 from bnnkit.graph import OPS, Family, Graph, Op
 from bnnkit.graph.plan import plan_memory
-from graphgen import SETTINGS, ebnn_cnn, graph_cases
 
 
 def c_bytes(graph: Graph, name: str, layout_of: dict) -> int:

@@ -7,9 +7,9 @@ import random
 import warnings
 
 import pytest
+from helpers.docblocks import ROOT
 
 from bnnkit.training import plots
-from docblocks import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +105,7 @@ def test_fit_plot_has_one_2d_front_per_panel_and_readable_ticks(monkeypatch):
         # the staircase is exactly the rows no other row beats on accuracy and this cost
         front = [r for r in trained if not any(o[key] <= r[key] and o["accuracy"] > r["accuracy"] or
                                                o[key] < r[key] and o["accuracy"] >= r["accuracy"] for o in trained)]
-        (line,) = [l for l in ax.get_lines() if l.get_drawstyle() == "steps-post"]
+        (line,) = [ln for ln in ax.get_lines() if ln.get_drawstyle() == "steps-post"]
         assert sorted(zip(*line.get_data())) == sorted((r[key] / 1024, 100 * r["accuracy"]) for r in front)
         assert "(KiB)" in ax.get_xlabel() and "%" in ax.get_ylabel()
         assert len(visible_ticks(ax)) >= 3

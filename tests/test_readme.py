@@ -13,8 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from docblocks import ROOT, blocks, run_shell, user_env
+from helpers.docblocks import ROOT, blocks, run_shell, user_env
 
 SECTIONS = ("Using it", "Export and run on a device")
 SMALLER = {"train": "--epochs 1 --limit-train 512", "export": "--check 200", "run": "--limit 200"}

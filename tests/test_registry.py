@@ -11,6 +11,8 @@ import tempfile
 
 import numpy as np
 import pytest
+from helpers.docblocks import ROOT, blocks, run_shell, user_env
+from helpers.graphgen import case_from_seed
 
 from bnnkit.cli import build_parser, main
 from bnnkit.errors import BnnkitError
@@ -19,8 +21,6 @@ from bnnkit.runtime import numpy_ref, registry
 from bnnkit.runtime.cortex_m import TARGETS
 from bnnkit.runtime.evaluate import Evaluation
 from bnnkit.runtime.registry import RUNTIMES, Prediction, Runtime, device_runtimes, get_runtime, register
-from docblocks import ROOT, blocks, run_shell, user_env
-from graphgen import case_from_seed
 
 HAVE_MCU_TOOLS = bool(shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"))
 RUNTIME_PARAMS = [

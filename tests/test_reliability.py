@@ -15,27 +15,27 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import torch
+from helpers.cli_errors import Bad, Ctx, assert_one_clear_line
+from helpers.datafiles import cifar_images, make_idx_dir, write_cifar_bin, write_cifar_py
+from helpers.graphfiles import rewrite_graph
+from helpers.graphgen import case_from_seed
 from safetensors.numpy import load_file, save_file
 
 import bnnkit
 import bnnkit.errors
 import bnnkit.fit as fitmod
 from bnnkit.cli import main
+from bnnkit.files import LOCK, STALE_SECONDS, atomic_write, exclusive, remove_stale_temporaries
 from bnnkit.graph import Graph
 from bnnkit.training import read_metrics
-from bnnkit.files import LOCK, STALE_SECONDS, atomic_write, exclusive, remove_stale_temporaries
 from bnnkit.training.checkpoint import load_state, read_json
 from bnnkit.training.run import CONFIG, CURVES, METRICS, STATE, WEIGHTS, load_run
-from test_data import cifar_images, make_idx_dir, write_cifar_bin, write_cifar_py
-from graphgen import case_from_seed
-from test_graph import _rewrite
 
 # small enough that an epoch takes milliseconds, so that the kill tests can afford many
 TINY_TRAIN = ["--model", "binarynet_mlp", "--option", "width=32", "--dataset", "digits", "--batch-size", "64",
@@ -192,9 +192,9 @@ def test_two_trains_on_one_out_the_second_is_refused_and_the_first_finishes_inta
 def test_a_lock_names_its_holder_and_outlives_no_process(tmp_path):
     with exclusive(tmp_path, "thing"):
         assert (tmp_path / LOCK).read_text() == f"{os.getpid()}\n"
-        with pytest.raises(bnnkit.errors.BnnkitError, match=rf"another bnnkit process \(PID {os.getpid()}\) is writing this thing"):
-            with exclusive(tmp_path, "thing"):
-                pass
+        with pytest.raises(bnnkit.errors.BnnkitError, match=rf"another bnnkit process \(PID {os.getpid()}\) is writing this thing"), \
+                exclusive(tmp_path, "thing"):
+            pass
         assert (tmp_path / LOCK).exists()  # the refused one did not remove the holder's lock
     assert not (tmp_path / LOCK).exists()
     # a holder killed with -9 leaves its lock file, and the kernel its lock: the next one takes it
@@ -202,9 +202,8 @@ def test_a_lock_names_its_holder_and_outlives_no_process(tmp_path):
                                f"with exclusive({str(tmp_path)!r}, 'x'):\n    print('held', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
-    with pytest.raises(bnnkit.errors.BnnkitError, match=f"PID {holder.pid}"):
-        with exclusive(tmp_path, "x"):
-            pass
+    with pytest.raises(bnnkit.errors.BnnkitError, match=f"PID {holder.pid}"), exclusive(tmp_path, "x"):
+        pass
     holder.kill()
     holder.wait()
     assert (tmp_path / LOCK).read_text() == f"{holder.pid}\n"
@@ -303,37 +302,6 @@ def test_codegen_on_a_full_disk_is_one_line_and_leaves_no_directory(tmp_path):
 # --- malformed input -------------------------------------------------------------------------
 
 
-@dataclass
-class Bad:
-    args: list[str]
-    names: str  # the file (or tool) the message must name
-    problem: str  # and a word of what is wrong with it
-    outputs: list[Path] = field(default_factory=list)  # must not appear, or stay byte for byte as they were
-
-
-@dataclass
-class Ctx:
-    tmp: Path
-    run: Path  # a trained run, and its exported graph: copied before any change
-    graph: Path
-    monkeypatch: pytest.MonkeyPatch
-
-    def copy(self, src: Path, name: str) -> Path:
-        dst = self.tmp / name
-        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
-        return dst
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("trained")
-    run, graph = base / "run", base / "model.bnn"
-    assert main(["train", "--model", "ebnn_cnn", "--option", "channels=[8]", "--recipe", "embedded", "--dataset",
-                 "digits", "--epochs", "1", "--limit-train", "128", "--out", str(run), "--json"]) == 0
-    assert main(["export", str(run), "-o", str(graph), "--check", "0", "--json"]) == 0
-    return run, graph
-
-
 def codegen(c: Ctx, graph: Path, problem: str) -> Bad:
     return Bad(["codegen", str(graph), "-o", str(c.tmp / "c"), "--json"], str(graph), problem, [c.tmp / "c"])
 
@@ -354,7 +322,7 @@ def forged_graph(c: Ctx, change: Callable[[Graph], None]) -> Path:
 
 def rewritten_graph(c: Ctx, header_change: Callable[[dict], None]) -> Path:
     path = c.copy(c.graph, "rewritten.bnn")
-    _rewrite(path, header_change=header_change)
+    rewrite_graph(path, header_change=header_change)
     return path
 
 
@@ -560,29 +528,6 @@ CASES: dict[str, Callable[[Ctx], Bad]] = {
     "train into an unwritable place": lambda c: below_a_file(c, ["train", *TINY_TRAIN], "--out", "cannot create"),
     "cross-compiler not installed": without_cross_compiler,
 }
-
-
-def snapshot(path: Path):
-    """What is at ``path``: None, a file's bytes, or a directory's files and their bytes."""
-    if not path.exists():
-        return None
-    if path.is_file():
-        return path.read_bytes()
-    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
-
-
-def assert_one_clear_line(bad: Bad, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """``bnnkit BAD.args`` exits 2 with one ``error:`` line naming the file and the problem, and writes nothing."""
-    before = {p: snapshot(p) for p in bad.outputs}
-    capsys.readouterr()
-    assert main(bad.args) == 2
-    out, err = capsys.readouterr()
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert bad.names in err and bad.problem.lower() in err.lower(), err
-    assert "Traceback" not in out + err and out == ""
-    for path, was in before.items():
-        assert snapshot(path) == was, f"{path} was written"
-    assert not list(tmp_path.rglob(".*.tmp")), "a temporary file was left behind"
 
 
 @pytest.mark.parametrize("name", CASES)

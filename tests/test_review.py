@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from helpers.datafiles import cifar_images, write_cifar_bin
 
 from bnnkit.cli import main
 from bnnkit.errors import BnnkitError
@@ -21,7 +22,6 @@ from bnnkit.recipe import METHODS, TOPOLOGY, TRAINING
 from bnnkit.review import Store, expand, load_grid, preset_names, run_review, summarize, write_report
 from bnnkit.review.runner import run_dir
 from bnnkit.training import TrainOptions, read_metrics, train
-from test_data import cifar_images, write_cifar_bin
 
 TINY = {
     "model": "binarynet_mlp",
@@ -243,9 +243,8 @@ def test_kill_9_then_rerun_keeps_finished_runs_and_resumes_the_rest(tmp_path):
 def test_two_reviews_cannot_share_a_directory(tmp_path):
     from bnnkit.files import exclusive
 
-    with exclusive(tmp_path, "review directory"):  # what the first review holds while it runs
-        with pytest.raises(BnnkitError) as info:
-            run_review(expand(TINY), tmp_path, progress=False)
+    with exclusive(tmp_path, "review directory"), pytest.raises(BnnkitError) as info:  # what the first review holds
+        run_review(expand(TINY), tmp_path, progress=False)
     assert str(info.value) == (f"{tmp_path}: another bnnkit process (PID {os.getpid()}) is writing this review "
                                "directory; wait for it to finish or choose another directory")
 

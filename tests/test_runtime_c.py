@@ -7,7 +7,7 @@ a whole batch, each graph under its own prefix. The random graphs are
 failure names the seed of its graph (a compile error: the seeds of its batch, in the
 order of the sources g0.c, g1.c, ...). To check one graph again, from tests/:
 
-    ../.venv/bin/python -c "import graphgen, test_runtime_c as t; t.check_batch([graphgen.case_from_seed(SEED)])"
+    ../.venv/bin/python -c "from helpers import graphgen; import test_runtime_c as t; t.check_batch([graphgen.case_from_seed(SEED)])"
 
 (add ``sanitize=True`` for the sanitizers) or ``graphgen.case_from_seed(SEED).graph.save(PATH)``
 to look at the graph with the CLI."""
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.graphgen import Case, case_from_seed, ebnn_cnn
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
@@ -29,7 +30,6 @@ from bnnkit.runtime import c as c_runtime
 from bnnkit.runtime import numpy_ref, toolchain
 from bnnkit.runtime.c import POPCOUNT_VARIANTS, generate_c, write_sources
 from bnnkit.runtime.host import HostModel, build_host, build_hosts
-from graphgen import Case, case_from_seed, ebnn_cnn
 
 SEEDS = range(1020)
 BATCH = 102

@@ -4,14 +4,15 @@ import math
 import pytest
 import safetensors.torch
 import torch
+from helpers.interrupt import interrupt_after_first_checkpoint
 
+from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.nn import binary_layers
 from bnnkit.recipe import BASELINE
 from bnnkit.training import RunConfig, TrainOptions, evaluate, load_run, read_metrics, train
 from bnnkit.training.checkpoint import load_state
 from bnnkit.training.optim import lr_factor, make_optimizer
-from bnnkit.data import load_dataset
 
 QUIET = TrainOptions(progress=False)
 
@@ -32,19 +33,6 @@ def test_run_directory_contents(tmp_path):
     state = load_state(run / "train_state.pt")  # weights_only: no arbitrary objects inside
     assert state["epoch"] == 2
     assert json.loads((run / "config.json").read_text())["recipe"]["batch_size"] == 64
-
-
-def interrupt_after_first_checkpoint(monkeypatch):
-    """Make the loop die (like Ctrl-C) right after its first epoch has been committed."""
-    import bnnkit.training.loop as loop
-
-    real = loop.save_state
-
-    def save_then_die(path, state):
-        real(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_state", save_then_die)
 
 
 def test_two_epochs_equal_one_plus_resume(tmp_path, monkeypatch):

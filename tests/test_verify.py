@@ -8,14 +8,16 @@ import sys
 
 import numpy as np
 import pytest
-from pysat.examples.genhard import PHP
-from pysat.solvers import Solver
 
 from bnnkit.cli import main
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
 from bnnkit.runtime.numpy_ref import KERNELS, execute
 from bnnkit.verify import NATIVE_SOLVERS, Encoding, _solve, label_of, verify
+
+_EXTRA = 'bnnkit verify is optional: pip install -c constraints.txt -e ".[verify]"'
+PHP = pytest.importorskip("pysat.examples.genhard", reason=_EXTRA).PHP
+Solver = pytest.importorskip("pysat.solvers", reason=_EXTRA).Solver
 
 SHAPE = (1, 2, 3)  # six pixels: every image of a radius-2 ball is 5**6 = 15625 images
 # the default (pure CNF), another CNF encoding, and native cardinality constraints on every solver that has them
@@ -132,7 +134,7 @@ def test_native_atmost_counts_repeated_literals(solver):
         truth = np.array(list(itertools.product([False, True], repeat=nv)))  # (2**nv, nv)
         ok = np.ones(len(truth), bool)
         for lits, k in cons:
-            ok &= sum(truth[:, abs(l) - 1] == (l > 0) for l in lits) <= k
+            ok &= sum(truth[:, abs(lit) - 1] == (lit > 0) for lit in lits) <= k
         with Solver(name=solver) as s:
             s.add_clause([v for v in range(1, nv + 1)] + [-v for v in range(1, nv + 1)])  # every variable appears
             for lits, k in cons:

@@ -9,8 +9,9 @@ directory, a ``Graph`` or its file. The page docs/python-api.md walks through th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 

@@ -11,8 +11,9 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from bnnkit import __version__
 from bnnkit.api import expect_run_dir, load_graph

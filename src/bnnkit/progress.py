@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Any, Iterable, Iterator, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
 
 INTERVAL = 30.0  # seconds between lines off a terminal: a line per epoch or run, not per batch
 

@@ -256,5 +256,5 @@ def load_cifar(name: str, directory: Path, split: str, num_classes: int, hint: s
     paths, reader = candidates[0]
     parts = [reader(p) for p in paths]
     data = np.concatenate([d for d, _ in parts])
-    labels = np.concatenate([l for _, l in parts])
+    labels = np.concatenate([y for _, y in parts])
     return data.reshape(-1, 3, 32, 32), labels

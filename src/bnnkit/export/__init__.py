@@ -18,7 +18,7 @@ def export_model(model: nn.Module, in_shape: tuple[int, int, int], allow_approx:
     return Exporter(model, in_shape, allow_approx).export()
 
 
-def export_run(run_dir: str | Path, allow_approx: bool = False) -> tuple[Graph, nn.Module, "RunConfig"]:  # noqa: F821
+def export_run(run_dir: str | Path, allow_approx: bool = False) -> tuple[Graph, nn.Module, RunConfig]:  # noqa: F821
     """Export the model of a ``bnnkit train`` directory; the graph records where it came from."""
     from bnnkit.training.run import load_run
 

@@ -57,7 +57,7 @@ class _Chain:
     after_pool: list[nn.Module] = field(default_factory=list)
     flatten: str = ""  # name of a Flatten met after the chain: applied to its bits
 
-    def double(self) -> "_Chain":
+    def double(self) -> _Chain:
         for m in [self.layer, *self.before_pool, *self.after_pool]:
             m.double()
         return self
@@ -158,7 +158,7 @@ class Exporter:
                     chain.flatten = name
                 else:
                     cur = self._emit("flatten", [cur], name=name)
-            elif isinstance(m, nn.Identity) or isinstance(m, nn.Dropout):
+            elif isinstance(m, (nn.Identity, nn.Dropout)):
                 continue
             else:
                 hint = " (--allow-approx binarizes a full-precision classifier)" if type(m) is nn.Linear and last else ""

@@ -113,7 +113,7 @@ class Graph:
         save_graph(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, *, allow_large: bool = False) -> "Graph":
+    def load(cls, path: str | Path, *, allow_large: bool = False) -> Graph:
         """Read a graph file, refusing with one ``BnnkitError`` line whatever it holds that is
         not a valid graph within the resource limits (``allow_large`` multiplies those by
         ``LARGE_GRAPH_FACTOR``)."""

@@ -68,7 +68,7 @@ def load_graph(cls: type[Graph], path: str | Path, allow_large: bool = False) ->
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict: it has keys(), not iteration)
     except (SafetensorError, OSError, ValueError, TypeError) as e:  # TypeError: a dtype NumPy lacks (bfloat16)
         raise BnnkitError(f"{path}: not a readable graph file (truncated or not safetensors): {e}") from None
     scale = LARGE_GRAPH_FACTOR if allow_large else 1

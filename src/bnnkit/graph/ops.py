@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class PadMode(enum.Enum):
         return self.name.lower()
 
     @classmethod
-    def parse(cls, mode: str) -> "PadMode":
+    def parse(cls, mode: str) -> PadMode:
         """The mode a (validated) ``pad`` attribute names."""
         return cls[mode.upper()]
 
@@ -290,7 +291,7 @@ BACKENDS = {
 }
 """Every op kind needs an entry in each of these backends' tables (by the module that fills it)."""
 
-TABLES: dict[str, "OpTable"] = {}
+TABLES: dict[str, OpTable] = {}
 """The backend tables created so far (a backend's module creates its table on import)."""
 
 

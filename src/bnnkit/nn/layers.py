@@ -9,7 +9,7 @@ There is no sign activation module: the sign lives in the next layer's
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -12,6 +12,7 @@ Registered names: ``ste_sign``, ``clipped_ste_sign``, ``approx_sign``, ``swish_s
 wrap a base binarizer and are built by the layer, which knows their shape.
 """
 
+from bnnkit.quant.multibit import MultiBaseActivations, MultiBaseWeights  # also registers multibit's quantizers
 from bnnkit.quant.registry import (
     QUANTIZERS,
     Quantizer,
@@ -22,7 +23,6 @@ from bnnkit.quant.registry import (
     set_training_progress,
 )
 from bnnkit.quant.sign import sign
-from bnnkit.quant.multibit import MultiBaseActivations, MultiBaseWeights  # also registers multibit's quantizers
 
 __all__ = [
     "MultiBaseActivations",

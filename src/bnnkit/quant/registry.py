@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from bnnkit.errors import BnnkitError
 
-QUANTIZERS: dict[str, type["Quantizer"]] = {}
+QUANTIZERS: dict[str, type[Quantizer]] = {}
 
 
 class Quantizer(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -34,7 +34,7 @@ def clipped_derivative(x: torch.Tensor, clip_value: float = 1.0) -> torch.Tensor
     return (x.abs() <= clip_value).to(x.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _open_bounds(clip_value: float, dtype: torch.dtype) -> tuple[float, float]:
     """The values of ``dtype`` just outside ``[-clip, clip]`` (clip rounded to ``dtype``, as
     a comparison with a Python number rounds it): hardtanh's backward passes the gradient

@@ -9,9 +9,10 @@ two methods that want different values for the same field do not compose, and sa
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe.core import BASELINE, Recipe, read_recipe_file

@@ -17,10 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bnnkit.files import atomic_write, make_dir
 from bnnkit.recipe import TOPOLOGY, TRAINING
 from bnnkit.review.grid import BASELINE_LABEL, COMBINATION
 from bnnkit.review.store import Store
-from bnnkit.files import atomic_write, make_dir
 from bnnkit.training.plots import label_points, max_column, pyplot, save_figure
 
 CATEGORY_ORDER = (BASELINE_LABEL, TRAINING, TOPOLOGY, COMBINATION)

@@ -14,10 +14,10 @@ import concurrent.futures
 import multiprocessing
 import socket
 import traceback
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
-
+from typing import Any
 
 from bnnkit.cost import model_costs
 from bnnkit.data import get_info

@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from bnnkit.errors import BnnkitError
 from bnnkit.review.grid import RunSpec
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS runs (
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class Store:

@@ -20,8 +20,8 @@ for a Cortex-M; both through ``bnnkit.runtime.toolchain``.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -24,11 +24,11 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -39,8 +39,20 @@ from bnnkit.progress import stage
 from bnnkit.runtime.c import write_sources
 from bnnkit.runtime.c_library import harness_sources
 from bnnkit.runtime.numpy_ref import check_input
-from bnnkit.runtime.toolchain import (CROSS_PACKAGES, CROSS_PREFIX, MCU_CFLAGS, MCU_LDFLAGS, PLUGIN_CFLAGS, QEMU,
-                                      QEMU_PACKAGE, cross_tools, find_tool, host_cc, install_hint, run_tool)
+from bnnkit.runtime.toolchain import (
+    CROSS_PACKAGES,
+    CROSS_PREFIX,
+    MCU_CFLAGS,
+    MCU_LDFLAGS,
+    PLUGIN_CFLAGS,
+    QEMU,
+    QEMU_PACKAGE,
+    cross_tools,
+    find_tool,
+    host_cc,
+    install_hint,
+    run_tool,
+)
 
 
 @dataclass(frozen=True)

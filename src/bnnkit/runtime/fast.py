@@ -29,10 +29,10 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -153,7 +153,7 @@ class Packed:
     shape: tuple[int, ...]  # per sample, as in the graph
 
     @classmethod
-    def from_bits(cls, bits: np.ndarray) -> "Packed":
+    def from_bits(cls, bits: np.ndarray) -> Packed:
         """Pack bool (N, C, H, W) or (N, F)."""
         bits = np.asarray(bits)
         if bits.dtype != bool or bits.ndim not in (2, 4):

@@ -14,7 +14,7 @@ import os
 import shlex
 import shutil
 import subprocess
-from typing import Sequence
+from collections.abc import Sequence
 
 from bnnkit.errors import BnnkitError
 

@@ -8,7 +8,8 @@ float. (The dataset readers in ``bnnkit.data`` stay NumPy-only; torch starts her
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch

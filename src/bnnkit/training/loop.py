@@ -28,11 +28,11 @@ from torch import nn
 
 from bnnkit.data import ArrayDataset, load_dataset
 from bnnkit.errors import BnnkitError
+from bnnkit.files import atomic_write
 from bnnkit.nn import clip_weights_, latent_weights, set_weight_binarization
+from bnnkit.progress import progress, write
 from bnnkit.quant import scheduled_quantizers
 from bnnkit.training import distributed
-from bnnkit.files import atomic_write
-from bnnkit.progress import progress, write
 from bnnkit.training.batching import augmentation_for, batches, in_memory_format
 from bnnkit.training.checkpoint import load_state, save_state, save_weights
 from bnnkit.training.optim import lr_factor, make_optimizer, set_lr
@@ -164,7 +164,7 @@ def distribution_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 def train(
-    config: RunConfig, out: str | Path, options: TrainOptions = TrainOptions(), model: ModelArg | None = None
+    config: RunConfig, out: str | Path, options: TrainOptions | None = None, model: ModelArg | None = None
 ) -> dict:
     """Train ``config`` into directory ``out``; returns the last epoch's metrics.
 
@@ -177,7 +177,7 @@ def train(
     before ``out`` is touched; a run that fails before its first epoch is on disk leaves
     nothing behind; a second process training into ``out`` meanwhile is an error."""
     with contextlib.ExitStack() as held:  # the run directory's lock, until the last epoch is written
-        return _train(config, Path(out), options, model, held)
+        return _train(config, Path(out), options or TrainOptions(), model, held)
 
 
 def _train(

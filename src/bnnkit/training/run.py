@@ -16,10 +16,11 @@ gives the model again to resume or load the run.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any
 
 from torch import nn
 
@@ -42,7 +43,7 @@ MAX_EPOCHS = 1_000_000
 MAX_SEED = (1 << 63) - 1  # torch.manual_seed and NumPy's SeedSequence both take it
 
 # A user's own model: the module itself, or a function of no arguments that builds it.
-ModelArg = Union[nn.Module, Callable[[], nn.Module]]
+ModelArg = nn.Module | Callable[[], nn.Module]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import bnnkit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = Path(bnnkit.__file__).resolve().parents[1]  # the sources under test, not an installed copy
 
 
