@@ -47,10 +47,12 @@ PNG_END = b"IEND\xaeB`\x82"
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(monkeypatch):
     """Torch on one thread, here and in the processes that kill_when starts: runs compared
-    bit for bit must use the same thread count, and tiny models train fastest on one."""
+    bit for bit must use the same thread count, and tiny models train fastest on one.
+    (The trainer sets its own count, from OMP_NUM_THREADS where that is set.)"""
     threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)

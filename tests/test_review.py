@@ -13,7 +13,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from helpers.datafiles import cifar_images, write_cifar_bin
 
 from bnnkit.cli import main
@@ -303,12 +302,7 @@ def test_ray_executor_agrees_with_the_local_one(tmp_path):
     pytest.importorskip("ray", reason='the Ray executor is optional: pip install -c constraints.txt -e ".[ray]"')
     grid = expand({**TINY, "seeds": [0]})  # three runs on two workers: the third waits for a free one
     ray = run_review(grid, tmp_path / "ray", executor="ray", workers=2, progress=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in every Ray task: then both train bit for bit alike
-    try:
-        local = run_review(grid, tmp_path / "local", progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    local = run_review(grid, tmp_path / "local", progress=False, threads=1)  # as every Ray task: bit for bit alike
     assert ray["done"] == local["done"] == 3
     tables = []
     for name in ("ray", "local"):

@@ -77,9 +77,10 @@ def auto_threads(processes: int | None = None) -> int:
     return max(1, min(share, free))
 
 
-def check_threads(threads: int | None, what: str = "--threads") -> None:
+def check_threads(threads: int | None) -> None:
+    """A thread count from a user: None (choose) or an integer >= 1."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise BnnkitError(f"{what} must be an integer >= 1, got {threads!r}")
+        raise BnnkitError(f"--threads must be an integer >= 1, got {threads!r}")
 
 
 def _from_environment() -> int | None:
