@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnnkit.cost.summary import render_table
+from bnnkit.cost.formatting import render_table
 from bnnkit.fit import Candidate, candidate_graph
 from bnnkit.runtime import numpy_ref
 from bnnkit.runtime.c import POPCOUNT_VARIANTS

@@ -20,6 +20,7 @@ import bnnkit.verify  # noqa: F401
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import OPS, PAD_MODES, Cost, Family, Graph, Op, OpDef, OpTable, PadMode, Refusal, conformance, pad_of
 from bnnkit.graph.ops import BACKENDS, TABLES
+from bnnkit.recipe.core import PAD_VALUES
 from graphgen import case_from_seed
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bnnkit"
@@ -68,9 +69,7 @@ def test_pad_modes_are_one_vocabulary():
     assert PAD_MODES == ("zero", "minus_one", "plus_one")
     assert [PadMode.parse(m).value for m in PAD_MODES] == [0, -1, 1]
     assert PadMode(-1.0) is PadMode.MINUS_ONE and PadMode.PLUS_ONE.mode == "plus_one"
-    from bnnkit.nn.layers import PAD_VALUES  # the training side's values, one per mode
-
-    assert PAD_VALUES == (0.0, -1.0, 1.0)
+    assert PAD_VALUES == tuple(float(p.value) for p in PadMode)  # the recipe's values, one per mode
     assert pad_of(Op("binary_dense", ["x"], "y")) is PadMode.ZERO
 
 

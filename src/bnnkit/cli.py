@@ -332,7 +332,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    from bnnkit.cost.summary import render_table
+    from bnnkit.cost.formatting import render_table
     from bnnkit.recipe import METHODS
 
     result: dict[str, Any] = {"methods": {name: m.to_dict() for name, m in METHODS.items()}}

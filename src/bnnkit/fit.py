@@ -257,7 +257,7 @@ def _kib_axis(ax, which: str) -> None:
 
 
 def format_fit(result: dict) -> str:
-    from bnnkit.cost.summary import render_table
+    from bnnkit.cost.formatting import render_table
 
     lines = [("candidate", "accuracy", "RAM B", "flash B", "binary MACs", "instructions", "Pareto")]
     for r in sorted(result["trained"], key=lambda r: -r["accuracy"]):
