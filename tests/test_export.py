@@ -8,7 +8,8 @@ from torch import nn
 
 from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
-from bnnkit.export import compare, export_model
+from bnnkit.analysis.agreement import compare
+from bnnkit.export import export_model
 from bnnkit.graph import INT32_MIN
 from bnnkit.models import create_model
 from bnnkit.nn import LearnableThreshold

@@ -16,7 +16,7 @@ import bnnkit.cost.graph_cost  # noqa: F401  (the cost rules' user)
 import bnnkit.runtime.c  # noqa: F401  (each backend fills its table on import)
 import bnnkit.runtime.fast  # noqa: F401
 import bnnkit.runtime.numpy_ref  # noqa: F401
-import bnnkit.verify  # noqa: F401
+import bnnkit.analysis.robustness  # noqa: F401
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import OPS, PAD_MODES, Cost, Family, Graph, Op, OpDef, OpTable, PadMode, Refusal, conformance, pad_of
 from bnnkit.graph.ops import BACKENDS, TABLES
@@ -43,7 +43,7 @@ def test_a_new_op_without_backends_is_reported_for_each(monkeypatch):
     ]
     # a table that is never created (its module not imported) is reported too
     others = {name: table for name, table in TABLES.items() if name != "sat"}
-    assert conformance(tables=others)[0] == "no sat table: import bnnkit.verify"
+    assert conformance(tables=others)[0] == "no sat table: import bnnkit.analysis.robustness"
     # registering closes the gap; a refusal counts as an entry
     monkeypatch.setitem(OPS, "dummy", OpDef("dummy", Family.ELEMENTWISE, (("i32",),), lambda op, ins: ins[0],
                                             lambda op, ins, out: Cost()))

@@ -26,7 +26,7 @@ from safetensors.numpy import load_file, save_file
 
 import bnnkit
 import bnnkit.errors
-import bnnkit.fit as fitmod
+import bnnkit.apps.fit as fitmod
 from bnnkit.cli import main
 from bnnkit.graph import Graph
 from bnnkit.training import read_metrics

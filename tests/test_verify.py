@@ -15,7 +15,7 @@ from bnnkit.cli import main
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
 from bnnkit.runtime.numpy_ref import KERNELS, execute
-from bnnkit.verify import NATIVE_SOLVERS, Encoding, _solve, label_of, verify
+from bnnkit.analysis.robustness import NATIVE_SOLVERS, Encoding, _solve, label_of, verify
 
 SHAPE = (1, 2, 3)  # six pixels: every image of a radius-2 ball is 5**6 = 15625 images
 # the default (pure CNF), another CNF encoding, and native cardinality constraints on every solver that has them
@@ -213,7 +213,7 @@ def test_cli_json_on_a_digits_graph(tmp_path, capsys):
 
 
 def test_missing_pysat_names_the_extra(tmp_path, monkeypatch, capsys):
-    monkeypatch.delitem(sys.modules, "bnnkit.verify")
+    monkeypatch.delitem(sys.modules, "bnnkit.analysis.robustness")
     monkeypatch.setitem(sys.modules, "pysat", None)  # what an install without the extra looks like to import
     monkeypatch.setitem(sys.modules, "pysat.card", None)
     assert main(["verify", str(tmp_path / "m.bnn"), "--image", "0"]) == 2

@@ -175,7 +175,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from bnnkit.demo import run_demo
+    from bnnkit.apps.demo import run_demo
 
     result = run_demo(out=args.out, epochs=args.epochs, data_dir=args.data_dir, progress=not args.json)
     _emit(args, result, result["message"])
@@ -198,7 +198,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"with onnxruntime's graph optimisations {result.get('top1_agreement_optimized', 1):.2%})",
         )
         return
-    from bnnkit.export import export_and_check
+    from bnnkit.analysis.agreement import export_and_check
 
     result = export_and_check(expect_run_dir(args.run_dir, "export"), args.output, check=args.check,
                               allow_approx=args.allow_approx, data_dir=args.data_dir)
@@ -285,7 +285,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    from bnnkit.fit import fit, format_fit, parse_bytes
+    from bnnkit.apps.fit import fit, format_fit, parse_bytes
 
     result = fit(
         args.dataset, parse_bytes(args.ram), parse_bytes(args.flash), args.out, budget_minutes=args.budget_minutes,
@@ -364,7 +364,7 @@ def _cost_delta_lines(costs: dict[str, dict]) -> list[tuple[str, ...]]:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     try:
-        from bnnkit.verify import verify_images
+        from bnnkit.analysis.robustness import verify_images
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("pysat"):
             raise

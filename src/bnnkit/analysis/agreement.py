@@ -1,4 +1,4 @@
-"""Check an exported graph against the module it came from, on real images.
+"""Check an exported graph against the module it came from, on real images (``bnnkit export``'s check).
 
 For a fully binary chain the graph must reproduce every sign the module computes: the
 input of each binary layer is captured from the module (its input quantizer's output)
@@ -8,12 +8,16 @@ scores are float32 along different roundings, so for them the check is top-1 agr
 
 from __future__ import annotations
 
+
 import numpy as np
 import torch
 from torch import nn
 
+from bnnkit.errors import BnnkitError
+from bnnkit.export import export_run
 from bnnkit.graph import Graph
 from bnnkit.nn import BinaryConv2d, BinaryLinear
+from bnnkit.runtime.evaluate import test_images
 from bnnkit.runtime.numpy_ref import execute
 
 
@@ -57,3 +61,21 @@ def compare(model: nn.Module, graph: Graph, x: np.ndarray, batch_size: int = 500
         "graph_labels": graph_labels,
         "graph_scores": np.concatenate(graph_scores) if graph_scores else None,
     }
+
+
+def export_and_check(run_dir, output, check: int = 1000, allow_approx: bool = False, data_dir: str | None = None) -> dict:
+    """``bnnkit export``: write the graph of a run, then compare it with the module on the
+    first ``check`` test images."""
+    if check < 0:
+        raise BnnkitError(f"--check must be >= 0, got {check}")
+    graph, model, config = export_run(run_dir, allow_approx)
+    graph.save(output)
+    result = {"output": str(output), "ops": len(graph.ops), "approximations": graph.meta["approximations"]}
+    n, top1, signs = 0, 1.0, 1.0
+    if check:
+        _, x, _ = test_images(graph, None, check, data_dir or config.data_dir)
+        cmp = compare(model, graph, x)
+        n, top1 = cmp["n"], cmp["top1_agreement"]
+        signs = min(cmp["sign_agreement"].values(), default=1.0)
+        result["sign_agreement_per_layer"] = cmp["sign_agreement"]
+    return {**result, "n": n, "top1_agreement": top1, "sign_agreement": signs}

@@ -35,7 +35,8 @@ def pick_dataset(data_dir: str | None) -> str:
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: int | None = None, data_dir: str | None = None, progress: bool = True) -> dict:
-    from bnnkit.export import compare, export_run
+    from bnnkit.analysis.agreement import compare
+    from bnnkit.export import export_run
 
     out = Path(out)
     dataset = pick_dataset(data_dir)
