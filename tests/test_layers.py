@@ -70,6 +70,16 @@ def test_run_and_profile_work_without_torch(digits_graph):
     assert _without_torch("profile", path) == json.loads(json.dumps(profile(graph)))
 
 
+def test_the_graph_side_imports_without_torch():
+    """What the contracts leave out: a package's __init__ that imports its torch side eagerly."""
+    prelude = NO_TORCH.split("from bnnkit.cli")[0]
+    packages = "bnnkit, bnnkit.api, bnnkit.cli, bnnkit.cost, bnnkit.cost.graph_cost, bnnkit.data, bnnkit.graph, " \
+               "bnnkit.recipe, bnnkit.runtime, bnnkit.runtime.evaluate"
+    proc = subprocess.run([sys.executable, "-c", prelude + f"import {packages}"], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr  # any `import torch` on the way raised
+
+
 def test_the_child_really_has_no_torch():
     """The prelude works: a command that needs torch fails on the import, naming it."""
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, "summary", "--model", "binarynet_mlp", "--dataset", "digits"],
