@@ -5,7 +5,7 @@ The model side's names are attributes imported on first use (PEP 562), so that i
 through this package loads no torch.
 """
 
-import importlib as _importlib
+from bnnkit import _lazy_attributes
 
 # name -> the module of the model side that defines it
 _LAZY = {
@@ -20,11 +20,4 @@ _LAZY = {
 
 __all__ = [*_LAZY]
 
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bnnkit.cost' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_attributes(__name__, _LAZY)
