@@ -13,6 +13,7 @@ import pytest
 
 from bnnkit.apps.fit import Candidate, candidate_graph
 from bnnkit.cost.graph_cost import profile
+from bnnkit.review import Store, expand, write_report
 from bnnkit.runtime.evaluate import run_graph
 from docblocks import ROOT, SRC
 
@@ -70,11 +71,25 @@ def test_run_and_profile_work_without_torch(digits_graph):
     assert _without_torch("profile", path) == json.loads(json.dumps(profile(graph)))
 
 
+def test_report_works_without_torch(tmp_path):
+    """`bnnkit report` reads the store (SQLite) and draws: a review made elsewhere reports where torch is absent."""
+    grid = expand({"model": "binarynet_mlp", "dataset": "digits", "epochs": 1, "seeds": [0, 1], "methods": ["rsign"]})
+    with Store(tmp_path) as store:
+        store.add(grid.runs)
+        for i, spec in enumerate(grid.runs):
+            store.finish(spec.key, {"status": "done", "top1_final": 0.8 + i / 100, "top1_best": 0.9, "train_seconds": 1.0,
+                                    "costs": {"params": 1000 + i}})
+    reported = _without_torch("report", tmp_path)
+    assert reported == json.loads(json.dumps(write_report(tmp_path)))
+    assert [r["label"] for r in reported["rows"]] == ["baseline", "rsign"]
+
+
 def test_the_graph_side_imports_without_torch():
     """What the contracts leave out: a package's __init__ that imports its torch side eagerly."""
     prelude = NO_TORCH.split("from bnnkit.cli")[0]
     packages = "bnnkit, bnnkit.api, bnnkit.cli, bnnkit.cost, bnnkit.cost.graph_cost, bnnkit.data, bnnkit.graph, " \
-               "bnnkit.recipe, bnnkit.runtime, bnnkit.runtime.evaluate"
+               "bnnkit.recipe, bnnkit.review, bnnkit.review.report, bnnkit.runtime, bnnkit.runtime.evaluate, " \
+               "bnnkit.training, bnnkit.training.plots"
     proc = subprocess.run([sys.executable, "-c", prelude + f"import {packages}"], env=_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr  # any `import torch` on the way raised

@@ -22,10 +22,14 @@ import re
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from bnnkit.errors import BnnkitError
-from bnnkit.review.grid import RunSpec
+
+if TYPE_CHECKING:  # the grid builds training configs (torch); the store and the report need none
+    from bnnkit.review.grid import RunSpec
+
+BASELINE_LABEL, COMBINATION = "baseline", "combination"  # the labels of the rows that are not one method
 
 FILENAME = "review.sqlite"
 STATUSES = ("pending", "running", "done", "failed")
