@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from bnnkit.cost.summary import render_table
+from bnnkit.cost.formatting import render_table
 from bnnkit.graph import Graph
 from bnnkit.runtime.evaluate import run_graphs
 from bnnkit.runtime.registry import RUNTIMES

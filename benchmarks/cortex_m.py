@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bnnkit.cost.summary import render_table
+from bnnkit.cost.formatting import render_table
 from bnnkit.graph import Graph
 from bnnkit.runtime.evaluate import run_graphs
 from bnnkit.runtime.registry import device_runtimes

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bnnkit.cost.summary import render_table
-from bnnkit.fit import Candidate, candidate_graph
+from bnnkit.apps.fit import Candidate, candidate_graph
+from bnnkit.cost.formatting import render_table
 from bnnkit.runtime import numpy_ref
 from bnnkit.runtime.c import POPCOUNT_VARIANTS
 from bnnkit.runtime.cortex_m import TARGETS, build_mcu

@@ -239,7 +239,7 @@ def test_cli_run_on_cortex_m_reports_agreement_and_footprint(tmp_path, capsys):
 
 @needs_tools
 def test_instruction_counts_are_deterministic_and_track_the_work(tmp_path):
-    from bnnkit.fit import Candidate, candidate_graph
+    from bnnkit.apps.fit import Candidate, candidate_graph
 
     rng = np.random.default_rng(0)
     big = ebnn_cnn(rng)  # the small_cnn shape: ~19M binary MACs
@@ -262,8 +262,8 @@ def test_instruction_counts_are_deterministic_and_track_the_work(tmp_path):
 def test_profile_shows_measured_beside_analytic(tmp_path, capsys):
     import json
 
+    from bnnkit.apps.fit import Candidate, candidate_graph
     from bnnkit.cli import main
-    from bnnkit.fit import Candidate, candidate_graph
 
     graph = candidate_graph(Candidate("ebnn_cnn", {"channels": [8, 16], "kernel": 3}), (1, 8, 8), 10)
     graph.save(tmp_path / "m.bnn")
@@ -280,8 +280,8 @@ def test_profile_shows_measured_beside_analytic(tmp_path, capsys):
 def test_cli_build_writes_an_image_that_runs(tmp_path, capsys):
     import json
 
+    from bnnkit.apps.fit import Candidate, candidate_graph
     from bnnkit.cli import main
-    from bnnkit.fit import Candidate, candidate_graph
 
     graph = candidate_graph(Candidate("ebnn_cnn", {"channels": [8], "kernel": 3}), (1, 8, 8), 10)
     graph.save(tmp_path / "m.bnn")

@@ -1,6 +1,6 @@
 """The demo end to end (on the MNIST subset, one epoch): train, export, numpy and C agree."""
 
-import bnnkit.demo as demo
+import bnnkit.apps.demo as demo
 
 
 def test_demo_end_to_end_and_rerun(tmp_path, monkeypatch):

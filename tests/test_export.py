@@ -6,8 +6,9 @@ import pytest
 import torch
 from helpers.exactness import DIGITS, EMBEDDED, calibrated, check_exact
 
+from bnnkit.analysis.agreement import compare
 from bnnkit.errors import BnnkitError
-from bnnkit.export import compare, export_model
+from bnnkit.export import export_model
 from bnnkit.graph import INT32_MIN
 from bnnkit.models import create_model
 from bnnkit.nn import LearnableThreshold

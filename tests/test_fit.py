@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-import bnnkit.fit as fitmod
+import bnnkit.apps.fit as fitmod
+from bnnkit.apps.fit import BEST, RESULTS, Candidate, candidate_graph, fit, footprint, pareto, parse_bytes
 from bnnkit.cli import main
 from bnnkit.errors import BnnkitError
-from bnnkit.fit import BEST, RESULTS, Candidate, candidate_graph, fit, footprint, pareto, parse_bytes
 from bnnkit.graph import Graph
 from bnnkit.runtime.evaluate import run_graph
 

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from helpers.graphgen import case_from_seed
 
+import bnnkit.analysis.robustness  # noqa: F401
 import bnnkit.cost.graph_cost  # noqa: F401  (the cost rules' user)
 import bnnkit.runtime.c  # noqa: F401  (each backend fills its table on import)
 import bnnkit.runtime.fast  # noqa: F401
 import bnnkit.runtime.numpy_ref  # noqa: F401
-import bnnkit.verify  # noqa: F401
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import OPS, PAD_MODES, Cost, Family, Graph, Op, OpDef, OpTable, PadMode, Refusal, conformance, pad_of
 from bnnkit.graph.ops import BACKENDS, TABLES
+from bnnkit.recipe.core import PAD_VALUES
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bnnkit"
 MAX_KIND_TESTS = 8  # outside src/bnnkit/graph/; 42 before the op table (issue 17)
@@ -42,7 +43,7 @@ def test_a_new_op_without_backends_is_reported_for_each(monkeypatch):
     ]
     # a table that is never created (its module not imported) is reported too
     others = {name: table for name, table in TABLES.items() if name != "sat"}
-    assert conformance(tables=others)[0] == "no sat table: import bnnkit.verify"
+    assert conformance(tables=others)[0] == "no sat table: import bnnkit.analysis.robustness"
     # registering closes the gap; a refusal counts as an entry
     monkeypatch.setitem(OPS, "dummy", OpDef("dummy", Family.ELEMENTWISE, (("i32",),), lambda op, ins: ins[0],
                                             lambda op, ins, out: Cost()))
@@ -68,9 +69,7 @@ def test_pad_modes_are_one_vocabulary():
     assert PAD_MODES == ("zero", "minus_one", "plus_one")
     assert [PadMode.parse(m).value for m in PAD_MODES] == [0, -1, 1]
     assert PadMode(-1.0) is PadMode.MINUS_ONE and PadMode.PLUS_ONE.mode == "plus_one"
-    from bnnkit.nn.layers import PAD_VALUES  # the training side's values, one per mode
-
-    assert PAD_VALUES == (0.0, -1.0, 1.0)
+    assert tuple(float(p.value) for p in PadMode) == PAD_VALUES  # the recipe's values, one per mode
     assert pad_of(Op("binary_dense", ["x"], "y")) is PadMode.ZERO
 
 

@@ -90,7 +90,7 @@ def test_spread_keeps_order_and_pitch_and_moves_no_more_than_needed():
 
 
 def test_fit_plot_has_one_2d_front_per_panel_and_readable_ticks(monkeypatch):
-    from bnnkit import fit
+    from bnnkit.apps import fit
 
     figures = []
     monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=100: figures.append(fig))

@@ -28,8 +28,8 @@ from helpers.graphgen import case_from_seed
 from safetensors.numpy import load_file, save_file
 
 import bnnkit
+import bnnkit.apps.fit as fitmod
 import bnnkit.errors
-import bnnkit.fit as fitmod
 from bnnkit.cli import main
 from bnnkit.files import LOCK, STALE_SECONDS, atomic_write, exclusive, remove_stale_temporaries
 from bnnkit.graph import Graph

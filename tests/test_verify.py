@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
+from bnnkit.analysis.robustness import NATIVE_SOLVERS, Encoding, _solve, label_of, verify
 from bnnkit.cli import main
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
 from bnnkit.runtime.numpy_ref import KERNELS, execute
-from bnnkit.verify import NATIVE_SOLVERS, Encoding, _solve, label_of, verify
 
 _EXTRA = 'bnnkit verify is optional: pip install -c constraints.txt -e ".[verify]"'
 PHP = pytest.importorskip("pysat.examples.genhard", reason=_EXTRA).PHP
@@ -215,7 +215,7 @@ def test_cli_json_on_a_digits_graph(tmp_path, capsys):
 
 
 def test_missing_pysat_names_the_extra(tmp_path, monkeypatch, capsys):
-    monkeypatch.delitem(sys.modules, "bnnkit.verify")
+    monkeypatch.delitem(sys.modules, "bnnkit.analysis.robustness")
     monkeypatch.setitem(sys.modules, "pysat", None)  # what an install without the extra looks like to import
     monkeypatch.setitem(sys.modules, "pysat.card", None)
     assert main(["verify", str(tmp_path / "m.bnn"), "--image", "0"]) == 2

@@ -12,6 +12,7 @@ docs/python-api.md walks through all of them.
 """
 
 import importlib as _importlib
+import sys as _sys
 
 from bnnkit.errors import BnnkitError
 
@@ -38,13 +39,23 @@ _LAZY = {
 __all__ = ["BnnkitError", "__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bnnkit' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value  # the next access is a plain attribute
-    return value
+def _lazy_attributes(package: str, names: dict[str, str]):
+    """A module ``__getattr__`` (PEP 562) for ``package``: each of ``names`` (name -> the module that defines
+    it) imported on first access; bnnkit.cost uses it too, to keep its torch side off the graph side's path."""
+    namespace = _sys.modules[package].__dict__
+
+    def __getattr__(name: str) -> object:
+        module = names.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(_importlib.import_module(module), name)
+        namespace[name] = value  # the next access is a plain attribute
+        return value
+
+    return __getattr__
+
+
+__getattr__ = _lazy_attributes(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

@@ -1,27 +1,32 @@
 """The Python API in a user's terms: ``bnnkit.train``, ``bnnkit.export_model``, ``bnnkit.predict``, ...
 
 ``import bnnkit`` re-exports these lazily (``bnnkit/__init__.py``), and this module imports
-what it needs inside each function: the graph side — ``load_graph``, ``predict`` and
-``evaluate`` on a graph, ``summary`` of a graph — runs on a device without PyTorch.
+the torch side (training, export, models, model costs) inside the functions that need it: the
+graph side — ``load_graph``, ``predict`` and ``evaluate`` on a graph, ``summary`` of a graph —
+runs on a device without PyTorch.
 Each function takes what a user has at hand: a registry name or an ``nn.Module``, a run
 directory, a ``Graph`` or its file. The page docs/python-api.md walks through them.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bnnkit.cost.graph_cost import format_profile, profile
+from bnnkit.data import canonical_name, get_info, load_dataset
 from bnnkit.errors import BnnkitError
+from bnnkit.graph import Graph
+from bnnkit.recipe import Recipe, load_recipe
+from bnnkit.runtime.evaluate import run_graph
+from bnnkit.runtime.registry import REFERENCE, get_runtime
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from bnnkit.graph import Graph
-    from bnnkit.recipe import Recipe
 
 PathLike = str | Path
 TORCH_BATCH = 1000
@@ -39,8 +44,6 @@ def train(model: str | nn.Module | Callable[[], nn.Module], dataset: str, out: P
     options), an ``nn.Module`` or a zero-argument function that builds one. ``recipe`` is
     a name, methods joined by ``+``, a .toml/.json file or a ``Recipe``; ``lr`` and
     ``batch_size`` override the recipe's."""
-    from bnnkit.data import canonical_name
-    from bnnkit.recipe import load_recipe
     from bnnkit.training import RunConfig, TrainOptions
     from bnnkit.training import train as train_run
 
@@ -99,8 +102,6 @@ def expect_run_dir(path: PathLike, command: str = "eval") -> Path:
 def load_graph(path: PathLike, allow_large: bool = False) -> Graph:
     """The graph in a ``.bnn`` file; a run directory given instead is one error naming the
     command that takes it. ``allow_large`` raises the resource limits (``Graph.load``)."""
-    from bnnkit.graph import Graph
-
     path = Path(path)
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -113,8 +114,6 @@ def load_graph(path: PathLike, allow_large: bool = False) -> Graph:
 
 
 def _graph(source: Graph | PathLike) -> Graph:
-    from bnnkit.graph import Graph
-
     return source if isinstance(source, Graph) else load_graph(source)
 
 
@@ -151,8 +150,6 @@ def predict(model: Graph | PathLike | nn.Module, x: np.ndarray, *,
         if runtime not in (None, "torch"):
             raise BnnkitError(f"a PyTorch module runs in torch; export it (bnnkit.export_model) to run it in {runtime}")
         return _predict_torch(model, x)
-    from bnnkit.runtime.registry import REFERENCE, get_runtime
-
     chosen = get_runtime(runtime or REFERENCE)
     with chosen.prepare(_graph(model)) as predictor:
         result = predictor.predict(x)
@@ -161,8 +158,6 @@ def predict(model: Graph | PathLike | nn.Module, x: np.ndarray, *,
 
 def _is_module(obj: Any) -> bool:
     # Without importing torch: a graph user may not have it, and a module implies it is loaded.
-    import sys
-
     torch_nn = sys.modules.get("torch.nn")
     return torch_nn is not None and isinstance(obj, torch_nn.Module)
 
@@ -202,14 +197,11 @@ def evaluate(source: Graph | PathLike | nn.Module, dataset: str | None = None, *
         loaded, config = load_run(path) if model is None else load_run(path, model=model)
         return _evaluate_module(loaded, config.model, dataset or config.dataset, data_dir or config.data_dir, limit,
                                 (tuple(config.to_dict()["in_shape"]), f"{path} was trained on {config.dataset}"))
-    from bnnkit.runtime.evaluate import run_graph
-
     return run_graph(_graph(source), runtime, dataset, limit, data_dir).to_dict()
 
 
 def _evaluate_module(module: nn.Module, name: str, dataset: str, data_dir: str | None, limit: int | None,
                      trained_for: tuple[tuple, str] | None = None) -> dict:
-    from bnnkit.data import load_dataset
     from bnnkit.training import evaluate as evaluate_module
 
     ds = load_dataset(dataset, "test", data_dir)
@@ -239,14 +231,10 @@ def summary(model: str | nn.Module | Graph | PathLike, dataset: str | None = Non
 
         shape = in_shape or _need_info(dataset, "summary of a module (or in_shape=)").in_shape
         return format_table(layer_costs(model, shape))
-    from bnnkit.cost.graph_cost import format_profile, profile
-
     return format_profile(profile(_graph(model)))
 
 
 def _info(dataset: str):
-    from bnnkit.data import get_info
-
     return get_info(dataset)
 
 

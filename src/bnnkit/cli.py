@@ -12,12 +12,24 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bnnkit import __version__
-from bnnkit.api import expect_run_dir, load_graph
+from bnnkit.api import evaluate, expect_run_dir, load_graph
+from bnnkit.cost import energy
+from bnnkit.cost.formatting import render_table
+from bnnkit.cost.graph_cost import format_profile, profile
+from bnnkit.data import DATASETS, canonical_name, get_info
 from bnnkit.errors import BnnkitError
+from bnnkit.recipe import METHODS, load_recipe
+from bnnkit.runtime.c import write_sources
+from bnnkit.runtime.cortex_m import build_mcu
+from bnnkit.runtime.evaluate import run_graph
+from bnnkit.runtime.host import build_host
 from bnnkit.runtime.registry import RUNTIMES, device_runtimes
 
 
@@ -37,8 +49,6 @@ def _model_option(text: str) -> tuple[str, Any]:
 
 
 def _dataset(name: str) -> str:
-    from bnnkit.data import canonical_name
-
     return canonical_name(name)
 
 
@@ -91,7 +101,6 @@ def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from bnnkit.recipe import load_recipe
     from bnnkit.training import RunConfig, TrainOptions, distributed, train
 
     recipe = load_recipe(args.recipe)
@@ -128,10 +137,7 @@ def _export_warning(config, recipe_text: str) -> str | None:
     """Why `bnnkit export` will refuse what this training makes, and the recipe it would
     take, or None. The exporter decides, on the untrained model: its layers and recipe are
     what training keeps."""
-    from dataclasses import replace
-
-    from bnnkit.data import get_info
-    from bnnkit.export import export_model
+    from bnnkit.export import export_model  # torch
 
     in_shape = get_info(config.dataset).in_shape
     try:
@@ -156,16 +162,13 @@ def _export_warning(config, recipe_text: str) -> str | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from bnnkit.api import evaluate
-
     r = evaluate(expect_run_dir(args.run_dir, "eval"), args.dataset, data_dir=args.data_dir)
     _emit(args, r, f"{r['model']} on {r['dataset']} test set: accuracy {r['accuracy']:.4f} ({r['n']} images), "
           f"loss {r['loss']:.4f}")
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from bnnkit.cost import format_table, layer_costs, totals
-    from bnnkit.data import get_info
+    from bnnkit.cost import format_table, layer_costs, totals  # torch
     from bnnkit.models import create_model
 
     info = get_info(args.dataset)
@@ -176,7 +179,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from bnnkit.demo import run_demo
+    from bnnkit.apps.demo import run_demo
 
     result = run_demo(out=args.out, epochs=args.epochs, data_dir=args.data_dir, progress=not args.json)
     _emit(args, result, result["message"])
@@ -199,7 +202,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"with onnxruntime's graph optimisations {result.get('top1_agreement_optimized', 1):.2%})",
         )
         return
-    from bnnkit.export import export_and_check
+    from bnnkit.analysis.agreement import export_and_check
 
     result = export_and_check(expect_run_dir(args.run_dir, "export"), args.output, check=args.check,
                               allow_approx=args.allow_approx, data_dir=args.data_dir)
@@ -212,8 +215,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from bnnkit.runtime.evaluate import run_graph
-
     graph = _load_graph(args)
     r = run_graph(graph, args.runtime, args.dataset, args.limit, args.data_dir, progress=not args.json)
     exact = "bit-identical scores" if r.bit_exact else "scores differ"
@@ -231,22 +232,15 @@ def cmd_run(args: argparse.Namespace) -> None:
             f"(mean of {d['instructions_counted_on']}), ~{d['latency_ms_estimate']:.1f} ms at "
             f"{d['clock_hz'] / 1e6:g} MHz ({d['part']}, {d['latency_model']})"
         )
-        from bnnkit.cost import energy
-        from bnnkit.cost.graph_cost import profile
-
         totals = profile(graph)["totals"]
         text += "\n" + "\n".join(energy.describe(totals["energy"], totals["binary_macs"], d))
     _emit(args, r.to_dict(), text)
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from bnnkit.cost.graph_cost import format_profile, profile
-
     graph = _load_graph(args)
     result = profile(graph)
     if args.target:
-        import numpy as np
-
         # sizes and stack do not depend on the image; instructions do a little (pools stop early),
         # so this counts one black image: `bnnkit run --runtime` counts real ones
         black = np.zeros((1, *graph.input_shape), np.uint8)
@@ -256,8 +250,6 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 
 def cmd_codegen(args: argparse.Namespace) -> None:
-    from bnnkit.runtime.c import write_sources
-
     files = write_sources(_load_graph(args), args.output, args.prefix)
     _emit(args, {"files": [str(f) for f in files]}, "wrote " + ", ".join(str(f) for f in files))
 
@@ -265,14 +257,10 @@ def cmd_codegen(args: argparse.Namespace) -> None:
 def cmd_build(args: argparse.Namespace) -> None:
     graph = _load_graph(args)
     if args.target == "host":
-        from bnnkit.runtime.host import build_host
-
         host = build_host(graph, args.output)
         result = {"target": "host", "executable": str(host.executable)}
         text = f"built {host.executable} (reads uint8 images on stdin, writes float32 scores + int32 label per image)"
     else:
-        from bnnkit.runtime.cortex_m import build_mcu
-
         image = build_mcu(graph, args.output, args.target, stack_size=args.stack_size)
         z = image.size
         result = {"target": args.target, "elf": str(image.elf), "board": image.target.machine, "flash_bytes": z.flash,
@@ -286,7 +274,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    from bnnkit.fit import fit, format_fit, parse_bytes
+    from bnnkit.apps.fit import fit, format_fit, parse_bytes
 
     result = fit(
         args.dataset, parse_bytes(args.ram), parse_bytes(args.flash), args.out, budget_minutes=args.budget_minutes,
@@ -333,16 +321,12 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    from bnnkit.cost.summary import render_table
-    from bnnkit.recipe import METHODS
-
     result: dict[str, Any] = {"methods": {name: m.to_dict() for name, m in METHODS.items()}}
     lines = [("method", "category", "kind", "export", "inference cost", "source")]
     lines += [(m.name, m.category, m.kind, "yes" if m.exportable else "no", m.inference_cost, m.source) for m in METHODS.values()]
     text = render_table(lines, left=6, total=False)
     if args.model:
-        from bnnkit.cost import method_costs
-        from bnnkit.data import get_info
+        from bnnkit.cost import method_costs  # torch
 
         info = get_info(args.dataset)
         costs = method_costs(args.model, info.num_classes, info.in_shape, progress=not args.json, **dict(args.option))
@@ -365,7 +349,7 @@ def _cost_delta_lines(costs: dict[str, dict]) -> list[tuple[str, ...]]:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     try:
-        from bnnkit.verify import verify_images
+        from bnnkit.analysis.robustness import verify_images
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("pysat"):
             raise
@@ -402,8 +386,6 @@ def cmd_list(args: argparse.Namespace) -> None:
         items = {name: model_options(name) for name in model_names()}
         text = "\n".join(f"{name:16s} {', '.join(f'{k}={v}' for k, v in opts.items())}" for name, opts in items.items())
     else:
-        from bnnkit.data import DATASETS
-
         items = {name: info.description for name, info in DATASETS.items()}
         text = "\n".join(f"{name:16s} {desc}" for name, desc in items.items())
     _emit(args, {args.command: items}, text)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 from bnnkit.cost import energy
-from bnnkit.cost.summary import kib, render_table
+from bnnkit.cost.formatting import kib, render_table
 from bnnkit.graph import OPS, Graph, Op, plan_memory
 
 

@@ -15,6 +15,10 @@ from torch import nn
 
 from bnnkit.cost import energy
 from bnnkit.cost.summary import COUNTED, binary_bases, layer_costs, totals
+from bnnkit.errors import BnnkitError
+from bnnkit.models import create_model
+from bnnkit.progress import progress as bar
+from bnnkit.recipe import BASELINE, METHODS, apply_methods
 
 
 def activation_sizes(model: nn.Module, in_shape: tuple[int, int, int]) -> list[tuple[str, float, float]]:
@@ -83,11 +87,6 @@ def method_costs(model: str, num_classes: int, in_shape: tuple[int, int, int], *
                  **model_options) -> dict[str, dict]:
     """``model_costs`` of the baseline and of every catalogue method applied to it alone;
     a method the model cannot use maps to ``{"error": why}``."""
-    from bnnkit.errors import BnnkitError
-    from bnnkit.models import create_model
-    from bnnkit.progress import progress as bar
-    from bnnkit.recipe import BASELINE, METHODS, apply_methods
-
     def costs(recipe):
         try:
             return model_costs(create_model(model, num_classes, in_shape, recipe, **model_options), in_shape)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from bnnkit.cost.formatting import kib, render_table
 from bnnkit.nn import BinaryConv2d, BinaryLinear, InputNorm, RPReLU
 
 # Layers with a cost of their own; residual blocks (with a ``residual_adds`` attribute)
@@ -171,18 +172,3 @@ def format_table(rows: list[LayerCost]) -> str:
     ratio = t["fp32_memory_bytes"] / t["memory_bytes"] if t["memory_bytes"] else math.nan
     text.append(f"memory {kib(t['memory_bytes'])} vs {kib(t['fp32_memory_bytes'])} in float32 ({ratio:.1f}x smaller)")
     return "\n".join(text)
-
-
-def kib(nbytes: float) -> str:
-    return f"{nbytes / 1024:.2f} KiB"
-
-
-def render_table(lines: list[tuple[str, ...]], left: int, total: bool = True) -> list[str]:
-    """Header, rows and (with ``total``) a total row as aligned text: the first ``left``
-    columns flush left, numbers flush right, rules under the header and above the total."""
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    text = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in lines]
-    text.insert(1, "-" * len(text[0]))
-    if total:
-        text.insert(len(text) - 1, "-" * len(text[0]))
-    return text

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.files import atomic_write
+from bnnkit.training.run import load_run
 
 INPUT, OUTPUT = "images", "logits"
 
@@ -107,9 +109,6 @@ def compare_onnx(model: torch.nn.Module, model_bytes: bytes, x: np.ndarray) -> d
 def export_onnx(run_dir: str | Path, output: str | Path, check: int = 1000, data_dir: str | None = None) -> dict:
     """``bnnkit export --format onnx``: write the ONNX file of a run, then run it in
     onnxruntime on the first ``check`` test images against PyTorch."""
-    from bnnkit.data import load_dataset
-    from bnnkit.training.run import load_run
-
     if check < 0:
         raise BnnkitError(f"--check must be >= 0, got {check}")
     _require()

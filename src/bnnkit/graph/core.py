@@ -108,7 +108,7 @@ class Graph:
     # --- files (bnnkit.graph.file) -------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        from bnnkit.graph.file import save_graph
+        from bnnkit.graph.file import save_graph  # here: graph.file imports this module
 
         save_graph(self, path)
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
 
 from bnnkit.errors import BnnkitError
 from bnnkit.files import atomic_write
@@ -43,8 +45,6 @@ CONVENTIONS = {
 
 
 def save_graph(graph: Graph, path: str | Path) -> None:
-    from safetensors.numpy import save
-
     tensors = _file_tensors(graph)
     header = {
         "format": "bnnkit-graph",
@@ -60,8 +60,6 @@ def save_graph(graph: Graph, path: str | Path) -> None:
 
 def load_graph(cls: type[Graph], path: str | Path, allow_large: bool = False) -> Graph:
     """``Graph.load``: a graph of class ``cls`` from ``path``, or one ``BnnkitError`` line."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise BnnkitError(f"{path}: no such graph file (make one with `bnnkit export RUN_DIR -o {path.name}`)")

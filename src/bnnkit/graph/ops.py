@@ -287,7 +287,7 @@ BACKENDS = {
     "numpy": "bnnkit.runtime.numpy_ref",
     "c": "bnnkit.runtime.c",
     "fast": "bnnkit.runtime.fast",
-    "sat": "bnnkit.verify",
+    "sat": "bnnkit.analysis.robustness",
 }
 """Every op kind needs an entry in each of these backends' tables (by the module that fills it)."""
 

@@ -16,12 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import PadMode
 from bnnkit.quant import Quantizer, get_quantizer
-
-WEIGHT_SCALES = ("none", "mean_abs", "learned")
-ACTIVATION_SCALES = ("none", "xnor")
-PAD_VALUES = tuple(float(p.value) for p in PadMode)  # 0.0, -1.0, 1.0
+from bnnkit.recipe.core import ACTIVATION_SCALES, PAD_VALUES, WEIGHT_SCALES
 
 
 def _quantizer_name(q: Quantizer | None) -> str:

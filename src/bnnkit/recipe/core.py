@@ -18,7 +18,6 @@ from typing import Any
 
 from bnnkit.errors import BnnkitError
 from bnnkit.files import atomic_write
-from bnnkit.nn.layers import ACTIVATION_SCALES, PAD_VALUES, WEIGHT_SCALES
 
 OPTIMIZERS = ("adam", "sgd", "bop")
 SCHEDULES = ("cosine", "step", "constant")
@@ -27,6 +26,11 @@ RESIDUALS = ("block", "double")
 DOWNSAMPLES = ("binary", "fp")
 ACTIVATIONS = ("none", "prelu", "rprelu")
 POOL_ORDERS = ("pool_bn_sign", "bn_sign_pool")
+# The vocabularies of the binary layers live here, with the recipe that names them, so that
+# bnnkit.nn imports the recipe and not the other way round (a recipe loads without torch).
+WEIGHT_SCALES = ("none", "mean_abs", "learned")
+ACTIVATION_SCALES = ("none", "xnor")
+PAD_VALUES = (0.0, -1.0, 1.0)  # what a padded tap reads, one per bnnkit.graph.PadMode (tests/test_op_table.py)
 _TYPES = {"str": str, "bool": bool, "int": int, "float": float}
 
 

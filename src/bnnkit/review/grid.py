@@ -34,9 +34,8 @@ from typing import Any
 
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import METHODS, Recipe, apply_methods, get_method, load_recipe
+from bnnkit.review.store import BASELINE_LABEL, COMBINATION
 from bnnkit.training import RunConfig
-
-BASELINE_LABEL, COMBINATION = "baseline", "combination"
 
 # key: (type(s) accepted, what to say when another type is given)
 KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {

@@ -19,8 +19,7 @@ from typing import Any
 
 from bnnkit.files import atomic_write, make_dir
 from bnnkit.recipe import TOPOLOGY, TRAINING
-from bnnkit.review.grid import BASELINE_LABEL, COMBINATION
-from bnnkit.review.store import Store
+from bnnkit.review.store import BASELINE_LABEL, COMBINATION, Store
 from bnnkit.training.plots import label_points, max_column, pyplot, save_figure
 
 CATEGORY_ORDER = (BASELINE_LABEL, TRAINING, TOPOLOGY, COMBINATION)

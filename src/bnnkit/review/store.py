@@ -23,10 +23,14 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bnnkit.errors import BnnkitError
-from bnnkit.review.grid import RunSpec
+
+if TYPE_CHECKING:  # the grid builds training configs (torch); the store and the report need none
+    from bnnkit.review.grid import RunSpec
+
+BASELINE_LABEL, COMBINATION = "baseline", "combination"  # the labels of the rows that are not one method
 
 FILENAME = "review.sqlite"
 STATUSES = ("pending", "running", "done", "failed")

@@ -18,6 +18,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import DTYPES, INT32_MIN, Graph, Op, OpTable, out_size, pad_of, pair, resources
+from bnnkit.progress import progress as bar
 
 KERNELS = OpTable("numpy")
 # What one batch of ``predict`` may hold: graph.MAX_ELEMENTS bounds one image, this the batch.
@@ -170,8 +171,6 @@ def no_predictions(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
 def predict(graph: Graph, x: np.ndarray, batch_size: int = 100, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N, classes) and labels (N,) for a set of images (N may be 0), a batch of at
     most ``batch_size`` at a time, fewer where a batch would hold more than ``BATCH_BYTES``."""
-    from bnnkit.progress import progress as bar
-
     x = check_input(graph, x)
     if len(x) == 0:
         return no_predictions(graph)

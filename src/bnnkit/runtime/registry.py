@@ -26,6 +26,9 @@ from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph
 from bnnkit.progress import stage
 from bnnkit.runtime.cortex_m import TARGETS, build_mcu, require_toolchain
+from bnnkit.runtime.fast import FastModel
+from bnnkit.runtime.host import build_host
+from bnnkit.runtime.numpy_ref import predict
 from bnnkit.runtime.toolchain import QEMU
 
 REFERENCE = "numpy"  # the runtime that defines every op; the others are measured against it
@@ -125,20 +128,14 @@ def _in_scratch(prefix: str, build: Callable[[str], object]) -> tuple[object, Ca
 
 
 def _numpy(graph: Graph, progress: bool) -> Predictor:
-    from bnnkit.runtime.numpy_ref import predict
-
     return _Timed(lambda x: predict(graph, x, progress=progress))
 
 
 def _fast(graph: Graph, progress: bool) -> Predictor:
-    from bnnkit.runtime.fast import FastModel
-
     return _Timed(FastModel(graph).predict)
 
 
 def _portable(graph: Graph, progress: bool) -> Predictor:
-    from bnnkit.runtime.host import build_host
-
     host, cleanup = _in_scratch("bnnkit-c-", lambda work: build_host(graph, work))
     return _Timed(host.predict, cleanup)
 

@@ -1,6 +1,20 @@
-"""Training: the loop, optimisers and schedules, checkpoints and run directories."""
+"""Training: the loop, optimisers and schedules, checkpoints and run directories.
 
-from bnnkit.training.loop import TrainOptions, evaluate, pick_device, train
-from bnnkit.training.run import RunConfig, load_run, read_metrics
+The names below are imported on first use, so that ``bnnkit.training.plots`` (matplotlib only) serves
+``bnnkit report`` without torch."""
 
-__all__ = ["RunConfig", "TrainOptions", "evaluate", "load_run", "pick_device", "read_metrics", "train"]
+from bnnkit import _lazy_attributes
+
+_LAZY = {
+    "TrainOptions": "bnnkit.training.loop",
+    "evaluate": "bnnkit.training.loop",
+    "pick_device": "bnnkit.training.loop",
+    "train": "bnnkit.training.loop",
+    "RunConfig": "bnnkit.training.run",
+    "load_run": "bnnkit.training.run",
+    "read_metrics": "bnnkit.training.run",
+}
+
+__all__ = [*_LAZY]
+
+__getattr__ = _lazy_attributes(__name__, _LAZY)

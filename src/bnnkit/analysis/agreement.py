@@ -1,4 +1,4 @@
-"""Check an exported graph against the module it came from, on real images.
+"""Check an exported graph against the module it came from, on real images (``bnnkit export``'s check).
 
 For a fully binary chain the graph must reproduce every sign the module computes: the
 input of each binary layer is captured from the module (its input quantizer's output)
@@ -12,8 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnnkit.errors import BnnkitError
+from bnnkit.export import export_run
 from bnnkit.graph import Graph
 from bnnkit.nn import BinaryConv2d, BinaryLinear
+from bnnkit.runtime.evaluate import test_images
 from bnnkit.runtime.numpy_ref import execute
 
 
@@ -22,11 +25,15 @@ def compare(model: nn.Module, graph: Graph, x: np.ndarray, batch_size: int = 500
     """Module vs graph on uint8 images ``x`` (N, C, H, W): top-1 agreement, and per binary
     layer the fraction of input signs that agree (1.0 everywhere when exact)."""
     model.eval()
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear)) and m.input_quantizer is not None}
-    consumers = {op.name: op for op in graph.ops if op.name in layers}
+    quantizers = {
+        n: q
+        for n, m in model.named_modules()
+        if isinstance(m, (BinaryConv2d, BinaryLinear)) and (q := m.input_quantizer) is not None
+    }
+    consumers = {op.name: op for op in graph.ops if op.name in quantizers}
     captured: dict[str, torch.Tensor] = {}
     hooks = [
-        layers[n].input_quantizer.register_forward_hook(lambda _m, _i, out, n=n: captured.__setitem__(n, out))
+        quantizers[n].register_forward_hook(lambda _m, _i, out, n=n: captured.__setitem__(n, out))
         for n in consumers
     ]
     equal = dict.fromkeys(consumers, 0)
@@ -47,13 +54,31 @@ def compare(model: nn.Module, graph: Graph, x: np.ndarray, batch_size: int = 500
     finally:
         for h in hooks:
             h.remove()
-    module_labels, graph_labels = np.concatenate(module_labels), np.concatenate(graph_labels)
-    agree = float(np.mean(module_labels == graph_labels)) if len(x) else 1.0
+    module_top1, graph_top1 = np.concatenate(module_labels), np.concatenate(graph_labels)
+    agree = float(np.mean(module_top1 == graph_top1)) if len(x) else 1.0
     return {
         "n": len(x),
         "top1_agreement": agree,
         "sign_agreement": {n: equal[n] / total[n] for n in consumers if total[n]},
-        "module_labels": module_labels,
-        "graph_labels": graph_labels,
+        "module_labels": module_top1,
+        "graph_labels": graph_top1,
         "graph_scores": np.concatenate(graph_scores) if graph_scores else None,
     }
+
+
+def export_and_check(run_dir, output, check: int = 1000, allow_approx: bool = False, data_dir: str | None = None) -> dict:
+    """``bnnkit export``: write the graph of a run, then compare it with the module on the
+    first ``check`` test images."""
+    if check < 0:
+        raise BnnkitError(f"--check must be >= 0, got {check}")
+    graph, model, config = export_run(run_dir, allow_approx)
+    graph.save(output)
+    result = {"output": str(output), "ops": len(graph.ops), "approximations": graph.meta["approximations"]}
+    n, top1, signs = 0, 1.0, 1.0
+    if check:
+        _, x, _ = test_images(graph, None, check, data_dir or config.data_dir)
+        cmp = compare(model, graph, x)
+        n, top1 = cmp["n"], cmp["top1_agreement"]
+        signs = min(cmp["sign_agreement"].values(), default=1.0)
+        result["sign_agreement_per_layer"] = cmp["sign_agreement"]
+    return {**result, "n": n, "top1_agreement": top1, "sign_agreement": signs}

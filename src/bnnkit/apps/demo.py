@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bnnkit.analysis.agreement import compare
 from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
+from bnnkit.export import export_run
 from bnnkit.recipe import load_recipe
 from bnnkit.runtime.registry import RUNTIMES
 from bnnkit.training import RunConfig, TrainOptions, train
@@ -35,8 +37,6 @@ def pick_dataset(data_dir: str | None) -> str:
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: int | None = None, data_dir: str | None = None, progress: bool = True) -> dict:
-    from bnnkit.export import compare, export_run
-
     out = Path(out)
     dataset = pick_dataset(data_dir)
     plan = DEMO_PLANS[dataset]

@@ -22,10 +22,19 @@ from typing import Any
 
 import numpy as np
 
+from bnnkit import training
+from bnnkit.cost.formatting import render_table
+from bnnkit.cost.graph_cost import profile
+from bnnkit.data import get_info
 from bnnkit.errors import BnnkitError
+from bnnkit.export import export_model, export_run
 from bnnkit.files import atomic_write, exclusive, make_dir, read_json_lines
 from bnnkit.graph import Graph
+from bnnkit.models import create_model
 from bnnkit.progress import progress as bar
+from bnnkit.recipe import load_recipe
+from bnnkit.runtime.registry import get_runtime
+from bnnkit.training import RunConfig, TrainOptions, plots
 
 RESULTS, BEST, PLOT = "fit.jsonl", "best.bnn", "pareto.png"
 LR = 3e-3  # what the demo measured best for the embedded recipe on Fashion-MNIST
@@ -65,9 +74,6 @@ def parse_bytes(text: str) -> int:
 
 def candidate_graph(candidate: Candidate, in_shape: tuple, num_classes: int) -> Graph:
     """The candidate, untrained, exported; ``BnnkitError`` if it cannot take this input."""
-    from bnnkit.export import export_model
-    from bnnkit.models import create_model
-
     model = create_model(candidate.model, num_classes, in_shape, "embedded", **candidate.options)
     return export_model(model, in_shape)
 
@@ -80,13 +86,9 @@ def footprint(graph: Graph, target: str | None = None) -> dict:
     text + rodata + data, RAM is data + bss + the stack high-water mark of one inference
     in QEMU — so code, word padding and the harness's buffers count too — and the
     instructions of that inference are counted."""
-    from bnnkit.cost.graph_cost import profile
-
     p = profile(graph)
     sizes = {"ram": p["memory"]["planned_peak_bytes"], "flash": p["totals"]["weight_bytes"]}
     if target is not None:
-        from bnnkit.runtime.registry import get_runtime
-
         with get_runtime(target, device=True).prepare(graph) as device:
             measured = device.predict(np.zeros((1, *graph.input_shape), np.uint8)).device
         sizes = {"ram": measured["ram_bytes"], "flash": measured["flash_bytes"],
@@ -127,10 +129,6 @@ def fit(
     target: str | None = None,
     threads: int | None = None,
 ) -> dict:
-    from bnnkit.data import get_info
-    from bnnkit.recipe import load_recipe
-    from bnnkit.training import RunConfig, TrainOptions, train
-
     if ram <= 0 or flash <= 0 or budget_minutes <= 0 or epochs < 1:
         raise BnnkitError("--ram, --flash and --budget-minutes must be > 0 and --epochs >= 1")
     info = get_info(dataset)
@@ -169,7 +167,7 @@ def fit(
                                data_dir=data_dir)
             started = time.perf_counter()
             options = TrainOptions(resume=True, progress=progress, limit_train=limit_train, threads=threads)
-            result = train(config, out / "runs" / row["name"], options)
+            result = training.train(config, out / "runs" / row["name"], options)
             seconds = time.perf_counter() - started
             done[row["name"]] = {**row, "accuracy": result["test_acc"], "epochs": epochs, "seconds": seconds}
             # the whole file, atomically: a kill leaves the previous records or these, never a torn line
@@ -178,8 +176,6 @@ def fit(
         front = pareto(trained)
         best = max(trained, key=lambda r: r["accuracy"], default=None)
         if best is not None:
-            from bnnkit.export import export_run
-
             graph, _, _ = export_run(out / "runs" / best["name"])
             graph.save(out / BEST)
             _plot(sized, trained, front, ram, flash, out / PLOT)
@@ -202,9 +198,7 @@ def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, f
     """Accuracy against RAM and against flash, each panel with its own 2-D front (the
     staircase of the best accuracy within a budget; the table's Pareto column is the front
     over accuracy, RAM, flash and work together), and every candidate's footprint."""
-    from bnnkit.training.plots import label_points, pyplot, save_figure
-
-    fig, axes = pyplot().subplots(1, 3, figsize=(16, 5.2))
+    fig, axes = plots.pyplot().subplots(1, 3, figsize=(16, 5.2))
     for ax, key, budget, what in ((axes[0], "ram", ram, "RAM"), (axes[1], "flash", flash, "flash")):
         staircase = _front_2d(trained, key)
         ax.scatter([r[key] / 1024 for r in trained], [100 * r["accuracy"] for r in trained], c="tab:gray", s=18,
@@ -217,7 +211,7 @@ def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, f
         _kib_axis(ax, "x")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-        label_points(ax, [r[key] / 1024 for r in staircase], [100 * r["accuracy"] for r in staircase],
+        plots.label_points(ax, [r[key] / 1024 for r in staircase], [100 * r["accuracy"] for r in staircase],
                      [r["name"] for r in staircase])
     ax = axes[2]
     done = {r["name"] for r in trained}
@@ -231,7 +225,7 @@ def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, f
     _kib_axis(ax, "y")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    save_figure(fig, path, dpi=110)
+    plots.save_figure(fig, path, dpi=110)
 
 
 def _front_2d(rows: list[dict], key: str) -> list[dict]:
@@ -257,8 +251,6 @@ def _kib_axis(ax, which: str) -> None:
 
 
 def format_fit(result: dict) -> str:
-    from bnnkit.cost.summary import render_table
-
     lines = [("candidate", "accuracy", "RAM B", "flash B", "binary MACs", "instructions", "Pareto")]
     for r in sorted(result["trained"], key=lambda r: -r["accuracy"]):
         counted = f"{r['instructions']:,.0f}" if "instructions" in r else "-"

@@ -63,7 +63,10 @@ from pysat.formula import IDPool
 from pysat.solvers import Solver
 
 from bnnkit.errors import BnnkitError
+from bnnkit.files import atomic_write, make_dir
 from bnnkit.graph import OPS, Family, Graph, Op, OpTable, Refusal, pad_of, pair
+from bnnkit.progress import progress as bar
+from bnnkit.runtime.evaluate import test_images
 from bnnkit.runtime.numpy_ref import KERNELS, _windows, check_input, execute
 
 ENCODERS = OpTable("sat")
@@ -461,10 +464,6 @@ def verify_images(graph: Graph, first: int, count: int, radii: list[int], timeou
                   progress: bool = False, solver: str = DEFAULT_SOLVER, encoding: str = DEFAULT_ENCODING) -> dict:
     """``verify`` on test images ``first .. first + count − 1`` at each radius: every query
     and, per radius, the counts of answers and the median and largest time."""
-    from bnnkit.files import atomic_write, make_dir
-    from bnnkit.progress import progress as bar
-    from bnnkit.runtime.evaluate import test_images
-
     if count < 1 or first < 0:
         raise BnnkitError(f"--image must be >= 0 and --images >= 1, got {first} and {count}")
     name, x, y = test_images(graph, dataset, first + count, data_dir)
