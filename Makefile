@@ -18,7 +18,6 @@ test-fast: $(TEST_STAMP)
 	$(VENV)/bin/python -m pytest -m "not slow"
 
 # lint-imports runs where import-linter is installed and configured (the layering contracts).
-# LINT_FORMAT= leaves out the format check (CI, until the tree has been through `ruff format` once).
 LINT_FORMAT ?= $(VENV)/bin/ruff format --check src tests benchmarks
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -25,15 +25,27 @@ from bnnkit.runtime.registry import RUNTIMES
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("graph", nargs="?", default="runs/demo/model.bnn", metavar="MODEL.bnn")
-    parser.add_argument("--runtimes", default="numpy,c,cortex-m4",
-                        help=f"comma-separated, of {', '.join(RUNTIMES)} (default: numpy,c,cortex-m4)")
+    parser.add_argument(
+        "--runtimes",
+        default="numpy,c,cortex-m4",
+        help=f"comma-separated, of {', '.join(RUNTIMES)} (default: numpy,c,cortex-m4)",
+    )
     parser.add_argument("--limit", type=int, help="first N test images only (default: the whole test set)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     graph = Graph.load(args.graph)
-    rows = [{"runtime": r.runtime, "dataset": r.dataset, "n": r.n, "accuracy": r.accuracy, "agreement": r.agreement,
-             "bit_exact": r.bit_exact, "seconds": r.seconds[r.runtime]}
-            for r in run_graphs(graph, args.runtimes.split(","), limit=args.limit)]
+    rows = [
+        {
+            "runtime": r.runtime,
+            "dataset": r.dataset,
+            "n": r.n,
+            "accuracy": r.accuracy,
+            "agreement": r.agreement,
+            "bit_exact": r.bit_exact,
+            "seconds": r.seconds[r.runtime],
+        }
+        for r in run_graphs(graph, args.runtimes.split(","), limit=args.limit)
+    ]
     agree = all(r["bit_exact"] and r["agreement"] == 1.0 for r in rows)
     if args.json:
         print(json.dumps({"graph": args.graph, "rows": rows, "all_bit_exact": agree}))

@@ -66,7 +66,14 @@ def best_seconds(fn, budget: float, min_runs: int = 3) -> float:
 
 def shape_op(name: str, rng) -> tuple[Op, int, tuple[int, ...]]:
     n, c, h, w, o, k, s, p = SHAPES[name]
-    op = Op("binary_conv2d", ["x"], "y", {"stride": s, "padding": p, "pad": "zero"}, {"weight": rng.random((o, c, k, k)) < 0.5}, name)
+    op = Op(
+        "binary_conv2d",
+        ["x"],
+        "y",
+        {"stride": s, "padding": p, "pad": "zero"},
+        {"weight": rng.random((o, c, k, k)) < 0.5},
+        name,
+    )
     return op, n, (c, h, w)
 
 
@@ -108,8 +115,10 @@ def im2col_words(op: Op, bits: np.ndarray) -> np.ndarray:
 def numpy_gemm(patches: np.ndarray, weights: np.ndarray, fan_in: int) -> np.ndarray:
     """±1 sums by XOR and np.bitwise_count, a slab of pixels at a time (bounded temporaries)."""
     step = max(1, 2**20 // (weights.size or 1))
-    out = [fan_in - 2 * np.bitwise_count(patches[i : i + step, None, :] ^ weights[None]).sum(axis=2, dtype=np.int32)
-           for i in range(0, len(patches), step)]
+    out = [
+        fan_in - 2 * np.bitwise_count(patches[i : i + step, None, :] ^ weights[None]).sum(axis=2, dtype=np.int32)
+        for i in range(0, len(patches), step)
+    ]
     return np.concatenate(out)
 
 
@@ -128,7 +137,9 @@ def bench_layer(op: Op, n: int, in_shape, isa: str, threads: list[int], peak: fl
     layer = fast.Layer(op, in_shape, th)
     x = fast.Packed.from_bits(bits)
     products = n * int(np.prod(layer.out_shape)) * int(np.prod(op.params["weight"].shape[1:]))
-    taps = np.ascontiguousarray(op.params["weight"].reshape(o, *op.params["weight"].shape[1:2], -1).transpose(0, 2, 1).reshape(o, -1))
+    taps = np.ascontiguousarray(
+        op.params["weight"].reshape(o, *op.params["weight"].shape[1:2], -1).transpose(0, 2, 1).reshape(o, -1)
+    )
     patches, weights = im2col_words(op, bits), fast.Packed.from_bits(taps).words
     numpy_s = best_seconds(lambda: numpy_gemm(patches, weights, taps.shape[1]), budget, min_runs=1)
     rows = []
@@ -136,11 +147,18 @@ def bench_layer(op: Op, n: int, in_shape, isa: str, threads: list[int], peak: fl
         torch.set_num_threads(t)
         ours = best_seconds(lambda t=t: layer(x, isa, t), budget)
         pytorch = best_seconds(torch_layer(op, n, in_shape), budget)
-        rows.append({
-            "case": describe(op, n, in_shape), "threads": t, "ms": 1e3 * ours, "gops": 2 * products / ours / 1e9,
-            "images_per_s": None, "x_torch": pytorch / ours, "x_numpy": numpy_s / ours,
-            "roofline": products / ours / (peak * t),
-        })
+        rows.append(
+            {
+                "case": describe(op, n, in_shape),
+                "threads": t,
+                "ms": 1e3 * ours,
+                "gops": 2 * products / ours / 1e9,
+                "images_per_s": None,
+                "x_torch": pytorch / ours,
+                "x_numpy": numpy_s / ours,
+                "roofline": products / ours / (peak * t),
+            }
+        )
     return rows
 
 
@@ -158,13 +176,18 @@ def test_images(count: int) -> tuple[np.ndarray, str]:
 
 def graph_products(graph) -> int:
     """Bit products of one image in the binary layers."""
-    return sum(int(np.prod(graph.types[op.output][1])) * int(np.prod(op.params["weight"].shape[1:]))
-               for op in graph.ops if op.kind in ("binary_conv2d", "binary_dense"))
+    return sum(
+        int(np.prod(graph.types[op.output][1])) * int(np.prod(op.params["weight"].shape[1:]))
+        for op in graph.ops
+        if op.kind in ("binary_conv2d", "binary_dense")
+    )
 
 
 def bench_model(name: str, x: np.ndarray, isa: str, threads: list[int], budget: float) -> list[dict]:
     graph = model_graph(name)
-    twin_recipe = load_recipe("embedded").with_(name="fp-twin", input_quantizer="identity", kernel_quantizer="identity", latent_clip=0.0)
+    twin_recipe = load_recipe("embedded").with_(
+        name="fp-twin", input_quantizer="identity", kernel_quantizer="identity", latent_clip=0.0
+    )
     twin = create_model(name, 10, IN_SHAPE, twin_recipe).eval()
     xt = torch.from_numpy(x).float().div_(255)
     numpy_s = best_seconds(lambda: numpy_ref.predict(graph, x, batch_size=500), budget, min_runs=1)
@@ -180,11 +203,18 @@ def bench_model(name: str, x: np.ndarray, isa: str, threads: list[int], budget: 
         model = fast.FastModel(graph, isa, t)
         ours = best_seconds(lambda model=model: model.predict(x, batch_size=500), budget)
         torch_s = best_seconds(pytorch, budget)
-        rows.append({
-            "case": f"end to end: {name}, {len(x)} images", "threads": t, "ms": 1e3 * ours,
-            "gops": 2 * graph_products(graph) * len(x) / ours / 1e9, "images_per_s": len(x) / ours,
-            "x_torch": torch_s / ours, "x_numpy": numpy_s / ours, "roofline": None,
-        })
+        rows.append(
+            {
+                "case": f"end to end: {name}, {len(x)} images",
+                "threads": t,
+                "ms": 1e3 * ours,
+                "gops": 2 * graph_products(graph) * len(x) / ours / 1e9,
+                "images_per_s": len(x) / ours,
+                "x_torch": torch_s / ours,
+                "x_numpy": numpy_s / ours,
+                "roofline": None,
+            }
+        )
     return rows
 
 
@@ -195,17 +225,24 @@ def table(rows: list[dict]) -> str:
     def cell(v, fmt):
         return "" if v is None else format(v, fmt)
 
-    lines = ["| case | threads | ms | binary GOPS | images/s | × PyTorch FP32 | × NumPy | of roofline |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| case | threads | ms | binary GOPS | images/s | × PyTorch FP32 | × NumPy | of roofline |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['threads']} | {r['ms']:.3f} | {r['gops']:.0f} | {cell(r['images_per_s'], ',.0f')} | "
-                     f"{r['x_torch']:.1f} | {r['x_numpy']:.0f} | {cell(r['roofline'], '.2f')} |")
+        lines.append(
+            f"| {r['case']} | {r['threads']} | {r['ms']:.3f} | {r['gops']:.0f} | {cell(r['images_per_s'], ',.0f')} | "
+            f"{r['x_torch']:.1f} | {r['x_numpy']:.0f} | {cell(r['roofline'], '.2f')} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shapes", help=f"comma-separated from {', '.join([*SHAPES, *FMNIST_MODELS])} (a model: its layers and its end-to-end run)")
+    ap.add_argument(
+        "--shapes",
+        help=f"comma-separated from {', '.join([*SHAPES, *FMNIST_MODELS])} (a model: its layers and its end-to-end run)",
+    )
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}, 1,000 images, short timings")
     ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
     ap.add_argument("--isa", choices=fast.ISAS, help="micro-kernel (default: the best this CPU runs)")
@@ -229,12 +266,20 @@ def main(argv=None) -> None:
     for name in (m for m in FMNIST_MODELS if m in picked):
         rows += bench_model(name, x, isa, threads, budget)
 
-    header = {"isa": isa, "popcount_peak_gops": 2 * peak / 1e9, "images": source, "torch": torch.__version__, "numpy": np.__version__}
+    header = {
+        "isa": isa,
+        "popcount_peak_gops": 2 * peak / 1e9,
+        "images": source,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
     if args.json:
         print(json.dumps({**header, "rows": rows}))
         return
-    print(f"micro-kernel {isa}: popcount roofline {2 * peak / 1e9:.0f} binary GOPS per thread; "
-          f"PyTorch {torch.__version__}, NumPy {np.__version__}; end-to-end images: {source}")
+    print(
+        f"micro-kernel {isa}: popcount roofline {2 * peak / 1e9:.0f} binary GOPS per thread; "
+        f"PyTorch {torch.__version__}, NumPy {np.__version__}; end-to-end images: {source}"
+    )
     print(table(rows))
 
 

@@ -21,7 +21,9 @@ from bnnkit.runtime.registry import device_runtimes
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("graphs", nargs="+", metavar="MODEL.bnn")
-    parser.add_argument("--targets", default=",".join(device_runtimes()), help="comma-separated cores (default: all three)")
+    parser.add_argument(
+        "--targets", default=",".join(device_runtimes()), help="comma-separated cores (default: all three)"
+    )
     parser.add_argument("--limit", type=int, help="first N test images only (default: the whole test set)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -32,7 +34,21 @@ def main() -> None:
     if args.json:
         print(json.dumps({"rows": rows}))
         return
-    lines = [("graph", "core", "images", "accuracy", "agreement", "bit-exact", "flash B", "RAM B", "instructions", "ms", "µJ")]
+    lines = [
+        (
+            "graph",
+            "core",
+            "images",
+            "accuracy",
+            "agreement",
+            "bit-exact",
+            "flash B",
+            "RAM B",
+            "instructions",
+            "ms",
+            "µJ",
+        )
+    ]
     for r in rows:
         d = r["device"]
         energy = f"{d['energy_uj_estimate']:,.0f}" if "energy_uj_estimate" in d else "-"

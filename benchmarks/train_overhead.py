@@ -69,7 +69,8 @@ def main() -> None:
     for name, options, in_shape, classes, epoch_images in CASES:
         torch.manual_seed(0)
         binary_run, twin_run = (
-            Stepper(create_model(name, classes, in_shape, r, **options), in_shape, classes, args.batch, r) for r in (binary, twin)
+            Stepper(create_model(name, classes, in_shape, r, **options), in_shape, classes, args.batch, r)
+            for r in (binary, twin)
         )
         for _ in range(3):  # warm up allocators and caches
             binary_run.step(), twin_run.step()
@@ -89,7 +90,9 @@ def main() -> None:
     if args.json:
         print(json.dumps({"threads": torch.get_num_threads(), "batch": args.batch, "rows": rows}))
         return
-    print(f"training time per epoch, binary vs full-precision twin ({torch.get_num_threads()} threads, batch {args.batch})")
+    print(
+        f"training time per epoch, binary vs full-precision twin ({torch.get_num_threads()} threads, batch {args.batch})"
+    )
     print(f"{'model':24s} {'binary s/epoch':>15s} {'FP s/epoch':>11s} {'ratio':>6s}")
     for r in rows:
         label = r["model"] + ("" if not r["options"] else " " + ",".join(f"{k}={v}" for k, v in r["options"].items()))

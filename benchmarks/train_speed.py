@@ -76,8 +76,16 @@ def fp32_twin(module: nn.Module) -> nn.Module:
     same shape, and no integer-pixel input: what one would write without bnnkit."""
     for name, child in module.named_children():
         if isinstance(child, BinaryConv2d):
-            plain = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                              child.dilation, child.groups, bias=child.bias is not None)
+            plain = nn.Conv2d(
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size,
+                child.stride,
+                child.padding,
+                child.dilation,
+                child.groups,
+                bias=child.bias is not None,
+            )
         elif isinstance(child, BinaryLinear):
             plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
         elif isinstance(child, IntegerPixels):
@@ -164,27 +172,48 @@ def compare(model: str, limit: int, rounds: int) -> dict:
 def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
     """Wall time of bnnkit with its default threads over that with 1 thread, alternately."""
     pairs = [(run_bnnkit(model, limit, None), run_bnnkit(model, limit, 1)) for _ in range(rounds)]
-    return {"default_threads_s": statistics.median(d.wall for d, _ in pairs),
-            "one_thread_s": statistics.median(o.wall for _, o in pairs),
-            "ratio": statistics.median(d.wall / o.wall for d, o in pairs)}
+    return {
+        "default_threads_s": statistics.median(d.wall for d, _ in pairs),
+        "one_thread_s": statistics.median(o.wall for _, o in pairs),
+        "ratio": statistics.median(d.wall / o.wall for d, o in pairs),
+    }
 
 
 # --- --profile -------------------------------------------------------------------------
 
 # Top-level profiler events by name (forward ops and backward nodes alike), first match wins.
 CATEGORIES = [
-    ("onvolution", "convolution"), ("conv", "convolution"), ("atch_norm", "batchnorm"), ("BatchNorm", "batchnorm"),
-    ("ax_pool", "max-pool"), ("MaxPool", "max-pool"), ("Sign", "quantizers"), ("Mm", "linear"), ("Addmm", "linear"),
-    ("linear", "linear"), ("Optimizer.", "optimizer"), ("_local_scalar_dense", "host syncs (.item)"),
-    ("aten::item", "host syncs (.item)"), ("cross_entropy", "loss"), ("NllLoss", "loss"), ("LogSoftmax", "loss"),
+    ("onvolution", "convolution"),
+    ("conv", "convolution"),
+    ("atch_norm", "batchnorm"),
+    ("BatchNorm", "batchnorm"),
+    ("ax_pool", "max-pool"),
+    ("MaxPool", "max-pool"),
+    ("Sign", "quantizers"),
+    ("Mm", "linear"),
+    ("Addmm", "linear"),
+    ("linear", "linear"),
+    ("Optimizer.", "optimizer"),
+    ("_local_scalar_dense", "host syncs (.item)"),
+    ("aten::item", "host syncs (.item)"),
+    ("cross_entropy", "loss"),
+    ("NllLoss", "loss"),
+    ("LogSoftmax", "loss"),
 ]
 # The loop's helpers, by the names it imports them under (old and new loops), and their part.
 RANGES = {
-    "batches": "batches and augmentation", "_evaluation_sums": "evaluation (test set)", "save_weights": "checkpoint",
-    "save_state": "checkpoint", "atomic_write": "checkpoint", "plot_curves": "curves.png",
+    "batches": "batches and augmentation",
+    "_evaluation_sums": "evaluation (test set)",
+    "save_weights": "checkpoint",
+    "save_state": "checkpoint",
+    "atomic_write": "checkpoint",
+    "plot_curves": "curves.png",
     "load_dataset": "reading the dataset",
-    "clip_latent_weights_": "latent clipping", "clip_weights_": "latent clipping", "set_lr": "schedules",
-    "set_training_progress": "schedules", "choose_threads": "choosing threads",
+    "clip_latent_weights_": "latent clipping",
+    "clip_weights_": "latent clipping",
+    "set_lr": "schedules",
+    "set_training_progress": "schedules",
+    "choose_threads": "choosing threads",
 }
 
 
@@ -242,18 +271,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternations per measurement (default 2)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the training images per model")
     parser.add_argument("--hogs", type=int, default=2, help="CPU-bound background processes (default 2; 0 skips)")
-    parser.add_argument("--hogs-scale", type=float, default=0.25,
-                        help="multiply the training images beside the hogs (default 0.25: everything runs slower there)")
-    parser.add_argument("--profile", metavar="MODEL",
-                        help="break one epoch of MODEL down instead (60,000 images x --scale)")
+    parser.add_argument(
+        "--hogs-scale",
+        type=float,
+        default=0.25,
+        help="multiply the training images beside the hogs (default 0.25: everything runs slower there)",
+    )
+    parser.add_argument(
+        "--profile", metavar="MODEL", help="break one epoch of MODEL down instead (60,000 images x --scale)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.profile:
         limit = round(60_000 * args.scale)
         parts = profile(args.profile, limit)
         total = sum(s for _, s in parts)
-        print(f"{args.profile}: one epoch, {limit} images, 1 thread, {total:.1f} s under the profiler; "
-              f"load average {os.getloadavg()[0]:.2f}\n\n| part | s | % |\n| --- | ---: | ---: |")
+        print(
+            f"{args.profile}: one epoch, {limit} images, 1 thread, {total:.1f} s under the profiler; "
+            f"load average {os.getloadavg()[0]:.2f}\n\n| part | s | % |\n| --- | ---: | ---: |"
+        )
         print("\n".join(f"| {part} | {sec:.2f} | {100 * sec / total:.1f} |" for part, sec in parts))
         return
     models = args.models.split(",")
@@ -264,8 +300,14 @@ def main() -> None:
 
     for m in models:  # warm-up: imports (matplotlib, torch's optimisers), allocator, caches
         run_bnnkit(m, 2 * BATCH, 1), Reference(m).run(2 * BATCH)
-    report = {"torch": torch.__version__, "cores": os.cpu_count(), "rounds": args.rounds, "batch": BATCH,
-              "load_before": os.getloadavg(), "models": {}}
+    report = {
+        "torch": torch.__version__,
+        "cores": os.cpu_count(),
+        "rounds": args.rounds,
+        "batch": BATCH,
+        "load_before": os.getloadavg(),
+        "models": {},
+    }
     for m in models:
         report["models"][m] = {"limit_train": limits[m], "quiet": compare(m, limits[m], args.rounds)}
     if args.hogs:
@@ -279,18 +321,26 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print("bnnkit train vs minimal eager FP32 loop, 1 thread; time ratio (lower is faster), "
-          f"median of {args.rounds} rounds")
-    print(f"torch {report['torch']}, {report['cores']} cores, load average before {report['load_before'][0]:.2f}, "
-          f"after {report['load_after'][0]:.2f}; beside {args.hogs} CPU hogs")
-    print(f"{'model':14s} {'images':>7s} {'bnnkit img/s':>13s} {'ref img/s':>10s} {'ratio':>6s} {'(CPU)':>6s} "
-          f"{'hogs ratio':>11s} {'(CPU)':>6s} {'default/1 thread, hogs':>23s}")
+    print(
+        "bnnkit train vs minimal eager FP32 loop, 1 thread; time ratio (lower is faster), "
+        f"median of {args.rounds} rounds"
+    )
+    print(
+        f"torch {report['torch']}, {report['cores']} cores, load average before {report['load_before'][0]:.2f}, "
+        f"after {report['load_after'][0]:.2f}; beside {args.hogs} CPU hogs"
+    )
+    print(
+        f"{'model':14s} {'images':>7s} {'bnnkit img/s':>13s} {'ref img/s':>10s} {'ratio':>6s} {'(CPU)':>6s} "
+        f"{'hogs ratio':>11s} {'(CPU)':>6s} {'default/1 thread, hogs':>23s}"
+    )
     for m, row in report["models"].items():
         q, h, t = row["quiet"], row.get("hogs"), row.get("threads_under_hogs")
         hogs = f"{h['ratio']:11.2f} {h['cpu_ratio']:6.2f}" if h else f"{'-':>11s} {'-':>6s}"
         threads = f"{t['ratio']:23.2f}" if t else f"{'-':>23s}"
-        print(f"{m:14s} {row['limit_train']:7d} {q['bnnkit_images_per_s']:13.0f} {q['reference_images_per_s']:10.0f} "
-              f"{q['ratio']:6.2f} {q['cpu_ratio']:6.2f} {hogs} {threads}")
+        print(
+            f"{m:14s} {row['limit_train']:7d} {q['bnnkit_images_per_s']:13.0f} {q['reference_images_per_s']:10.0f} "
+            f"{q['ratio']:6.2f} {q['cpu_ratio']:6.2f} {hogs} {threads}"
+        )
 
 
 if __name__ == "__main__":

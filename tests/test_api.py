@@ -17,8 +17,9 @@ from bnnkit.runtime.numpy_ref import predict as reference_predict
 
 
 def python(code: str, env=None, cwd=None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -56,8 +57,8 @@ def test_predict_on_a_graph_needs_no_torch(tmp_path):
         sys.modules["torch"] = None  # any import of torch now fails
         import numpy as np
         import bnnkit
-        graph = bnnkit.load_graph("{tmp_path / 'g.bnn'}")
-        x = np.load("{tmp_path / 'x.npy'}")
+        graph = bnnkit.load_graph("{tmp_path / "g.bnn"}")
+        x = np.load("{tmp_path / "x.npy"}")
         for runtime in ("numpy", "c", "c-portable"):
             scores, labels = bnnkit.predict(graph, x, runtime=runtime)
             np.save(f"{tmp_path}/{{runtime}}.npy", scores)
@@ -76,14 +77,50 @@ def test_predict_errors_name_the_choice():
 def test_train_wrapper_makes_the_same_run_as_the_cli(tmp_path):
     """bnnkit.train maps its keywords exactly as `bnnkit train` maps its flags: on a CPU
     the two runs are bit-identical, down to the weights file."""
-    kwargs = dict(recipe="embedded", epochs=1, seed=3, lr=2e-3, batch_size=32, model_options={"width": 32, "depth": 1},
-                  limit_train=400, progress=False)
+    kwargs = dict(
+        recipe="embedded",
+        epochs=1,
+        seed=3,
+        lr=2e-3,
+        batch_size=32,
+        model_options={"width": 32, "depth": 1},
+        limit_train=400,
+        progress=False,
+    )
     ours = bnnkit.train("binarynet_mlp", "digits", out=tmp_path / "api", **kwargs)
     cli = subprocess.run(
-        [sys.executable, "-m", "bnnkit", "train", "--model", "binarynet_mlp", "--dataset", "digits", "--recipe",
-         "embedded", "--epochs", "1", "--seed", "3", "--lr", "2e-3", "--batch-size", "32", "--option", "width=32",
-         "--option", "depth=1", "--limit-train", "400", "--out", str(tmp_path / "cli"), "--json"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "bnnkit",
+            "train",
+            "--model",
+            "binarynet_mlp",
+            "--dataset",
+            "digits",
+            "--recipe",
+            "embedded",
+            "--epochs",
+            "1",
+            "--seed",
+            "3",
+            "--lr",
+            "2e-3",
+            "--batch-size",
+            "32",
+            "--option",
+            "width=32",
+            "--option",
+            "depth=1",
+            "--limit-train",
+            "400",
+            "--out",
+            str(tmp_path / "cli"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert cli.returncode == 0, cli.stderr
     theirs = json.loads(cli.stdout)
@@ -105,8 +142,10 @@ def test_swapped_paths_name_the_right_command(tmp_path):
     (tmp_path / "m.bnn").write_bytes(b"")
     with pytest.raises(bnnkit.BnnkitError) as err:
         bnnkit.load_graph(tmp_path / "run")
-    assert str(err.value) == (f"{tmp_path}/run: a run directory, not a graph file; `bnnkit eval {tmp_path}/run` "
-                              f"evaluates it, `bnnkit export {tmp_path}/run -o run.bnn` makes its graph")
+    assert str(err.value) == (
+        f"{tmp_path}/run: a run directory, not a graph file; `bnnkit eval {tmp_path}/run` "
+        f"evaluates it, `bnnkit export {tmp_path}/run -o run.bnn` makes its graph"
+    )
     with pytest.raises(bnnkit.BnnkitError, match="m.bnn: a graph file, not a run directory; it is exported already"):
         bnnkit.export_model(tmp_path / "m.bnn")
     with pytest.raises(bnnkit.BnnkitError, match="needs its input: dataset= or in_shape="):

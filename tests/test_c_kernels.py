@@ -90,8 +90,12 @@ def test_a_need_not_defined_above_or_a_section_defined_twice_is_an_error():
 def test_the_c_is_formatted():
     """`make format-c` (the project's .clang-format) would change nothing."""
     files = [*sorted(C_KERNELS.glob("*.[ch]")), MCU / "harness.c"]  # what `make format-c` formats
-    proc = subprocess.run(["clang-format", "--dry-run", "-Werror", *map(str, files)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        ["clang-format", "--dry-run", "-Werror", *map(str, files)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -100,8 +104,10 @@ def test_the_c_is_formatted():
 
 def _tiny_graph() -> Graph:
     w = np.random.default_rng(0).random((3, 12)) < 0.5
-    return Graph((3, 2, 2), [Op("flatten", ["input"], "f"), Op("input_dense", ["f"], "d", {}, {"weight": w}),
-                             Op("argmax", ["d"], "y")])
+    return Graph(
+        (3, 2, 2),
+        [Op("flatten", ["input"], "f"), Op("input_dense", ["f"], "d", {}, {"weight": w}), Op("argmax", ["d"], "y")],
+    )
 
 
 def test_c_portable_compiles_with_cc_and_its_flags(tmp_path, monkeypatch):
@@ -129,8 +135,9 @@ def test_a_missing_compiler_names_the_package(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "bnnkit-no-such-cc")
     with pytest.raises(BnnkitError) as error:
         build_host(_tiny_graph(), tmp_path)
-    assert str(error.value) == ("no C compiler 'bnnkit-no-such-cc' found; install the Debian package gcc "
-                                "(apt-get install gcc), or set $CC")
+    assert str(error.value) == (
+        "no C compiler 'bnnkit-no-such-cc' found; install the Debian package gcc (apt-get install gcc), or set $CC"
+    )
     with pytest.raises(BnnkitError) as error:
         toolchain.cross_tools("bnnkit-no-such-")
     assert str(error.value) == (
@@ -143,7 +150,10 @@ def test_a_failing_tool_is_one_line_then_its_output(tmp_path):
     fails = ["sh", "-c", "echo 'x.c:1: error: oops' >&2; exit 3"]
     with pytest.raises(BnnkitError) as error:
         toolchain.run_tool(fails, "C compilation")
-    assert str(error.value) == "C compilation failed: sh -c 'echo '\"'\"'x.c:1: error: oops'\"'\"' >&2; exit 3'\nx.c:1: error: oops"
+    assert (
+        str(error.value)
+        == "C compilation failed: sh -c 'echo '\"'\"'x.c:1: error: oops'\"'\"' >&2; exit 3'\nx.c:1: error: oops"
+    )
     with pytest.raises(BnnkitError) as error:
         toolchain.run_tool(fails, "linking", [("nothing like it", "no"), ("oops", "the model is too big")])
     assert str(error.value) == "linking failed: the model is too big\nx.c:1: error: oops"

@@ -13,7 +13,9 @@ from bnnkit.cli import main
 
 
 def run_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "bnnkit", *map(str, args)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnnkit", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -21,8 +23,22 @@ def run_cli(*args, check=True):
 
 def test_train_then_eval_json(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("train", "--model", "binarynet_mlp", "--dataset", "digits", "--epochs", "2", "--out", out,
-                   "--option", "width=64", "--batch-size", "64", "--json")
+    proc = run_cli(
+        "train",
+        "--model",
+        "binarynet_mlp",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--out",
+        out,
+        "--option",
+        "width=64",
+        "--batch-size",
+        "64",
+        "--json",
+    )
     trained = json.loads(proc.stdout)
     assert 0.5 < trained["test_acc"] <= 1.0
     evaluated = json.loads(run_cli("eval", out, "--json").stdout)
@@ -46,7 +62,10 @@ def test_listings():
     [
         (["train", "--model", "nope", "--dataset", "digits", "--out", "X"], "unknown model 'nope'"),
         (["train", "--model", "ebnn_cnn", "--dataset", "imagenet", "--out", "X"], "imagenet"),
-        (["train", "--model", "ebnn_cnn", "--dataset", "digits", "--out", "X", "--epochs", "0"], "--epochs must be >= 1"),
+        (
+            ["train", "--model", "ebnn_cnn", "--dataset", "digits", "--out", "X", "--epochs", "0"],
+            "--epochs must be >= 1",
+        ),
         (["train", "--model", "ebnn_cnn", "--dataset", "digits", "--out", "X", "--recipe", "zzz"], "unknown recipe"),
         (["train", "--model", "ebnn_cnn", "--dataset", "digits", "--out", "X", "--option", "depth=2"], "no option"),
         (["train", "--model", "ebnn_cnn", "--dataset", "digits", "--out", "X", "--bogus"], "unrecognized arguments"),
@@ -91,8 +110,24 @@ def test_methods_lists_the_catalogue_and_measures_cost_deltas(capsys):
 def digits_graph(tmp_path_factory):
     """A run trained on digits (binary end to end) and its exported graph."""
     tmp = tmp_path_factory.mktemp("digits")
-    run_cli("train", "--model", "binarynet_mlp", "--dataset", "digits", "--recipe", "embedded", "--epochs", "1",
-            "--option", "width=32", "--option", "depth=1", "--out", tmp / "run", "--json")
+    run_cli(
+        "train",
+        "--model",
+        "binarynet_mlp",
+        "--dataset",
+        "digits",
+        "--recipe",
+        "embedded",
+        "--epochs",
+        "1",
+        "--option",
+        "width=32",
+        "--option",
+        "depth=1",
+        "--out",
+        tmp / "run",
+        "--json",
+    )
     run_cli("export", tmp / "run", "-o", tmp / "m.bnn", "--json")
     return tmp / "run", tmp / "m.bnn"
 
@@ -100,19 +135,32 @@ def digits_graph(tmp_path_factory):
 def test_swapped_run_directory_and_graph_file_name_the_right_command(digits_graph):
     run, graph = digits_graph
     cases = [
-        (["eval", graph], f"error: {graph}: a graph file, not a run directory; `bnnkit run {graph}` evaluates a graph "
-                          "(a run directory is what `bnnkit train --out DIR` writes)"),
-        (["export", graph, "-o", "x.bnn"], f"error: {graph}: a graph file, not a run directory; it is exported already: "
-                                           "`bnnkit run`, `profile`, `codegen` and `build` take it (a run directory is "
-                                           "what `bnnkit train --out DIR` writes)"),
-        (["eval", "nowhere.bnn"], "error: nowhere.bnn: no such run directory, and .bnn names a graph file, not a run "
-                                  "directory; `bnnkit run nowhere.bnn` evaluates a graph (a run directory is what "
-                                  "`bnnkit train --out DIR` writes)"),
+        (
+            ["eval", graph],
+            f"error: {graph}: a graph file, not a run directory; `bnnkit run {graph}` evaluates a graph "
+            "(a run directory is what `bnnkit train --out DIR` writes)",
+        ),
+        (
+            ["export", graph, "-o", "x.bnn"],
+            f"error: {graph}: a graph file, not a run directory; it is exported already: "
+            "`bnnkit run`, `profile`, `codegen` and `build` take it (a run directory is "
+            "what `bnnkit train --out DIR` writes)",
+        ),
+        (
+            ["eval", "nowhere.bnn"],
+            "error: nowhere.bnn: no such run directory, and .bnn names a graph file, not a run "
+            "directory; `bnnkit run nowhere.bnn` evaluates a graph (a run directory is what "
+            "`bnnkit train --out DIR` writes)",
+        ),
     ]
-    cases += [([command, run, *extra], f"error: {run}: a run directory, not a graph file; `bnnkit eval {run}` evaluates "
-                                       f"it, `bnnkit export {run} -o run.bnn` makes its graph")
-              for command, extra in (("run", []), ("profile", []), ("codegen", ["-o", "c"]),
-                                     ("verify", ["--image", "0"]))]
+    cases += [
+        (
+            [command, run, *extra],
+            f"error: {run}: a run directory, not a graph file; `bnnkit eval {run}` evaluates "
+            f"it, `bnnkit export {run} -o run.bnn` makes its graph",
+        )
+        for command, extra in (("run", []), ("profile", []), ("codegen", ["-o", "c"]), ("verify", ["--image", "0"]))
+    ]
     for args, message in cases:
         proc = run_cli(*args, check=False)
         assert (proc.returncode, proc.stderr) == (2, message + "\n"), args
@@ -141,7 +189,13 @@ def test_verify_shows_the_graph_label_beside_the_true_one(digits_graph):
     for q, row in zip(queries, rows[1:]):
         i = q["image"]
         mark = "x" if labels[i] != test.y[i] else ""
-        assert row.split()[:5 if mark else 4] == [str(i), "1", str(labels[i]), str(test.y[i]), *([mark] if mark else [])]
+        assert row.split()[: 5 if mark else 4] == [
+            str(i),
+            "1",
+            str(labels[i]),
+            str(test.y[i]),
+            *([mark] if mark else []),
+        ]
     wrong = int(np.sum(labels != test.y[:12]))
     assert (f"x: {wrong} misclassified image(s)" in rows[-1]) == (wrong > 0)
 
@@ -158,7 +212,8 @@ def test_profile_names_the_op_energy_model(digits_graph, capsys):
 
 
 def test_import_flag_loads_a_users_models_for_every_command(tmp_path):
-    (tmp_path / "my_models.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_models.py").write_text(
+        textwrap.dedent("""
         from torch import nn
         import bnnkit
         from bnnkit.models.layers import Layers
@@ -168,17 +223,35 @@ def test_import_flag_loads_a_users_models_for_every_command(tmp_path):
             layers = Layers(recipe)
             return nn.Sequential(nn.Flatten(), layers.first_linear(64, width), *layers.norm(width, dims=1),
                                  layers.classifier(width, num_classes))
-    """))
+    """)
+    )
     env = user_env(tmp_path)  # `bnnkit` as the console script runs it: the current directory is not on sys.path
 
     def bnnkit_(*args, rc=0):
-        proc = subprocess.run(["bnnkit", *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run(
+            ["bnnkit", *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == rc, proc.stderr
         return proc
 
-    trained = json.loads(bnnkit_("--import", "my_models", "train", "--model", "pixel_mlp", "--dataset", "digits",
-                                 "--recipe", "embedded", "--epochs", "1", "--out", "run", "--json").stdout)
+    trained = json.loads(
+        bnnkit_(
+            "--import",
+            "my_models",
+            "train",
+            "--model",
+            "pixel_mlp",
+            "--dataset",
+            "digits",
+            "--recipe",
+            "embedded",
+            "--epochs",
+            "1",
+            "--out",
+            "run",
+            "--json",
+        ).stdout
+    )
     evaluated = json.loads(bnnkit_("eval", "run", "--json", "--import", "my_models").stdout)
     assert evaluated["model"] == "pixel_mlp" and evaluated["accuracy"] == trained["test_acc"]
     bnnkit_("export", "run", "-o", "m.bnn", "--import", "my_models")
@@ -186,8 +259,9 @@ def test_import_flag_loads_a_users_models_for_every_command(tmp_path):
     forgotten = bnnkit_("eval", "run", rc=2).stderr
     assert "unknown model 'pixel_mlp'" in forgotten and "bnnkit --import MODULE" in forgotten
     missing = bnnkit_("--import", "not_my_models", "models", rc=2).stderr
-    assert missing == ("error: --import not_my_models: no module named 'not_my_models' (run from its directory or "
-                       "set PYTHONPATH)\n")
+    assert missing == (
+        "error: --import not_my_models: no module named 'not_my_models' (run from its directory or set PYTHONPATH)\n"
+    )
 
 
 def test_a_closed_pipe_ends_quietly():
@@ -195,8 +269,13 @@ def test_a_closed_pipe_ends_quietly():
     read, write = os.pipe()
     os.close(read)  # every write now fails with EPIPE, as after head exits
     try:
-        proc = subprocess.run([sys.executable, "-m", "bnnkit", "methods", "--json"], stdout=write,
-                              stderr=subprocess.PIPE, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bnnkit", "methods", "--json"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=600,
+        )
     finally:
         os.close(write)
     assert (proc.returncode, proc.stderr) == (1, "")
@@ -219,12 +298,21 @@ def test_cortex_m_run_reports_its_phases_and_both_energy_models(digits_graph):
     _, graph = digits_graph
     proc = run_cli("run", graph, "--runtime", "cortex-m4", "--limit", "20")
     phases = [line for line in proc.stderr.splitlines() if line.startswith("cortex-m4: ")]
-    assert phases == ["cortex-m4: cross-compiling ...", phases[1], "cortex-m4: 20 images in QEMU mps2-an386 ...",
-                      phases[3], "cortex-m4: counting instructions on 20 images ...", phases[5]]
+    assert phases == [
+        "cortex-m4: cross-compiling ...",
+        phases[1],
+        "cortex-m4: 20 images in QEMU mps2-an386 ...",
+        phases[3],
+        "cortex-m4: counting instructions on 20 images ...",
+        phases[5],
+    ]
     assert all(re.fullmatch(r"cortex-m4: .*: done in \d+\.\d s", line) for line in phases[1::2])
     energy = [line for line in proc.stdout.splitlines() if line.startswith(("energy, ", "the MCU"))]
     assert [line.split(":")[0].split(" is ")[0] for line in energy] == [
-        "energy, 45 nm op model", "energy, MCU datasheet model", "the MCU datasheet model"]
+        "energy, 45 nm op model",
+        "energy, MCU datasheet model",
+        "the MCU datasheet model",
+    ]
 
 
 def test_the_two_energy_figures_and_the_factor_between_them():
@@ -235,11 +323,15 @@ def test_the_two_energy_figures_and_the_factor_between_them():
     device = {**latency_estimate(TARGETS["cortex-m4"], 250_000), "instructions_per_inference": 250_000}
     lines = energy.describe(op, 1_000_000, device)
     pj_per_cycle = 79 * 3.0  # the STM32L412 datasheet: 79 µA/MHz at 3.0 V
-    assert lines[1].startswith(f"energy, MCU datasheet model: {250_000 * pj_per_cycle / 1e6:,.1f} µJ per inference = "
-                               f"250,000 cycles (1 per instruction) × 237 pJ per cycle, STM32L412xx datasheet")
-    assert lines[2] == (f"the MCU datasheet model is {250_000 * pj_per_cycle / op['total_pj']:,.0f}x the 45 nm op "
-                        "model: 237 pJ per instruction against 0.1 pJ per 32-bit add and 0.022 pJ per binary MAC (the "
-                        "datapath alone), and 0.25 instructions per binary MAC on the STM32L412 (counting every "
-                        "instruction, loops and integer layers included) where the op model counts 1/32 of an "
-                        "XNOR-popcount-add")
+    assert lines[1].startswith(
+        f"energy, MCU datasheet model: {250_000 * pj_per_cycle / 1e6:,.1f} µJ per inference = "
+        f"250,000 cycles (1 per instruction) × 237 pJ per cycle, STM32L412xx datasheet"
+    )
+    assert lines[2] == (
+        f"the MCU datasheet model is {250_000 * pj_per_cycle / op['total_pj']:,.0f}x the 45 nm op "
+        "model: 237 pJ per instruction against 0.1 pJ per 32-bit add and 0.022 pJ per binary MAC (the "
+        "datapath alone), and 0.25 instructions per binary MAC on the STM32L412 (counting every "
+        "instruction, loops and integer layers included) where the op model counts 1/32 of an "
+        "XNOR-popcount-add"
+    )
     assert energy.describe(op, 1_000_000, latency_estimate(TARGETS["cortex-m3"], 1e6)) == lines[:1]  # no datasheet

@@ -53,7 +53,13 @@ def test_random_graphs_are_bit_exact(cases, target, tmp_path):
         assert_same(image, case.x, f"{target}, graph of seed {case.seed}")
     kinds = {(op.kind, case.graph.types[op.inputs[0]][0]) for case in cases for op in case.graph.ops}
     # the float paths (soft float on the M3) and the popcount of binary layers are exercised
-    assert {("affine", "i32"), ("affine", "f32"), ("add", "f32"), ("binary_conv2d", "bits"), ("binary_dense", "bits")} <= kinds
+    assert {
+        ("affine", "i32"),
+        ("affine", "f32"),
+        ("add", "f32"),
+        ("binary_conv2d", "bits"),
+        ("binary_dense", "bits"),
+    } <= kinds
 
 
 def _symbols(elf: Path) -> str:
@@ -91,7 +97,13 @@ def _dense_graph(width: int) -> Graph:
     ops = [
         Op("flatten", ["input"], "f"),
         Op("input_dense", ["f"], "d1", {}, {"weight": rng.random((256, 256)) < 0.5}),
-        Op("threshold", ["d1"], "s", {}, {"thresh": rng.integers(-500, 500, 256).astype(np.int32), "flip": rng.random(256) < 0.5}),
+        Op(
+            "threshold",
+            ["d1"],
+            "s",
+            {},
+            {"thresh": rng.integers(-500, 500, 256).astype(np.int32), "flip": rng.random(256) < 0.5},
+        ),
         Op("binary_dense", ["s"], "d2", {}, {"weight": rng.random((width, 256)) < 0.5}),
         Op("argmax", ["d2"], "y"),
     ]
@@ -198,13 +210,17 @@ def test_missing_newlib_names_the_packages(tmp_path):
 
 
 def test_missing_qemu_names_the_package(tmp_path):
-    image = McuImage(_tiny_graph(), tmp_path / "x.elf", TARGETS["cortex-m4"], 0, McuSize(0, 0, 0, 0, 8), qemu="bnnkit-no-such-qemu")
+    image = McuImage(
+        _tiny_graph(), tmp_path / "x.elf", TARGETS["cortex-m4"], 0, McuSize(0, 0, 0, 0, 8), qemu="bnnkit-no-such-qemu"
+    )
     with pytest.raises(BnnkitError, match="'bnnkit-no-such-qemu' found; install the Debian package qemu-system-arm"):
         image.predict(np.zeros((1, 1, 2, 2), np.uint8))
 
 
 def test_bad_arguments_are_errors(tmp_path):
-    with pytest.raises(BnnkitError, match="unknown Cortex-M target 'cortex-m0'; choose one of cortex-m3, cortex-m4, cortex-m7"):
+    with pytest.raises(
+        BnnkitError, match="unknown Cortex-M target 'cortex-m0'; choose one of cortex-m3, cortex-m4, cortex-m7"
+    ):
         build_mcu(_tiny_graph(), tmp_path, "cortex-m0")
     with pytest.raises(BnnkitError, match="stack_size must be a positive multiple of 8"):
         build_mcu(_tiny_graph(), tmp_path, stack_size=100)
@@ -271,7 +287,10 @@ def test_profile_shows_measured_beside_analytic(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     d = r["device"]
     assert d["flash_bytes"] > r["totals"]["weight_bytes"]  # code and word padding on top of the packed weights
-    assert d["ram_bytes"] >= r["memory"]["arena_bytes"] and d["instructions_per_inference"] > r["totals"]["binary_macs"] / 32
+    assert (
+        d["ram_bytes"] >= r["memory"]["arena_bytes"]
+        and d["instructions_per_inference"] > r["totals"]["binary_macs"] / 32
+    )
     assert main(["profile", str(tmp_path / "m.bnn"), "--target", "cortex-m4"]) == 0
     assert "measured on cortex-m4" in capsys.readouterr().out
 

@@ -37,7 +37,11 @@ def _corrupt(tmp_path, name, data):
         ("train-images-idx3-ubyte", lambda: struct.pack(">HBB", 0, 0x0D, 3) + b"\0" * 12, "magic"),
         ("train-images-idx3-ubyte", lambda: struct.pack(">HBBIII", 0, 8, 3, 2, 10, 10) + b"\0" * 200, "expected 28x28"),
         ("train-images-idx3-ubyte", lambda: struct.pack(">HBBIII", 0, 8, 3, 6, 28, 28) + b"\0" * 100, "implies"),
-        ("train-labels-idx1-ubyte", lambda: struct.pack(">HBBI", 0, 8, 1, 6) + bytes([1, 2, 3, 12, 0, 0]), "label 12 out of range"),
+        (
+            "train-labels-idx1-ubyte",
+            lambda: struct.pack(">HBBI", 0, 8, 1, 6) + bytes([1, 2, 3, 12, 0, 0]),
+            "label 12 out of range",
+        ),
         ("train-labels-idx1-ubyte", lambda: struct.pack(">HBBI", 0, 8, 1, 5) + bytes(5), "5 labels for 6 images"),
         ("train-labels-idx1-ubyte", lambda: b"\x00\x00", "too short"),
     ],
@@ -186,10 +190,14 @@ def test_fashion_mnist_real_files():
     assert np.bincount(train.y).tolist() == [6000] * 10 and np.bincount(test.y).tolist() == [1000] * 10
     pixels = train.x / 255.0
     info = get_info("fashion_mnist")
-    assert pixels.mean() == pytest.approx(info.mean[0], abs=1e-3) and pixels.std() == pytest.approx(info.std[0], abs=1e-3)
+    assert pixels.mean() == pytest.approx(info.mean[0], abs=1e-3) and pixels.std() == pytest.approx(
+        info.std[0], abs=1e-3
+    )
 
 
-@pytest.mark.parametrize("name, n_train, n_test, shape", [("mnist5k", 4000, 1000, (1, 28, 28)), ("digits", 1442, 355, (1, 8, 8))])
+@pytest.mark.parametrize(
+    "name, n_train, n_test, shape", [("mnist5k", 4000, 1000, (1, 28, 28)), ("digits", 1442, 355, (1, 8, 8))]
+)
 def test_packaged_datasets(name, n_train, n_test, shape):
     train, test = load_dataset(name, "train"), load_dataset(name, "test")
     assert (len(train), len(test)) == (n_train, n_test)
@@ -200,4 +208,3 @@ def test_packaged_datasets(name, n_train, n_test, shape):
     assert pixels.mean() == pytest.approx(get_info(name).mean[0], abs=1e-3)
     assert pixels.std() == pytest.approx(get_info(name).std[0], abs=1e-3)
     assert not set(map(bytes, train.x[:50])) & set(map(bytes, test.x))  # no image in both splits
-

@@ -22,9 +22,34 @@ RUN_FILES = ["config.json", "curves.png", "metrics.jsonl", "model.safetensors", 
 
 
 def torchrun(out, recipe_file, epochs, *extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bnnkit", "train",
-           "--model", "binarynet_mlp", "--dataset", "digits", "--option", "width=64", "--option", "depth=2",
-           "--recipe", recipe_file, "--epochs", str(epochs), "--seed", "3", "--out", out, "--json", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "bnnkit",
+        "train",
+        "--model",
+        "binarynet_mlp",
+        "--dataset",
+        "digits",
+        "--option",
+        "width=64",
+        "--option",
+        "depth=2",
+        "--recipe",
+        recipe_file,
+        "--epochs",
+        str(epochs),
+        "--seed",
+        "3",
+        "--out",
+        out,
+        "--json",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -36,8 +61,11 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     recipe_file = tmp / "constant.json"
     recipe_file.write_text(json.dumps(RECIPE.to_dict()))
-    single = train(RunConfig(model="binarynet_mlp", dataset="digits", epochs=2, seed=3, recipe=RECIPE, model_options=MODEL),
-                   tmp / "single", TrainOptions(progress=False))
+    single = train(
+        RunConfig(model="binarynet_mlp", dataset="digits", epochs=2, seed=3, recipe=RECIPE, model_options=MODEL),
+        tmp / "single",
+        TrainOptions(progress=False),
+    )
     straight = torchrun(tmp / "straight", recipe_file, 2)
     torchrun(tmp / "resumed", recipe_file, 1)
     resumed = torchrun(tmp / "resumed", recipe_file, 2, "--resume")
@@ -79,10 +107,30 @@ def test_a_locked_run_directory_stops_every_rank(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bnnkit", "train",
-           "--model", "binarynet_mlp", "--dataset", "digits", "--option", "width=16", "--epochs", "1", "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "bnnkit",
+        "train",
+        "--model",
+        "binarynet_mlp",
+        "--dataset",
+        "digits",
+        "--option",
+        "width=16",
+        "--epochs",
+        "1",
+        "--out",
+        str(run),
+    ]
     with exclusive(run, "run directory"):  # another writer holds it
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
     assert proc.returncode != 0
     assert f"error: {run}: another bnnkit process (PID {os.getpid()}) is writing this run directory" in proc.stderr
     assert f"error: {run}: rank 0 could not take the run directory" in proc.stderr

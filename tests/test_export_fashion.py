@@ -21,12 +21,31 @@ def cli_json(capsys, *args):
 @needs_fashion
 @pytest.mark.parametrize(
     "model, options",
-    [("ebnn_cnn", []), ("small_cnn", ["--option", "width=16", "--option", "hidden=128"]), ("binarynet_mlp", ["--option", "width=256"])],
+    [
+        ("ebnn_cnn", []),
+        ("small_cnn", ["--option", "width=16", "--option", "hidden=128"]),
+        ("binarynet_mlp", ["--option", "width=256"]),
+    ],
 )
 def test_cli_trained_model_exports_exactly(tmp_path, capsys, model, options):
     run = tmp_path / "run"
-    cli_json(capsys, "train", "--model", model, "--dataset", "fashion_mnist", "--recipe", "embedded", "--epochs", "1",
-             "--limit-train", "6000", "--out", run, *options)
+    cli_json(
+        capsys,
+        "train",
+        "--model",
+        model,
+        "--dataset",
+        "fashion_mnist",
+        "--recipe",
+        "embedded",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "6000",
+        "--out",
+        run,
+        *options,
+    )
     result = cli_json(capsys, "export", run, "-o", tmp_path / "m.bnn", "--check", "10000")
     assert result["n"] == 10000
     assert result["sign_agreement"] == 1.0, result["sign_agreement_per_layer"]

@@ -17,8 +17,10 @@ from bnnkit.graph import INT32_MIN, OPS, PAD_MODES, Op
 from bnnkit.runtime import evaluate, fast, numpy_ref
 from bnnkit.runtime.host import build_hosts
 
-ISAS = [pytest.param(isa, marks=pytest.mark.skipif(isa not in fast.supported_isas(), reason=f"this CPU lacks {isa}"))
-        for isa in fast.ISAS]
+ISAS = [
+    pytest.param(isa, marks=pytest.mark.skipif(isa not in fast.supported_isas(), reason=f"this CPU lacks {isa}"))
+    for isa in fast.ISAS
+]
 
 
 def random_threshold(rng, sums: np.ndarray, name: str) -> Op:
@@ -55,9 +57,11 @@ def test_random_layers_are_bit_exact(isa):
             continue
         k = int(rng.choice([1, 3, 5]))
         h, w = (int(rng.integers(k, 10)) for _ in range(2))
-        attrs = {"stride": (int(rng.integers(1, 3)), int(rng.integers(1, 3))),
-                 "padding": (int(rng.integers(0, 3)), int(rng.integers(0, 3))),
-                 "pad": str(rng.choice(PAD_MODES))}
+        attrs = {
+            "stride": (int(rng.integers(1, 3)), int(rng.integers(1, 3))),
+            "padding": (int(rng.integers(0, 3)), int(rng.integers(0, 3))),
+            "pad": str(rng.choice(PAD_MODES)),
+        }
         op = Op("binary_conv2d", ["x"], "y", attrs, {"weight": rng.random((o, c, k, k)) < 0.5})
         check_layer(rng, op, rng.random((n, c, h, w)) < 0.5, isa, threads=1 + trial % 2)
 
@@ -66,7 +70,13 @@ def test_random_layers_are_bit_exact(isa):
 def test_integer_input_layers_are_bit_exact(isa):
     rng = np.random.default_rng(3)
     for k, stride, padding, c in [(3, 1, 1, 1), (5, 2, 2, 3), (1, (1, 2), 0, 2), (3, (2, 1), (0, 1), 3)]:
-        op = Op("input_conv2d", ["x"], "y", {"stride": stride, "padding": padding}, {"weight": rng.random((33, c, k, k)) < 0.5})
+        op = Op(
+            "input_conv2d",
+            ["x"],
+            "y",
+            {"stride": stride, "padding": padding},
+            {"weight": rng.random((33, c, k, k)) < 0.5},
+        )
         check_layer(rng, op, rng.integers(0, 256, (3, c, 9, 8), dtype=np.uint8), isa, threads=2)
     op = Op("input_dense", ["x"], "y", {}, {"weight": rng.random((70, 784)) < 0.5})
     check_layer(rng, op, rng.integers(0, 256, (5, 784), dtype=np.uint8), isa)
@@ -87,7 +97,9 @@ def test_random_graphs_are_bit_exact():
         checked.append(case)
 
     run()
-    fused = sum(isinstance(s.layer, fast.Layer) and s.layer.threshold is not None for c in checked for s in fast._plan(c.graph))
+    fused = sum(
+        isinstance(s.layer, fast.Layer) and s.layer.threshold is not None for c in checked for s in fast._plan(c.graph)
+    )
     assert len(checked) == 250 and fused > 80
 
 
@@ -96,7 +108,14 @@ def test_fashion_mnist_shaped_graph(isa):
     graph = ebnn_cnn(np.random.default_rng(0))
     x = np.random.default_rng(1).integers(0, 256, (40, 1, 28, 28), dtype=np.uint8)
     model = fast.FastModel(graph, isa)
-    assert [s.op.kind for s in model.steps if s.layer] == ["input_conv2d", "binary_conv2d", "binary_conv2d", "binary_conv2d", "binary_dense", "binary_dense"]
+    assert [s.op.kind for s in model.steps if s.layer] == [
+        "input_conv2d",
+        "binary_conv2d",
+        "binary_conv2d",
+        "binary_conv2d",
+        "binary_dense",
+        "binary_dense",
+    ]
     scores, labels = model.predict(x, batch_size=16)
     ref_scores, ref_labels = numpy_ref.predict(graph, x)
     assert np.array_equal(scores, ref_scores) and np.array_equal(labels, ref_labels)
@@ -138,7 +157,13 @@ def test_isa_from_the_environment(monkeypatch):
 
 def test_bad_inputs_are_named():
     rng = np.random.default_rng(0)
-    op = Op("binary_conv2d", ["x"], "y", {"stride": 1, "padding": 1, "pad": "zero"}, {"weight": rng.random((8, 65, 3, 3)) < 0.5})
+    op = Op(
+        "binary_conv2d",
+        ["x"],
+        "y",
+        {"stride": 1, "padding": 1, "pad": "zero"},
+        {"weight": rng.random((8, 65, 3, 3)) < 0.5},
+    )
     layer = fast.Layer(op, (65, 6, 6))
     with pytest.raises(BnnkitError, match="takes Packed bits"):
         layer(rng.random((1, 65, 6, 6)) < 0.5)

@@ -27,7 +27,9 @@ from bnnkit.training.optim import make_optimizer
 
 def conv_config(epochs=2):
     recipe = load_recipe("embedded").with_(batch_size=64)
-    return RunConfig(model="ebnn_cnn", dataset="digits", epochs=epochs, seed=5, recipe=recipe, model_options={"channels": [8, 16]})
+    return RunConfig(
+        model="ebnn_cnn", dataset="digits", epochs=epochs, seed=5, recipe=recipe, model_options={"channels": [8, 16]}
+    )
 
 
 def quiet(**changes):
@@ -62,11 +64,15 @@ def test_evaluation_equals_a_plain_nchw_pass(tmp_path):
 
 def test_adamw_is_the_fused_kernel_and_steps_like_the_reference():
     torch.manual_seed(0)
-    model = RunConfig(model="small_cnn", dataset="digits", epochs=1, model_options={"width": 4, "hidden": 8}).build_model()
+    model = RunConfig(
+        model="small_cnn", dataset="digits", epochs=1, model_options={"width": 4, "hidden": 8}
+    ).build_model()
     fused = make_optimizer(model, load_recipe("baseline").with_(weight_decay=0.01))
     assert all(g["fused"] for g in fused.param_groups) and any(g["weight_decay"] for g in fused.param_groups)
     twins = {id(p): p.detach().clone().requires_grad_() for p in model.parameters()}
-    groups = [{"params": [twins[id(p)] for p in g["params"]], "weight_decay": g["weight_decay"]} for g in fused.param_groups]
+    groups = [
+        {"params": [twins[id(p)] for p in g["params"]], "weight_decay": g["weight_decay"]} for g in fused.param_groups
+    ]
     plain = torch.optim.AdamW(groups, lr=1e-3, foreach=False)  # PyTorch's reference, one tensor at a time
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
@@ -140,8 +146,13 @@ def test_requested_threads_win_then_the_environment_then_the_recorded_count_then
 def test_a_run_records_its_thread_count_and_a_resume_reuses_it(tmp_path, monkeypatch):
     monkeypatch.setattr(threads, "auto_threads", lambda processes=None: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    config = RunConfig(model="binarynet_mlp", dataset="digits", epochs=1, recipe=load_recipe("baseline").with_(batch_size=64),
-                       model_options={"width": 16, "depth": 1})
+    config = RunConfig(
+        model="binarynet_mlp",
+        dataset="digits",
+        epochs=1,
+        recipe=load_recipe("baseline").with_(batch_size=64),
+        model_options={"width": 16, "depth": 1},
+    )
     train(config, tmp_path / "run", TrainOptions(progress=False, threads=1))
     assert load_state(tmp_path / "run" / "train_state.pt")["threads"] == 1
     longer = RunConfig(**{**config.__dict__, "epochs": 2})
@@ -159,8 +170,16 @@ def test_review_workers_split_the_free_cores(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
     monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
-    spec = expand({"model": "binarynet_mlp", "model_options": {"width": 16}, "dataset": "digits", "epochs": 1,
-                   "seeds": [0], "methods": []}).runs[0]
+    spec = expand(
+        {
+            "model": "binarynet_mlp",
+            "model_options": {"width": 16},
+            "dataset": "digits",
+            "epochs": 1,
+            "seeds": [0],
+            "methods": [],
+        }
+    ).runs[0]
     before = torch.get_num_threads()
     try:
         assert execute(spec, str(tmp_path), None, 4)["status"] == "done"
@@ -169,11 +188,14 @@ def test_review_workers_split_the_free_cores(tmp_path, monkeypatch):
     assert read_metrics(run_dir(tmp_path, spec))[0]["threads"] == 2
 
 
-@pytest.mark.parametrize("command", [
-    ["train", "--model", "binarynet_mlp", "--dataset", "digits", "--out", "X"],
-    ["review", "tiny.toml", "--out", "X"],
-    ["fit", "--ram", "4K", "--flash", "32K", "--dataset", "digits", "--out", "X"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--model", "binarynet_mlp", "--dataset", "digits", "--out", "X"],
+        ["review", "tiny.toml", "--out", "X"],
+        ["fit", "--ram", "4K", "--flash", "32K", "--dataset", "digits", "--out", "X"],
+    ],
+)
 def test_threads_below_one_is_a_one_line_error(tmp_path, capsys, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
     assert main([*command, "--threads", "0"]) == 2
@@ -184,8 +206,27 @@ def test_threads_below_one_is_a_one_line_error(tmp_path, capsys, monkeypatch, co
 def test_cli_threads_reach_the_training(tmp_path, capsys):
     before = torch.get_num_threads()
     try:
-        assert main(["train", "--model", "binarynet_mlp", "--dataset", "digits", "--option", "width=16", "--epochs", "1",
-                     "--threads", "1", "--out", str(tmp_path / "run"), "--json"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--model",
+                    "binarynet_mlp",
+                    "--dataset",
+                    "digits",
+                    "--option",
+                    "width=16",
+                    "--epochs",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--out",
+                    str(tmp_path / "run"),
+                    "--json",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(before)
     assert json.loads(capsys.readouterr().out)["threads"] == 1

@@ -92,8 +92,10 @@ def test_a_second_fit_on_one_directory_is_refused_naming_the_first(tmp_path, mon
     monkeypatch.setattr("bnnkit.training.train", lambda *_: pytest.fail("trained while another fit held the directory"))
     with exclusive(tmp_path, "fit directory"), pytest.raises(BnnkitError) as info:  # what a running `bnnkit fit` holds
         fit("digits", 10_000, 10_000, tmp_path, epochs=1, progress=False, space=SPACE[:1])
-    assert str(info.value) == (f"{tmp_path}: another bnnkit process (PID {os.getpid()}) is writing this fit directory; "
-                               "wait for it to finish or choose another directory")
+    assert str(info.value) == (
+        f"{tmp_path}: another bnnkit process (PID {os.getpid()}) is writing this fit directory; "
+        "wait for it to finish or choose another directory"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [RESULTS]
 
 
@@ -104,15 +106,34 @@ def test_nothing_fits_says_what_the_smallest_needs(tmp_path):
 
 def test_cli_fit_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(fitmod, "search_space", lambda: SPACE[:2])
-    assert main(["fit", "--ram", "1K", "--flash", "2KiB", "--dataset", "digits", "--epochs", "1",
-                 "--out", str(tmp_path), "--json"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--ram",
+                "1K",
+                "--flash",
+                "2KiB",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["ram_budget"] == 1024 and result["flash_budget"] == 2048
     assert {r["name"] for r in result["trained"]} <= {c.name for c in SPACE[:2]} and result["best"]
     assert np.isfinite(result["best"]["accuracy"])
 
 
-@pytest.mark.skipif(not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")), reason="no Arm toolchain/QEMU")
+@pytest.mark.skipif(
+    not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")), reason="no Arm toolchain/QEMU"
+)
 def test_measured_footprint_is_the_compiled_image():
     from bnnkit.graph.plan import plan_memory
 

@@ -45,8 +45,10 @@ def test_generated_c99_on_the_host(graph, tmp_path):
     assert_same("c-portable", *build_host(graph, tmp_path).predict(IMAGES))
 
 
-@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
-                    reason="needs gcc-arm-none-eabi and qemu-system-arm (installed by .ci/run)")
+@pytest.mark.skipif(
+    shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+    reason="needs gcc-arm-none-eabi and qemu-system-arm (installed by .ci/run)",
+)
 def test_cortex_m4_in_qemu(graph, tmp_path):
     from bnnkit.runtime.cortex_m import measure
 

@@ -1,6 +1,5 @@
 """The graph format: type inference, file round trip, and one clear error per bad file."""
 
-
 import numpy as np
 import pytest
 from helpers.graphfiles import rewrite_graph
@@ -16,11 +15,29 @@ rng = np.random.default_rng(0)
 def small_graph() -> Graph:
     ops = [
         Op("input_conv2d", ["input"], "a", {"stride": 1, "padding": 1}, {"weight": rng.random((4, 1, 3, 3)) < 0.5}),
-        Op("threshold", ["a"], "b", {}, {"thresh": np.array([0, 10, -10, INT32_MIN], np.int32), "flip": np.array([0, 1, 0, 1], bool)}),
+        Op(
+            "threshold",
+            ["a"],
+            "b",
+            {},
+            {"thresh": np.array([0, 10, -10, INT32_MIN], np.int32), "flip": np.array([0, 1, 0, 1], bool)},
+        ),
         Op("maxpool", ["b"], "c", {"kernel": 2, "stride": 2}, {"min_channels": np.array([0, 1, 0, 1], bool)}),
-        Op("binary_conv2d", ["c"], "d", {"stride": (2, 1), "padding": (1, 0), "pad": "zero"}, {"weight": rng.random((5, 4, 3, 3)) < 0.5}),
+        Op(
+            "binary_conv2d",
+            ["c"],
+            "d",
+            {"stride": (2, 1), "padding": (1, 0), "pad": "zero"},
+            {"weight": rng.random((5, 4, 3, 3)) < 0.5},
+        ),
         Op("flatten", ["d"], "e"),
-        Op("affine", ["e"], "f", {}, {"scale": rng.random(30).astype(np.float32), "bias": rng.random(30).astype(np.float32)}),
+        Op(
+            "affine",
+            ["e"],
+            "f",
+            {},
+            {"scale": rng.random(30).astype(np.float32), "bias": rng.random(30).astype(np.float32)},
+        ),
         Op("argmax", ["f"], "label"),
     ]
     return Graph((1, 9, 10), ops, meta={"dataset": "digits"})
@@ -39,7 +56,8 @@ def test_file_round_trip_is_identical(tmp_path):
     g.save(tmp_path / "m.bnn")
     back = Graph.load(tmp_path / "m.bnn")
     assert [(o.kind, o.inputs, o.output, o.attrs) for o in back.ops] == [
-        (o.kind, o.inputs, o.output, {k: (tuple(v) if isinstance(v, list) else v) for k, v in o.attrs.items()}) for o in g.ops
+        (o.kind, o.inputs, o.output, {k: (tuple(v) if isinstance(v, list) else v) for k, v in o.attrs.items()})
+        for o in g.ops
     ]
     for a, b in zip(g.ops, back.ops):
         assert a.params.keys() == b.params.keys()
@@ -105,7 +123,10 @@ def test_not_a_graph(tmp_path):
     "change, message",
     [
         (lambda ops: ops.pop(), "must end with an argmax"),
-        (lambda ops: ops[3].attrs.update(pad="reflect"), 'attribute pad: expected one of zero, minus_one, plus_one, got "reflect"'),
+        (
+            lambda ops: ops[3].attrs.update(pad="reflect"),
+            'attribute pad: expected one of zero, minus_one, plus_one, got "reflect"',
+        ),
         (lambda ops: ops[1].params.update(thresh=np.zeros(3, np.int32)), "thresh has shape"),
         (lambda ops: ops[4].inputs.__setitem__(0, "nowhere"), "not produced by an earlier op"),
         (lambda ops: ops[5].__setattr__("inputs", ["c"]), "input 'c' is bits, expected i32/f32"),

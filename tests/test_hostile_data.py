@@ -46,17 +46,35 @@ FOUR = header(4, 28, 28) + bytes(4 * 784)  # a valid file of 4 images
 IDX_CASES = {
     # np.prod wrapped these dims to 0, so a bare 16-byte header passed the length check
     "dims that overflow int64": (MNIST_TEST, header(2**31, 2**31, 4), r"images are 2147483648x4, expected 28x28"),
-    "count over the bound": (MNIST_TEST, header(2**32 - 1, 28, 28), r"declares 4,294,967,295 images, more than the 1,000,000"),
+    "count over the bound": (
+        MNIST_TEST,
+        header(2**32 - 1, 28, 28),
+        r"declares 4,294,967,295 images, more than the 1,000,000",
+    ),
     "truncated header": (MNIST_TEST, FOUR[:9], "truncated IDX header"),
     "truncated data": (MNIST_TEST, FOUR[:116], r"116 bytes, but its header \(4, 28, 28\) implies 3152"),
     "trailing garbage": (MNIST_TEST, FOUR + b"junk", r"3156 bytes, but its header \(4, 28, 28\) implies 3152"),
     "gzip claims more than it can expand to": (
-        MNIST_TEST + ".gz", gzip.compress(header(1_000_000, 28, 28)),
-        r"implies 784,000,016 bytes, more than \d+ gzipped bytes can hold"),
-    "gzip short of its header": (MNIST_TEST + ".gz", gzip.compress(FOUR[:116]), r"116 bytes, but its header \(4, 28, 28\) implies 3152"),
-    "gzip longer than its header": (MNIST_TEST + ".gz", gzip.compress(FOUR + b"j"), r"more than the 3152 bytes its header \(4, 28, 28\)"),
+        MNIST_TEST + ".gz",
+        gzip.compress(header(1_000_000, 28, 28)),
+        r"implies 784,000,016 bytes, more than \d+ gzipped bytes can hold",
+    ),
+    "gzip short of its header": (
+        MNIST_TEST + ".gz",
+        gzip.compress(FOUR[:116]),
+        r"116 bytes, but its header \(4, 28, 28\) implies 3152",
+    ),
+    "gzip longer than its header": (
+        MNIST_TEST + ".gz",
+        gzip.compress(FOUR + b"j"),
+        r"more than the 3152 bytes its header \(4, 28, 28\)",
+    ),
     "gzip stream cut": (MNIST_TEST + ".gz", gzip.compress(FOUR)[:-12], "cannot read .*end-of-stream"),
-    "garbage after the gzip stream": (MNIST_TEST + ".gz", gzip.compress(FOUR) + b"junk", "cannot read .*Not a gzipped file"),
+    "garbage after the gzip stream": (
+        MNIST_TEST + ".gz",
+        gzip.compress(FOUR) + b"junk",
+        "cannot read .*Not a gzipped file",
+    ),
     "no images": (MNIST_TEST, header(0, 28, 28), "holds 0 images"),
 }
 
@@ -105,12 +123,17 @@ def run_capped(tmp_path: Path, data_dir: Path, dataset: str, names: Path, cap: i
     """``bnnkit run`` on ``dataset`` in ``data_dir`` with at most ``cap`` bytes of address space:
     exit 2 with one ``error:`` line naming ``names``. Its message and peak RSS in bytes."""
     graph = tmp_path / "tiny.bnn"  # the data fails to load before the graph's shape is compared with it
-    ops = [Op("flatten", ["input"], "f"), Op("input_dense", ["f"], "d", {}, {"weight": np.ones((10, 784), bool)}),
-           Op("argmax", ["d"], "y")]
+    ops = [
+        Op("flatten", ["input"], "f"),
+        Op("input_dense", ["f"], "d", {}, {"weight": np.ones((10, 784), bool)}),
+        Op("argmax", ["d"], "y"),
+    ]
     Graph((1, 28, 28), ops).save(graph)
     rss = tmp_path / "maxrss"
     args = ["run", str(graph), "--dataset", dataset, "--data-dir", str(data_dir), "--json"]
-    proc = subprocess.run([sys.executable, "-c", CAPPED, str(cap), str(rss), *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CAPPED, str(cap), str(rss), *args], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
     assert proc.stderr.startswith(f"error: {names}: ") and proc.stderr.count("\n") == 1, proc.stderr
     return proc.stderr, int(rss.read_text()) * 1024  # VmHWM is in KiB
@@ -123,11 +146,14 @@ def gzip_bomb(path: Path, head: bytes, gib: int = 1) -> None:
     path.write_bytes(gzip.compress(head + bytes(1 << 20), compresslevel=9) + zeros * ((gib << 10) - 1))
 
 
-@pytest.mark.parametrize("declared, cap, message", [
-    (10, CAP, r"more than the 7856 bytes its header \(10, 28, 28\) implies"),
-    # declares 784 MB, within every bound but not within a 640 MiB cap: refused before a byte is read
-    (1_000_000, 640 << 20, r"not enough memory for the 784,000,016 bytes its header \(1000000, 28, 28\) implies"),
-])
+@pytest.mark.parametrize(
+    "declared, cap, message",
+    [
+        (10, CAP, r"more than the 7856 bytes its header \(10, 28, 28\) implies"),
+        # declares 784 MB, within every bound but not within a 640 MiB cap: refused before a byte is read
+        (1_000_000, 640 << 20, r"not enough memory for the 784,000,016 bytes its header \(1000000, 28, 28\) implies"),
+    ],
+)
 def test_gzip_bomb_under_a_memory_cap(tmp_path, declared, cap, message):
     root = tmp_path / "mnist"
     make_idx_dir(root, gz=False)
@@ -153,18 +179,22 @@ def many_encodes(text_bytes: int, times: int) -> bytes:
     """A protocol-2 pickle that encodes one memoised text ``times`` times: small file, huge result."""
     text = b"X" + struct.pack("<I", text_bytes) + b"a" * text_bytes
     one = b"h\x00h\x01h\x02\x86R"  # encode, text, 'latin1' -> REDUCE
-    return (b"\x80\x02c_codecs\nencode\nq\x00" + text + b"q\x01X\x06\x00\x00\x00latin1q\x02"
-            + b"](" + one * times + b"e.")
+    return (
+        b"\x80\x02c_codecs\nencode\nq\x00" + text + b"q\x01X\x06\x00\x00\x00latin1q\x02" + b"](" + one * times + b"e."
+    )
 
 
-@pytest.mark.parametrize("pickled, message", [
-    # 2 GB of bytes from a 1 MB file
-    (many_encodes(1 << 20, 2000), "builds more bytes than the file holds twice over"),
-    # the unpickler would zero a 32 GB memo table for this 8-byte file
-    (b"\x80\x02Nr\xff\xff\xff\x7f.", "pickle memo index 2,147,483,647"),
-    # 2M empty lists from a 4 MB file: 150 MB, 32 times the file
-    (b"\x80\x02]" + b"]a" * 2_000_000 + b".", "more than 1,920,000 pickle opcodes"),
-])
+@pytest.mark.parametrize(
+    "pickled, message",
+    [
+        # 2 GB of bytes from a 1 MB file
+        (many_encodes(1 << 20, 2000), "builds more bytes than the file holds twice over"),
+        # the unpickler would zero a 32 GB memo table for this 8-byte file
+        (b"\x80\x02Nr\xff\xff\xff\x7f.", "pickle memo index 2,147,483,647"),
+        # 2M empty lists from a 4 MB file: 150 MB, 32 times the file
+        (b"\x80\x02]" + b"]a" * 2_000_000 + b".", "more than 1,920,000 pickle opcodes"),
+    ],
+)
 def test_pickles_that_build_much_from_little_under_a_memory_cap(tmp_path, pickled, message):
     test_batch = pickle_batch_dir(tmp_path / "cifar", pickled)
     error, rss = run_capped(tmp_path, tmp_path / "cifar", "cifar10", test_batch)
@@ -213,7 +243,10 @@ PICKLE_CASES = {
     "no images": (dumps(batch(data=np.zeros((0, 3072), np.uint8), labels=[])), "holds 0 images"),
     "a label as text": (dumps(batch(labels=[3, "4"])), "'labels'[1] is str, expected an int label"),
     "a label as float": (dumps(batch(labels=[3.0, 4])), "'labels'[0] is float"),
-    "a label beyond int64": (dumps(batch(labels=[3, 2**100])), "label 1267650600228229401496703205376 out of range 0..9"),
+    "a label beyond int64": (
+        dumps(batch(labels=[3, 2**100])),
+        "label 1267650600228229401496703205376 out of range 0..9",
+    ),
     "a negative label": (dumps(batch(labels=[-1, 4])), "label -1 out of range 0..9"),
     "labels not a list": (dumps(batch(labels={3: 4})), "'labels' is dict, expected a list"),
     "labels as floats": (dumps(batch(labels=np.array([3.0, 4.0]))), "refuses numpy.dtype('f8')"),
@@ -223,11 +256,17 @@ PICKLE_CASES = {
     "not a dict": (dumps([1, 2]), "expected a pickled dict, got list"),
     "no data key": (dumps({b"labels": [1]}), "missing 'data' or 'labels'"),
     "truncated": (dumps(batch())[:5000], "not a CIFAR python batch"),
-    "a length prefix beyond the file": (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"x.", "not a CIFAR python batch"),
+    "a length prefix beyond the file": (
+        b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"x.",
+        "not a CIFAR python batch",
+    ),
     "ndarray called": (dumps(Call(np.ndarray, (10**10,))), "not a CIFAR python batch (TypeError"),
     "a huge _reconstruct": (dumps(Call(_reconstruct, np.ndarray, (10**10,), b"b")), "refuses numpy _reconstruct"),
     "another codec": (dumps(Call(codecs.encode, "abc", "rot13")), "refuses _codecs.encode of str as 'rot13'"),
-    "one memoised buffer in many arrays": (dumps(batch(data=[SharedArray(SHARED) for _ in range(8)])), "holds twice over"),
+    "one memoised buffer in many arrays": (
+        dumps(batch(data=[SharedArray(SHARED) for _ in range(8)])),
+        "holds twice over",
+    ),
 }
 
 
@@ -251,7 +290,9 @@ def test_a_pickle_over_the_size_bound_is_refused_unread(tmp_path):
     with open(test_batch, "wb") as f:
         f.truncate(cifar.MAX_PICKLE_BYTES + 1)  # sparse: costs no disk
     error = single_error(lambda: load_dataset("cifar10", "test", tmp_path))
-    assert error.startswith(f"{test_batch}: {cifar.MAX_PICKLE_BYTES + 1:,} bytes, more than a file of 60,000 CIFAR images")
+    assert error.startswith(
+        f"{test_batch}: {cifar.MAX_PICKLE_BYTES + 1:,} bytes, more than a file of 60,000 CIFAR images"
+    )
 
 
 def binary_dir(root: Path, name: str, write) -> Path:
@@ -272,12 +313,23 @@ def sparse(size: int):
     return write
 
 
-@pytest.mark.parametrize("name, write, message", [
-    ("cifar10", lambda p: p.write_bytes(b""), "holds 0 images"),
-    ("cifar10", sparse(3073 * 60_001), "184,383,073 bytes, more than a file of 60,000 CIFAR images takes (184,380,000)"),
-    ("cifar100", lambda p: write_cifar_bin(p, cifar_images(2), [5, 100], coarse=[1, 2]), "label 100 out of range 0..99"),
-    ("cifar100", lambda p: p.write_bytes(bytes(3073)), "3073 bytes is not a whole number of 3074-byte records"),
-])
+@pytest.mark.parametrize(
+    "name, write, message",
+    [
+        ("cifar10", lambda p: p.write_bytes(b""), "holds 0 images"),
+        (
+            "cifar10",
+            sparse(3073 * 60_001),
+            "184,383,073 bytes, more than a file of 60,000 CIFAR images takes (184,380,000)",
+        ),
+        (
+            "cifar100",
+            lambda p: write_cifar_bin(p, cifar_images(2), [5, 100], coarse=[1, 2]),
+            "label 100 out of range 0..99",
+        ),
+        ("cifar100", lambda p: p.write_bytes(bytes(3073)), "3073 bytes is not a whole number of 3074-byte records"),
+    ],
+)
 def test_hostile_cifar_binary_files(tmp_path, name, write, message):
     test_batch = binary_dir(tmp_path, name, write)
     error = single_error(lambda: load_dataset(name, "test", tmp_path))
@@ -317,7 +369,9 @@ class Python2Pickler(pickle._Pickler):
 def test_python_2_pickles_still_load(tmp_path):
     images = cifar_images(3)
     f = io.BytesIO()
-    Python2Pickler(f, protocol=2).dump(batch(data=images.reshape(3, -1), labels=[7, 0, 9]) | {b"batch_label": b"testing"})
+    Python2Pickler(f, protocol=2).dump(
+        batch(data=images.reshape(3, -1), labels=[7, 0, 9]) | {b"batch_label": b"testing"}
+    )
     assert b"_codecs" not in f.getvalue()
     pickle_batch_dir(tmp_path, f.getvalue())
     ds = load_dataset("cifar10", "test", tmp_path)

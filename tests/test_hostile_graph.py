@@ -142,8 +142,15 @@ def run_in_child(cases: list[dict], work: Path, compiles: int = 0) -> list[list[
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{TESTS}", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     files = str(work / "cases.json"), str(work / "results.json")
     code = f"import test_hostile_graph as t; t.child({files[0]!r}, {files[1]!r}, {compiles})"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=600, preexec_fn=_limit_memory)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=_limit_memory,
+    )
     assert proc.returncode == 0, f"the child process failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return json.loads((work / "results.json").read_text())
 
@@ -179,14 +186,71 @@ def bases(tmp_path_factory) -> list[Path]:
 # --runtime c-portable` compiled it and ran the `touch` (exit 0, the file created).
 INJECT = 'x */ int system(const char *); system("touch {}"); /* y'
 NASTY_TEXT = [
-    "*/", "/*", "//", '"', "'", "\n", "\r\n", "#include <stdlib.h>", "#define bnn_infer main", "\\", "\\\n", "??/",
-    "a*/b", "%s%n", "\x00", "\u2028", "\x85", "é", "x" * 300, "../../evil", "bnn.c", "op000.weight", "input", "t0",
-    "layer0.pool", "digits", "INFINITY", "",
+    "*/",
+    "/*",
+    "//",
+    '"',
+    "'",
+    "\n",
+    "\r\n",
+    "#include <stdlib.h>",
+    "#define bnn_infer main",
+    "\\",
+    "\\\n",
+    "??/",
+    "a*/b",
+    "%s%n",
+    "\x00",
+    "\u2028",
+    "\x85",
+    "é",
+    "x" * 300,
+    "../../evil",
+    "bnn.c",
+    "op000.weight",
+    "input",
+    "t0",
+    "layer0.pool",
+    "digits",
+    "INFINITY",
+    "",
 ]
 SPECIAL = [
-    None, True, False, 0, 1, 2, 3, -1, INT32_MIN, 2**31 - 1, 2**31, 2**63, 10**30, -(10**30), 0.0, 1.0, 1.5, 1e308,
-    float("nan"), float("inf"), float("-inf"), "11", [], {}, [True, True], [1, 1], [2, 1], [0, 1], [1, 2, 3], [[1]],
-    [None], [float("inf"), 1], {"a": 1}, {"tensor": "op000.weight", "shape": [1]}, [{"x": []}],
+    None,
+    True,
+    False,
+    0,
+    1,
+    2,
+    3,
+    -1,
+    INT32_MIN,
+    2**31 - 1,
+    2**31,
+    2**63,
+    10**30,
+    -(10**30),
+    0.0,
+    1.0,
+    1.5,
+    1e308,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "11",
+    [],
+    {},
+    [True, True],
+    [1, 1],
+    [2, 1],
+    [0, 1],
+    [1, 2, 3],
+    [[1]],
+    [None],
+    [float("inf"), 1],
+    {"a": 1},
+    {"tensor": "op000.weight", "shape": [1]},
+    [{"x": []}],
 ]
 KEYS = ["extra", "name", "kind", "stride", "weight", "min_channels", "sha256", "*/", "__proto__"]
 
@@ -202,7 +266,9 @@ def _paths(node, path=()):
 def _leaves(node) -> list:
     """Every value in a JSON value, to swap one field's value for another's."""
     out = [node]
-    for _key, child_node in node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ():
+    for _key, child_node in (
+        node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    ):
         out += _leaves(child_node)
     return out
 
@@ -233,8 +299,9 @@ def mutations(headers: list[dict], canary: Path):
     replacing, deleting or adding (a key or an item) at any place of the header."""
     shell = [f"$(touch {canary})", f"`touch {canary}`", f"; touch {canary}"]
     hostile = [*SPECIAL, *NASTY_TEXT, *shell, INJECT.format(canary)]
-    drawn_values = st.one_of(st.integers(-(2**70), 2**70), st.text(max_size=12),
-                             st.lists(st.integers(-2, 2**33), max_size=5))
+    drawn_values = st.one_of(
+        st.integers(-(2**70), 2**70), st.text(max_size=12), st.lists(st.integers(-2, 2**33), max_size=5)
+    )
 
     @st.composite
     def mutation(draw):
@@ -282,20 +349,27 @@ def test_fuzz_mutated_headers_work_or_give_one_error_line(bases, tmp_path):
         out = folder / f"{len(cases):04d}_c"
         if digest == "stale" and header != headers[base]:
             stale.append(len(cases))
-        cases.append({
-            "commands": [["profile", str(path), "--json"], ["codegen", str(path), "-o", str(out), "--json"],
-                         ["run", str(path), "--limit", "4", "--json"]],
-            "when_loaded": [["run", str(path), "--runtime", "c-portable", "--limit", "4", "--json"]],
-        })
+        cases.append(
+            {
+                "commands": [
+                    ["profile", str(path), "--json"],
+                    ["codegen", str(path), "-o", str(out), "--json"],
+                    ["run", str(path), "--limit", "4", "--json"],
+                ],
+                "when_loaded": [["run", str(path), "--runtime", "c-portable", "--limit", "4", "--json"]],
+            }
+        )
     results = run_in_child(cases, tmp_path, compiles=COMPILES)
 
     problems = [p for outcome in results for r in outcome if (p := problem(r))]
     loaded = sum(outcome[0]["rc"] == 0 for outcome in results)
     compiled = sum(len(outcome) > 3 for outcome in results)
     ran = sum(outcome[2]["rc"] == 0 for outcome in results)
-    print(f"\n{len(cases)} mutated headers ({len(stale)} changed with a stale digest): "
-          f"{loaded} loaded, {len(cases) - loaded} refused; {ran} ran in numpy, {compiled} in c-portable; "
-          f"{sum(len(o) for o in results)} commands")
+    print(
+        f"\n{len(cases)} mutated headers ({len(stale)} changed with a stale digest): "
+        f"{loaded} loaded, {len(cases) - loaded} refused; {ran} ran in numpy, {compiled} in c-portable; "
+        f"{sum(len(o) for o in results)} commands"
+    )
     assert not problems, f"{len(problems)} commands neither worked nor gave one error line:\n" + "\n".join(problems[:3])
     assert len(cases) >= 1000 and loaded >= 50 and ran >= 20 and compiled == COMPILES
     assert all(r["rc"] == 0 for outcome in results if len(outcome) > 3 for r in outcome[3:])
@@ -331,23 +405,40 @@ TYPE_CASES = {
     "stride as text": (_set(STRIDE, "11"), f'header field ops[0].attrs.stride: {PAIR} "11"'),
     "stride of bools": (_set(STRIDE, [True, True]), f"header field ops[0].attrs.stride: {PAIR} [true, true]"),
     "kernel of a bool": (_set(("ops", 2, "attrs", "kernel"), True), f"header field ops[2].attrs.kernel: {PAIR} true"),
-    "params as a list": (_edit(lambda h: h["ops"][0].update(params=list(h["ops"][0]["params"].values()))),
-                         "header field ops[0].params: expected a JSON object, got [{"),
-    "attrs as a list": (_edit(lambda h: h["ops"][0].update(attrs=list(h["ops"][0]["attrs"].values()))),
-                        "header field ops[0].attrs: expected a JSON object, got [1, 1]"),
-    "meta as a list": (_set(("meta",), ["digits"]), 'header field meta: expected a JSON object of at most 64 keys, got ["d'),
-    "dataset as a list": (_set(("meta", "dataset"), ["digits"]), 'header field meta.dataset: expected text, got ["digits"]'),
+    "params as a list": (
+        _edit(lambda h: h["ops"][0].update(params=list(h["ops"][0]["params"].values()))),
+        "header field ops[0].params: expected a JSON object, got [{",
+    ),
+    "attrs as a list": (
+        _edit(lambda h: h["ops"][0].update(attrs=list(h["ops"][0]["attrs"].values()))),
+        "header field ops[0].attrs: expected a JSON object, got [1, 1]",
+    ),
+    "meta as a list": (
+        _set(("meta",), ["digits"]),
+        'header field meta: expected a JSON object of at most 64 keys, got ["d',
+    ),
+    "dataset as a list": (
+        _set(("meta", "dataset"), ["digits"]),
+        'header field meta.dataset: expected text, got ["digits"]',
+    ),
     "header a list": (_set((), [1, 2]), "header: expected a JSON object, got [1, 2]"),
     "header null": (_set((), None), "header: expected a JSON object, got null"),
     "header a string": (_set((), "bnnkit-graph"), 'header: expected a JSON object, got "bnnkit-graph"'),
     "version true": (_set(("version",), True), "graph format version true, this bnnkit reads versions 1 and 2"),
-    "huge weight shape": (_set(("ops", 0, "params", "weight", "shape"), [2**31 - 1] * 4),
-                          f"parameter values: {(2**31 - 1) ** 4:,}"[:40]),
+    "huge weight shape": (
+        _set(("ops", 0, "params", "weight", "shape"), [2**31 - 1] * 4),
+        f"parameter values: {(2**31 - 1) ** 4:,}"[:40],
+    ),
     "unknown op key": (_edit(lambda h: h["ops"][1].update(code="system()")), 'header field ops[1]: unknown key "code"'),
     "word bits 8.0": (_set(("word_bits",), 8.0), "header field word_bits: expected 8, got 8.0"),
-    "tensor from elsewhere": (_set(("ops", 0, "params", "weight", "tensor"), "op003.weight"),
-                              "header field ops[0].params.weight: tensor op003.weight is uint8(5, 7), expected uint8(6, 2)"),
-    "control character in meta": (_set(("meta", "model"), "conv\nerror: fake"), "header field meta.model: expected printable text"),
+    "tensor from elsewhere": (
+        _set(("ops", 0, "params", "weight", "tensor"), "op003.weight"),
+        "header field ops[0].params.weight: tensor op003.weight is uint8(5, 7), expected uint8(6, 2)",
+    ),
+    "control character in meta": (
+        _set(("meta", "model"), "conv\nerror: fake"),
+        "header field meta.model: expected printable text",
+    ),
 }
 # item 3: a consistent header whose sizes explode (8x8 input, conv padding 100,000, the pool
 # stride chosen so that the dense layer still gets its 4x4 map): refused before np.pad
@@ -361,11 +452,16 @@ HEADER_CASES = {**TYPE_CASES, **BOUND_CASES}
 # item 1: text that would reach generated C (INJECT, above)
 NAME = "expected a name of at most 128 letters, digits, '_' and '.', got"
 INJECTION_CASES = {
-    "op name": (lambda h, text: h["ops"][0].update(name=text), f'header field ops[0].name: {NAME} "x */ int system(const'),
+    "op name": (
+        lambda h, text: h["ops"][0].update(name=text),
+        f'header field ops[0].name: {NAME} "x */ int system(const',
+    ),
     "tensor name": (lambda h, text: h["ops"][0].update(output=text), f"header field ops[0].output: {NAME}"),
     "input name": (lambda h, text: h["input"].update(name=text), f"header field input.name: {NAME}"),
-    "param tensor key": (lambda h, text: h["ops"][0]["params"]["weight"].update(tensor=text),
-                         f"header field ops[0].params.weight.tensor: {NAME}"),
+    "param tensor key": (
+        lambda h, text: h["ops"][0]["params"]["weight"].update(tensor=text),
+        f"header field ops[0].params.weight.tensor: {NAME}",
+    ),
     "meta key": (lambda h, text: h["meta"].update({text: "digits"}), f"header field meta key: {NAME}"),
 }
 
@@ -383,9 +479,13 @@ def regressions(bases, tmp_path_factory) -> dict[str, list[dict]]:
         cases.append({"commands": [list(map(str, c)) for c in commands]})
 
     def all_commands(path: Path, out: Path) -> list[list]:
-        commands = [["run", path, "--json"], ["profile", path, "--json"], ["codegen", path, "-o", out, "--json"],
-                    ["build", path, "--target", "host", "-o", out, "--json"],
-                    ["run", path, "--runtime", "c-portable", "--json"]]
+        commands = [
+            ["run", path, "--json"],
+            ["profile", path, "--json"],
+            ["codegen", path, "-o", out, "--json"],
+            ["build", path, "--target", "host", "-o", out, "--json"],
+            ["run", path, "--runtime", "c-portable", "--json"],
+        ]
         return commands + ([["verify", path, "--image", "0", "--json"]] if importlib.util.find_spec("pysat") else [])
 
     for name, (change, _) in HEADER_CASES.items():
@@ -396,8 +496,12 @@ def regressions(bases, tmp_path_factory) -> dict[str, list[dict]]:
         edit(h, INJECT.format(canary))
         path = write_crafted(work / f"{len(cases)}.bnn", h, tensors)
         add(f"inject {name}", path, *all_commands(path, work / f"{len(cases)}_out"))
-    raw = {"nested 100,000 deep": "[" * 100_000 + "]" * 100_000, "5,000 digits": '{"version": ' + "9" * 5000 + "}",
-           "NaN": "NaN", "not JSON": "{"}
+    raw = {
+        "nested 100,000 deep": "[" * 100_000 + "]" * 100_000,
+        "5,000 digits": '{"version": ' + "9" * 5000 + "}",
+        "NaN": "NaN",
+        "not JSON": "{",
+    }
     for name, text in raw.items():
         path = write_crafted(work / f"{len(cases)}.bnn", None, tensors, raw=text)
         add(f"raw {name}", path, ["profile", path, "--json"])
@@ -411,8 +515,13 @@ def regressions(bases, tmp_path_factory) -> dict[str, list[dict]]:
     add("stale digest", path, ["profile", path, "--json"])
     for name, (geometry, _, _) in LARGE.items():
         conv_pool_dense(**geometry).save(work / f"{name}.bnn")
-        add(name, work / f"{name}.bnn", ["run", work / f"{name}.bnn", "--dataset", "digits", "--limit", "2", "--json"],
-            ["profile", work / f"{name}.bnn", "--json"], ["profile", work / f"{name}.bnn", "--json", "--allow-large-graph"])
+        add(
+            name,
+            work / f"{name}.bnn",
+            ["run", work / f"{name}.bnn", "--dataset", "digits", "--limit", "2", "--json"],
+            ["profile", work / f"{name}.bnn", "--json"],
+            ["profile", work / f"{name}.bnn", "--json", "--allow-large-graph"],
+        )
     results = dict(zip(names, run_in_child(cases, work)))
     results["canary"] = canary.exists()
     return results
@@ -443,18 +552,22 @@ def test_text_for_generated_c_is_refused_and_never_runs(regressions, name):
             assert not Path(result["argv"][3]).exists()
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("raw nested 100,000 deep", "the bnnkit graph header is not valid JSON"),
-    ("raw 5,000 digits", "the bnnkit graph header is not valid JSON"),
-    ("raw NaN", "header: expected a JSON object, got NaN"),
-    ("raw not JSON", "the bnnkit graph header is not valid JSON"),
-    ("raw bfloat16 tensor", "not a readable graph file (truncated or not safetensors): data type 'bfloat16' not understood"),
-    ("stale digest", "contents do not match the header's SHA-256"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("raw nested 100,000 deep", "the bnnkit graph header is not valid JSON"),
+        ("raw 5,000 digits", "the bnnkit graph header is not valid JSON"),
+        ("raw NaN", "header: expected a JSON object, got NaN"),
+        ("raw not JSON", "the bnnkit graph header is not valid JSON"),
+        (
+            "raw bfloat16 tensor",
+            "not a readable graph file (truncated or not safetensors): data type 'bfloat16' not understood",
+        ),
+        ("stale digest", "contents do not match the header's SHA-256"),
+    ],
+)
 def test_unreadable_or_altered_headers_are_one_error_line(regressions, name, fragment):
     _refused_everywhere(regressions[name], fragment)
-
-
 
 
 # --- the resource limits ----------------------------------------------------------------------------
@@ -464,13 +577,20 @@ def conv_pool_dense(input_shape, kernel, padding, channels, pool_kernel, pool_st
     """input conv -> threshold -> max-pool -> flatten -> binary dense (10) -> argmax."""
     rng = np.random.default_rng(0)
     ops = [
-        Op("input_conv2d", ["input"], "c", {"stride": 1, "padding": padding},
-           {"weight": rng.random((channels, input_shape[0], *kernel)) < 0.5}),
+        Op(
+            "input_conv2d",
+            ["input"],
+            "c",
+            {"stride": 1, "padding": padding},
+            {"weight": rng.random((channels, input_shape[0], *kernel)) < 0.5},
+        ),
         Op("threshold", ["c"], "s", {}, {"thresh": np.zeros(channels, np.int32), "flip": np.zeros(channels, bool)}),
         Op("maxpool", ["s"], "p", {"kernel": pool_kernel, "stride": pool_stride}),
         Op("flatten", ["p"], "f"),
     ]
-    (ph, pw), (pkh, pkw), (psh, psw) = (v if isinstance(v, tuple) else (v, v) for v in (padding, pool_kernel, pool_stride))
+    (ph, pw), (pkh, pkw), (psh, psw) = (
+        v if isinstance(v, tuple) else (v, v) for v in (padding, pool_kernel, pool_stride)
+    )
     rows = ((input_shape[1] + 2 * ph - kernel[0] + 1) - pkh) // psh + 1
     cols = ((input_shape[2] + 2 * pw - kernel[1] + 1) - pkw) // psw + 1
     features = channels * rows * cols
@@ -483,18 +603,32 @@ LIMIT = "per image, over the limit of 16,777,216 (graph.MAX_ELEMENTS)"
 LARGE = {
     # padding within the kernel, so the size comes from a crafted 100,001-row weight: 8e10 window values
     "kernel of 100,001 rows": (
-        dict(input_shape=(1, 8, 8), kernel=(100_001, 1), padding=(100_000, 0), channels=2, pool_kernel=1,
-             pool_stride=(33_336, 2)),
-        f"values in the window matrix of op 0: {100_008 * 8 * 100_001:,} {LIMIT}", False),
+        dict(
+            input_shape=(1, 8, 8),
+            kernel=(100_001, 1),
+            padding=(100_000, 0),
+            channels=2,
+            pool_kernel=1,
+            pool_stride=(33_336, 2),
+        ),
+        f"values in the window matrix of op 0: {100_008 * 8 * 100_001:,} {LIMIT}",
+        False,
+    ),
     "pool window of 1,024 taps": (
         dict(input_shape=(1, 64, 64), kernel=(1, 1), padding=0, channels=64, pool_kernel=32, pool_stride=1),
-        f"values in the window matrix of op 2: {64 * 33 * 33 * 32 * 32:,} {LIMIT}", True),
+        f"values in the window matrix of op 2: {64 * 33 * 33 * 32 * 32:,} {LIMIT}",
+        True,
+    ),
     "a 64 x 1100 x 1100 map": (
         dict(input_shape=(1, 1100, 1100), kernel=(3, 3), padding=1, channels=64, pool_kernel=1100, pool_stride=1100),
-        f"{64 * 1100 * 1100:,} {LIMIT}", True),
+        f"{64 * 1100 * 1100:,} {LIMIT}",
+        True,
+    ),
     "9.7G multiply-accumulates": (  # conv windows x output channels, pool taps, dense weights
         dict(input_shape=(256, 64, 64), kernel=(3, 3), padding=1, channels=1024, pool_kernel=64, pool_stride=64),
-        f"multiply-accumulates: {64 * 64 * 2304 * 1024 + 1024 * 64 * 64 + 10 * 1024:,} per image", True),
+        f"multiply-accumulates: {64 * 64 * 2304 * 1024 + 1024 * 64 * 64 + 10 * 1024:,} per image",
+        True,
+    ),
 }
 
 
@@ -545,7 +679,9 @@ def test_resnet18_on_cifar_is_well_within_the_limits(tmp_path):
     use = resources(Graph.load(tmp_path / "resnet18.bnn"))
     print(f"\nResNet-18 on CIFAR: {use}")
     widths = [64, 64, 64, 128, 128, 256, 256, 512, 512]  # stem, then each block's output
-    weights = 64 * 3 * 9 + sum(9 * (a * b + b * b) + (a * b if a != b else 0) for a, b in zip(widths, widths[1:])) + 10 * 512
+    weights = (
+        64 * 3 * 9 + sum(9 * (a * b + b * b) + (a * b if a != b else 0) for a, b in zip(widths, widths[1:])) + 10 * 512
+    )
     thresholds = 2 * (sum(widths[:-1]) + sum(widths[1:]) + 512)  # thresh and flip of each sign
     assert use["params"] == weights + thresholds < graph_mod.MAX_PARAMS / 2
     assert use["largest"] < MAX_ELEMENTS / 16 and use["activations"] < graph_mod.MAX_ACTIVATIONS / 16
@@ -595,13 +731,19 @@ def test_mcu_prefixes_cannot_overwrite_the_harness(bases, tmp_path):
         build_mcus([Graph.load(bases[0])], tmp_path, prefixes=["harness"])
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda ops: ops[0].attrs.update(stride=(True, True)), "attribute stride: expected a positive int or 2 positive ints"),
-    (lambda ops: ops[0].attrs.update(stride="11"), "attribute stride: expected"),
-    (lambda ops: ops[0].attrs.update(padding=-1), "attribute padding: expected a non-negative int"),
-    (lambda ops: ops[0].attrs.update(dilation=2), "unexpected \\['dilation'\\]"),
-    (lambda ops: setattr(ops[1], "output", "s */"), "tensor name: expected a name"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda ops: ops[0].attrs.update(stride=(True, True)),
+            "attribute stride: expected a positive int or 2 positive ints",
+        ),
+        (lambda ops: ops[0].attrs.update(stride="11"), "attribute stride: expected"),
+        (lambda ops: ops[0].attrs.update(padding=-1), "attribute padding: expected a non-negative int"),
+        (lambda ops: ops[0].attrs.update(dilation=2), "unexpected \\['dilation'\\]"),
+        (lambda ops: setattr(ops[1], "output", "s */"), "tensor name: expected a name"),
+    ],
+)
 def test_graphs_built_in_python_are_held_to_the_same_rules(change, message):
     ops = digits_graph(0, "conv").ops
     change(ops)

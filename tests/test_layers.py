@@ -47,8 +47,13 @@ def test_the_import_contracts_hold():
 
 
 def _without_torch(*args) -> dict:
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args), "--json"], env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *map(str, args), "--json"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -77,8 +82,16 @@ def test_report_works_without_torch(tmp_path):
     with Store(tmp_path) as store:
         store.add(grid.runs)
         for i, spec in enumerate(grid.runs):
-            store.finish(spec.key, {"status": "done", "top1_final": 0.8 + i / 100, "top1_best": 0.9, "train_seconds": 1.0,
-                                    "costs": {"params": 1000 + i}})
+            store.finish(
+                spec.key,
+                {
+                    "status": "done",
+                    "top1_final": 0.8 + i / 100,
+                    "top1_best": 0.9,
+                    "train_seconds": 1.0,
+                    "costs": {"params": 1000 + i},
+                },
+            )
     reported = _without_torch("report", tmp_path)
     assert reported == json.loads(json.dumps(write_report(tmp_path)))
     assert [r["label"] for r in reported["rows"]] == ["baseline", "rsign"]
@@ -87,16 +100,24 @@ def test_report_works_without_torch(tmp_path):
 def test_the_graph_side_imports_without_torch():
     """What the contracts leave out: a package's __init__ that imports its torch side eagerly."""
     prelude = NO_TORCH.split("from bnnkit.cli")[0]
-    packages = "bnnkit, bnnkit.api, bnnkit.cli, bnnkit.cost, bnnkit.cost.graph_cost, bnnkit.data, bnnkit.graph, " \
-               "bnnkit.recipe, bnnkit.review, bnnkit.review.report, bnnkit.runtime, bnnkit.runtime.evaluate, " \
-               "bnnkit.training, bnnkit.training.plots"
-    proc = subprocess.run([sys.executable, "-c", prelude + f"import {packages}"], env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    packages = (
+        "bnnkit, bnnkit.api, bnnkit.cli, bnnkit.cost, bnnkit.cost.graph_cost, bnnkit.data, bnnkit.graph, "
+        "bnnkit.recipe, bnnkit.review, bnnkit.review.report, bnnkit.runtime, bnnkit.runtime.evaluate, "
+        "bnnkit.training, bnnkit.training.plots"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + f"import {packages}"], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr  # any `import torch` on the way raised
 
 
 def test_the_child_really_has_no_torch():
     """The prelude works: a command that needs torch fails on the import, naming it."""
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH, "summary", "--model", "binarynet_mlp", "--dataset", "digits"],
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "summary", "--model", "binarynet_mlp", "--dataset", "digits"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "torch is not installed here" in proc.stderr

@@ -38,7 +38,9 @@ def twins(method: str, model: str = "small_cnn") -> tuple[nn.Module, nn.Module]:
     wherever their names and shapes agree."""
     base, changed = build(model), build(model, BASELINE.with_(**METHODS[method].changes))
     own = changed.state_dict()
-    changed.load_state_dict({k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}, strict=False)
+    changed.load_state_dict(
+        {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}, strict=False
+    )
     return base, changed
 
 
@@ -140,7 +142,9 @@ def check_double_residual() -> None:
 
 def check_fp_downsample() -> None:
     base, changed = twins("fp_downsample", "resnet20")
-    shortcuts = [b.shortcut for b in changed.modules() if hasattr(b, "shortcut") and isinstance(b.shortcut, nn.Sequential)]
+    shortcuts = [
+        b.shortcut for b in changed.modules() if hasattr(b, "shortcut") and isinstance(b.shortcut, nn.Sequential)
+    ]
     assert len(shortcuts) == 2
     assert all([type(m) for m in s] == [nn.AvgPool2d, nn.Conv2d, nn.BatchNorm2d] for s in shortcuts)
     assert len(binary(base)) - len(binary(changed)) == 2
@@ -151,7 +155,9 @@ def check_activation(method: str, kind: type, per_channel: int) -> None:
     for model in ("small_cnn", "resnet20"):
         base, changed = twins(method, model)
         # after every BN but the classifier's and the shortcuts'
-        bns = [m for n, m in base.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and "shortcut" not in n]
+        bns = [
+            m for n, m in base.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and "shortcut" not in n
+        ]
         assert count(changed, kind) == len(bns)
         assert n_params(changed) - n_params(base) == per_channel * sum(bn.num_features for bn in bns)
         with torch.no_grad():
@@ -166,7 +172,9 @@ def check_pool_after_sign() -> None:
         base, changed = twins("pool_after_sign", model)
         flat = list(changed)
         pools = [i for i, m in enumerate(flat) if isinstance(m, nn.MaxPool2d)]
-        assert pools and all(isinstance(flat[i - 1], Quantizer) and isinstance(flat[i - 2], nn.BatchNorm2d) for i in pools)
+        assert pools and all(
+            isinstance(flat[i - 1], Quantizer) and isinstance(flat[i - 2], nn.BatchNorm2d) for i in pools
+        )
         # a binary layer after a pool takes its signs as they are
         after = [flat[i + 1 + isinstance(flat[i + 1], nn.Flatten)] for i in pools]
         binary_after = [m for m in after if isinstance(m, (BinaryConv2d, BinaryLinear))]

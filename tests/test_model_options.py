@@ -16,18 +16,63 @@ from bnnkit.models.registry import RANGES, check_options
 @pytest.mark.parametrize(
     "model, option, value, message",
     [
-        ("ebnn_cnn", "channels", 16, "model ebnn_cnn option channels: expected a list of ints like channels=[16,32], got 16"),
-        ("ebnn_cnn", "channels", "16;32", "model ebnn_cnn option channels: expected a list of ints like channels=[16,32], got '16;32'"),
-        ("ebnn_cnn", "channels", [16, True], "model ebnn_cnn option channels: expected a list of ints like channels=[16,32], got [16, True]"),
-        ("ebnn_cnn", "channels", [], "model ebnn_cnn option channels: expected a list of ints like channels=[16,32], got []"),
-        ("ebnn_cnn", "channels", [16, 0], "model ebnn_cnn option channels: expected a list of ints in 1..65536 like channels=[16,32], got [16, 0]"),
+        (
+            "ebnn_cnn",
+            "channels",
+            16,
+            "model ebnn_cnn option channels: expected a list of ints like channels=[16,32], got 16",
+        ),
+        (
+            "ebnn_cnn",
+            "channels",
+            "16;32",
+            "model ebnn_cnn option channels: expected a list of ints like channels=[16,32], got '16;32'",
+        ),
+        (
+            "ebnn_cnn",
+            "channels",
+            [16, True],
+            "model ebnn_cnn option channels: expected a list of ints like channels=[16,32], got [16, True]",
+        ),
+        (
+            "ebnn_cnn",
+            "channels",
+            [],
+            "model ebnn_cnn option channels: expected a list of ints like channels=[16,32], got []",
+        ),
+        (
+            "ebnn_cnn",
+            "channels",
+            [16, 0],
+            "model ebnn_cnn option channels: expected a list of ints in 1..65536 like channels=[16,32], got [16, 0]",
+        ),
         ("ebnn_cnn", "kernel", "three", "model ebnn_cnn option kernel: expected an int like kernel=3, got 'three'"),
         ("ebnn_cnn", "kernel", 3.0, "model ebnn_cnn option kernel: expected an int like kernel=3, got 3.0"),
         ("binarynet_mlp", "depth", True, "model binarynet_mlp option depth: expected an int like depth=3, got True"),
-        ("small_cnn", "width", 1 << 40, "model small_cnn option width: expected an int in 1..65536 like width=32, got 1099511627776"),
-        ("resnet20", "width_mult", float("inf"), "model resnet20 option width_mult: expected a number in (0, 64] like width_mult=1.0, got inf"),
-        ("resnet20", "width_mult", float("nan"), "model resnet20 option width_mult: expected a number in (0, 64] like width_mult=1.0, got nan"),
-        ("resnet20", "width_mult", "half", "model resnet20 option width_mult: expected a number like width_mult=1.0, got 'half'"),
+        (
+            "small_cnn",
+            "width",
+            1 << 40,
+            "model small_cnn option width: expected an int in 1..65536 like width=32, got 1099511627776",
+        ),
+        (
+            "resnet20",
+            "width_mult",
+            float("inf"),
+            "model resnet20 option width_mult: expected a number in (0, 64] like width_mult=1.0, got inf",
+        ),
+        (
+            "resnet20",
+            "width_mult",
+            float("nan"),
+            "model resnet20 option width_mult: expected a number in (0, 64] like width_mult=1.0, got nan",
+        ),
+        (
+            "resnet20",
+            "width_mult",
+            "half",
+            "model resnet20 option width_mult: expected a number like width_mult=1.0, got 'half'",
+        ),
         ("resnet20", "depth", 3, "model 'resnet20' has no option(s) depth; its options: width_mult"),
     ],
 )
@@ -51,8 +96,15 @@ def test_the_shell_safe_list_builds_the_same_model_as_json():
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("text, parsed", [("width=64", ("width", 64)), ("channels=[16,32]", ("channels", [16, 32])),
-                                          ("width_mult=0.5", ("width_mult", 0.5)), ("channels=16,32", ("channels", "16,32"))])
+@pytest.mark.parametrize(
+    "text, parsed",
+    [
+        ("width=64", ("width", 64)),
+        ("channels=[16,32]", ("channels", [16, 32])),
+        ("width_mult=0.5", ("width_mult", 0.5)),
+        ("channels=16,32", ("channels", "16,32")),
+    ],
+)
 def test_the_command_line_reads_json_and_leaves_the_rest_to_the_model(text, parsed):
     assert _model_option(text) == parsed
 
@@ -81,4 +133,6 @@ def test_summary_takes_the_shell_safe_spelling(capsys):
     layers = json.loads(capsys.readouterr().out)["layers"]
     assert len(layers) > 2
     assert main(["summary", "--model", "ebnn_cnn", "--dataset", "digits", "--option", "kernel=three"]) == 2
-    assert capsys.readouterr().err == "error: model ebnn_cnn option kernel: expected an int like kernel=3, got 'three'\n"
+    assert (
+        capsys.readouterr().err == "error: model ebnn_cnn option kernel: expected an int like kernel=3, got 'three'\n"
+    )

@@ -37,9 +37,16 @@ def with_zeros(x):
 
 
 @pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
-@pytest.mark.parametrize("stride, cin, cout, kernel, padding", [
-    (1, 3, 5, 3, 1), (2, 33, 4, 3, 1), (1, 5, 7, 5, 2), (2, 2, 3, 1, 0), (2, 3, 4, 3, (2, 1)),
-])
+@pytest.mark.parametrize(
+    "stride, cin, cout, kernel, padding",
+    [
+        (1, 3, 5, 3, 1),
+        (2, 33, 4, 3, 1),
+        (1, 5, 7, 5, 2),
+        (2, 2, 3, 1, 0),
+        (2, 3, 4, 3, (2, 1)),
+    ],
+)
 def test_binary_conv_matches_reference(pad_value, stride, cin, cout, kernel, padding):
     torch.manual_seed(0)
     conv = BinaryConv2d(cin, cout, kernel, stride=stride, padding=padding, pad_value=pad_value)
@@ -72,7 +79,9 @@ def test_pad_values_differ_only_at_the_border_and_by_the_padded_taps():
     assert torch.equal(out[0.0][..., 1:-1, 1:-1], out[-1.0][..., 1:-1, 1:-1])
     # a padded tap adds pad·w, so ±1 padding sits symmetrically around zero padding
     assert torch.equal(out[1.0] - out[0.0], out[0.0] - out[-1.0])
-    corner_taps = sign_ref(convs[0.0].weight)[:, :, 0, :].sum((1, 2)) + sign_ref(convs[0.0].weight)[:, :, 1:, 0].sum((1, 2))
+    corner_taps = sign_ref(convs[0.0].weight)[:, :, 0, :].sum((1, 2)) + sign_ref(convs[0.0].weight)[:, :, 1:, 0].sum(
+        (1, 2)
+    )
     assert torch.equal(out[1.0][0, :, 0, 0] - out[0.0][0, :, 0, 0], corner_taps)
 
 
@@ -202,8 +211,18 @@ def test_quantizers_given_as_instances_and_callables():
 
 
 def test_extra_repr_shows_quantizers_scale_and_padding():
-    text = repr(BinaryConv2d(3, 4, 3, padding=1, input_quantizer=None, kernel_quantizer="approx_sign",
-                             weight_scale="mean_abs", pad_value=-1))
+    text = repr(
+        BinaryConv2d(
+            3,
+            4,
+            3,
+            padding=1,
+            input_quantizer=None,
+            kernel_quantizer="approx_sign",
+            weight_scale="mean_abs",
+            pad_value=-1,
+        )
+    )
     assert "input_quantizer=None" in text and "kernel_quantizer=approx_sign" in text
     assert "weight_scale=mean_abs" in text and "pad_value=-1" in text and "padding=(1, 1)" in text
     assert "weight_scale=learned" in repr(BinaryLinear(2, 2, weight_scale="learned"))
@@ -263,7 +282,9 @@ def test_state_dict_round_trip():
 
 
 def test_training_progress_reaches_quantizers_inside_layers():
-    model = nn.Sequential(BinaryLinear(3, 3, input_quantizer="ede_sign"), BinaryLinear(3, 2, kernel_quantizer="ede_sign"))
+    model = nn.Sequential(
+        BinaryLinear(3, 3, input_quantizer="ede_sign"), BinaryLinear(3, 2, kernel_quantizer="ede_sign")
+    )
     set_training_progress(model, 0.75)
     assert model[0].input_quantizer.progress.item() == 0.75 and model[1].kernel_quantizer.progress.item() == 0.75
 
@@ -327,7 +348,9 @@ def test_standardized_weights_are_centred_and_unit_variance_per_output_channel()
     q = StandardizedWeights(get_quantizer("identity"))
     w = torch.randn(4, 3, 3, 3) * torch.tensor([0.1, 1.0, 5.0, 0.01]).view(4, 1, 1, 1) + 0.3
     s = q(w).flatten(1)
-    assert torch.allclose(s.mean(1), torch.zeros(4), atol=1e-5) and torch.allclose(s.std(1, correction=0), torch.ones(4), atol=1e-4)
+    assert torch.allclose(s.mean(1), torch.zeros(4), atol=1e-5) and torch.allclose(
+        s.std(1, correction=0), torch.ones(4), atol=1e-4
+    )
     assert torch.isfinite(q(torch.ones(2, 3))).all()  # constant channel: std 0
     conv = BinaryConv2d(3, 4, 3, kernel_quantizer=StandardizedWeights(get_quantizer("clipped_ste_sign")))
     w = conv.weight.detach().clone().requires_grad_()

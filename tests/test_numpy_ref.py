@@ -39,7 +39,9 @@ def test_zero_padding_counts_only_valid_taps():
     np.testing.assert_array_equal(ref.binary_conv2d(op, x), [[[[9, 9], [9, 9]]]])
 
 
-@pytest.mark.parametrize("stride, padding, pad", [(1, 0, "zero"), (2, 1, "zero"), ((2, 1), (0, 2), "minus_one"), (1, 1, "plus_one")])
+@pytest.mark.parametrize(
+    "stride, padding, pad", [(1, 0, "zero"), (2, 1, "zero"), ((2, 1), (0, 2), "minus_one"), (1, 1, "plus_one")]
+)
 def test_binary_conv_matches_torch(stride, padding, pad):
     rng = np.random.default_rng(1)
     x, w = rng.random((3, 5, 7, 9)) < 0.5, rng.random((6, 5, 3, 5)) < 0.5
@@ -82,7 +84,9 @@ def test_pools():
     op = Op("maxpool", ["x"], "y", {"kernel": (2, 3), "stride": (2, 1)})
     np.testing.assert_array_equal(ref.maxpool(op, ints)[0, 0], [[6, 7], [14, 15]])
     op = Op("avgpool", ["x"], "y", {"kernel": 2, "stride": 2})
-    np.testing.assert_array_equal(ref.avgpool(op, ints)[0, 0], [[0 + 1 + 4 + 5, 2 + 3 + 6 + 7], [8 + 9 + 12 + 13, 10 + 11 + 14 + 15]])
+    np.testing.assert_array_equal(
+        ref.avgpool(op, ints)[0, 0], [[0 + 1 + 4 + 5, 2 + 3 + 6 + 7], [8 + 9 + 12 + 13, 10 + 11 + 14 + 15]]
+    )
 
 
 def test_add_flatten_argmax():

@@ -19,11 +19,22 @@ pytest.importorskip("onnx", reason=_EXTRA)
 ort = pytest.importorskip("onnxruntime", reason=_EXTRA)
 
 RUNS = {
-    "mlp": RunConfig(model="binarynet_mlp", dataset="digits", epochs=1, seed=1, recipe=BASELINE.with_(batch_size=64),
-                     model_options={"width": 64, "depth": 2}),
+    "mlp": RunConfig(
+        model="binarynet_mlp",
+        dataset="digits",
+        epochs=1,
+        seed=1,
+        recipe=BASELINE.with_(batch_size=64),
+        model_options={"width": 64, "depth": 2},
+    ),
     # non-default binarizer, learnable sign thresholds and XNOR weight scaling
-    "cnn": RunConfig(model="ebnn_cnn", dataset="digits", epochs=1, seed=1,
-                     recipe=load_recipe("approx_sign+rsign+xnor_weight_scale").with_(batch_size=64)),
+    "cnn": RunConfig(
+        model="ebnn_cnn",
+        dataset="digits",
+        epochs=1,
+        seed=1,
+        recipe=load_recipe("approx_sign+rsign+xnor_weight_scale").with_(batch_size=64),
+    ),
 }
 
 

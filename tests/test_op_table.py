@@ -39,14 +39,21 @@ def test_a_new_op_without_backends_is_reported_for_each(monkeypatch):
     dummy = OpDef("dummy", Family.ELEMENTWISE, (("i32",),), lambda op, ins: ins[0])
     monkeypatch.setitem(OPS, "dummy", dummy)
     assert conformance() == [
-        "dummy: no cost rule", "dummy: no numpy entry", "dummy: no c entry", "dummy: no fast entry", "dummy: no sat entry"
+        "dummy: no cost rule",
+        "dummy: no numpy entry",
+        "dummy: no c entry",
+        "dummy: no fast entry",
+        "dummy: no sat entry",
     ]
     # a table that is never created (its module not imported) is reported too
     others = {name: table for name, table in TABLES.items() if name != "sat"}
     assert conformance(tables=others)[0] == "no sat table: import bnnkit.analysis.robustness"
     # registering closes the gap; a refusal counts as an entry
-    monkeypatch.setitem(OPS, "dummy", OpDef("dummy", Family.ELEMENTWISE, (("i32",),), lambda op, ins: ins[0],
-                                            lambda op, ins, out: Cost()))
+    monkeypatch.setitem(
+        OPS,
+        "dummy",
+        OpDef("dummy", Family.ELEMENTWISE, (("i32",),), lambda op, ins: ins[0], lambda op, ins, out: Cost()),
+    )
     for name, table in TABLES.items():
         monkeypatch.setitem(table.entries, "dummy", Refusal("a test op") if name == "sat" else (lambda op, x: x))
     assert conformance() == []
@@ -82,8 +89,13 @@ def _ops_by_hand(graph: Graph, op: Op) -> tuple[int, int, int]:
     if "kernel" in op.attrs:
         k = op.attrs["kernel"]
         return 0, out * ((k * k if isinstance(k, int) else k[0] * k[1]) - 1), 0
-    return {"threshold": (0, out, 0), "add": (0, out, 0), "affine": (0, 0, 2 * out),
-            "argmax": (0, math.prod(inp[1]) - 1, 0), "flatten": (0, 0, 0)}[op.kind]
+    return {
+        "threshold": (0, out, 0),
+        "add": (0, out, 0),
+        "affine": (0, 0, 2 * out),
+        "argmax": (0, math.prod(inp[1]) - 1, 0),
+        "flatten": (0, 0, 0),
+    }[op.kind]
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -115,19 +127,30 @@ def op_kind_tests(root: Path) -> list[str]:
         if (root / "graph") in path.parents:
             continue
         tree = ast.parse(path.read_text())
-        lists = {t.id for n in tree.body if isinstance(n, ast.Assign) and _strings(n.value)
-                 and _strings(n.value) <= set(OPS) for t in n.targets if isinstance(t, ast.Name)}
+        lists = {
+            t.id
+            for n in tree.body
+            if isinstance(n, ast.Assign) and _strings(n.value) and _strings(n.value) <= set(OPS)
+            for t in n.targets
+            if isinstance(t, ast.Name)
+        }
         for node in ast.walk(tree):
-            if isinstance(node, ast.Compare) and all(isinstance(o, (ast.Eq, ast.NotEq, ast.In, ast.NotIn)) for o in node.ops):
+            if isinstance(node, ast.Compare) and all(
+                isinstance(o, (ast.Eq, ast.NotEq, ast.In, ast.NotIn)) for o in node.ops
+            ):
                 sides = [node.left, *node.comparators]
                 names = any(_strings(s) & set(OPS) or (isinstance(s, ast.Name) and s.id in lists) for s in sides)
                 kind = any(isinstance(s, ast.Attribute) and s.attr == "kind" for s in sides)
                 other_text = any(_strings(s) and not _strings(s) & set(OPS) for s in sides)
                 hit = names or (kind and not other_text)
             else:
-                hit = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                       and node.func.attr in ("startswith", "endswith")
-                       and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "kind")
+                hit = (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("startswith", "endswith")
+                    and isinstance(node.func.value, ast.Attribute)
+                    and node.func.value.attr == "kind"
+                )
             if hit:
                 found.append(f"{path.relative_to(root.parent)}:{node.lineno}")
     return found
@@ -135,7 +158,9 @@ def op_kind_tests(root: Path) -> list[str]:
 
 def test_op_kind_tests_outside_the_graph_package_stay_few():
     found = op_kind_tests(SRC)
-    assert len(found) <= MAX_KIND_TESTS, "ask the op table (OPS[kind].family, a backend's OpTable) instead:\n" + "\n".join(found)
+    assert len(found) <= MAX_KIND_TESTS, (
+        "ask the op table (OPS[kind].family, a backend's OpTable) instead:\n" + "\n".join(found)
+    )
 
 
 def test_the_kind_test_counter_finds_each_form(tmp_path):
@@ -145,20 +170,26 @@ def test_the_kind_test_counter_finds_each_form(tmp_path):
         'POOLS = ("maxpool", "avgpool")\n'
         'a = op.kind == "threshold"\n'
         'b = kind in ("affine", "add")\n'
-        'c = op.kind in POOLS\n'
-        'd = nxt.kind != other.kind\n'
+        "c = op.kind in POOLS\n"
+        "d = nxt.kind != other.kind\n"
         'e = op.kind.endswith("dense")\n'
         'f = x.dtype.kind in "iu"\n'  # not an op
         'g = t == "u8"\n'  # not an op
-        'h = KERNELS[op.kind]\n'  # dispatch, not a test
+        "h = KERNELS[op.kind]\n"  # dispatch, not a test
     )
     assert op_kind_tests(tmp_path) == [f"{tmp_path.name}/m.py:{n}" for n in (2, 3, 4, 5, 6)]
 
 
 def test_validate_uses_each_ops_shape_rule():
     rng = np.random.default_rng(0)
-    ops = [Op("input_conv2d", ["input"], "c", {"stride": (2, 1), "padding": 1}, {"weight": rng.random((4, 1, 3, 3)) < 0.5}),
-           Op("avgpool", ["c"], "p", {"kernel": 2, "stride": 2}), Op("flatten", ["p"], "f"), Op("argmax", ["f"], "y")]
+    ops = [
+        Op(
+            "input_conv2d", ["input"], "c", {"stride": (2, 1), "padding": 1}, {"weight": rng.random((4, 1, 3, 3)) < 0.5}
+        ),
+        Op("avgpool", ["c"], "p", {"kernel": 2, "stride": 2}),
+        Op("flatten", ["p"], "f"),
+        Op("argmax", ["f"], "y"),
+    ]
     graph = Graph((1, 9, 6), ops)
     # (9 + 2 - 3) // 2 + 1 = 5 rows, (6 + 2 - 3) // 1 + 1 = 6 columns; pooled by 2: 2 x 3
     assert graph.types["c"] == ("i32", (4, 5, 6)) and graph.types["p"] == ("i32", (4, 2, 3))

@@ -26,8 +26,10 @@ def visible_ticks(ax, axis="x"):
 
 @pytest.mark.parametrize("epochs", [1, 3, 30])
 def test_curves_tick_whole_epochs(epochs):
-    history = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e, "train_acc": 0.5, "test_acc": 0.4}
-               for e in range(1, epochs + 1)]
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e, "train_acc": 0.5, "test_acc": 0.4}
+        for e in range(1, epochs + 1)
+    ]
     fig = plots.curves_figure(history)
     fig.canvas.draw()
     for ax in fig.axes:
@@ -95,16 +97,24 @@ def test_fit_plot_has_one_2d_front_per_panel_and_readable_ticks(monkeypatch):
     figures = []
     monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=100: figures.append(fig))
     rng = random.Random(0)
-    sized = [{"name": f"net{i}", "ram": rng.choice([900, 1700, 3100, 4000]), "flash": rng.randint(2000, 30000)}
-             for i in range(12)]
+    sized = [
+        {"name": f"net{i}", "ram": rng.choice([900, 1700, 3100, 4000]), "flash": rng.randint(2000, 30000)}
+        for i in range(12)
+    ]
     trained = [{**r, "accuracy": rng.uniform(0.8, 0.9), "binary_macs": rng.randint(10**5, 10**7)} for r in sized[:8]]
     fit._plot(sized, trained, fit.pareto(trained), 4096, 32768, None)
     (fig,) = figures
     fig.canvas.draw()
     for ax, key in zip(fig.axes[:2], ("ram", "flash")):
         # the staircase is exactly the rows no other row beats on accuracy and this cost
-        front = [r for r in trained if not any(o[key] <= r[key] and o["accuracy"] > r["accuracy"] or
-                                               o[key] < r[key] and o["accuracy"] >= r["accuracy"] for o in trained)]
+        front = [
+            r
+            for r in trained
+            if not any(
+                o[key] <= r[key] and o["accuracy"] > r["accuracy"] or o[key] < r[key] and o["accuracy"] >= r["accuracy"]
+                for o in trained
+            )
+        ]
         (line,) = [ln for ln in ax.get_lines() if ln.get_drawstyle() == "steps-post"]
         assert sorted(zip(*line.get_data())) == sorted((r[key] / 1024, 100 * r["accuracy"]) for r in front)
         assert "(KiB)" in ax.get_xlabel() and "%" in ax.get_ylabel()

@@ -72,8 +72,10 @@ def test_stage_and_write(capsys, clock):
     log = io.StringIO()
     with stage("cortex-m4: 100 images in QEMU mps2-an386", stream=log):
         clock.tick()
-    assert log.getvalue().splitlines() == ["cortex-m4: 100 images in QEMU mps2-an386 ...",
-                                           "cortex-m4: 100 images in QEMU mps2-an386: done in 10.0 s"]
+    assert log.getvalue().splitlines() == [
+        "cortex-m4: 100 images in QEMU mps2-an386 ...",
+        "cortex-m4: 100 images in QEMU mps2-an386: done in 10.0 s",
+    ]
     with stage("quiet", enabled=False, stream=log):
         pass
     assert "quiet" not in log.getvalue()

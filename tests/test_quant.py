@@ -25,8 +25,15 @@ CLIP = [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]  # 1[|x| <= 1]
 UPSTREAM = torch.arange(1.0, len(POINTS) + 1, dtype=torch.float64)  # distinct values expose any mix-up
 
 REQUIRED = {
-    "ste_sign", "clipped_ste_sign", "approx_sign", "swish_sign", "magnitude_aware_sign",
-    "ede_sign", "dorefa", "ste_ternary", "identity",
+    "ste_sign",
+    "clipped_ste_sign",
+    "approx_sign",
+    "swish_sign",
+    "magnitude_aware_sign",
+    "ede_sign",
+    "dorefa",
+    "ste_ternary",
+    "identity",
 }
 
 
@@ -49,11 +56,20 @@ def test_required_quantizers_are_registered():
     assert quantizer_names() == sorted(QUANTIZERS)
 
 
-@pytest.mark.parametrize("name, bits, binary", [
-    ("ste_sign", 1, True), ("clipped_ste_sign", 1, True), ("approx_sign", 1, True), ("swish_sign", 1, True),
-    ("magnitude_aware_sign", 1, True), ("ede_sign", 1, True), ("ste_ternary", 2, False), ("dorefa", 2, False),
-    ("identity", 32, False),
-])
+@pytest.mark.parametrize(
+    "name, bits, binary",
+    [
+        ("ste_sign", 1, True),
+        ("clipped_ste_sign", 1, True),
+        ("approx_sign", 1, True),
+        ("swish_sign", 1, True),
+        ("magnitude_aware_sign", 1, True),
+        ("ede_sign", 1, True),
+        ("ste_ternary", 2, False),
+        ("dorefa", 2, False),
+        ("identity", 32, False),
+    ],
+)
 def test_bits_and_binary_flags(name, bits, binary):
     q = get_quantizer(name)
     assert isinstance(q, Quantizer) and q.bits == bits and q.binary is binary
@@ -279,22 +295,28 @@ def _half_points(levels):
     return points
 
 
-@pytest.mark.parametrize("k, expected_steps", [
-    (1, [0]),  # 0.5 → 0
-    (2, [0, 2, 2]),  # 0.5 → 0, 1.5 → 2, 2.5 → 2
-    (3, [0, 2, 2, 4, 4, 6, 6]),
-])
+@pytest.mark.parametrize(
+    "k, expected_steps",
+    [
+        (1, [0]),  # 0.5 → 0
+        (2, [0, 2, 2]),  # 0.5 → 0, 1.5 → 2, 2.5 → 2
+        (3, [0, 2, 2, 4, 4, 6, 6]),
+    ],
+)
 def test_dorefa_rounds_halves_to_even(k, expected_steps):
     levels = 2**k - 1
     y, _ = forward_backward("dorefa", _half_points(levels), k_bit=k)
     assert (y * levels).tolist() == pytest.approx(expected_steps, abs=1e-12)
 
 
-@pytest.mark.parametrize("k, points, expected", [
-    (1, [-0.5, 0.0, 0.49, 0.51, 1.0, 1.5], [0, 0, 0, 1, 1, 1]),
-    (2, [-3.0, 0.1, 0.2, 0.9, 1.0, 7.0], [0, 0, 1 / 3, 1, 1, 1]),
-    (3, [0.0, 1 / 7, 0.3, 0.99, 1.0], [0, 1 / 7, 2 / 7, 1, 1]),
-])
+@pytest.mark.parametrize(
+    "k, points, expected",
+    [
+        (1, [-0.5, 0.0, 0.49, 0.51, 1.0, 1.5], [0, 0, 0, 1, 1, 1]),
+        (2, [-3.0, 0.1, 0.2, 0.9, 1.0, 7.0], [0, 0, 1 / 3, 1, 1, 1]),
+        (3, [0.0, 1 / 7, 0.3, 0.99, 1.0], [0, 1 / 7, 2 / 7, 1, 1]),
+    ],
+)
 def test_dorefa_levels_and_straight_through_inside_the_unit_interval(k, points, expected):
     y, g = forward_backward("dorefa", points, k_bit=k)
     assert y.tolist() == pytest.approx(expected, abs=1e-15)
@@ -360,7 +382,9 @@ def test_multi_base_weights_gradient_is_the_clipped_ste_of_every_base_weighted_b
 
 def test_multi_base_activations_start_as_a_staircase_of_hardtanh_and_learn_shift_and_scale():
     q = MultiBaseActivations(bases=3)
-    assert torch.allclose(q.shift, torch.tensor([-2 / 3, 0.0, 2 / 3])) and torch.allclose(q.beta, torch.full((3,), 1 / 3))
+    assert torch.allclose(q.shift, torch.tensor([-2 / 3, 0.0, 2 / 3])) and torch.allclose(
+        q.beta, torch.full((3,), 1 / 3)
+    )
     x = torch.tensor([-5.0, -0.7, -0.1, 0.1, 0.7, 5.0], requires_grad=True)
     assert torch.allclose(q(x), torch.tensor([-1.0, -1.0, -1 / 3, 1 / 3, 1.0, 1.0]))
     q(x).sum().backward()
@@ -403,8 +427,22 @@ def test_a_layer_fits_its_multi_base_weights_on_init_and_reset():
 
 def special_values(dtype):
     finfo = torch.finfo(dtype)
-    edge = [0.0, -0.0, finfo.tiny, -finfo.tiny, finfo.smallest_normal / 4, -finfo.smallest_normal / 4,
-            finfo.max, -finfo.max, math.inf, -math.inf, 1.0, -1.0, 0.3, -0.3]
+    edge = [
+        0.0,
+        -0.0,
+        finfo.tiny,
+        -finfo.tiny,
+        finfo.smallest_normal / 4,
+        -finfo.smallest_normal / 4,
+        finfo.max,
+        -finfo.max,
+        math.inf,
+        -math.inf,
+        1.0,
+        -1.0,
+        0.3,
+        -0.3,
+    ]
     random = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
     return torch.cat([torch.tensor(edge, dtype=torch.float64), random]).to(dtype)
 
@@ -427,8 +465,21 @@ def test_clipped_gradient_passes_exactly_where_abs_x_is_at_most_clip(dtype, clip
     c = torch.tensor(clip, dtype=dtype)
     inf = torch.tensor(math.inf, dtype=dtype)
     # the clip itself, as the dtype rounds it, and its neighbours on both sides
-    x = torch.cat([x, torch.stack([c, -c, torch.nextafter(c, inf), -torch.nextafter(c, inf),
-                                   torch.nextafter(c, -inf), -torch.nextafter(c, -inf)])])
+    x = torch.cat(
+        [
+            x,
+            torch.stack(
+                [
+                    c,
+                    -c,
+                    torch.nextafter(c, inf),
+                    -torch.nextafter(c, inf),
+                    torch.nextafter(c, -inf),
+                    -torch.nextafter(c, -inf),
+                ]
+            ),
+        ]
+    )
     grad = torch.arange(1, len(x) + 1).to(dtype)
     assert torch.equal(clipped_gradient(grad, x, clip), grad * (x.abs() <= clip).to(dtype))
 

@@ -28,8 +28,10 @@ def reduced(line: str) -> str:
 
 
 def test_reduced_keeps_the_command_and_its_comment():
-    assert reduced("bnnkit run cnn.bnn --runtime c --json          # {...}") == \
-        "bnnkit run cnn.bnn --runtime c --json --limit 200  # {...}"
+    assert (
+        reduced("bnnkit run cnn.bnn --runtime c --json          # {...}")
+        == "bnnkit run cnn.bnn --runtime c --json --limit 200  # {...}"
+    )
     assert reduced("bnnkit profile cnn.bnn") == "bnnkit profile cnn.bnn"
     assert reduced("                                               # c: fast host kernels").strip().startswith("#")
 

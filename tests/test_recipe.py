@@ -61,7 +61,7 @@ def test_with_changes_only_named_fields():
         ("bop_gamma = 2\n", r"bop_gamma must be a finite number in \(0, 1\]"),
         ("warmup_epochs = -1\n", r"warmup_epochs must be an integer in 0\.\.10000"),
         ("activation_bits = 9\n", r"activation_bits must be an integer in 1\.\.8"),
-        ('name = 3\n', "recipe name must be a str, got 3"),
+        ("name = 3\n", "recipe name must be a str, got 3"),
         ("lr = [\n", "not a valid TOML recipe"),
     ],
 )
@@ -115,7 +115,10 @@ def test_json_recipe_must_be_an_object(tmp_path):
     "methods, message",
     [
         (["ste", "approx_sign"], "'ste' and 'approx_sign' are incompatible: both set input_quantizer"),
-        (["rsign", "abc_activation_bases"], "activation_bases and learnable_threshold each replace the activation binarizer"),
+        (
+            ["rsign", "abc_activation_bases"],
+            "activation_bases and learnable_threshold each replace the activation binarizer",
+        ),
         (["dorefa_2bit", "rsign"], "activation_bits and learnable_threshold each replace"),
         (["bop", "two_stage"], "two_stage need"),
         (["bop", "abc_weight_bases"], "weight_bases need"),

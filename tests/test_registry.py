@@ -24,8 +24,12 @@ from bnnkit.runtime.registry import RUNTIMES, Prediction, Runtime, device_runtim
 
 HAVE_MCU_TOOLS = bool(shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"))
 RUNTIME_PARAMS = [
-    pytest.param(name, marks=pytest.mark.skipif(RUNTIMES[name].device and not HAVE_MCU_TOOLS,
-                                                reason="needs gcc-arm-none-eabi and qemu-system-arm"))
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            RUNTIMES[name].device and not HAVE_MCU_TOOLS, reason="needs gcc-arm-none-eabi and qemu-system-arm"
+        ),
+    )
     for name in RUNTIMES
 ]
 RUN_KEYS = {"runtime", "dataset", "n", "accuracy", "agreement", "bit_exact", "seconds"}
@@ -37,7 +41,13 @@ def digits_graph() -> Graph:
     ops = [
         Op("flatten", ["input"], "f"),
         Op("input_dense", ["f"], "d", {}, {"weight": rng.random((32, 64)) < 0.5}),
-        Op("threshold", ["d"], "s", {}, {"thresh": rng.integers(-80, 80, 32).astype(np.int32), "flip": rng.random(32) < 0.3}),
+        Op(
+            "threshold",
+            ["d"],
+            "s",
+            {},
+            {"thresh": rng.integers(-80, 80, 32).astype(np.int32), "flip": rng.random(32) < 0.3},
+        ),
         Op("binary_dense", ["s"], "o", {}, {"weight": rng.random((10, 32)) < 0.5}),
         Op("argmax", ["o"], "y"),
     ]
@@ -59,7 +69,9 @@ def test_every_runtime_gives_the_reference_bits(name):
     assert np.array_equal(again.labels, want_labels[:2])
     if RUNTIMES[name].device:
         d = got.device
-        assert d["target"] == name and d["board"] == TARGETS[name].machine and d["instructions_counted_on"] == len(case.x)
+        assert (
+            d["target"] == name and d["board"] == TARGETS[name].machine and d["instructions_counted_on"] == len(case.x)
+        )
         assert d["flash_bytes"] == d["text"] + d["rodata"] + d["data"] and d["instructions_per_inference"] > 0
     else:
         assert got.device is None
@@ -74,7 +86,9 @@ def test_prepare_frees_its_build_directory_also_when_the_build_fails(tmp_path, m
     assert [p.name.startswith("bnnkit-c-") for p in tmp_path.iterdir()] == [True]
     predictor.close()
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(c_runtime, "generate_c", lambda g, prefix: {f"{prefix}.h": "", f"{prefix}.c": "int broken(void) {\n"})
+    monkeypatch.setattr(
+        c_runtime, "generate_c", lambda g, prefix: {f"{prefix}.h": "", f"{prefix}.c": "int broken(void) {\n"}
+    )
     with pytest.raises(BnnkitError, match="^C compilation failed"):
         RUNTIMES["c-portable"].prepare(graph)
     assert list(tmp_path.iterdir()) == []
@@ -95,7 +109,9 @@ def test_names_and_their_errors():
 
 def test_a_missing_cross_toolchain_stops_a_device_runtime_before_any_work(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(BnnkitError, match="^no Arm cross compiler 'arm-none-eabi-gcc' found; install the Debian packages"):
+    with pytest.raises(
+        BnnkitError, match="^no Arm cross compiler 'arm-none-eabi-gcc' found; install the Debian packages"
+    ):
         RUNTIMES["cortex-m4"].prepare(case_from_seed(0).graph)
 
 
@@ -119,7 +135,9 @@ def test_run_json_is_the_evaluation(tmp_path, capsys, monkeypatch):
     assert set(printed) == RUN_KEYS and set(printed["seconds"]) == {"numpy", "c-portable"}
     assert printed["n"] == 50 and printed["bit_exact"] and printed["agreement"] == 1.0
     evaluation = Evaluation(**{**printed, "device": None})
-    assert evaluation.to_dict() == printed and Evaluation(**printed, device={"target": "x"}).to_dict()["device"] == {"target": "x"}
+    assert evaluation.to_dict() == printed and Evaluation(**printed, device={"target": "x"}).to_dict()["device"] == {
+        "target": "x"
+    }
     assert main(["run", str(tmp_path / "m.bnn"), "--runtime", "tpu"]) == 2
     assert capsys.readouterr().err.strip() == f"error: unknown runtime 'tpu'; use one of {', '.join(RUNTIMES)}"
 

@@ -38,8 +38,18 @@ from bnnkit.training.checkpoint import load_state, read_json
 from bnnkit.training.run import CONFIG, CURVES, METRICS, STATE, WEIGHTS, load_run
 
 # small enough that an epoch takes milliseconds, so that the kill tests can afford many
-TINY_TRAIN = ["--model", "binarynet_mlp", "--option", "width=32", "--dataset", "digits", "--batch-size", "64",
-              "--limit-train", "256"]
+TINY_TRAIN = [
+    "--model",
+    "binarynet_mlp",
+    "--option",
+    "width=32",
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "64",
+    "--limit-train",
+    "256",
+]
 PNG_END = b"IEND\xaeB`\x82"
 
 
@@ -60,8 +70,12 @@ def one_thread(monkeypatch):
 
 def kill_when(args: list[str], ready: Callable[[], bool], deadline: float = 120) -> None:
     """Start ``bnnkit ARGS`` in a process of its own and SIGKILL it once ``ready()``."""
-    proc = subprocess.Popen([sys.executable, "-m", "bnnkit", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnnkit", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     end = time.monotonic() + deadline
     while not ready():
         assert proc.poll() is None, f"bnnkit exited ({proc.returncode}) before the kill: {proc.stderr.read().decode()}"
@@ -111,8 +125,22 @@ def test_train_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path, one_
 
 def test_fit_killed_mid_candidate_keeps_the_finished_ones(tmp_path, monkeypatch, capsys, one_thread):
     out = tmp_path / "fit"
-    args = ["fit", "--ram", "200", "--flash", "320", "--dataset", "digits", "--epochs", "30", "--limit-train", "256",
-            "--out", str(out), "--json"]
+    args = [
+        "fit",
+        "--ram",
+        "200",
+        "--flash",
+        "320",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "30",
+        "--limit-train",
+        "256",
+        "--out",
+        str(out),
+        "--json",
+    ]
     kill_when(args, lambda: (out / fitmod.RESULTS).exists())
     recorded = [json.loads(line) for line in (out / fitmod.RESULTS).read_text().splitlines()]
     assert len(recorded) == 1
@@ -154,11 +182,18 @@ def test_atomic_write_gives_the_mode_a_plain_write_would(tmp_path):
 def start_bnnkit_on_signal(args: list[str], go: Path) -> subprocess.Popen:
     """A ``bnnkit ARGS`` process with bnnkit and torch already imported, that runs the
     command once file ``go`` exists: it reaches the run directory within a moment."""
-    code = ("import sys, time, pathlib\nfrom bnnkit.cli import main\n"
-            f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
-            f"sys.exit(main({args!r}))")
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import sys, time, pathlib\nfrom bnnkit.cli import main\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+        f"sys.exit(main({args!r}))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.parametrize("resume", [False, True])
@@ -166,8 +201,13 @@ def test_two_trains_on_one_out_the_second_is_refused_and_the_first_finishes_inta
     run, go = tmp_path / "run", tmp_path / "go"
     args = ["train", *TINY_TRAIN, "--epochs", "200", "--out", str(run), "--json"]
     second = start_bnnkit_on_signal(args + ["--resume"] * resume + ["--seed", "1"], go)
-    first = subprocess.Popen([sys.executable, "-m", "bnnkit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = subprocess.Popen(
+        [sys.executable, "-m", "bnnkit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         deadline = time.monotonic() + 120
         while not ((run / STATE).exists() and (run / LOCK).exists()):  # holding the lock, an epoch on disk
@@ -181,8 +221,10 @@ def test_two_trains_on_one_out_the_second_is_refused_and_the_first_finishes_inta
         go.touch()
         first_out, first_err = first.communicate(timeout=300)
     assert second.returncode == 2 and out == ""
-    assert err == (f"error: {run}: another bnnkit process (PID {first.pid}) is writing this run directory; "
-                   "wait for it to finish or choose another directory\n")
+    assert err == (
+        f"error: {run}: another bnnkit process (PID {first.pid}) is writing this run directory; "
+        "wait for it to finish or choose another directory\n"
+    )
     assert first.returncode == 0, first_err
     assert json.loads(first_out)["epoch"] == 200
     assert_run_files_valid(run)
@@ -194,15 +236,26 @@ def test_two_trains_on_one_out_the_second_is_refused_and_the_first_finishes_inta
 def test_a_lock_names_its_holder_and_outlives_no_process(tmp_path):
     with exclusive(tmp_path, "thing"):
         assert (tmp_path / LOCK).read_text() == f"{os.getpid()}\n"
-        with pytest.raises(bnnkit.errors.BnnkitError, match=rf"another bnnkit process \(PID {os.getpid()}\) is writing this thing"), \
-                exclusive(tmp_path, "thing"):
+        with (
+            pytest.raises(
+                bnnkit.errors.BnnkitError, match=rf"another bnnkit process \(PID {os.getpid()}\) is writing this thing"
+            ),
+            exclusive(tmp_path, "thing"),
+        ):
             pass
         assert (tmp_path / LOCK).exists()  # the refused one did not remove the holder's lock
     assert not (tmp_path / LOCK).exists()
     # a holder killed with -9 leaves its lock file, and the kernel its lock: the next one takes it
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom bnnkit.files import exclusive\n"
-                               f"with exclusive({str(tmp_path)!r}, 'x'):\n    print('held', flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom bnnkit.files import exclusive\n"
+            f"with exclusive({str(tmp_path)!r}, 'x'):\n    print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline() == "held\n"
     with pytest.raises(bnnkit.errors.BnnkitError, match=f"PID {holder.pid}"), exclusive(tmp_path, "x"):
         pass
@@ -234,12 +287,17 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path
     live = subprocess.Popen(["sleep", "60"])
     old = STALE_SECONDS + 5
     try:
-        stale = [left_file(tmp_path / f".model.safetensors.{dead_pid()}.a1b2c3d4.tmp", old),
-                 left_file(tmp_path / ".config.json.x9_y8z7w.tmp", old)]  # the form before PIDs were in the name
-        kept = [left_file(tmp_path / f".config.json.{live.pid}.a1b2c3d4.tmp", old),  # its writer is still at work
-                left_file(tmp_path / f".metrics.jsonl.{dead_pid()}.a1b2c3d4.tmp", 0),  # young: its writer may be elsewhere
-                left_file(tmp_path / "notes.tmp", old), left_file(tmp_path / ".notes.tmp", old),  # not bnnkit's names
-                left_file(tmp_path / ".config.json.a1b2c3d4.tmp.bak", old)]
+        stale = [
+            left_file(tmp_path / f".model.safetensors.{dead_pid()}.a1b2c3d4.tmp", old),
+            left_file(tmp_path / ".config.json.x9_y8z7w.tmp", old),
+        ]  # the form before PIDs were in the name
+        kept = [
+            left_file(tmp_path / f".config.json.{live.pid}.a1b2c3d4.tmp", old),  # its writer is still at work
+            left_file(tmp_path / f".metrics.jsonl.{dead_pid()}.a1b2c3d4.tmp", 0),  # young: its writer may be elsewhere
+            left_file(tmp_path / "notes.tmp", old),
+            left_file(tmp_path / ".notes.tmp", old),  # not bnnkit's names
+            left_file(tmp_path / ".config.json.a1b2c3d4.tmp.bak", old),
+        ]
         atomic_write(tmp_path / "result.json", "{}")  # the next write to the directory tidies it
         assert not any(p.exists() for p in stale)
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*(p.name for p in kept), "result.json"])
@@ -251,13 +309,17 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path
 
 def test_kill_9_in_the_middle_of_a_write_leaves_a_temporary_the_next_write_removes(tmp_path):
     # The writer kills itself between writing its temporary and renaming it: the worst instant.
-    code = ("import os, signal\nimport bnnkit.files as files\n"
-            "files.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
-            f"files.atomic_write({str(tmp_path / 'config.json')!r}, 'new')\n")
+    code = (
+        "import os, signal\nimport bnnkit.files as files\n"
+        "files.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"files.atomic_write({str(tmp_path / 'config.json')!r}, 'new')\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code])
     assert proc.wait(timeout=60) == -signal.SIGKILL
     (left,) = tmp_path.iterdir()
-    assert left.name.startswith(f".config.json.{proc.pid}.") and left.name.endswith(".tmp") and left.read_text() == "new"
+    assert (
+        left.name.startswith(f".config.json.{proc.pid}.") and left.name.endswith(".tmp") and left.read_text() == "new"
+    )
     atomic_write(tmp_path / "other.json", "{}")
     assert left.exists()  # too young to be judged: a writer in another PID namespace might still be at work
     age(left, STALE_SECONDS + 1)
@@ -275,8 +337,13 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_directory(tmp_path, limi
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = subprocess.run([sys.executable, "-m", "bnnkit", "train", *TINY_TRAIN, "--epochs", "1", "--out", str(out),
-                           "--json"], capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnnkit", "train", *TINY_TRAIN, "--epochs", "1", "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.endswith(f"error: {out / failing}: cannot write (File too large)\n"), proc.stderr
     assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
@@ -293,10 +360,17 @@ def test_codegen_on_a_full_disk_is_one_line_and_leaves_no_directory(tmp_path):
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
 
-    proc = subprocess.run([sys.executable, "-m", "bnnkit", "codegen", str(graph), "-o", str(out)],
-                          capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnnkit", "codegen", str(graph), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.startswith(f"error: {out / 'bnn.'}") and proc.stderr.endswith(": cannot write (File too large)\n")
+    assert proc.stderr.startswith(f"error: {out / 'bnn.'}") and proc.stderr.endswith(
+        ": cannot write (File too large)\n"
+    )
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.bnn"]
 
@@ -341,7 +415,9 @@ def flip_header_byte(data: bytes) -> bytes:
 def export_of(c: Ctx, change: Callable[[Path], None], problem: str) -> Bad:
     run = c.copy(c.run, "run")
     change(run / WEIGHTS)
-    return Bad(["export", str(run), "-o", str(c.tmp / "out.bnn"), "--json"], str(run / WEIGHTS), problem, [c.tmp / "out.bnn"])
+    return Bad(
+        ["export", str(run), "-o", str(c.tmp / "out.bnn"), "--json"], str(run / WEIGHTS), problem, [c.tmp / "out.bnn"]
+    )
 
 
 def change_weights(change: Callable[[dict, str], None]) -> Callable[[Path], None]:
@@ -365,7 +441,18 @@ def set_first(array: np.ndarray, value) -> None:
 
 def train_on(c: Ctx, dataset: str, data_dir: Path, names: Path, problem: str, *extra: Path) -> Bad:
     out = c.tmp / "out"
-    args = ["train", "--model", "ebnn_cnn", "--dataset", dataset, "--data-dir", str(data_dir), "--out", str(out), "--json"]
+    args = [
+        "train",
+        "--model",
+        "ebnn_cnn",
+        "--dataset",
+        dataset,
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--json",
+    ]
     return Bad(args, str(names), problem, [out, *extra])
 
 
@@ -419,8 +506,26 @@ def recipe_file(c: Ctx, text: str, problem: str) -> Bad:
 
 def resume_args(run: Path, *changed: str) -> list[str]:
     """Resume the trained run (see ``trained``), with ``changed`` settings appended."""
-    return ["train", "--model", "ebnn_cnn", "--option", "channels=[8]", "--recipe", "embedded", "--dataset", "digits",
-            "--limit-train", "128", "--epochs", "2", "--out", str(run), "--resume", "--json", *changed]
+    return [
+        "train",
+        "--model",
+        "ebnn_cnn",
+        "--option",
+        "channels=[8]",
+        "--recipe",
+        "embedded",
+        "--dataset",
+        "digits",
+        "--limit-train",
+        "128",
+        "--epochs",
+        "2",
+        "--out",
+        str(run),
+        "--resume",
+        "--json",
+        *changed,
+    ]
 
 
 def resume_from_truncated_state(c: Ctx) -> Bad:
@@ -462,8 +567,12 @@ def fit_with_damaged_record(c: Ctx) -> Bad:
 
 def without_cross_compiler(c: Ctx) -> Bad:
     which = shutil.which
-    c.monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name.startswith("arm-none-eabi") else which(name, *a, **k))
-    return Bad(["run", str(c.graph), "--runtime", "cortex-m4", "--limit", "4", "--json"], "arm-none-eabi-gcc", "install")
+    c.monkeypatch.setattr(
+        shutil, "which", lambda name, *a, **k: None if name.startswith("arm-none-eabi") else which(name, *a, **k)
+    )
+    return Bad(
+        ["run", str(c.graph), "--runtime", "cortex-m4", "--limit", "4", "--json"], "arm-none-eabi-gcc", "install"
+    )
 
 
 def below_a_file(c: Ctx, command: list[str], option: str, problem: str) -> Bad:
@@ -477,51 +586,80 @@ CASES: dict[str, Callable[[Ctx], Bad]] = {
     "graph truncated": lambda c: codegen(c, changed_bytes(c, lambda b: b[: len(b) // 2]), "truncated"),
     "graph tensor bit flipped": lambda c: codegen(c, changed_bytes(c, flip_tensor_byte), "SHA-256"),
     "graph header bit flipped": lambda c: codegen(c, changed_bytes(c, flip_header_byte), "not a readable graph file"),
-    "graph header length forged": lambda c: codegen(c, changed_bytes(c, lambda b: struct.pack("<Q", 1 << 40) + b[8:]), "header"),
-    "graph header hash mismatch": lambda c: codegen(c, rewritten_graph(c, lambda h: h.update(sha256="0" * 64)), "SHA-256"),
+    "graph header length forged": lambda c: codegen(
+        c, changed_bytes(c, lambda b: struct.pack("<Q", 1 << 40) + b[8:]), "header"
+    ),
+    "graph header hash mismatch": lambda c: codegen(
+        c, rewritten_graph(c, lambda h: h.update(sha256="0" * 64)), "SHA-256"
+    ),
     "graph format version": lambda c: codegen(c, rewritten_graph(c, lambda h: h.update(version=99)), "version 99"),
-    "graph unknown op": lambda c: codegen(c, rewritten_graph(c, lambda h: h["ops"][2].update(kind="softmax")), "unknown op"),
+    "graph unknown op": lambda c: codegen(
+        c, rewritten_graph(c, lambda h: h["ops"][2].update(kind="softmax")), "unknown op"
+    ),
     "weights file as graph": lambda c: codegen(c, c.run / WEIGHTS, "without a bnnkit graph header"),
     "graph shape mismatch": lambda c: codegen(
-        c, forged_graph(c, lambda g: g.ops[4].params.update(weight=np.ones((10, 64), bool))), "does not match input"),
+        c, forged_graph(c, lambda g: g.ops[4].params.update(weight=np.ones((10, 64), bool))), "does not match input"
+    ),
     "graph NaN weight": lambda c: codegen(
-        c, forged_graph(c, lambda g: set_first(g.ops[5].params["scale"], np.nan)), "non-finite"),
-    "weights truncated": lambda c: export_of(c, lambda p: p.write_bytes(p.read_bytes()[:300]), "not a readable safetensors"),
+        c, forged_graph(c, lambda g: set_first(g.ops[5].params["scale"], np.nan)), "non-finite"
+    ),
+    "weights truncated": lambda c: export_of(
+        c, lambda p: p.write_bytes(p.read_bytes()[:300]), "not a readable safetensors"
+    ),
     "weights shape mismatch": lambda c: export_of(c, change_weights(drop_rows), "the model expects"),
     "weights Inf": lambda c: export_of(c, change_weights(lambda t, k: set_first(t[k], np.inf)), "non-finite"),
     "training state truncated": resume_from_truncated_state,
     "metrics log damaged": resume_from_damaged_metrics,
     "IDX wrong magic": bad_idx("train-images-idx3-ubyte", struct.pack(">HBB", 0, 0x0D, 3) + bytes(12), "magic"),
-    "IDX wrong dims": bad_idx("train-images-idx3-ubyte", struct.pack(">HBBIII", 0, 8, 3, 6, 10, 10) + bytes(600), "28x28"),
-    "IDX label out of range": bad_idx("train-labels-idx1-ubyte", struct.pack(">HBBI", 0, 8, 1, 6) + bytes([1, 2, 3, 12, 0, 0]),
-                                      "label 12 out of range"),
+    "IDX wrong dims": bad_idx(
+        "train-images-idx3-ubyte", struct.pack(">HBBIII", 0, 8, 3, 6, 10, 10) + bytes(600), "28x28"
+    ),
+    "IDX label out of range": bad_idx(
+        "train-labels-idx1-ubyte",
+        struct.pack(">HBBI", 0, 8, 1, 6) + bytes([1, 2, 3, 12, 0, 0]),
+        "label 12 out of range",
+    ),
     "CIFAR batch wrong size": lambda c: train_on(
-        c, "cifar10", *cifar_dir(c, lambda p: p.write_bytes(bytes(3000)), binary=True), "3073-byte records"),
+        c, "cifar10", *cifar_dir(c, lambda p: p.write_bytes(bytes(3000)), binary=True), "3073-byte records"
+    ),
     "CIFAR pickle with a foreign class": foreign_pickle,
     "missing data directory": lambda c: train_on(c, "mnist", c.tmp / "nowhere", c.tmp / "nowhere", "no such directory"),
     "unknown recipe key": lambda c: recipe_file(c, "learning_rate = 0.1\n", "unknown recipe key(s) learning_rate"),
     "incompatible methods in a recipe": lambda c: recipe_file(
-        c, "learnable_threshold = true\nactivation_bits = 2\n", "each replace the activation binarizer"),
+        c, "learnable_threshold = true\nactivation_bits = 2\n", "each replace the activation binarizer"
+    ),
     "incompatible methods by name": lambda c: Bad(
         ["train", *TINY_TRAIN, "--recipe", "rsign+dorefa_2bit", "--out", str(c.tmp / "out"), "--json"],
-        "rsign+dorefa_2bit", "each replace the activation binarizer", [c.tmp / "out"]),
+        "rsign+dorefa_2bit",
+        "each replace the activation binarizer",
+        [c.tmp / "out"],
+    ),
     "infinite learning rate in a recipe": lambda c: recipe_file(c, "lr = inf\n", "lr must be a finite number"),
     "infinite width in a recipe": lambda c: recipe_file(c, "width_mult = inf\n", "width_mult must be a finite number"),
     "boolean batch size in a recipe": lambda c: recipe_file(c, "batch_size = true\n", "batch_size must be an int"),
     "infinite --lr": lambda c: train_tiny(c, "--lr", "inf", names="lr", problem="must be a finite number"),
-    "--limit-train 0": lambda c: train_tiny(c, "--limit-train", "0", names="limit_train", problem="must be an integer >= 1"),
+    "--limit-train 0": lambda c: train_tiny(
+        c, "--limit-train", "0", names="limit_train", problem="must be an integer >= 1"
+    ),
     "negative --seed": lambda c: train_tiny(c, "--seed", "-1", names="seed", problem="must be an integer in 0.."),
     "Bop without binary weights": lambda c: train_tiny(
-        c, "--option", "depth=1", "--recipe", "bop", names="Bop", problem="the model has no binary layer"),
+        c, "--option", "depth=1", "--recipe", "bop", names="Bop", problem="the model has no binary layer"
+    ),
     "model option of the wrong type": lambda c: train_tiny(
-        c, "--option", "depth=three", names="option depth", problem="expected an int like depth=3, got 'three'"),
+        c, "--option", "depth=three", names="option depth", problem="expected an int like depth=3, got 'three'"
+    ),
     "list option given a number": lambda c: Bad(
         ["train", "--model", "ebnn_cnn", "--option", "channels=16", "--dataset", "digits", "--out", str(c.tmp / "out")],
-        "option channels", "expected a list of ints like channels=[16,32], got 16", [c.tmp / "out"]),
+        "option channels",
+        "expected a list of ints like channels=[16,32], got 16",
+        [c.tmp / "out"],
+    ),
     "resume on another data subset": lambda c: resume_another_run(
-        c, "--limit-train", "64", problem="limit_train 128 (stored) vs 64 (now)"),
+        c, "--limit-train", "64", problem="limit_train 128 (stored) vs 64 (now)"
+    ),
     "resume with another seed and test subset": lambda c: resume_another_run(
-        c, "--seed", "1", "--limit-test", "50", problem="seed 0 (stored) vs 1 (now); limit_test None vs 50"),
+        c, "--seed", "1", "--limit-test", "50", problem="seed 0 (stored) vs 1 (now); limit_test None vs 50"
+    ),
     "impossible fit budget": impossible_fit,
     "zero fit budget": lambda c: Bad(fit_args(c, "0", "4K"), "--ram", "must be > 0", [c.tmp / "fit"]),
     "damaged fit record": fit_with_damaged_record,
@@ -548,8 +686,18 @@ def test_a_real_process_gets_the_one_line_and_status_2(trained, tmp_path, monkey
 # --- no unsafe loading --------------------------------------------------------------------------
 
 # Calls that run code from the file they read, unless made safe as the rule says.
-FORBIDDEN = {"pickle.load", "pickle.loads", "pickle.Unpickler", "dill.load", "dill.loads", "joblib.load", "shelve.open",
-             "marshal.load", "marshal.loads", "pandas.read_pickle"}
+FORBIDDEN = {
+    "pickle.load",
+    "pickle.loads",
+    "pickle.Unpickler",
+    "dill.load",
+    "dill.loads",
+    "joblib.load",
+    "shelve.open",
+    "marshal.load",
+    "marshal.loads",
+    "pandas.read_pickle",
+}
 RESTRICTED_UNPICKLERS = {("data/cifar.py", "_BatchUnpickler")}
 
 
@@ -583,8 +731,11 @@ def unsafe_uses(source: str, where: str) -> list[str]:
                 found.append(f"{where}:{node.lineno}: {name}")
             elif name == "torch.load" and not _keyword_is(node, "weights_only", True):
                 found.append(f"{where}:{node.lineno}: torch.load without weights_only=True")
-            elif (name == "numpy.load" and any(k.arg == "allow_pickle" for k in node.keywords)
-                  and not _keyword_is(node, "allow_pickle", False)):
+            elif (
+                name == "numpy.load"
+                and any(k.arg == "allow_pickle" for k in node.keywords)
+                and not _keyword_is(node, "allow_pickle", False)
+            ):
                 found.append(f"{where}:{node.lineno}: numpy.load with allow_pickle")
         elif isinstance(node, ast.ClassDef) and any(_dotted(b, aliases) == "pickle.Unpickler" for b in node.bases):
             overrides = any(isinstance(f, ast.FunctionDef) and f.name == "find_class" for f in node.body)

@@ -77,8 +77,14 @@ def test_grid_errors_name_the_problem(change, message):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"recipe": {"lr": math.inf}}, r"grid.toml: recipe: recipe 'baseline': lr must be a finite number in \(0, 10\], got inf"),
-        ({"recipe": {"width_mult": math.inf}}, "grid.toml: recipe: recipe 'baseline': width_mult must be a finite number"),
+        (
+            {"recipe": {"lr": math.inf}},
+            r"grid.toml: recipe: recipe 'baseline': lr must be a finite number in \(0, 10\], got inf",
+        ),
+        (
+            {"recipe": {"width_mult": math.inf}},
+            "grid.toml: recipe: recipe 'baseline': width_mult must be a finite number",
+        ),
         ({"recipe": {"lr": math.nan}}, "lr must be a finite number in .*, got nan"),
         ({"recipe": {"batch_size": True}}, "batch_size must be an int, got True"),
         ({"recipe": {"momentum": 1.5}}, r"momentum must be a finite number in \[0, 1\)"),
@@ -88,7 +94,10 @@ def test_grid_errors_name_the_problem(change, message):
         ({"seeds": [2**64]}, "grid.toml: seed must be an integer in 0.."),
         ({"limit_train": 0}, "grid.toml: limit_train must be >= 1, got 0"),
         ({"limit_test": 1.5}, "grid.toml: limit_test must be an integer >= 1, got 1.5"),
-        ({"model_options": {"width": "wide"}}, "grid.toml: model binarynet_mlp option width: expected an int like width=512"),
+        (
+            {"model_options": {"width": "wide"}},
+            "grid.toml: model binarynet_mlp option width: expected an int like width=512",
+        ),
         ({"model_options": {"width": math.inf}}, "option width: expected an int like width=512, got inf"),
         ({"base": "no_such_recipe"}, "grid.toml: base: unknown recipe 'no_such_recipe'"),
     ],
@@ -128,8 +137,14 @@ def test_inapplicable_entries_are_all_listed_or_skipped():
 
 def test_expansion_every_method_once_per_seed_plus_baseline_and_combinations():
     raw = {
-        "model": "resnet20", "model_options": {"width_mult": 0.25}, "dataset": "cifar10", "epochs": 2, "seeds": [0, 1],
-        "methods": ["all"], "combinations": [["rsign", "double_residual"]], "recipe": {"lr": 0.01},
+        "model": "resnet20",
+        "model_options": {"width_mult": 0.25},
+        "dataset": "cifar10",
+        "epochs": 2,
+        "seeds": [0, 1],
+        "methods": ["all"],
+        "combinations": [["rsign", "double_residual"]],
+        "recipe": {"lr": 0.01},
         "skip_inapplicable": True,
     }
     grid = expand(raw)
@@ -186,8 +201,12 @@ def test_tiny_grid_runs_in_two_processes_then_skips_finished_runs(tmp_path, caps
 
 def test_failed_runs_are_recorded_and_retried(tmp_path):
     grid = expand({**TINY, "seeds": [0], "methods": []})
-    broken = replace(grid, runs=[replace(r, config=replace(r.config, dataset="mnist", data_dir=str(tmp_path / "none")))
-                                 for r in grid.runs])
+    broken = replace(
+        grid,
+        runs=[
+            replace(r, config=replace(r.config, dataset="mnist", data_dir=str(tmp_path / "none"))) for r in grid.runs
+        ],
+    )
     result = run_review(broken, tmp_path / "review", progress=False)
     assert result["failed"] == 1 and result["failed_runs"] == [{"label": "baseline", "seed": 0}]
     with Store(tmp_path / "review") as store:
@@ -203,8 +222,11 @@ def test_kill_9_then_rerun_keeps_finished_runs_and_resumes_the_rest(tmp_path):
     table = {**TINY, "model_options": {"width": 64}, "epochs": 2, "methods": ["rsign"]}
     grid_file = write_grid(tmp_path / "grid.toml", table)
     out = tmp_path / "review"
-    proc = subprocess.Popen([sys.executable, "-m", "bnnkit", "review", str(grid_file), "--out", str(out), "--json"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnnkit", "review", str(grid_file), "--out", str(out), "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     done = {}
     while not done and proc.poll() is None and time.monotonic() < deadline:
@@ -225,8 +247,11 @@ def test_kill_9_then_rerun_keeps_finished_runs_and_resumes_the_rest(tmp_path):
     killed = [s for s in grid.runs if rows[s.key]["status"] == "running"]
     waiting = next(s for s in grid.runs if rows[s.key]["status"] == "pending")
     train(replace(waiting.config, epochs=1), run_dir(out, waiting), TrainOptions(progress=False))
-    before = {s.key: (run_dir(out, s) / "metrics.jsonl").read_text() for s in [*killed, waiting]
-              if (run_dir(out, s) / "metrics.jsonl").exists()}
+    before = {
+        s.key: (run_dir(out, s) / "metrics.jsonl").read_text()
+        for s in [*killed, waiting]
+        if (run_dir(out, s) / "metrics.jsonl").exists()
+    }
 
     result = run_review(grid, out, progress=False)
     assert result["done"] == len(grid.runs) and result["ran"] == len(grid.runs) - len(done)
@@ -244,8 +269,10 @@ def test_two_reviews_cannot_share_a_directory(tmp_path):
 
     with exclusive(tmp_path, "review directory"), pytest.raises(BnnkitError) as info:  # what the first review holds
         run_review(expand(TINY), tmp_path, progress=False)
-    assert str(info.value) == (f"{tmp_path}: another bnnkit process (PID {os.getpid()}) is writing this review "
-                               "directory; wait for it to finish or choose another directory")
+    assert str(info.value) == (
+        f"{tmp_path}: another bnnkit process (PID {os.getpid()}) is writing this review "
+        "directory; wait for it to finish or choose another directory"
+    )
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -262,10 +289,20 @@ def test_report_numbers_equal_hand_computed_mean_and_std(tmp_path):
             if top1 is None:
                 store.finish(spec.key, {"status": "failed", "error": "RuntimeError: boom\ntraceback"})
                 continue
-            store.finish(spec.key, {
-                "status": "done", "top1_final": top1, "top1_best": top1 + 0.01, "train_seconds": 10.0 + spec.config.seed,
-                "costs": {"params": params[spec.label], "energy_pj": 2.5 * params[spec.label], "note": "not a number"},
-            })
+            store.finish(
+                spec.key,
+                {
+                    "status": "done",
+                    "top1_final": top1,
+                    "top1_best": top1 + 0.01,
+                    "train_seconds": 10.0 + spec.config.seed,
+                    "costs": {
+                        "params": params[spec.label],
+                        "energy_pj": 2.5 * params[spec.label],
+                        "note": "not a number",
+                    },
+                },
+            )
     result = write_report(tmp_path)
     with open(tmp_path / "report.csv") as f:
         rows = {r["label"]: r for r in csv.DictReader(f)}
@@ -322,8 +359,25 @@ def test_cifar10_preset_with_overrides(tmp_path, capsys):
         write_cifar_bin(data / f"data_batch_{i}.bin", cifar_images(16, i), rng.integers(0, 10, 16).tolist())
     write_cifar_bin(data / "test_batch.bin", cifar_images(32, 9), rng.integers(0, 10, 32).tolist())
     out = tmp_path / "review"
-    args = ["review", "deputter-cifar10", "--out", str(out), "--epochs", "1", "--seeds", "0", "--limit-train", "64",
-            "--limit-test", "64", "--methods", "baseline,rsign", "--data-dir", str(tmp_path), "--json"]
+    args = [
+        "review",
+        "deputter-cifar10",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "64",
+        "--methods",
+        "baseline,rsign",
+        "--data-dir",
+        str(tmp_path),
+        "--json",
+    ]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["runs"] == result["done"] == 2

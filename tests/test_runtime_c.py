@@ -38,8 +38,20 @@ VALGRIND_SEEDS = range(24)  # a launch runs one graph, and valgrind takes ~0.3 s
 
 
 KERNELS_C = {
-    "input_conv", "input_conv_sign", "binary_conv", "binary_conv_sign", "threshold", "maxpool_bits", "maxpool_i32",
-    "avgpool", "add_i32", "add_f32", "affine_i32", "affine_f32", "argmax_i32", "argmax_f32",
+    "input_conv",
+    "input_conv_sign",
+    "binary_conv",
+    "binary_conv_sign",
+    "threshold",
+    "maxpool_bits",
+    "maxpool_i32",
+    "avgpool",
+    "add_i32",
+    "add_f32",
+    "affine_i32",
+    "affine_f32",
+    "argmax_i32",
+    "argmax_f32",
 }
 
 
@@ -77,12 +89,19 @@ def features(graph: Graph) -> set:
     for op in graph.ops:
         out.add((op.kind, graph.types[op.inputs[0]][0]))
         if op.kind.endswith("conv2d"):
-            out |= {("kernel", op.params["weight"].shape[2]), ("stride", op.attrs["stride"]), ("padding", op.attrs["padding"])}
+            out |= {
+                ("kernel", op.params["weight"].shape[2]),
+                ("stride", op.attrs["stride"]),
+                ("padding", op.attrs["padding"]),
+            }
             out.add(("pad", op.attrs.get("pad")))
         if op.kind.startswith("binary"):
             out.add(("odd channels > 32", op.params["weight"].shape[1] > 32 and op.params["weight"].shape[1] % 32 != 0))
         if op.kind == "threshold":
-            out |= {("flip", bool(op.params["flip"].any())), ("constant", bool((op.params["thresh"] == INT32_MIN).any()))}
+            out |= {
+                ("flip", bool(op.params["flip"].any())),
+                ("constant", bool((op.params["thresh"] == INT32_MIN).any())),
+            }
         if op.kind == "maxpool":
             out.add(("min_channels", "min_channels" in op.params))
     return out
@@ -95,13 +114,39 @@ def test_random_graphs_are_bit_exact():
     assert len(cases) >= 1000
     assert called == KERNELS_C
     covered = {
-        ("input_conv2d", "u8"), ("binary_conv2d", "bits"), ("input_dense", "u8"), ("binary_dense", "bits"),
-        ("threshold", "i32"), ("maxpool", "i32"), ("maxpool", "bits"), ("avgpool", "i32"), ("add", "i32"),
-        ("add", "f32"), ("affine", "i32"), ("affine", "f32"), ("argmax", "i32"), ("argmax", "f32"),
-        ("flatten", "u8"), ("flatten", "bits"), ("flatten", "i32"), ("flatten", "f32"),
-        ("kernel", 1), ("kernel", 3), ("kernel", 5), ("stride", 2), ("stride", (1, 2)), ("padding", 0), ("padding", 1),
-        ("pad", "zero"), ("pad", "minus_one"), ("pad", "plus_one"), ("odd channels > 32", True), ("flip", True),
-        ("constant", True), ("min_channels", True), ("square", False),
+        ("input_conv2d", "u8"),
+        ("binary_conv2d", "bits"),
+        ("input_dense", "u8"),
+        ("binary_dense", "bits"),
+        ("threshold", "i32"),
+        ("maxpool", "i32"),
+        ("maxpool", "bits"),
+        ("avgpool", "i32"),
+        ("add", "i32"),
+        ("add", "f32"),
+        ("affine", "i32"),
+        ("affine", "f32"),
+        ("argmax", "i32"),
+        ("argmax", "f32"),
+        ("flatten", "u8"),
+        ("flatten", "bits"),
+        ("flatten", "i32"),
+        ("flatten", "f32"),
+        ("kernel", 1),
+        ("kernel", 3),
+        ("kernel", 5),
+        ("stride", 2),
+        ("stride", (1, 2)),
+        ("padding", 0),
+        ("padding", 1),
+        ("pad", "zero"),
+        ("pad", "minus_one"),
+        ("pad", "plus_one"),
+        ("odd channels > 32", True),
+        ("flip", True),
+        ("constant", True),
+        ("min_channels", True),
+        ("square", False),
     }
     assert covered - set().union(*(features(case.graph) for case in cases)) == set()
     varied = sum(len(set(numpy_ref.predict(c.graph, c.x)[1])) > 1 for c in cases)
@@ -134,7 +179,9 @@ def test_random_graphs_under_valgrind(tmp_path):
     )
     memcheck.chmod(0o755)
     with ThreadPoolExecutor(max_workers=2) as pool:  # one launch per graph; each is mostly valgrind's start-up
-        list(pool.map(lambda hc: assert_same(dataclasses.replace(hc[0], executable=memcheck), hc[1]), zip(hosts, cases)))
+        list(
+            pool.map(lambda hc: assert_same(dataclasses.replace(hc[0], executable=memcheck), hc[1]), zip(hosts, cases))
+        )
 
 
 def test_cnn_with_fused_layers_and_every_popcount(tmp_path):
@@ -153,7 +200,13 @@ def test_sources_are_self_contained_and_documented(tmp_path):
     ops = [
         Op("flatten", ["input"], "f"),
         Op("input_dense", ["f"], "d", {}, {"weight": rng.random((5, 12)) < 0.5}),
-        Op("threshold", ["d"], "s", {}, {"thresh": np.array([INT32_MIN, 0, 1, 2, 3], np.int32), "flip": np.array([1, 0, 1, 0, 1], bool)}),
+        Op(
+            "threshold",
+            ["d"],
+            "s",
+            {},
+            {"thresh": np.array([INT32_MIN, 0, 1, 2, 3], np.int32), "flip": np.array([1, 0, 1, 0, 1], bool)},
+        ),
         Op("binary_dense", ["s"], "o", {}, {"weight": rng.random((3, 5)) < 0.5}),
         Op("argmax", ["o"], "label"),
     ]
@@ -161,7 +214,11 @@ def test_sources_are_self_contained_and_documented(tmp_path):
     paths = write_sources(graph, tmp_path / "out", "net")
     assert [p.name for p in paths] == ["net.h", "net.c"]
     header, source = (p.read_text() for p in paths)
-    for line in ("#define NET_INPUT_SIZE 12", "#define NET_NUM_CLASSES 3", "int net_infer(const uint8_t *input, float *scores);"):
+    for line in (
+        "#define NET_INPUT_SIZE 12",
+        "#define NET_NUM_CLASSES 3",
+        "int net_infer(const uint8_t *input, float *scores);",
+    ):
         assert line in header
     assert "1 <=> +1" in header and "HWC" in header
     assert "(-2147483647 - 1)" in source  # INT32_MIN as a valid C expression
@@ -178,11 +235,18 @@ def test_sources_are_self_contained_and_documented(tmp_path):
 
 def _tiny_graph() -> Graph:
     w = np.ones((2, 4), bool)
-    return Graph((1, 2, 2), [Op("flatten", ["input"], "f"), Op("input_dense", ["f"], "d", {}, {"weight": w}), Op("argmax", ["d"], "y")])
+    return Graph(
+        (1, 2, 2),
+        [Op("flatten", ["input"], "f"), Op("input_dense", ["f"], "d", {}, {"weight": w}), Op("argmax", ["d"], "y")],
+    )
 
 
 def test_compile_errors_carry_the_compiler_output(tmp_path, monkeypatch):
-    monkeypatch.setattr(c_runtime, "generate_c", lambda graph, prefix: {f"{prefix}.h": "", f"{prefix}.c": "int oops(void) { return missing; }\n"})
+    monkeypatch.setattr(
+        c_runtime,
+        "generate_c",
+        lambda graph, prefix: {f"{prefix}.h": "", f"{prefix}.c": "int oops(void) { return missing; }\n"},
+    )
     with pytest.raises(BnnkitError, match="(?s)C compilation failed.*missing"):
         build_host(_tiny_graph(), tmp_path)
 

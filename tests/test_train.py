@@ -19,13 +19,26 @@ QUIET = TrainOptions(progress=False)
 
 def digits_config(epochs=2, **recipe_changes):
     recipe = BASELINE.with_(batch_size=64, **recipe_changes)
-    return RunConfig(model="binarynet_mlp", dataset="digits", epochs=epochs, seed=3, recipe=recipe, model_options={"width": 64, "depth": 2})
+    return RunConfig(
+        model="binarynet_mlp",
+        dataset="digits",
+        epochs=epochs,
+        seed=3,
+        recipe=recipe,
+        model_options={"width": 64, "depth": 2},
+    )
 
 
 def test_run_directory_contents(tmp_path):
     result = train(digits_config(), tmp_path / "run", QUIET)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "curves.png", "metrics.jsonl", "model.safetensors", "train_state.pt"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "curves.png",
+        "metrics.jsonl",
+        "model.safetensors",
+        "train_state.pt",
+    ]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2]
@@ -201,14 +214,20 @@ def test_resume_refuses_another_data_subset_or_seed_naming_each_difference(tmp_p
     other = RunConfig(**{**vars(digits_config(epochs=3)), "seed": 4})
     with pytest.raises(BnnkitError) as info:
         train(other, run, TrainOptions(resume=True, progress=False, limit_train=200, limit_test=100))
-    assert str(info.value) == f"{run}/config.json describes a different run: seed 3 (stored) vs 4 (now); limit_test None vs 100"
+    assert (
+        str(info.value)
+        == f"{run}/config.json describes a different run: seed 3 (stored) vs 4 (now); limit_test None vs 100"
+    )
     with pytest.raises(BnnkitError, match=r"recipe\.lr 0\.001 \(stored\) vs 0\.01 \(now\)$"):
         train(digits_config(epochs=3, lr=0.01), run, TrainOptions(resume=True, progress=False, limit_train=200))
     assert {p.name: p.read_bytes() for p in run.iterdir()} == files  # refused: nothing written
     # the recipe's name is a label, and epochs may grow: this continues the run
     renamed = digits_config(epochs=4).recipe.with_(name="renamed")
-    train(RunConfig(**{**vars(digits_config(epochs=4)), "recipe": renamed}), run,
-          TrainOptions(resume=True, progress=False, limit_train=200))
+    train(
+        RunConfig(**{**vars(digits_config(epochs=4)), "recipe": renamed}),
+        run,
+        TrainOptions(resume=True, progress=False, limit_train=200),
+    )
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3, 4]
 
 
@@ -261,7 +280,9 @@ def test_bop_on_a_model_without_binary_weights_is_refused_before_the_directory(t
     config = RunConfig(model="binarynet_mlp", dataset="digits", epochs=1, recipe="bop", model_options={"depth": 1})
     with pytest.raises(BnnkitError) as info:
         train(config, tmp_path / "run", QUIET)
-    assert str(info.value) == "recipe 'bop': Bop trains binary weights and the model has no binary layer; use adam or sgd"
+    assert (
+        str(info.value) == "recipe 'bop': Bop trains binary weights and the model has no binary layer; use adam or sgd"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -270,10 +291,13 @@ def test_run_config_takes_a_recipe_spec_and_checks_its_numbers():
 
     assert RunConfig("small_cnn", "digits", 1, recipe="embedded").recipe == load_recipe("embedded")
     assert RunConfig("small_cnn", "digits", 1, recipe="rsign+binary_first_last").recipe.learnable_threshold
-    for changes, message in [({"epochs": 0}, "epochs must be an integer in 1..1000000, got 0"),
-                             ({"epochs": True}, "epochs must be an integer"), ({"seed": -1}, "seed must be an integer in 0.."),
-                             ({"recipe": "no_such"}, "unknown recipe 'no_such'"),
-                             ({"model_options": {"width": "wide"}}, "model small_cnn option width: expected an int")]:
+    for changes, message in [
+        ({"epochs": 0}, "epochs must be an integer in 1..1000000, got 0"),
+        ({"epochs": True}, "epochs must be an integer"),
+        ({"seed": -1}, "seed must be an integer in 0.."),
+        ({"recipe": "no_such"}, "unknown recipe 'no_such'"),
+        ({"model_options": {"width": "wide"}}, "model small_cnn option width: expected an int"),
+    ]:
         with pytest.raises(BnnkitError, match=message):
             RunConfig(**{"model": "small_cnn", "dataset": "digits", "epochs": 1, **changes})
     # options are kept as the builder takes them, so that a resume compares like with like
@@ -290,8 +314,14 @@ class TinyNet(torch.nn.Module):
         super().__init__()
         from bnnkit.nn import BinaryLinear
 
-        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, width), torch.nn.BatchNorm1d(width),
-                                        BinaryLinear(width, width), torch.nn.BatchNorm1d(width), torch.nn.Linear(width, 10))
+        self.body = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(64, width),
+            torch.nn.BatchNorm1d(width),
+            BinaryLinear(width, width),
+            torch.nn.BatchNorm1d(width),
+            torch.nn.Linear(width, 10),
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -302,7 +332,9 @@ class OtherNet(TinyNet):
 
 
 def user_config(epochs=2):
-    return RunConfig(model="tiny", dataset="digits", epochs=epochs, seed=5, recipe=BASELINE.with_(batch_size=64, latent_clip=0.5))
+    return RunConfig(
+        model="tiny", dataset="digits", epochs=epochs, seed=5, recipe=BASELINE.with_(batch_size=64, latent_clip=0.5)
+    )
 
 
 def test_a_users_own_model_trains_resumes_and_loads_like_a_registry_one(tmp_path, monkeypatch):
@@ -316,9 +348,13 @@ def test_a_users_own_model_trains_resumes_and_loads_like_a_registry_one(tmp_path
     resume = TrainOptions(resume=True, progress=False)
     with pytest.raises(BnnkitError) as info:  # bnnkit cannot build it: the user must give it again
         train(user_config(), tmp_path / "resumed", resume)
-    assert str(info.value) == (f"{tmp_path / 'resumed'}: the run's model is the user's own test_train:TinyNet, which "
-                               "bnnkit cannot build: give it again (train(..., model=...), load_run(run_dir, model=...))")
-    with pytest.raises(BnnkitError, match="model_class 'test_train:TinyNet' \\(stored\\) vs 'test_train:OtherNet' \\(now\\)"):
+    assert str(info.value) == (
+        f"{tmp_path / 'resumed'}: the run's model is the user's own test_train:TinyNet, which "
+        "bnnkit cannot build: give it again (train(..., model=...), load_run(run_dir, model=...))"
+    )
+    with pytest.raises(
+        BnnkitError, match="model_class 'test_train:TinyNet' \\(stored\\) vs 'test_train:OtherNet' \\(now\\)"
+    ):
         train(user_config(), tmp_path / "resumed", resume, model=OtherNet)
     train(user_config(), tmp_path / "resumed", resume, model=TinyNet)
     a, b = (safetensors.torch.load_file(tmp_path / d / "model.safetensors") for d in ("straight", "resumed"))
@@ -326,8 +362,10 @@ def test_a_users_own_model_trains_resumes_and_loads_like_a_registry_one(tmp_path
 
     with pytest.raises(BnnkitError) as info:
         load_run(tmp_path / "straight")
-    assert str(info.value) == (f"{tmp_path / 'straight'}: the run's model is the user's own test_train:TinyNet, which "
-                               "bnnkit cannot build: give it again (train(..., model=...), load_run(run_dir, model=...))")
+    assert str(info.value) == (
+        f"{tmp_path / 'straight'}: the run's model is the user's own test_train:TinyNet, which "
+        "bnnkit cannot build: give it again (train(..., model=...), load_run(run_dir, model=...))"
+    )
     with pytest.raises(BnnkitError, match="the run's model is a test_train:TinyNet; model= gave a test_train:OtherNet"):
         load_run(tmp_path / "straight", model=OtherNet())
     model, config = load_run(tmp_path / "straight", model=TinyNet)
@@ -344,13 +382,17 @@ def test_a_module_instance_is_trained_in_place(tmp_path):
     train(user_config(epochs=1), tmp_path / "run", QUIET, model=net)
     saved = safetensors.torch.load_file(tmp_path / "run" / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
-    with pytest.raises(BnnkitError, match="holds the registry model binarynet_mlp, which bnnkit builds: load it without model="):
+    with pytest.raises(
+        BnnkitError, match="holds the registry model binarynet_mlp, which bnnkit builds: load it without model="
+    ):
         train(digits_config(epochs=1), tmp_path / "registry", QUIET)
         load_run(tmp_path / "registry", model=TinyNet)
 
 
 def test_user_models_are_refused_what_only_the_registry_can_do(tmp_path):
-    with pytest.raises(BnnkitError, match="model= must be a torch nn.Module or a function of no arguments returning one, got int"):
+    with pytest.raises(
+        BnnkitError, match="model= must be a torch nn.Module or a function of no arguments returning one, got int"
+    ):
         train(user_config(), tmp_path / "a", QUIET, model=lambda: 3)
     with pytest.raises(BnnkitError, match="distillation trains a full-precision twin of a registry model"):
         train(RunConfig(**{**vars(user_config()), "recipe": "distillation"}), tmp_path / "b", QUIET, model=TinyNet)
@@ -385,10 +427,24 @@ def test_train_warns_before_training_a_run_that_will_not_export_and_its_advice_w
 
     monkeypatch.setattr(training_train_module(), "train", spy_train)
     monkeypatch.setattr(distributed, "wrap", spy_wrap)
-    args = ["train", "--model", "ebnn_cnn", "--option", "channels=[8]", "--dataset", "digits", "--epochs", "1",
-            "--limit-train", "64", "--json"]
+    args = [
+        "train",
+        "--model",
+        "ebnn_cnn",
+        "--option",
+        "channels=[8]",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "64",
+        "--json",
+    ]
     assert main([*args, "--out", str(tmp_path / "baseline")]) == 0
-    assert stderr_when["train"] == "" and capsys.readouterr().err == ""  # once the run is set up, before the first epoch
+    assert (
+        stderr_when["train"] == "" and capsys.readouterr().err == ""
+    )  # once the run is set up, before the first epoch
     lines = stderr_when["set up"].splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: `bnnkit export` will refuse this run: cannot export layer")
     assert lines[0].endswith("; --recipe embedded trains one it takes")

@@ -21,8 +21,13 @@ Solver = pytest.importorskip("pysat.solvers", reason=_EXTRA).Solver
 
 SHAPE = (1, 2, 3)  # six pixels: every image of a radius-2 ball is 5**6 = 15625 images
 # the default (pure CNF), another CNF encoding, and native cardinality constraints on every solver that has them
-CHOICES = [("glucose4", "seqcounter"), ("glucose4", "kmtotalizer"), ("minicard", "native"), ("gluecard3", "native"),
-           ("gluecard4", "native")]
+CHOICES = [
+    ("glucose4", "seqcounter"),
+    ("glucose4", "kmtotalizer"),
+    ("minicard", "native"),
+    ("gluecard3", "native"),
+    ("gluecard4", "native"),
+]
 
 
 def ball(x0: np.ndarray, eps: int) -> np.ndarray:
@@ -57,14 +62,19 @@ def random_graph(seed: int, x: np.ndarray, conv: bool) -> Graph:
         t = threshold(op("input_conv2d", "input", {"stride": 1, "padding": 1}, {"weight": bits(3, 1, 2, 2)}))
         t = op("maxpool", t, {"kernel": 2, "stride": 1}, {"min_channels": bits(3)})
         pad = str(rng.choice(["zero", "minus_one", "plus_one"]))
-        t = threshold(op("binary_conv2d", t, {"stride": (1, 2), "padding": 1, "pad": pad}, {"weight": bits(4, 3, 2, 2)}))
+        t = threshold(
+            op("binary_conv2d", t, {"stride": (1, 2), "padding": 1, "pad": pad}, {"weight": bits(4, 3, 2, 2)})
+        )
         t = op("flatten", t)
     else:
         t = threshold(op("input_dense", op("flatten", "input"), params={"weight": bits(5, 6)}))
     t = op("binary_dense", t, params={"weight": bits(4, env[t].shape[1])})
     if rng.random() < 0.7:  # otherwise the argmax reads the integer sums
-        t = op("affine", t, params={"scale": rng.normal(0, 1, 4).astype(np.float32),
-                                     "bias": rng.normal(0, 2, 4).astype(np.float32)})
+        t = op(
+            "affine",
+            t,
+            params={"scale": rng.normal(0, 1, 4).astype(np.float32), "bias": rng.normal(0, 2, 4).astype(np.float32)},
+        )
     op("argmax", t)
     return Graph(SHAPE, ops)
 
@@ -165,8 +175,12 @@ def test_clear_errors():
         verify(graph, x0, -1)
     with pytest.raises(BnnkitError, match="uint8"):
         verify(graph, x0.astype(np.int32), 1)
-    ops = [Op("input_conv2d", ["input"], "c", {"stride": 1, "padding": 0}, {"weight": np.ones((2, 1, 2, 2), bool)}),
-           Op("avgpool", ["c"], "p", {"kernel": 1, "stride": 1}), Op("flatten", ["p"], "f"), Op("argmax", ["f"], "y")]
+    ops = [
+        Op("input_conv2d", ["input"], "c", {"stride": 1, "padding": 0}, {"weight": np.ones((2, 1, 2, 2), bool)}),
+        Op("avgpool", ["c"], "p", {"kernel": 1, "stride": 1}),
+        Op("flatten", ["p"], "f"),
+        Op("argmax", ["f"], "y"),
+    ]
     with pytest.raises(BnnkitError, match=r"op 1 \(avgpool\)"):
         verify(Graph(SHAPE, ops), x0, 1)
     with pytest.raises(BnnkitError, match="native encoding needs a solver with cardinality constraints"):
@@ -182,16 +196,46 @@ def test_cli_json_on_a_digits_graph(tmp_path, capsys):
 
     x = load_dataset("digits", "test").x[:40]
     rng = np.random.default_rng(3)
-    acc = KERNELS["input_conv2d"](Op("input_conv2d", ["input"], "c", {"stride": 2, "padding": 0},
-                                     w1 := {"weight": rng.random((4, 1, 3, 3)) < 0.5}), x)
+    acc = KERNELS["input_conv2d"](
+        Op(
+            "input_conv2d",
+            ["input"],
+            "c",
+            {"stride": 2, "padding": 0},
+            w1 := {"weight": rng.random((4, 1, 3, 3)) < 0.5},
+        ),
+        x,
+    )
     t1 = np.median(np.moveaxis(acc, 1, 0).reshape(4, -1), axis=1).astype(np.int32)
-    ops = [Op("input_conv2d", ["input"], "c", {"stride": 2, "padding": 0}, w1),
-           Op("threshold", ["c"], "s", {}, {"thresh": t1, "flip": np.zeros(4, bool)}), Op("flatten", ["s"], "f"),
-           Op("binary_dense", ["f"], "d", {}, {"weight": rng.random((10, 36)) < 0.5}), Op("argmax", ["d"], "y")]
+    ops = [
+        Op("input_conv2d", ["input"], "c", {"stride": 2, "padding": 0}, w1),
+        Op("threshold", ["c"], "s", {}, {"thresh": t1, "flip": np.zeros(4, bool)}),
+        Op("flatten", ["s"], "f"),
+        Op("binary_dense", ["f"], "d", {}, {"weight": rng.random((10, 36)) < 0.5}),
+        Op("argmax", ["d"], "y"),
+    ]
     path = tmp_path / "g.bnn"
     Graph((1, 8, 8), ops, meta={"dataset": "digits"}).save(path)
-    assert main(["verify", str(path), "--image", "1", "--images", "2", "--eps", "0", "1", "3", "--json",
-                 "--save", str(tmp_path / "cex")]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                str(path),
+                "--image",
+                "1",
+                "--images",
+                "2",
+                "--eps",
+                "0",
+                "1",
+                "3",
+                "--json",
+                "--save",
+                str(tmp_path / "cex"),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     graph = Graph.load(path)
     assert [(q["image"], q["eps"]) for q in out["queries"]] == [(i, e) for i in (1, 2) for e in (0, 1, 3)]
@@ -203,8 +247,28 @@ def test_cli_json_on_a_digits_graph(tmp_path, capsys):
             assert np.abs(saved.astype(int) - x[q["image"]]).max() == q["linf"] <= q["eps"]
     assert out["summary"]["0"]["robust"] == 2 and out["summary"]["3"]["counterexample"] >= 1
     assert sum(out["summary"]["3"][s] for s in ("robust", "counterexample", "timeout")) == 2
-    assert main(["verify", str(path), "--image", "1", "--images", "2", "--eps", "0", "1", "3", "--json",
-                 "--solver", "minicard", "--encoding", "native"]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                str(path),
+                "--image",
+                "1",
+                "--images",
+                "2",
+                "--eps",
+                "0",
+                "1",
+                "3",
+                "--json",
+                "--solver",
+                "minicard",
+                "--encoding",
+                "native",
+            ]
+        )
+        == 0
+    )
     native = json.loads(capsys.readouterr().out)
     assert (native["solver"], native["encoding"]) == ("minicard", "native")
     assert [q["status"] for q in native["queries"]] == [q["status"] for q in out["queries"]]

@@ -32,11 +32,24 @@ PathLike = str | Path
 TORCH_BATCH = 1000
 
 
-def train(model: str | nn.Module | Callable[[], nn.Module], dataset: str, out: PathLike, *,
-          recipe: str | Recipe = "baseline", epochs: int = 10, seed: int = 0, model_options: dict | None = None,
-          lr: float | None = None, batch_size: int | None = None, data_dir: str | None = None,
-          limit_train: int | None = None, limit_test: int | None = None, resume: bool = False,
-          device: str = "auto", progress: bool = True) -> dict:
+def train(
+    model: str | nn.Module | Callable[[], nn.Module],
+    dataset: str,
+    out: PathLike,
+    *,
+    recipe: str | Recipe = "baseline",
+    epochs: int = 10,
+    seed: int = 0,
+    model_options: dict | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    data_dir: str | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Train ``model`` on ``dataset`` into the run directory ``out`` (what ``bnnkit train``
     does); returns the last epoch's metrics (``test_acc``, ``best_test_acc``, ...).
 
@@ -63,8 +76,9 @@ def train(model: str | nn.Module | Callable[[], nn.Module], dataset: str, out: P
         model_options=dict(model_options or {}),
         data_dir=data_dir,
     )
-    options = TrainOptions(resume=resume, device=device, progress=progress, limit_train=limit_train,
-                           limit_test=limit_test)
+    options = TrainOptions(
+        resume=resume, device=device, progress=progress, limit_train=limit_train, limit_test=limit_test
+    )
     if user_model is None:
         return train_run(config, out, options)
     return train_run(config, out, options, model=user_model)
@@ -117,8 +131,14 @@ def _graph(source: Graph | PathLike) -> Graph:
     return source if isinstance(source, Graph) else load_graph(source)
 
 
-def export_model(source: PathLike | nn.Module, output: PathLike | None = None, *, dataset: str | None = None,
-                 in_shape: tuple[int, int, int] | None = None, allow_approx: bool = False) -> Graph:
+def export_model(
+    source: PathLike | nn.Module,
+    output: PathLike | None = None,
+    *,
+    dataset: str | None = None,
+    in_shape: tuple[int, int, int] | None = None,
+    allow_approx: bool = False,
+) -> Graph:
     """The integer graph of a run directory, or of a trained ``nn.Module`` whose input is
     ``in_shape`` or ``dataset``'s images; written to ``output`` (a ``.bnn``) when given.
     A graph made from a module records ``dataset``, so ``evaluate`` finds its test set."""
@@ -138,8 +158,9 @@ def export_model(source: PathLike | nn.Module, output: PathLike | None = None, *
     return graph
 
 
-def predict(model: Graph | PathLike | nn.Module, x: np.ndarray, *,
-            runtime: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: Graph | PathLike | nn.Module, x: np.ndarray, *, runtime: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores ``(N, classes)`` and labels ``(N,)`` of uint8 images ``x`` ``(N, C, H, W)``.
 
     A graph (or its file) runs in ``runtime``: ``numpy`` (the reference, default), ``c``
@@ -180,8 +201,15 @@ def _predict_torch(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     return out, out.argmax(1).astype(np.int64)
 
 
-def evaluate(source: Graph | PathLike | nn.Module, dataset: str | None = None, *, runtime: str = "numpy",
-             limit: int | None = None, data_dir: str | None = None, model: Any = None) -> dict:
+def evaluate(
+    source: Graph | PathLike | nn.Module,
+    dataset: str | None = None,
+    *,
+    runtime: str = "numpy",
+    limit: int | None = None,
+    data_dir: str | None = None,
+    model: Any = None,
+) -> dict:
     """Test accuracy of a graph (or ``.bnn`` file) in ``runtime``, of a run directory, or of
     an ``nn.Module`` on ``dataset``'s test split (the first ``limit`` images). A graph or a
     run defaults to the dataset it was trained on. ``model``: a run's own model, as given
@@ -195,13 +223,25 @@ def evaluate(source: Graph | PathLike | nn.Module, dataset: str | None = None, *
         from bnnkit.training import load_run
 
         loaded, config = load_run(path) if model is None else load_run(path, model=model)
-        return _evaluate_module(loaded, config.model, dataset or config.dataset, data_dir or config.data_dir, limit,
-                                (tuple(config.to_dict()["in_shape"]), f"{path} was trained on {config.dataset}"))
+        return _evaluate_module(
+            loaded,
+            config.model,
+            dataset or config.dataset,
+            data_dir or config.data_dir,
+            limit,
+            (tuple(config.to_dict()["in_shape"]), f"{path} was trained on {config.dataset}"),
+        )
     return run_graph(_graph(source), runtime, dataset, limit, data_dir).to_dict()
 
 
-def _evaluate_module(module: nn.Module, name: str, dataset: str, data_dir: str | None, limit: int | None,
-                     trained_for: tuple[tuple, str] | None = None) -> dict:
+def _evaluate_module(
+    module: nn.Module,
+    name: str,
+    dataset: str,
+    data_dir: str | None,
+    limit: int | None,
+    trained_for: tuple[tuple, str] | None = None,
+) -> dict:
     from bnnkit.training import evaluate as evaluate_module
 
     ds = load_dataset(dataset, "test", data_dir)
@@ -215,8 +255,14 @@ def _evaluate_module(module: nn.Module, name: str, dataset: str, data_dir: str |
     return {"accuracy": acc, "loss": loss, "n": int(len(ds.y)), "dataset": ds.info.name, "model": name}
 
 
-def summary(model: str | nn.Module | Graph | PathLike, dataset: str | None = None, *,
-            in_shape: tuple[int, int, int] | None = None, recipe: str | Recipe = "baseline", **options: Any) -> str:
+def summary(
+    model: str | nn.Module | Graph | PathLike,
+    dataset: str | None = None,
+    *,
+    in_shape: tuple[int, int, int] | None = None,
+    recipe: str | Recipe = "baseline",
+    **options: Any,
+) -> str:
     """A table to read: per layer of a model (a registry name built for ``dataset`` with
     ``recipe`` and ``options``, or an ``nn.Module`` given ``in_shape`` or ``dataset``) its
     parameters, bits, binary and FP MACs and memory; of a graph (or a ``.bnn`` file) the

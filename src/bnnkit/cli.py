@@ -68,8 +68,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("graph", type=Path, metavar="MODEL.bnn")
-    p.add_argument("--allow-large-graph", action="store_true",
-                   help="raise the graph file's resource limits 64-fold (see docs/reliability.md, threat model)")
+    p.add_argument(
+        "--allow-large-graph",
+        action="store_true",
+        help="raise the graph file's resource limits 64-fold (see docs/reliability.md, threat model)",
+    )
 
 
 def _load_graph(args: argparse.Namespace):
@@ -77,9 +80,15 @@ def _load_graph(args: argparse.Namespace):
 
 
 def _add_import_arg(p: argparse.ArgumentParser, dest: str) -> None:
-    p.add_argument("--import", dest=dest, action="append", default=[], metavar="MODULE",
-                   help="import this module first, e.g. one that registers your models with "
-                   "@bnnkit.register_model (repeatable; the current directory is on the path)")
+    p.add_argument(
+        "--import",
+        dest=dest,
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first, e.g. one that registers your models with "
+        "@bnnkit.register_model (repeatable; the current directory is on the path)",
+    )
 
 
 def _import_modules(names: list[str]) -> None:
@@ -117,9 +126,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         data_dir=args.data_dir,
     )
     warning = _export_warning(config, args.recipe)
-    options = TrainOptions(resume=args.resume, device=args.device, progress=not args.json, limit_train=args.limit_train,
-                           limit_test=args.limit_test, threads=args.threads,
-                           warnings=(warning,) if warning else ())
+    options = TrainOptions(
+        resume=args.resume,
+        device=args.device,
+        progress=not args.json,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        threads=args.threads,
+        warnings=(warning,) if warning else (),
+    )
     result = train(config, args.out, options)
     reports = distributed.is_main()  # under torchrun: rank 0 reports for all
     distributed.shutdown()
@@ -163,8 +178,12 @@ def _export_warning(config, recipe_text: str) -> str | None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     r = evaluate(expect_run_dir(args.run_dir, "eval"), args.dataset, data_dir=args.data_dir)
-    _emit(args, r, f"{r['model']} on {r['dataset']} test set: accuracy {r['accuracy']:.4f} ({r['n']} images), "
-          f"loss {r['loss']:.4f}")
+    _emit(
+        args,
+        r,
+        f"{r['model']} on {r['dataset']} test set: accuracy {r['accuracy']:.4f} ({r['n']} images), "
+        f"loss {r['loss']:.4f}",
+    )
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -174,7 +193,12 @@ def cmd_summary(args: argparse.Namespace) -> None:
     info = get_info(args.dataset)
     model = create_model(args.model, info.num_classes, info.in_shape, args.recipe, **dict(args.option))
     rows = layer_costs(model, info.in_shape)
-    result = {"model": args.model, "dataset": args.dataset, "layers": [r.to_dict() for r in rows], "totals": totals(rows)}
+    result = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "layers": [r.to_dict() for r in rows],
+        "totals": totals(rows),
+    }
     _emit(args, result, format_table(rows))
 
 
@@ -192,8 +216,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         if args.allow_approx:
             raise BnnkitError("--allow-approx is for the integer graph; the ONNX file is the float model itself")
 
-        result = export_onnx(expect_run_dir(args.run_dir, "export"), args.output, check=args.check,
-                             data_dir=args.data_dir)
+        result = export_onnx(
+            expect_run_dir(args.run_dir, "export"), args.output, check=args.check, data_dir=args.data_dir
+        )
         _emit(
             args,
             result,
@@ -204,8 +229,13 @@ def cmd_export(args: argparse.Namespace) -> None:
         return
     from bnnkit.analysis.agreement import export_and_check
 
-    result = export_and_check(expect_run_dir(args.run_dir, "export"), args.output, check=args.check,
-                              allow_approx=args.allow_approx, data_dir=args.data_dir)
+    result = export_and_check(
+        expect_run_dir(args.run_dir, "export"),
+        args.output,
+        check=args.check,
+        allow_approx=args.allow_approx,
+        data_dir=args.data_dir,
+    )
     _emit(
         args,
         result,
@@ -263,8 +293,17 @@ def cmd_build(args: argparse.Namespace) -> None:
     else:
         image = build_mcu(graph, args.output, args.target, stack_size=args.stack_size)
         z = image.size
-        result = {"target": args.target, "elf": str(image.elf), "board": image.target.machine, "flash_bytes": z.flash,
-                  "static_ram_bytes": z.static_ram, "text": z.text, "rodata": z.rodata, "data": z.data, "bss": z.bss}
+        result = {
+            "target": args.target,
+            "elf": str(image.elf),
+            "board": image.target.machine,
+            "flash_bytes": z.flash,
+            "static_ram_bytes": z.static_ram,
+            "text": z.text,
+            "rodata": z.rodata,
+            "data": z.data,
+            "bss": z.bss,
+        }
         text = (
             f"built {image.elf} for {args.target}: flash {z.flash:,} B (text {z.text:,}, rodata {z.rodata:,}, data "
             f"{z.data:,}), static RAM {z.static_ram:,} B + stack; `bnnkit run {args.graph} --runtime {args.target}` "
@@ -277,9 +316,17 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from bnnkit.apps.fit import fit, format_fit, parse_bytes
 
     result = fit(
-        args.dataset, parse_bytes(args.ram), parse_bytes(args.flash), args.out, budget_minutes=args.budget_minutes,
-        epochs=args.epochs, data_dir=args.data_dir, limit_train=args.limit_train, progress=not args.json,
-        target=args.target, threads=args.threads,
+        args.dataset,
+        parse_bytes(args.ram),
+        parse_bytes(args.flash),
+        args.out,
+        budget_minutes=args.budget_minutes,
+        epochs=args.epochs,
+        data_dir=args.data_dir,
+        limit_train=args.limit_train,
+        progress=not args.json,
+        target=args.target,
+        threads=args.threads,
     )
     _emit(args, result, format_fit(result))
 
@@ -301,11 +348,21 @@ def cmd_review(args: argparse.Namespace) -> None:
     grid = load_grid(args.grid, overrides)
     for label, reason in grid.skipped:
         print(f"note: skipped {label}: {reason}", file=sys.stderr)
-    result = run_review(grid, args.out, executor=args.executor, workers=args.workers, address=args.address,
-                        gpus_per_run=args.gpus_per_run, retry_failed=args.retry_failed, progress=not args.json,
-                        threads=args.threads)
-    text = (f"{args.grid}: {result['runs']} runs, {result['done']} done, {result['failed']} failed "
-            f"({result['ran']} ran now); results in {result['store']}; tables and plots: bnnkit report {args.out}")
+    result = run_review(
+        grid,
+        args.out,
+        executor=args.executor,
+        workers=args.workers,
+        address=args.address,
+        gpus_per_run=args.gpus_per_run,
+        retry_failed=args.retry_failed,
+        progress=not args.json,
+        threads=args.threads,
+    )
+    text = (
+        f"{args.grid}: {result['runs']} runs, {result['done']} done, {result['failed']} failed "
+        f"({result['ran']} ran now); results in {result['store']}; tables and plots: bnnkit report {args.out}"
+    )
     if result["failed"]:
         text += "\nfailed: " + ", ".join(f"{r['label']} (seed {r['seed']})" for r in result["failed_runs"])
         text += f"; errors in bnnkit report {args.out}; rerun them with --retry-failed"
@@ -316,14 +373,23 @@ def cmd_report(args: argparse.Namespace) -> None:
     from bnnkit.review import write_report
 
     result = write_report(args.dir)
-    _emit(args, result, (args.dir / "report.md").read_text() + "\nwrote " + ", ".join(result["files"][:2])
-          + f" and {len(result['files']) - 2} plots in {args.dir / 'plots'}")
+    _emit(
+        args,
+        result,
+        (args.dir / "report.md").read_text()
+        + "\nwrote "
+        + ", ".join(result["files"][:2])
+        + f" and {len(result['files']) - 2} plots in {args.dir / 'plots'}",
+    )
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
     result: dict[str, Any] = {"methods": {name: m.to_dict() for name, m in METHODS.items()}}
     lines = [("method", "category", "kind", "export", "inference cost", "source")]
-    lines += [(m.name, m.category, m.kind, "yes" if m.exportable else "no", m.inference_cost, m.source) for m in METHODS.values()]
+    lines += [
+        (m.name, m.category, m.kind, "yes" if m.exportable else "no", m.inference_cost, m.source)
+        for m in METHODS.values()
+    ]
     text = render_table(lines, left=6, total=False)
     if args.model:
         from bnnkit.cost import method_costs  # torch
@@ -354,21 +420,40 @@ def cmd_verify(args: argparse.Namespace) -> None:
         if not (exc.name or "").startswith("pysat"):
             raise
         raise BnnkitError('bnnkit verify needs PySAT: pip install "bnnkit[verify]"') from None
-    result = verify_images(_load_graph(args), args.image, args.images, args.eps, args.timeout, args.dataset,
-                           args.data_dir, save=args.save, progress=not args.json, solver=args.solver,
-                           encoding=args.encoding)
+    result = verify_images(
+        _load_graph(args),
+        args.image,
+        args.images,
+        args.eps,
+        args.timeout,
+        args.dataset,
+        args.data_dir,
+        save=args.save,
+        progress=not args.json,
+        solver=args.solver,
+        encoding=args.encoding,
+    )
     _emit(args, result, _verify_table(result))
 
 
 def _verify_table(result: dict) -> str:
     """One row per query. Robust means the graph's own label cannot change, right or
     wrong, so each row shows that label beside the true one."""
-    lines = [f"{q['image']:>6} {q['eps']:>4} {q['label']:>5} {q['true_label']:>4} {_mark(q)} {q['status']:<15} "
-             f"{q['seconds']:8.2f} s  {q['clauses']:>10,} clauses"
-             + (f"  -> label {q['new_label']} (L∞ {q['linf']}, {q['changed_pixels']} pixels)" if q["new_label"] is not None else "")
-             for q in result["queries"]]
-    lines += [f"radius {eps}: {s['robust']} robust, {s['counterexample']} not robust, {s['timeout']} timed out; "
-              f"median {s['median_seconds']:.2f} s, max {s['max_seconds']:.2f} s" for eps, s in result["summary"].items()]
+    lines = [
+        f"{q['image']:>6} {q['eps']:>4} {q['label']:>5} {q['true_label']:>4} {_mark(q)} {q['status']:<15} "
+        f"{q['seconds']:8.2f} s  {q['clauses']:>10,} clauses"
+        + (
+            f"  -> label {q['new_label']} (L∞ {q['linf']}, {q['changed_pixels']} pixels)"
+            if q["new_label"] is not None
+            else ""
+        )
+        for q in result["queries"]
+    ]
+    lines += [
+        f"radius {eps}: {s['robust']} robust, {s['counterexample']} not robust, {s['timeout']} timed out; "
+        f"median {s['median_seconds']:.2f} s, max {s['max_seconds']:.2f} s"
+        for eps, s in result["summary"].items()
+    ]
     wrong = {q["image"] for q in result["queries"] if q["label"] != q["true_label"]}
     if wrong:
         lines.append(f"x: {len(wrong)} misclassified image(s); robust there means the wrong label cannot change")
@@ -398,20 +483,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     models_built: list[argparse.ArgumentParser] = []  # the commands that build models take --import too
 
-    p = sub.add_parser("train", help="train a model; writes DIR/model.safetensors, config.json, metrics.jsonl, curves.png")
+    p = sub.add_parser(
+        "train", help="train a model; writes DIR/model.safetensors, config.json, metrics.jsonl, curves.png"
+    )
     _add_model_args(p)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     p.add_argument("--data-dir", help="where the dataset files are (default: $BNNKIT_DATA or the system location)")
-    p.add_argument("--batch-size", type=int, help="override the recipe's batch size (under torchrun: the global batch, split over the processes)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="override the recipe's batch size (under torchrun: the global batch, split over the processes)",
+    )
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--limit-train", type=int, help="train on the first N images only (quick checks)")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
-    p.add_argument("--threads", type=int,
-                   help="intra-op threads per training (default: the cores other processes leave free; a resume keeps its count)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads per training (default: the cores other processes leave free; a resume keeps its count)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     p.set_defaults(fn=cmd_train)
     models_built.append(p)
@@ -430,7 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_summary)
     models_built.append(p)
 
-    p = sub.add_parser("demo", help="the whole flow on data the install brings: train a binary CNN, export it, run it in numpy, C and on a Cortex-M4")
+    p = sub.add_parser(
+        "demo",
+        help="the whole flow on data the install brings: train a binary CNN, export it, run it in numpy, C and on a Cortex-M4",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--epochs", type=int, help="default: chosen to finish in a few minutes on 2 CPU cores")
     p.add_argument("--data-dir")
@@ -439,11 +536,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="trained run -> integer graph file, checked against the module")
     p.add_argument("run_dir", type=Path, metavar="DIR", help="a directory written by `bnnkit train`")
-    p.add_argument("-o", "--output", type=Path, required=True, help="file to write (model.bnn, or model.onnx with --format onnx)")
-    p.add_argument("--check", type=int, default=1000, help="test images to compare module and graph on (default 1000; 0 skips)")
-    p.add_argument("--allow-approx", action="store_true", help="export layers without an exact integer form, and report agreement")
-    p.add_argument("--format", choices=("bnn", "onnx"), default="bnn",
-                   help="bnn: the integer graph (default); onnx: the float model, checked in onnxruntime (needs bnnkit[onnx])")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="file to write (model.bnn, or model.onnx with --format onnx)"
+    )
+    p.add_argument(
+        "--check", type=int, default=1000, help="test images to compare module and graph on (default 1000; 0 skips)"
+    )
+    p.add_argument(
+        "--allow-approx", action="store_true", help="export layers without an exact integer form, and report agreement"
+    )
+    p.add_argument(
+        "--format",
+        choices=("bnn", "onnx"),
+        default="bnn",
+        help="bnn: the integer graph (default); onnx: the float model, checked in onnxruntime (needs bnnkit[onnx])",
+    )
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_export)
@@ -452,10 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="accuracy of a graph in a runtime, and its agreement with the numpy reference")
     _add_graph_args(p)
     # no argparse choices: a runtime that an --import module registers is checked when the command runs
-    p.add_argument("--runtime", default="numpy", metavar="RUNTIME",
-                   help=f"one of {', '.join(RUNTIMES)} (or one an --import module registers): numpy is the reference, "
-                   "c bnnkit's fast host kernels in-process, c-portable the generated C99 compiled on this host, "
-                   "cortex-m* the generated C99 on a Cortex-M core emulated in QEMU")
+    p.add_argument(
+        "--runtime",
+        default="numpy",
+        metavar="RUNTIME",
+        help=f"one of {', '.join(RUNTIMES)} (or one an --import module registers): numpy is the reference, "
+        "c bnnkit's fast host kernels in-process, c-portable the generated C99 compiled on this host, "
+        "cortex-m* the generated C99 on a Cortex-M core emulated in QEMU",
+    )
     p.add_argument("--dataset", type=_dataset, help="default: the dataset the model was trained on")
     p.add_argument("--limit", type=int, help="first N test images only")
     p.add_argument("--data-dir")
@@ -464,8 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="per layer: weight bytes, activation bytes, binary and FP ops; planned RAM")
     _add_graph_args(p)
-    p.add_argument("--target", choices=device_runtimes(),
-                   help="also build for this core and show what was measured in QEMU beside the analytic figures")
+    p.add_argument(
+        "--target",
+        choices=device_runtimes(),
+        help="also build for this core and show what was measured in QEMU beside the analytic figures",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profile)
 
@@ -476,11 +590,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_codegen)
 
-    p = sub.add_parser("build", help="compile a graph for a Cortex-M core (an ELF for QEMU's MPS2 boards) or for this host")
+    p = sub.add_parser(
+        "build", help="compile a graph for a Cortex-M core (an ELF for QEMU's MPS2 boards) or for this host"
+    )
     _add_graph_args(p)
     p.add_argument("--target", required=True, choices=(*device_runtimes(), "host"))
-    p.add_argument("-o", "--output", type=Path, required=True, help="build directory (sources, objects, the ELF or executable)")
-    p.add_argument("--stack-size", type=int, default=8192, help="bytes reserved for the stack on a Cortex-M (default 8192)")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="build directory (sources, objects, the ELF or executable)"
+    )
+    p.add_argument(
+        "--stack-size", type=int, default=8192, help="bytes reserved for the stack on a Cortex-M (default 8192)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_build)
 
@@ -488,21 +608,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ram", required=True, help="RAM budget: bytes, or e.g. 4K, 4KiB")
     p.add_argument("--flash", required=True, help="flash budget, as --ram")
     p.add_argument("--dataset", required=True, type=_dataset)
-    p.add_argument("--budget-minutes", type=float, default=10.0, help="stop starting new candidates after this (default 10)")
+    p.add_argument(
+        "--budget-minutes", type=float, default=10.0, help="stop starting new candidates after this (default 10)"
+    )
     p.add_argument("--epochs", type=int, default=3, help="epochs per candidate (default 3)")
-    p.add_argument("--target", choices=device_runtimes(),
-                   help="measure each candidate's flash and RAM on this core in QEMU (default: the analytic memory plan)")
-    p.add_argument("--out", type=Path, default=Path("runs/fit"), help="results, runs, best.bnn and pareto.png (resumable)")
+    p.add_argument(
+        "--target",
+        choices=device_runtimes(),
+        help="measure each candidate's flash and RAM on this core in QEMU (default: the analytic memory plan)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/fit"), help="results, runs, best.bnn and pareto.png (resumable)"
+    )
     p.add_argument("--limit-train", type=int, help="train on the first N images only")
-    p.add_argument("--threads", type=int,
-                   help="intra-op threads per training (default: the cores other processes leave free; a resume keeps its count)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads per training (default: the cores other processes leave free; a resume keeps its count)",
+    )
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_fit)
 
-    p = sub.add_parser("review", help="train a grid of repair methods x seeds into one SQLite store (resumable; local or Ray)")
-    p.add_argument("grid", metavar="GRID", help="a grid .toml file, or the name of a preset shipped with bnnkit (a wrong name lists them)")
-    p.add_argument("--out", required=True, type=Path, help="review directory: review.sqlite and runs/ (rerun to resume)")
+    p = sub.add_parser(
+        "review", help="train a grid of repair methods x seeds into one SQLite store (resumable; local or Ray)"
+    )
+    p.add_argument(
+        "grid",
+        metavar="GRID",
+        help="a grid .toml file, or the name of a preset shipped with bnnkit (a wrong name lists them)",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="review directory: review.sqlite and runs/ (rerun to resume)"
+    )
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--workers", type=int, default=1, help="runs at the same time (local: processes; ray: tasks)")
     p.add_argument("--address", help="Ray cluster address (default: start a local cluster of --workers CPUs)")
@@ -513,8 +651,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="override the grid's methods and combinations, e.g. rsign,prelu,rsign+prelu")
     p.add_argument("--limit-train", type=int, help="train on the first N images only")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
-    p.add_argument("--threads", type=int,
-                   help="threads per run (default: the free cores split between the --workers; ray: 1, one CPU per task)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="threads per run (default: the free cores split between the --workers; ray: 1, one CPU per task)",
+    )
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true", help="print one JSON object with the counts")
     p.set_defaults(fn=cmd_review)
@@ -524,7 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='print {"rows": [...], "files": [...]}')
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("verify", help="prove a graph's label robust within an L∞ radius of a test image, or find a counterexample (SAT)")
+    p = sub.add_parser(
+        "verify",
+        help="prove a graph's label robust within an L∞ radius of a test image, or find a counterexample (SAT)",
+    )
     _add_graph_args(p)
     p.add_argument("--image", type=int, required=True, help="index of the (first) test image")
     p.add_argument("--images", type=int, default=1, help="verify this many test images from --image on (default 1)")
@@ -532,24 +676,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per query, encoding included (default 60)")
     p.add_argument("--dataset", type=_dataset, help="default: the dataset the model was trained on")
     p.add_argument("--save", type=Path, help="directory for counterexample images (uint8 .npy)")
-    p.add_argument("--solver", default="glucose4", help="PySAT solver name (default glucose4; the native encoding "
-                   "needs minicard, gluecard3 or gluecard4)")
-    p.add_argument("--encoding", default="seqcounter", help="cardinality encoding: a PySAT CardEnc one (seqcounter "
-                   "(default), totalizer, kmtotalizer, ...) or native (the solver's own at-most constraints)")
+    p.add_argument(
+        "--solver",
+        default="glucose4",
+        help="PySAT solver name (default glucose4; the native encoding needs minicard, gluecard3 or gluecard4)",
+    )
+    p.add_argument(
+        "--encoding",
+        default="seqcounter",
+        help="cardinality encoding: a PySAT CardEnc one (seqcounter "
+        "(default), totalizer, kmtotalizer, ...) or native (the solver's own at-most constraints)",
+    )
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_verify)
 
-    p = sub.add_parser("methods", help="the repair-method catalogue: category, inference cost, source; with --model, measured cost deltas")
+    p = sub.add_parser(
+        "methods",
+        help="the repair-method catalogue: category, inference cost, source; with --model, measured cost deltas",
+    )
     p.add_argument("--model", help="also compute each method's cost on this architecture")
-    p.add_argument("--dataset", default="cifar10", type=_dataset,
-                   help="input shape and classes for --model (default cifar10)")
-    p.add_argument("--option", action="append", type=_model_option, default=[], metavar="KEY=VALUE", help="model option for --model")
+    p.add_argument(
+        "--dataset", default="cifar10", type=_dataset, help="input shape and classes for --model (default cifar10)"
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        type=_model_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option for --model",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_methods)
     models_built.append(p)
 
-    for name, what in (("models", "architectures and their options"), ("datasets", "datasets and where they come from")):
+    for name, what in (
+        ("models", "architectures and their options"),
+        ("datasets", "datasets and where they come from"),
+    ):
         p = sub.add_parser(name, help=f"list {what}")
         p.add_argument("--json", action="store_true")
         p.set_defaults(fn=cmd_list)

@@ -79,7 +79,10 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
         if match is None or (match["pid"] is not None and _alive(int(match["pid"]))):
             continue
         with suppress(OSError):
-            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS:
+            if (
+                entry.is_file(follow_symlinks=False)
+                and now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS
+            ):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
     return removed

@@ -35,9 +35,19 @@ class Progress:
 
     write = staticmethod(write)
 
-    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, initial: int = 0, desc: str = "",
-                 unit: str = "it", enabled: bool = True, stream: TextIO | None = None, interval: float = INTERVAL,
-                 tty: bool | None = None) -> None:
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        total: int | None = None,
+        initial: int = 0,
+        desc: str = "",
+        unit: str = "it",
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        interval: float = INTERVAL,
+        tty: bool | None = None,
+    ) -> None:
         self.iterable = iterable
         self.total = total if total is not None else _length(iterable)
         self.n = initial
@@ -51,8 +61,15 @@ class Progress:
         if enabled and (_is_terminal(self.stream) if tty is None else tty):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, initial=initial, desc=desc, unit=unit, leave=False, file=self.stream,
-                             dynamic_ncols=True)
+            self._bar = tqdm(
+                total=self.total,
+                initial=initial,
+                desc=desc,
+                unit=unit,
+                leave=False,
+                file=self.stream,
+                dynamic_ncols=True,
+            )
         self._start = self._last = time.monotonic()
 
     def __iter__(self) -> Iterator:
@@ -99,8 +116,11 @@ class Progress:
         now = time.monotonic()
         self._last = now
         elapsed = now - self._start
-        count = f"{self.n:,}/{self.total:,} {self.unit} ({100 * self.n / self.total:.0f}%)" if self.total else \
-            f"{self.n:,} {self.unit}"
+        count = (
+            f"{self.n:,}/{self.total:,} {self.unit} ({100 * self.n / self.total:.0f}%)"
+            if self.total
+            else f"{self.n:,} {self.unit}"
+        )
         rate = f", {self.n / elapsed:.3g} {self.unit}/s" if elapsed > 0 and self.n else ""
         postfix = f"; {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {count} after {_duration(elapsed)}{rate}{postfix}", file=self.stream, flush=True)

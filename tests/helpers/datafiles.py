@@ -41,5 +41,10 @@ def write_cifar_bin(path: Path, images, labels, coarse=None):
 
 
 def write_cifar_py(path: Path, images, labels, label_key=b"labels"):
-    batch = {b"batch_label": b"testing", label_key: list(map(int, labels)), b"data": images.reshape(len(images), -1), b"filenames": [b"x.png"] * len(images)}
+    batch = {
+        b"batch_label": b"testing",
+        label_key: list(map(int, labels)),
+        b"data": images.reshape(len(images), -1),
+        b"filenames": [b"x.png"] * len(images),
+    }
     path.write_bytes(pickle.dumps(batch, protocol=2))

@@ -34,6 +34,8 @@ def calibrated(model: nn.Module, x: np.ndarray, seed: int = 0) -> nn.Module:
 def check_exact(model, x):
     graph = export_model(model, x.shape[1:])
     result = compare(model, graph, x)
-    assert result["sign_agreement"] and all(v == 1.0 for v in result["sign_agreement"].values()), result["sign_agreement"]
+    assert result["sign_agreement"] and all(v == 1.0 for v in result["sign_agreement"].values()), result[
+        "sign_agreement"
+    ]
     assert result["top1_agreement"] == 1.0
     return graph

@@ -217,22 +217,39 @@ def ebnn_cnn(rng: np.random.Generator) -> Graph:
         return rng.random(shape) < 0.5
 
     def sign(src, c, spread):
-        return Op("threshold", [src], f"{src}s", {}, {"thresh": rng.integers(-spread, spread, c).astype(np.int32), "flip": bits(c)})
+        return Op(
+            "threshold",
+            [src],
+            f"{src}s",
+            {},
+            {"thresh": rng.integers(-spread, spread, c).astype(np.int32), "flip": bits(c)},
+        )
 
     def conv(kind, src, name, cin, cout, **extra):
         return Op(kind, [src], name, {"stride": 1, "padding": 1, **extra}, {"weight": bits(cout, cin, 3, 3)})
 
     ops = [
-        conv("input_conv2d", "input", "c1", 1, 32), sign("c1", 32, 200),
-        conv("binary_conv2d", "c1s", "c2", 32, 32, pad="zero"), sign("c2", 32, 20),
+        conv("input_conv2d", "input", "c1", 1, 32),
+        sign("c1", 32, 200),
+        conv("binary_conv2d", "c1s", "c2", 32, 32, pad="zero"),
+        sign("c2", 32, 20),
         Op("maxpool", ["c2s"], "p2", {"kernel": 2, "stride": 2}),
-        conv("binary_conv2d", "p2", "c3", 32, 64, pad="minus_one"), sign("c3", 64, 20),
-        conv("binary_conv2d", "c3s", "c4", 64, 64, pad="plus_one"), sign("c4", 64, 30),
+        conv("binary_conv2d", "p2", "c3", 32, 64, pad="minus_one"),
+        sign("c3", 64, 20),
+        conv("binary_conv2d", "c3s", "c4", 64, 64, pad="plus_one"),
+        sign("c4", 64, 30),
         Op("maxpool", ["c4s"], "p4", {"kernel": 2, "stride": 2}, {"min_channels": bits(64)}),
         Op("flatten", ["p4"], "f"),
-        Op("binary_dense", ["f"], "d1", {}, {"weight": bits(256, 3136)}), sign("d1", 256, 40),
+        Op("binary_dense", ["f"], "d1", {}, {"weight": bits(256, 3136)}),
+        sign("d1", 256, 40),
         Op("binary_dense", ["d1s"], "d2", {}, {"weight": bits(10, 256)}),
-        Op("affine", ["d2"], "s", {}, {"scale": rng.normal(1, 0.1, 10).astype(np.float32), "bias": rng.normal(0, 1, 10).astype(np.float32)}),
+        Op(
+            "affine",
+            ["d2"],
+            "s",
+            {},
+            {"scale": rng.normal(1, 0.1, 10).astype(np.float32), "bias": rng.normal(0, 1, 10).astype(np.float32)},
+        ),
         Op("argmax", ["s"], "label"),
     ]
     return Graph((1, 28, 28), ops)

@@ -33,8 +33,7 @@ def compare(model: nn.Module, graph: Graph, x: np.ndarray, batch_size: int = 500
     consumers = {op.name: op for op in graph.ops if op.name in quantizers}
     captured: dict[str, torch.Tensor] = {}
     hooks = [
-        quantizers[n].register_forward_hook(lambda _m, _i, out, n=n: captured.__setitem__(n, out))
-        for n in consumers
+        quantizers[n].register_forward_hook(lambda _m, _i, out, n=n: captured.__setitem__(n, out)) for n in consumers
     ]
     equal = dict.fromkeys(consumers, 0)
     total = dict.fromkeys(consumers, 0)
@@ -66,7 +65,9 @@ def compare(model: nn.Module, graph: Graph, x: np.ndarray, batch_size: int = 500
     }
 
 
-def export_and_check(run_dir, output, check: int = 1000, allow_approx: bool = False, data_dir: str | None = None) -> dict:
+def export_and_check(
+    run_dir, output, check: int = 1000, allow_approx: bool = False, data_dir: str | None = None
+) -> dict:
     """``bnnkit export``: write the graph of a run, then compare it with the module on the
     first ``check`` test images."""
     if check < 0:

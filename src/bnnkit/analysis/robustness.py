@@ -119,7 +119,9 @@ def _taps(op: Op, in_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     if w.ndim == 2:
         return np.arange(w.shape[1])[None, :], sign
     (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
-    index = np.pad(np.arange(int(np.prod(in_shape))).reshape(in_shape), ((0, 0), (ph, ph), (pw, pw)), constant_values=-1)
+    index = np.pad(
+        np.arange(int(np.prod(in_shape))).reshape(in_shape), ((0, 0), (ph, ph), (pw, pw)), constant_values=-1
+    )
     win = np.lib.stride_tricks.sliding_window_view(index, w.shape[2:], axis=(1, 2))[:, ::sh, ::sw]  # C,Ho,Wo,kh,kw
     return win.transpose(1, 2, 0, 3, 4).reshape(win.shape[1] * win.shape[2], -1), sign
 
@@ -128,8 +130,16 @@ class Encoding:
     """The CNF of one query, loaded into a PySAT solver: ``graph`` on every image within
     ``eps`` of ``image``. ``add_goal(label)`` adds "the label is not ``label``"."""
 
-    def __init__(self, graph: Graph, image: np.ndarray, eps: int, *, solver: str = DEFAULT_SOLVER,
-                 encoding: str = DEFAULT_ENCODING, deadline: float | None = None):
+    def __init__(
+        self,
+        graph: Graph,
+        image: np.ndarray,
+        eps: int,
+        *,
+        solver: str = DEFAULT_SOLVER,
+        encoding: str = DEFAULT_ENCODING,
+        deadline: float | None = None,
+    ):
         image = check_input(graph, np.asarray(image)[None])[0]
         if int(eps) != eps or eps < 0:
             raise BnnkitError(f"the radius must be an integer >= 0, got {eps}")
@@ -137,8 +147,10 @@ class Encoding:
             raise BnnkitError(f"unknown cardinality encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
         self.native = encoding == "native"
         if self.native and solver not in NATIVE_SOLVERS:
-            raise BnnkitError(f"the native encoding needs a solver with cardinality constraints ({', '.join(NATIVE_SOLVERS)}), "
-                              f"not {solver!r}; or pick a CNF encoding ({', '.join(ENCODINGS[1:])})")
+            raise BnnkitError(
+                f"the native encoding needs a solver with cardinality constraints ({', '.join(NATIVE_SOLVERS)}), "
+                f"not {solver!r}; or pick a CNF encoding ({', '.join(ENCODINGS[1:])})"
+            )
         self.graph, self.deadline = graph, deadline
         self.card = None if self.native else getattr(EncType, encoding)
         self.pool = IDPool()
@@ -186,9 +198,11 @@ class Encoding:
         return np.arange(first, first + n, dtype=np.int32)
 
     def _refuse(self, i: int, op: Op, why: str) -> None:
-        raise BnnkitError(f"op {i} ({op.kind}{' from ' + op.name if op.name else ''}): {why}; the verifier encodes "
-                          "input_conv2d, input_dense, binary_conv2d, binary_dense, threshold, maxpool of bits, flatten, "
-                          "and affine/add/flatten after the last accumulator")
+        raise BnnkitError(
+            f"op {i} ({op.kind}{' from ' + op.name if op.name else ''}): {why}; the verifier encodes "
+            "input_conv2d, input_dense, binary_conv2d, binary_dense, threshold, maxpool of bits, flatten, "
+            "and affine/add/flatten after the last accumulator"
+        )
 
     # --- the network -------------------------------------------------------------
 
@@ -226,10 +240,14 @@ class Encoding:
         fixed = np.abs(eff) == self.true
         free = ~fixed & ~pad[None]
         pad_value = pad_of(op).value
-        const = pad_value * (pad.astype(np.int64) @ sign.T).T + np.sign(eff, where=fixed, out=np.zeros_like(eff)).sum(-1)
+        const = pad_value * (pad.astype(np.int64) @ sign.T).T + np.sign(eff, where=fixed, out=np.zeros_like(eff)).sum(
+            -1
+        )
         const = const - free.sum(-1)  # a free tap is 2[lit] − 1
         lits = np.where(free, eff, 0)
-        return _Sums(const.reshape(-1).astype(np.int64), 2, lits.reshape(const.size, -1), self.graph.types[op.output][1])
+        return _Sums(
+            const.reshape(-1).astype(np.int64), 2, lits.reshape(const.size, -1), self.graph.types[op.output][1]
+        )
 
     @ENCODERS.register("threshold")
     def _threshold(self, i: int, op: Op, acc: _Sums) -> _Bits:
@@ -290,8 +308,11 @@ class Encoding:
         derived = {base}
         for j, op in enumerate(ops, start=first):
             if OPS[op.kind].family not in HEAD_FAMILIES:
-                self._refuse(first, ops[0], f"{ops[0].kind} is encoded only on the way to the class scores, "
-                             f"not before op {j} ({op.kind})")
+                self._refuse(
+                    first,
+                    ops[0],
+                    f"{ops[0].kind} is encoded only on the way to the class scores, not before op {j} ({op.kind})",
+                )
             if not set(op.inputs) <= derived:
                 self._refuse(j, op, "the class scores must be an elementwise function of one accumulator")
             derived.add(op.output)
@@ -315,7 +336,9 @@ class Encoding:
             o = [self.true]
             if lits:
                 up = ITotalizer(lits, ubound=len(lits) - 1, top_id=self.pool.top)  # count ≥ t → up.rhs[t−1]
-                down = ITotalizer([-l for l in lits], ubound=len(lits) - 1, top_id=up.top_id)  # count ≤ n−s → down.rhs[s−1]
+                down = ITotalizer(
+                    [-l for l in lits], ubound=len(lits) - 1, top_id=up.top_id
+                )  # count ≤ n−s → down.rhs[s−1]
                 self.pool.top = down.top_id
                 self.add(up.cnf.clauses + down.cnf.clauses)
                 self.add([[-down.rhs[len(lits) - t], -up.rhs[t - 1]] for t in range(1, len(lits) + 1)])
@@ -410,8 +433,15 @@ def label_of(graph: Graph, image: np.ndarray) -> int:
     return int(execute(graph, np.asarray(image)[None])[graph.ops[-1].output][0])
 
 
-def verify(graph: Graph, image: np.ndarray, eps: int, timeout: float | None = None, *, solver: str = DEFAULT_SOLVER,
-           encoding: str = DEFAULT_ENCODING) -> Result:
+def verify(
+    graph: Graph,
+    image: np.ndarray,
+    eps: int,
+    timeout: float | None = None,
+    *,
+    solver: str = DEFAULT_SOLVER,
+    encoding: str = DEFAULT_ENCODING,
+) -> Result:
     """Is ``graph``'s label on ``image`` the same on every image within L∞ distance ``eps``
     (pixels kept in 0..255)? ``timeout`` bounds encoding plus solving, in seconds."""
     if timeout is not None and timeout <= 0:
@@ -432,8 +462,9 @@ def verify(graph: Graph, image: np.ndarray, eps: int, timeout: float | None = No
         answer = encoded = None
     now = time.perf_counter()
     status = "timeout" if answer is None else "counterexample" if answer else "robust"
-    result = Result(int(eps), status, label, now - start, (encoded or now) - start, enc.pool.top, enc.clauses,
-                    enc.atmosts)
+    result = Result(
+        int(eps), status, label, now - start, (encoded or now) - start, enc.pool.top, enc.clauses, enc.atmosts
+    )
     if answer:
         x = enc.image(enc.solver.get_model())
         diff = np.abs(x.astype(np.int64) - image)
@@ -459,16 +490,28 @@ def _solve(solver: Solver, seconds: float | None) -> bool | None:
         timer.cancel()
 
 
-def verify_images(graph: Graph, first: int, count: int, radii: list[int], timeout: float | None,
-                  dataset: str | None = None, data_dir: str | None = None, save: Path | None = None,
-                  progress: bool = False, solver: str = DEFAULT_SOLVER, encoding: str = DEFAULT_ENCODING) -> dict:
+def verify_images(
+    graph: Graph,
+    first: int,
+    count: int,
+    radii: list[int],
+    timeout: float | None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    save: Path | None = None,
+    progress: bool = False,
+    solver: str = DEFAULT_SOLVER,
+    encoding: str = DEFAULT_ENCODING,
+) -> dict:
     """``verify`` on test images ``first .. first + count − 1`` at each radius: every query
     and, per radius, the counts of answers and the median and largest time."""
     if count < 1 or first < 0:
         raise BnnkitError(f"--image must be >= 0 and --images >= 1, got {first} and {count}")
     name, x, y = test_images(graph, dataset, first + count, data_dir)
     if first + count > len(x):
-        raise BnnkitError(f"images {first}..{first + count - 1} asked for, the {name} test set has {len(x)} (0..{len(x) - 1})")
+        raise BnnkitError(
+            f"images {first}..{first + count - 1} asked for, the {name} test set has {len(x)} (0..{len(x) - 1})"
+        )
     if save is not None:
         make_dir(save, "counterexample directory")
     queries = []
@@ -484,9 +527,18 @@ def verify_images(graph: Graph, first: int, count: int, radii: list[int], timeou
     for eps in radii:
         done = [q for q in queries if q["eps"] == eps]
         times = [q["seconds"] for q in done]
-        summary[str(eps)] = {**{s: sum(q["status"] == s for q in done) for s in ("robust", "counterexample", "timeout")},
-                             "median_seconds": float(np.median(times)), "max_seconds": float(np.max(times)),
-                             "median_encode_seconds": float(np.median([q["encode_seconds"] for q in done])),
-                             "median_clauses": float(np.median([q["clauses"] for q in done]))}
-    return {"graph_dataset": name, "timeout": timeout, "solver": solver, "encoding": encoding, "queries": queries,
-            "summary": summary}
+        summary[str(eps)] = {
+            **{s: sum(q["status"] == s for q in done) for s in ("robust", "counterexample", "timeout")},
+            "median_seconds": float(np.median(times)),
+            "max_seconds": float(np.max(times)),
+            "median_encode_seconds": float(np.median([q["encode_seconds"] for q in done])),
+            "median_clauses": float(np.median([q["clauses"] for q in done])),
+        }
+    return {
+        "graph_dataset": name,
+        "timeout": timeout,
+        "solver": solver,
+        "encoding": encoding,
+        "queries": queries,
+        "summary": summary,
+    }

@@ -36,7 +36,9 @@ def pick_dataset(data_dir: str | None) -> str:
         return "mnist5k"
 
 
-def run_demo(out: str | Path = "runs/demo", epochs: int | None = None, data_dir: str | None = None, progress: bool = True) -> dict:
+def run_demo(
+    out: str | Path = "runs/demo", epochs: int | None = None, data_dir: str | None = None, progress: bool = True
+) -> dict:
     out = Path(out)
     dataset = pick_dataset(data_dir)
     plan = DEMO_PLANS[dataset]

@@ -47,7 +47,9 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        opts = "-".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in self.options.items())
+        opts = "-".join(
+            f"{k}={'x'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in self.options.items()
+        )
         return f"{self.model}-{opts}" if opts else self.model
 
 
@@ -91,8 +93,11 @@ def footprint(graph: Graph, target: str | None = None) -> dict:
     if target is not None:
         with get_runtime(target, device=True).prepare(graph) as device:
             measured = device.predict(np.zeros((1, *graph.input_shape), np.uint8)).device
-        sizes = {"ram": measured["ram_bytes"], "flash": measured["flash_bytes"],
-                 "instructions": measured["instructions_per_inference"]}
+        sizes = {
+            "ram": measured["ram_bytes"],
+            "flash": measured["flash_bytes"],
+            "instructions": measured["instructions_per_inference"],
+        }
     return {**sizes, "binary_macs": p["totals"]["binary_macs"], "int_ops": p["totals"]["int_ops"]}
 
 
@@ -110,7 +115,9 @@ def pareto(rows: list[dict]) -> list[dict]:
 
 
 def _recorded(out: Path) -> dict[str, dict]:
-    rows = read_json_lines(out / RESULTS, "a candidate's record", "name", "; delete that line to train the candidate again")
+    rows = read_json_lines(
+        out / RESULTS, "a candidate's record", "name", "; delete that line to train the candidate again"
+    )
     return {r["name"]: r for r in rows}
 
 
@@ -150,7 +157,9 @@ def fit(
             f"no architecture fits RAM {ram} B and flash {flash} B for {dataset}; the smallest candidate, "
             f"{smallest['name']}, needs RAM {smallest['ram']} B and flash {smallest['flash']} B"
         )
-    say(f"bnnkit fit: {len(fits)} of {len(sized)} candidates fit RAM {ram} B / flash {flash} B; training cheapest first")
+    say(
+        f"bnnkit fit: {len(fits)} of {len(sized)} candidates fit RAM {ram} B / flash {flash} B; training cheapest first"
+    )
     make_dir(out, "fit directory")
     with exclusive(out, "fit directory"):
         done = _recorded(out)  # again, under the lock: a fit that finished meanwhile may have added some
@@ -163,8 +172,9 @@ def fit(
                 say(f"time budget of {budget_minutes:g} min spent; rerun to continue")
                 break
             say(f"training {row['name']} (RAM {row['ram']} B, flash {row['flash']} B)")
-            config = RunConfig(row["model"], dataset, epochs, recipe=recipe, model_options=row["options"],
-                               data_dir=data_dir)
+            config = RunConfig(
+                row["model"], dataset, epochs, recipe=recipe, model_options=row["options"], data_dir=data_dir
+            )
             started = time.perf_counter()
             options = TrainOptions(resume=True, progress=progress, limit_train=limit_train, threads=threads)
             result = training.train(config, out / "runs" / row["name"], options)
@@ -201,22 +211,42 @@ def _plot(sized: list[dict], trained: list[dict], front: list[dict], ram: int, f
     fig, axes = plots.pyplot().subplots(1, 3, figsize=(16, 5.2))
     for ax, key, budget, what in ((axes[0], "ram", ram, "RAM"), (axes[1], "flash", flash, "flash")):
         staircase = _front_2d(trained, key)
-        ax.scatter([r[key] / 1024 for r in trained], [100 * r["accuracy"] for r in trained], c="tab:gray", s=18,
-                   label="trained")
-        ax.step([r[key] / 1024 for r in staircase], [100 * r["accuracy"] for r in staircase], "o-", where="post",
-                c="tab:red", label=f"best within a {what} budget")
+        ax.scatter(
+            [r[key] / 1024 for r in trained],
+            [100 * r["accuracy"] for r in trained],
+            c="tab:gray",
+            s=18,
+            label="trained",
+        )
+        ax.step(
+            [r[key] / 1024 for r in staircase],
+            [100 * r["accuracy"] for r in staircase],
+            "o-",
+            where="post",
+            c="tab:red",
+            label=f"best within a {what} budget",
+        )
         ax.axvline(budget / 1024, c="k", ls="--", lw=1, label="budget")
-        ax.set(xlabel=f"{what}{', planned peak' if key == 'ram' else ''} (KiB)", ylabel="test accuracy (%)",
-               title=f"accuracy vs {what}")
+        ax.set(
+            xlabel=f"{what}{', planned peak' if key == 'ram' else ''} (KiB)",
+            ylabel="test accuracy (%)",
+            title=f"accuracy vs {what}",
+        )
         _kib_axis(ax, "x")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-        plots.label_points(ax, [r[key] / 1024 for r in staircase], [100 * r["accuracy"] for r in staircase],
-                     [r["name"] for r in staircase])
+        plots.label_points(
+            ax,
+            [r[key] / 1024 for r in staircase],
+            [100 * r["accuracy"] for r in staircase],
+            [r["name"] for r in staircase],
+        )
     ax = axes[2]
     done = {r["name"] for r in trained}
-    for rows, style in (([r for r in sized if r["name"] not in done], {"c": "tab:blue", "s": 12, "label": "sized"}),
-                        ([r for r in sized if r["name"] in done], {"c": "tab:red", "s": 18, "label": "trained"})):
+    for rows, style in (
+        ([r for r in sized if r["name"] not in done], {"c": "tab:blue", "s": 12, "label": "sized"}),
+        ([r for r in sized if r["name"] in done], {"c": "tab:red", "s": 18, "label": "trained"}),
+    ):
         ax.scatter([r["ram"] / 1024 for r in rows], [r["flash"] / 1024 for r in rows], **style)
     ax.axvline(ram / 1024, c="k", ls="--", lw=1)
     ax.axhline(flash / 1024, c="k", ls="--", lw=1, label="budget")
@@ -254,8 +284,17 @@ def format_fit(result: dict) -> str:
     lines = [("candidate", "accuracy", "RAM B", "flash B", "binary MACs", "instructions", "Pareto")]
     for r in sorted(result["trained"], key=lambda r: -r["accuracy"]):
         counted = f"{r['instructions']:,.0f}" if "instructions" in r else "-"
-        lines.append((r["name"], f"{r['accuracy']:.4f}", f"{r['ram']:,}", f"{r['flash']:,}", f"{r['binary_macs']:,}",
-                      counted, "*" if r["name"] in result["pareto"] else ""))
+        lines.append(
+            (
+                r["name"],
+                f"{r['accuracy']:.4f}",
+                f"{r['ram']:,}",
+                f"{r['flash']:,}",
+                f"{r['binary_macs']:,}",
+                counted,
+                "*" if r["name"] in result["pareto"] else "",
+            )
+        )
     text = render_table(lines, left=1, total=False)
     best = result["best"]
     text.append(

@@ -62,8 +62,14 @@ def sram_access_pj(resident_bytes: float) -> float:
 
 
 def energy_pj(
-    *, binary_macs: float = 0, int_ops: float = 0, fp_macs: float = 0, fp_ops: float = 0,
-    weight_bytes: float = 0, activation_bytes: float = 0, resident_bytes: float | None = None,
+    *,
+    binary_macs: float = 0,
+    int_ops: float = 0,
+    fp_macs: float = 0,
+    fp_ops: float = 0,
+    weight_bytes: float = 0,
+    activation_bytes: float = 0,
+    resident_bytes: float | None = None,
 ) -> dict[str, float]:
     """Energy per inference in picojoules, by class, and the total.
 

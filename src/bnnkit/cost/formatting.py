@@ -11,7 +11,12 @@ def render_table(lines: list[tuple[str, ...]], left: int, total: bool = True) ->
     """Header, rows and (with ``total``) a total row as aligned text: the first ``left``
     columns flush left, numbers flush right, rules under the header and above the total."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    text = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in lines]
+    text = [
+        "  ".join(
+            cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))
+        ).rstrip()
+        for line in lines
+    ]
     text.insert(1, "-" * len(text[0]))
     if total:
         text.insert(len(text) - 1, "-" * len(text[0]))

@@ -32,7 +32,11 @@ def _flash_bytes(op: Op) -> int:
     total = 0
     for name, value in op.params.items():
         if OPS[op.kind].param_type(name) == "bits":
-            total += value.shape[0] * math.ceil(math.prod(value.shape[1:]) / 8) if value.ndim > 1 else math.ceil(value.size / 8)
+            total += (
+                value.shape[0] * math.ceil(math.prod(value.shape[1:]) / 8)
+                if value.ndim > 1
+                else math.ceil(value.size / 8)
+            )
         else:
             total += value.nbytes
     return total
@@ -70,8 +74,11 @@ def profile(graph: Graph) -> dict:
     # Each op's output written and read once: fused ones are never materialised.
     produced = sum(layer["activation_bytes"] for layer in layers if layer["storage"] == "stored")
     totals["energy"] = energy.energy_pj(
-        binary_macs=totals["binary_macs"], int_ops=totals["int_ops"], fp_ops=totals["fp_ops"],
-        weight_bytes=totals["weight_bytes"], activation_bytes=plan.input_bytes + produced,
+        binary_macs=totals["binary_macs"],
+        int_ops=totals["int_ops"],
+        fp_ops=totals["fp_ops"],
+        weight_bytes=totals["weight_bytes"],
+        activation_bytes=plan.input_bytes + produced,
     )
     memory = {
         "input_bytes": plan.input_bytes,
@@ -88,11 +95,32 @@ def format_profile(result: dict) -> str:
     for r in result["layers"]:
         ram = kib(r["activation_bytes"]) if r["storage"] == "stored" else r["storage"]
         lines.append(
-            (str(r["op"]), r["kind"], r["name"], r["output"], kib(r["weight_bytes"]), ram,
-             f"{r['binary_macs']:,}", f"{r['int_ops']:,}", f"{r['fp_ops']:,}")
+            (
+                str(r["op"]),
+                r["kind"],
+                r["name"],
+                r["output"],
+                kib(r["weight_bytes"]),
+                ram,
+                f"{r['binary_macs']:,}",
+                f"{r['int_ops']:,}",
+                f"{r['fp_ops']:,}",
+            )
         )
     t, m = result["totals"], result["memory"]
-    lines.append(("total", "", "", "", kib(t["weight_bytes"]), "", f"{t['binary_macs']:,}", f"{t['int_ops']:,}", f"{t['fp_ops']:,}"))
+    lines.append(
+        (
+            "total",
+            "",
+            "",
+            "",
+            kib(t["weight_bytes"]),
+            "",
+            f"{t['binary_macs']:,}",
+            f"{t['int_ops']:,}",
+            f"{t['fp_ops']:,}",
+        )
+    )
     text = render_table(lines, left=4)
     text.append(
         f"RAM: naive {kib(m['naive_bytes'])} (every tensor its own buffer) vs planned {kib(m['planned_peak_bytes'])} "

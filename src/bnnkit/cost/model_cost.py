@@ -55,6 +55,7 @@ def activation_sizes(model: nn.Module, in_shape: tuple[int, int, int]) -> list[t
         model.train(was_training)
         for hook in hooks:
             hook.remove()
+
     def nbytes(ptr: int, elems: int) -> float:
         return elems * read_bits.get(ptr, 32) / 8
 
@@ -68,7 +69,10 @@ def model_costs(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str, f
     sizes = activation_sizes(model, in_shape)
     activation_bytes = sum(out for _, _, out in sizes)
     e = energy.energy_pj(
-        binary_macs=t["binary_macs"], fp_macs=t["fp_macs"], weight_bytes=t["memory_bytes"], activation_bytes=activation_bytes
+        binary_macs=t["binary_macs"],
+        fp_macs=t["fp_macs"],
+        weight_bytes=t["memory_bytes"],
+        activation_bytes=activation_bytes,
     )
     return {
         "params": t["params"],
@@ -83,10 +87,12 @@ def model_costs(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str, f
     }
 
 
-def method_costs(model: str, num_classes: int, in_shape: tuple[int, int, int], *, progress: bool = False,
-                 **model_options) -> dict[str, dict]:
+def method_costs(
+    model: str, num_classes: int, in_shape: tuple[int, int, int], *, progress: bool = False, **model_options
+) -> dict[str, dict]:
     """``model_costs`` of the baseline and of every catalogue method applied to it alone;
     a method the model cannot use maps to ``{"error": why}``."""
+
     def costs(recipe):
         try:
             return model_costs(create_model(model, num_classes, in_shape, recipe, **model_options), in_shape)

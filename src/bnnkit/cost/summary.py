@@ -22,8 +22,16 @@ from bnnkit.nn import BinaryConv2d, BinaryLinear, InputNorm, RPReLU
 # Layers with a cost of their own; residual blocks (with a ``residual_adds`` attribute)
 # are counted for their additions.
 COUNTED = (
-    nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, InputNorm,
-    nn.PReLU, RPReLU,
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    InputNorm,
+    nn.PReLU,
+    RPReLU,
 )
 
 

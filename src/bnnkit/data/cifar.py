@@ -55,7 +55,9 @@ def _read_bounded(path: Path, limit: int, hint: str) -> bytes:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > limit:
-                raise BnnkitError(f"{path}: {size:,} bytes, more than a file of {MAX_RECORDS:,} CIFAR images takes ({limit:,}) — {hint}")
+                raise BnnkitError(
+                    f"{path}: {size:,} bytes, more than a file of {MAX_RECORDS:,} CIFAR images takes ({limit:,}) — {hint}"
+                )
             return f.read(size)
     except OSError as exc:
         raise BnnkitError(f"{path}: cannot read ({exc}) — {hint}") from None
@@ -83,7 +85,9 @@ def _scan_pickle(path: Path, raw: bytes, hint: str) -> None:
     try:
         for count, (opcode, arg, _) in enumerate(pickletools.genops(raw)):
             if count == MAX_PICKLE_OPS:
-                raise BnnkitError(f"{path}: more than {MAX_PICKLE_OPS:,} pickle opcodes; a CIFAR batch needs far fewer — {hint}")
+                raise BnnkitError(
+                    f"{path}: more than {MAX_PICKLE_OPS:,} pickle opcodes; a CIFAR batch needs far fewer — {hint}"
+                )
             if opcode.name in _MEMO_PUTS and arg >= MAX_PICKLE_OPS:
                 raise BnnkitError(f"{path}: pickle memo index {arg:,}, a CIFAR batch needs far fewer — {hint}")
     except ValueError as exc:  # what genops raises for a truncated argument or an unknown opcode
@@ -134,7 +138,9 @@ class _BatchUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.allowed:
-            raise BnnkitError(f"{self.path}: refuses to unpickle {module}.{name}; a CIFAR batch holds only NumPy arrays")
+            raise BnnkitError(
+                f"{self.path}: refuses to unpickle {module}.{name}; a CIFAR batch holds only NumPy arrays"
+            )
         return self.allowed[module, name]
 
     def _refuse(self, what: str) -> BnnkitError:
@@ -143,7 +149,9 @@ class _BatchUnpickler(pickle.Unpickler):
     def _charge(self, size: int) -> None:
         self.budget -= size
         if self.budget < 0:
-            raise BnnkitError(f"{self.path}: builds more bytes than the file holds twice over; a CIFAR batch builds each once")
+            raise BnnkitError(
+                f"{self.path}: builds more bytes than the file holds twice over; a CIFAR batch builds each once"
+            )
 
     def _encode(self, text, encoding):  # how Python 3's protocol 2 stores bytes: text, encoded back
         if not isinstance(text, str) or encoding != "latin1":
@@ -161,16 +169,26 @@ class _BatchUnpickler(pickle.Unpickler):
         # NumPy pickles every array as _reconstruct(ndarray, (0,), b'b') and sets its content after.
         if subtype is not _NDARRAY or shape != (0,) or typecode != b"b":
             got = f"{'ndarray' if subtype is _NDARRAY else type(subtype).__name__}, {reprlib.repr(shape)}, {reprlib.repr(typecode)}"
-            raise BnnkitError(f"{self.path}: refuses numpy _reconstruct({got}); NumPy writes _reconstruct(ndarray, (0,), b'b')")
+            raise BnnkitError(
+                f"{self.path}: refuses numpy _reconstruct({got}); NumPy writes _reconstruct(ndarray, (0,), b'b')"
+            )
         array = _BatchArray((0,), np.uint8)
         array.check_state = self._check_array_state
         return array
 
     def _check_array_state(self, state) -> None:
         version, shape, dtype, _, data = state if isinstance(state, tuple) and len(state) == 5 else (None,) * 5
-        if (version != 1 or not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape)
-                or not isinstance(dtype, np.dtype) or dtype.kind not in "iu" or dtype.fields or dtype.subdtype
-                or not isinstance(data, bytes) or len(data) != math.prod(shape) * dtype.itemsize):
+        if (
+            version != 1
+            or not isinstance(shape, tuple)
+            or not all(type(d) is int and d >= 0 for d in shape)
+            or not isinstance(dtype, np.dtype)
+            or dtype.kind not in "iu"
+            or dtype.fields
+            or dtype.subdtype
+            or not isinstance(data, bytes)
+            or len(data) != math.prod(shape) * dtype.itemsize
+        ):
             raise self._refuse("an array state other than (1, shape, integer dtype, fortran, bytes of that size)")
         self._charge(len(data))
 
@@ -200,8 +218,10 @@ def _read_python_batch(path: Path, label_key: str, num_classes: int, hint: str) 
     if not isinstance(batch, dict):
         raise BnnkitError(f"{path}: expected a pickled dict, got {type(batch).__name__} — {hint}")
     # plain ndarrays from here on, so that messages and callers never see _BatchArray
-    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v.view(np.ndarray) if isinstance(v, np.ndarray) else v
-             for k, v in batch.items()}
+    batch = {
+        k.decode("latin1") if isinstance(k, bytes) else k: v.view(np.ndarray) if isinstance(v, np.ndarray) else v
+        for k, v in batch.items()
+    }
     if "data" not in batch or label_key not in batch:
         raise BnnkitError(f"{path}: missing 'data' or {label_key!r} — {hint}")
     data = batch["data"]
@@ -240,8 +260,16 @@ def load_cifar(name: str, directory: Path, split: str, num_classes: int, hint: s
     candidates = []
     label_bytes = 2 if name == "cifar100" else 1
     for folder, files, reader in (
-        (bin_dir, bin_train if split == "train" else [bin_test], lambda p: _read_binary_batch(p, label_bytes, num_classes, hint)),
-        (py_dir, py_train if split == "train" else [py_test], lambda p: _read_python_batch(p, label_key, num_classes, hint)),
+        (
+            bin_dir,
+            bin_train if split == "train" else [bin_test],
+            lambda p: _read_binary_batch(p, label_bytes, num_classes, hint),
+        ),
+        (
+            py_dir,
+            py_train if split == "train" else [py_test],
+            lambda p: _read_python_batch(p, label_key, num_classes, hint),
+        ),
     ):
         for root in (directory / folder, directory):
             paths = [root / f for f in files]

@@ -62,7 +62,9 @@ def _read_checked(f: BinaryIO, path: Path, item_shape: tuple[int, ...], what: st
     if len(magic) < 4:
         raise BnnkitError(f"{path}: {len(magic)} bytes, too short for an IDX header — {hint}")
     if magic != bytes([0, 0, UBYTE, ndim]):
-        raise BnnkitError(f"{path}: IDX magic 0x{magic.hex()}, expected 0x{UBYTE:06x}{ndim:02x} (unsigned bytes, {ndim}-D) — {hint}")
+        raise BnnkitError(
+            f"{path}: IDX magic 0x{magic.hex()}, expected 0x{UBYTE:06x}{ndim:02x} (unsigned bytes, {ndim}-D) — {hint}"
+        )
     dims = f.read(4 * ndim)
     if len(dims) < 4 * ndim:
         raise BnnkitError(f"{path}: truncated IDX header — {hint}")
@@ -71,20 +73,25 @@ def _read_checked(f: BinaryIO, path: Path, item_shape: tuple[int, ...], what: st
         got, want = "x".join(map(str, shape[1:])), "x".join(map(str, item_shape))
         raise BnnkitError(f"{path}: {what} are {got}, expected {want} — {hint}")
     if shape[0] > MAX_ITEMS:
-        raise BnnkitError(f"{path}: its header declares {shape[0]:,} {what}, more than the {MAX_ITEMS:,} allowed — {hint}")
+        raise BnnkitError(
+            f"{path}: its header declares {shape[0]:,} {what}, more than the {MAX_ITEMS:,} allowed — {hint}"
+        )
     header = 4 + 4 * ndim
     expected = header + shape[0] * math.prod(item_shape)
     stored = path.stat().st_size
     if path.suffix == ".gz":
         if expected > stored * MAX_DEFLATE_RATIO:
             raise BnnkitError(
-                f"{path}: its header {shape} implies {expected:,} bytes, more than {stored:,} gzipped bytes can hold — {hint}")
+                f"{path}: its header {shape} implies {expected:,} bytes, more than {stored:,} gzipped bytes can hold — {hint}"
+            )
     elif stored != expected:
         raise BnnkitError(f"{path}: {stored} bytes, but its header {shape} implies {expected} — {hint}")
     try:
         data = np.empty(expected - header, dtype=np.uint8)
     except MemoryError:
-        raise BnnkitError(f"{path}: not enough memory for the {expected:,} bytes its header {shape} implies — {hint}") from None
+        raise BnnkitError(
+            f"{path}: not enough memory for the {expected:,} bytes its header {shape} implies — {hint}"
+        ) from None
     got = header + _read_into(f, data)
     if got < expected:
         raise BnnkitError(f"{path}: {got} bytes, but its header {shape} implies {expected} — {hint}")
@@ -114,7 +121,9 @@ def load_idx_split(directory: Path, split: str, num_classes: int, hint: str) -> 
         raise BnnkitError(f"{images_path}: holds 0 images — {hint}")
     labels = read_idx(labels_path, (), "labels", hint)
     if len(images) != len(labels):
-        raise BnnkitError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name} — {hint}")
+        raise BnnkitError(
+            f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name} — {hint}"
+        )
     if labels.max() >= num_classes:
         raise BnnkitError(f"{labels_path}: label {labels.max()} out of range 0..{num_classes - 1} — {hint}")
     return images[:, None, :, :], labels.astype(np.int64)

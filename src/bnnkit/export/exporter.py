@@ -146,7 +146,9 @@ class Exporter:
                 cur = self._emit("maxpool", [cur], {"kernel": pair(m.kernel_size), "stride": pair(m.stride)}, name=name)
             elif isinstance(m, nn.MaxPool2d):
                 if kind != "chain" or chain.pool is not None or chain.flatten:
-                    self._refuse(name, "a max-pool is exported only on a binary layer's sums or signs, once between two layers")
+                    self._refuse(
+                        name, "a max-pool is exported only on a binary layer's sums or signs, once between two layers"
+                    )
                 self._check_pool(name, m)
                 chain.pool = m
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -161,7 +163,9 @@ class Exporter:
             elif isinstance(m, (nn.Identity, nn.Dropout)):
                 continue
             else:
-                hint = " (--allow-approx binarizes a full-precision classifier)" if type(m) is nn.Linear and last else ""
+                hint = (
+                    " (--allow-approx binarizes a full-precision classifier)" if type(m) is nn.Linear and last else ""
+                )
                 self._refuse(name, f"{type(m).__name__} has no exact integer form{hint}")
         if kind != "chain" or chain.flatten:
             self._refuse("<output>", "the model must end with a binary layer (and its BatchNorm)")
@@ -176,8 +180,13 @@ class Exporter:
     def _approx_classifier(self, name: str, m: nn.Linear) -> BinaryLinear:
         """XNOR-Net's approximation of a full-precision classifier: binarized input (the sign
         of what the model feeds it) times sign(W), scaled by mean|W| per class."""
-        approx = BinaryLinear(m.in_features, m.out_features, bias=m.bias is not None,
-                              input_quantizer=_APPROX_SIGN, weight_scale="mean_abs")
+        approx = BinaryLinear(
+            m.in_features,
+            m.out_features,
+            bias=m.bias is not None,
+            input_quantizer=_APPROX_SIGN,
+            weight_scale="mean_abs",
+        )
         approx.load_state_dict(m.state_dict())
         self.notes.append(f"{name}: full-precision classifier replaced by sign(input) x sign(W) x mean|W| + bias")
         return approx
@@ -189,13 +198,19 @@ class Exporter:
         signs = torch.ones((2, m.in_channels, 1, 1) if isinstance(m, BinaryConv2d) else (2, m.in_features))
         signs[0] = -1.0
         if q is None or not torch.equal(q(signs), signs):
-            self._refuse(name, "its input is already binary, and its input quantizer does not pass ±1 through unchanged")
+            self._refuse(
+                name, "its input is already binary, and its input quantizer does not pass ±1 through unchanged"
+            )
 
     def _binary_layer(self, name: str, m: nn.Module, cur: str, kind: str) -> _Chain:
         if m.activation_scale != "none":
-            self._refuse(name, "its activation scale (xnor_activation_scale) multiplies each output by a real-valued map")
+            self._refuse(
+                name, "its activation scale (xnor_activation_scale) multiplies each output by a real-valued map"
+            )
         if m.input_quantizer is None and kind != "u8":
-            self._refuse(name, "a layer without an input quantizer is only exported as the first layer (integer pixels)")
+            self._refuse(
+                name, "a layer without an input quantizer is only exported as the first layer (integer pixels)"
+            )
         if m.input_quantizer is not None and kind != "bits":
             self._refuse(name, "its input is not binarized by a preceding threshold")
         if isinstance(m, BinaryConv2d) and (m.groups != 1 or m.dilation != (1, 1)):
@@ -249,7 +264,9 @@ class Exporter:
             elif len(falling) == 1 and not len(rising):
                 thresh[ch], flip[ch] = falling[0] - chain.bound, True
             else:
-                self._refuse(name, f"channel {ch}: the float32 chain before its sign is not monotone in the integer sum")
+                self._refuse(
+                    name, f"channel {ch}: the float32 chain before its sign is not monotone in the integer sum"
+                )
         out = self._emit("threshold", [chain.tensor], {}, {"thresh": thresh, "flip": flip}, op_name)
         if chain.pool is None:
             return out
@@ -275,9 +292,13 @@ class Exporter:
         if chain.pool is not None:
             self._refuse("<output>", "a max-pool before the scores is not exported")
         exact = copy.deepcopy(chain).double()
-        v = exact.values(torch.tensor([[0.0], [1.0]], dtype=torch.float64).expand(-1, chain.channels), exact.before_pool, True)
+        v = exact.values(
+            torch.tensor([[0.0], [1.0]], dtype=torch.float64).expand(-1, chain.channels), exact.before_pool, True
+        )
         scale, bias = (v[1] - v[0]).numpy(), v[0].numpy()
-        return self._emit("affine", [chain.tensor], {}, {"scale": scale.astype(np.float32), "bias": bias.astype(np.float32)}, "scores")
+        return self._emit(
+            "affine", [chain.tensor], {}, {"scale": scale.astype(np.float32), "bias": bias.astype(np.float32)}, "scores"
+        )
 
 
 def _check_methods(recipe: Recipe | None) -> None:

@@ -40,7 +40,9 @@ def _require():
         import onnxruntime
         import onnxscript.optimizer
     except ImportError as exc:
-        raise BnnkitError(f"ONNX export needs the onnx extra ({exc.name} is missing): pip install bnnkit[onnx]") from None
+        raise BnnkitError(
+            f"ONNX export needs the onnx extra ({exc.name} is missing): pip install bnnkit[onnx]"
+        ) from None
     return onnxruntime, onnxscript.optimizer
 
 
@@ -67,8 +69,14 @@ def to_onnx(model: torch.nn.Module, in_shape, meta: dict[str, str] | None = None
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
-                model, (example,), dynamo=True, optimize=False, verbose=False, input_names=[INPUT],
-                output_names=[OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                model,
+                (example,),
+                dynamo=True,
+                optimize=False,
+                verbose=False,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
             )
     except Exception as exc:  # the exporter raises many types, all of them "this model does not export"
         raise BnnkitError(f"torch.onnx.export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
@@ -113,8 +121,12 @@ def export_onnx(run_dir: str | Path, output: str | Path, check: int = 1000, data
         raise BnnkitError(f"--check must be >= 0, got {check}")
     _require()
     model, config = load_run(run_dir)
-    meta = {"bnnkit_model": config.model, "bnnkit_dataset": config.dataset, "bnnkit_recipe": config.recipe.name,
-            "input": "float32 NCHW, pixel / 255"}
+    meta = {
+        "bnnkit_model": config.model,
+        "bnnkit_dataset": config.dataset,
+        "bnnkit_recipe": config.recipe.name,
+        "input": "float32 NCHW, pixel / 255",
+    }
     data = to_onnx(model, config.to_dict()["in_shape"], meta)
     result = {"output": str(output), "format": "onnx", "bytes": len(data), "n": 0, "top1_agreement": 1.0}
     if check:

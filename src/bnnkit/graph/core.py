@@ -44,8 +44,11 @@ class Graph:
 
     def __post_init__(self) -> None:
         shape = self.input_shape
-        if not (isinstance(shape, (tuple, list)) and len(shape) == 3
-                and all(_is_int(d) and 1 <= d <= INT32_MAX for d in shape)):
+        if not (
+            isinstance(shape, (tuple, list))
+            and len(shape) == 3
+            and all(_is_int(d) and 1 <= d <= INT32_MAX for d in shape)
+        ):
             raise _bad("input shape", "3 positive ints", shape)
         self.input_shape = tuple(int(d) for d in shape)
         self.validate()

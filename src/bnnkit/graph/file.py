@@ -109,7 +109,14 @@ def _file_tensors(g: Graph) -> dict[str, np.ndarray]:
 def _op_header(i: int, op: Op) -> dict:
     attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in op.attrs.items()}
     params = {name: {"tensor": _param_key(i, name), "shape": list(v.shape)} for name, v in op.params.items()}
-    return {"kind": op.kind, "name": op.name, "inputs": op.inputs, "output": op.output, "attrs": attrs, "params": params}
+    return {
+        "kind": op.kind,
+        "name": op.name,
+        "inputs": op.inputs,
+        "output": op.output,
+        "attrs": attrs,
+        "params": params,
+    }
 
 
 def _op_from_header(h: dict, tensors: dict[str, np.ndarray], where: str) -> Op:
@@ -248,7 +255,9 @@ def _check_op(h: Any, where: str) -> int:
         at = f"{where}.params.{name}"
         _keys(ref, at, ("tensor", "shape"))
         check_name(ref["tensor"], f"{at}.tensor")
-        count += math.prod(_int(d, f"{at}.shape[{j}]", 1) for j, d in enumerate(_list(ref["shape"], f"{at}.shape", 1, 4)))
+        count += math.prod(
+            _int(d, f"{at}.shape[{j}]", 1) for j, d in enumerate(_list(ref["shape"], f"{at}.shape", 1, 4))
+        )
     return count
 
 
@@ -267,5 +276,6 @@ def _check_meta(meta: Any, where: str) -> None:
             text = isinstance(item, str) and len(item) <= _META_CHARS and item.isprintable()
             number = (_is_int(item) and abs(item) < 2**53) or (isinstance(item, float) and math.isfinite(item))
             if not (text or number or item is None or isinstance(item, bool)):
-                raise _bad(at, f"printable text of at most {_META_CHARS} characters, a finite number, a bool or null", item)
-
+                raise _bad(
+                    at, f"printable text of at most {_META_CHARS} characters, a finite number, a bool or null", item
+                )

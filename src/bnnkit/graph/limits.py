@@ -58,7 +58,11 @@ def resources(graph: Graph) -> dict[str, Any]:
 
 def within(value: int, limit: int, name: str, what: str, scale: int) -> None:
     if value > limit * scale:
-        hint = "" if scale > 1 else "; if the graph is genuine, --allow-large-graph (Graph.load(allow_large=True)) raises it"
+        hint = (
+            ""
+            if scale > 1
+            else "; if the graph is genuine, --allow-large-graph (Graph.load(allow_large=True)) raises it"
+        )
         raise BnnkitError(f"{what}: {value:,} per image, over the limit of {limit * scale:,} (graph.{name}){hint}")
 
 

@@ -251,33 +251,119 @@ _CONV_ATTRS = ("stride", "padding")
 _WINDOW = ("kernel", "stride")
 
 OPS: dict[str, OpDef] = _table(
-    OpDef("input_conv2d", Family.PRODUCER, (("u8",),), _conv_shape, _producer_cost, _CONV_ATTRS, _WEIGHT,
-          work=_conv_work, doc="u8 (C,H,W) * ±1 weight (O,C,kh,kw) -> i32; padded pixels are 0 and add nothing"),
-    OpDef("input_dense", Family.PRODUCER, (("u8",),), _dense_shape, _producer_cost, (), _WEIGHT,
-          work=_dense_work, doc="u8 (F,) * ±1 weight (O,F) -> i32 (O,)"),
-    OpDef("binary_conv2d", Family.PRODUCER, (("bits",),), _conv_shape, _producer_cost, (*_CONV_ATTRS, "pad"), _WEIGHT,
-          work=_conv_work, doc="±1 (C,H,W) * ±1 weight (O,C,kh,kw) -> i32; pad 'zero' counts only valid taps, "
-          "'minus_one'/'plus_one' pad with that constant"),
-    OpDef("binary_dense", Family.PRODUCER, (("bits",),), _dense_shape, _producer_cost, (), _WEIGHT,
-          work=_dense_work, doc="±1 (F,) * ±1 weight (O,F) -> i32 (O,) = F - 2*popcount(x xor w)"),
-    OpDef("threshold", Family.THRESHOLD, (("i32",),), _per_channel_shape("bits"), _per_value_cost, (),
-          {"thresh": "i32", "flip": "bits"},
-          doc="i32 (C,...) -> bits: x >= thresh[c], or x <= thresh[c] where flip[c]; "
-          "thresh = INT32_MIN makes a constant channel (1 without flip, 0 with flip)"),
-    OpDef("affine", Family.ELEMENTWISE, (("i32", "f32"),), _per_channel_shape("f32"), _affine_cost, (),
-          {"scale": "f32", "bias": "f32"},
-          doc="(C,...) -> f32: float32(x) * scale[c] + bias[c], each step rounded to float32 (no FMA)"),
-    OpDef("add", Family.ELEMENTWISE, (("i32", "f32"), ("i32", "f32")), _add_shape, _per_value_cost,
-          doc="elementwise sum of two tensors of one type and shape"),
-    OpDef("maxpool", Family.POOL, (("i32", "bits"),), _pool_shape, _pool_cost, _WINDOW, {}, ("min_channels",),
-          work=_pool_work, doc="window max, no padding (floor); on bits max = OR, and channels marked in the optional "
-          "bits param min_channels take the minimum (AND): a max-pool moved past a decreasing threshold"),
-    OpDef("avgpool", Family.POOL, (("i32",),), _pool_shape, _pool_cost, _WINDOW,
-          work=_pool_work, doc="window SUM of i32, no padding; the consumer folds the 1/(kh*kw)"),
-    OpDef("flatten", Family.VIEW, (("u8", "bits", "i32", "f32"),), _flatten_shape, _no_cost,
-          doc="(C,H,W) -> (C*H*W,) in C order"),
-    OpDef("argmax", Family.HEAD, (("i32", "f32"),), _argmax_shape, _argmax_cost,
-          doc="(C,) -> index of the first maximum (type 'index', shape ())"),
+    OpDef(
+        "input_conv2d",
+        Family.PRODUCER,
+        (("u8",),),
+        _conv_shape,
+        _producer_cost,
+        _CONV_ATTRS,
+        _WEIGHT,
+        work=_conv_work,
+        doc="u8 (C,H,W) * ±1 weight (O,C,kh,kw) -> i32; padded pixels are 0 and add nothing",
+    ),
+    OpDef(
+        "input_dense",
+        Family.PRODUCER,
+        (("u8",),),
+        _dense_shape,
+        _producer_cost,
+        (),
+        _WEIGHT,
+        work=_dense_work,
+        doc="u8 (F,) * ±1 weight (O,F) -> i32 (O,)",
+    ),
+    OpDef(
+        "binary_conv2d",
+        Family.PRODUCER,
+        (("bits",),),
+        _conv_shape,
+        _producer_cost,
+        (*_CONV_ATTRS, "pad"),
+        _WEIGHT,
+        work=_conv_work,
+        doc="±1 (C,H,W) * ±1 weight (O,C,kh,kw) -> i32; pad 'zero' counts only valid taps, "
+        "'minus_one'/'plus_one' pad with that constant",
+    ),
+    OpDef(
+        "binary_dense",
+        Family.PRODUCER,
+        (("bits",),),
+        _dense_shape,
+        _producer_cost,
+        (),
+        _WEIGHT,
+        work=_dense_work,
+        doc="±1 (F,) * ±1 weight (O,F) -> i32 (O,) = F - 2*popcount(x xor w)",
+    ),
+    OpDef(
+        "threshold",
+        Family.THRESHOLD,
+        (("i32",),),
+        _per_channel_shape("bits"),
+        _per_value_cost,
+        (),
+        {"thresh": "i32", "flip": "bits"},
+        doc="i32 (C,...) -> bits: x >= thresh[c], or x <= thresh[c] where flip[c]; "
+        "thresh = INT32_MIN makes a constant channel (1 without flip, 0 with flip)",
+    ),
+    OpDef(
+        "affine",
+        Family.ELEMENTWISE,
+        (("i32", "f32"),),
+        _per_channel_shape("f32"),
+        _affine_cost,
+        (),
+        {"scale": "f32", "bias": "f32"},
+        doc="(C,...) -> f32: float32(x) * scale[c] + bias[c], each step rounded to float32 (no FMA)",
+    ),
+    OpDef(
+        "add",
+        Family.ELEMENTWISE,
+        (("i32", "f32"), ("i32", "f32")),
+        _add_shape,
+        _per_value_cost,
+        doc="elementwise sum of two tensors of one type and shape",
+    ),
+    OpDef(
+        "maxpool",
+        Family.POOL,
+        (("i32", "bits"),),
+        _pool_shape,
+        _pool_cost,
+        _WINDOW,
+        {},
+        ("min_channels",),
+        work=_pool_work,
+        doc="window max, no padding (floor); on bits max = OR, and channels marked in the optional "
+        "bits param min_channels take the minimum (AND): a max-pool moved past a decreasing threshold",
+    ),
+    OpDef(
+        "avgpool",
+        Family.POOL,
+        (("i32",),),
+        _pool_shape,
+        _pool_cost,
+        _WINDOW,
+        work=_pool_work,
+        doc="window SUM of i32, no padding; the consumer folds the 1/(kh*kw)",
+    ),
+    OpDef(
+        "flatten",
+        Family.VIEW,
+        (("u8", "bits", "i32", "f32"),),
+        _flatten_shape,
+        _no_cost,
+        doc="(C,H,W) -> (C*H*W,) in C order",
+    ),
+    OpDef(
+        "argmax",
+        Family.HEAD,
+        (("i32", "f32"),),
+        _argmax_shape,
+        _argmax_cost,
+        doc="(C,) -> index of the first maximum (type 'index', shape ())",
+    ),
 )
 
 
@@ -357,5 +443,7 @@ def conformance(ops: dict[str, OpDef] | None = None, tables: dict[str, OpTable] 
     for kind, d in ops.items():
         if d.cost is None:
             problems.append(f"{kind}: no cost rule")
-        problems += [f"{kind}: no {name} entry" for name in BACKENDS if name in tables and kind not in tables[name].entries]
+        problems += [
+            f"{kind}: no {name} entry" for name in BACKENDS if name in tables and kind not in tables[name].entries
+        ]
     return problems

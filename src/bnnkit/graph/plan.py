@@ -138,9 +138,7 @@ def _place(sizes: dict[str, int], lifetimes: dict[str, tuple[int, int]]) -> dict
     for name in sorted(sizes, key=lambda n: (-sizes[n], lifetimes[n][0], n)):
         lo, hi = lifetimes[name]
         taken = sorted(
-            (offsets[o], offsets[o] + sizes[o])
-            for o in offsets
-            if lifetimes[o][0] <= hi and lo <= lifetimes[o][1]
+            (offsets[o], offsets[o] + sizes[o]) for o in offsets if lifetimes[o][0] <= hi and lo <= lifetimes[o][1]
         )
         at = 0
         for start, end in taken:

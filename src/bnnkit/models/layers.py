@@ -68,7 +68,13 @@ class Layers:
     def conv(self, cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Module:
         """A binary convolution (binary input and weights), 'same' padding."""
         return BinaryConv2d(
-            cin, cout, kernel, stride=stride, padding=kernel // 2, pad_value=self.recipe.pad_value, **self._binary(cin, cout)
+            cin,
+            cout,
+            kernel,
+            stride=stride,
+            padding=kernel // 2,
+            pad_value=self.recipe.pad_value,
+            **self._binary(cin, cout),
         )
 
     def linear(self, fin: int, fout: int, channels: int | None = None) -> nn.Module:

@@ -23,7 +23,11 @@ def binarynet_mlp(num_classes: int, in_shape: tuple, recipe: Recipe, *, width: i
         raise BnnkitError(f"binarynet_mlp needs width >= 1 and depth >= 1, got width={width}, depth={depth}")
     layers = Layers(recipe)
     width = layers.width(width)
-    blocks: list[nn.Module] = [nn.Flatten(), layers.first_linear(math.prod(in_shape), width), *layers.norm(width, dims=1)]
+    blocks: list[nn.Module] = [
+        nn.Flatten(),
+        layers.first_linear(math.prod(in_shape), width),
+        *layers.norm(width, dims=1),
+    ]
     for _ in range(depth - 1):
         blocks += [layers.linear(width, width), *layers.norm(width, dims=1)]
     blocks.append(layers.classifier(width, num_classes))

@@ -32,7 +32,9 @@ def register_model(*features: str) -> Callable[[Builder], Builder]:
     def decorate(fn: Builder) -> Builder:
         for key, default in _keyword_defaults(fn).items():
             if _kind(default) is None:  # the option's type is read from its default
-                raise TypeError(f"model {fn.__name__} option {key}: default {default!r} is no int, float, bool, str or list")
+                raise TypeError(
+                    f"model {fn.__name__} option {key}: default {default!r} is no int, float, bool, str or list"
+                )
         MODELS[fn.__name__] = fn
         MODEL_FEATURES[fn.__name__] = frozenset(features)
         return fn
@@ -101,7 +103,11 @@ def _option_value(model: str, key: str, value: Any, default: Any) -> Any:
         items = [_scalar(v, element) for v in value] if isinstance(value, (list, tuple)) and value else [None]
         what = f"a list of {_NAMES[element]}s"
     else:
-        element, items, what = kind[0], [_scalar(value, kind[0])], f"{'an' if kind[0] is int else 'a'} {_NAMES[kind[0]]}"
+        element, items, what = (
+            kind[0],
+            [_scalar(value, kind[0])],
+            f"{'an' if kind[0] is int else 'a'} {_NAMES[kind[0]]}",
+        )
     if any(v is None for v in items):
         _bad_option(model, key, value, default, what)
     if not all(_in_range(v) for v in items):

@@ -86,7 +86,13 @@ class ResNet(nn.Module):
 
 
 def _resnet(
-    model: str, recipe: Recipe, in_shape: tuple, num_classes: int, widths: list[int], blocks: list[int], width_mult: float
+    model: str,
+    recipe: Recipe,
+    in_shape: tuple,
+    num_classes: int,
+    widths: list[int],
+    blocks: list[int],
+    width_mult: float,
 ) -> ResNet:
     """The model option ``width_mult`` and the recipe's multiply the base widths."""
     if width_mult <= 0:

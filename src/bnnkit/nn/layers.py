@@ -144,7 +144,14 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         dilation=1,
     ):
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
         )
         if isinstance(self.padding, str):
             raise BnnkitError("BinaryConv2d needs numeric padding, not 'same'/'valid'")

@@ -103,7 +103,9 @@ def get_quantizer(spec, **kwargs) -> Quantizer | None:
     if isinstance(spec, type) and issubclass(spec, Quantizer):
         return _instantiate(spec.__name__, spec, kwargs)
     if kwargs:
-        raise BnnkitError(f"quantizer options ({', '.join(sorted(kwargs))}) need a quantizer name, not a {type(spec).__name__}")
+        raise BnnkitError(
+            f"quantizer options ({', '.join(sorted(kwargs))}) need a quantizer name, not a {type(spec).__name__}"
+        )
     if isinstance(spec, Quantizer):
         return spec
     if callable(spec):

@@ -205,7 +205,9 @@ class Recipe:
         """A copy with some fields changed; the way a repair method is applied in isolation."""
         unknown = sorted(set(changes) - _field_names())
         if unknown:
-            raise BnnkitError(f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(_field_names()))}")
+            raise BnnkitError(
+                f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(_field_names()))}"
+            )
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,7 +7,9 @@ store (SQLite) and draws (matplotlib), so `bnnkit report` runs without torch."""
 from bnnkit import _lazy_attributes
 
 _LAZY = {
-    **dict.fromkeys(["Grid", "RunSpec", "expand", "load_grid", "methods_override", "preset_names"], "bnnkit.review.grid"),
+    **dict.fromkeys(
+        ["Grid", "RunSpec", "expand", "load_grid", "methods_override", "preset_names"], "bnnkit.review.grid"
+    ),
     **dict.fromkeys(["summarize", "write_report"], "bnnkit.review.report"),
     **dict.fromkeys(["EXECUTORS", "execute", "run_review"], "bnnkit.review.runner"),
     "Store": "bnnkit.review.store",

@@ -224,7 +224,9 @@ def expand(raw: dict[str, Any], source: str = "grid", folder: Path | None = None
             bad.append((label, str(exc)))
             continue
         runs += [
-            RunSpec(label, category, kind, study, replace(config, seed=seed), raw.get("limit_train"), raw.get("limit_test"))
+            RunSpec(
+                label, category, kind, study, replace(config, seed=seed), raw.get("limit_train"), raw.get("limit_test")
+            )
             for seed in raw["seeds"]
         ]
     if bad and not raw.get("skip_inapplicable", False):

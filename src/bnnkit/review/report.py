@@ -81,7 +81,13 @@ def summarize(runs: list[dict[str, Any]], costs: list[str]) -> list[dict[str, An
 
     def order(row):
         delta = row["delta_top1"]
-        return studies.index(row["study"]), _category_rank(row["category"]), delta is None, -(delta or 0.0), row["label"]
+        return (
+            studies.index(row["study"]),
+            _category_rank(row["category"]),
+            delta is None,
+            -(delta or 0.0),
+            row["label"],
+        )
 
     return sorted(rows, key=order)
 
@@ -107,7 +113,9 @@ def _markdown(rows: list[dict], runs: list[dict], costs: list[str]) -> str:
     lines = [
         "# Review",
         "",
-        f"{len(runs)} runs: " + ", ".join(f"{status[s]} {s}" for s in ("done", "running", "pending", "failed") if status[s]) + ".",
+        f"{len(runs)} runs: "
+        + ", ".join(f"{status[s]} {s}" for s in ("done", "running", "pending", "failed") if status[s])
+        + ".",
         "Top-1 in %: mean ± sample std over the seeds that finished (n); Δ against the baseline's mean "
         "(percentage points for top-1); best: the best epoch's test accuracy, mean over seeds; "
         "costs (bnnkit.cost.model_costs, one inference): value (Δ).",
@@ -119,8 +127,13 @@ def _markdown(rows: list[dict], runs: list[dict], costs: list[str]) -> str:
             top1 = _pct(r["top1_mean"]) + (f" ± {_pct(r['top1_std'])}" if r["top1_std"] is not None else "")
             category = r["category"] + (f" ({r['kind']})" if r["kind"] else "")
             cells = [
-                r["label"], category, f"{r['n']}" + (f" ({r['failed']} failed)" if r["failed"] else ""), top1,
-                _pct(r["delta_top1"], signed=True), _pct(r["top1_best_mean"]), _num(r["train_seconds_mean"]),
+                r["label"],
+                category,
+                f"{r['n']}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
+                top1,
+                _pct(r["delta_top1"], signed=True),
+                _pct(r["top1_best_mean"]),
+                _num(r["train_seconds_mean"]),
                 *(f"{_num(r[c])} ({_num(r[f'delta_{c}'], signed=True)})" for c in costs),
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -157,10 +170,20 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
             # tall enough for the largest column of labels (most methods share the baseline's MACs)
             fig, ax = plt.subplots(figsize=(9, max(5.5, 0.16 * max_column([r[cost] for r in points]) + 1.5)))
             for r in points:
-                ax.errorbar(r[cost], 100 * r["top1_mean"], yerr=100 * (r["top1_std"] or 0), fmt="o", capsize=3,
-                            color=COLORS.get(r["category"], "tab:gray"), alpha=0.8)
-            ax.set(xlabel=COST_AXES.get(cost, cost.replace("_", " ")),
-                   ylabel="top-1 accuracy (%; error bar: std over seeds)", title=textwrap.fill(study, 90))
+                ax.errorbar(
+                    r[cost],
+                    100 * r["top1_mean"],
+                    yerr=100 * (r["top1_std"] or 0),
+                    fmt="o",
+                    capsize=3,
+                    color=COLORS.get(r["category"], "tab:gray"),
+                    alpha=0.8,
+                )
+            ax.set(
+                xlabel=COST_AXES.get(cost, cost.replace("_", " ")),
+                ylabel="top-1 accuracy (%; error bar: std over seeds)",
+                title=textwrap.fill(study, 90),
+            )
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3)
             ax.margins(x=0.08)
@@ -174,13 +197,18 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, max(2.5, 0.3 * len(bars) + 1)))
         positions = range(len(bars))
         ax.barh(
-            positions, [100 * r["delta_top1"] for r in bars], xerr=[100 * (r["top1_std"] or 0) for r in bars],
-            color=[COLORS.get(r["category"], "tab:gray") for r in bars], capsize=2,
+            positions,
+            [100 * r["delta_top1"] for r in bars],
+            xerr=[100 * (r["top1_std"] or 0) for r in bars],
+            color=[COLORS.get(r["category"], "tab:gray") for r in bars],
+            capsize=2,
         )
         ax.set_yticks(list(positions), [r["label"] for r in bars], fontsize=7)
         ax.invert_yaxis()
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set(xlabel="Δ top-1 vs baseline (percentage points; error bar: std over seeds)", title=textwrap.fill(study, 90))
+        ax.set(
+            xlabel="Δ top-1 vs baseline (percentage points; error bar: std over seeds)", title=textwrap.fill(study, 90)
+        )
         ax.title.set_fontsize(9)
         ax.grid(axis="x", alpha=0.3)
         _legend(ax, {r["category"] for r in bars})

@@ -47,8 +47,14 @@ def execute(spec: RunSpec, out: str, threads: int | None = None, processes: int 
     host = socket.gethostname()
     directory = run_dir(out, spec)
     try:
-        options = TrainOptions(resume=True, progress=False, limit_train=spec.limit_train, limit_test=spec.limit_test,
-                               threads=threads, processes=processes)
+        options = TrainOptions(
+            resume=True,
+            progress=False,
+            limit_train=spec.limit_train,
+            limit_test=spec.limit_test,
+            threads=threads,
+            processes=processes,
+        )
         result = train(spec.config, directory, options)
         costs = model_costs(spec.config.build_model(), get_info(spec.config.dataset).in_shape)
     except Exception as exc:
@@ -103,11 +109,18 @@ def run_local(
             return future, future.result()
 
         # The workers split the cores: N workers each using every core would oversubscribe them.
-        yield from _bounded(specs, workers, on_start, lambda s: pool.submit(execute, s, str(out), threads, workers), wait_one)
+        yield from _bounded(
+            specs, workers, on_start, lambda s: pool.submit(execute, s, str(out), threads, workers), wait_one
+        )
 
 
 def run_ray(
-    specs: list[RunSpec], out: Path, workers: int, on_start, address: str | None = None, gpus_per_run: float = 0,
+    specs: list[RunSpec],
+    out: Path,
+    workers: int,
+    on_start,
+    address: str | None = None,
+    gpus_per_run: float = 0,
     threads: int | None = None,
 ) -> Iterator[tuple[RunSpec, Outcome]]:
     """Runs as Ray tasks of ``threads`` CPUs (default 1), at most ``workers`` at a time: on
@@ -170,8 +183,9 @@ def run_review(
         status = store.statuses()
         again = ("pending", "running", "failed") if retry_failed else ("pending", "running")
         todo = [s for s in grid.runs if status[s.key] in again]
-        bar = Progress(total=len(grid.runs), initial=len(grid.runs) - len(todo), enabled=progress, unit="run",
-                       desc="review")
+        bar = Progress(
+            total=len(grid.runs), initial=len(grid.runs) - len(todo), enabled=progress, unit="run", desc="review"
+        )
         if executor == "ray":
             finished = run_ray(todo, out, workers, lambda s: store.start(s.key, host), address, gpus_per_run, threads)
         else:

@@ -73,7 +73,9 @@ class Store:
     def __init__(self, directory: str | Path, create: bool = True):
         self.path = Path(directory) / FILENAME
         if not create and not self.path.is_file():
-            raise BnnkitError(f"{directory}: no review store ({FILENAME}); run `bnnkit review GRID --out {directory}` first")
+            raise BnnkitError(
+                f"{directory}: no review store ({FILENAME}); run `bnnkit review GRID --out {directory}` first"
+            )
         try:
             # Autocommit; writes open their own transactions. The timeout covers a reader
             # holding the file briefly while the WAL is checkpointed.
@@ -102,8 +104,18 @@ class Store:
         """Pending rows for the runs not yet in the store; known runs keep their row."""
         rows = [
             (
-                s.key, s.label, s.category, s.kind, s.study, s.config.seed, s.config.epochs, s.config.model,
-                s.config.dataset, s.limit_train, s.limit_test, json.dumps(s.config.to_dict(), sort_keys=True),
+                s.key,
+                s.label,
+                s.category,
+                s.kind,
+                s.study,
+                s.config.seed,
+                s.config.epochs,
+                s.config.model,
+                s.config.dataset,
+                s.limit_train,
+                s.limit_test,
+                json.dumps(s.config.to_dict(), sort_keys=True),
             )
             for s in specs
         ]
@@ -120,7 +132,8 @@ class Store:
 
     def start(self, key: str, host: str) -> None:
         self._write(
-            "UPDATE runs SET status = 'running', started_at = ?, host = ?, error = NULL WHERE key = ?", (now(), host, key)
+            "UPDATE runs SET status = 'running', started_at = ?, host = ?, error = NULL WHERE key = ?",
+            (now(), host, key),
         )
 
     def finish(self, key: str, outcome: dict[str, Any]) -> None:
@@ -133,7 +146,9 @@ class Store:
             return
         costs = outcome["costs"]
         numeric = {
-            k: float(v) for k, v in costs.items() if _column_name(k) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            k: float(v)
+            for k, v in costs.items()
+            if _column_name(k) and isinstance(v, (int, float)) and not isinstance(v, bool)
         }
         with self.db:
             # Immediate: the columns this run's costs need and the row are written as one.
@@ -147,8 +162,14 @@ class Store:
                 "UPDATE runs SET status = 'done', top1_final = ?, top1_best = ?, train_seconds = ?, costs_json = ?,"
                 f" error = NULL, finished_at = ?, host = ?{assignments} WHERE key = ?",
                 (
-                    outcome["top1_final"], outcome["top1_best"], outcome["train_seconds"], json.dumps(costs), now(),
-                    outcome.get("host"), *numeric.values(), key,
+                    outcome["top1_final"],
+                    outcome["top1_best"],
+                    outcome["train_seconds"],
+                    json.dumps(costs),
+                    now(),
+                    outcome.get("host"),
+                    *numeric.values(),
+                    key,
                 ),
             )
 

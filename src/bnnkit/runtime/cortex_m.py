@@ -70,12 +70,26 @@ class Target:
 
 
 TARGETS = {
-    "cortex-m3": Target("cortex-m3", "mps2-an385", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"), 72e6, "STM32F103"),
-    "cortex-m4": Target(
-        "cortex-m4", "mps2-an386", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"), 80e6,
-        "STM32L412", 79.0, 3.0, "STM32L412xx datasheet DS12469 Rev 7: 79 µA/MHz run mode, LDO, at VDD 3.0 V assumed",
+    "cortex-m3": Target(
+        "cortex-m3", "mps2-an385", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"), 72e6, "STM32F103"
     ),
-    "cortex-m7": Target("cortex-m7", "mps2-an500", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"), 216e6, "STM32F746"),
+    "cortex-m4": Target(
+        "cortex-m4",
+        "mps2-an386",
+        ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
+        80e6,
+        "STM32L412",
+        79.0,
+        3.0,
+        "STM32L412xx datasheet DS12469 Rev 7: 79 µA/MHz run mode, LDO, at VDD 3.0 V assumed",
+    ),
+    "cortex-m7": Target(
+        "cortex-m7",
+        "mps2-an500",
+        ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"),
+        216e6,
+        "STM32F746",
+    ),
 }
 
 
@@ -85,8 +99,13 @@ def latency_estimate(target: Target, instructions: float) -> dict:
     and the code here is mostly those; loads, taken branches and flash wait states add
     cycles, the M7's dual issue removes some), at the clock of a typical part; and, where
     the part's datasheet gives its run-mode current, the energy of those cycles."""
-    estimate = {"cycles_estimate": instructions, "clock_hz": target.clock_hz, "part": target.part,
-                "latency_ms_estimate": 1e3 * instructions / target.clock_hz, "latency_model": "1 cycle per instruction"}
+    estimate = {
+        "cycles_estimate": instructions,
+        "clock_hz": target.clock_hz,
+        "part": target.part,
+        "latency_ms_estimate": 1e3 * instructions / target.clock_hz,
+        "latency_model": "1 cycle per instruction",
+    }
     if target.ua_per_mhz is not None:
         # I/MHz × V is energy per cycle: µA/MHz × V = pJ per cycle
         estimate["energy_uj_estimate"] = instructions * target.ua_per_mhz * target.volts * 1e-6
@@ -98,7 +117,9 @@ _MCU_SOURCES = ("startup", "semihost", "harness")
 # A prefix names the model's .c and .h: these would overwrite the harness's own files.
 _TAKEN_PREFIXES = ("bnnkit_models", "mcu", *_MCU_SOURCES)
 # What the cross compiler's and linker's complaints mean
-_TOO_BIG = "the image does not fit the MPS2 board's 4 MiB of code memory or 4 MiB of RAM (see bnnkit/runtime/mcu/mps2.ld)"
+_TOO_BIG = (
+    "the image does not fit the MPS2 board's 4 MiB of code memory or 4 MiB of RAM (see bnnkit/runtime/mcu/mps2.ld)"
+)
 _HINTS = (
     ("nano.specs", f"newlib-nano is missing; {install_hint(CROSS_PACKAGES)}"),
     ("overflowed", _TOO_BIG),
@@ -106,7 +127,12 @@ _HINTS = (
 )
 _TRAILER = 0x4B4E4E42  # "BNNK", after the last record of bnnkit.out
 # the harness's exit statuses (mcu/mcu.h)
-_EXIT_STATUS = {2: "bad input", 3: "semihosting I/O failed", 4: "fault", 5: "stack overflow; build with a larger stack_size"}
+_EXIT_STATUS = {
+    2: "bad input",
+    3: "semihosting I/O failed",
+    4: "fault",
+    5: "stack overflow; build with a larger stack_size",
+}
 
 
 @dataclass(frozen=True)
@@ -171,12 +197,16 @@ class McuImage:
             try:
                 proc = subprocess.run(cmd, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, timeout=limit)
             except subprocess.TimeoutExpired:
-                raise BnnkitError(f"{self.elf} did not finish {len(x)} images in {limit:g} s on QEMU {machine}") from None
+                raise BnnkitError(
+                    f"{self.elf} did not finish {len(x)} images in {limit:g} s on QEMU {machine}"
+                ) from None
             seconds = time.perf_counter() - start
             if proc.returncode != 0:
                 why = _EXIT_STATUS.get(proc.returncode, "QEMU failed")
                 output = (proc.stderr + proc.stdout).decode(errors="replace").strip()
-                raise BnnkitError(f"{self.elf} exited with status {proc.returncode} ({why}) on QEMU {machine}:\n{output}")
+                raise BnnkitError(
+                    f"{self.elf} exited with status {proc.returncode} ({why}) on QEMU {machine}:\n{output}"
+                )
             out = (Path(tmp) / "bnnkit.out").read_bytes()
             instructions = int(counted.read_text()) if count_instructions else None
         k = self.graph.num_classes
@@ -229,8 +259,9 @@ class McuImage:
 COUNTED_IMAGES = 20  # instructions are counted on the first images: the mean needs no more
 
 
-def measure(graph: Graph, target: str, x: np.ndarray, workdir: str | Path,
-            progress: bool = False) -> tuple[McuRun, dict]:
+def measure(
+    graph: Graph, target: str, x: np.ndarray, workdir: str | Path, progress: bool = False
+) -> tuple[McuRun, dict]:
     """Build ``graph`` for ``target`` under ``workdir``, then ``McuImage.measure`` images ``x``."""
     with stage(f"{target}: cross-compiling", progress):
         image = build_mcu(graph, workdir, target)
@@ -358,5 +389,12 @@ def build_mcu(
     """Compile ``graph`` with the start-up code and the semihosting harness into an ELF
     for ``target`` under ``workdir`` (see ``build_mcus`` for the options)."""
     return build_mcus(
-        [graph], workdir, target, prefixes=[prefix], stack_size=stack_size, toolchain=toolchain, qemu=qemu, cflags=cflags
+        [graph],
+        workdir,
+        target,
+        prefixes=[prefix],
+        stack_size=stack_size,
+        toolchain=toolchain,
+        qemu=qemu,
+        cflags=cflags,
     )[0]

@@ -47,15 +47,27 @@ def test_images(graph: Graph, dataset: str | None, limit: int | None, data_dir: 
     return name, ds.x[:limit], ds.y[:limit]
 
 
-def run_graph(graph: Graph, runtime: str = REFERENCE, dataset: str | None = None, limit: int | None = None,
-              data_dir: str | None = None, progress: bool = False) -> Evaluation:
+def run_graph(
+    graph: Graph,
+    runtime: str = REFERENCE,
+    dataset: str | None = None,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = False,
+) -> Evaluation:
     """Accuracy of ``graph`` in ``runtime`` on a test set, and its agreement with the NumPy
     reference: the fraction of equal labels and whether every score is bit-identical."""
     return run_graphs(graph, [runtime], dataset, limit, data_dir, progress)[0]
 
 
-def run_graphs(graph: Graph, runtimes: list[str], dataset: str | None = None, limit: int | None = None,
-               data_dir: str | None = None, progress: bool = False) -> list[Evaluation]:
+def run_graphs(
+    graph: Graph,
+    runtimes: list[str],
+    dataset: str | None = None,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = False,
+) -> list[Evaluation]:
     """``run_graph`` for each of ``runtimes`` on the same images, with one reference pass."""
     chosen = [get_runtime(name) for name in runtimes]
     for runtime in chosen:
@@ -66,8 +78,9 @@ def run_graphs(graph: Graph, runtimes: list[str], dataset: str | None = None, li
     return [_score(graph, runtime, name, x, y, expected, progress) for runtime in chosen]
 
 
-def _score(graph: Graph, runtime: Runtime, dataset: str, x: np.ndarray, y: np.ndarray, expected: Prediction,
-           progress: bool) -> Evaluation:
+def _score(
+    graph: Graph, runtime: Runtime, dataset: str, x: np.ndarray, y: np.ndarray, expected: Prediction, progress: bool
+) -> Evaluation:
     if runtime.name == REFERENCE:
         got = expected
     else:

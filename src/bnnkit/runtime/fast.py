@@ -54,7 +54,10 @@ KERNELS = OpTable("fast")
 
 class _Layer(ctypes.Structure):
     _fields_ = [
-        *((name, ctypes.c_int32) for name in ("C", "H", "W", "O", "Ho", "Wo", "kh", "kw", "sh", "sw", "ph", "pw", "pad_factor", "words")),
+        *(
+            (name, ctypes.c_int32)
+            for name in ("C", "H", "W", "O", "Ho", "Wo", "kh", "kw", "sh", "sw", "ph", "pw", "pad_factor", "words")
+        ),
         ("weight", ctypes.c_void_p),
         ("tap_sum", ctypes.c_void_p),
         ("thresh", ctypes.c_void_p),
@@ -174,7 +177,9 @@ def _packed_input(x: Packed, shape: tuple[int, ...], what: str) -> np.ndarray:
     c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
     want = (h, w, -(-c // 64)) if len(shape) == 3 else (-(-c // 64),)
     if x.shape != shape or x.words.dtype != np.uint64 or x.words.shape[1:] != want:
-        raise BnnkitError(f"{what} takes packed {shape} ({want} uint64 words per sample), got {x.shape} as {x.words.dtype} {x.words.shape}")
+        raise BnnkitError(
+            f"{what} takes packed {shape} ({want} uint64 words per sample), got {x.shape} as {x.words.dtype} {x.words.shape}"
+        )
     return np.ascontiguousarray(x.words).reshape(len(x.words), h, w, -1)
 
 
@@ -253,9 +258,24 @@ class Layer:
         # skips the check where no op pads), 1 makes it 0, 2 makes it +1
         pad = pad_of(op).value + 1 if "pad" in op.attrs else 0
         self._struct = _Layer(
-            c, h, wd, o, ho, wo, kh, kw, sh, sw, ph, pw, pad, words,
-            self._weight.ctypes.data, _address(self._tap_sum),
-            _address(self._thresh if threshold else None), _address(self._flip if threshold else None),
+            c,
+            h,
+            wd,
+            o,
+            ho,
+            wo,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            pad,
+            words,
+            self._weight.ctypes.data,
+            _address(self._tap_sum),
+            _address(self._thresh if threshold else None),
+            _address(self._flip if threshold else None),
         )
 
     def __call__(self, x, isa: str | None = None, threads: int = 1):
@@ -269,11 +289,18 @@ class Layer:
         if self.pixels:
             x = np.asarray(x)
             if x.dtype != np.uint8 or x.shape[1:] != self.in_shape:
-                raise BnnkitError(f"{what} takes uint8 (N, {', '.join(map(str, self.in_shape))}), got {x.dtype} {x.shape}")
+                raise BnnkitError(
+                    f"{what} takes uint8 (N, {', '.join(map(str, self.in_shape))}), got {x.dtype} {x.shape}"
+                )
             run, data = lib.bnn_input_conv, np.ascontiguousarray(x)
         else:
             run, data = lib.bnn_binary_conv, _packed_input(x, self.in_shape, what)
-        _check(run(ctypes.byref(self._struct), data.ctypes.data, n, out.ctypes.data, ISAS.index(resolve_isa(isa)), threads), what)
+        _check(
+            run(
+                ctypes.byref(self._struct), data.ctypes.data, n, out.ctypes.data, ISAS.index(resolve_isa(isa)), threads
+            ),
+            what,
+        )
         if self.threshold is not None:
             return Packed(out.reshape(n, -1) if len(self.out_shape) == 1 else out, self.out_shape)
         return np.moveaxis(out, -1, 1)

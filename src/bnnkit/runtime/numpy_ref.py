@@ -146,7 +146,9 @@ def argmax(op: Op, x: np.ndarray) -> np.ndarray:
 def check_input(graph: Graph, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype != np.uint8 or x.shape[1:] != graph.input_shape:
-        raise BnnkitError(f"graph input must be uint8 of shape (N, {', '.join(map(str, graph.input_shape))}), got {x.dtype} {x.shape}")
+        raise BnnkitError(
+            f"graph input must be uint8 of shape (N, {', '.join(map(str, graph.input_shape))}), got {x.dtype} {x.shape}"
+        )
     return x
 
 
@@ -168,7 +170,9 @@ def no_predictions(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((0, graph.num_classes), DTYPES[graph.types[graph.scores][0]]), np.zeros(0, np.int64)
 
 
-def predict(graph: Graph, x: np.ndarray, batch_size: int = 100, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    graph: Graph, x: np.ndarray, batch_size: int = 100, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N, classes) and labels (N,) for a set of images (N may be 0), a batch of at
     most ``batch_size`` at a time, fewer where a batch would hold more than ``BATCH_BYTES``."""
     x = check_input(graph, x)

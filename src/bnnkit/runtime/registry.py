@@ -104,8 +104,9 @@ def device_runtimes() -> tuple[str, ...]:
 class _Timed(Predictor):
     """A predictor from a function images -> (scores, labels), timed around the call."""
 
-    def __init__(self, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                 close: Callable[[], None] = lambda: None):
+    def __init__(
+        self, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], close: Callable[[], None] = lambda: None
+    ):
         self._run, self._close = run, close
 
     def predict(self, x: np.ndarray) -> Prediction:

@@ -45,9 +45,13 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
         )
     for key, value in tensors.items():
         if value.shape != expected[key].shape:
-            raise BnnkitError(f"{path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(expected[key].shape)}")
+            raise BnnkitError(
+                f"{path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(expected[key].shape)}"
+            )
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise BnnkitError(f"{path}: {key} has non-finite values (NaN or Inf); the weights are corrupt or training diverged")
+            raise BnnkitError(
+                f"{path}: {key} has non-finite values (NaN or Inf); the weights are corrupt or training diverged"
+            )
     model.load_state_dict(tensors)
 
 

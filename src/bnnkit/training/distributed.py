@@ -132,7 +132,9 @@ def check_in_sync(model: nn.Module) -> None:
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     if lo.item() != hi.item():
-        raise BnnkitError(f"the weights of the {world_size()} training processes differ (rank {rank()}); please report this")
+        raise BnnkitError(
+            f"the weights of the {world_size()} training processes differ (rank {rank()}); please report this"
+        )
 
 
 def _collective_device() -> torch.device:

@@ -150,9 +150,16 @@ def teacher_config(config: RunConfig) -> RunConfig:
     """The full-precision twin that distillation learns from: the same architecture and
     training, every quantizer an identity and every binarizer-replacing field off."""
     recipe = config.recipe.with_(
-        name=f"{config.recipe.name}-teacher", input_quantizer="identity", kernel_quantizer="identity",
-        learnable_threshold=False, activation_bases=1, weight_bases=1, activation_bits=1,
-        distill=False, two_stage=False, optimizer="adam" if config.recipe.optimizer == "bop" else config.recipe.optimizer,
+        name=f"{config.recipe.name}-teacher",
+        input_quantizer="identity",
+        kernel_quantizer="identity",
+        learnable_threshold=False,
+        activation_bases=1,
+        weight_bases=1,
+        activation_bits=1,
+        distill=False,
+        two_stage=False,
+        optimizer="adam" if config.recipe.optimizer == "bop" else config.recipe.optimizer,
     )
     return dataclasses.replace(config, recipe=recipe)
 
@@ -160,7 +167,9 @@ def teacher_config(config: RunConfig) -> RunConfig:
 def distribution_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """ReActNet's distribution loss: KL(teacher ‖ student) of the softmax outputs, the
     only loss term (no cross-entropy with the labels)."""
-    return F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(teacher_logits, 1), log_target=True, reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(student_logits, 1), F.log_softmax(teacher_logits, 1), log_target=True, reduction="batchmean"
+    )
 
 
 def train(
@@ -211,7 +220,9 @@ def _train(
     start_epoch, history, state = 0, [], None
     if (out / STATE).exists():
         if not options.resume:
-            raise BnnkitError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
+            raise BnnkitError(
+                f"{out} already holds a training run: pass --resume to continue it, or choose another --out"
+            )
         check_continues(out, config, options.limits)
         state = load_state(out / STATE)
         start_epoch = int(state["epoch"])
@@ -278,7 +289,9 @@ def _train(
             correct += (logits.detach().argmax(1) == y).sum()
             if show and i % 10 == 0:
                 rate = seen / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}"
+                )
         loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum.item(), int(correct.item()), seen)
         if not math.isfinite(loss_sum):
             raise BnnkitError(f"training diverged in epoch {epoch + 1} (loss is {loss_sum}); lower the learning rate")
@@ -305,8 +318,15 @@ def _train(
         if main:
             save_weights(out / WEIGHTS, model, metadata={"epoch": str(epoch + 1)})
             atomic_write(out / METRICS, "".join(json.dumps(m) + "\n" for m in history))
-            save_state(out / STATE, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "threads": threads})
+            save_state(
+                out / STATE,
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "threads": threads,
+                },
+            )
         distributed.barrier()  # no rank goes on (or returns) before the epoch is on disk
         if options.progress and main:
             write(

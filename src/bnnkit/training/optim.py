@@ -22,7 +22,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return param_groups_of([p for p in model.parameters() if p.requires_grad], weight_decay, latent)
 
 
-def param_groups_of(params: list[nn.Parameter], weight_decay: float, no_decay_ids: set[int] = frozenset()) -> list[dict]:
+def param_groups_of(
+    params: list[nn.Parameter], weight_decay: float, no_decay_ids: set[int] = frozenset()
+) -> list[dict]:
     """Decay for matrices and kernels only: biases, BN and scale vectors are not decayed."""
     decay, no_decay = [], []
     for p in params:

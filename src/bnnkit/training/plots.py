@@ -88,9 +88,16 @@ def label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[
     to_axes = ax.transAxes.inverted()
     line = {"arrowstyle": "-", "lw": 0.4, "color": "0.55", "shrinkA": 0, "shrinkB": 3}
     return [
-        ax.annotate(labels[i], (xs[i], ys[i]), xytext=tuple(to_axes.transform((box[0], (box[1] + box[3]) / 2))),
-                    textcoords="axes fraction", fontsize=fontsize, va="center", ha="left",
-                    arrowprops=line if needs_line else None)
+        ax.annotate(
+            labels[i],
+            (xs[i], ys[i]),
+            xytext=tuple(to_axes.transform((box[0], (box[1] + box[3]) / 2))),
+            textcoords="axes fraction",
+            fontsize=fontsize,
+            va="center",
+            ha="left",
+            arrowprops=line if needs_line else None,
+        )
         for i, (box, needs_line) in sorted(spots.items())
     ]
 

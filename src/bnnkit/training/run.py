@@ -34,7 +34,13 @@ from bnnkit.recipe import Recipe, load_recipe
 from bnnkit.training import distributed
 from bnnkit.training.checkpoint import load_weights, read_json
 
-CONFIG, WEIGHTS, STATE, METRICS, CURVES = "config.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "curves.png"
+CONFIG, WEIGHTS, STATE, METRICS, CURVES = (
+    "config.json",
+    "model.safetensors",
+    "train_state.pt",
+    "metrics.jsonl",
+    "curves.png",
+)
 RUN_FILES = (CONFIG, WEIGHTS, STATE, METRICS, CURVES)
 # How a run's data was cut; recorded in config.json beside the RunConfig, which says what
 # is trained, because the same RunConfig on another subset is another run.
@@ -150,8 +156,10 @@ class RunConfig:
             raise BnnkitError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
-_NOT_BUILT = ("the run's model is the user's own {}, which bnnkit cannot build: "
-              "give it again (train(..., model=...), load_run(run_dir, model=...))")
+_NOT_BUILT = (
+    "the run's model is the user's own {}, which bnnkit cannot build: "
+    "give it again (train(..., model=...), load_run(run_dir, model=...))"
+)
 
 
 def _recorded_class(run_dir: Path) -> str | None:
@@ -188,8 +196,10 @@ def check_continues(run_dir: Path, config: RunConfig, limits: dict[str, int | No
     differences = config.differences(stored, limits)
     if differences:
         # the first difference says which side is which; the others read the same way
-        listed = [f"{key} {before!r}{' (stored)' if i == 0 else ''} vs {now!r}{' (now)' if i == 0 else ''}"
-                  for i, (key, before, now) in enumerate(differences)]
+        listed = [
+            f"{key} {before!r}{' (stored)' if i == 0 else ''} vs {now!r}{' (now)' if i == 0 else ''}"
+            for i, (key, before, now) in enumerate(differences)
+        ]
         raise BnnkitError(f"{path} describes a different run: {'; '.join(listed)}")
 
 
