@@ -4,8 +4,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnnkit.analysis.agreement import compare
 from bnnkit.data import load_dataset
-from bnnkit.export import compare, export_model
+from bnnkit.export import export_model
 from bnnkit.recipe import RECIPES
 
 EMBEDDED = RECIPES["embedded"]
