@@ -199,7 +199,10 @@ def start_bnnkit_on_signal(args: list[str], go: Path) -> subprocess.Popen:
 @pytest.mark.parametrize("resume", [False, True])
 def test_two_trains_on_one_out_the_second_is_refused_and_the_first_finishes_intact(tmp_path, resume, one_thread):
     run, go = tmp_path / "run", tmp_path / "go"
-    args = ["train", *TINY_TRAIN, "--epochs", "200", "--out", str(run), "--json"]
+    # enough epochs to outlast the second process's start (importing scikit-learn for digits alone takes
+    # seconds): about 15 s of training here, against 3-5 s for the second to be refused
+    epochs = 600
+    args = ["train", *TINY_TRAIN, "--epochs", str(epochs), "--out", str(run), "--json"]
     second = start_bnnkit_on_signal(args + ["--resume"] * resume + ["--seed", "1"], go)
     first = subprocess.Popen(
         [sys.executable, "-m", "bnnkit", *args],
@@ -226,11 +229,12 @@ def test_two_trains_on_one_out_the_second_is_refused_and_the_first_finishes_inta
         "wait for it to finish or choose another directory\n"
     )
     assert first.returncode == 0, first_err
-    assert json.loads(first_out)["epoch"] == 200
+    assert json.loads(first_out)["epoch"] == epochs
     assert_run_files_valid(run)
     assert sorted(p.name for p in run.iterdir()) == sorted([CONFIG, WEIGHTS, STATE, METRICS, CURVES])  # lock removed
     assert json.loads((run / CONFIG).read_text())["seed"] == 0  # the first run's, not the second's
-    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 201)) and load_state(run / STATE)["epoch"] == 200
+    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, epochs + 1))
+    assert load_state(run / STATE)["epoch"] == epochs
 
 
 def test_a_lock_names_its_holder_and_outlives_no_process(tmp_path):
