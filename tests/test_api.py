@@ -74,6 +74,7 @@ def test_predict_errors_name_the_choice():
         bnnkit.predict(graph, case_from_seed(1).x, runtime="gpu")
 
 
+@pytest.mark.slow
 def test_train_wrapper_makes_the_same_run_as_the_cli(tmp_path):
     """bnnkit.train maps its keywords exactly as `bnnkit train` maps its flags: on a CPU
     the two runs are bit-identical, down to the weights file."""

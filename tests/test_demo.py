@@ -1,8 +1,11 @@
 """The demo end to end (on the MNIST subset, one epoch): train, export, numpy and C agree."""
 
+import pytest
+
 import bnnkit.apps.demo as demo
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_and_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "pick_dataset", lambda data_dir: "mnist5k")
     first = demo.run_demo(tmp_path / "demo", epochs=1, progress=False)

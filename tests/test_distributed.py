@@ -72,6 +72,7 @@ def runs(tmp_path_factory):
     return {"tmp": tmp, "single": single, "straight": straight, "resumed": resumed}
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_accuracy_of_one(runs):
     result = json.loads(runs["straight"].stdout)  # one JSON object: rank 0 alone prints
     # Same global batch and images per step; what differs is BatchNorm's batch statistics
@@ -100,6 +101,7 @@ def test_resume_continues_the_same_training(runs):
     assert sorted(p.name for p in (runs["tmp"] / "resumed").iterdir()) == RUN_FILES
 
 
+@pytest.mark.slow
 def test_a_locked_run_directory_stops_every_rank(tmp_path):
     """Rank 0 alone takes the lock; were the others not told it failed, they would wait in
     DDP's first collective for a rank that is gone."""

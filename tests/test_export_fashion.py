@@ -27,6 +27,7 @@ def cli_json(capsys, *args):
         ("binarynet_mlp", ["--option", "width=256"]),
     ],
 )
+@pytest.mark.slow
 def test_cli_trained_model_exports_exactly(tmp_path, capsys, model, options):
     run = tmp_path / "run"
     cli_json(

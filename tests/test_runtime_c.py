@@ -107,6 +107,7 @@ def features(graph: Graph) -> set:
     return out
 
 
+@pytest.mark.slow
 def test_random_graphs_are_bit_exact():
     cases, called = [case_from_seed(seed) for seed in SEEDS], set()
     for i in range(0, len(cases), BATCH):
@@ -159,6 +160,7 @@ def _sanitizers_work(tmp: Path) -> bool:
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_random_graphs_under_sanitizers(tmp_path):
     if not _sanitizers_work(tmp_path):
         pytest.skip("gcc cannot build with -fsanitize=address,undefined here")
@@ -166,6 +168,7 @@ def test_random_graphs_under_sanitizers(tmp_path):
     assert called == KERNELS_C
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed (Debian: valgrind)")
 def test_random_graphs_under_valgrind(tmp_path):
     """The harness and the generated C under memcheck: no invalid access, no use of
