@@ -68,7 +68,7 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     between create and rename); returns them. Only files named the way atomic_write names
     them, older than ``STALE_SECONDS`` and whose writer's PID is no live process are
     removed: another writer's temporary in the same directory is never touched."""
-    removed = []
+    removed: list[Path] = []
     now = time.time()
     try:
         entries = list(os.scandir(directory))

@@ -45,7 +45,7 @@ class Method:
             for key, value in self.changes.items()
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "category": self.category,

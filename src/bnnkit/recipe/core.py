@@ -146,14 +146,16 @@ class Recipe:
             raise BnnkitError(f"recipe name must be a str, got {self.name!r}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type == "float" and type(value) is int:
+            # A string, as this module postpones its annotations; dataclasses also allows a type.
+            declared = f.type if isinstance(f.type, str) else f.type.__name__
+            if declared == "float" and type(value) is int:
                 object.__setattr__(self, f.name, float(value))
-            elif type(value) is not _TYPES[f.type]:
-                article = "an" if f.type == "int" else "a"
-                raise BnnkitError(f"recipe {self.name!r}: {f.name} must be {article} {f.type}, got {value!r}")
+            elif type(value) is not _TYPES[declared]:
+                article = "an" if declared == "int" else "a"
+                raise BnnkitError(f"recipe {self.name!r}: {f.name} must be {article} {declared}, got {value!r}")
 
     def _check(self) -> None:
-        def choice(field: str, allowed: tuple) -> None:
+        def choice(field: str, allowed: tuple[object, ...]) -> None:
             value = getattr(self, field)
             if value not in allowed:
                 raise BnnkitError(
