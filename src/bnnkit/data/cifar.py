@@ -88,7 +88,8 @@ def _scan_pickle(path: Path, raw: bytes, hint: str) -> None:
                 raise BnnkitError(
                     f"{path}: more than {MAX_PICKLE_OPS:,} pickle opcodes; a CIFAR batch needs far fewer — {hint}"
                 )
-            if opcode.name in _MEMO_PUTS and arg >= MAX_PICKLE_OPS:
+            # genops types its argument as Any; a memo put's is the memo index, an int.
+            if opcode.name in _MEMO_PUTS and isinstance(arg, int) and arg >= MAX_PICKLE_OPS:
                 raise BnnkitError(f"{path}: pickle memo index {arg:,}, a CIFAR batch needs far fewer — {hint}")
     except ValueError as exc:  # what genops raises for a truncated argument or an unknown opcode
         raise BnnkitError(f"{path}: not a CIFAR python batch ({exc}) — {hint}") from None

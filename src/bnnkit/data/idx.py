@@ -11,12 +11,13 @@ the compressed file can possibly expand to.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
+import numpy.typing as npt
 
 from bnnkit.errors import BnnkitError
 
@@ -31,13 +32,13 @@ MAX_DEFLATE_RATIO = 1032
 CHUNK = 1 << 20
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _read_into(f: BinaryIO, out: np.ndarray) -> int:
+def _read_into(f: io.BufferedIOBase, out: npt.NDArray[np.uint8]) -> int:
     """Fill ``out`` from ``f`` a chunk at a time; the number of bytes read (short at EOF)."""
-    view, done = memoryview(out), 0
+    view, done = out.data, 0
     while done < len(out):
         got = f.readinto(view[done : done + CHUNK])
         if not got:
@@ -56,7 +57,7 @@ def read_idx(path: Path, item_shape: tuple[int, ...], what: str, hint: str) -> n
         raise BnnkitError(f"{path}: cannot read ({exc}) — {hint}") from None
 
 
-def _read_checked(f: BinaryIO, path: Path, item_shape: tuple[int, ...], what: str, hint: str) -> np.ndarray:
+def _read_checked(f: io.BufferedIOBase, path: Path, item_shape: tuple[int, ...], what: str, hint: str) -> np.ndarray:
     ndim = 1 + len(item_shape)
     magic = f.read(4)
     if len(magic) < 4:
@@ -70,8 +71,8 @@ def _read_checked(f: BinaryIO, path: Path, item_shape: tuple[int, ...], what: st
         raise BnnkitError(f"{path}: truncated IDX header — {hint}")
     shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
     if shape[1:] != item_shape:
-        got, want = "x".join(map(str, shape[1:])), "x".join(map(str, item_shape))
-        raise BnnkitError(f"{path}: {what} are {got}, expected {want} — {hint}")
+        found, want = "x".join(map(str, shape[1:])), "x".join(map(str, item_shape))
+        raise BnnkitError(f"{path}: {what} are {found}, expected {want} — {hint}")
     if shape[0] > MAX_ITEMS:
         raise BnnkitError(
             f"{path}: its header declares {shape[0]:,} {what}, more than the {MAX_ITEMS:,} allowed — {hint}"
@@ -113,7 +114,7 @@ def load_idx_split(directory: Path, split: str, num_classes: int, hint: str) -> 
     images_stem, labels_stem = f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
     images_path, labels_path = find_file(directory, images_stem), find_file(directory, labels_stem)
     missing = [stem for stem, p in ((images_stem, images_path), (labels_stem, labels_path)) if p is None]
-    if missing:
+    if images_path is None or labels_path is None:
         wanted = ", ".join(f"{m}[.gz]" for m in missing)
         raise BnnkitError(f"{directory}: missing {wanted} — {hint}")
     images = read_idx(images_path, (28, 28), "images", hint)
