@@ -50,7 +50,8 @@ class Graph:
             and all(_is_int(d) and 1 <= d <= INT32_MAX for d in shape)
         ):
             raise _bad("input shape", "3 positive ints", shape)
-        self.input_shape = tuple(int(d) for d in shape)
+        c, h, w = (int(d) for d in shape)
+        self.input_shape = (c, h, w)
         self.validate()
 
     @property

@@ -106,7 +106,7 @@ def _file_tensors(g: Graph) -> dict[str, np.ndarray]:
     return out
 
 
-def _op_header(i: int, op: Op) -> dict:
+def _op_header(i: int, op: Op) -> dict[str, Any]:
     attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in op.attrs.items()}
     params = {name: {"tensor": _param_key(i, name), "shape": list(v.shape)} for name, v in op.params.items()}
     return {
@@ -119,7 +119,7 @@ def _op_header(i: int, op: Op) -> dict:
     }
 
 
-def _op_from_header(h: dict, tensors: dict[str, np.ndarray], where: str) -> Op:
+def _op_from_header(h: dict[str, Any], tensors: dict[str, np.ndarray], where: str) -> Op:
     """An op from its header entry, which ``_check_header`` has passed."""
     spec = OPS[h["kind"]]
     params = {
@@ -130,11 +130,12 @@ def _op_from_header(h: dict, tensors: dict[str, np.ndarray], where: str) -> Op:
     return Op(h["kind"], list(h["inputs"]), h["output"], attrs, params, h.get("name", ""))
 
 
-def _param_from_file(ref: dict, kind: str, tensors: dict[str, np.ndarray], where: str) -> np.ndarray:
+def _param_from_file(ref: dict[str, Any], kind: str, tensors: dict[str, np.ndarray], where: str) -> np.ndarray:
     key, shape = ref["tensor"], tuple(ref["shape"])
     stored = tensors.get(key)
     if stored is None:
         raise BnnkitError(f"{where}.tensor: no tensor {key} in the file")
+    want: tuple[np.dtype[Any], tuple[int, ...]]
     if kind == "bits":
         rows = _packed_rows(shape)
         n = math.prod(shape) // rows
@@ -148,7 +149,7 @@ def _param_from_file(ref: dict, kind: str, tensors: dict[str, np.ndarray], where
     return np.unpackbits(stored, axis=1, count=n, bitorder="little").astype(bool).reshape(shape)
 
 
-def _digest(tensors: dict[str, np.ndarray], header: dict | None = None) -> str:
+def _digest(tensors: dict[str, np.ndarray], header: dict[str, Any] | None = None) -> str:
     """SHA-256 of the header (version 2: its canonical JSON without the ``sha256`` field;
     version 1: not covered) followed by each tensor in key order."""
     h = hashlib.sha256()
@@ -179,13 +180,13 @@ def _int(value: Any, where: str, least: int) -> int:
     return int(value)
 
 
-def _list(value: Any, where: str, least: int, most: int) -> list:
+def _list(value: Any, where: str, least: int, most: int) -> list[Any]:
     if not (isinstance(value, list) and least <= len(value) <= most):
         raise _bad(where, f"a list of {least}..{most} items" if least < most else f"a list of {least} items", value)
     return value
 
 
-def _keys(value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+def _keys(value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
     """``value`` if it is a JSON object with all ``required`` keys and no others but ``optional``."""
     if not isinstance(value, dict):
         raise _bad(where, "a JSON object", value)
@@ -198,7 +199,7 @@ def _keys(value: Any, where: str, required: tuple[str, ...], optional: tuple[str
     return value
 
 
-def _read_header(metadata: dict) -> dict:
+def _read_header(metadata: dict[str, str]) -> dict[str, Any]:
     """The JSON header, as far as its format and version: the rest is ``_check_header``'s."""
     if "bnnkit" not in metadata:
         raise BnnkitError("safetensors file without a bnnkit graph header")
@@ -217,7 +218,7 @@ def _read_header(metadata: dict) -> dict:
     return header
 
 
-def _check_header(h: dict, scale: int) -> None:
+def _check_header(h: dict[str, Any], scale: int) -> None:
     """The whole header's schema: types, ranges, lengths and keys, and the parameter count
     (before any tensor is unpacked). ``scale`` multiplies the resource limits."""
     _keys(h, "header", _HEADER_KEYS, ("meta",))

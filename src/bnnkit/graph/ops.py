@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -73,7 +73,7 @@ def pad_of(op: Op) -> PadMode:
     return PadMode.parse(op.attrs["pad"]) if "pad" in op.attrs else PadMode.ZERO
 
 
-def pair(v) -> tuple[int, int]:
+def pair(v: int | Sequence[int]) -> tuple[int, int]:
     """An int or a 2-sequence (a kernel, stride or padding attribute) as (rows, cols)."""
     a, b = (v, v) if isinstance(v, int) else tuple(v)
     return int(a), int(b)
