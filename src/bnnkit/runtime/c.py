@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -315,7 +316,7 @@ def write_sources(graph: Graph, out_dir: str | Path, prefix: str = "bnn", *, scr
     return paths
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # The host build lived here until it moved to bnnkit.runtime.host, and the flags to
     # bnnkit.runtime.toolchain; these names stay importable from here for existing callers.
     if name in ("HostModel", "build_host", "build_hosts"):

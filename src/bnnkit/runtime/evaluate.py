@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,16 +26,18 @@ class Evaluation:
     agreement: float  # the fraction of labels equal to the reference's
     bit_exact: bool  # every score equal to the reference's, bit for bit
     seconds: dict[str, float]  # the runtime's own time on the images, and the reference's
-    device: dict | None = None  # what a device runtime measured
+    device: dict[str, Any] | None = None  # what a device runtime measured
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         if self.device is None:
             del out["device"]
         return out
 
 
-def test_images(graph: Graph, dataset: str | None, limit: int | None, data_dir: str | None):
+def test_images(
+    graph: Graph, dataset: str | None, limit: int | None, data_dir: str | None
+) -> tuple[str, np.ndarray, np.ndarray]:
     """The test split the graph was trained for (or ``dataset``), first ``limit`` images."""
     name = dataset or graph.meta.get("dataset")
     if not name:

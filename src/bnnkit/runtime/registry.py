@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +32,8 @@ from bnnkit.runtime.host import build_host
 from bnnkit.runtime.numpy_ref import predict
 from bnnkit.runtime.toolchain import QEMU
 
+T = TypeVar("T")
+
 REFERENCE = "numpy"  # the runtime that defines every op; the others are measured against it
 
 
@@ -41,7 +44,7 @@ class Prediction:
     scores: np.ndarray  # (N, classes), of the dtype the NumPy reference gives
     labels: np.ndarray  # int64 (N,)
     seconds: float  # the runtime's own time on the images, preparation excluded
-    device: dict | None = None  # a device runtime's measurements, JSON-ready (cortex_m.device_report)
+    device: dict[str, Any] | None = None  # a device runtime's measurements, JSON-ready (cortex_m.device_report)
 
 
 class Predictor:
@@ -57,7 +60,7 @@ class Predictor:
     def __enter__(self) -> Predictor:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -118,7 +121,7 @@ class _Timed(Predictor):
         self._close()
 
 
-def _in_scratch(prefix: str, build: Callable[[str], object]) -> tuple[object, Callable[[], None]]:
+def _in_scratch(prefix: str, build: Callable[[str], T]) -> tuple[T, Callable[[], None]]:
     """``build(directory)`` in a temporary directory, and what removes it (at once if the build fails)."""
     work = tempfile.TemporaryDirectory(prefix=prefix)
     try:
@@ -161,6 +164,10 @@ def _require_cortex_m() -> None:
     require_toolchain(qemu=QEMU)
 
 
+def _emulated(target: str) -> Callable[[Graph, bool], Predictor]:
+    return lambda graph, progress: _Emulated(graph, target, progress)
+
+
 register(Runtime("numpy", "the reference interpreter, the specification of every op", _numpy))
 register(Runtime("c", "bnnkit's fast host kernels (AVX-512, AVX2 or portable C), in-process", _fast))
 register(Runtime("c-portable", "the generated C99 of the device runtime, compiled for this host", _portable))
@@ -169,7 +176,7 @@ for _target in TARGETS.values():
         Runtime(
             _target.name,
             f"the generated C99 cross-compiled for an Arm {_target.name}, run in QEMU {_target.machine}",
-            lambda graph, progress, target=_target.name: _Emulated(graph, target, progress),
+            _emulated(_target.name),
             _require_cortex_m,
             device=True,
         )

@@ -68,7 +68,8 @@ def host_cc(cc: str | Sequence[str] | None = None) -> list[str]:
 
 def cross_tools(prefix: str = CROSS_PREFIX) -> tuple[str, str]:
     """The Arm cross compiler and its ``size`` tool."""
-    return tuple(find_tool(f"{prefix}{tool}", "Arm cross compiler", CROSS_PACKAGES) for tool in ("gcc", "size"))
+    gcc, size = (find_tool(f"{prefix}{tool}", "Arm cross compiler", CROSS_PACKAGES) for tool in ("gcc", "size"))
+    return gcc, size
 
 
 def run_tool(cmd: Sequence[str], what: str, hints: Sequence[tuple[str, str]] = ()) -> str:
