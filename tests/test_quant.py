@@ -119,6 +119,13 @@ def test_get_quantizer_errors_are_bnnkit_errors_that_name_the_choices():
         get_quantizer("swish_sign", beta=0.0)
 
 
+def test_get_quantizer_refuses_a_class_that_is_no_quantizer():
+    # A class is callable, so it used to be wrapped like a function: its first forward
+    # called nn.Hardtanh(x), which builds a module from x (here: fails in its __init__).
+    with pytest.raises(BnnkitError, match=r"^a quantizer class must subclass bnnkit.quant.Quantizer, got Hardtanh$"):
+        get_quantizer(nn.Hardtanh)
+
+
 def test_register_quantizer_adds_a_name_and_refuses_to_overwrite():
     @register_quantizer("test_negate")
     class Negate(Quantizer):

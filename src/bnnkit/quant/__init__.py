@@ -16,6 +16,8 @@ from bnnkit.quant.multibit import MultiBaseActivations, MultiBaseWeights  # also
 from bnnkit.quant.registry import (
     QUANTIZERS,
     Quantizer,
+    QuantizerSpec,
+    ScheduledQuantizer,
     get_quantizer,
     quantizer_names,
     register_quantizer,
@@ -29,6 +31,8 @@ __all__ = [
     "MultiBaseWeights",
     "QUANTIZERS",
     "Quantizer",
+    "QuantizerSpec",
+    "ScheduledQuantizer",
     "get_quantizer",
     "quantizer_names",
     "register_quantizer",

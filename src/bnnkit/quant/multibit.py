@@ -109,6 +109,8 @@ class MultiBaseWeights(Quantizer):
     Not registered by name: α's shape needs the layer's output channels.
     """
 
+    levels: torch.Tensor
+
     def __init__(self, channels: int, bases: int = 3, base="clipped_ste_sign"):
         super().__init__()
         bases = _check_bases(bases)

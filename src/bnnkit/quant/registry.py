@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -73,7 +74,7 @@ class _Wrapped(Quantizer):
         return "" if isinstance(self.fn, nn.Module) else getattr(self.fn, "__name__", repr(self.fn))
 
 
-def _instantiate(name: str, cls: type[Quantizer], kwargs: dict) -> Quantizer:
+def _instantiate(name: str, cls: type[Quantizer], kwargs: dict[str, Any]) -> Quantizer:
     # Binding first tells a misspelt option apart from a TypeError raised inside __init__.
     try:
         inspect.signature(cls).bind(**kwargs)
@@ -84,7 +85,18 @@ def _instantiate(name: str, cls: type[Quantizer], kwargs: dict) -> Quantizer:
     return cls(**kwargs)
 
 
-def get_quantizer(spec, **kwargs) -> Quantizer | None:
+# What a layer takes as a quantizer: see get_quantizer.
+QuantizerSpec = str | Quantizer | type[Quantizer] | Callable[[torch.Tensor], torch.Tensor] | None
+
+
+@runtime_checkable
+class ScheduledQuantizer(Protocol):
+    """A quantizer that follows the training progress (``ede_sign``)."""
+
+    def set_progress(self, progress: float) -> None: ...
+
+
+def get_quantizer(spec: QuantizerSpec, **kwargs: Any) -> Quantizer | None:
     """Resolve what a layer was given as its quantizer.
 
     ``None`` or ``"none"`` → ``None`` (that side stays full precision); a registered name
@@ -100,8 +112,11 @@ def get_quantizer(spec, **kwargs) -> Quantizer | None:
         if spec not in QUANTIZERS:
             raise BnnkitError(f"unknown quantizer {spec!r}; available: none, {', '.join(quantizer_names())}")
         return _instantiate(spec, QUANTIZERS[spec], kwargs)
-    if isinstance(spec, type) and issubclass(spec, Quantizer):
-        return _instantiate(spec.__name__, spec, kwargs)
+    if isinstance(spec, type):
+        if issubclass(spec, Quantizer):
+            return _instantiate(spec.__name__, spec, kwargs)
+        # Callable, but calling a class builds an instance of it, not a quantized tensor.
+        raise BnnkitError(f"a quantizer class must subclass bnnkit.quant.Quantizer, got {spec.__name__}")
     if kwargs:
         raise BnnkitError(
             f"quantizer options ({', '.join(sorted(kwargs))}) need a quantizer name, not a {type(spec).__name__}"
@@ -113,10 +128,10 @@ def get_quantizer(spec, **kwargs) -> Quantizer | None:
     raise BnnkitError(f"a quantizer must be a name, a callable or None, got {type(spec).__name__}")
 
 
-def scheduled_quantizers(module: nn.Module) -> list[Quantizer]:
+def scheduled_quantizers(module: nn.Module) -> list[ScheduledQuantizer]:
     """The quantizers in ``module`` that follow the training progress (those with
     ``set_progress``, such as ``ede_sign``)."""
-    return [m for m in module.modules() if isinstance(m, Quantizer) and hasattr(m, "set_progress")]
+    return [m for m in module.modules() if isinstance(m, Quantizer) and isinstance(m, ScheduledQuantizer)]
 
 
 def set_training_progress(module: nn.Module, progress: float) -> None:
