@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.quant import Quantizer, get_quantizer
+from bnnkit.quant import Quantizer, QuantizerSpec, get_quantizer
 from bnnkit.recipe.core import ACTIVATION_SCALES, PAD_VALUES, WEIGHT_SCALES
 
 
@@ -46,13 +46,16 @@ class _BinaryMixin:
     The gradient flows through ``K`` into the input.
     """
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    weight: torch.Tensor  # as torch's Conv2d and Linear declare it (an nn.Parameter)
     scale: nn.Parameter | None
+    input_quantizer: Quantizer | None
+    kernel_quantizer: Quantizer | None
     # Off during the first stage of two-stage training (see set_weight_binarization).
     binarize_weights: bool = True
 
-    def _init_binary(self, input_quantizer, kernel_quantizer, weight_scale: str, activation_scale: str) -> None:
+    def _init_binary(
+        self, input_quantizer: QuantizerSpec, kernel_quantizer: QuantizerSpec, weight_scale: str, activation_scale: str
+    ) -> None:
         self.input_quantizer = get_quantizer(input_quantizer)
         self.kernel_quantizer = get_quantizer(kernel_quantizer)
         if not isinstance(weight_scale, str) or weight_scale not in WEIGHT_SCALES:
@@ -63,10 +66,6 @@ class _BinaryMixin:
             )
         self.weight_scale, self.activation_scale = weight_scale, activation_scale
         self.scale = nn.Parameter(torch.empty(len(self.weight))) if weight_scale == "learned" else None
-        self._fit_to_weights()
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()  # the torch layer's own initialisation
         self._fit_to_weights()
 
     def _fit_to_weights(self) -> None:
@@ -85,20 +84,31 @@ class _BinaryMixin:
 
     def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xq = x if self.input_quantizer is None else self.input_quantizer(x)
-        binarize = self.kernel_quantizer is not None and self.binarize_weights
-        wq = self.kernel_quantizer(self.weight) if binarize else self.weight
+        kernel = self.kernel_quantizer if self.binarize_weights else None
+        wq = self.weight if kernel is None else kernel(self.weight)
         return xq, wq
+
+    def _input_magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        """XNOR-Net's ``K`` for ``x``, shaped to multiply the output."""
+        raise NotImplementedError
 
     def _input_scaled(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return out if self.activation_scale == "none" else out * self._input_magnitude(x)
 
+    def _bias(self) -> torch.Tensor | None:
+        """The layer's bias. torch's Conv2d and Linear type theirs differently (Tensor |
+        None, Parameter), so each layer reads its own rather than declaring one here."""
+        raise NotImplementedError
+
     def _scaled_plus_bias(self, out: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (out.ndim - 2)
         if self.weight_scale != "none":
-            alpha = self.scale if self.weight_scale == "learned" else self._mean_abs()
+            # _init_binary made ``scale`` exactly when weight_scale is "learned"
+            alpha = self._mean_abs() if self.scale is None else self.scale
             out = out * alpha.view(shape)
-        if self.bias is not None:
-            out = out + self.bias.view(shape)
+        bias = self._bias()
+        if bias is not None:
+            out = out + bias.view(shape)
         return out
 
     def _binary_repr(self) -> str:
@@ -153,8 +163,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
             groups=groups,
             bias=bias,
         )
-        if isinstance(self.padding, str):
-            raise BnnkitError("BinaryConv2d needs numeric padding, not 'same'/'valid'")
+        self._pads()  # refuses 'same'/'valid'
         try:
             pad = float(pad_value)
         except (TypeError, ValueError):
@@ -166,19 +175,31 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         if activation_scale != "none" and self.dilation != (1, 1):
             raise BnnkitError("activation_scale needs an undilated convolution (its box filter cannot dilate)")
 
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # the torch layer's own initialisation
+        self._fit_to_weights()
+
+    def _bias(self) -> torch.Tensor | None:
+        return self.bias
+
+    def _pads(self) -> tuple[int, int]:
+        """``padding`` as (rows, cols); torch also allows the strings 'same' and 'valid'."""
+        if isinstance(self.padding, str):
+            raise BnnkitError("BinaryConv2d needs numeric padding, not 'same'/'valid'")
+        return self.padding[0], self.padding[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
-        padding = self.padding
-        if self.pad_value != 0.0 and any(padding):
-            ph, pw = padding
-            xq, padding = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value), 0
+        ph, pw = self._pads()
+        if self.pad_value != 0.0 and (ph or pw):
+            xq, ph, pw = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value), 0, 0
         # Zero padding is the convolution's own: the same values, without a padded copy.
-        out = F.conv2d(xq, wq, None, self.stride, padding, self.dilation, self.groups)
+        out = F.conv2d(xq, wq, None, self.stride, (ph, pw), self.dilation, self.groups)
         return self._scaled_plus_bias(self._input_scaled(out, x))
 
     def _input_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         # Padded positions count as zeros, as in XNOR-Net's convolution with a k×k box.
-        return F.avg_pool2d(x.abs().mean(1, keepdim=True), self.kernel_size, self.stride, self.padding)
+        return F.avg_pool2d(x.abs().mean(1, keepdim=True), self.kernel_size, self.stride, self._pads())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._binary_repr()}, pad_value={self.pad_value:g}"
@@ -201,6 +222,13 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
     ):
         super().__init__(in_features, out_features, bias=bias)
         self._init_binary(input_quantizer, kernel_quantizer, weight_scale, activation_scale)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # the torch layer's own initialisation
+        self._fit_to_weights()
+
+    def _bias(self) -> torch.Tensor | None:
+        return self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
@@ -251,7 +279,7 @@ class IntegerPixels(nn.Module):
         return (x * 255).round_()
 
 
-def binary_layers(model: nn.Module) -> list[nn.Module]:
+def binary_layers(model: nn.Module) -> list[BinaryConv2d | BinaryLinear]:
     """The ``BinaryConv2d``/``BinaryLinear`` layers whose kernel quantizer is binary, in
     ``model.modules()`` order: the ones whose weights are latent (clipped, not decayed)."""
     return [
@@ -261,7 +289,7 @@ def binary_layers(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-def latent_weights(model: nn.Module) -> list[nn.Parameter]:
+def latent_weights(model: nn.Module) -> list[torch.Tensor]:
     """The latent weights of ``binary_layers(model)``."""
     return [m.weight for m in binary_layers(model)]
 
