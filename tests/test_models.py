@@ -135,3 +135,39 @@ def test_a_model_carries_its_recipe_and_the_baseline_keeps_its_parameter_names()
     assert create_model("ebnn_cnn", 10, (1, 8, 8), "embedded").recipe.name == "embedded"
     names = set(create_model("resnet20", 10, (3, 8, 8), width_mult=0.25).state_dict())
     assert {"blocks.0.conv1.weight", "blocks.0.bn1.weight", "blocks.3.shortcut.0.weight"} <= names
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"learnable_threshold": True, "input_quantizer": "none"}, 'learnable_threshold .* input_quantizer is "none"'),
+        ({"weight_norm": "standardize", "kernel_quantizer": "none"}, 'weight_norm = "standardize" .* kernel_quantizer'),
+    ],
+)
+def test_a_method_that_wraps_a_binarizer_refuses_none(changes, message):
+    # Found by mypy: both built their wrapper around None and failed with an AttributeError.
+    with pytest.raises(BnnkitError, match=rf"^recipe 'x': {message}"):
+        create_model("small_cnn", 10, (1, 8, 8), BASELINE.with_(name="x", **changes), width=4, hidden=8)
+
+
+def test_bn_sign_pool_with_full_precision_activations_is_bn_then_pool():
+    # Found by mypy: the missing quantizer went into the model as a None module, which
+    # failed at the first forward. A fresh BatchNorm in eval mode is increasing, so BN then
+    # pool gives exactly what pool then BN gives.
+    models = []
+    for order in ("bn_sign_pool", "pool_bn_sign"):
+        torch.manual_seed(0)
+        recipe = BASELINE.with_(input_quantizer="none", pool_order=order)
+        models.append(create_model("small_cnn", 10, (1, 8, 8), recipe, width=4, hidden=8).eval())
+    assert not any(m is None for m in models[0].modules())
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(models[0](x), models[1](x))
+
+
+def test_a_bi_real_block_still_casts_with_double():
+    # Found by mypy: the block stored its residual choice as ``self.double``, which hid
+    # nn.Module.double(), so ``block.double()`` raised "'bool' object is not callable".
+    model = create_model("resnet20", 10, (3, 8, 8), BASELINE.with_(residual="double"), width_mult=0.25)
+    block = model.blocks[0]
+    assert block.residual_adds == 2
+    assert all(p.dtype == torch.float64 for p in block.double().parameters())

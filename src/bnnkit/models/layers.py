@@ -8,11 +8,23 @@ into one integer threshold.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from torch import nn
 
+from bnnkit.errors import BnnkitError
 from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableThreshold, Prequantized, RPReLU, StandardizedWeights
 from bnnkit.quant import MultiBaseActivations, MultiBaseWeights, Quantizer, get_quantizer
 from bnnkit.recipe import Recipe
+
+
+class BinaryOptions(TypedDict):
+    """The keyword arguments ``Layers`` gives every binary layer."""
+
+    input_quantizer: Quantizer | None
+    kernel_quantizer: Quantizer | None
+    weight_scale: str
+    activation_scale: str
 
 
 class Layers:
@@ -30,37 +42,48 @@ class Layers:
 
     # --- quantizers -------------------------------------------------------------------
 
-    def activation_quantizer(self, channels: int) -> Quantizer:
-        """What binarizes (or quantizes) an activation of ``channels`` channels."""
+    def activation_quantizer(self, channels: int) -> Quantizer | None:
+        """What binarizes (or quantizes) an activation of ``channels`` channels; None for
+        full-precision activations (``input_quantizer = "none"``)."""
         r = self.recipe
         if r.activation_bits > 1:
             return get_quantizer("dorefa", k_bit=r.activation_bits)
         if r.activation_bases > 1:
             return MultiBaseActivations(r.activation_bases, r.input_quantizer)
         if r.learnable_threshold:
-            return LearnableThreshold(channels, get_quantizer(r.input_quantizer))
+            q = self._wrappable(get_quantizer(r.input_quantizer), "learnable_threshold", "input")
+            return LearnableThreshold(channels, q)
         return get_quantizer(r.input_quantizer)
 
-    def _input_quantizer(self, channels: int) -> Quantizer:
+    def _wrappable(self, q: Quantizer | None, method: str, side: str) -> Quantizer:
+        """``q``, the binarizer that ``method`` wraps: there must be one."""
+        if q is None:
+            raise BnnkitError(
+                f'recipe {self.recipe.name!r}: {method} needs a binarizer to wrap, but {side}_quantizer is "none"'
+            )
+        return q
+
+    def _input_quantizer(self, channels: int) -> Quantizer | None:
         by, self._quantized_by = self._quantized_by, None
         return self.activation_quantizer(channels) if by is None else Prequantized(by)
 
-    def _kernel_quantizer(self, out_channels: int) -> Quantizer:
+    def _kernel_quantizer(self, out_channels: int) -> Quantizer | None:
         r = self.recipe
         q = get_quantizer(r.kernel_quantizer)
         if r.weight_bases > 1:
             q = MultiBaseWeights(out_channels, r.weight_bases, q)
-        return StandardizedWeights(q) if r.weight_norm == "standardize" else q
+        if r.weight_norm != "standardize":
+            return q
+        return StandardizedWeights(self._wrappable(q, 'weight_norm = "standardize"', "kernel"))
 
-    def _binary(self, in_channels: int | None, out_channels: int) -> dict:
+    def _binary(self, in_channels: int | None, out_channels: int) -> BinaryOptions:
         """Options of a binary layer; ``in_channels=None`` for one on the real-valued image."""
         r = self.recipe
-        real_input = in_channels is None
-        return dict(
-            input_quantizer=None if real_input else self._input_quantizer(in_channels),
+        return BinaryOptions(
+            input_quantizer=None if in_channels is None else self._input_quantizer(in_channels),
             kernel_quantizer=self._kernel_quantizer(out_channels),
             weight_scale=r.weight_scale,
-            activation_scale="none" if real_input else r.activation_scale,
+            activation_scale="none" if in_channels is None else r.activation_scale,
         )
 
     # --- layers -----------------------------------------------------------------------
@@ -120,7 +143,9 @@ class Layers:
         if self.recipe.pool_order == "pool_bn_sign":
             return [nn.MaxPool2d(2), *self.norm(channels)]
         self._quantized_by = self.activation_quantizer(channels)
-        return [*self.norm(channels), self._quantized_by, nn.MaxPool2d(2)]
+        # Full-precision activations have no sign to pool after: BN, then the pool.
+        quantizer = [] if self._quantized_by is None else [self._quantized_by]
+        return [*self.norm(channels), *quantizer, nn.MaxPool2d(2)]
 
     def feature_norm(self, channels: int) -> list[nn.Module]:
         """A BatchNorm in front of a binary layer's sign, where the recipe asks for one."""

@@ -31,10 +31,7 @@ def register_model(*features: str) -> Callable[[Builder], Builder]:
 
     def decorate(fn: Builder) -> Builder:
         for key, default in _keyword_defaults(fn).items():
-            if _kind(default) is None:  # the option's type is read from its default
-                raise TypeError(
-                    f"model {fn.__name__} option {key}: default {default!r} is no int, float, bool, str or list"
-                )
+            _option_kind(fn.__name__, key, default)
         MODELS[fn.__name__] = fn
         MODEL_FEATURES[fn.__name__] = frozenset(features)
         return fn
@@ -94,8 +91,16 @@ def _kind(default: Any) -> tuple[type, ...] | None:
     return None
 
 
-def _option_value(model: str, key: str, value: Any, default: Any) -> Any:
+def _option_kind(model: str, key: str, default: Any) -> tuple[type, ...]:
+    """``_kind`` of an option: its type is read from its default, which must have one."""
     kind = _kind(default)
+    if kind is None:
+        raise TypeError(f"model {model} option {key}: default {default!r} is no int, float, bool, str or list")
+    return kind
+
+
+def _option_value(model: str, key: str, value: Any, default: Any) -> Any:
+    kind = _option_kind(model, key, default)
     if kind[0] is list:
         element = kind[1]
         if isinstance(value, str) and element is int and _INT_LIST.fullmatch(value):
@@ -167,7 +172,7 @@ def create_model(
     elif normalize is not None:
         model = nn.Sequential(OrderedDict(norm=InputNorm(*normalize), net=model))
     # The exporter reads which repair methods the model was built with.
-    model.recipe = recipe
+    model.recipe = recipe  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
     return model
 
 

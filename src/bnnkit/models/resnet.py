@@ -46,7 +46,8 @@ class BasicBlock(nn.Module):
 
     def __init__(self, layers: Layers, cin: int, cout: int, stride: int):
         super().__init__()
-        self.double = layers.recipe.residual == "double"
+        # Not ``self.double``, which would hide nn.Module.double() (the cast to float64).
+        self.double_shortcut = layers.recipe.residual == "double"
         self.conv1 = _binary_conv(layers, cin, cout, 3, stride)
         self.bn1 = _one(layers.norm(cout))
         self.conv2 = _binary_conv(layers, cout, cout, 3)
@@ -56,11 +57,11 @@ class BasicBlock(nn.Module):
     @property
     def residual_adds(self) -> int:
         """Additions per output value, for bnnkit.cost."""
-        return 2 if self.double else 1
+        return 2 if self.double_shortcut else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(self.conv1(x))
-        if self.double:
+        if self.double_shortcut:
             out = out + self.shortcut(x)
             return out + self.bn2(self.conv2(out))
         return self.bn2(self.conv2(out)) + self.shortcut(x)
