@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def kib(nbytes: float) -> str:
     return f"{nbytes / 1024:.2f} KiB"
 
 
-def render_table(lines: list[tuple[str, ...]], left: int, total: bool = True) -> list[str]:
+def render_table(lines: Sequence[tuple[str, ...]], left: int, total: bool = True) -> list[str]:
     """Header, rows and (with ``total``) a total row as aligned text: the first ``left``
     columns flush left, numbers flush right, rules under the header and above the total."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]

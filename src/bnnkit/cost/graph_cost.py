@@ -22,10 +22,51 @@ The operation counts of each op are its ``OpDef.cost`` rule in the op table (``b
 from __future__ import annotations
 
 import math
+from typing import Any, NotRequired, TypedDict
 
 from bnnkit.cost import energy
 from bnnkit.cost.formatting import kib, render_table
+from bnnkit.errors import BnnkitError
 from bnnkit.graph import OPS, Graph, Op, plan_memory
+
+
+class LayerProfile(TypedDict):
+    op: int
+    kind: str
+    name: str
+    output: str  # its type and shape, e.g. "bits 16x14x14"
+    weight_bytes: int
+    activation_bytes: int
+    storage: str  # stored | fused (never materialized) | view (of its input) | -
+    live_bytes: int
+    binary_macs: int
+    int_ops: int
+    fp_ops: int
+
+
+class ProfileTotals(TypedDict):
+    weight_bytes: int
+    binary_macs: int
+    int_ops: int
+    fp_ops: int
+    energy: dict[str, float]  # energy.energy_pj
+
+
+class ProfileMemory(TypedDict):
+    input_bytes: int
+    naive_bytes: int
+    arena_bytes: int
+    planned_peak_bytes: int
+
+
+class Profile(TypedDict):
+    """What ``profile`` returns and ``bnnkit profile --json`` prints."""
+
+    layers: list[LayerProfile]
+    totals: ProfileTotals
+    memory: ProfileMemory
+    meta: dict[str, Any]
+    device: NotRequired[dict[str, Any] | None]  # bnnkit profile --target: what the device measured
 
 
 def _flash_bytes(op: Op) -> int:
@@ -44,43 +85,53 @@ def _flash_bytes(op: Op) -> int:
 
 def _ops(graph: Graph, op: Op) -> tuple[int, int, int]:
     """(binary MACs, integer ops, FP ops) of one op."""
-    return OPS[op.kind].cost(op, [graph.types[name] for name in op.inputs], graph.types[op.output])
+    cost = OPS[op.kind].cost
+    if cost is None:
+        raise BnnkitError(
+            f"op {op.kind}: no cost rule in the op table (bnnkit.graph.conformance() lists what it lacks)"
+        )
+    return cost(op, [graph.types[name] for name in op.inputs], graph.types[op.output])
 
 
-def profile(graph: Graph) -> dict:
+def profile(graph: Graph) -> Profile:
     plan = plan_memory(graph)
-    layers = []
+    layers: list[LayerProfile] = []
     for i, op in enumerate(graph.ops):
         kind, shape = graph.types[op.output]
         binary, integer, fp = _ops(graph, op)
         buffer = plan.buffer_of.get(op.output)
         storage = "-" if kind == "index" else "fused" if buffer is None else "stored" if buffer == op.output else "view"
         layers.append(
-            {
-                "op": i,
-                "kind": op.kind,
-                "name": op.name,
-                "output": f"{kind} {'x'.join(map(str, shape)) or 'scalar'}",
-                "weight_bytes": _flash_bytes(op),
-                "activation_bytes": plan.tensor_bytes.get(op.output, 0),
-                "storage": storage,  # stored | fused (never materialized) | view (of its input) | -
-                "live_bytes": plan.live_bytes[i],
-                "binary_macs": binary,
-                "int_ops": integer,
-                "fp_ops": fp,
-            }
+            LayerProfile(
+                op=i,
+                kind=op.kind,
+                name=op.name,
+                output=f"{kind} {'x'.join(map(str, shape)) or 'scalar'}",
+                weight_bytes=_flash_bytes(op),
+                activation_bytes=plan.tensor_bytes.get(op.output, 0),
+                storage=storage,
+                live_bytes=plan.live_bytes[i],
+                binary_macs=binary,
+                int_ops=integer,
+                fp_ops=fp,
+            )
         )
-    totals = {k: sum(layer[k] for layer in layers) for k in ("weight_bytes", "binary_macs", "int_ops", "fp_ops")}
+    weight_bytes, binary_macs, int_ops, fp_ops = (
+        sum(layer[k] for layer in layers) for k in ("weight_bytes", "binary_macs", "int_ops", "fp_ops")
+    )
     # Each op's output written and read once: fused ones are never materialised.
     produced = sum(layer["activation_bytes"] for layer in layers if layer["storage"] == "stored")
-    totals["energy"] = energy.energy_pj(
-        binary_macs=totals["binary_macs"],
-        int_ops=totals["int_ops"],
-        fp_ops=totals["fp_ops"],
-        weight_bytes=totals["weight_bytes"],
+    op_energy = energy.energy_pj(
+        binary_macs=binary_macs,
+        int_ops=int_ops,
+        fp_ops=fp_ops,
+        weight_bytes=weight_bytes,
         activation_bytes=plan.input_bytes + produced,
     )
-    memory = {
+    totals = ProfileTotals(
+        weight_bytes=weight_bytes, binary_macs=binary_macs, int_ops=int_ops, fp_ops=fp_ops, energy=op_energy
+    )
+    memory: ProfileMemory = {
         "input_bytes": plan.input_bytes,
         "naive_bytes": plan.naive_bytes,
         "arena_bytes": plan.arena_bytes,
@@ -89,7 +140,7 @@ def profile(graph: Graph) -> dict:
     return {"layers": layers, "totals": totals, "memory": memory, "meta": graph.meta}
 
 
-def format_profile(result: dict) -> str:
+def format_profile(result: Profile) -> str:
     header = ("#", "op", "layer", "output", "flash", "RAM (output)", "binary MACs", "int ops", "FP ops")
     lines = [header]
     for r in result["layers"]:
@@ -127,8 +178,8 @@ def format_profile(result: dict) -> str:
         f"(input {kib(m['input_bytes'])} + arena {kib(m['arena_bytes'])}); "
         f"{m['naive_bytes'] / m['planned_peak_bytes']:.1f}x less"
     )
-    if "device" in result:
-        d = result["device"]
+    d = result.get("device")
+    if d is not None:
         text.append(
             f"measured on {d['target']} (QEMU {d['board']}): flash {kib(d['flash_bytes'])} (code {kib(d['text'])} + "
             f"constants {kib(d['rodata'])} + data {kib(d['data'])}) vs {kib(t['weight_bytes'])} packed parameters; "

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import torch
 from torch import nn
 
 from bnnkit.cost.formatting import kib, render_table
 from bnnkit.nn import BinaryConv2d, BinaryLinear, InputNorm, RPReLU
+from bnnkit.quant import Quantizer
 
 # Layers with a cost of their own; residual blocks (with a ``residual_adds`` attribute)
 # are counted for their additions.
@@ -35,6 +37,14 @@ COUNTED = (
 )
 
 
+@runtime_checkable
+class ResidualBlock(Protocol):
+    """A block that adds a shortcut to its output (``bnnkit.models.resnet.BasicBlock``)."""
+
+    @property
+    def residual_adds(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class LayerCost:
     name: str
@@ -50,11 +60,11 @@ class LayerCost:
     def memory_bytes(self) -> float:
         return (self.binary_params + 32 * self.fp_params) / 8
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "out_shape": list(self.out_shape), "memory_bytes": self.memory_bytes}
 
 
-def binary_bases(quantizer) -> int:
+def binary_bases(quantizer: Quantizer | None) -> int:
     """How many binary tensors a quantized operand is computed from: 1 for a sign, M for
     ABC-Net's M binary bases, k bit planes for k-bit values (DoReFa); 0 for full precision.
     A product of an M-base and an N-base operand is M·N binary products, summed in FP."""
@@ -62,7 +72,7 @@ def binary_bases(quantizer) -> int:
     return bits if bits < 32 else 0
 
 
-def _conv_or_linear(module: nn.Module, x: torch.Tensor, out_elems: int) -> tuple[int, int, int]:
+def _conv_or_linear(module: nn.Conv2d | nn.Linear, x: torch.Tensor, out_elems: int) -> tuple[int, int, int]:
     """(binary weights stored, binary MACs, FP MACs) of a convolution or linear layer."""
     macs = out_elems * module.weight[0].numel()
     w_bases = i_bases = 0
@@ -90,7 +100,7 @@ def _conv_or_linear(module: nn.Module, x: torch.Tensor, out_elems: int) -> tuple
 def _layer_cost(name: str, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> LayerCost:
     out_elems = out[0].numel()
     binary_params = binary_macs = fp_macs = 0
-    if hasattr(module, "residual_adds"):
+    if isinstance(module, ResidualBlock):
         # a residual block: its layers are counted on their own, the block adds its additions
         params, fp_macs = 0, module.residual_adds * out_elems
     else:
@@ -136,13 +146,27 @@ def layer_costs(model: nn.Module, in_shape: tuple[int, int, int]) -> list[LayerC
     return rows
 
 
-def totals(rows: list[LayerCost]) -> dict:
-    keys = ("params", "binary_params", "fp_params", "binary_macs", "fp_macs")
-    out = {key: sum(getattr(r, key) for r in rows) for key in keys}
-    out["memory_bytes"] = sum(r.memory_bytes for r in rows)
-    # What the same network would need with every weight in 32-bit float.
-    out["fp32_memory_bytes"] = 4 * out["params"]
-    return out
+class Totals(TypedDict):
+    params: int
+    binary_params: int
+    fp_params: int
+    binary_macs: int
+    fp_macs: int
+    memory_bytes: float
+    fp32_memory_bytes: int  # what the same network would need with every weight in 32-bit float
+
+
+def totals(rows: list[LayerCost]) -> Totals:
+    params = sum(r.params for r in rows)
+    return Totals(
+        params=params,
+        binary_params=sum(r.binary_params for r in rows),
+        fp_params=sum(r.fp_params for r in rows),
+        binary_macs=sum(r.binary_macs for r in rows),
+        fp_macs=sum(r.fp_macs for r in rows),
+        memory_bytes=sum(r.memory_bytes for r in rows),
+        fp32_memory_bytes=4 * params,
+    )
 
 
 def format_table(rows: list[LayerCost]) -> str:
