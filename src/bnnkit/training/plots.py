@@ -70,7 +70,7 @@ def label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[
         widths.append(probe.get_window_extent(renderer).width)
         pitch = LABEL_PADDING * probe.get_window_extent(renderer).height
         probe.remove()
-    px = [tuple(ax.transData.transform((x, y))) for x, y in zip(xs, ys)]
+    px = [(a, b) for a, b in map(ax.transData.transform, zip(xs, ys))]
     taken = [(x - DOT, y - DOT, x + DOT, y + DOT) for x, y in px]
     spots: dict[int, tuple[tuple, bool]] = {}  # index -> (box, needs a line)
     for stack in _stacks(px):
