@@ -106,12 +106,13 @@ def _cortex_m4(graph, x, reference_scores, y, say) -> dict:
             run = m4.predict(x)
     except BnnkitError as exc:  # no cross toolchain or emulator: the rest of the demo stands
         return {"skipped": str(exc)}
+    measured = run.measured()
     return {
         "n": int(len(x)),
         "accuracy": float(np.mean(run.labels == y)),
         "bit_exact": bool(np.array_equal(run.scores, reference_scores)),
-        "flash_bytes": run.device["flash_bytes"],
-        "ram_bytes": run.device["ram_bytes"],
-        "stack_bytes_used": run.device["stack_bytes_used"],
+        "flash_bytes": measured["flash_bytes"],
+        "ram_bytes": measured["ram_bytes"],
+        "stack_bytes_used": measured["stack_bytes_used"],
         "seconds": run.seconds,
     }

@@ -92,7 +92,7 @@ def footprint(graph: Graph, target: str | None = None) -> dict:
     sizes = {"ram": p["memory"]["planned_peak_bytes"], "flash": p["totals"]["weight_bytes"]}
     if target is not None:
         with get_runtime(target, device=True).prepare(graph) as device:
-            measured = device.predict(np.zeros((1, *graph.input_shape), np.uint8)).device
+            measured = device.predict(np.zeros((1, *graph.input_shape), np.uint8)).measured()
         sizes = {
             "ram": measured["ram_bytes"],
             "flash": measured["flash_bytes"],

@@ -46,6 +46,12 @@ class Prediction:
     seconds: float  # the runtime's own time on the images, preparation excluded
     device: dict[str, Any] | None = None  # a device runtime's measurements, JSON-ready (cortex_m.device_report)
 
+    def measured(self) -> dict[str, Any]:
+        """``device``, of a device runtime's prediction (which always has it)."""
+        if self.device is None:
+            raise BnnkitError("this runtime measures nothing on a device; use one of " + ", ".join(device_runtimes()))
+        return self.device
+
 
 class Predictor:
     """A runtime prepared for one graph. Close it (or use it in ``with``) to free what
