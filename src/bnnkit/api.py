@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bnnkit.cost.graph_cost import format_profile, profile
-from bnnkit.data import canonical_name, get_info, load_dataset
+from bnnkit.data import DatasetInfo, canonical_name, get_info, load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph
 from bnnkit.recipe import Recipe, load_recipe
@@ -27,6 +27,7 @@ from bnnkit.runtime.registry import REFERENCE, get_runtime
 
 if TYPE_CHECKING:
     from torch import nn
+    from typing_extensions import TypeIs  # typing has it from Python 3.13
 
 PathLike = str | Path
 TORCH_BATCH = 1000
@@ -145,12 +146,16 @@ def export_model(
     from bnnkit import export
 
     if _is_module(source):
-        if (in_shape is None) == (dataset is None):
+        if dataset is not None and in_shape is None:
+            info = _info(dataset)
+            shape, recorded = info.in_shape, {"dataset": info.name}
+        elif in_shape is not None and dataset is None:
+            shape, recorded = in_shape, {}
+        else:
             raise BnnkitError("export_model of a module needs its input: dataset= or in_shape= (one of them)")
-        info = None if dataset is None else _info(dataset)
-        graph = export.export_model(source, in_shape or info.in_shape, allow_approx)
+        graph = export.export_model(source, shape, allow_approx)
         recipe = getattr(source, "recipe", None)
-        graph.meta.update(recipe=getattr(recipe, "name", None), **({"dataset": info.name} if info else {}))
+        graph.meta.update(recipe=getattr(recipe, "name", None), **recorded)
     else:
         graph, _, _ = export.export_run(expect_run_dir(source, "export"), allow_approx)
     if output is not None:
@@ -177,7 +182,7 @@ def predict(
     return result.scores, result.labels
 
 
-def _is_module(obj: Any) -> bool:
+def _is_module(obj: object) -> TypeIs[nn.Module]:
     # Without importing torch: a graph user may not have it, and a module implies it is loaded.
     torch_nn = sys.modules.get("torch.nn")
     return torch_nn is not None and isinstance(obj, torch_nn.Module)
@@ -209,7 +214,7 @@ def evaluate(
     limit: int | None = None,
     data_dir: str | None = None,
     model: Any = None,
-) -> dict:
+) -> dict[str, Any]:
     """Test accuracy of a graph (or ``.bnn`` file) in ``runtime``, of a run directory, or of
     an ``nn.Module`` on ``dataset``'s test split (the first ``limit`` images). A graph or a
     run defaults to the dataset it was trained on. ``model``: a run's own model, as given
@@ -240,8 +245,8 @@ def _evaluate_module(
     dataset: str,
     data_dir: str | None,
     limit: int | None,
-    trained_for: tuple[tuple, str] | None = None,
-) -> dict:
+    trained_for: tuple[tuple[int, ...], str] | None = None,
+) -> dict[str, Any]:
     from bnnkit.training import evaluate as evaluate_module
 
     ds = load_dataset(dataset, "test", data_dir)
@@ -280,11 +285,11 @@ def summary(
     return format_profile(profile(_graph(model)))
 
 
-def _info(dataset: str):
+def _info(dataset: str) -> DatasetInfo:
     return get_info(dataset)
 
 
-def _need_info(dataset: str | None, what: str):
+def _need_info(dataset: str | None, what: str) -> DatasetInfo:
     if dataset is None:
         raise BnnkitError(f"{what} needs dataset=")
     return _info(dataset)
