@@ -11,10 +11,10 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from bnnkit.runtime.registry import RUNTIMES, device_runtimes
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + message
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
         raise BnnkitError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
@@ -105,7 +105,7 @@ def _import_modules(names: list[str]) -> None:
             ) from None
 
 
-def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
+def _emit(args: argparse.Namespace, result: Mapping[str, Any], text: str) -> None:
     print(json.dumps(result) if args.json else text)
 
 
@@ -288,7 +288,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     graph = _load_graph(args)
     if args.target == "host":
         host = build_host(graph, args.output)
-        result = {"target": "host", "executable": str(host.executable)}
+        result: dict[str, Any] = {"target": "host", "executable": str(host.executable)}
         text = f"built {host.executable} (reads uint8 images on stdin, writes float32 scores + int32 label per image)"
     else:
         image = build_mcu(graph, args.output, args.target, stack_size=args.stack_size)
@@ -405,7 +405,9 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def _cost_delta_lines(costs: dict[str, dict]) -> list[tuple[str, ...]]:
     keys = ("params", "binary_macs", "fp_macs", "model_bytes", "peak_activation_bytes", "energy_pj")
     base = costs["baseline"]
-    lines = [("method", "params", "binary MACs", "FP MACs", "model bytes", "peak act. bytes", "energy pJ")]
+    lines: list[tuple[str, ...]] = [
+        ("method", "params", "binary MACs", "FP MACs", "model bytes", "peak act. bytes", "energy pJ")
+    ]
     lines.append(("baseline", *(f"{base[k]:,.0f}" for k in keys)))
     for name, c in costs.items():
         if name != "baseline":
@@ -468,7 +470,7 @@ def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "models":
         from bnnkit.models import model_names, model_options
 
-        items = {name: model_options(name) for name in model_names()}
+        items: dict[str, Any] = {name: model_options(name) for name in model_names()}
         text = "\n".join(f"{name:16s} {', '.join(f'{k}={v}' for k, v in opts.items())}" for name, opts in items.items())
     else:
         items = {name: info.description for name, info in DATASETS.items()}
@@ -481,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bnnkit {__version__}")
     _add_import_arg(parser, "imports")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    models_built: list[argparse.ArgumentParser] = []  # the commands that build models take --import too
+    models_built: list[_Parser] = []  # the commands that build models take --import too
 
     p = sub.add_parser(
         "train", help="train a model; writes DIR/model.safetensors, config.json, metrics.jsonl, curves.png"
