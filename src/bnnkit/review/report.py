@@ -107,7 +107,7 @@ def _num(value: float | None, signed: bool = False) -> str:
 
 
 def _markdown(rows: list[dict], runs: list[dict], costs: list[str]) -> str:
-    status = defaultdict(int)
+    status: defaultdict[str, int] = defaultdict(int)
     for run in runs:
         status[run["status"]] += 1
     lines = [

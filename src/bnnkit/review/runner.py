@@ -11,6 +11,7 @@ one DIR), so they are simply run again.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import multiprocessing
 import socket
 import traceback
@@ -79,7 +80,8 @@ def _bounded(
 ) -> Iterator[tuple[RunSpec, Outcome]]:
     """Keep ``width`` runs in flight and yield each as it finishes. Submitting no more
     than can start keeps the store's 'running' rows the ones really running."""
-    queue, running = iter(specs), {}
+    queue = iter(specs)
+    running: dict[Any, RunSpec] = {}  # submit's handle -> its run
     while True:
         for spec in islice(queue, width - len(running)):
             on_start(spec)
@@ -136,9 +138,11 @@ def run_ray(
         raise BnnkitError('the Ray executor needs Ray: pip install "bnnkit[ray]"') from None
 
     if address:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
-        ray.init(num_cpus=workers * (threads or 1), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(
+            num_cpus=workers * (threads or 1), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
+        )
     try:
         task = ray.remote(execute).options(num_cpus=threads or 1, num_gpus=gpus_per_run, max_retries=0)
 
@@ -150,7 +154,8 @@ def run_ray(
                 return ref, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "host": None}
 
         # As many threads as the CPUs the task asked Ray for: more would oversubscribe the node.
-        yield from _bounded(specs, workers, on_start, lambda s: task.remote(s, str(out), threads or 1), wait_one)
+        # ray's overloads of remote() type a function with defaults by its one-argument form (call-arg)
+        yield from _bounded(specs, workers, on_start, lambda s: task.remote(s, str(out), threads or 1), wait_one)  # type: ignore[call-arg]
     finally:
         ray.shutdown()
 
