@@ -358,15 +358,32 @@ def cmd_review(args: argparse.Namespace) -> None:
         retry_failed=args.retry_failed,
         progress=not args.json,
         threads=args.threads,
+        stage=args.stage,
     )
+    _emit(args, result, _review_text(args, result))
+
+
+def _review_text(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    lines = []
+    if "runs" in result:
+        lines.append(_review_counts(args, result, result["stage"] if result["stage"] != "all" else "screen"))
+    if "screen_ranking" in result:
+        ranked = ", ".join(f"{r['label']} {100 * r['delta_val']:+.2f}" for r in result["screen_ranking"])
+        lines.append(f"screen ranking (validation Δ, points): {ranked}")
+    if "confirm" in result:
+        lines.append(_review_counts(args, result["confirm"], "confirm"))
+    return "\n".join(lines)
+
+
+def _review_counts(args: argparse.Namespace, result: dict[str, Any], stage: str) -> str:
     text = (
-        f"{args.grid}: {result['runs']} runs, {result['done']} done, {result['failed']} failed "
+        f"{args.grid} ({stage}): {result['runs']} runs, {result['done']} done, {result['failed']} failed "
         f"({result['ran']} ran now); results in {result['store']}; tables and plots: bnnkit report {args.out}"
     )
     if result["failed"]:
         text += "\nfailed: " + ", ".join(f"{r['label']} (seed {r['seed']})" for r in result["failed_runs"])
         text += f"; errors in bnnkit report {args.out}; rerun them with --retry-failed"
-    _emit(args, result, text)
+    return text
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -657,6 +674,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads per run (default: the free cores split between the --workers; ray: 1, one CPU per task)",
     )
     p.add_argument("--data-dir")
+    p.add_argument(
+        "--stage",
+        choices=("screen", "confirm", "all"),
+        default="screen",
+        help="screen: the grid; confirm: its [review.confirm] runs, chosen on the finished screen's validation"
+        " accuracy; all: both (default screen)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object with the counts")
     p.set_defaults(fn=cmd_review)
 
