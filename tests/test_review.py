@@ -174,6 +174,13 @@ def test_presets_load():
     grid = load_grid("fashion-mnist")
     assert grid.runs[0].config.model == "resnet20" and grid.runs[0].config.model_options == {"width_mult": 0.5}
     assert {r.label for r in load_grid("deputter-cifar100").runs} >= {"baseline", "rsign+feature_norm+double_residual"}
+    for name in preset_names():  # every preset follows the protocol
+        grid = load_grid(name)
+        assert grid.runs[0].validation == 5000 and len(grid.raw["confirm"]["seeds"]) >= 3, name
+    # the deployable benchmark: every entry exports
+    deployable = load_grid("small-cnn")
+    names = {n for r in deployable.runs for n in r.label.split("+") if n != "baseline"}
+    assert names and all(METHODS[n].exportable for n in names) and not deployable.skipped
 
 
 # --- running ------------------------------------------------------------------------------
@@ -423,6 +430,8 @@ def test_cifar10_preset_with_overrides(tmp_path, capsys):
         "64",
         "--limit-test",
         "64",
+        "--validation",
+        "16",
         "--methods",
         "baseline,rsign",
         "--data-dir",
@@ -436,6 +445,9 @@ def test_cifar10_preset_with_overrides(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["label"] for r in rows] == ["baseline", "rsign"]
     assert rows[0]["study"].startswith("resnet20 on cifar10, 1 epoch") and rows[0]["params"] > 200_000
+    assert (
+        rows[0]["study"].endswith("(limit_train=64, limit_test=64, validation=16)") and rows[0]["val_mean"] is not None
+    )
 
 
 # --- the protocol: validation split, paired seeds, screen -> confirm ------------------------------

@@ -334,7 +334,12 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def cmd_review(args: argparse.Namespace) -> None:
     from bnnkit.review import load_grid, methods_override, run_review
 
-    given = {"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test}
+    given = {
+        "epochs": args.epochs,
+        "limit_train": args.limit_train,
+        "limit_test": args.limit_test,
+        "validation": args.validation,
+    }
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if args.seeds is not None:
         try:
@@ -668,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="override the grid's methods and combinations, e.g. rsign,prelu,rsign+prelu")
     p.add_argument("--limit-train", type=int, help="train on the first N images only")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
+    p.add_argument("--validation", type=int, help="override the grid's validation: training images held out")
     p.add_argument(
         "--threads",
         type=int,
