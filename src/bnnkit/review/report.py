@@ -331,7 +331,10 @@ def _curves(runs: list[dict], folder: Path) -> list[Path]:
                 category[r["label"]] = r["category"]
         if not curves:
             continue
+        from matplotlib.ticker import MaxNLocator
+
         fig, ax = plt.subplots(figsize=(9, 5.5))
+        ends: list[tuple[float, float, str]] = []
         for label, members in curves.items():
             length = min(map(len, members))
             mean = [100 * statistics.fmean(c[e] for c in members) for e in range(length)]
@@ -345,11 +348,14 @@ def _curves(runs: list[dict], folder: Path) -> list[Path]:
                 marker="o" if length < 20 else None,
                 markersize=3,
             )
-            ax.annotate(label, (length, mean[-1]), fontsize=6, xytext=(3, 0), textcoords="offset points")
+            ends.append((length, mean[-1], label))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.margins(x=0.15)
         ax.set(xlabel="epoch", ylabel="validation accuracy (%; mean over seeds)", title=textwrap.fill(study, 90))
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
         _legend(ax, set(category.values()))
+        label_points(ax, *map(list, zip(*ends, strict=True)))
         path = folder / f"{f'study{i}_' if len(studies) > 1 else ''}val_curves.png"
         save_figure(fig, path)
         written.append(path)
