@@ -169,16 +169,17 @@ def test_expansion_every_method_once_per_seed_plus_baseline_and_combinations():
     assert replace(spec, limit_train=10).key != spec.key
 
 
+@pytest.mark.slow  # builds every model of every preset (about 100 ResNets)
 def test_presets_load():
-    assert {"deputter-cifar10", "deputter-cifar100", "fashion-mnist"} <= set(preset_names())
-    grid = load_grid("fashion-mnist")
+    assert {"deputter-cifar10", "deputter-cifar100", "fashion-mnist", "small-cnn"} <= set(preset_names())
+    grids = {name: load_grid(name) for name in preset_names()}
+    grid = grids["fashion-mnist"]
     assert grid.runs[0].config.model == "resnet20" and grid.runs[0].config.model_options == {"width_mult": 0.5}
-    assert {r.label for r in load_grid("deputter-cifar100").runs} >= {"baseline", "rsign+feature_norm+double_residual"}
-    for name in preset_names():  # every preset follows the protocol
-        grid = load_grid(name)
+    assert {r.label for r in grids["deputter-cifar100"].runs} >= {"baseline", "rsign+feature_norm+double_residual"}
+    for name, grid in grids.items():  # every preset follows the protocol
         assert grid.runs[0].validation == 5000 and len(grid.raw["confirm"]["seeds"]) >= 3, name
     # the deployable benchmark: every entry exports
-    deployable = load_grid("small-cnn")
+    deployable = grids["small-cnn"]
     names = {n for r in deployable.runs for n in r.label.split("+") if n != "baseline"}
     assert names and all(METHODS[n].exportable for n in names) and not deployable.skipped
 
