@@ -621,3 +621,18 @@ def test_screen_then_confirm_from_the_command_line_resumes_and_reports(tmp_path,
     confirmed = [r for r in report["rows"] if r["stage"] == "confirm" and r["label"] != "baseline"]
     assert all(r["n_pairs"] == 3 and r["delta_ci_low"] <= r["delta_top1"] <= r["delta_ci_high"] for r in confirmed)
     assert (out / "plots" / "study2_val_curves.png").stat().st_size > 0
+
+
+def test_a_damaged_store_neither_crashes_the_report_nor_passes_a_bad_split(tmp_path):
+    grid = expand({**PROTOCOL, "methods": ["rsign"]})
+    fake_screen(tmp_path, grid, {"baseline": 0.5, "rsign": 0.6})
+    with Store(tmp_path) as store:
+        store.db.execute("UPDATE runs SET val_curve_json = '[1, \"x\"' WHERE label = 'rsign'")
+        store.db.execute("UPDATE runs SET val_curve_json = '[NaN]' WHERE label = 'baseline' AND seed = 0")
+        store.db.execute("INSERT INTO meta VALUES ('validation/digits/300', '{not json')")
+        with pytest.raises(
+            BnnkitError, match=r"review.sqlite: meta 'validation/digits/300' is not JSON; the store is damaged"
+        ):
+            store.meta("validation/digits/300")
+    result = write_report(tmp_path)
+    assert (tmp_path / "plots" / "val_curves.png").stat().st_size > 0 and len(result["rows"]) == 2

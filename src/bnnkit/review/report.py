@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 import textwrap
 from collections import defaultdict
@@ -317,6 +318,17 @@ def _half_width(row: dict) -> float:
     return 0.0 if low is None or high is None else (high - low) / 2
 
 
+def _curve(text: str | None) -> list[float] | None:
+    """A stored validation curve, or None where the store holds something else (a damaged or
+    foreign store draws without that run rather than failing the report)."""
+    try:
+        curve = json.loads(text) if text else None
+    except ValueError:
+        return None
+    ok = isinstance(curve, list) and all(type(v) in (int, float) and math.isfinite(v) for v in curve)
+    return curve if ok and curve else None
+
+
 def _curves(runs: list[dict], folder: Path) -> list[Path]:
     """Per study, each entry's validation accuracy per epoch, mean over its finished seeds."""
     plt = pyplot()
@@ -326,8 +338,9 @@ def _curves(runs: list[dict], folder: Path) -> list[Path]:
         curves: dict[str, list[list[float]]] = defaultdict(list)
         category = {}
         for r in runs:
-            if r["study"] == study and r["status"] == "done" and r.get("val_curve_json"):
-                curves[r["label"]].append(json.loads(r["val_curve_json"]))
+            curve = _curve(r.get("val_curve_json")) if r["study"] == study and r["status"] == "done" else None
+            if curve:
+                curves[r["label"]].append(curve)
                 category[r["label"]] = r["category"]
         if not curves:
             continue
