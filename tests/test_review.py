@@ -169,11 +169,19 @@ def test_expansion_every_method_once_per_seed_plus_baseline_and_combinations():
     assert replace(spec, limit_train=10).key != spec.key
 
 
+@pytest.mark.slow  # builds every model of every preset (about 100 ResNets)
 def test_presets_load():
-    assert {"deputter-cifar10", "deputter-cifar100", "fashion-mnist"} <= set(preset_names())
-    grid = load_grid("fashion-mnist")
+    assert {"deputter-cifar10", "deputter-cifar100", "fashion-mnist", "small-cnn"} <= set(preset_names())
+    grids = {name: load_grid(name) for name in preset_names()}
+    grid = grids["fashion-mnist"]
     assert grid.runs[0].config.model == "resnet20" and grid.runs[0].config.model_options == {"width_mult": 0.5}
-    assert {r.label for r in load_grid("deputter-cifar100").runs} >= {"baseline", "rsign+feature_norm+double_residual"}
+    assert {r.label for r in grids["deputter-cifar100"].runs} >= {"baseline", "rsign+feature_norm+double_residual"}
+    for name, grid in grids.items():  # every preset follows the protocol
+        assert grid.runs[0].validation == 5000 and len(grid.raw["confirm"]["seeds"]) >= 3, name
+    # the deployable benchmark: every entry exports
+    deployable = grids["small-cnn"]
+    names = {n for r in deployable.runs for n in r.label.split("+") if n != "baseline"}
+    assert names and all(METHODS[n].exportable for n in names) and not deployable.skipped
 
 
 # --- running ------------------------------------------------------------------------------
@@ -278,10 +286,16 @@ def test_two_reviews_cannot_share_a_directory(tmp_path):
 # --- the report ---------------------------------------------------------------------------
 
 
-def test_report_numbers_equal_hand_computed_mean_and_std(tmp_path):
-    grid = expand({**TINY, "seeds": [0, 1, 2], "methods": ["rsign", "prelu"]})
-    accuracy = {"baseline": [0.80, 0.83, 0.86], "rsign": [0.85, 0.90, None], "prelu": [0.70, None, None]}
-    params = {"baseline": 1000, "rsign": 1016, "prelu": 1032}
+def test_report_numbers_equal_hand_computed_statistics(tmp_path):
+    grid = expand({**TINY, "seeds": [0, 1, 2], "methods": ["rsign", "prelu", "xnor_weight_scale"]})
+    accuracy = {
+        "baseline": [0.80, 0.83, 0.86],
+        "rsign": [0.85, 0.90, None],
+        "prelu": [0.70, None, None],
+        "xnor_weight_scale": [0.79, 0.85, 0.84],
+    }
+    validation = {"baseline": 0.5, "rsign": 0.6, "prelu": 0.4, "xnor_weight_scale": 0.45}
+    params = {"baseline": 1000, "rsign": 1016, "prelu": 1032, "xnor_weight_scale": 1000}
     with Store(tmp_path) as store:
         store.add(grid.runs)
         for spec in grid.runs:
@@ -289,12 +303,17 @@ def test_report_numbers_equal_hand_computed_mean_and_std(tmp_path):
             if top1 is None:
                 store.finish(spec.key, {"status": "failed", "error": "RuntimeError: boom\ntraceback"})
                 continue
+            val = validation[spec.label] + spec.config.seed / 100
             store.finish(
                 spec.key,
                 {
                     "status": "done",
                     "top1_final": top1,
                     "top1_best": top1 + 0.01,
+                    "val_final": val,
+                    "val_best": val,
+                    "val_best_epoch": 1,
+                    "val_curve": [val],
                     "train_seconds": 10.0 + spec.config.seed,
                     "costs": {
                         "params": params[spec.label],
@@ -307,27 +326,67 @@ def test_report_numbers_equal_hand_computed_mean_and_std(tmp_path):
     with open(tmp_path / "report.csv") as f:
         rows = {r["label"]: r for r in csv.DictReader(f)}
 
+    def number(label, column):
+        return float(rows[label][column])
+
     base_mean = (0.80 + 0.83 + 0.86) / 3
     base_std = math.sqrt(((0.80 - base_mean) ** 2 + (0.83 - base_mean) ** 2 + (0.86 - base_mean) ** 2) / 2)
-    rsign_mean = (0.85 + 0.90) / 2
-    rsign_std = math.sqrt(((0.85 - rsign_mean) ** 2 + (0.90 - rsign_mean) ** 2) / 1)
-    assert float(rows["baseline"]["top1_mean"]) == pytest.approx(base_mean) == pytest.approx(0.83)
-    assert float(rows["baseline"]["top1_std"]) == pytest.approx(base_std) == pytest.approx(0.03)
-    assert float(rows["rsign"]["top1_mean"]) == pytest.approx(0.875)
-    assert float(rows["rsign"]["top1_std"]) == pytest.approx(rsign_std)
-    assert float(rows["rsign"]["delta_top1"]) == pytest.approx(0.875 - base_mean)
-    assert float(rows["rsign"]["top1_best_mean"]) == pytest.approx(0.885)
-    assert float(rows["baseline"]["train_seconds_mean"]) == pytest.approx(11.0)
+    assert number("baseline", "top1_mean") == pytest.approx(base_mean) == pytest.approx(0.83)
+    assert number("baseline", "top1_std") == pytest.approx(base_std) == pytest.approx(0.03)
+    assert number("rsign", "top1_mean") == pytest.approx(0.875)
+    assert number("rsign", "top1_std") == pytest.approx(math.sqrt(2 * 0.025**2))
+    # rsign pairs with the baseline on seeds 0 and 1: differences 0.05, 0.07; mean 0.06, sd 0.01*sqrt(2),
+    # standard error 0.01, t = 6 on 1 df (Cauchy): t_0.975 = tan(0.475 pi), p = 1 - 2 atan(6) / pi.
+    assert number("rsign", "n_pairs") == 2 and number("rsign", "delta_top1") == pytest.approx(0.06)
+    t1 = math.tan(0.475 * math.pi)
+    assert t1 == pytest.approx(12.706, abs=5e-4)  # the printed t table
+    assert number("rsign", "delta_ci_low") == pytest.approx(0.06 - t1 * 0.01, rel=1e-9)
+    assert number("rsign", "delta_ci_high") == pytest.approx(0.06 + t1 * 0.01, rel=1e-9)
+    p_rsign = 1 - 2 * math.atan(6) / math.pi
+    assert number("rsign", "delta_p") == pytest.approx(p_rsign, rel=1e-9)
+    # xnor_weight_scale: differences -0.01, +0.02, -0.02 on 2 df, where the t CDF is closed-form:
+    # P(|T| > t) = 1 - t / sqrt(2 + t^2), and t_q = (2q - 1) / sqrt(2 q (1 - q)).
+    d = [-0.01, 0.02, -0.02]
+    mean, sd = sum(d) / 3, math.sqrt(sum((x - sum(d) / 3) ** 2 for x in d) / 2)
+    t_stat = abs(mean) / (sd / math.sqrt(3))
+    p_xnor = 1 - t_stat / math.sqrt(2 + t_stat**2)
+    t2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
+    assert t2 == pytest.approx(4.303, abs=5e-4)
+    assert number("xnor_weight_scale", "delta_top1") == pytest.approx(mean)
+    assert number("xnor_weight_scale", "delta_ci_high") == pytest.approx(mean + t2 * sd / math.sqrt(3), rel=1e-9)
+    assert number("xnor_weight_scale", "delta_p") == pytest.approx(p_xnor, rel=1e-9)
+    # MDE on 2 df at 80% power: t_0.8 = 0.6 / sqrt(2 * 0.8 * 0.2)
+    t2_power = 0.6 / math.sqrt(0.32)
+    assert number("xnor_weight_scale", "delta_mde") == pytest.approx((t2 + t2_power) * sd / math.sqrt(3), rel=1e-9)
+    # Holm over the two tested entries (prelu has one seed: no test)
+    low, high = sorted([p_rsign, p_xnor])
+    expected = {p_rsign: None, p_xnor: None}
+    expected[low] = min(1, 2 * low)
+    expected[high] = max(expected[low], min(1, high))
+    assert number("rsign", "delta_p_holm") == pytest.approx(expected[p_rsign], rel=1e-9)
+    assert number("xnor_weight_scale", "delta_p_holm") == pytest.approx(expected[p_xnor], rel=1e-9)
+    assert rows["prelu"]["delta_p"] == rows["prelu"]["delta_ci_low"] == rows["baseline"]["delta_p"] == ""
+    # validation: paired, every seed adds the same 0.01 to both sides
+    assert number("rsign", "delta_val") == pytest.approx(0.1) and number("rsign", "val_mean") == pytest.approx(0.605)
+    assert number("baseline", "train_seconds_mean") == pytest.approx(11.0)
     assert (rows["rsign"]["n"], rows["rsign"]["failed"], rows["prelu"]["n"]) == ("2", "1", "1")
     assert rows["prelu"]["top1_std"] == ""  # one seed: no sample std
-    assert float(rows["prelu"]["delta_params"]) == 32 and float(rows["rsign"]["delta_energy_pj"]) == 40
+    assert number("prelu", "delta_params") == 32 and number("rsign", "delta_energy_pj") == 40
     assert "note" not in rows["baseline"]  # only numeric costs become columns
-    assert [r["label"] for r in result["rows"]] == ["baseline", "rsign", "prelu"]  # category, then Δ
+    assert "top1_best_mean" not in rows["baseline"]  # the best epoch by test accuracy is no longer reported
+    assert [r["label"] for r in result["rows"]] == ["baseline", "rsign", "xnor_weight_scale", "prelu"]
 
     markdown = (tmp_path / "report.md").read_text()
-    assert "| baseline | baseline | 3 | 83.00 ± 3.00 | +0.00 | 84.00 |" in markdown
-    assert "| rsign | training technique (feature binarizer) | 2 (1 failed) | 87.50 ± 3.54 | +4.50 |" in markdown
-    assert "| prelu | topology change (activation) | 1 (2 failed) | 70.00 | -13.00 |" in markdown
+    assert "| baseline | baseline | 3 | 83.00 ± 3.00 | +0.00 | – | – | 51.00 | +0.00 | 1.0 |" in markdown
+    ci = f"[{100 * (0.06 - t1 * 0.01):+.2f}, {100 * (0.06 + t1 * 0.01):+.2f}]"
+    assert (
+        f"| rsign | training technique (feature binarizer) | 2 (1 failed) | 87.50 ± 3.54 | +6.00 {ci} "
+        f"| {expected[p_rsign]:.3f} | {100 * (t1 + math.tan(0.3 * math.pi)) * 0.01:.2f} | 60.50 | +10.00 | 1.0 |"
+        in markdown
+    )
+    assert (
+        "| prelu | topology change (activation) | 1 (2 failed) | 70.00 | -10.00 | – | – | 40.00 | -10.00 |" in markdown
+    )
     assert "- rsign, seed 2: RuntimeError: boom" in markdown
     assert summarize([], []) == []
 
@@ -372,6 +431,8 @@ def test_cifar10_preset_with_overrides(tmp_path, capsys):
         "64",
         "--limit-test",
         "64",
+        "--validation",
+        "16",
         "--methods",
         "baseline,rsign",
         "--data-dir",
@@ -385,3 +446,193 @@ def test_cifar10_preset_with_overrides(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["label"] for r in rows] == ["baseline", "rsign"]
     assert rows[0]["study"].startswith("resnet20 on cifar10, 1 epoch") and rows[0]["params"] > 200_000
+    assert (
+        rows[0]["study"].endswith("(limit_train=64, limit_test=64, validation=16)") and rows[0]["val_mean"] is not None
+    )
+
+
+# --- the protocol: validation split, paired seeds, screen -> confirm ------------------------------
+
+PROTOCOL = {
+    **TINY,
+    "validation": 300,
+    "confirm": {"epochs": 1, "seeds": [0, 1, 2], "top_k": 1, "always": ["prelu"], "limit_train": 600},
+}
+
+
+def test_validation_split_is_fixed_disjoint_and_independent_of_the_run():
+    from bnnkit.training.loop import VALIDATION_SEED, validation_split
+
+    keep, held = validation_split(1000, 100)
+    assert len(held) == 100 and len(keep) == 900 and not set(keep) & set(held)
+    assert sorted([*keep, *held]) == list(range(1000)) and list(keep) == sorted(keep)
+    # the rule as documented, recomputed: the last 100 of a permutation seeded by VALIDATION_SEED
+    assert set(held) == set(np.random.default_rng(VALIDATION_SEED).permutation(1000)[-100:])
+    again_keep, again_held = validation_split(1000, 100)
+    assert (again_keep == keep).all() and (again_held == held).all()
+    for size in (0, 1000):
+        with pytest.raises(BnnkitError, match=r"validation must be 1..999 images \(the training set has 1000\)"):
+            validation_split(1000, size)
+
+
+def record_training(monkeypatch):
+    """What every training of this process saw: its training images, first batch and initial weights."""
+    import bnnkit.training.loop as loop
+
+    seen = []
+    batches, the_model = loop.batches, loop.the_model
+
+    def record_batches(ds, batch_size, *, shuffle, **kw):
+        if shuffle and kw.get("epoch") == 0:
+            first = next(iter(batches(ds, batch_size, shuffle=True, **kw)))
+            seen[-1] |= {"train_x": ds.x, "first_batch": first}
+        return batches(ds, batch_size, shuffle=shuffle, **kw)
+
+    def record_model(config, model, out):
+        config, model = the_model(config, model, out)
+        seen.append({"seed": config.seed, "init": {k: v.clone() for k, v in model.state_dict().items()}})
+        return config, model
+
+    monkeypatch.setattr(loop, "batches", record_batches)
+    monkeypatch.setattr(loop, "the_model", record_model)
+    return seen
+
+
+@pytest.mark.slow
+def test_paired_runs_share_batches_and_initial_weights_and_never_train_on_validation(tmp_path, monkeypatch):
+    from bnnkit.data import load_dataset
+
+    seen = record_training(monkeypatch)
+    grid = expand({**PROTOCOL, "methods": ["rsign"]})
+    result = run_review(grid, tmp_path, progress=False)
+    assert result["done"] == 4, result
+    assert [s.label for s in grid.runs] == ["baseline", "baseline", "rsign", "rsign"] and len(seen) == 4
+    base0, base1, rsign0, rsign1 = seen
+    assert torch_equal(base0["first_batch"], rsign0["first_batch"]) and torch_equal(
+        base1["first_batch"], rsign1["first_batch"]
+    )
+    assert not torch_equal(base0["first_batch"], base1["first_batch"])
+    shared = [k for k in base0["init"] if k in rsign0["init"] and base0["init"][k].shape == rsign0["init"][k].shape]
+    assert shared and all((base0["init"][k] == rsign0["init"][k]).all() for k in shared)
+    assert any((base0["init"][k] != base1["init"][k]).any() for k in shared)
+    # no held-out image among the training images (digits has no duplicate images between the two)
+    full = load_dataset("digits", "train")
+    from bnnkit.training.loop import validation_split
+
+    keep, held = validation_split(len(full.y), 300)
+    assert (base0["train_x"] == full.x[keep]).all()
+    with Store(tmp_path) as store:
+        rows = store.rows()
+        meta = store.meta("validation/digits/300")
+    assert all(r["val_final"] is not None and len(json.loads(r["val_curve_json"])) == 1 for r in rows)
+    assert meta["images"] == 300 and len(meta["sha256"]) == 64
+
+
+def torch_equal(a, b):
+    return all((x == y).all() for x, y in zip(a, b, strict=True))
+
+
+def fake_screen(tmp_path, grid, val):
+    with Store(tmp_path) as store:
+        store.add(grid.runs)
+        for spec in grid.runs:
+            v = val[spec.label] + spec.config.seed / 1000
+            store.finish(
+                spec.key,
+                {"status": "done", "top1_final": 0.5, "top1_best": 0.5, "val_final": v, "val_best": v, "val_best_epoch": 1,
+                 "val_curve": [v], "train_seconds": 1.0, "costs": {"params": 1}},
+            )  # fmt: skip
+        return [r for r in store.rows() if r["stage"] == "screen"]
+
+
+def test_confirm_takes_the_top_k_by_validation_plus_the_named_entries(tmp_path):
+    table = {**PROTOCOL, "methods": ["rsign", "xnor_weight_scale", "prelu", "xnor_activation_scale"]}
+    table["confirm"] = {**table["confirm"], "top_k": 2, "always": ["prelu", "rsign+prelu"]}
+    grid = expand(table)
+    val = {"baseline": 0.5, "rsign": 0.49, "xnor_weight_scale": 0.56, "prelu": 0.40, "xnor_activation_scale": 0.53}
+    screen = fake_screen(tmp_path, grid, val)
+    confirmation, ranking = grid.confirmation(screen)
+    assert [r["label"] for r in ranking] == ["xnor_weight_scale", "xnor_activation_scale", "rsign", "prelu"]
+    assert ranking[0]["delta_val"] == pytest.approx(0.06) and ranking[0]["n"] == 2
+    labels = list(dict.fromkeys(r.label for r in confirmation.runs))
+    assert labels == ["baseline", "xnor_weight_scale", "xnor_activation_scale", "prelu", "rsign+prelu"]
+    assert {r.config.seed for r in confirmation.runs} == {0, 1, 2} and {r.stage for r in confirmation.runs} == {
+        "confirm"
+    }
+    assert {(r.limit_train, r.validation, r.config.epochs) for r in confirmation.runs} == {(600, 300, 1)}
+    assert not {r.key for r in confirmation.runs} & {r.key for r in grid.runs}
+
+
+@pytest.mark.parametrize(
+    "confirm, message",
+    [
+        ({"epochs": 1, "seeds": [0, 1]}, r"confirm.seeds must be a list of 3 or more distinct integer seeds"),
+        ({"seeds": [0, 1, 2]}, r"\[review.confirm\] needs epochs"),
+        ({"epochs": 1, "seeds": [0, 1, 2], "top": 1}, r"unknown key\(s\) top in \[review.confirm\]"),
+        ({"epochs": 1, "seeds": [0, 1, 2], "top_k": -1}, "confirm.top_k must be an integer >= 0, got -1"),
+        ({"epochs": 1, "seeds": [0, 1, 2], "always": ["rsign+nope"]}, "unknown repair method 'nope'"),
+    ],
+)
+def test_confirm_table_errors(confirm, message):
+    with pytest.raises(BnnkitError, match=message):
+        expand({**PROTOCOL, "confirm": confirm})
+    with pytest.raises(BnnkitError, match="ranks the screen on validation accuracy: set validation"):
+        expand({**TINY, "confirm": PROTOCOL["confirm"]})
+
+
+def test_confirm_before_the_screen_is_done_is_an_error(tmp_path, capsys):
+    grid_file = write_grid(tmp_path / "grid.toml", {k: v for k, v in PROTOCOL.items() if k != "confirm"})
+    assert main(["review", str(grid_file), "--out", str(tmp_path / "a"), "--stage", "confirm"]) == 2
+    assert capsys.readouterr().err == f"error: {grid_file}: no [review.confirm] table: nothing to confirm\n"
+    grid = expand(PROTOCOL)
+    (tmp_path / "b").mkdir()
+    with Store(tmp_path / "b") as store:
+        store.add(grid.runs)
+    with pytest.raises(BnnkitError, match=r"6 of the screen's 6 runs are not done; run --stage screen first"):
+        run_review(grid, tmp_path / "b", stage="confirm", progress=False)
+
+
+@pytest.mark.slow
+def test_screen_then_confirm_from_the_command_line_resumes_and_reports(tmp_path, capsys):
+    grid_file = write_grid(tmp_path / "grid.toml", {k: v for k, v in PROTOCOL.items() if k != "confirm"})
+    grid_file.write_text(
+        grid_file.read_text() + '[review.confirm]\nepochs = 1\nseeds = [0, 1, 2]\ntop_k = 1\nalways = ["prelu"]\n'
+    )
+    out = tmp_path / "review"
+    assert main(["review", str(grid_file), "--out", str(out), "--stage", "screen", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ran"] == 6
+    assert main(["review", str(grid_file), "--out", str(out), "--stage", "all", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ran"] == 0  # the screen is done: nothing of it runs again
+    best = result["screen_ranking"][0]["label"]
+    confirm = result["confirm"]
+    assert confirm["done"] == confirm["ran"] == 3 * len({"baseline", best, "prelu"})
+    assert main(["review", str(grid_file), "--out", str(out), "--stage", "confirm", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ran"] == 0
+
+    assert main(["report", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    stages = {r["stage"] for r in report["rows"]}
+    assert stages == {"screen", "confirm"}
+    (agreement,) = report["rank_agreement"]
+    # prelu was not screened: the rankings share the one entry both ran (too few for a correlation)
+    assert agreement["confirm"].startswith("confirm: ") and agreement["labels"] == [best]
+    assert agreement["spearman"] is None
+    confirmed = [r for r in report["rows"] if r["stage"] == "confirm" and r["label"] != "baseline"]
+    assert all(r["n_pairs"] == 3 and r["delta_ci_low"] <= r["delta_top1"] <= r["delta_ci_high"] for r in confirmed)
+    assert (out / "plots" / "study2_val_curves.png").stat().st_size > 0
+
+
+def test_a_damaged_store_neither_crashes_the_report_nor_passes_a_bad_split(tmp_path):
+    grid = expand({**PROTOCOL, "methods": ["rsign"]})
+    fake_screen(tmp_path, grid, {"baseline": 0.5, "rsign": 0.6})
+    with Store(tmp_path) as store:
+        store.db.execute("UPDATE runs SET val_curve_json = '[1, \"x\"' WHERE label = 'rsign'")
+        store.db.execute("UPDATE runs SET val_curve_json = '[NaN]' WHERE label = 'baseline' AND seed = 0")
+        store.db.execute("INSERT INTO meta VALUES ('validation/digits/300', '{not json')")
+        with pytest.raises(
+            BnnkitError, match=r"review.sqlite: meta 'validation/digits/300' is not JSON; the store is damaged"
+        ):
+            store.meta("validation/digits/300")
+    result = write_report(tmp_path)
+    assert (tmp_path / "plots" / "val_curves.png").stat().st_size > 0 and len(result["rows"]) == 2

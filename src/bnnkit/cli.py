@@ -334,7 +334,12 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def cmd_review(args: argparse.Namespace) -> None:
     from bnnkit.review import load_grid, methods_override, run_review
 
-    given = {"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test}
+    given = {
+        "epochs": args.epochs,
+        "limit_train": args.limit_train,
+        "limit_test": args.limit_test,
+        "validation": args.validation,
+    }
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if args.seeds is not None:
         try:
@@ -358,15 +363,32 @@ def cmd_review(args: argparse.Namespace) -> None:
         retry_failed=args.retry_failed,
         progress=not args.json,
         threads=args.threads,
+        stage=args.stage,
     )
+    _emit(args, result, _review_text(args, result))
+
+
+def _review_text(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    lines = []
+    if "runs" in result:
+        lines.append(_review_counts(args, result, result["stage"] if result["stage"] != "all" else "screen"))
+    if "screen_ranking" in result:
+        ranked = ", ".join(f"{r['label']} {100 * r['delta_val']:+.2f}" for r in result["screen_ranking"])
+        lines.append(f"screen ranking (validation Δ, points): {ranked}")
+    if "confirm" in result:
+        lines.append(_review_counts(args, result["confirm"], "confirm"))
+    return "\n".join(lines)
+
+
+def _review_counts(args: argparse.Namespace, result: dict[str, Any], stage: str) -> str:
     text = (
-        f"{args.grid}: {result['runs']} runs, {result['done']} done, {result['failed']} failed "
+        f"{args.grid} ({stage}): {result['runs']} runs, {result['done']} done, {result['failed']} failed "
         f"({result['ran']} ran now); results in {result['store']}; tables and plots: bnnkit report {args.out}"
     )
     if result["failed"]:
         text += "\nfailed: " + ", ".join(f"{r['label']} (seed {r['seed']})" for r in result["failed_runs"])
         text += f"; errors in bnnkit report {args.out}; rerun them with --retry-failed"
-    _emit(args, result, text)
+    return text
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -653,12 +675,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="override the grid's methods and combinations, e.g. rsign,prelu,rsign+prelu")
     p.add_argument("--limit-train", type=int, help="train on the first N images only")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
+    p.add_argument("--validation", type=int, help="override the grid's validation: training images held out")
     p.add_argument(
         "--threads",
         type=int,
         help="threads per run (default: the free cores split between the --workers; ray: 1, one CPU per task)",
     )
     p.add_argument("--data-dir")
+    p.add_argument(
+        "--stage",
+        choices=("screen", "confirm", "all"),
+        default="screen",
+        help="screen: the grid; confirm: its [review.confirm] runs, chosen on the finished screen's validation"
+        " accuracy; all: both (default screen)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object with the counts")
     p.set_defaults(fn=cmd_review)
 

@@ -17,6 +17,18 @@ A grid is the ``[review]`` table of a TOML file, or of a preset shipped with bnn
     limit_test = 1024
     data_dir = "data"                 # optional; relative paths are relative to the grid file
     recipe = { lr = 3e-3 }            # optional overrides of the base recipe's fields
+    validation = 5000                 # hold out N training images; every choice uses them
+
+    [review.confirm]                  # optional: what `bnnkit review --stage confirm` runs
+    epochs = 30
+    seeds = [0, 1, 2, 3, 4]           # >= 3
+    top_k = 3                         # the screen's k best methods by paired validation Δ ...
+    always = ["rsign", "feature_norm", "double_residual", "rsign+feature_norm+double_residual"]  # ... and these
+    # limit_train / limit_test: absent = every image (the screen's limits do not carry over)
+
+The screen runs the baseline, every method and every combination; the confirmation runs the
+baseline, the top_k entries of the screen ranked by their mean paired difference in final
+validation accuracy to the baseline, and the ``always`` entries, each on the confirm budget.
 
 Every run is identified by the SHA-256 of everything that decides its result, so changing
 any of it makes a new run instead of silently reusing an old one.
@@ -27,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -52,7 +64,19 @@ KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "limit_test": (int, "an integer >= 1"),
     "data_dir": (str, "a path"),
     "recipe": (dict, "a table of recipe fields"),
+    "validation": (int, "an integer >= 1 (training images held out)"),
+    "confirm": (dict, "a table: epochs, seeds, top_k, always, limit_train, limit_test"),
 }
+CONFIRM_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "epochs": (int, "an integer >= 1"),
+    "seeds": (list, "a list of 3 or more distinct integer seeds"),
+    "top_k": (int, "an integer >= 0"),
+    "always": (list, "a list of method names or combinations joined by '+'"),
+    "limit_train": (int, "an integer >= 1"),
+    "limit_test": (int, "an integer >= 1"),
+}
+MIN_CONFIRM_SEEDS = 3
+STAGES = ("screen", "confirm")
 REQUIRED = ("model", "dataset", "epochs", "seeds")
 
 
@@ -67,6 +91,8 @@ class RunSpec:
     config: RunConfig
     limit_train: int | None = None
     limit_test: int | None = None
+    validation: int | None = None  # training images held out (bnnkit.training.loop.validation_split)
+    stage: str = "screen"
 
     @property
     def key(self) -> str:
@@ -74,6 +100,11 @@ class RunSpec:
         # Where the data lives does not change a result; moving it must not retrain.
         identity.pop("data_dir")
         identity["limits"] = [self.limit_train, self.limit_test]
+        # Only where set, so that the keys of stores written before these fields existed stay valid.
+        if self.validation is not None:
+            identity["validation"] = self.validation
+        if self.stage != "screen":
+            identity["stage"] = self.stage
         return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -83,6 +114,36 @@ class Grid:
     runs: list[RunSpec]
     # (label, reason) of methods dropped because the model cannot use them
     skipped: list[tuple[str, str]]
+    raw: dict[str, Any] = field(default_factory=dict)  # the [review] table, to derive the confirmation from
+    folder: Path | None = None
+
+    def confirmation(self, screen: list[dict[str, Any]]) -> tuple[Grid, list[dict[str, Any]]]:
+        """The confirmation grid chosen from the store rows ``screen`` of this grid's runs,
+        and the screen's ranking it was chosen from."""
+        confirm = self.raw.get("confirm")
+        if confirm is None:
+            raise BnnkitError(f"{self.source}: no [review.confirm] table: nothing to confirm")
+        ranking = screen_ranking(screen)
+        chosen = [r["label"] for r in ranking[: confirm.get("top_k", 3)]]
+        labels = list(dict.fromkeys([*chosen, *confirm.get("always", [])]))
+        table = {k: v for k, v in self.raw.items() if k not in ("limit_train", "limit_test", "confirm")}
+        table |= {k: v for k, v in confirm.items() if k not in ("top_k", "always")}
+        table |= methods_override(",".join(labels)) if labels else {"methods": [], "combinations": []}
+        # An `always` entry the model cannot use is dropped, as skip_inapplicable drops it from the screen.
+        grid = expand({**table, "skip_inapplicable": True}, self.source, self.folder, stage="confirm")
+        return replace(grid, raw=self.raw), ranking
+
+
+def screen_ranking(screen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every entry but the baseline with its mean paired difference in final validation
+    accuracy to the baseline (seeds both finished), best first; ties by label."""
+    base = {r["seed"]: r["val_final"] for r in screen if r["label"] == BASELINE_LABEL and r["status"] == "done"}
+    pairs: dict[str, list[float]] = {}
+    for r in screen:
+        if r["label"] != BASELINE_LABEL and r["status"] == "done" and r["seed"] in base:
+            pairs.setdefault(r["label"], []).append(r["val_final"] - base[r["seed"]])
+    ranking = [{"label": label, "delta_val": sum(d) / len(d), "n": len(d)} for label, d in pairs.items()]
+    return sorted(ranking, key=lambda r: (-r["delta_val"], r["label"]))
 
 
 def preset_names() -> list[str]:
@@ -142,6 +203,38 @@ def _check(raw: dict[str, Any], source: str) -> None:
     for combo in raw.get("combinations", []):
         if not isinstance(combo, list) or len(combo) < 2 or not all(isinstance(m, str) for m in combo):
             raise BnnkitError(f"{source}: each combination must list two or more method names, got {combo!r}")
+    if "validation" in raw and raw["validation"] < 1:
+        raise BnnkitError(f"{source}: validation must be >= 1, got {raw['validation']}")
+    if "confirm" in raw:
+        _check_confirm(raw, source)
+
+
+def _check_confirm(raw: dict[str, Any], source: str) -> None:
+    confirm = raw["confirm"]
+    unknown = sorted(set(confirm) - set(CONFIRM_KEYS))
+    if unknown:
+        raise BnnkitError(
+            f"{source}: unknown key(s) {', '.join(unknown)} in [review.confirm]; known: {', '.join(CONFIRM_KEYS)}"
+        )
+    for key in ("epochs", "seeds"):
+        if key not in confirm:
+            raise BnnkitError(f"{source}: [review.confirm] needs {key}")
+    for key, value in confirm.items():
+        types, what = CONFIRM_KEYS[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise BnnkitError(f"{source}: confirm.{key} must be {what}, got {value!r}")
+        if isinstance(value, int) and value < (0 if key == "top_k" else 1):
+            raise BnnkitError(f"{source}: confirm.{key} must be {what}, got {value!r}")
+    seeds = confirm["seeds"]
+    if len(seeds) < MIN_CONFIRM_SEEDS or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
+        raise BnnkitError(f"{source}: confirm.seeds must be {CONFIRM_KEYS['seeds'][1]}, got {seeds!r}")
+    if "validation" not in raw:
+        raise BnnkitError(f"{source}: [review.confirm] ranks the screen on validation accuracy: set validation")
+    for entry in confirm.get("always", []):
+        if not isinstance(entry, str) or not entry:
+            raise BnnkitError(f"{source}: confirm.always must be {CONFIRM_KEYS['always'][1]}, got {entry!r}")
+        for name in entry.split("+"):
+            get_method(name)
 
 
 def _methods(raw: dict[str, Any]) -> list[str]:
@@ -176,11 +269,11 @@ def _study(raw: dict[str, Any], base: Recipe) -> str:
     text = f"{model} on {raw['dataset']}, {epochs}, base {base.name}"
     if raw.get("recipe"):
         text += " with " + ", ".join(f"{k}={v}" for k, v in raw["recipe"].items())
-    limits = [f"{k}={raw[k]}" for k in ("limit_train", "limit_test") if k in raw]
+    limits = [f"{k}={raw[k]}" for k in ("limit_train", "limit_test", "validation") if k in raw]
     return text + (f" ({', '.join(limits)})" if limits else "")
 
 
-def expand(raw: dict[str, Any], source: str = "grid", folder: Path | None = None) -> Grid:
+def expand(raw: dict[str, Any], source: str = "grid", folder: Path | None = None, stage: str = "screen") -> Grid:
     """The runs of a grid table: the baseline, each method, each combination, × seeds.
 
     Every entry is built once on the CPU first, so a method the model cannot use fails the
@@ -213,7 +306,7 @@ def expand(raw: dict[str, Any], source: str = "grid", folder: Path | None = None
     for combo in raw.get("combinations", []):
         entries.append(("+".join(combo), COMBINATION, "", combo))
 
-    study = _study(raw, base)
+    study = _study(raw, base) if stage == "screen" else f"{stage}: {_study(raw, base)}"
     runs, bad = [], []
     for label, category, kind, names in entries:
         try:
@@ -225,7 +318,15 @@ def expand(raw: dict[str, Any], source: str = "grid", folder: Path | None = None
             continue
         runs += [
             RunSpec(
-                label, category, kind, study, replace(config, seed=seed), raw.get("limit_train"), raw.get("limit_test")
+                label,
+                category,
+                kind,
+                study,
+                replace(config, seed=seed),
+                raw.get("limit_train"),
+                raw.get("limit_test"),
+                raw.get("validation"),
+                stage,
             )
             for seed in raw["seeds"]
         ]
@@ -235,7 +336,7 @@ def expand(raw: dict[str, Any], source: str = "grid", folder: Path | None = None
             f"{source}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} cannot be built for {raw['model']} "
             f"(set skip_inapplicable = true to drop them):\n{lines}"
         )
-    return Grid(source=source, runs=runs, skipped=bad)
+    return Grid(source=source, runs=runs, skipped=bad, raw=raw, folder=folder)
 
 
 def methods_override(text: str) -> dict[str, list]:

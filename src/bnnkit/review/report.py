@@ -1,16 +1,20 @@
 """``bnnkit report DIR``: the store as tables and plots.
 
 One row per label (the baseline, a method, a combination) of each study: over the seeds
-that finished, top-1 mean ± sample standard deviation (ddof=1; none for a single seed),
-its difference to the baseline's mean, the best-epoch accuracy, the training time, and
-every cost column with its difference to the baseline. Writes DIR/report.md,
-DIR/report.csv and DIR/plots/*.png.
+that finished, test top-1 of the last-epoch model (mean ± sample std, ddof=1), validation
+accuracy, the paired difference to the baseline with its 95% t interval, Holm-adjusted
+p-value and minimum detectable effect (``bnnkit.review.stats``), the training time, and
+every cost column with its difference to the baseline. For a screen and its confirmation,
+Spearman's correlation of their rankings. Writes DIR/report.md, DIR/report.csv and
+DIR/plots/*.png (accuracy against each cost, Δ by category, validation curves).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 import statistics
 import textwrap
 from collections import defaultdict
@@ -19,6 +23,7 @@ from typing import Any
 
 from bnnkit.files import atomic_write, make_dir
 from bnnkit.recipe import TOPOLOGY, TRAINING
+from bnnkit.review.stats import holm, mean_ci, paired, spearman
 from bnnkit.review.store import BASELINE_LABEL, COMBINATION, Store
 from bnnkit.training.plots import label_points, max_column, pyplot, save_figure
 
@@ -55,8 +60,10 @@ def summarize(runs: list[dict[str, Any]], costs: list[str]) -> list[dict[str, An
     for (study, label), members in groups.items():
         done = [r for r in members if r["status"] == "done"]
         top1 = [r["top1_final"] for r in done]
+        val = [r["val_final"] for r in done if r.get("val_final") is not None]
         row = {
             "study": study,
+            "stage": members[0].get("stage") or "screen",
             "label": label,
             "category": members[0]["category"],
             "kind": members[0]["kind"],
@@ -65,18 +72,15 @@ def summarize(runs: list[dict[str, Any]], costs: list[str]) -> list[dict[str, An
             "pending": sum(r["status"] in ("pending", "running") for r in members),
             "top1_mean": _mean(top1),
             "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
-            "top1_best_mean": _mean([r["top1_best"] for r in done]),
+            "top1_ci": mean_ci(top1)[1] if top1 else None,
+            "val_mean": _mean(val),
+            "val_best_epoch_mean": _mean([r["val_best_epoch"] for r in done if r.get("val_best_epoch") is not None]),
             "train_seconds_mean": _mean([r["train_seconds"] for r in done]),
         }
         for cost in costs:
             row[cost] = _mean([r[f"cost_{cost}"] for r in done if r.get(f"cost_{cost}") is not None])
         rows.append(row)
-    baselines = {r["study"]: r for r in rows if r["label"] == BASELINE_LABEL}
-    for row in rows:
-        base = baselines.get(row["study"], {})
-        row["delta_top1"] = _minus(row["top1_mean"], base.get("top1_mean"))
-        for cost in costs:
-            row[f"delta_{cost}"] = _minus(row[cost], base.get(cost))
+    _compare_with_baselines(rows, groups, costs)
     studies = list(dict.fromkeys(r["study"] for r in runs))
 
     def order(row):
@@ -90,6 +94,61 @@ def summarize(runs: list[dict[str, Any]], costs: list[str]) -> list[dict[str, An
         )
 
     return sorted(rows, key=order)
+
+
+def _by_seed(members: list[dict], metric: str) -> dict[int, float]:
+    return {r["seed"]: r[metric] for r in members if r["status"] == "done" and r.get(metric) is not None}
+
+
+def _compare_with_baselines(rows: list[dict], groups: dict[tuple[str, str], list[dict]], costs: list[str]) -> None:
+    """Δ columns: top-1 and validation as means of the per-seed differences to the baseline
+    (seeds both finished: ``stats.paired``), costs as differences of the means; then the
+    p-values Holm-adjusted over each study's entries."""
+    baselines = {r["study"]: r for r in rows if r["label"] == BASELINE_LABEL}
+    for row in rows:
+        base = baselines.get(row["study"], {})
+        base_runs = groups.get((row["study"], BASELINE_LABEL), [])
+        members = groups[row["study"], row["label"]]
+        for metric, name in (("top1_final", "top1"), ("val_final", "val")):
+            mine, theirs = _by_seed(members, metric), _by_seed(base_runs, metric)
+            seeds = sorted(set(mine) & set(theirs))
+            result = paired([mine[s] for s in seeds], [theirs[s] for s in seeds]) if seeds else None
+            row[f"delta_{name}"] = result.delta if result else None
+            if name == "top1":
+                row["n_pairs"] = len(seeds)
+                for field in ("ci_low", "ci_high", "p", "mde"):
+                    row[f"delta_{field}"] = (
+                        getattr(result, field) if result and row["label"] != BASELINE_LABEL else None
+                    )
+        for cost in costs:
+            row[f"delta_{cost}"] = _minus(row[cost], base.get(cost))
+    for study in baselines:
+        tested = [r for r in rows if r["study"] == study and r["delta_p"] is not None]
+        for r, adjusted in zip(tested, holm([r["delta_p"] for r in tested]), strict=True):
+            r["delta_p_holm"] = adjusted
+    for row in rows:
+        row.setdefault("delta_p_holm", None)
+
+
+def rank_agreement(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each confirmation study, Spearman's correlation between the screen's ranking
+    (validation Δ) and the confirmation's (test Δ) of the entries both ran, the baseline
+    excluded. The screen of a confirmation is the screen study of the same model and dataset."""
+    studies: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for run in runs:
+        studies[run["model"], run["dataset"], run.get("stage") or "screen"].add(run["study"])
+    result = []
+    for (model, dataset, stage), confirms in studies.items():
+        screens = studies.get((model, dataset, "screen"), set())
+        if stage != "confirm" or len(screens) != 1 or len(confirms) != 1:
+            continue
+        (screen,), (confirm,) = screens, confirms
+        before = {r["label"]: r["delta_val"] for r in rows if r["study"] == screen and r["delta_val"] is not None}
+        after = {r["label"]: r["delta_top1"] for r in rows if r["study"] == confirm and r["delta_top1"] is not None}
+        labels = sorted((set(before) & set(after)) - {BASELINE_LABEL})
+        rho = spearman([before[x] for x in labels], [after[x] for x in labels])
+        result.append({"screen": screen, "confirm": confirm, "labels": labels, "spearman": rho})
+    return result
 
 
 # --- Markdown ---------------------------------------------------------------------------
@@ -106,7 +165,32 @@ def _num(value: float | None, signed: bool = False) -> str:
     return f"{value:{sign},.0f}" if abs(value) >= 100 or value == int(value) else f"{value:{sign}.3g}"
 
 
-def _markdown(rows: list[dict], runs: list[dict], costs: list[str]) -> str:
+def _p(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _delta_cell(r: dict) -> str:
+    text = _pct(r["delta_top1"], signed=True)
+    if r.get("delta_ci_low") is not None:
+        text += f" [{_pct(r['delta_ci_low'], signed=True)}, {_pct(r['delta_ci_high'], signed=True)}]"
+    return text
+
+
+STATISTICS_NOTE = (
+    "Top-1: test accuracy in % of each run's last-epoch model, mean ± sample std over the seeds that finished "
+    "(n); no choice reads it. Val: validation accuracy (training images held out, the same for every run) of "
+    "the same model; best ep.: the epoch of best validation accuracy, mean over seeds. "
+    "Δ top-1: mean over the seeds both finished of (entry − baseline) in points; a method and the baseline "
+    "with one seed share batches and, where the shapes agree, initial weights. [95% CI]: Student's t interval "
+    "of that mean (n − 1 df); p: two-sided paired t test, Holm-adjusted over the study's entries; MDE: the "
+    "smallest true Δ a paired t test on these seeds detects with 80% power at α = 0.05, given the observed "
+    "spread of the differences. Costs (bnnkit.cost.model_costs, one inference): value (Δ)."
+)
+
+
+def _markdown(rows: list[dict], runs: list[dict], costs: list[str], agreement: list[dict]) -> str:
     status: defaultdict[str, int] = defaultdict(int)
     for run in runs:
         status[run["status"]] += 1
@@ -116,11 +200,10 @@ def _markdown(rows: list[dict], runs: list[dict], costs: list[str]) -> str:
         f"{len(runs)} runs: "
         + ", ".join(f"{status[s]} {s}" for s in ("done", "running", "pending", "failed") if status[s])
         + ".",
-        "Top-1 in %: mean ± sample std over the seeds that finished (n); Δ against the baseline's mean "
-        "(percentage points for top-1); best: the best epoch's test accuracy, mean over seeds; "
-        "costs (bnnkit.cost.model_costs, one inference): value (Δ).",
+        STATISTICS_NOTE,
     ]
-    header = ["label", "category", "n", "top-1", "Δ top-1", "best", "train s", *costs]
+    header = ["label", "category", "n", "top-1", "Δ top-1 [95% CI]", "p (Holm)", "MDE", "val", "Δ val", "best ep."]
+    header += ["train s", *costs]
     for study in dict.fromkeys(r["study"] for r in rows):
         lines += ["", f"## {study}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in (r for r in rows if r["study"] == study):
@@ -131,12 +214,27 @@ def _markdown(rows: list[dict], runs: list[dict], costs: list[str]) -> str:
                 category,
                 f"{r['n']}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
                 top1,
-                _pct(r["delta_top1"], signed=True),
-                _pct(r["top1_best_mean"]),
+                _delta_cell(r),
+                _p(r["delta_p_holm"]),
+                _pct(r["delta_mde"]),
+                _pct(r["val_mean"]),
+                _pct(r["delta_val"], signed=True),
+                "–" if r["val_best_epoch_mean"] is None else f"{r['val_best_epoch_mean']:.1f}",
                 _num(r["train_seconds_mean"]),
                 *(f"{_num(r[c])} ({_num(r[f'delta_{c}'], signed=True)})" for c in costs),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    for a in agreement:
+        rho = (
+            "undefined (fewer than 3 entries, or a constant ranking)"
+            if a["spearman"] is None
+            else f"{a['spearman']:+.2f}"
+        )
+        lines += [
+            "",
+            f"Screen ({a['screen']}) vs confirmation: Spearman's ρ between the screen's validation Δ and the "
+            f"confirmation's test Δ over {len(a['labels'])} entries ({', '.join(a['labels'])}): {rho}.",
+        ]
     failed = [r for r in runs if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed runs", "", "Rerun them with `bnnkit review GRID --out DIR --retry-failed`.", ""]
@@ -173,7 +271,7 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
                 ax.errorbar(
                     r[cost],
                     100 * r["top1_mean"],
-                    yerr=100 * (r["top1_std"] or 0),
+                    yerr=100 * (r.get("top1_ci") or 0),
                     fmt="o",
                     capsize=3,
                     color=COLORS.get(r["category"], "tab:gray"),
@@ -181,7 +279,7 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
                 )
             ax.set(
                 xlabel=COST_AXES.get(cost, cost.replace("_", " ")),
-                ylabel="top-1 accuracy (%; error bar: std over seeds)",
+                ylabel="top-1 accuracy (%; error bar: 95% t interval of the mean)",
                 title=textwrap.fill(study, 90),
             )
             ax.title.set_fontsize(9)
@@ -199,21 +297,82 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
         ax.barh(
             positions,
             [100 * r["delta_top1"] for r in bars],
-            xerr=[100 * (r["top1_std"] or 0) for r in bars],
+            xerr=[100 * _half_width(r) for r in bars],
             color=[COLORS.get(r["category"], "tab:gray") for r in bars],
             capsize=2,
         )
         ax.set_yticks(list(positions), [r["label"] for r in bars], fontsize=7)
         ax.invert_yaxis()
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set(
-            xlabel="Δ top-1 vs baseline (percentage points; error bar: std over seeds)", title=textwrap.fill(study, 90)
-        )
+        ax.set(xlabel="Δ top-1 vs baseline (points; error bar: 95% paired t interval)", title=textwrap.fill(study, 90))
         ax.title.set_fontsize(9)
         ax.grid(axis="x", alpha=0.3)
         _legend(ax, {r["category"] for r in bars})
         save_figure(fig, folder / f"{prefix}delta_by_category.png")
         written.append(folder / f"{prefix}delta_by_category.png")
+    return written
+
+
+def _half_width(row: dict) -> float:
+    low, high = row.get("delta_ci_low"), row.get("delta_ci_high")
+    return 0.0 if low is None or high is None else (high - low) / 2
+
+
+def _curve(text: str | None) -> list[float] | None:
+    """A stored validation curve, or None where the store holds something else (a damaged or
+    foreign store draws without that run rather than failing the report)."""
+    try:
+        curve = json.loads(text) if text else None
+    except ValueError:
+        return None
+    ok = isinstance(curve, list) and all(type(v) in (int, float) and math.isfinite(v) for v in curve)
+    return curve if ok and curve else None
+
+
+def _curves(runs: list[dict], folder: Path) -> list[Path]:
+    """Per study, each entry's validation accuracy per epoch, mean over its finished seeds."""
+    plt = pyplot()
+    studies = list(dict.fromkeys(r["study"] for r in runs))
+    written = []
+    for i, study in enumerate(studies, 1):
+        curves: dict[str, list[list[float]]] = defaultdict(list)
+        category = {}
+        for r in runs:
+            curve = _curve(r.get("val_curve_json")) if r["study"] == study and r["status"] == "done" else None
+            if curve:
+                curves[r["label"]].append(curve)
+                category[r["label"]] = r["category"]
+        if not curves:
+            continue
+        from matplotlib.ticker import MaxNLocator
+
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        ends: list[tuple[float, float, str]] = []
+        for label, members in curves.items():
+            length = min(map(len, members))
+            mean = [100 * statistics.fmean(c[e] for c in members) for e in range(length)]
+            baseline = label == BASELINE_LABEL
+            ax.plot(
+                range(1, length + 1),
+                mean,
+                color=COLORS.get(category[label], "tab:gray"),
+                linewidth=2.0 if baseline else 0.8,
+                alpha=1.0 if baseline else 0.6,
+                marker="o" if length < 20 else None,
+                markersize=3,
+            )
+            ends.append((length, mean[-1], label))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.margins(x=0.15)
+        ax.set(xlabel="epoch", ylabel="validation accuracy (%; mean over seeds)", title=textwrap.fill(study, 90))
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        _legend(ax, set(category.values()))
+        xs, ys, names = zip(*ends, strict=True)
+        label_points(ax, xs, ys, names)
+        path = folder / f"{f'study{i}_' if len(studies) > 1 else ''}val_curves.png"
+        save_figure(fig, path)
+        written.append(path)
     return written
 
 
@@ -254,7 +413,9 @@ def write_report(directory: str | Path) -> dict[str, Any]:
     with Store(directory, create=False) as store:
         runs, costs = store.rows(), store.cost_columns()
     rows = summarize(runs, costs)
-    atomic_write(directory / "report.md", _markdown(rows, runs, costs))
+    agreement = rank_agreement(runs, rows)
+    atomic_write(directory / "report.md", _markdown(rows, runs, costs, agreement))
     atomic_write(directory / "report.csv", _csv(rows))
-    files = [directory / "report.md", directory / "report.csv", *_plots(rows, costs, directory / "plots")]
-    return {"rows": rows, "files": [str(f) for f in files]}
+    plots = [*_plots(rows, costs, directory / "plots"), *_curves(runs, directory / "plots")]
+    files = [directory / "report.md", directory / "report.csv", *plots]
+    return {"rows": rows, "rank_agreement": agreement, "files": [str(f) for f in files]}

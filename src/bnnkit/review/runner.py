@@ -25,9 +25,10 @@ from bnnkit.data import get_info
 from bnnkit.errors import BnnkitError
 from bnnkit.files import exclusive, make_dir
 from bnnkit.progress import Progress
-from bnnkit.review.grid import Grid, RunSpec
+from bnnkit.review.grid import STAGES, Grid, RunSpec
 from bnnkit.review.store import Store
 from bnnkit.training import TrainOptions, read_metrics, train
+from bnnkit.training.loop import VALIDATION_SEED
 from bnnkit.training.threads import check_threads
 
 EXECUTORS = ("local", "ray")
@@ -53,6 +54,7 @@ def execute(spec: RunSpec, out: str, threads: int | None = None, processes: int 
             progress=False,
             limit_train=spec.limit_train,
             limit_test=spec.limit_test,
+            validation=spec.validation,
             threads=threads,
             processes=processes,
         )
@@ -61,14 +63,25 @@ def execute(spec: RunSpec, out: str, threads: int | None = None, processes: int 
     except Exception as exc:
         detail = "" if isinstance(exc, BnnkitError) else "\n" + traceback.format_exc()
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}{detail}", "host": host}
+    metrics = read_metrics(directory)
     return {
         "status": "done",
         "top1_final": result["test_acc"],
         "top1_best": result["best_test_acc"],
-        "train_seconds": sum(m["epoch_seconds"] for m in read_metrics(directory)),
+        **_validation(metrics),
+        "validation_sha256": result.get("validation_sha256"),
+        "train_seconds": sum(m["epoch_seconds"] for m in metrics),
         "costs": costs,
         "host": host,
     }
+
+
+def _validation(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    curve = [m["val_acc"] for m in metrics if "val_acc" in m]
+    if len(curve) != len(metrics) or not curve:
+        return {}
+    best = max(range(len(curve)), key=curve.__getitem__)  # the first of equal bests
+    return {"val_final": curve[-1], "val_best": curve[best], "val_best_epoch": best + 1, "val_curve": curve}
 
 
 def _bounded(
@@ -170,38 +183,90 @@ def run_review(
     retry_failed: bool = False,
     progress: bool = True,
     threads: int | None = None,
+    stage: str = "screen",
 ) -> dict[str, Any]:
     """Run every run of ``grid`` that is not done yet (and the failed ones with
     ``retry_failed``) into ``out``; returns counts over the grid's runs. ``threads``: per
-    run (default: local, the free cores split between the workers; Ray, 1 per task)."""
+    run (default: local, the free cores split between the workers; Ray, 1 per task).
+
+    ``stage``: "screen" runs the grid; "confirm" runs the confirmation chosen from the
+    finished screen (``Grid.confirmation``); "all" runs both, one after the other."""
     if executor not in EXECUTORS:
         raise BnnkitError(f"unknown executor {executor!r}; use {' or '.join(EXECUTORS)}")
+    if stage not in (*STAGES, "all"):
+        raise BnnkitError(f"unknown stage {stage!r}; use screen, confirm or all")
     if workers < 1:
         raise BnnkitError(f"--workers must be >= 1, got {workers}")
+    if stage != "screen" and "confirm" not in grid.raw:
+        raise BnnkitError(f"{grid.source}: no [review.confirm] table: nothing to confirm")
     check_threads(threads)
     out = make_dir(out, "review directory")
-    host = socket.gethostname()
+
+    def run(store: Store, runs: Grid) -> dict[str, Any]:
+        return _run_grid(store, runs, out, executor, workers, address, gpus_per_run, retry_failed, progress, threads)
+
     # Held for the whole review: a second one on DIR would take the first one's 'running'
     # rows for leftovers of a dead process.
     with exclusive(out, "review directory"), Store(out) as store:
-        store.add(grid.runs)
-        status = store.statuses()
-        again = ("pending", "running", "failed") if retry_failed else ("pending", "running")
-        todo = [s for s in grid.runs if status[s.key] in again]
-        bar = Progress(
-            total=len(grid.runs), initial=len(grid.runs) - len(todo), enabled=progress, unit="run", desc="review"
+        result: dict[str, Any] = {"stage": stage}
+        if stage in ("screen", "all"):
+            result |= run(store, grid)
+        if stage in ("confirm", "all"):
+            screen = _finished_screen(store, grid)
+            confirmation, ranking = grid.confirmation(screen)
+            result["screen_ranking"] = ranking
+            result["confirm"] = run(store, confirmation)
+            if stage == "confirm":
+                result |= result.pop("confirm")
+    return result
+
+
+def _finished_screen(store: Store, grid: Grid) -> list[dict[str, Any]]:
+    rows = {r["key"]: r for r in store.rows()}
+    screen = [rows.get(s.key) for s in grid.runs]
+    unfinished = sum(r is None or r["status"] != "done" for r in screen)
+    if unfinished:
+        raise BnnkitError(
+            f"{grid.source}: {unfinished} of the screen's {len(screen)} runs are not done; "
+            "run --stage screen first (--retry-failed for failed ones)"
         )
-        if executor == "ray":
-            finished = run_ray(todo, out, workers, lambda s: store.start(s.key, host), address, gpus_per_run, threads)
-        else:
-            finished = run_local(todo, out, workers, lambda s: store.start(s.key, host), threads)
-        with bar:
-            for spec, outcome in finished:
-                store.finish(spec.key, outcome)
-                result = f"{outcome['top1_final']:.4f}" if outcome["status"] == "done" else "failed"
-                bar.set_postfix_str(f"{spec.label} seed {spec.config.seed}: {result}")
-                bar.update()
-        status = store.statuses()
+    missing = sum(r["val_final"] is None for r in screen)  # type: ignore[index]
+    if missing:
+        raise BnnkitError(f"{grid.source}: {missing} screen runs have no validation accuracy to rank them by")
+    return screen  # type: ignore[return-value]
+
+
+def _run_grid(
+    store: Store,
+    grid: Grid,
+    out: Path,
+    executor: str,
+    workers: int,
+    address: str | None,
+    gpus_per_run: float,
+    retry_failed: bool,
+    progress: bool,
+    threads: int | None,
+) -> dict[str, Any]:
+    host = socket.gethostname()
+    store.add(grid.runs)
+    status = store.statuses()
+    again = ("pending", "running", "failed") if retry_failed else ("pending", "running")
+    todo = [s for s in grid.runs if status[s.key] in again]
+    bar = Progress(
+        total=len(grid.runs), initial=len(grid.runs) - len(todo), enabled=progress, unit="run", desc="review"
+    )
+    if executor == "ray":
+        finished = run_ray(todo, out, workers, lambda s: store.start(s.key, host), address, gpus_per_run, threads)
+    else:
+        finished = run_local(todo, out, workers, lambda s: store.start(s.key, host), threads)
+    with bar:
+        for spec, outcome in finished:
+            store.finish(spec.key, _check_split(store, spec, outcome))
+            result = f"{outcome['top1_final']:.4f}" if outcome["status"] == "done" else "failed"
+            bar.set_postfix_str(f"{spec.label} seed {spec.config.seed}: {result}")
+            bar.update()
+    status = store.statuses()
     keys = [s.key for s in grid.runs]
     counts = {name: sum(status[k] == name for k in keys) for name in ("done", "failed")}
     return {
@@ -212,3 +277,28 @@ def run_review(
         "store": str(store.path),
         "failed_runs": [{"label": s.label, "seed": s.config.seed} for s in grid.runs if status[s.key] == "failed"],
     }
+
+
+def _check_split(store: Store, spec: RunSpec, outcome: Outcome) -> Outcome:
+    """The outcome, or a failure where the run held out other images than the store's
+    earlier runs of the same size (a changed dataset file, or another NumPy permutation)."""
+    digest = outcome.get("validation_sha256")
+    if outcome["status"] != "done" or digest is None:
+        return outcome
+    key = f"validation/{spec.config.dataset}/{spec.validation}"
+    recorded = store.meta(key)
+    split: dict[str, object] = {
+        "rule": f"last {spec.validation} images of numpy default_rng({VALIDATION_SEED}).permutation(n_train)",
+        "images": spec.validation,
+        "sha256": digest,
+    }
+    if recorded is None:
+        store.set_meta(key, split)
+    elif recorded["sha256"] != digest:
+        return {
+            "status": "failed",
+            "error": f"BnnkitError: validation split differs from the store's ({key}: {digest[:12]} vs "
+            f"{recorded['sha256'][:12]}): the training data changed",
+            "host": outcome.get("host"),
+        }
+    return outcome

@@ -4,11 +4,17 @@
          label, category, kind, study, seed, epochs, model, dataset, limit_train, limit_test,
          config_json,                the RunConfig (recipe included) that rebuilds the run
          status,                     pending | running | done | failed
-         top1_final, top1_best,      test accuracy after the last epoch, best over epochs
+         stage,                      screen | confirm (bnnkit review --stage)
+         top1_final, top1_best,      test accuracy after the last epoch, best over epochs (the
+                                     report shows the final one only: choices use validation)
+         val_final, val_best,        validation accuracy after the last epoch, best over epochs,
+         val_best_epoch, val_curve_json  the epoch of the best, every epoch's (null without validation)
          train_seconds,              training time summed over epochs (resumes included)
          costs_json,                 every cost of bnnkit.cost.model_costs
          cost_<name>...,             the numeric ones again as columns, added as they appear
          error, started_at, finished_at, host)
+    meta(key PRIMARY KEY, value)     facts every run of the store shares: "validation" (the split's
+                                     rule, size and the SHA-256 of its image indices)
 
 Only the review's driver process writes (the workers return their outcome to it), so the
 file never sees concurrent writers; WAL mode lets ``bnnkit report`` read while a review
@@ -61,6 +67,15 @@ CREATE TABLE IF NOT EXISTS runs (
     host TEXT
 )
 """
+# Added after the first stores were written: ALTER TABLE adds them to an older store on open.
+LATER_COLUMNS = {
+    "stage": "TEXT NOT NULL DEFAULT 'screen'",
+    "val_final": "REAL",
+    "val_best": "REAL",
+    "val_best_epoch": "INTEGER",
+    "val_curve_json": "TEXT",
+}
+META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
 def now() -> str:
@@ -83,6 +98,11 @@ class Store:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(SCHEMA)
+            self.db.execute(META_SCHEMA)
+            present = {row["name"] for row in self.db.execute("PRAGMA table_info(runs)")}
+            for name, kind in LATER_COLUMNS.items():
+                if name not in present:
+                    self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
         except sqlite3.Error as exc:
             raise BnnkitError(f"{self.path}: cannot open the review store ({exc})") from None
 
@@ -116,6 +136,7 @@ class Store:
                 s.limit_train,
                 s.limit_test,
                 json.dumps(s.config.to_dict(), sort_keys=True),
+                s.stage,
             )
             for s in specs
         ]
@@ -123,7 +144,7 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
                 "INSERT OR IGNORE INTO runs (key, label, category, kind, study, seed, epochs, model, dataset,"
-                " limit_train, limit_test, config_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " limit_train, limit_test, config_json, stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -159,11 +180,16 @@ class Store:
                     self.db.execute(f'ALTER TABLE runs ADD COLUMN "{COST_PREFIX}{name}" REAL')
             assignments = "".join(f', "{COST_PREFIX}{name}" = ?' for name in numeric)
             self.db.execute(
-                "UPDATE runs SET status = 'done', top1_final = ?, top1_best = ?, train_seconds = ?, costs_json = ?,"
+                "UPDATE runs SET status = 'done', top1_final = ?, top1_best = ?, val_final = ?, val_best = ?,"
+                " val_best_epoch = ?, val_curve_json = ?, train_seconds = ?, costs_json = ?,"
                 f" error = NULL, finished_at = ?, host = ?{assignments} WHERE key = ?",
                 (
                     outcome["top1_final"],
                     outcome["top1_best"],
+                    outcome.get("val_final"),
+                    outcome.get("val_best"),
+                    outcome.get("val_best_epoch"),
+                    json.dumps(outcome["val_curve"]) if outcome.get("val_curve") else None,
                     outcome["train_seconds"],
                     json.dumps(costs),
                     now(),
@@ -172,6 +198,18 @@ class Store:
                     key,
                 ),
             )
+
+    def meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(row["value"])
+        except (TypeError, ValueError):
+            raise BnnkitError(f"{self.path}: meta {key!r} is not JSON; the store is damaged") from None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
 
     def rows(self) -> list[dict[str, Any]]:
         return [dict(row) for row in self.db.execute("SELECT * FROM runs ORDER BY rowid")]

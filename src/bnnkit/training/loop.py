@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,6 +58,8 @@ EVAL_BATCH = 1000
 # A convolution net on a CPU evaluates 1.5-2.5x faster in batches of 128 than of 1000 (2
 # cores, docs/performance.md): its feature maps then stay in cache. MLPs and GPUs take 1000.
 CPU_CONV_EVAL_BATCH = 128
+# The validation split does not depend on the run's seed: every run of a review holds out the same images.
+VALIDATION_SEED = 0
 
 
 @dataclass
@@ -67,6 +71,8 @@ class TrainOptions:
     progress: bool = True
     limit_train: int | None = None  # first N training images only: quick checks and tests
     limit_test: int | None = None
+    # Hold out this many training images (``validation_split``), evaluated after every epoch as val_acc.
+    validation: int | None = None
     # Intra-op threads of this process. None: $OMP_NUM_THREADS, else the count a resumed run
     # recorded, else the free cores split between `processes` trainings (training.threads).
     threads: int | None = None
@@ -76,14 +82,14 @@ class TrainOptions:
     warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("limit_train", "limit_test"):
+        for name in ("limit_train", "limit_test", "validation"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):
                 raise BnnkitError(f"{name} must be an integer >= 1 (or None for all images), got {value!r}")
 
     @property
     def limits(self) -> dict[str, int | None]:
-        return {"limit_train": self.limit_train, "limit_test": self.limit_test}
+        return {"limit_train": self.limit_train, "limit_test": self.limit_test, "validation": self.validation}
 
 
 def pick_device(name: str) -> torch.device:
@@ -142,6 +148,23 @@ def _subset(ds: ArrayDataset, limit: int | None) -> ArrayDataset:
     return ArrayDataset(x=ds.x[:limit], y=ds.y[:limit], info=ds.info)
 
 
+def validation_split(n: int, size: int, seed: int = VALIDATION_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) indices into a training set of ``n`` images: the validation
+    images are the last ``size`` of ``np.random.default_rng(seed).permutation(n)``; both
+    parts are returned in file order. Carved before ``limit_train``, so a shortened run
+    holds out the same images as a full one."""
+    if not 0 < size < n:
+        raise BnnkitError(f"validation must be 1..{n - 1} images (the training set has {n}), got {size}")
+    held = np.sort(np.random.default_rng(seed).permutation(n)[n - size :])
+    keep = np.ones(n, dtype=bool)
+    keep[held] = False
+    return np.flatnonzero(keep), held
+
+
+def _take(ds: ArrayDataset, index: np.ndarray) -> ArrayDataset:
+    return ArrayDataset(x=ds.x[index], y=ds.y[index], info=ds.info)
+
+
 def _shard(ds: ArrayDataset) -> ArrayDataset:
     return ArrayDataset(x=distributed.shard(ds.x), y=distributed.shard(ds.y), info=ds.info)
 
@@ -196,7 +219,13 @@ def _train(
     main = distributed.is_main()  # the one process that writes files and prints
 
     # --- data, model, optimiser: every input checked before the run directory is touched --
-    train_ds = _subset(load_dataset(config.dataset, "train", config.data_dir), options.limit_train)
+    train_ds = load_dataset(config.dataset, "train", config.data_dir)
+    val_ds, val_digest = None, None
+    if options.validation is not None:
+        keep, held_out = validation_split(len(train_ds.y), options.validation)
+        train_ds, val_ds = _take(train_ds, keep), _take(train_ds, held_out)
+        val_digest = hashlib.sha256(held_out.astype("<i8").tobytes()).hexdigest()
+    train_ds = _subset(train_ds, options.limit_train)
     test_ds = _subset(load_dataset(config.dataset, "test", config.data_dir), options.limit_test)
     recipe = config.recipe
     batch_size = min(recipe.batch_size, len(train_ds.y))
@@ -307,6 +336,7 @@ def _train(
             "train_acc": correct / seen,
             "test_loss": test_loss / len(test_ds.y),
             "test_acc": test_correct / len(test_ds.y),
+            **_validation_metrics(model, val_ds, device),
             "epoch_seconds": train_time,
             "images_per_second": seen / train_time,
             "threads": threads,
@@ -338,4 +368,12 @@ def _train(
         plot_curves(history, out / CURVES, title=f"{config.model} on {config.dataset} ({recipe.name})")
     final = history[-1] if history else {}
     best = max((m["test_acc"] for m in history), default=float("nan"))
-    return {**final, "best_test_acc": best, "epochs": config.epochs, "out": str(out)}
+    validation = {} if val_digest is None else {"validation_sha256": val_digest}
+    return {**final, "best_test_acc": best, "epochs": config.epochs, "out": str(out), **validation}
+
+
+def _validation_metrics(model: nn.Module, val_ds: ArrayDataset | None, device: torch.device) -> dict[str, float]:
+    if val_ds is None:
+        return {}
+    loss, correct = distributed.sum_over_ranks(*_evaluation_sums(model, _shard(val_ds), device))
+    return {"val_loss": loss / len(val_ds.y), "val_acc": correct / len(val_ds.y)}

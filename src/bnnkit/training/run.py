@@ -44,7 +44,7 @@ CONFIG, WEIGHTS, STATE, METRICS, CURVES = (
 RUN_FILES = (CONFIG, WEIGHTS, STATE, METRICS, CURVES)
 # How a run's data was cut; recorded in config.json beside the RunConfig, which says what
 # is trained, because the same RunConfig on another subset is another run.
-LIMITS = ("limit_train", "limit_test")
+LIMITS = ("limit_train", "limit_test", "validation")
 MAX_EPOCHS = 1_000_000
 MAX_SEED = (1 << 63) - 1  # torch.manual_seed and NumPy's SeedSequence both take it
 
