@@ -1,6 +1,7 @@
 # Two entry points, as in the README: `make demo` installs everything and runs the demo,
 # `make test` runs the whole test suite. Both create .venv on first use. For the developer loop:
-# `make test-fast` (the suite less the tests marked slow) and `make lint`.
+# `make test-fast` (the suite less the tests marked slow, property tests at 30 examples: see
+# docs/architecture.md) and `make lint`. PYTEST_ARGS reaches pytest in both, e.g. PYTEST_ARGS="-x -k cli".
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -11,11 +12,12 @@ TEST_STAMP := $(VENV)/.installed-test
 demo: $(STAMP) system-packages
 	$(VENV)/bin/bnnkit demo
 
+PYTEST_ARGS ?=
 test: $(TEST_STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(TEST_STAMP)
-	$(VENV)/bin/python -m pytest -m "not slow"
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # lint-imports runs where import-linter is installed and configured (the layering contracts).
 LINT_FORMAT ?= $(VENV)/bin/ruff format --check src tests benchmarks

@@ -21,6 +21,7 @@ def run_cli(*args, check=True):
     return proc
 
 
+@pytest.mark.slow
 def test_train_then_eval_json(tmp_path):
     out = tmp_path / "run"
     proc = run_cli(
@@ -108,9 +109,10 @@ def test_methods_lists_the_catalogue_and_measures_cost_deltas(capsys):
 
 @pytest.fixture(scope="module")
 def digits_graph(tmp_path_factory):
-    """A run trained on digits (binary end to end) and its exported graph."""
+    """A run trained on digits (binary end to end) and its exported graph; in this process, as the
+    tests read the files only (they run their own commands in a child)."""
     tmp = tmp_path_factory.mktemp("digits")
-    run_cli(
+    cli_ok(
         "train",
         "--model",
         "binarynet_mlp",
@@ -128,8 +130,12 @@ def digits_graph(tmp_path_factory):
         tmp / "run",
         "--json",
     )
-    run_cli("export", tmp / "run", "-o", tmp / "m.bnn", "--json")
+    cli_ok("export", tmp / "run", "-o", tmp / "m.bnn", "--json")
     return tmp / "run", tmp / "m.bnn"
+
+
+def cli_ok(*args):
+    assert main(list(map(str, args))) == 0
 
 
 def test_swapped_run_directory_and_graph_file_name_the_right_command(digits_graph):
@@ -173,6 +179,7 @@ def test_run_prints_its_time_and_a_log_gets_no_redraws(digits_graph):
     assert "\r" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_verify_shows_the_graph_label_beside_the_true_one(digits_graph):
     pytest.importorskip("pysat")
     from bnnkit.data import load_dataset
@@ -211,6 +218,7 @@ def test_profile_names_the_op_energy_model(digits_graph, capsys):
     assert line.startswith(f"energy, 45 nm op model: {energy['total_pj'] / 1e3:,.1f} nJ per inference")
 
 
+@pytest.mark.slow
 def test_import_flag_loads_a_users_models_for_every_command(tmp_path):
     (tmp_path / "my_models.py").write_text(
         textwrap.dedent("""

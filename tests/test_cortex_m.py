@@ -45,6 +45,7 @@ def assert_same(image: McuImage, x: np.ndarray, what: str) -> np.ndarray:
     return labels
 
 
+@pytest.mark.slow
 @needs_tools
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_random_graphs_are_bit_exact(cases, target, tmp_path):
@@ -66,6 +67,7 @@ def _symbols(elf: Path) -> str:
     return subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.slow
 @needs_tools
 def test_fashion_cnn_on_m4_is_bit_exact_and_measured(tmp_path):
     rng = np.random.default_rng(0)
@@ -317,6 +319,7 @@ def test_cli_build_writes_an_image_that_runs(tmp_path, capsys):
     assert Path(json.loads(capsys.readouterr().out)["executable"]).is_file()
 
 
+@pytest.mark.slow
 @needs_tools
 def test_every_popcount_variant_is_bit_exact_on_the_m3(tmp_path):
     from bnnkit.runtime.c import POPCOUNT_VARIANTS

@@ -183,6 +183,7 @@ def test_bad_cifar_python_batch_shape(tmp_path):
 # --- real data shipped with the install -----------------------------------------------
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_fashion_mnist_real_files():
     train, test = load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test")

@@ -1,6 +1,7 @@
 """The demo end to end (on the MNIST subset, one epoch): train, export, numpy and C agree."""
 
 import pytest
+from helpers.datafiles import make_idx_dir
 
 import bnnkit.apps.demo as demo
 
@@ -19,3 +20,9 @@ def test_demo_end_to_end_and_rerun(tmp_path, monkeypatch):
         assert 0 < m4["ram_bytes"] < 64 * 1024 and m4["flash_bytes"] > 0
     again = demo.run_demo(tmp_path / "demo", epochs=1, progress=False)  # a finished run is reported, not retrained
     assert again["accuracy"] == first["accuracy"] and again["train_seconds"] < first["train_seconds"]
+
+
+def test_the_demo_takes_fashion_mnist_where_its_files_are_and_the_mnist_subset_elsewhere(tmp_path):
+    assert demo.pick_dataset(str(tmp_path)) == "mnist5k"  # an empty directory
+    make_idx_dir(tmp_path)
+    assert demo.pick_dataset(str(tmp_path)) == "fashion_mnist"

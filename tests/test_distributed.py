@@ -82,6 +82,7 @@ def test_two_processes_reach_the_accuracy_of_one(runs):
     assert abs(result["test_acc"] - runs["single"]["test_acc"]) < 0.06
 
 
+@pytest.mark.slow
 def test_files_written_once(runs):
     run = runs["tmp"] / "straight"
     assert sorted(p.name for p in run.iterdir()) == RUN_FILES  # no leftover temp files, one checkpoint
@@ -89,6 +90,7 @@ def test_files_written_once(runs):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_training(runs):
     # gloo's all-reduce and the seeded batch order are deterministic on a CPU, so 1 epoch +
     # resume must give the very weights of 2 epochs straight.

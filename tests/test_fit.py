@@ -40,6 +40,7 @@ def test_pareto_by_hand():
     assert [r["name"] for r in pareto(counted)] == ["c", "d"]
 
 
+@pytest.mark.slow
 def test_fit_trains_what_fits_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "fit"
     sizes = {c.name: footprint(candidate_graph(c, (1, 8, 8), 10)) for c in SPACE}

@@ -325,6 +325,7 @@ def mutations(headers: list[dict], canary: Path):
     return mutation()
 
 
+@pytest.mark.slow
 def test_fuzz_mutated_headers_work_or_give_one_error_line(bases, tmp_path):
     canary = tmp_path / "pwned"
     headers, tensors = zip(*(read_file(p) for p in bases))

@@ -2,7 +2,7 @@
 that are needed at the same time overlap (checked by brute force over the steps)."""
 
 import numpy as np
-from helpers.graphgen import SETTINGS, ebnn_cnn, graph_cases
+from helpers.graphgen import SETTINGS, ebnn_cnn, examples, graph_cases
 from hypothesis import given, settings
 
 from bnnkit.graph import OPS, Family, Graph, Op
@@ -23,7 +23,7 @@ def storage(graph: Graph) -> dict[str, str]:
     return root
 
 
-@settings(SETTINGS, max_examples=300)
+@settings(SETTINGS, max_examples=examples(300))
 @given(graph_cases())
 def test_live_buffers_never_overlap(case):
     graph = case.graph
@@ -59,7 +59,7 @@ def test_live_buffers_never_overlap(case):
         assert plan.tensor_bytes[name] == c_bytes(graph, name, plan.layout)
 
 
-@settings(SETTINGS, max_examples=300)
+@settings(SETTINGS, max_examples=examples(300))
 @given(graph_cases())
 def test_a_conv_read_only_by_a_threshold_is_never_stored(case):
     graph, plan = case.graph, plan_memory(case.graph)

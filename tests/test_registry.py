@@ -160,6 +160,7 @@ def test_a_registered_runtime_runs_everywhere_a_name_is_taken(tmp_path, capsys, 
     assert len(calls) == 2
 
 
+@pytest.mark.slow
 def test_adding_a_runtime_works_as_documented(tmp_path):
     """docs/architecture.md, "Adding a runtime": the module marked `file: NAME` and the
     commands after it, run as a user would."""

@@ -101,6 +101,7 @@ def assert_run_files_valid(run: Path) -> None:
         assert (run / CURVES).read_bytes().endswith(PNG_END)
 
 
+@pytest.mark.slow
 def test_train_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path, one_thread):
     run, straight = tmp_path / "killed", tmp_path / "straight"
     epochs = ["--epochs", "30"]
@@ -123,6 +124,7 @@ def test_train_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path, one_
     assert after[-1]["test_acc"] == read_metrics(straight)[-1]["test_acc"]
 
 
+@pytest.mark.slow
 def test_fit_killed_mid_candidate_keeps_the_finished_ones(tmp_path, monkeypatch, capsys, one_thread):
     out = tmp_path / "fit"
     args = [
@@ -196,6 +198,7 @@ def start_bnnkit_on_signal(args: list[str], go: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume", [False, True])
 def test_two_trains_on_one_out_the_second_is_refused_and_the_first_finishes_intact(tmp_path, resume, one_thread):
     run, go = tmp_path / "run", tmp_path / "go"
@@ -331,6 +334,7 @@ def test_kill_9_in_the_middle_of_a_write_leaves_a_temporary_the_next_write_remov
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit, failing", [(100, CONFIG), (4096, WEIGHTS)])
 def test_train_on_a_full_disk_is_one_line_and_leaves_no_directory(tmp_path, limit, failing):
     """A file-size limit stands for a full disk: every write beyond ``limit`` bytes fails

@@ -187,6 +187,7 @@ def test_presets_load():
 # --- running ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_grid_runs_in_two_processes_then_skips_finished_runs(tmp_path, capsys):
     grid = expand(TINY)
     result = run_review(grid, tmp_path, workers=2, progress=False)
@@ -226,6 +227,7 @@ def test_failed_runs_are_recorded_and_retried(tmp_path):
     assert "## Failed runs" in (tmp_path / "review" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_keeps_finished_runs_and_resumes_the_rest(tmp_path):
     table = {**TINY, "model_options": {"width": 64}, "epochs": 2, "methods": ["rsign"]}
     grid_file = write_grid(tmp_path / "grid.toml", table)
@@ -394,6 +396,7 @@ def test_report_numbers_equal_hand_computed_statistics(tmp_path):
 # --- executors ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ray_executor_agrees_with_the_local_one(tmp_path):
     pytest.importorskip("ray", reason='the Ray executor is optional: pip install -c constraints.txt -e ".[ray]"')
     grid = expand({**TINY, "seeds": [0]})  # three runs on two workers: the third waits for a free one
@@ -410,6 +413,7 @@ def test_ray_executor_agrees_with_the_local_one(tmp_path):
 # --- presets from the command line ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cifar10_preset_with_overrides(tmp_path, capsys):
     data = tmp_path / "cifar-10-batches-bin"
     data.mkdir()

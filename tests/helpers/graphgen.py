@@ -29,6 +29,15 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
 
+
+def examples(full: int) -> int:
+    """A property test's example count: ``full`` in the whole suite; under the ``fast`` profile
+    (tests/conftest.py) at most that profile's ``max_examples``."""
+    if settings.get_current_profile_name() == "fast":
+        return min(full, settings.default.max_examples)
+    return full
+
+
 N_IMAGES = 8
 KERNEL_SIZES = (1, 3, 5)
 
