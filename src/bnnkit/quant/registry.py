@@ -18,11 +18,15 @@ class Quantizer(nn.Module):
 
     ``bits`` is the width of one quantized value (the cost model reads it); ``binary``
     says that every output is ±1, or ±1 times a per-channel scale, so that a product
-    with another binary operand is an XNOR-popcount.
+    with another binary operand is an XNOR-popcount. ``signs`` says more: every output is
+    exactly +1.0 or -1.0 (no scale), so a product of two such operands sums integers, which a
+    binary layer may compute in bfloat16 without changing a bit (``bnnkit.nn.bf16``). A
+    subclass that changes the forward of a quantizer with ``signs`` must say so again.
     """
 
     bits: int = 32
     binary: bool = False
+    signs: bool = False
     registered_name: str | None = None
 
     def __init__(self) -> None:

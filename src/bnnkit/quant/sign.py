@@ -100,6 +100,7 @@ def sign_with_gradient(x: torch.Tensor, derivative: Derivative | None) -> torch.
 class _Sign(Quantizer):
     bits = 1
     binary = True
+    signs = True  # every forward below is ``sign``, but MagnitudeAwareSign's
 
 
 @register_quantizer("ste_sign")
@@ -233,6 +234,8 @@ class MagnitudeAwareSign(_Sign):
     differentiates |w|). Each weight therefore gets
     ``α·g·1[|w|≤1] + sign(w)/n · Σ_channel g·s``. An all-zero channel outputs zeros.
     """
+
+    signs = False  # scaled by α
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         dims = tuple(range(1, w.ndim))
