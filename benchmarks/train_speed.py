@@ -59,14 +59,30 @@ def config(model: str) -> RunConfig:
     return RunConfig(model=model, dataset=DATASET, epochs=1, seed=0, recipe=recipe)
 
 
-def run_bnnkit(model: str, limit: int, threads: int | None) -> tuple[float, float]:
-    """Seconds of one ``train`` call (1 epoch), wall and CPU; ``threads=None``: bnnkit's default."""
+@contextmanager
+def float32_forward(on: bool):
+    """With ``on``, binary convolutions compute their forward in float32, not bfloat16 (same values)."""
+    try:
+        from bnnkit.nn import bf16
+    except ImportError:  # an older bnnkit: float32 only
+        yield
+        return
+    before, bf16.enabled = bf16.enabled, bf16.enabled and not on
+    try:
+        yield
+    finally:
+        bf16.enabled = before
+
+
+def run_bnnkit(model: str, limit: int, threads: int | None, fp32: bool = False) -> tuple[float, float]:
+    """Seconds of one ``train`` call (1 epoch), wall and CPU; ``threads=None``: bnnkit's default;
+    ``fp32``: binary convolutions forward in float32 (``bnnkit.nn.bf16`` off)."""
     options = TrainOptions(progress=False, limit_train=limit, limit_test=limit // 6)
     if "threads" in {f.name for f in dataclasses.fields(TrainOptions)}:
         options = dataclasses.replace(options, threads=threads)
     else:  # an older bnnkit, without the option: PyTorch's own default is every core
         torch.set_num_threads(threads or os.cpu_count() or 1)
-    with tempfile.TemporaryDirectory() as out, timer() as t:
+    with tempfile.TemporaryDirectory() as out, float32_forward(fp32), timer() as t:
         train(config(model), out + "/run", options)
     return t
 
@@ -157,16 +173,25 @@ def cpu_hogs(n: int):
             p.wait()
 
 
-def compare(model: str, limit: int, rounds: int) -> dict:
-    """bnnkit (1 thread) against the reference, alternately; times are medians."""
+def compare(model: str, limit: int, rounds: int, fp32_too: bool = False) -> dict:
+    """bnnkit (1 thread) against the reference, alternately; times are medians. ``fp32_too``:
+    bnnkit with the float32 forward as well, in the same alternation."""
     reference = Reference(model)
-    pairs = [(run_bnnkit(model, limit, 1), reference.run(limit)) for _ in range(rounds)]
-    return {
-        "bnnkit_images_per_s": limit / statistics.median(b.wall for b, _ in pairs),
-        "reference_images_per_s": limit / statistics.median(r.wall for _, r in pairs),
-        "ratio": statistics.median(b.wall / r.wall for b, r in pairs),
-        "cpu_ratio": statistics.median(b.cpu / r.cpu for b, r in pairs),
+    rows = []
+    for _ in range(rounds):
+        rows.append((run_bnnkit(model, limit, 1), reference.run(limit)))
+        if fp32_too:
+            rows[-1] += (run_bnnkit(model, limit, 1, fp32=True),)
+    result = {
+        "bnnkit_images_per_s": limit / statistics.median(row[0].wall for row in rows),
+        "reference_images_per_s": limit / statistics.median(row[1].wall for row in rows),
+        "ratio": statistics.median(row[0].wall / row[1].wall for row in rows),
+        "cpu_ratio": statistics.median(row[0].cpu / row[1].cpu for row in rows),
     }
+    if fp32_too:
+        result["fp32_forward_ratio"] = statistics.median(row[2].wall / row[1].wall for row in rows)
+        result["fp32_forward_cpu_ratio"] = statistics.median(row[2].cpu / row[1].cpu for row in rows)
+    return result
 
 
 def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
@@ -280,6 +305,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="MODEL", help="break one epoch of MODEL down instead (60,000 images x --scale)"
     )
+    parser.add_argument(
+        "--fp32-too",
+        action="store_true",
+        help="also time bnnkit with its binary convolutions' forward in float32 instead of bfloat16 (quiet only)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.profile:
@@ -309,7 +339,7 @@ def main() -> None:
         "models": {},
     }
     for m in models:
-        report["models"][m] = {"limit_train": limits[m], "quiet": compare(m, limits[m], args.rounds)}
+        report["models"][m] = {"limit_train": limits[m], "quiet": compare(m, limits[m], args.rounds, args.fp32_too)}
     if args.hogs:
         with cpu_hogs(args.hogs):
             for m in models:
@@ -331,16 +361,21 @@ def main() -> None:
     )
     print(
         f"{'model':14s} {'images':>7s} {'bnnkit img/s':>13s} {'ref img/s':>10s} {'ratio':>6s} {'(CPU)':>6s} "
-        f"{'hogs ratio':>11s} {'(CPU)':>6s} {'default/1 thread, hogs':>23s}"
+        f"{'hogs ratio':>11s} {'(CPU)':>6s} {'default/1 thread, hogs':>23s}",
+        end="",
     )
+    # bnnkit with its binary convolutions' forward in float32, against the same reference
+    print(f" {'fp32 ratio':>10s} {'(CPU)':>6s}" if args.fp32_too else "")
     for m, row in report["models"].items():
         q, h, t = row["quiet"], row.get("hogs"), row.get("threads_under_hogs")
         hogs = f"{h['ratio']:11.2f} {h['cpu_ratio']:6.2f}" if h else f"{'-':>11s} {'-':>6s}"
         threads = f"{t['ratio']:23.2f}" if t else f"{'-':>23s}"
         print(
             f"{m:14s} {row['limit_train']:7d} {q['bnnkit_images_per_s']:13.0f} {q['reference_images_per_s']:10.0f} "
-            f"{q['ratio']:6.2f} {q['cpu_ratio']:6.2f} {hogs} {threads}"
+            f"{q['ratio']:6.2f} {q['cpu_ratio']:6.2f} {hogs} {threads}",
+            end="",
         )
+        print(f" {q['fp32_forward_ratio']:10.2f} {q['fp32_forward_cpu_ratio']:6.2f}" if args.fp32_too else "")
 
 
 if __name__ == "__main__":
