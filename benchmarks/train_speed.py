@@ -16,6 +16,10 @@ the median over the rounds. The same is then measured beside two CPU-bound proce
 the benchmark starts (and kills at the end), and bnnkit with its default thread count
 against 1 thread beside them.
 
+``--floor`` times single training steps instead (CPU time, 1 thread): bnnkit's, the
+reference's, and the float32 convolution backward on bnnkit's shapes alone, the part of a
+step that PyTorch's kernels fix.
+
 ``--profile MODEL`` instead breaks one epoch of ``bnnkit train`` (60,000 images, the 10,000
 test images, 1 thread) down by where its time goes, under ``torch.profiler`` with named
 ranges around the loop's parts (the breakdown tables of docs/performance.md).
@@ -23,6 +27,7 @@ ranges around the loop's parts (the breakdown tables of docs/performance.md).
     python benchmarks/train_speed.py [--rounds 2] [--models ebnn_cnn,small_cnn] [--scale 1.0] [--hogs-scale 0.25]
                                      [--json]
     python benchmarks/train_speed.py --profile ebnn_cnn [--scale 1.0]
+    python benchmarks/train_speed.py --floor [--models ...] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -204,6 +209,77 @@ def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
     }
 
 
+# --- --floor ---------------------------------------------------------------------------
+
+
+def floor(model: str, steps: int, rounds: int) -> dict:
+    """CPU milliseconds per training step (one batch of 128, 1 thread), alternately: bnnkit's
+    step (forward, loss, backward, optimiser, latent clipping), the reference's step, and the
+    float32 convolution backward alone (``aten.convolution_backward`` on bnnkit's own shapes,
+    layout and gradient mask): work that no change around the kernels removes."""
+    from bnnkit.nn import clip_weights_, latent_weights
+    from bnnkit.training.batching import in_memory_format, to_unit_float
+    from bnnkit.training.loop import memory_format
+    from bnnkit.training.optim import make_optimizer
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = config(model)
+    net = cfg.build_model()
+    layout = memory_format(net)
+    net = net.to(memory_format=layout)
+    optimizer, latent = make_optimizer(net, cfg.recipe), latent_weights(net)
+    reference = fp32_twin(cfg.build_model())
+    ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    ds = load_dataset(DATASET, "train")
+    x = to_unit_float(torch.from_numpy(ds.x[:BATCH]))
+    y = torch.from_numpy(ds.y[:BATCH]).long()
+    x_bnnkit = in_memory_format(x, layout)
+
+    convs = []  # (grad_output, input, weight, module, input needs a gradient)
+
+    def record(module, inputs, output):
+        xin = inputs[0].detach().sign().contiguous(memory_format=layout)
+        grad = torch.randn(output.shape).contiguous(memory_format=layout)
+        convs.append((grad, xin, module.weight.detach().sign(), module, inputs[0].requires_grad))
+
+    hooks = [m.register_forward_hook(record) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    net(x_bnnkit)
+    for h in hooks:
+        h.remove()
+
+    def bnnkit_step():
+        loss = F.cross_entropy(net(x_bnnkit), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        clip_weights_(latent, cfg.recipe.latent_clip)
+
+    def reference_step():
+        loss = F.cross_entropy(reference(x), y)
+        ref_optimizer.zero_grad()
+        loss.backward()
+        ref_optimizer.step()
+
+    def conv_backward():
+        for grad, xin, w, m, input_grad in convs:
+            torch.ops.aten.convolution_backward(
+                grad, xin, w, None, m.stride, m.padding, m.dilation, False, [0, 0], m.groups, [input_grad, True, False]
+            )
+
+    def cpu_ms(step) -> float:
+        start = time.process_time()
+        for _ in range(steps):
+            step()
+        return (time.process_time() - start) / steps * 1000
+
+    for step in (bnnkit_step, reference_step, conv_backward):
+        step()  # first calls: oneDNN's kernel choice, the allocator
+    times = [(cpu_ms(bnnkit_step), cpu_ms(reference_step), cpu_ms(conv_backward)) for _ in range(rounds)]
+    b, r, c = (statistics.median(column) for column in zip(*times, strict=True))
+    return {"bnnkit_ms": b, "reference_ms": r, "conv_backward_ms": c, "ratio": b / r, "conv_backward_ratio": c / r}
+
+
 # --- --profile -------------------------------------------------------------------------
 
 # Top-level profiler events by name (forward ops and backward nodes alike), first match wins.
@@ -306,6 +382,11 @@ def main() -> None:
         "--profile", metavar="MODEL", help="break one epoch of MODEL down instead (60,000 images x --scale)"
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="per training step instead: bnnkit, the reference, and the float32 convolution backward alone",
+    )
+    parser.add_argument(
         "--fp32-too",
         action="store_true",
         help="also time bnnkit with its binary convolutions' forward in float32 instead of bfloat16 (quiet only)",
@@ -327,6 +408,19 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}")
     limits = {m: max(6 * BATCH, round(LIMITS[m] * args.scale)) for m in models}
+    if args.floor:
+        print(
+            f"CPU ms per step, batch {BATCH}, 1 thread, median of {args.rounds} rounds; load {os.getloadavg()[0]:.2f}"
+        )
+        print("| model | bnnkit step | reference step | ratio | conv backward alone | ÷ reference |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for m in models:
+            f = floor(m, steps=10, rounds=args.rounds)
+            print(
+                f"| {m} | {f['bnnkit_ms']:.1f} | {f['reference_ms']:.1f} | {f['ratio']:.2f} | "
+                f"{f['conv_backward_ms']:.1f} | {f['conv_backward_ratio']:.2f} |"
+            )
+        return
 
     for m in models:  # warm-up: imports (matplotlib, torch's optimisers), allocator, caches
         run_bnnkit(m, 2 * BATCH, 1), Reference(m).run(2 * BATCH)
