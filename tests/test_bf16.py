@@ -5,7 +5,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from bnnkit.nn import BinaryConv2d, LearnableThreshold, bf16, set_weight_binarization
+from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableThreshold, bf16, set_weight_binarization
 from bnnkit.quant import get_quantizer
 from bnnkit.recipe import BASELINE
 from bnnkit.training import RunConfig, TrainOptions, train
@@ -15,14 +15,17 @@ from bnnkit.training import RunConfig, TrainOptions, train
 def bf16_calls(monkeypatch):
     """Take the bfloat16 path whatever this CPU has, and count the convolutions it runs."""
     calls = []
-    forward = bf16._forward
 
-    def counted(*args):
-        calls.append(args[1].shape)
-        return forward(*args)
+    def counting(forward):
+        def counted(*args):
+            calls.append(args[1].shape)
+            return forward(*args)
+
+        return counted
 
     monkeypatch.setattr(bf16, "cpu_has_fast_bf16", lambda: True)
-    monkeypatch.setattr(bf16, "_forward", counted)
+    monkeypatch.setattr(bf16, "_forward", counting(bf16._forward))
+    monkeypatch.setattr(bf16, "_linear_forward", counting(bf16._linear_forward))
     return calls
 
 
@@ -50,6 +53,31 @@ def test_exact_in_bf16_is_exactly_where_the_worst_sums_survive_the_rounding(cin,
         assert all(agree)
     else:  # the bound is tight: one of the two largest sums is already rounded
         assert not (agree[0] and agree[1])
+
+
+@pytest.mark.parametrize("features", [255, 256, 257, 510, 512, 514])
+def test_a_linear_layer_is_exact_up_to_the_same_bound(features):
+    ones, flipped = torch.ones(3, features), torch.ones(3, features)
+    flipped[0, 0] = -1.0
+    w = torch.ones(4, features)
+    agree = [torch.equal(bf16._linear_forward(x, w), F.linear(x, w)) for x in (ones, flipped)]
+    assert all(agree) == bf16.exact_in_bf16(features, 1)
+
+
+def test_linear_forward_and_gradients_are_the_bits_of_float32(bf16_calls, monkeypatch):
+    torch.manual_seed(0)
+    layer = BinaryLinear(512, 64)
+    x0 = torch.randn(16, 512)
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(bf16, "enabled", enabled)
+        layer.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_()
+        out = layer(x)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        results.append((out.detach(), x.grad, layer.weight.grad))
+    assert len(bf16_calls) == 1
+    assert all(torch.equal(fast, plain) for fast, plain in zip(*results, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -91,18 +119,23 @@ def test_only_products_of_two_sign_operands_take_the_bf16_path(bf16_calls):
     two_stage = BinaryConv2d(8, 4, 3)
     set_weight_binarization(two_stage, False)  # real weights in the first stage
     two_stage(x)
+    BinaryLinear(514, 4)(torch.randn(2, 514))  # 514 products: not exact
+    BinaryLinear(8, 4)(torch.randn(2, 3, 8))  # not one row per sample
+    BinaryLinear(8, 4)(torch.randn(8, 2).t())  # column-major input
     assert len(bf16_calls) == 2
 
 
 @pytest.mark.slow
-def test_training_is_the_same_bits_with_and_without_bf16(bf16_calls, monkeypatch, tmp_path):
-    config = RunConfig(model="ebnn_cnn", dataset="digits", epochs=1, seed=5, recipe=BASELINE.with_(batch_size=32))
+@pytest.mark.parametrize(("model", "options"), [("ebnn_cnn", {}), ("binarynet_mlp", {"width": 64, "depth": 2})])
+def test_training_is_the_same_bits_with_and_without_bf16(bf16_calls, monkeypatch, tmp_path, model, options):
+    recipe = BASELINE.with_(batch_size=32)
+    config = RunConfig(model=model, dataset="digits", epochs=1, seed=5, recipe=recipe, model_options=options)
     options = TrainOptions(progress=False, limit_train=256, limit_test=64)
     weights = []
     for enabled in (True, False):
         monkeypatch.setattr(bf16, "enabled", enabled)
         train(config, tmp_path / str(enabled), options)
         weights.append(safetensors.torch.load_file(tmp_path / str(enabled) / "model.safetensors"))
-    assert bf16_calls  # ebnn_cnn's second convolution (16 channels in) took it
+    assert bf16_calls  # ebnn_cnn's second convolution (16 channels in), the MLP's 64-input layers
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

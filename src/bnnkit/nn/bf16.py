@@ -1,4 +1,4 @@
-"""The forward product of a binary convolution in bfloat16, bit for bit the float32 one.
+"""The forward product of a binary convolution or linear layer in bfloat16, bit for bit the float32 one.
 
 When both operands are exactly ±1 (quantizers with ``signs``), every output of the
 convolution is an integer sum of ±1 products; zero padding drops taps, never single
@@ -7,10 +7,11 @@ only the final rounding to a bfloat16 output can lose anything, and it loses not
 while the sum is a bfloat16 value: any integer up to 256 in magnitude, any even one up
 to 512. A sum of an even number of ±1 is even, so a convolution whose input has an even
 number of channels per group (each valid tap adds that many products) is exact up to
-512 products per output. Within that bound this forward costs about half of float32's
-on a CPU with AVX512-BF16 (docs/performance.md). The backward pass is PyTorch's own
-float32 convolution backward, called as autograd would call it, so the gradients (and a
-training run) are the same bits as with ``F.conv2d``.
+512 products per output; a linear layer's outputs all sum ``in_features`` products. Within
+that bound this forward costs about half of float32's on a CPU with AVX512-BF16
+(docs/performance.md). The backward pass is PyTorch's own float32 one, called as autograd
+would call it, so the gradients (and a training run) are the same bits as with
+``F.conv2d``/``F.linear``.
 """
 
 from __future__ import annotations
@@ -38,13 +39,19 @@ def exact_in_bf16(channels_per_group: int, taps: int) -> bool:
 
 
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether a convolution of ±1 operands ``x`` and ``w`` may take the bfloat16 forward."""
+    """Whether a convolution (4-D ``w``) or a linear layer (2-D ``x`` and ``w``) of ±1
+    operands may take the bfloat16 forward."""
+    if w.ndim == 4:
+        exact = exact_in_bf16(w.shape[1], w.shape[2] * w.shape[3])
+    else:
+        # Row-major operands: autograd's mm backward takes other products for other strides.
+        exact = x.ndim == 2 and x.is_contiguous() and w.is_contiguous() and exact_in_bf16(w.shape[1], 1)
     return (
         enabled
+        and exact
         and x.device.type == "cpu"
         and x.dtype == w.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and exact_in_bf16(w.shape[1], w.shape[2] * w.shape[3])
         and cpu_has_fast_bf16()
     )
 
@@ -71,6 +78,26 @@ class _Bf16Conv(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None
 
 
+def _linear_forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.linear(x.bfloat16(), w.bfloat16()).float()
+
+
+class _Bf16Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return _linear_forward(x, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # F.linear is mm(x, w.t()) for a 2-D x; autograd's mm backward for a row-major x and
+        # a transposed w computes exactly these two products.
+        x, w = ctx.saved_tensors
+        grad_x = grad.mm(w) if ctx.needs_input_grad[0] else None
+        grad_w = grad.t().mm(x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
+
+
 def _pair(v) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
@@ -83,3 +110,12 @@ def binary_conv2d(x: torch.Tensor, w: torch.Tensor, bias: None, stride, padding,
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
         return _Bf16Conv.apply(x, w, stride, padding, dilation, groups)
     return _forward(x, w, stride, padding, dilation, groups)
+
+
+def binary_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, w)`` for operands that are exactly ±1, as ``binary_conv2d``."""
+    if not usable(x, w):
+        return F.linear(x, w)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return _Bf16Linear.apply(x, w)
+    return _linear_forward(x, w)

@@ -211,7 +211,8 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
-        return self._scaled_plus_bias(self._input_scaled(F.linear(xq, wq), x))
+        out = bf16.binary_linear(xq, wq) if self._signs_only() else F.linear(xq, wq)
+        return self._scaled_plus_bias(self._input_scaled(out, x))
 
     def _input_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         return x.abs().mean(1, keepdim=True)
