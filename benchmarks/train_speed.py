@@ -214,8 +214,9 @@ def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
 
 def floor(model: str, steps: int, rounds: int) -> dict:
     """CPU milliseconds per training step (one batch of 128, 1 thread), alternately: bnnkit's
-    step (forward, loss, backward, optimiser, latent clipping), the reference's step, and the
-    float32 convolution backward alone (``aten.convolution_backward`` on bnnkit's own shapes,
+    step (forward, loss, backward, optimiser, latent clipping), the reference's step, the
+    same bnnkit step with the float32 forward (``bnnkit.nn.bf16`` off), and the float32
+    convolution backward alone (``aten.convolution_backward`` on bnnkit's own shapes,
     layout and gradient mask): work that no change around the kernels removes."""
     from bnnkit.nn import clip_weights_, latent_weights
     from bnnkit.training.batching import in_memory_format, to_unit_float
@@ -273,11 +274,24 @@ def floor(model: str, steps: int, rounds: int) -> dict:
             step()
         return (time.process_time() - start) / steps * 1000
 
-    for step in (bnnkit_step, reference_step, conv_backward):
+    def bnnkit_fp32_step():
+        with float32_forward(True):
+            bnnkit_step()
+
+    steppers = (bnnkit_step, reference_step, conv_backward, bnnkit_fp32_step)
+    for step in steppers:
         step()  # first calls: oneDNN's kernel choice, the allocator
-    times = [(cpu_ms(bnnkit_step), cpu_ms(reference_step), cpu_ms(conv_backward)) for _ in range(rounds)]
-    b, r, c = (statistics.median(column) for column in zip(*times, strict=True))
-    return {"bnnkit_ms": b, "reference_ms": r, "conv_backward_ms": c, "ratio": b / r, "conv_backward_ratio": c / r}
+    times = [tuple(cpu_ms(step) for step in steppers) for _ in range(rounds)]
+    b, r, c, f = (statistics.median(column) for column in zip(*times, strict=True))
+    return {
+        "bnnkit_ms": b,
+        "reference_ms": r,
+        "conv_backward_ms": c,
+        "bnnkit_fp32_forward_ms": f,
+        "ratio": b / r,
+        "conv_backward_ratio": c / r,
+        "fp32_forward_ratio": f / r,
+    }
 
 
 # --- --profile -------------------------------------------------------------------------
@@ -412,12 +426,16 @@ def main() -> None:
         print(
             f"CPU ms per step, batch {BATCH}, 1 thread, median of {args.rounds} rounds; load {os.getloadavg()[0]:.2f}"
         )
-        print("| model | bnnkit step | reference step | ratio | conv backward alone | ÷ reference |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print(
+            "| model | bnnkit step | reference step | ratio | float32 forward: step | ratio "
+            "| conv backward alone | ÷ reference |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for m in models:
             f = floor(m, steps=10, rounds=args.rounds)
             print(
                 f"| {m} | {f['bnnkit_ms']:.1f} | {f['reference_ms']:.1f} | {f['ratio']:.2f} | "
+                f"{f['bnnkit_fp32_forward_ms']:.1f} | {f['fp32_forward_ratio']:.2f} | "
                 f"{f['conv_backward_ms']:.1f} | {f['conv_backward_ratio']:.2f} |"
             )
         return
