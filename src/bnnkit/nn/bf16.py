@@ -21,14 +21,17 @@ import functools
 import torch
 import torch.nn.functional as F
 
-# Off: every binary convolution runs in float32 (benchmarks/train_speed.py compares both).
+# Off: every binary convolution and linear layer runs in float32 (benchmarks/train_speed.py compares both).
 enabled = True
 
 
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN computes bfloat16 natively here; elsewhere it emulates it, slower than float32."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch without the query: stay in float32
+        return False
 
 
 def exact_in_bf16(channels_per_group: int, taps: int) -> bool:
