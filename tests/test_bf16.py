@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableThreshold, bf16, set_weight_binarization
-from bnnkit.quant import get_quantizer
+from bnnkit.quant import get_quantizer, quantizer_names
+from bnnkit.quant.sign import ClippedSteSign
 from bnnkit.recipe import BASELINE
 from bnnkit.training import RunConfig, TrainOptions, train
 
@@ -123,6 +124,37 @@ def test_only_products_of_two_sign_operands_take_the_bf16_path(bf16_calls):
     BinaryLinear(8, 4)(torch.randn(2, 3, 8))  # not one row per sample
     BinaryLinear(8, 4)(torch.randn(8, 2).t())  # column-major input
     assert len(bf16_calls) == 2
+
+
+def test_every_quantizer_that_claims_signs_outputs_exactly_plus_or_minus_one():
+    x = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 0.3, -0.3, 1.0, -1.0, 7.0, -7.0, float("inf"), -float("inf")])
+    claiming = [name for name in quantizer_names() if get_quantizer(name).signs]
+    assert {"ste_sign", "clipped_ste_sign"} <= set(claiming)
+    assert not get_quantizer("magnitude_aware_sign").signs  # ±mean|w|
+    for name in claiming:
+        q = get_quantizer(name)
+        q.fit_(x.view(1, -1))
+        assert set(q(x.view(1, -1)).flatten().tolist()) <= {-1.0, 1.0}, name
+
+
+def test_a_subclass_with_a_forward_of_its_own_loses_signs_unless_it_says_so(bf16_calls):
+    class Halved(ClippedSteSign):
+        def forward(self, x):
+            return super().forward(x) / 2
+
+    class Declared(ClippedSteSign):
+        signs = True
+
+        def forward(self, x):
+            return super().forward(x)
+
+    assert not Halved.signs and Declared.signs
+    x = torch.randn(2, 8, 5, 5)
+    halved = BinaryConv2d(8, 4, 3, input_quantizer=Halved())
+    assert torch.equal(halved(x), F.conv2d(ClippedSteSign()(x) / 2, ClippedSteSign()(halved.weight)))
+    assert not bf16_calls
+    BinaryConv2d(8, 4, 3, input_quantizer=Declared())(x)
+    assert len(bf16_calls) == 1
 
 
 @pytest.mark.slow
