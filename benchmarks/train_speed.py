@@ -16,6 +16,10 @@ the median over the rounds. The same is then measured beside two CPU-bound proce
 the benchmark starts (and kills at the end), and bnnkit with its default thread count
 against 1 thread beside them.
 
+``--floor`` times single training steps instead (CPU time, 1 thread): bnnkit's, the
+reference's, and the float32 convolution backward on bnnkit's shapes alone, the part of a
+step that PyTorch's kernels fix.
+
 ``--profile MODEL`` instead breaks one epoch of ``bnnkit train`` (60,000 images, the 10,000
 test images, 1 thread) down by where its time goes, under ``torch.profiler`` with named
 ranges around the loop's parts (the breakdown tables of docs/performance.md).
@@ -23,6 +27,7 @@ ranges around the loop's parts (the breakdown tables of docs/performance.md).
     python benchmarks/train_speed.py [--rounds 2] [--models ebnn_cnn,small_cnn] [--scale 1.0] [--hogs-scale 0.25]
                                      [--json]
     python benchmarks/train_speed.py --profile ebnn_cnn [--scale 1.0]
+    python benchmarks/train_speed.py --floor [--models ...] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -59,14 +64,30 @@ def config(model: str) -> RunConfig:
     return RunConfig(model=model, dataset=DATASET, epochs=1, seed=0, recipe=recipe)
 
 
-def run_bnnkit(model: str, limit: int, threads: int | None) -> tuple[float, float]:
-    """Seconds of one ``train`` call (1 epoch), wall and CPU; ``threads=None``: bnnkit's default."""
+@contextmanager
+def float32_forward(on: bool):
+    """With ``on``, binary convolutions compute their forward in float32, not bfloat16 (same values)."""
+    try:
+        from bnnkit.nn import bf16
+    except ImportError:  # an older bnnkit: float32 only
+        yield
+        return
+    before, bf16.enabled = bf16.enabled, bf16.enabled and not on
+    try:
+        yield
+    finally:
+        bf16.enabled = before
+
+
+def run_bnnkit(model: str, limit: int, threads: int | None, fp32: bool = False) -> tuple[float, float]:
+    """Seconds of one ``train`` call (1 epoch), wall and CPU; ``threads=None``: bnnkit's default;
+    ``fp32``: binary convolutions forward in float32 (``bnnkit.nn.bf16`` off)."""
     options = TrainOptions(progress=False, limit_train=limit, limit_test=limit // 6)
     if "threads" in {f.name for f in dataclasses.fields(TrainOptions)}:
         options = dataclasses.replace(options, threads=threads)
     else:  # an older bnnkit, without the option: PyTorch's own default is every core
         torch.set_num_threads(threads or os.cpu_count() or 1)
-    with tempfile.TemporaryDirectory() as out, timer() as t:
+    with tempfile.TemporaryDirectory() as out, float32_forward(fp32), timer() as t:
         train(config(model), out + "/run", options)
     return t
 
@@ -157,16 +178,25 @@ def cpu_hogs(n: int):
             p.wait()
 
 
-def compare(model: str, limit: int, rounds: int) -> dict:
-    """bnnkit (1 thread) against the reference, alternately; times are medians."""
+def compare(model: str, limit: int, rounds: int, fp32_too: bool = False) -> dict:
+    """bnnkit (1 thread) against the reference, alternately; times are medians. ``fp32_too``:
+    bnnkit with the float32 forward as well, in the same alternation."""
     reference = Reference(model)
-    pairs = [(run_bnnkit(model, limit, 1), reference.run(limit)) for _ in range(rounds)]
-    return {
-        "bnnkit_images_per_s": limit / statistics.median(b.wall for b, _ in pairs),
-        "reference_images_per_s": limit / statistics.median(r.wall for _, r in pairs),
-        "ratio": statistics.median(b.wall / r.wall for b, r in pairs),
-        "cpu_ratio": statistics.median(b.cpu / r.cpu for b, r in pairs),
+    rows = []
+    for _ in range(rounds):
+        rows.append((run_bnnkit(model, limit, 1), reference.run(limit)))
+        if fp32_too:
+            rows[-1] += (run_bnnkit(model, limit, 1, fp32=True),)
+    result = {
+        "bnnkit_images_per_s": limit / statistics.median(row[0].wall for row in rows),
+        "reference_images_per_s": limit / statistics.median(row[1].wall for row in rows),
+        "ratio": statistics.median(row[0].wall / row[1].wall for row in rows),
+        "cpu_ratio": statistics.median(row[0].cpu / row[1].cpu for row in rows),
     }
+    if fp32_too:
+        result["fp32_forward_ratio"] = statistics.median(row[2].wall / row[1].wall for row in rows)
+        result["fp32_forward_cpu_ratio"] = statistics.median(row[2].cpu / row[1].cpu for row in rows)
+    return result
 
 
 def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
@@ -176,6 +206,91 @@ def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
         "default_threads_s": statistics.median(d.wall for d, _ in pairs),
         "one_thread_s": statistics.median(o.wall for _, o in pairs),
         "ratio": statistics.median(d.wall / o.wall for d, o in pairs),
+    }
+
+
+# --- --floor ---------------------------------------------------------------------------
+
+
+def floor(model: str, steps: int, rounds: int) -> dict:
+    """CPU milliseconds per training step (one batch of 128, 1 thread), alternately: bnnkit's
+    step (forward, loss, backward, optimiser, latent clipping), the reference's step, the
+    same bnnkit step with the float32 forward (``bnnkit.nn.bf16`` off), and the float32
+    convolution backward alone (``aten.convolution_backward`` on bnnkit's own shapes,
+    layout and gradient mask): work that no change around the kernels removes."""
+    from bnnkit.nn import clip_weights_, latent_weights
+    from bnnkit.training.batching import in_memory_format, to_unit_float
+    from bnnkit.training.loop import memory_format
+    from bnnkit.training.optim import make_optimizer
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = config(model)
+    net = cfg.build_model()
+    layout = memory_format(net)
+    net = net.to(memory_format=layout)
+    optimizer, latent = make_optimizer(net, cfg.recipe), latent_weights(net)
+    reference = fp32_twin(cfg.build_model())
+    ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    ds = load_dataset(DATASET, "train")
+    x = to_unit_float(torch.from_numpy(ds.x[:BATCH]))
+    y = torch.from_numpy(ds.y[:BATCH]).long()
+    x_bnnkit = in_memory_format(x, layout)
+
+    convs = []  # (grad_output, input, weight, module, input needs a gradient)
+
+    def record(module, inputs, output):
+        xin = inputs[0].detach().sign().contiguous(memory_format=layout)
+        grad = torch.randn(output.shape).contiguous(memory_format=layout)
+        convs.append((grad, xin, module.weight.detach().sign(), module, inputs[0].requires_grad))
+
+    hooks = [m.register_forward_hook(record) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    net(x_bnnkit)
+    for h in hooks:
+        h.remove()
+
+    def bnnkit_step():
+        loss = F.cross_entropy(net(x_bnnkit), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        clip_weights_(latent, cfg.recipe.latent_clip)
+
+    def reference_step():
+        loss = F.cross_entropy(reference(x), y)
+        ref_optimizer.zero_grad()
+        loss.backward()
+        ref_optimizer.step()
+
+    def conv_backward():
+        for grad, xin, w, m, input_grad in convs:
+            torch.ops.aten.convolution_backward(
+                grad, xin, w, None, m.stride, m.padding, m.dilation, False, [0, 0], m.groups, [input_grad, True, False]
+            )
+
+    def cpu_ms(step) -> float:
+        start = time.process_time()
+        for _ in range(steps):
+            step()
+        return (time.process_time() - start) / steps * 1000
+
+    def bnnkit_fp32_step():
+        with float32_forward(True):
+            bnnkit_step()
+
+    steppers = (bnnkit_step, reference_step, conv_backward, bnnkit_fp32_step)
+    for step in steppers:
+        step()  # first calls: oneDNN's kernel choice, the allocator
+    times = [tuple(cpu_ms(step) for step in steppers) for _ in range(rounds)]
+    b, r, c, f = (statistics.median(column) for column in zip(*times, strict=True))
+    return {
+        "bnnkit_ms": b,
+        "reference_ms": r,
+        "conv_backward_ms": c,
+        "bnnkit_fp32_forward_ms": f,
+        "ratio": b / r,
+        "conv_backward_ratio": c / r,
+        "fp32_forward_ratio": f / r,
     }
 
 
@@ -280,6 +395,16 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="MODEL", help="break one epoch of MODEL down instead (60,000 images x --scale)"
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="per training step instead: bnnkit, the reference, and the float32 convolution backward alone",
+    )
+    parser.add_argument(
+        "--fp32-too",
+        action="store_true",
+        help="also time bnnkit with its binary convolutions' forward in float32 instead of bfloat16 (quiet only)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.profile:
@@ -297,6 +422,23 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}")
     limits = {m: max(6 * BATCH, round(LIMITS[m] * args.scale)) for m in models}
+    if args.floor:
+        print(
+            f"CPU ms per step, batch {BATCH}, 1 thread, median of {args.rounds} rounds; load {os.getloadavg()[0]:.2f}"
+        )
+        print(
+            "| model | bnnkit step | reference step | ratio | float32 forward: step | ratio "
+            "| conv backward alone | ÷ reference |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for m in models:
+            f = floor(m, steps=10, rounds=args.rounds)
+            print(
+                f"| {m} | {f['bnnkit_ms']:.1f} | {f['reference_ms']:.1f} | {f['ratio']:.2f} | "
+                f"{f['bnnkit_fp32_forward_ms']:.1f} | {f['fp32_forward_ratio']:.2f} | "
+                f"{f['conv_backward_ms']:.1f} | {f['conv_backward_ratio']:.2f} |"
+            )
+        return
 
     for m in models:  # warm-up: imports (matplotlib, torch's optimisers), allocator, caches
         run_bnnkit(m, 2 * BATCH, 1), Reference(m).run(2 * BATCH)
@@ -309,7 +451,7 @@ def main() -> None:
         "models": {},
     }
     for m in models:
-        report["models"][m] = {"limit_train": limits[m], "quiet": compare(m, limits[m], args.rounds)}
+        report["models"][m] = {"limit_train": limits[m], "quiet": compare(m, limits[m], args.rounds, args.fp32_too)}
     if args.hogs:
         with cpu_hogs(args.hogs):
             for m in models:
@@ -331,16 +473,21 @@ def main() -> None:
     )
     print(
         f"{'model':14s} {'images':>7s} {'bnnkit img/s':>13s} {'ref img/s':>10s} {'ratio':>6s} {'(CPU)':>6s} "
-        f"{'hogs ratio':>11s} {'(CPU)':>6s} {'default/1 thread, hogs':>23s}"
+        f"{'hogs ratio':>11s} {'(CPU)':>6s} {'default/1 thread, hogs':>23s}",
+        end="",
     )
+    # bnnkit with its binary convolutions' forward in float32, against the same reference
+    print(f" {'fp32 ratio':>10s} {'(CPU)':>6s}" if args.fp32_too else "")
     for m, row in report["models"].items():
         q, h, t = row["quiet"], row.get("hogs"), row.get("threads_under_hogs")
         hogs = f"{h['ratio']:11.2f} {h['cpu_ratio']:6.2f}" if h else f"{'-':>11s} {'-':>6s}"
         threads = f"{t['ratio']:23.2f}" if t else f"{'-':>23s}"
         print(
             f"{m:14s} {row['limit_train']:7d} {q['bnnkit_images_per_s']:13.0f} {q['reference_images_per_s']:10.0f} "
-            f"{q['ratio']:6.2f} {q['cpu_ratio']:6.2f} {hogs} {threads}"
+            f"{q['ratio']:6.2f} {q['cpu_ratio']:6.2f} {hogs} {threads}",
+            end="",
         )
+        print(f" {q['fp32_forward_ratio']:10.2f} {q['fp32_forward_cpu_ratio']:6.2f}" if args.fp32_too else "")
 
 
 if __name__ == "__main__":

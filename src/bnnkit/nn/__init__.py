@@ -1,6 +1,7 @@
 """Binary layers (quantizers from ``bnnkit.quant`` on their inputs and weights), the
 building blocks that repair methods add, and the helpers the trainer applies to them."""
 
+from bnnkit.nn import bf16
 from bnnkit.nn.blocks import LearnableThreshold, Prequantized, RPReLU, StandardizedWeights
 from bnnkit.nn.layers import (
     BinaryConv2d,
@@ -23,6 +24,7 @@ __all__ = [
     "Prequantized",
     "RPReLU",
     "StandardizedWeights",
+    "bf16",
     "binary_layers",
     "clip_latent_weights_",
     "clip_weights_",

@@ -25,6 +25,8 @@ class _Wrapper(Quantizer):
         super().__init__()
         self.quantizer = quantizer
         self.bits, self.binary = quantizer.bits, quantizer.binary
+        # The output is the wrapped quantizer's, whatever the input: ±1 exactly if its are.
+        self.signs = quantizer.signs
 
 
 class LearnableThreshold(_Wrapper):

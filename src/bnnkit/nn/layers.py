@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnnkit.errors import BnnkitError
+from bnnkit.nn import bf16
 from bnnkit.quant import Quantizer, QuantizerSpec, get_quantizer
 from bnnkit.recipe.core import ACTIVATION_SCALES, PAD_VALUES, WEIGHT_SCALES
 
@@ -81,6 +82,11 @@ class _BinaryMixin:
 
     def _mean_abs(self) -> torch.Tensor:
         return self.weight.abs().flatten(1).mean(dim=1)
+
+    def _signs_only(self) -> bool:
+        """Whether both operands of the product are exactly ±1 (see ``Quantizer.signs``)."""
+        iq, kq = self.input_quantizer, self.kernel_quantizer
+        return self.binarize_weights and getattr(iq, "signs", False) and getattr(kq, "signs", False)
 
     def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xq = x if self.input_quantizer is None else self.input_quantizer(x)
@@ -194,7 +200,8 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         if self.pad_value != 0.0 and (ph or pw):
             xq, ph, pw = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value), 0, 0
         # Zero padding is the convolution's own: the same values, without a padded copy.
-        out = F.conv2d(xq, wq, None, self.stride, (ph, pw), self.dilation, self.groups)
+        conv = bf16.binary_conv2d if self._signs_only() else F.conv2d
+        out = conv(xq, wq, None, self.stride, (ph, pw), self.dilation, self.groups)
         return self._scaled_plus_bias(self._input_scaled(out, x))
 
     def _input_magnitude(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,7 +239,8 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
-        return self._scaled_plus_bias(self._input_scaled(F.linear(xq, wq), x))
+        out = bf16.binary_linear(xq, wq) if self._signs_only() else F.linear(xq, wq)
+        return self._scaled_plus_bias(self._input_scaled(out, x))
 
     def _input_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         return x.abs().mean(1, keepdim=True)

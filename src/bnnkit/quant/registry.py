@@ -19,12 +19,22 @@ class Quantizer(nn.Module):
 
     ``bits`` is the width of one quantized value (the cost model reads it); ``binary``
     says that every output is ±1, or ±1 times a per-channel scale, so that a product
-    with another binary operand is an XNOR-popcount.
+    with another binary operand is an XNOR-popcount. ``signs`` says more: every output is
+    exactly +1.0 or -1.0 (no scale), so a product of two such operands sums integers, which a
+    binary layer may compute in bfloat16 without changing a bit (``bnnkit.nn.bf16``). It is
+    a property of a forward: a subclass that defines its own forward has ``signs`` only if it
+    sets it itself.
     """
 
     bits: int = 32
     binary: bool = False
+    signs: bool = False
     registered_name: str | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__ and "signs" not in cls.__dict__:
+            cls.signs = False
 
     def __init__(self) -> None:
         # An explicit empty signature lets get_quantizer reject options that a

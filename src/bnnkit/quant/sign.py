@@ -107,6 +107,8 @@ class SteSign(_Sign):
     """Sign with the plain straight-through estimator (Bengio et al., 2013):
     ``d(x) = 1`` everywhere, the incoming gradient passes unchanged."""
 
+    signs = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sign_with_gradient(x, None)
 
@@ -116,6 +118,8 @@ class ClippedSteSign(_Sign):
     """Sign with the clipped STE of BinaryNet (Courbariaux et al., 2016):
     ``d(x) = 1[|x| ≤ clip_value]``, the derivative of hardtanh. At exactly
     ``|x| = clip_value`` the gradient passes."""
+
+    signs = True
 
     def __init__(self, clip_value: float = 1.0):
         super().__init__()
@@ -141,6 +145,8 @@ class ApproxSign(_Sign):
     outside, i.e. ``d(x) = 2 − 2|x|`` for ``|x| < 1`` and 0 elsewhere: 2 at zero,
     falling linearly to 0 at ±1."""
 
+    signs = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sign_with_gradient(x, _approx_sign_derivative)
 
@@ -165,6 +171,8 @@ class SwishSign(_Sign):
     ``swish_sign_function``. It peaks at β for x = 0 and turns slightly negative for
     ``|x| ≳ 2.4/β``, pushing values away from the flip point. ``beta`` (default 5.0, the
     paper's choice) sets the width: larger β is closer to the true sign."""
+
+    signs = True
 
     def __init__(self, beta: float = 5.0):
         super().__init__()
@@ -194,6 +202,8 @@ class EdeSign(_Sign):
     only shapes the backward pass, so a saved model does not need it and the cost model
     does not count it as a weight.
     """
+
+    signs = True
 
     progress: torch.Tensor
 

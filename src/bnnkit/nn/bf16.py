@@ -1,0 +1,124 @@
+"""The forward product of a binary convolution or linear layer in bfloat16, bit for bit the float32 one.
+
+When both operands are exactly ±1 (quantizers with ``signs``), every output of the
+convolution is an integer sum of ±1 products; zero padding drops taps, never single
+products of a tap. oneDNN multiplies bfloat16 operands and accumulates in float32, so
+only the final rounding to a bfloat16 output can lose anything, and it loses nothing
+while the sum is a bfloat16 value: any integer up to 256 in magnitude, any even one up
+to 512. A sum of an even number of ±1 is even, so a convolution whose input has an even
+number of channels per group (each valid tap adds that many products) is exact up to
+512 products per output; a linear layer's outputs all sum ``in_features`` products. Within
+that bound this forward costs about half of float32's on a CPU with AVX512-BF16
+(docs/performance.md). The backward pass is PyTorch's own float32 one, called as autograd
+would call it, so the gradients (and a training run) are the same bits as with
+``F.conv2d``/``F.linear``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+# Off: every binary convolution and linear layer runs in float32 (benchmarks/train_speed.py compares both).
+enabled = True
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN computes bfloat16 natively here; elsewhere it emulates it, slower than float32."""
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch without the query: stay in float32
+        return False
+
+
+def exact_in_bf16(channels_per_group: int, taps: int) -> bool:
+    """Whether every sum of ``channels_per_group × taps`` products of ±1 (whole taps of them
+    missing at a zero-padded border) is a bfloat16 value (module docstring)."""
+    products = channels_per_group * taps
+    return products <= 256 or (channels_per_group % 2 == 0 and products <= 512)
+
+
+def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether a convolution (4-D ``w``) or a linear layer (2-D ``x`` and ``w``) of ±1
+    operands may take the bfloat16 forward."""
+    if w.ndim == 4:
+        exact = exact_in_bf16(w.shape[1], w.shape[2] * w.shape[3])
+    else:
+        # Row-major operands: autograd's mm backward takes other products for other strides.
+        exact = x.ndim == 2 and x.is_contiguous() and w.is_contiguous() and exact_in_bf16(w.shape[1], 1)
+    return (
+        enabled
+        and exact
+        and x.device.type == "cpu"
+        and x.dtype == w.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and cpu_has_fast_bf16()
+    )
+
+
+def _forward(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
+    return F.conv2d(x.bfloat16(), w.bfloat16(), None, stride, padding, dilation, groups).float()
+
+
+class _Bf16Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, stride, padding, dilation, groups):
+        ctx.config = (stride, padding, dilation, groups)
+        ctx.save_for_backward(x, w)
+        return _forward(x, w, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.config
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad, x, w, None, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups, mask
+        )
+        return grad_x, grad_w, None, None, None, None
+
+
+def _linear_forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.linear(x.bfloat16(), w.bfloat16()).float()
+
+
+class _Bf16Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return _linear_forward(x, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # F.linear is mm(x, w.t()) for a 2-D x; autograd's mm backward for a row-major x and
+        # a transposed w computes exactly these two products.
+        x, w = ctx.saved_tensors
+        grad_x = grad.mm(w) if ctx.needs_input_grad[0] else None
+        grad_w = grad.t().mm(x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
+
+
+def _pair(v) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def binary_conv2d(x: torch.Tensor, w: torch.Tensor, bias: None, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """``F.conv2d(x, w, None, ...)`` (``bias`` None, for the same signature) for operands that are exactly ±1 (and zero padding):
+    in bfloat16 where that is exact and fast, else in float32; the same values either way."""
+    if not usable(x, w):
+        return F.conv2d(x, w, None, stride, padding, dilation, groups)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return _Bf16Conv.apply(x, w, stride, padding, dilation, groups)
+    return _forward(x, w, stride, padding, dilation, groups)
+
+
+def binary_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, w)`` for operands that are exactly ±1, as ``binary_conv2d``."""
+    if not usable(x, w):
+        return F.linear(x, w)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return _Bf16Linear.apply(x, w)
+    return _linear_forward(x, w)

@@ -1,0 +1,173 @@
+"""The bfloat16 forward of binary convolutions (bnnkit.nn.bf16) against float32 F.conv2d."""
+
+import pytest
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableThreshold, bf16, set_weight_binarization
+from bnnkit.quant import get_quantizer, quantizer_names
+from bnnkit.quant.sign import ClippedSteSign
+from bnnkit.recipe import BASELINE
+from bnnkit.training import RunConfig, TrainOptions, train
+
+
+@pytest.fixture
+def bf16_calls(monkeypatch):
+    """Take the bfloat16 path whatever this CPU has, and count the convolutions it runs."""
+    calls = []
+
+    def counting(forward):
+        def counted(*args):
+            calls.append(args[1].shape)
+            return forward(*args)
+
+        return counted
+
+    monkeypatch.setattr(bf16, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(bf16, "_forward", counting(bf16._forward))
+    monkeypatch.setattr(bf16, "_linear_forward", counting(bf16._linear_forward))
+    return calls
+
+
+def signs(*shape, generator, p_plus=0.5):
+    return torch.where(torch.rand(*shape, generator=generator) < p_plus, 1.0, -1.0)
+
+
+@pytest.mark.parametrize(("cin", "kernel"), [(1, 3), (28, 3), (29, 3), (56, 3), (57, 3), (58, 3), (64, 3), (256, 1)])
+def test_exact_in_bf16_is_exactly_where_the_worst_sums_survive_the_rounding(cin, kernel):
+    # All ones: every interior output is the largest sum, cin·k², and the border ones each
+    # smaller count of whole taps; one -1 more makes the next largest, cin·k² - 2; random
+    # signs leaning to +1 give the sums in between.
+    gen = torch.Generator().manual_seed(cin)
+    ones, flipped = torch.ones(2, cin, 6, 6), torch.ones(2, cin, 6, 6)
+    flipped[0, 0, 2, 2] = -1.0
+    cases = [(ones, torch.ones(3, cin, kernel, kernel)), (flipped, torch.ones(3, cin, kernel, kernel))]
+    cases += [
+        (signs(2, cin, 6, 6, generator=gen, p_plus=0.97), signs(3, cin, kernel, kernel, generator=gen))
+        for _ in range(4)
+    ]
+    agree = [
+        torch.equal(bf16._forward(x, w, 1, kernel // 2, 1, 1), F.conv2d(x, w, None, 1, kernel // 2)) for x, w in cases
+    ]
+    if bf16.exact_in_bf16(cin, kernel * kernel):
+        assert all(agree)
+    else:  # the bound is tight: one of the two largest sums is already rounded
+        assert not (agree[0] and agree[1])
+
+
+@pytest.mark.parametrize("features", [255, 256, 257, 510, 512, 514])
+def test_a_linear_layer_is_exact_up_to_the_same_bound(features):
+    ones, flipped = torch.ones(3, features), torch.ones(3, features)
+    flipped[0, 0] = -1.0
+    w = torch.ones(4, features)
+    agree = [torch.equal(bf16._linear_forward(x, w), F.linear(x, w)) for x in (ones, flipped)]
+    assert all(agree) == bf16.exact_in_bf16(features, 1)
+
+
+def test_linear_forward_and_gradients_are_the_bits_of_float32(bf16_calls, monkeypatch):
+    torch.manual_seed(0)
+    layer = BinaryLinear(512, 64)
+    x0 = torch.randn(16, 512)
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(bf16, "enabled", enabled)
+        layer.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_()
+        out = layer(x)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        results.append((out.detach(), x.grad, layer.weight.grad))
+    assert len(bf16_calls) == 1
+    assert all(torch.equal(fast, plain) for fast, plain in zip(*results, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("pad_value", "stride", "groups", "channels_last"),
+    [(0.0, 1, 1, True), (0.0, 2, 1, False), (-1.0, 1, 2, True), (1.0, 1, 1, False)],
+)
+def test_forward_and_gradients_are_the_bits_of_float32(
+    bf16_calls, monkeypatch, pad_value, stride, groups, channels_last
+):
+    torch.manual_seed(0)
+    conv = BinaryConv2d(32, 16, 3, stride=stride, padding=1, pad_value=pad_value, groups=groups)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    conv = conv.to(memory_format=layout)
+    x0 = torch.randn(4, 32, 9, 9)
+    x0.view(-1)[::11] = 0.0  # exact zeros binarize to +1 in both paths
+    x0 = x0.contiguous(memory_format=layout)
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(bf16, "enabled", enabled)
+        conv.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_()
+        out = conv(x)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        results.append((out.detach(), x.grad, conv.weight.grad, out.stride()))
+    assert len(bf16_calls) == 1
+    for fast, plain in zip(*results, strict=True):
+        assert fast == plain if isinstance(fast, tuple) else torch.equal(fast, plain)
+
+
+def test_only_products_of_two_sign_operands_take_the_bf16_path(bf16_calls):
+    x = torch.randn(2, 8, 5, 5)
+    BinaryConv2d(8, 4, 3, padding=1)(x)
+    BinaryConv2d(8, 4, 3, input_quantizer=LearnableThreshold(8, get_quantizer("ste_sign")))(x)
+    assert len(bf16_calls) == 2
+    BinaryConv2d(8, 4, 3, kernel_quantizer="magnitude_aware_sign")(x)  # ±α, not ±1
+    BinaryConv2d(8, 4, 3, input_quantizer=None)(x)  # real input
+    BinaryConv2d(8, 4, 3, input_quantizer="ste_sign", kernel_quantizer="dorefa")(x)
+    BinaryConv2d(29, 4, 3)(torch.randn(2, 29, 5, 5))  # 261 products: not exact
+    two_stage = BinaryConv2d(8, 4, 3)
+    set_weight_binarization(two_stage, False)  # real weights in the first stage
+    two_stage(x)
+    BinaryLinear(514, 4)(torch.randn(2, 514))  # 514 products: not exact
+    BinaryLinear(8, 4)(torch.randn(2, 3, 8))  # not one row per sample
+    BinaryLinear(8, 4)(torch.randn(8, 2).t())  # column-major input
+    assert len(bf16_calls) == 2
+
+
+def test_every_quantizer_that_claims_signs_outputs_exactly_plus_or_minus_one():
+    x = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 0.3, -0.3, 1.0, -1.0, 7.0, -7.0, float("inf"), -float("inf")])
+    claiming = [name for name in quantizer_names() if get_quantizer(name).signs]
+    assert {"ste_sign", "clipped_ste_sign"} <= set(claiming)
+    assert not get_quantizer("magnitude_aware_sign").signs  # ±mean|w|
+    for name in claiming:
+        q = get_quantizer(name)
+        q.fit_(x.view(1, -1))
+        assert set(q(x.view(1, -1)).flatten().tolist()) <= {-1.0, 1.0}, name
+
+
+def test_a_subclass_with_a_forward_of_its_own_loses_signs_unless_it_says_so(bf16_calls):
+    class Halved(ClippedSteSign):
+        def forward(self, x):
+            return super().forward(x) / 2
+
+    class Declared(ClippedSteSign):
+        signs = True
+
+        def forward(self, x):
+            return super().forward(x)
+
+    assert not Halved.signs and Declared.signs
+    x = torch.randn(2, 8, 5, 5)
+    halved = BinaryConv2d(8, 4, 3, input_quantizer=Halved())
+    assert torch.equal(halved(x), F.conv2d(ClippedSteSign()(x) / 2, ClippedSteSign()(halved.weight)))
+    assert not bf16_calls
+    BinaryConv2d(8, 4, 3, input_quantizer=Declared())(x)
+    assert len(bf16_calls) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "options"), [("ebnn_cnn", {}), ("binarynet_mlp", {"width": 64, "depth": 2})])
+def test_training_is_the_same_bits_with_and_without_bf16(bf16_calls, monkeypatch, tmp_path, model, options):
+    recipe = BASELINE.with_(batch_size=32)
+    config = RunConfig(model=model, dataset="digits", epochs=1, seed=5, recipe=recipe, model_options=options)
+    options = TrainOptions(progress=False, limit_train=256, limit_test=64)
+    weights = []
+    for enabled in (True, False):
+        monkeypatch.setattr(bf16, "enabled", enabled)
+        train(config, tmp_path / str(enabled), options)
+        weights.append(safetensors.torch.load_file(tmp_path / str(enabled) / "model.safetensors"))
+    assert bf16_calls  # ebnn_cnn's second convolution (16 channels in), the MLP's 64-input layers
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
