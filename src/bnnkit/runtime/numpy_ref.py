@@ -162,7 +162,7 @@ def requantize_values(acc: np.ndarray, op: Op) -> np.ndarray:
     return np.clip(y, lo, 127).astype(np.int8)
 
 
-def _int8_sum(op: Op, x: np.ndarray) -> np.ndarray:
+def int8_sum(op: Op, x: np.ndarray) -> np.ndarray:
     """bias + x · w of an int8 conv or dense layer, as int32 (float64 products: exact, the shape
     rule bounds every sum below 2**31)."""
     w = op.params["weight"].astype(np.float64)
@@ -176,12 +176,12 @@ def _int8_sum(op: Op, x: np.ndarray) -> np.ndarray:
 
 @KERNELS.register("int8_conv2d")
 def int8_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
-    return requantize_values(_int8_sum(op, x), op)
+    return requantize_values(int8_sum(op, x), op)
 
 
 @KERNELS.register("int8_dense")
 def int8_dense(op: Op, x: np.ndarray) -> np.ndarray:
-    return _int8_sum(op, x)
+    return int8_sum(op, x)
 
 
 @KERNELS.register("requantize")
