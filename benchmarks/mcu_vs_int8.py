@@ -31,7 +31,7 @@ from bnnkit.export.int8 import quantize_run, twin_recipe
 from bnnkit.graph import OPS, Family, Graph
 from bnnkit.recipe import load_recipe
 from bnnkit.runtime.evaluate import run_graphs
-from bnnkit.training.run import WEIGHTS
+from bnnkit.training.run import CONFIG, WEIGHTS
 
 NETS = {
     "ebnn-4-8": ("ebnn_cnn", {"channels": [4, 8]}),
@@ -69,10 +69,13 @@ def measure(args: argparse.Namespace, net: str, kind: str) -> dict:
     host = run_graphs(graph, ["numpy"], data_dir=args.data_dir)[0]
     device = run_graphs(graph, ["cortex-m4"], limit=args.device_images, data_dir=args.data_dir)[0]
     d, prof, n_macs = device.device or {}, profile(graph), macs(graph)
+    config = json.loads((run / CONFIG).read_text())  # a reused run says how it was trained
     return {
         "net": net,
         "kind": kind,
         "run": str(run),
+        "epochs": config["epochs"],
+        "train_images": config.get("limit_train"),
         "accuracy": host.accuracy,
         "test_images": host.n,
         "device_images": device.n,
@@ -114,13 +117,13 @@ def pairings(rows: list[dict]) -> list[dict]:
 
 
 def print_tables(result: dict) -> None:
-    lines = [("net", "kind", "accuracy", "M4 same labels", "flash B", "RAM B", "MACs", "instructions", "instr/MAC",
+    lines = [("net", "kind", "trained", "accuracy", "M4 same labels", "flash B", "RAM B", "MACs", "instructions", "instr/MAC",
               "µJ (device)", "nJ (op model)")]  # fmt: skip
     for r in result["rows"]:
         same = f"{r['device_agreement']:.0%} of {r['device_images']}" + (
             "" if r["device_bit_exact"] else " (NOT bit-exact)"
         )
-        lines.append((r["net"], r["kind"], f"{r['accuracy']:.4f}", same, f"{r['flash_bytes']:,}", f"{r['ram_bytes']:,}",
+        lines.append((r["net"], r["kind"], f"{r['epochs']} x {r['train_images'] or 60000:,}", f"{r['accuracy']:.4f}", same, f"{r['flash_bytes']:,}", f"{r['ram_bytes']:,}",
                       f"{r['macs']:,}", f"{r['instructions']:,.0f}", f"{r['instructions_per_mac']:.2f}",
                       f"{r['energy_uj_device_model']:,.0f}", f"{r['energy_nj_op_model']:,.1f}"))  # fmt: skip
     print("\n".join(render_table(lines, left=2, total=False)))
