@@ -261,3 +261,66 @@ def test_the_sat_backend_refuses_int8_ops_with_its_reason():
 
     with pytest.raises(BnnkitError, match="^the sat backend does not run int8_conv2d: int8 arithmetic"):
         ENCODERS["int8_conv2d"]
+
+
+# --- post-training quantization of a float twin ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twin_run(tmp_path_factory):
+    """An ebnn_cnn float twin trained briefly on the 8x8 digits (scikit-learn's, shipped)."""
+    from bnnkit import api
+    from bnnkit.export.int8 import twin_recipe
+
+    out = tmp_path_factory.mktemp("twin") / "run"
+    api.train("ebnn_cnn", "digits", out, recipe=twin_recipe(), epochs=8, model_options={"channels": [8, 16]},
+              progress=False)  # fmt: skip
+    return out
+
+
+# PTQ may cost this much accuracy against the float twin on the test images (the bound the
+# docs state; the digits twin loses 0-1 point, Fashion-MNIST's ebnn twins 0-0.5)
+PTQ_BOUND = 0.02
+
+
+@pytest.mark.slow
+def test_ptq_stays_within_its_bound_of_the_float_twin_and_runs_everywhere(twin_run, tmp_path, capsys):
+    import json
+
+    from bnnkit.cli import main
+
+    out = tmp_path / "m.bnn"
+    assert main(["quantize", str(twin_run), "-o", str(out), "--check", "355", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n"] == 355 and r["int8_accuracy"] >= r["float_accuracy"] - PTQ_BOUND and r["top1_agreement"] >= 0.95
+    assert r["float_accuracy"] > 0.6, r  # a twin that learned something (chance: 0.1), so the bound means something
+    graph = Graph.load(out)
+    assert [op.kind for op in graph.ops] == ["quantize_input", "int8_conv2d", "maxpool", "int8_conv2d", "maxpool",
+                                             "flatten", "int8_dense", "argmax"]  # fmt: skip
+    assert main(["run", str(out), "--runtime", "c-portable", "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["bit_exact"] and run["accuracy"] == pytest.approx(r["int8_accuracy"])
+    assert main(["profile", str(out), "--json"]) == 0
+    prof = json.loads(capsys.readouterr().out)
+    assert prof["totals"]["binary_macs"] == 0 and prof["totals"]["int_ops"] > 0
+    assert main(["verify", str(out), "--image", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: op 0 (quantize_input from input): quantize_input has no encoding: int8 arithmetic")
+    assert err.count("\n") == 1
+
+
+def test_quantize_refuses_a_binary_run_and_a_bad_calibration(tmp_path, capsys):
+    import torch
+
+    from bnnkit.export.int8 import quantize_model, requant
+    from bnnkit.models import create_model
+
+    torch.manual_seed(0)
+    bnn = create_model("ebnn_cnn", 10, (1, 8, 8), "embedded", channels=[4, 8])
+    with pytest.raises(BnnkitError, match="^net.0: a binary layer; int8 quantization takes a full-precision twin"):
+        quantize_model(bnn, (1, 8, 8), np.zeros((4, 1, 8, 8), np.uint8))
+    with pytest.raises(BnnkitError, match="^calibration images must be uint8 \\(N, 1, 8, 8\\)"):
+        quantize_model(bnn, (1, 8, 8), np.zeros((4, 1, 7, 8), np.uint8))
+    for scale in (1e-12, 3e-7, 0.001234, 0.5, 0.999999, 1.0, 7.5):
+        m, s = requant(scale)
+        assert 1 <= s <= 62 and 0 <= m < 2**31 and abs(m / 2**s - scale) <= scale * 2**-30 + 2**-62
