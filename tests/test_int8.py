@@ -312,15 +312,16 @@ def test_ptq_stays_within_its_bound_of_the_float_twin_and_runs_everywhere(twin_r
 def test_quantize_refuses_a_binary_run_and_a_bad_calibration(tmp_path, capsys):
     import torch
 
-    from bnnkit.export.int8 import quantize_model, requant
+    from bnnkit.export.int8 import quantize_model, requant, twin_recipe
     from bnnkit.models import create_model
 
     torch.manual_seed(0)
     bnn = create_model("ebnn_cnn", 10, (1, 8, 8), "embedded", channels=[4, 8])
     with pytest.raises(BnnkitError, match="^net.0: a binary layer; int8 quantization takes a full-precision twin"):
         quantize_model(bnn, (1, 8, 8), np.zeros((4, 1, 8, 8), np.uint8))
+    twin = create_model("ebnn_cnn", 10, (1, 8, 8), twin_recipe(), channels=[4, 8])
     with pytest.raises(BnnkitError, match="^calibration images must be uint8 \\(N, 1, 8, 8\\)"):
-        quantize_model(bnn, (1, 8, 8), np.zeros((4, 1, 7, 8), np.uint8))
+        quantize_model(twin, (1, 8, 8), np.zeros((4, 1, 7, 8), np.uint8))
     for scale in (1e-12, 3e-7, 0.001234, 0.5, 0.999999, 1.0, 7.5):
         m, s = requant(scale)
         assert 1 <= s <= 62 and 0 <= m < 2**31 and abs(m / 2**s - scale) <= scale * 2**-30 + 2**-62
