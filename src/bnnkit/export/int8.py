@@ -131,18 +131,21 @@ def _parse(model: nn.Module) -> list[_Layer | tuple[str, nn.Module]]:
     return steps
 
 
+def _values(t: object, default: np.ndarray) -> np.ndarray:
+    """A parameter or buffer as float64, or ``default`` where the module has none (no bias, no affine BN)."""
+    return t.detach().double().numpy() if isinstance(t, torch.Tensor) else default
+
+
 def _folded(layer: _Layer) -> tuple[np.ndarray, np.ndarray]:
     """The layer's weight and bias with its BatchNorm folded in, float64."""
-    w = layer.module.weight.detach().double().numpy()
+    w = _values(layer.module.weight, np.zeros(0))
     o = w.shape[0]
-    b = layer.module.bias.detach().double().numpy() if layer.module.bias is not None else np.zeros(o)
+    b = _values(layer.module.bias, np.zeros(o))
     if layer.bn is not None:
         bn = layer.bn
-        gamma = bn.weight.detach().double().numpy() if bn.weight is not None else np.ones(o)
-        beta = bn.bias.detach().double().numpy() if bn.bias is not None else np.zeros(o)
-        k = gamma / np.sqrt(bn.running_var.detach().double().numpy() + bn.eps)
+        k = _values(bn.weight, np.ones(o)) / np.sqrt(_values(bn.running_var, np.ones(o)) + bn.eps)
         w = w * k.reshape((o,) + (1,) * (w.ndim - 1))
-        b = (b - bn.running_mean.detach().double().numpy()) * k + beta
+        b = (b - _values(bn.running_mean, np.zeros(o))) * k + _values(bn.bias, np.zeros(o))
     return w, b
 
 
@@ -207,7 +210,7 @@ def quantize_model(model: nn.Module, in_shape: tuple[int, int, int], calibration
             ops.append(Op(kind, [t], f"t{len(ops)}", attrs, name=name))
             t = ops[-1].output
     ops.append(Op("argmax", [t], "label"))
-    return Graph(tuple(in_shape), ops, meta={"quantization": "int8 post-training (bnnkit.export.int8)"})
+    return Graph(in_shape, ops, meta={"quantization": "int8 post-training (bnnkit.export.int8)"})
 
 
 def _layer_ops(layer: _Layer, x: str, in_scale: float, peak: float, last: bool, ops: list[Op]) -> tuple[str, float]:
@@ -256,7 +259,8 @@ def quantize_run(
         raise BnnkitError(f"--calibration must be 1..{MAX_CALIBRATION} images, got {calibration}")
     model, config = load_run(run_dir)
     train = load_dataset(config.dataset, "train", data_dir or config.data_dir)
-    graph = quantize_model(model, tuple(config.to_dict()["in_shape"]), train.x[:calibration])
+    c, h, w = config.to_dict()["in_shape"]
+    graph = quantize_model(model, (c, h, w), train.x[:calibration])
     graph.meta.update(model=config.model, dataset=config.dataset, recipe=config.recipe.name, run=str(run_dir),
                       calibration_images=min(calibration, len(train.x)))  # fmt: skip
     return graph, model, config
