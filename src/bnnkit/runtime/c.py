@@ -244,11 +244,12 @@ class _Emitter:
 
     # --- int8 ops (kernels in c_kernels/int8.c) ---------------------------------------------
 
-    def int8_weights(self, i: int, op: Op) -> int:
-        """Op ``i``'s int8 weights as words, four taps each, rows padded to whole words; returns
-        the words per output channel."""
+    def int8_weights(self, i: int, op: Op, taps: tuple[int, ...] = (0, 1, 2, 3)) -> int:
+        """Op ``i``'s int8 weights as words, four taps each in the byte order ``taps``, rows
+        padded to whole words; returns the words per output channel."""
         w = np.asarray(op.params["weight"], np.int8).reshape(len(op.params["weight"]), -1)
         w = np.pad(w, ((0, 0), (0, -w.shape[1] % 4)))
+        w = w.reshape(len(w), -1, 4)[:, :, list(taps)].reshape(len(w), -1)
         words = np.ascontiguousarray(w).view("<u4")
         self.data.append(_words(f"op{i}_weight", words))
         self.data.append(_array("int32_t", f"op{i}_bias", [_i32(int(v)) for v in op.params["bias"]]))
@@ -262,8 +263,9 @@ class _Emitter:
         self.data.append(_array("int8_t", f"op{i}_lo", ["0" if r else "-128" for r in relu]))
 
     def int8_scratch(self, words: int) -> str:
-        """One scratch buffer for every int8 convolution's patch, as large as the largest needs."""
-        name, line = f"{self.p}_int8_patch", f"static uint32_t {self.p}_int8_patch[{words}];"
+        """One scratch buffer for every int8 convolution's patch (int16 values), as large as the
+        largest needs."""
+        name, line = f"{self.p}_int8_patch", f"static int16_t {self.p}_int8_patch[{words}];"
         if self.patch is None:
             self.patch = (len(self.data), words)
             self.data.append(line)
@@ -286,9 +288,9 @@ class _Emitter:
         o, _, kh, kw = op.params["weight"].shape
         (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
         _, ho, wo = self.g.types[op.output][1]
-        wpo = self.int8_weights(i, op)
+        wpo = self.int8_weights(i, op, (0, 2, 1, 3))  # the pairs (t0, t1), (t2, t3) of the int16 patch
         self.requant(i, op)
-        patch = self.int8_scratch(2 * wpo)
+        patch = self.int8_scratch(4 * wpo)
         self.data.append(
             f"static const struct conv8 op{i}_conv = {{\n"
             f"    .C = {c}, .H = {h}, .W = {w}, .O = {o}, .KH = {kh}, .KW = {kw},\n"

@@ -3,7 +3,9 @@
 
    Layouts: i8 tensors CHW, one byte per value, in the uint32_t arena. int8 weights packed four
    to a uint32_t word, byte j of a word in bits 8j..8j+7, each output channel's row padded with
-   zero bytes to whole words (its taps in (c, ky, kx) order).
+   zero bytes to whole words (its taps in (c, ky, kx) order; int8_conv's words hold theirs in
+   the order its section says). Little-endian targets only (the Cortex-M cores, x86, AArch64):
+   two int16 taps are read as one word.
 
    Products go four taps at a time. With the DSP extension (__ARM_FEATURE_DSP: Cortex-M4, M7)
    SXTB16 sign-extends bytes 0 and 2 (and, rotated by 8, bytes 1 and 3) of a word into two
@@ -15,6 +17,7 @@
 #include <stdint.h>
 
 /* bnnkit:kernel int8_mac */
+#include <string.h> /* memcpy: two int16 taps read as one word, without breaking aliasing rules */
 #if defined(__ARM_FEATURE_DSP)
 #include <arm_acle.h>
 #endif
@@ -46,8 +49,8 @@ static inline void int8_pairs(uint32_t v, uint32_t *a, uint32_t *b)
 #endif
 }
 
-/* acc + the products of the pairs a = (x0, x2), b = (x1, x3) with the four bytes of weight
-   word w. */
+/* acc + the products of the int16 pairs a and b with the pairs int8_pairs makes of weight
+   word w: a with bytes (0, 2), b with bytes (1, 3). */
 static inline int32_t int8_mac4(uint32_t a, uint32_t b, uint32_t w, int32_t acc)
 {
     uint32_t wa, wb;
@@ -80,7 +83,9 @@ static inline int8_t int8_requant(int32_t acc, int32_t mult, int32_t shift, int3
 }
 
 /* bnnkit:kernel int8_conv needs int8_mac int8_requant */
-/* An int8 convolution with its requantization. */
+/* An int8 convolution with its requantization. Its weight words hold their four taps in the
+   order (t0, t2, t1, t3), so that int8_pairs gives the pairs (t0, t1) and (t2, t3): those of
+   the patch, which is a plain int16 array in tap order. */
 struct conv8 {
     int C, H, W; /* input layout */
     int O, KH, KW, SH, SW, PH, PW;
@@ -89,35 +94,31 @@ struct conv8 {
     const uint32_t *w; /* O rows of wpo words */
     const int32_t *bias, *mult, *shift;
     const int8_t *lo; /* per output channel: 0 with a fused ReLU, else -128 */
-    uint32_t *patch;  /* 2 * wpo words of scratch */
+    int16_t *patch;   /* 4 * wpo values of scratch */
 };
 
-/* One output pixel's taps as int16 pairs, two words per four taps ((x0, x2), (x1, x3)), so that
-   every output channel reads them without extending or bounds-checking them again. Padded taps
-   and the taps that round the row up to whole words are 0. */
+/* One output pixel's taps, (c, ky, kx) in order, extended to int16 once for every output
+   channel; padded taps and those that round the row up to whole words are 0. */
 static void int8_patch(const struct conv8 *p, const int8_t *x, int oy, int ox)
 {
-    int32_t quad[4];
-    int n = 0, c, i, j;
-    uint32_t *out = p->patch;
+    int c, i, j, k = 0, y0 = oy * p->SH - p->PH, x0 = ox * p->SW - p->PW;
+    int16_t *out = p->patch;
     for (c = 0; c < p->C; c++)
-        for (i = 0; i < p->KH; i++)
-            for (j = 0; j < p->KW; j++) {
-                int iy = oy * p->SH - p->PH + i, ix = ox * p->SW - p->PW + j;
-                int inside = iy >= 0 && iy < p->H && ix >= 0 && ix < p->W;
-                quad[n++] = inside ? x[(c * p->H + iy) * p->W + ix] : 0;
-                if (n == 4) {
-                    *out++ = int8_pack2(quad[0], quad[2]);
-                    *out++ = int8_pack2(quad[1], quad[3]);
-                    n = 0;
-                }
+        for (i = 0; i < p->KH; i++) {
+            int iy = y0 + i;
+            const int8_t *row = x + (c * p->H + iy) * p->W;
+            if (iy < 0 || iy >= p->H) {
+                for (j = 0; j < p->KW; j++)
+                    out[k++] = 0;
+                continue;
             }
-    if (n) {
-        while (n < 4)
-            quad[n++] = 0;
-        *out++ = int8_pack2(quad[0], quad[2]);
-        *out = int8_pack2(quad[1], quad[3]);
-    }
+            for (j = 0; j < p->KW; j++) {
+                int ix = x0 + j;
+                out[k++] = (int16_t)(ix >= 0 && ix < p->W ? row[ix] : 0);
+            }
+        }
+    while (k & 3)
+        out[k++] = 0;
 }
 
 static void int8_conv(const struct conv8 *p, const int8_t *x, int8_t *y)
@@ -129,20 +130,29 @@ static void int8_conv(const struct conv8 *p, const int8_t *x, int8_t *y)
             int8_patch(p, x, oy, ox);
             /* two output channels per pass: each pair of patch words is loaded once for both */
             for (o = 0; o + 1 < p->O; o += 2) {
-                const uint32_t *w0 = p->w + o * p->wpo, *w1 = w0 + p->wpo, *patch = p->patch;
+                const uint32_t *w0 = p->w + o * p->wpo, *w1 = w0 + p->wpo;
+                const int16_t *patch = p->patch;
                 int32_t acc0 = p->bias[o], acc1 = p->bias[o + 1];
-                for (q = 0; q < p->wpo; q++, patch += 2) {
-                    acc0 = int8_mac4(patch[0], patch[1], w0[q], acc0);
-                    acc1 = int8_mac4(patch[0], patch[1], w1[q], acc1);
+                for (q = 0; q < p->wpo; q++, patch += 4) {
+                    uint32_t a, b;
+                    memcpy(&a, patch, 4);
+                    memcpy(&b, patch + 2, 4);
+                    acc0 = int8_mac4(a, b, w0[q], acc0);
+                    acc1 = int8_mac4(a, b, w1[q], acc1);
                 }
                 at[o * plane] = int8_requant(acc0, p->mult[o], p->shift[o], p->lo[o]);
                 at[(o + 1) * plane] = int8_requant(acc1, p->mult[o + 1], p->shift[o + 1], p->lo[o + 1]);
             }
             if (o < p->O) {
-                const uint32_t *w0 = p->w + o * p->wpo, *patch = p->patch;
+                const uint32_t *w0 = p->w + o * p->wpo;
+                const int16_t *patch = p->patch;
                 int32_t acc0 = p->bias[o];
-                for (q = 0; q < p->wpo; q++, patch += 2)
-                    acc0 = int8_mac4(patch[0], patch[1], w0[q], acc0);
+                for (q = 0; q < p->wpo; q++, patch += 4) {
+                    uint32_t a, b;
+                    memcpy(&a, patch, 4);
+                    memcpy(&b, patch + 2, 4);
+                    acc0 = int8_mac4(a, b, w0[q], acc0);
+                }
                 at[o * plane] = int8_requant(acc0, p->mult[o], p->shift[o], p->lo[o]);
             }
         }
