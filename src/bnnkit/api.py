@@ -95,6 +95,7 @@ def _import_path(model: Any) -> str:
 _GRAPH_TAKEN_BY = {
     "eval": "`bnnkit run {path}` evaluates a graph",
     "export": "it is exported already: `bnnkit run`, `profile`, `codegen` and `build` take it",
+    "quantize": "it is a graph already: `bnnkit run`, `profile`, `codegen` and `build` take it",
 }
 
 

@@ -244,6 +244,21 @@ def cmd_export(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from bnnkit.export.int8 import quantize_and_check
+
+    run_dir = expect_run_dir(args.run_dir, "quantize")
+    r = quantize_and_check(run_dir, args.output, args.calibration, args.check, args.data_dir)
+    checked = (
+        f"; on {r['n']} test images float {r['float_accuracy']:.4f}, int8 {r['int8_accuracy']:.4f}, "
+        f"labels agree on {r['top1_agreement']:.2%}"
+        if r["n"]
+        else ""
+    )
+    _emit(args, r, f"quantized to int8: {r['ops']} ops in {args.output}, calibrated on {r['calibration_images']} "
+                   f"training images{checked}")  # fmt: skip
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     graph = _load_graph(args)
     r = run_graph(graph, args.runtime, args.dataset, args.limit, args.data_dir, progress=not args.json)
@@ -579,6 +594,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_export)
     models_built.append(p)
+
+    p = sub.add_parser(
+        "quantize", help="trained float twin -> int8 graph file (the baseline a BNN is measured against)"
+    )
+    p.add_argument(
+        "run_dir", type=Path, metavar="DIR", help="a `bnnkit train` directory of a float twin (docs/cortex-m.md)"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="graph file to write (model.bnn)")
+    p.add_argument("--calibration", type=int, default=2000, help="training images that set the activation scales")
+    p.add_argument("--check", type=int, default=1000, help="test images to score float model and graph on (0 skips)")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_quantize)
 
     p = sub.add_parser("run", help="accuracy of a graph in a runtime, and its agreement with the numpy reference")
     _add_graph_args(p)

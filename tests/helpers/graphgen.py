@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from bnnkit.graph import INT32_MIN, Graph, Op
+from bnnkit.runtime import numpy_ref
 from bnnkit.runtime.numpy_ref import KERNELS
 
 # deterministic across runs and machines, no example database, no timing flakiness
@@ -95,7 +96,9 @@ class _Builder:
         return name
 
     def kind(self, name: str) -> str:
-        return {"uint8": "u8", "bool": "bits", "int32": "i32", "float32": "f32"}[self.env[name].dtype.name]
+        return {"uint8": "u8", "bool": "bits", "int32": "i32", "float32": "f32", "int8": "i8"}[
+            self.env[name].dtype.name
+        ]
 
     def bits(self, *shape: int) -> np.ndarray:
         return self.rng.random(shape) < 0.5
@@ -262,3 +265,71 @@ def ebnn_cnn(rng: np.random.Generator) -> Graph:
         Op("argmax", ["s"], "label"),
     ]
     return Graph((1, 28, 28), ops)
+
+
+# --- int8 graphs (the baseline's ops) ----------------------------------------------------------
+
+
+def _requant_params(rng: np.random.Generator, acc: np.ndarray) -> dict:
+    """Per channel, a multiplier and shift that map the spread of the accumulators ``acc``
+    (N, C, ...) onto about +-100 (some values saturate, ties of the rounding occur), and ReLU on
+    some channels."""
+    c = acc.shape[1]
+    spread = np.abs(np.moveaxis(acc, 1, 0).reshape(c, -1)).max(axis=1).astype(np.float64) + 1
+    shift = rng.integers(20, 40, c)
+    mult = np.clip(np.round(100 / spread * 2.0**shift * rng.uniform(0.5, 2.0, c)), 0, 2**31 - 1)
+    return {"multiplier": mult.astype(np.int32), "shift": shift.astype(np.int32), "relu": rng.random(c) < 0.5}
+
+
+class _Int8Builder(_Builder):
+    def int8_layer(self, src: str, kind: str, weight_shape: tuple, attrs: dict | None = None) -> str:
+        """An int8 conv (requantized) or dense (i32) layer with random int8 weights and bias; the
+        requantization is fitted to the accumulators the layer really produces."""
+        weight = self.rng.integers(-128, 128, weight_shape).astype(np.int8)
+        bias = self.rng.integers(-5000, 5000, weight_shape[0]).astype(np.int32)
+        params = {"weight": weight, "bias": bias}
+        if kind == "int8_conv2d":
+            acc = numpy_ref.int8_sum(Op(kind, [src], "acc", attrs or {}, params), self.env[src])
+            params.update(_requant_params(self.rng, acc))
+        return self.op(kind, [src], attrs or {}, params)
+
+    def int8_conv(self, src: str) -> str:
+        cin, h, w = self.env[src].shape[1:]
+        g = self.conv_geometry(h, w)
+        o = self.channels()
+        return self.int8_layer(
+            src, "int8_conv2d", (o, cin, g["k"], g["k"]), {"stride": g["stride"], "padding": g["padding"]}
+        )
+
+    def int8_pool(self, src: str) -> str:
+        h, w = self.env[src].shape[2:]
+        kernel = (self.choose.integer(1, min(3, h)), self.choose.integer(1, min(3, w)))
+        return self.op(
+            "maxpool", [src], {"kernel": kernel, "stride": (self.choose.integer(1, 3), self.choose.integer(1, 3))}
+        )
+
+    def int8_dense(self, src: str, out_features: int, requantize: bool) -> str:
+        if self.env[src].ndim > 2:
+            src = self.op("flatten", [src])
+        t = self.int8_layer(src, "int8_dense", (out_features, self.env[src].shape[1]))
+        return self.op("requantize", [t], params=_requant_params(self.rng, self.env[t])) if requantize else t
+
+
+def int8_case_from_seed(seed: int, max_layers: int = 3) -> Case:
+    """The random int8 graph numbered ``seed``: quantize_input, int8 convolutions (requantized,
+    some channels with ReLU, so that activations of both signs reach the next layer) and
+    max-pools, then int8 dense layers to int32 class scores."""
+    rng = np.random.default_rng(seed)
+    choose = _Seeded(rng)
+    shape = (choose.integer(1, 3), choose.integer(2, 10), choose.integer(2, 10))
+    b = _Int8Builder(choose, rng, rng.integers(0, 256, (N_IMAGES, *shape), dtype=np.uint8))
+    t = b.op("quantize_input", ["input"])
+    if choose.choice(["conv", "conv", "conv", "dense"]) == "conv":
+        t = b.int8_conv(t)
+        for _ in range(choose.integer(0, max_layers)):
+            t = b.int8_pool(t) if choose.boolean() else b.int8_conv(t)
+    for _ in range(choose.integer(0, 2)):
+        t = b.int8_dense(t, b.channels(), requantize=True)
+    t = b.int8_dense(t, choose.integer(2, 12), requantize=False)
+    b.op("argmax", [t])
+    return Case(Graph(shape, b.ops), b.env["input"], seed)

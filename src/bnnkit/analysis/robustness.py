@@ -74,6 +74,10 @@ ENCODERS = OpTable("sat")
 # value by value, so each class score is a function of one accumulator element
 HEAD_FAMILIES = (Family.ELEMENTWISE, Family.VIEW, Family.HEAD)
 ENCODERS.refuse("avgpool", "a window sum of accumulators is not one count of literals")
+for _kind in ("quantize_input", "int8_conv2d", "int8_dense", "requantize"):
+    ENCODERS.refuse(
+        _kind, "int8 arithmetic (products of 8-bit values, requantization) has no encoding as counts of literals"
+    )
 # "native": the solver's own at-most-k constraints; the rest: PySAT CardEnc clauses
 ENCODINGS = ("native", "seqcounter", "sortnetwrk", "cardnetwrk", "totalizer", "mtotalizer", "kmtotalizer")
 NATIVE_SOLVERS = ("minicard", "gluecard3", "gluecard4")

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from bnnkit.graph.core import Op
 
 TensorType = tuple[str, tuple[int, ...]]  # (type, shape) of one tensor, per sample
-TYPES = ("u8", "bits", "i32", "f32")
-DTYPES = {"bits": np.dtype(bool), "i32": np.dtype(np.int32), "f32": np.dtype(np.float32)}
+TYPES = ("u8", "bits", "i32", "f32", "i8")
+DTYPES = {"bits": np.dtype(bool), "i32": np.dtype(np.int32), "f32": np.dtype(np.float32), "i8": np.dtype(np.int8)}
 """The NumPy dtype of a parameter (and of an ``i32``/``f32`` tensor) of each type."""
 
 
@@ -239,6 +239,78 @@ def _pool_work(op: Op, ins: list[TensorType], out: TensorType) -> Work:
     return Work(window, ((window, "window matrix"),))
 
 
+# --- int8 ops (the baseline that a BNN is measured against) ----------------------------------
+
+INT8_ACC_LIMIT = 2**31 - 1
+"""An int8 layer's accumulator, 128 * 128 per tap plus the bias, must stay within int32 so that
+no runtime's sum can overflow; the shape rule refuses a fan-in or bias that could."""
+REQUANT_SHIFT = (1, 62)  # acc * multiplier < 2**62 and the rounding half 2**61: int64 never overflows
+
+
+def _requant_params(op: Op, channels: int) -> None:
+    """The per-channel requantization parameters of an int8 op, checked against ``channels``."""
+    for name in ("bias", "multiplier", "shift", "relu"):
+        if name in op.params and op.params[name].shape != (channels,):
+            raise ValueError(f"{name} has shape {op.params[name].shape}, expected ({channels},)")
+    m, s = op.params["multiplier"], op.params["shift"]
+    if m.size and m.min() < 0:
+        raise ValueError("multiplier must be >= 0")
+    if s.size and (s.min() < REQUANT_SHIFT[0] or s.max() > REQUANT_SHIFT[1]):
+        raise ValueError(f"shift must lie in {REQUANT_SHIFT[0]}..{REQUANT_SHIFT[1]}")
+
+
+def _int8_accumulator(op: Op, inner: Infer, ins: list[TensorType]) -> TensorType:
+    """The i32 accumulator of an int8 conv or dense layer (``inner``: the binary layer's shape rule),
+    its weights int8 and its bias bounded so that the sum fits int32."""
+    t, shape = inner(op, ins)
+    fan_in, bias = math.prod(op.params["weight"].shape[1:]), op.params["bias"]
+    if bias.shape != (shape[0],):
+        raise ValueError(f"bias has shape {bias.shape}, expected ({shape[0]},)")
+    worst = 128 * 128 * fan_in + (int(np.abs(bias.astype(np.int64)).max()) if bias.size else 0)
+    if worst > INT8_ACC_LIMIT:
+        raise ValueError(f"fan-in {fan_in} and bias could overflow the int32 accumulator ({worst:,} > 2**31 - 1)")
+    return t, shape
+
+
+def _int8_conv_shape(op: Op, ins: list[TensorType]) -> TensorType:
+    _, shape = _int8_accumulator(op, _conv_shape, ins)
+    _requant_params(op, shape[0])
+    return "i8", shape
+
+
+def _int8_dense_shape(op: Op, ins: list[TensorType]) -> TensorType:
+    return _int8_accumulator(op, _dense_shape, ins)
+
+
+def _requantize_shape(op: Op, ins: list[TensorType]) -> TensorType:
+    _requant_params(op, ins[0][1][0])
+    return "i8", ins[0][1]
+
+
+def _same_shape(out_type: str) -> Infer:
+    def infer(op: Op, ins: list[TensorType]) -> TensorType:
+        return out_type, ins[0][1]
+
+    return infer
+
+
+def _int8_producer_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
+    # an 8-bit multiply and a 32-bit add per MAC, and the requantization per value where there is one
+    macs = math.prod(out[1]) * math.prod(op.params["weight"].shape[1:])
+    return Cost(int_ops=2 * macs + (3 * math.prod(out[1]) if "multiplier" in op.params else 0))
+
+
+def _requantize_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
+    return Cost(int_ops=3 * math.prod(out[1]))  # a 64-bit multiply-add, a shift and the clamp per value
+
+
+_REQUANT = {"multiplier": "i32", "shift": "i32"}
+_REQUANT_DOC = (
+    "requantized: y = clamp((acc * multiplier[o] + 2**(shift[o]-1)) >> shift[o], lo, 127) in int64 "
+    "(round half up), lo = 0 where the optional bits relu[o] is set (a fused ReLU), else -128"
+)
+
+
 # --- the table ------------------------------------------------------------------------------
 
 
@@ -328,7 +400,7 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "maxpool",
         Family.POOL,
-        (("i32", "bits"),),
+        (("i32", "bits", "i8"),),
         _pool_shape,
         _pool_cost,
         _WINDOW,
@@ -351,7 +423,7 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "flatten",
         Family.VIEW,
-        (("u8", "bits", "i32", "f32"),),
+        (("u8", "bits", "i32", "f32", "i8"),),
         _flatten_shape,
         _no_cost,
         doc="(C,H,W) -> (C*H*W,) in C order",
@@ -363,6 +435,49 @@ OPS: dict[str, OpDef] = _table(
         _argmax_shape,
         _argmax_cost,
         doc="(C,) -> index of the first maximum (type 'index', shape ())",
+    ),
+    OpDef(
+        "quantize_input",
+        Family.ELEMENTWISE,
+        (("u8",),),
+        _same_shape("i8"),
+        _per_value_cost,
+        doc="u8 pixels -> i8: y = x >> 1 (0..127, the image at scale 2/255: pixel/255 ~ y * 2/255)",
+    ),
+    OpDef(
+        "int8_conv2d",
+        Family.PRODUCER,
+        (("i8",),),
+        _int8_conv_shape,
+        _int8_producer_cost,
+        _CONV_ATTRS,
+        {"weight": "i8", "bias": "i32", **_REQUANT},
+        ("relu",),
+        work=_conv_work,
+        doc="i8 (C,H,W) * i8 weight (O,C,kh,kw) -> i8: acc = bias[o] + sum of x*w over the taps, padded "
+        "values 0; " + _REQUANT_DOC,
+    ),
+    OpDef(
+        "int8_dense",
+        Family.PRODUCER,
+        (("i8",),),
+        _int8_dense_shape,
+        _int8_producer_cost,
+        (),
+        {"weight": "i8", "bias": "i32"},
+        work=_dense_work,
+        doc="i8 (F,) * i8 weight (O,F) -> i32 (O,): bias[o] + sum of x*w (class scores, or a requantize follows)",
+    ),
+    OpDef(
+        "requantize",
+        Family.ELEMENTWISE,
+        (("i32",),),
+        _requantize_shape,
+        _requantize_cost,
+        (),
+        dict(_REQUANT),
+        ("relu",),
+        doc="i32 (C,...) acc -> i8, " + _REQUANT_DOC,
     ),
 )
 

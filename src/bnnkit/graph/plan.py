@@ -6,7 +6,8 @@ Layout in C (per sample, no batch axis). Every tensor has a *layout shape* (C, H
 * ``u8``   the caller's input, CHW, one byte per pixel value;
 * ``bits`` HWC, channels packed per pixel into ``ceil(C/32)`` 32-bit words, channel ``c`` in
   bit ``c % 32`` of word ``c // 32``, bit 1 ⇔ +1, unused high bits 0;
-* ``i32``, ``f32``  CHW, four bytes per value.
+* ``i32``, ``f32``  CHW, four bytes per value;
+* ``i8``   CHW, one byte per value (the int8 baseline), rounded up to whole words.
 
 A vector ``(F,)`` has layout shape ``(F, 1, 1)``, except the output of a ``flatten`` of
 ``bits`` or ``u8``: that keeps the layout of what it flattens, because ``flatten`` never
@@ -88,6 +89,8 @@ def layout_bytes(kind: str, shape: tuple[int, int, int]) -> int:
         return c * h * w
     if kind == "bits":
         return h * w * ((c + 31) // 32) * 4
+    if kind == "i8":  # CHW, one byte per value, the buffer rounded up to whole 32-bit words
+        return (c * h * w + 3) // 4 * 4
     return 4 * c * h * w
 
 

@@ -134,6 +134,8 @@ class Layers:
         kind = self.recipe.activation
         if kind == "prelu":
             return [nn.PReLU(channels)]
+        if kind == "relu":
+            return [nn.ReLU()]
         return [RPReLU(channels)] if kind == "rprelu" else []
 
     def pooled_norm(self, channels: int) -> list[nn.Module]:

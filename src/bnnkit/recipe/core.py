@@ -24,7 +24,7 @@ SCHEDULES = ("cosine", "step", "constant")
 WEIGHT_NORMS = ("none", "standardize")
 RESIDUALS = ("block", "double")
 DOWNSAMPLES = ("binary", "fp")
-ACTIVATIONS = ("none", "prelu", "rprelu")
+ACTIVATIONS = ("none", "prelu", "rprelu", "relu")  # relu: the full-precision twins of the int8 baseline
 POOL_ORDERS = ("pool_bn_sign", "bn_sign_pool")
 # The vocabularies of the binary layers live here, with the recipe that names them, so that
 # bnnkit.nn imports the recipe and not the other way round (a recipe loads without torch).

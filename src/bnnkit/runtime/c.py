@@ -77,6 +77,8 @@ def _f32(v: np.float32) -> str:
 
 # --- the generator --------------------------------------------------------------------
 
+_CTYPES = {"u8": "uint8_t", "i32": "int32_t", "i8": "int8_t"}  # the C element type of a tensor type
+
 
 class _Emitter:
     """The tables and calls of one graph's C, step by step of its memory plan. ``EMIT`` is the
@@ -90,6 +92,7 @@ class _Emitter:
         self.used: set[str] = set()
         self.data: list[str] = []
         self.calls: list[str] = []
+        self.patch: tuple[int, int] | None = None  # the int8 convolutions' scratch: (index in data, words)
 
     def buf(self, tensor: str, ctype: str) -> str:
         name = self.plan.buffer_of[tensor]
@@ -155,12 +158,12 @@ class _Emitter:
 
     def inputs(self, op: Op) -> list[str]:
         """The buffers ``op`` reads, each as a pointer of its C type."""
-        return [self.buf(n, {"u8": "uint8_t", "i32": "int32_t"}.get(self.g.types[n][0], "uint32_t")) for n in op.inputs]
+        return [self.buf(n, _CTYPES.get(self.g.types[n][0], "uint32_t")) for n in op.inputs]
 
     def output(self, step: Step) -> str:
         """The buffer ``step`` writes."""
         out_type = self.g.types[self.g.ops[step.ops[-1]].output][0]
-        return self.buf(self.g.ops[step.ops[-1]].output, "int32_t" if out_type == "i32" else "uint32_t")
+        return self.buf(self.g.ops[step.ops[-1]].output, _CTYPES.get(out_type, "uint32_t"))
 
     @EMIT.register("input_conv2d", "input_dense", "binary_conv2d", "binary_dense")
     def producer(self, step: Step) -> None:
@@ -205,10 +208,11 @@ class _Emitter:
     @EMIT.register("maxpool")
     def maxpool(self, step: Step) -> None:
         i, op = step.ops[0], self.g.ops[step.ops[0]]
-        if self.g.types[op.inputs[0]][0] == "bits":
+        in_type = self.g.types[op.inputs[0]][0]
+        if in_type == "bits":
             self.pool(step, "maxpool_bits", f"{self.min_channels(i, op)}, ")
         else:
-            self.pool(step, "maxpool_i32")
+            self.pool(step, f"maxpool_{in_type}")
 
     @EMIT.register("avgpool")
     def avgpool(self, step: Step) -> None:
@@ -238,6 +242,83 @@ class _Emitter:
         in_type, (c, h, w) = self.g.types[op.inputs[0]][0], self.plan.layout[op.inputs[0]]
         self.used.add(f"argmax_{in_type}")
         self.call(step, f"return argmax_{in_type}({self.inputs(op)[0]}, {c * h * w}, scores)")
+
+    # --- int8 ops (kernels in c_kernels/int8.c) ---------------------------------------------
+
+    def int8_weights(self, i: int, op: Op, taps: tuple[int, ...] = (0, 1, 2, 3)) -> int:
+        """Op ``i``'s int8 weights as words, four taps each in the byte order ``taps``, rows
+        padded to whole words; returns the words per output channel."""
+        w = np.asarray(op.params["weight"], np.int8).reshape(len(op.params["weight"]), -1)
+        w = np.pad(w, ((0, 0), (0, -w.shape[1] % 4)))
+        w = w.reshape(len(w), -1, 4)[:, :, list(taps)].reshape(len(w), -1)
+        words = np.ascontiguousarray(w).view("<u4")
+        self.data.append(_words(f"op{i}_weight", words))
+        self.data.append(_array("int32_t", f"op{i}_bias", [_i32(int(v)) for v in op.params["bias"]]))
+        return words.shape[1]
+
+    def requant(self, i: int, op: Op) -> None:
+        """The tables ``op{i}_mult``, ``op{i}_shift`` and ``op{i}_lo`` (the clamp's lower bound)."""
+        for name, values in (("mult", op.params["multiplier"]), ("shift", op.params["shift"])):
+            self.data.append(_array("int32_t", f"op{i}_{name}", [_i32(int(v)) for v in values]))
+        relu = op.params.get("relu", np.zeros(len(op.params["shift"]), bool))
+        self.data.append(_array("int8_t", f"op{i}_lo", ["0" if r else "-128" for r in relu]))
+
+    def int8_scratch(self, words: int) -> str:
+        """One scratch buffer for every int8 convolution's patch (int16 values), as large as the
+        largest needs."""
+        name, line = f"{self.p}_int8_patch", f"static int16_t {self.p}_int8_patch[{words}];"
+        if self.patch is None:
+            self.patch = (len(self.data), words)
+            self.data.append(line)
+        elif words > self.patch[1]:
+            self.patch = (self.patch[0], words)
+            self.data[self.patch[0]] = line
+        return name
+
+    @EMIT.register("quantize_input")
+    def quantize_input(self, step: Step) -> None:
+        op = self.g.ops[step.ops[0]]
+        c, h, w = self.plan.layout[op.inputs[0]]
+        self.used.add("quantize_input")
+        self.call(step, f"quantize_input({self.inputs(op)[0]}, {c * h * w}, {self.output(step)})")
+
+    @EMIT.register("int8_conv2d")
+    def int8_conv2d(self, step: Step) -> None:
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        c, h, w = self.plan.layout[op.inputs[0]]
+        o, _, kh, kw = op.params["weight"].shape
+        (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
+        _, ho, wo = self.g.types[op.output][1]
+        wpo = self.int8_weights(i, op, (0, 2, 1, 3))  # the pairs (t0, t1), (t2, t3) of the int16 patch
+        self.requant(i, op)
+        patch = self.int8_scratch(4 * wpo)
+        self.data.append(
+            f"static const struct conv8 op{i}_conv = {{\n"
+            f"    .C = {c}, .H = {h}, .W = {w}, .O = {o}, .KH = {kh}, .KW = {kw},\n"
+            f"    .SH = {sh}, .SW = {sw}, .PH = {ph}, .PW = {pw}, .Ho = {ho}, .Wo = {wo},\n"
+            f"    .wpo = {wpo}, .w = op{i}_weight, .bias = op{i}_bias, .mult = op{i}_mult,\n"
+            f"    .shift = op{i}_shift, .lo = op{i}_lo, .patch = {patch}\n}};"
+        )
+        self.used.add("int8_conv")
+        self.call(step, f"int8_conv(&op{i}_conv, {self.inputs(op)[0]}, {self.output(step)})")
+
+    @EMIT.register("int8_dense")
+    def int8_dense(self, step: Step) -> None:
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        wpo = self.int8_weights(i, op)
+        x = self.buf(op.inputs[0], "uint32_t")  # whole words: the weights' zero padding covers the bytes past F
+        self.used.add("int8_dense")
+        o = len(op.params["weight"])
+        self.call(step, f"int8_dense({x}, {wpo}, {o}, op{i}_weight, op{i}_bias, {self.output(step)})")
+
+    @EMIT.register("requantize")
+    def requantize(self, step: Step) -> None:
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        c, h, w = self.plan.layout[op.inputs[0]]
+        self.requant(i, op)
+        self.used.add("requantize")
+        x, out = self.inputs(op)[0], self.output(step)
+        self.call(step, f"requantize({x}, {c}, {h * w}, op{i}_mult, op{i}_shift, op{i}_lo, {out})")
 
     @EMIT.register("flatten")
     def flatten(self, step: Step) -> None:

@@ -1,6 +1,6 @@
 """The C that bnnkit ships for its generated code, read from ``c_kernels/``.
 
-``kernels.c`` holds every kernel the generator can call, in sections that start with a
+``kernels.c`` (and ``int8.c`` after it, the int8 baseline's) holds every kernel the generator can call, in sections that start with a
 marker line ``/* bnnkit:kernel NAME needs OTHER ... */`` (``needs`` optional); a section
 may need only sections above it, so file order is a valid order for the C compiler.
 ``kernel_sources`` returns the sections some calls need, with everything they need,
@@ -23,6 +23,8 @@ import numpy as np
 from bnnkit.graph import Graph
 
 KERNELS_FILE = "kernels.c"
+# the kernel files in order: a section may need sections of the files before its own
+KERNEL_FILES = (KERNELS_FILE, "int8.c")
 _MARKER = re.compile(r"^/\* bnnkit:kernel (\w+)(?: needs ((?:\w+ ?)+))? \*/\n", re.M)
 
 
@@ -38,10 +40,10 @@ def read_text(name: str) -> str:
     return (resources.files("bnnkit.runtime") / "c_kernels" / name).read_text()
 
 
-def parse_kernels(text: str, source: str = KERNELS_FILE) -> dict[str, Kernel]:
-    """The sections of a kernel file, in file order; a section that needs one not above it
-    (or is defined twice) is an error in ``source``."""
-    found: dict[str, Kernel] = {}
+def parse_kernels(text: str, source: str = KERNELS_FILE, above: dict[str, Kernel] | None = None) -> dict[str, Kernel]:
+    """The sections of a kernel file, in file order, after those of ``above`` (the files before
+    it); a section that needs one not above it (or is defined twice) is an error in ``source``."""
+    found: dict[str, Kernel] = dict(above or {})
     markers = list(_MARKER.finditer(text))
     for marker, after in zip(markers, [*markers[1:], None]):
         name, needs = marker.group(1), tuple((marker.group(2) or "").split())
@@ -56,7 +58,10 @@ def parse_kernels(text: str, source: str = KERNELS_FILE) -> dict[str, Kernel]:
 
 @functools.cache
 def kernels() -> dict[str, Kernel]:
-    return parse_kernels(read_text(KERNELS_FILE))
+    found: dict[str, Kernel] = {}
+    for name in KERNEL_FILES:
+        found = parse_kernels(read_text(name), name, found)
+    return found
 
 
 def closure(names: Iterable[str], library: dict[str, Kernel] | None = None) -> list[str]:

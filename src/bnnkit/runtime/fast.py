@@ -346,6 +346,10 @@ def _reference(op: Op, *args):
     return numpy_ref.KERNELS[op.kind](op, *(a.bits() if isinstance(a, Packed) else a for a in args))
 
 
+# int8 layers (the baseline a BNN is measured against) have no fast kernels: the reference runs them
+KERNELS.register("quantize_input", "int8_conv2d", "int8_dense", "requantize")(_reference)
+
+
 @KERNELS.register("maxpool")
 def _maxpool(op: Op, x):
     return maxpool_packed(op, x) if isinstance(x, Packed) else _reference(op, x)

@@ -143,6 +143,52 @@ def argmax(op: Op, x: np.ndarray) -> np.ndarray:
     return np.argmax(x, axis=1)  # first maximum wins
 
 
+# --- int8 ops: integers throughout, in int64 (exact: the shape rules bound every sum) ---------
+
+
+@KERNELS.register("quantize_input")
+def quantize_input(op: Op, x: np.ndarray) -> np.ndarray:
+    return (x >> 1).astype(np.int8)
+
+
+def requantize_values(acc: np.ndarray, op: Op) -> np.ndarray:
+    """i32 accumulators (N, C, ...) -> i8 by ``op``'s per-channel multiplier, shift and relu flags:
+    ``(acc * m + 2**(s-1)) >> s`` (an arithmetic shift: round half up), clamped to [lo, 127]."""
+    m = _per_channel(op.params["multiplier"].astype(np.int64), acc.ndim)
+    s = _per_channel(op.params["shift"].astype(np.int64), acc.ndim)
+    y = (acc.astype(np.int64) * m + (np.int64(1) << (s - 1))) >> s
+    relu = op.params.get("relu", np.zeros(acc.shape[1], bool))
+    lo = _per_channel(np.where(relu, 0, -128), acc.ndim)
+    return np.clip(y, lo, 127).astype(np.int8)
+
+
+def int8_sum(op: Op, x: np.ndarray) -> np.ndarray:
+    """bias + x · w of an int8 conv or dense layer, as int32 (float64 products: exact, the shape
+    rule bounds every sum below 2**31)."""
+    w = op.params["weight"].astype(np.float64)
+    xf = x.astype(np.float64)
+    if w.ndim == 4:
+        acc = _conv(xf, w, op.attrs["stride"], op.attrs["padding"], 0.0)
+    else:
+        acc = _to_i32(xf @ w.T)
+    return _to_i32(acc.astype(np.int64) + _per_channel(op.params["bias"].astype(np.int64), acc.ndim))
+
+
+@KERNELS.register("int8_conv2d")
+def int8_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
+    return requantize_values(int8_sum(op, x), op)
+
+
+@KERNELS.register("int8_dense")
+def int8_dense(op: Op, x: np.ndarray) -> np.ndarray:
+    return int8_sum(op, x)
+
+
+@KERNELS.register("requantize")
+def requantize(op: Op, x: np.ndarray) -> np.ndarray:
+    return requantize_values(x, op)
+
+
 def check_input(graph: Graph, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype != np.uint8 or x.shape[1:] != graph.input_shape:

@@ -34,6 +34,7 @@ from bnnkit.files import atomic_write
 from bnnkit.nn import clip_weights_, latent_weights, set_weight_binarization
 from bnnkit.progress import progress, write
 from bnnkit.quant import scheduled_quantizers
+from bnnkit.recipe import Recipe
 from bnnkit.training import distributed
 from bnnkit.training.batching import augmentation_for, batches, in_memory_format
 from bnnkit.training.checkpoint import load_state, save_state, save_weights
@@ -169,11 +170,12 @@ def _shard(ds: ArrayDataset) -> ArrayDataset:
     return ArrayDataset(x=distributed.shard(ds.x), y=distributed.shard(ds.y), info=ds.info)
 
 
-def teacher_config(config: RunConfig) -> RunConfig:
-    """The full-precision twin that distillation learns from: the same architecture and
-    training, every quantizer an identity and every binarizer-replacing field off."""
-    recipe = config.recipe.with_(
-        name=f"{config.recipe.name}-teacher",
+def full_precision_recipe(recipe: Recipe, name: str) -> Recipe:
+    """``recipe`` with every quantizer an identity and every binarizer-replacing field off: the
+    full-precision twin of the same architecture and training (distillation's teacher, and the
+    float model that bnnkit.export.int8 quantizes to int8)."""
+    return recipe.with_(
+        name=name,
         input_quantizer="identity",
         kernel_quantizer="identity",
         learnable_threshold=False,
@@ -182,8 +184,14 @@ def teacher_config(config: RunConfig) -> RunConfig:
         activation_bits=1,
         distill=False,
         two_stage=False,
-        optimizer="adam" if config.recipe.optimizer == "bop" else config.recipe.optimizer,
+        optimizer="adam" if recipe.optimizer == "bop" else recipe.optimizer,
     )
+
+
+def teacher_config(config: RunConfig) -> RunConfig:
+    """The full-precision twin that distillation learns from: the same architecture and
+    training, every quantizer an identity and every binarizer-replacing field off."""
+    recipe = full_precision_recipe(config.recipe, f"{config.recipe.name}-teacher")
     return dataclasses.replace(config, recipe=recipe)
 
 
