@@ -83,6 +83,8 @@ def _check_layer(name: str, m: nn.Module) -> None:
             raise BnnkitError(f"{name}: pad_value {m.pad_value:g}; the int8 convolution pads with 0")
     if isinstance(m, nn.Conv2d) and (m.groups != 1 or pair(m.dilation) != (1, 1) or m.padding_mode != "zeros"):
         raise BnnkitError(f"{name}: grouped, dilated or non-zero-padded convolutions are not supported")
+    if isinstance(m, nn.Conv2d) and isinstance(m.padding, str):
+        raise BnnkitError(f"{name}: padding {m.padding!r}; the int8 quantizer takes numeric padding")
 
 
 def _plain_pool(m: nn.Module) -> bool:
@@ -205,8 +207,10 @@ def quantize_model(model: nn.Module, in_shape: tuple[int, int, int], calibration
             scale *= 255  # the model's input is the pixel value itself
         else:
             name, m = s
-            kind = "flatten" if isinstance(s[1], nn.Flatten) else "maxpool"
-            attrs = {} if kind == "flatten" else {"kernel": pair(m.kernel_size), "stride": pair(m.stride)}
+            if isinstance(m, nn.MaxPool2d):
+                kind, attrs = "maxpool", {"kernel": pair(m.kernel_size), "stride": pair(m.stride)}
+            else:
+                kind, attrs = "flatten", {}
             ops.append(Op(kind, [t], f"t{len(ops)}", attrs, name=name))
             t = ops[-1].output
     ops.append(Op("argmax", [t], "label"))
@@ -234,6 +238,7 @@ def _layer_ops(layer: _Layer, x: str, in_scale: float, peak: float, last: bool, 
         q["relu"] = np.ones(o, bool)
     if layer.conv:
         m = layer.module
+        assert isinstance(m, nn.Conv2d) and not isinstance(m.padding, str)  # _check_layer refused the rest
         attrs = {"stride": pair(m.stride), "padding": pair(m.padding)}
         ops.append(Op("int8_conv2d", [x], out, attrs, {**params, **q}, name=name))
     else:

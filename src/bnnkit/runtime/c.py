@@ -254,7 +254,7 @@ class _Emitter:
         words = np.ascontiguousarray(w).view("<u4")
         self.data.append(_words(f"op{i}_weight", words))
         self.data.append(_array("int32_t", f"op{i}_bias", [_i32(int(v)) for v in op.params["bias"]]))
-        return words.shape[1]
+        return int(words.shape[1])
 
     def requant(self, i: int, op: Op) -> None:
         """The tables ``op{i}_mult``, ``op{i}_shift`` and ``op{i}_lo`` (the clamp's lower bound)."""
