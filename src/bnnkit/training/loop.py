@@ -245,7 +245,7 @@ def _train(
     torch.manual_seed(config.seed)
     config, model = the_model(config, model, out)
     layout = memory_format(model)
-    model = model.to(device, memory_format=layout)
+    model.to(device, memory_format=layout)  # type: ignore[call-overload]  # in place; the stubs omit memory_format
     optimizer = make_optimizer(model, recipe)
     if recipe.distill and config.user_model:
         raise BnnkitError(
@@ -329,9 +329,9 @@ def _train(
                 bar.set_postfix(
                     loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}"
                 )
-        loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum.item(), int(correct.item()), seen)
-        if not math.isfinite(loss_sum):
-            raise BnnkitError(f"training diverged in epoch {epoch + 1} (loss is {loss_sum}); lower the learning rate")
+        train_loss, train_correct, train_seen = distributed.sum_over_ranks(loss_sum.item(), int(correct.item()), seen)
+        if not math.isfinite(train_loss):
+            raise BnnkitError(f"training diverged in epoch {epoch + 1} (loss is {train_loss}); lower the learning rate")
         train_time = time.perf_counter() - t0
         distributed.broadcast_buffers(model)
         distributed.check_in_sync(model)
@@ -340,13 +340,13 @@ def _train(
         record = {
             "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
+            "train_loss": train_loss / train_seen,
+            "train_acc": train_correct / train_seen,
             "test_loss": test_loss / len(test_ds.y),
             "test_acc": test_correct / len(test_ds.y),
             **_validation_metrics(model, val_ds, device),
             "epoch_seconds": train_time,
-            "images_per_second": seen / train_time,
+            "images_per_second": train_seen / train_time,
             "threads": threads,
         }
         history.append(record)

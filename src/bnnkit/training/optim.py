@@ -138,6 +138,6 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int, epochs: int) -> f
     return 1.0
 
 
-def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer | SplitOptimizer, base_lr: float, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = base_lr * factor
