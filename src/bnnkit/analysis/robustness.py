@@ -74,6 +74,11 @@ ENCODERS = OpTable("sat")
 # value by value, so each class score is a function of one accumulator element
 HEAD_FAMILIES = (Family.ELEMENTWISE, Family.VIEW, Family.HEAD)
 ENCODERS.refuse("avgpool", "a window sum of accumulators is not one count of literals")
+_FLOAT_PATH = "float32 arithmetic on the real-valued path is not encoded in SAT"
+ENCODERS.refuse("sign", f"{_FLOAT_PATH} (the sign of a real value depends on it)")
+ENCODERS.refuse("meanpool", _FLOAT_PATH)
+ENCODERS.refuse("conv2d_f32", _FLOAT_PATH)
+ENCODERS.refuse("dense_f32", _FLOAT_PATH)
 # "native": the solver's own at-most-k constraints; the rest: PySAT CardEnc clauses
 ENCODINGS = ("native", "seqcounter", "sortnetwrk", "cardnetwrk", "totalizer", "mtotalizer", "kmtotalizer")
 NATIVE_SOLVERS = ("minicard", "gluecard3", "gluecard4")
@@ -299,7 +304,7 @@ class Encoding:
 
     # --- the head: class scores and the goal ---------------------------------------
 
-    @ENCODERS.register("affine", "add", "argmax")
+    @ENCODERS.register("affine", "add", "prelu", "argmax")
     def _head(self, first: int) -> None:
         """The ops from ``first`` to ``argmax``: each class score as a table over the counts of
         its accumulator element."""
