@@ -36,7 +36,7 @@ from torch import nn
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, OPS, Graph, Op, PadMode, pair
-from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels
+from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels, RPReLU
 from bnnkit.quant import Quantizer
 from bnnkit.recipe import METHODS, Recipe
 
@@ -151,10 +151,10 @@ class Exporter:
                     )
                 self._check_pool(name, m)
                 chain.pool = m
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU, RPReLU)):
                 if kind != "chain" or chain.flatten:
-                    self._refuse(name, "BatchNorm must follow a binary layer")
-                chain.add(m)
+                    self._refuse(name, f"{type(m).__name__} must follow a binary layer")
+                chain.add(m)  # an activation joins the float chain that the threshold tabulates
             elif isinstance(m, nn.Flatten):
                 if kind == "chain":  # flatten the bits once the next layer has binarized them
                     chain.flatten = name
@@ -242,6 +242,25 @@ class Exporter:
         """Collapse ``chain`` followed by the sign ``q`` (the next layer's input quantizer,
         or an explicit one) into one threshold per channel named ``op_name``, and its
         max-pool into a pool of bits."""
+        params = self._threshold_params(chain, q, name)
+        if params is None:
+            self._refuse(name, "the float32 chain before its sign is not monotone in the integer sum")
+        thresh, flip = params
+        out = self._emit("threshold", [chain.tensor], {}, {"thresh": thresh, "flip": flip}, op_name)
+        if chain.pool is None:
+            return out
+        params = {}
+        if chain.after_pool:
+            decreasing = self._after_pool_decreasing(chain)
+            if decreasing.any():
+                params["min_channels"] = decreasing
+        attrs = {"kernel": pair(chain.pool.kernel_size), "stride": pair(chain.pool.stride)}
+        return self._emit("maxpool", [out], attrs, params, name + ".pool")
+
+    @torch.no_grad()
+    def _threshold_params(self, chain: _Chain, q: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The integer threshold and flip per channel that reproduce ``q`` of ``chain`` for every
+        accumulator value, or None where some channel is not monotone in the sum."""
         c = chain.channels
         bits = []
         for lo in range(-chain.bound, chain.bound + 1, _CHUNK):
@@ -264,19 +283,8 @@ class Exporter:
             elif len(falling) == 1 and not len(rising):
                 thresh[ch], flip[ch] = falling[0] - chain.bound, True
             else:
-                self._refuse(
-                    name, f"channel {ch}: the float32 chain before its sign is not monotone in the integer sum"
-                )
-        out = self._emit("threshold", [chain.tensor], {}, {"thresh": thresh, "flip": flip}, op_name)
-        if chain.pool is None:
-            return out
-        params = {}
-        if chain.after_pool:
-            decreasing = self._after_pool_decreasing(chain)
-            if decreasing.any():
-                params["min_channels"] = decreasing
-        attrs = {"kernel": pair(chain.pool.kernel_size), "stride": pair(chain.pool.stride)}
-        return self._emit("maxpool", [out], attrs, params, name + ".pool")
+                return None
+        return thresh, flip
 
     @torch.no_grad()
     def _after_pool_decreasing(self, chain: _Chain) -> np.ndarray:
@@ -291,6 +299,8 @@ class Exporter:
         measured in float64 on copies of its modules, then stored as float32."""
         if chain.pool is not None:
             self._refuse("<output>", "a max-pool before the scores is not exported")
+        if not all(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in chain.before_pool):
+            self._refuse("<output>", "an activation on the class scores is not exported")
         exact = copy.deepcopy(chain).double()
         v = exact.values(
             torch.tensor([[0.0], [1.0]], dtype=torch.float64).expand(-1, chain.channels), exact.before_pool, True

@@ -337,7 +337,7 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "affine",
         Family.ELEMENTWISE,
-        (("i32", "f32"),),
+        (("u8", "i32", "f32"),),  # u8: a float first layer's input normalisation
         _per_channel_shape("f32"),
         _affine_cost,
         (),

@@ -295,6 +295,9 @@ static int argmax_f32(const uint32_t *x, int n, float *scores)
             }                                                                                                          \
     }
 
+/* bnnkit:kernel affine_u8 needs affine */
+AFFINE_KERNEL(affine_u8, uint8_t, (float))
+
 /* bnnkit:kernel affine_i32 needs affine */
 AFFINE_KERNEL(affine_i32, int32_t, (float))
 
