@@ -190,7 +190,8 @@ class _Builder:
     def meanpool(self, src: str) -> str:
         h, w = self.env[src].shape[2:]
         kernel = (self.choose.integer(1, min(3, h)), self.choose.integer(1, min(3, w)))
-        return self.op("meanpool", [src], {"kernel": kernel, "stride": (self.choose.integer(1, 3),) * 2})
+        kind = self.choose.choice(["meanpool", "meanpool", "maxpool"])
+        return self.op(kind, [src], {"kernel": kernel, "stride": (self.choose.integer(1, 3),) * 2})
 
     def fp_conv(self, src: str) -> str:
         cin, h, w = self.env[src].shape[1:]

@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from bnnkit.export.exporter import Exporter
-from bnnkit.export.residual import ResidualExporter, is_residual
+from bnnkit.export.residual import ResidualExporter, needs_real_path
 from bnnkit.graph import Graph
 from bnnkit.training.run import RunConfig, load_run
 
@@ -16,7 +16,7 @@ def export_model(model: nn.Module, in_shape: tuple[int, int, int], allow_approx:
     """The integer graph of ``model`` (eval mode); raises ``BnnkitError`` naming the first
     layer that has no exact integer form. A residual network's graph has a float32 path
     (``bnnkit.export.residual``)."""
-    exporter = ResidualExporter if is_residual(model) else Exporter
+    exporter = ResidualExporter if needs_real_path(model) else Exporter
     return exporter(model, in_shape, allow_approx).export()
 
 

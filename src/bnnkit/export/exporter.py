@@ -202,7 +202,10 @@ class Exporter:
                 name, "its input is already binary, and its input quantizer does not pass ±1 through unchanged"
             )
 
-    def _binary_layer(self, name: str, m: nn.Module, cur: str, kind: str) -> _Chain:
+    def _binary_layer(
+        self, name: str, m: nn.Module, cur: str, kind: str, bits: np.ndarray | None = None, op_name: str = ""
+    ) -> _Chain:
+        """The layer's producer op on ``cur`` (its kernel quantizer's signs, or one base's ``bits``)."""
         if m.activation_scale != "none":
             self._refuse(
                 name, "its activation scale (xnor_activation_scale) multiplies each output by a real-valued map"
@@ -215,7 +218,14 @@ class Exporter:
             self._refuse(name, "its input is not binarized by a preceding threshold")
         if isinstance(m, BinaryConv2d) and (m.groups != 1 or m.dilation != (1, 1)):
             self._refuse(name, "grouped or dilated binary convolutions are not exported")
-        bits, magnitude = self._weight_bits(name, m)
+        if bits is None:
+            bits, magnitude = self._weight_bits(name, m)
+            if not bool(torch.all(magnitude == 1)):
+                # sign(w)·s_c inside the product: the model sums float products, which an
+                # integer sum times s_c matches only up to rounding. weight_scale is exact.
+                self._refuse(
+                    name, "its kernel quantizer scales the weights inside the product; use weight_scale instead"
+                )
         fan_in = int(np.prod(bits.shape[1:]))
         if m.input_quantizer is None:
             op = "input_conv2d" if isinstance(m, BinaryConv2d) else "input_dense"
@@ -230,11 +240,7 @@ class Exporter:
                 attrs["pad"] = PadMode(m.pad_value).mode
             elif m.padding != (0, 0) and m.pad_value != 0.0:
                 self._refuse(name, "the first layer pads integer pixels with 0 (a black pixel) only")
-        if not bool(torch.all(magnitude == 1)):
-            # sign(w)·s_c inside the product: the model sums float products, which an
-            # integer sum times s_c matches only up to rounding. weight_scale is exact.
-            self._refuse(name, "its kernel quantizer scales the weights inside the product; use weight_scale instead")
-        tensor = self._emit(op, [cur], attrs, {"weight": bits}, name)
+        tensor = self._emit(op, [cur], attrs, {"weight": bits}, op_name or name)
         return _Chain(tensor, m, bound)
 
     @torch.no_grad()

@@ -35,7 +35,7 @@ from bnnkit.graph import OPS, Graph, pair
 from bnnkit.graph.ops import TensorType
 from bnnkit.models.resnet import BasicBlock, ResNet
 from bnnkit.nn import BinaryConv2d, BinaryLinear, InputNorm, IntegerPixels, LearnableThreshold, RPReLU
-from bnnkit.quant import Quantizer
+from bnnkit.quant import MultiBaseActivations, MultiBaseWeights, Quantizer
 
 _AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, InputNorm)
 
@@ -57,13 +57,20 @@ class _Value:
     bound: int = 0  # |sum| <= bound, for a chain
     modules: list[nn.Module | Callable] = field(default_factory=list)
     real: str | None = None  # the tensor once made float32 (emitted once)
+    flatten: str = ""  # a Flatten met on the way (its name), applied after the signs or the float32 map
 
     def then(self, m: nn.Module | Callable) -> _Value:
         return replace(self, modules=[*self.modules, m], real=None)
 
 
-def is_residual(model: nn.Module) -> bool:
-    return any(isinstance(m, ResNet) for m in model.modules())
+def needs_real_path(model: nn.Module) -> bool:
+    """A residual network, or a layer with ABC-Net's multiple bases: a sum of binary products."""
+    return any(
+        isinstance(m, ResNet)
+        or isinstance(getattr(m, "kernel_quantizer", None), MultiBaseWeights)
+        or isinstance(getattr(m, "input_quantizer", None), MultiBaseActivations)
+        for m in model.modules()
+    )
 
 
 class ResidualExporter(Exporter):
@@ -117,8 +124,23 @@ class ResidualExporter(Exporter):
             return _Value(self._fp_dense(m, self._vector(v, name), name))
         if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
             return _Value(self._meanpool(m, self._real(v, name), name))
+        if isinstance(m, nn.MaxPool2d):
+            self._check_pool(name, m)
+            x = v.tensor if self._is_bits(v) else self._real(v, name)
+            return _Value(
+                self._emit("maxpool", [x], {"kernel": pair(m.kernel_size), "stride": pair(m.stride)}, name=name)
+            )
         if isinstance(m, nn.Flatten):
-            return _Value(self._vector(v, name))
+            if v.flatten:
+                self._refuse(name, "a second Flatten")
+            # a sign after it stays per channel of the map: flattened once the signs are taken
+            return (
+                replace(v, flatten=name, real=None)
+                if v.modules or v.layer is not None
+                else _Value(self._vector(v, name))
+            )
+        if isinstance(m, Quantizer):  # an explicit sign (recipe pool_order "bn_sign_pool")
+            return _Value(self._sign(v, m, name))
         self._refuse(name, f"{type(m).__name__} has no graph form")
         raise AssertionError  # _refuse raises
 
@@ -139,12 +161,68 @@ class ResidualExporter(Exporter):
             if kind != "u8" or v.modules:
                 self._refuse(name, "a layer without an input quantizer is only exported on the integer pixels")
             cur = v.tensor
+        elif self._is_bits(v):
+            self._check_takes_bits(name, m)
+            cur, kind = v.tensor, "bits"
+        elif isinstance(m.input_quantizer, MultiBaseActivations):
+            return self._multibase(m, self._activation_bases(m, v, name), name)
         else:
             cur, kind = self._sign(v, m.input_quantizer, name), "bits"
-            if isinstance(m, BinaryLinear) and len(self.types[cur][1]) != 1:
-                cur = self._emit("flatten", [cur], name=f"{name}.flatten")
+        if isinstance(m, BinaryLinear) and len(self.types[cur][1]) != 1:
+            cur = self._emit("flatten", [cur], name=f"{name}.flatten")
+        if isinstance(m.kernel_quantizer, MultiBaseWeights):
+            return self._multibase(m, [(cur, 1.0)], name)
         chain = self._binary_layer(name, m, cur, kind)
         return _Value(chain.tensor, m, chain.bound)
+
+    def _is_bits(self, v: _Value) -> bool:
+        return self.types[v.tensor][0] == "bits" and not v.modules
+
+    @torch.no_grad()
+    def _activation_bases(self, m: nn.Module, v: _Value, name: str) -> list[tuple[str, float]]:
+        """ABC-Net's input Σ_j β_j·b(x − v_j): each base's signs (x >= v_j, all channels) and β_j."""
+        q = m.input_quantizer
+        if isinstance(m, BinaryConv2d) and any(m.padding) and m.pad_value != 0.0:
+            self._refuse(name, "multiple activation bases pad their sum, not each base, with ±1")
+        out = []
+        for j, (beta, shift) in enumerate(zip(q.beta.tolist(), q.shift.tolist())):
+
+            def base(x: torch.Tensor, shift: float = shift) -> torch.Tensor:
+                return q.base(x - shift)
+
+            signs = self._sign(v, base, f"{name}.base{j}", _f32(q.shift[j : j + 1]))
+            if isinstance(m, BinaryLinear) and len(self.types[signs][1]) != 1:
+                signs = self._emit("flatten", [signs], name=f"{name}.base{j}.flatten")
+            out.append((signs, beta))
+        return out
+
+    @torch.no_grad()
+    def _multibase(self, m: nn.Module, inputs: list[tuple[str, float]], name: str) -> _Value:
+        """ABC-Net: the layer's product as a sum over (activation base j, weight base k) of
+        β_j·α_k·(binary product of base j's signs and base k's weights), each scaled in an
+        ``affine``, summed in float32, then the layer's scale and bias."""
+        kq = m.kernel_quantizer
+        if isinstance(kq, MultiBaseWeights):
+            bases, alphas = kq._bases(m.weight), kq.alpha.detach().double()
+            if not bool(torch.all(bases.abs() == 1)):
+                self._refuse(name, "its weight bases are not signs")
+            weights = [((b > 0).numpy(), a) for b, a in zip(bases, alphas)]
+        else:
+            bits, magnitude = self._weight_bits(name, m)
+            if not bool(torch.all(magnitude == 1)):
+                self._refuse(name, "its kernel quantizer scales the weights inside the product; use weight_scale")
+            weights = [(bits, torch.ones(m.weight.shape[0], dtype=torch.float64))]
+        total = None
+        for j, (signs, beta) in enumerate(inputs):
+            for k, (bits, alpha) in enumerate(weights):
+                # named as the layer where its input is one set of signs: the export check compares them
+                first = j == 0 and k == 0 and len(inputs) == 1
+                kind, op_name = self.types[signs][0], name if first else f"{name}.base{j}.{k}"
+                chain = self._binary_layer(name, m, signs, kind, bits, op_name)
+                term = self._affine(chain.tensor, [_per_channel(alpha.numpy() * beta, "scale")], f"{name}.base{j}.{k}")
+                total = term if total is None else self._emit("add", [total, term], name=f"{name}.bases")
+        assert total is not None
+        return _Value(total, modules=[copy.deepcopy(m).double()._scaled_plus_bias])
 
     def _fp_conv(self, m: nn.Conv2d, v: _Value, name: str) -> _Value:
         if m.groups != 1 or pair(m.dilation) != (1, 1) or isinstance(m.padding, str) or m.padding_mode != "zeros":
@@ -181,8 +259,12 @@ class ResidualExporter(Exporter):
 
     # --- signs and the float32 stream ---------------------------------------------------------
 
-    def _sign(self, v: _Value, q: Quantizer, name: str) -> str:
-        """``q`` of ``v`` as bits: an exact integer threshold on a chain, else ``sign`` of the stream."""
+    def _sign(self, v: _Value, q: Callable, name: str, thresh: np.ndarray | None = None) -> str:
+        """``q`` of ``v`` as bits: an exact integer threshold on a chain, else ``sign`` of the
+        stream (at ``thresh``, one value for every channel, where q is a shifted sign)."""
+        if v.flatten:
+            bits = self._sign(replace(v, flatten="", real=None), q, name, thresh)
+            return self._emit("flatten", [bits], name=v.flatten)
         if v.layer is not None:
             chain = _Chain(v.tensor, v.layer, v.bound, before_pool=list(v.modules))
             params = self._threshold_params(chain, q, name)
@@ -194,7 +276,8 @@ class ResidualExporter(Exporter):
                     )
                 return self.signs[key]
         x = self._real(v, name)
-        thresh = self._real_threshold(q, self.types[x][1][0], name)
+        c = self._channels(x)
+        thresh = self._real_threshold(q, c, name) if thresh is None else np.broadcast_to(thresh, (c,)).copy()
         key = (x, "sign", thresh.tobytes())
         if key not in self.signs:
             self.signs[key] = self._emit("sign", [x], {}, {"thresh": thresh}, f"{name}.input_quantizer")
@@ -218,6 +301,9 @@ class ResidualExporter(Exporter):
         """``v`` as a float32 tensor: each run of affine modules one ``affine``, PReLU ``prelu``."""
         if v.real is not None:
             return v.real
+        if v.flatten:
+            v.real = self._emit("flatten", [self._real(replace(v, flatten=""), name)], name=v.flatten)
+            return v.real
         x, run = v.tensor, []
         if v.layer is not None:
             layer = copy.deepcopy(v.layer).double()
@@ -225,8 +311,8 @@ class ResidualExporter(Exporter):
         for m in v.modules:
             if isinstance(m, RPReLU):
                 shift_in, slope, shift_out = (_f32(p).astype(np.float64) for p in (m.shift_in, m.slope, m.shift_out))
-                run.append(_shift(-shift_in))
-                x, run = self._prelu(self._affine(x, run, name), slope, name), [_shift(shift_out)]
+                run.append(_per_channel(-shift_in, "shift"))
+                x, run = self._prelu(self._affine(x, run, name), slope, name), [_per_channel(shift_out, "shift")]
             elif isinstance(m, nn.PReLU):
                 x, run = self._prelu(self._affine(x, run, name), _f32(m.weight).astype(np.float64), name), []
             else:
@@ -236,6 +322,9 @@ class ResidualExporter(Exporter):
             x = self._affine(x, [lambda t: t], name)
         v.real = x
         return x
+
+    def _channels(self, x: str) -> int:
+        return self.types[x][1][0]
 
     def _affine(self, x: str, run: list[Callable], name: str) -> str:
         """One ``affine`` for a run of per-channel affine maps, measured in float64."""
@@ -258,17 +347,19 @@ class ResidualExporter(Exporter):
         return self._emit("prelu", [x], {}, {"slope": np.broadcast_to(slope, (c,)).astype(np.float32)}, name)
 
 
-def _shift(by: np.ndarray) -> Callable:
-    t = torch.from_numpy(by)
+def _per_channel(by: np.ndarray, how: str) -> Callable:
+    """x + by[c] (``shift``) or x * by[c] (``scale``) over dim 1, in float64."""
+    t = torch.from_numpy(np.asarray(by, np.float64))
 
-    def shift(x: torch.Tensor) -> torch.Tensor:
-        return x + t.view((1, -1) + (1,) * (x.ndim - 2))
+    def f(x: torch.Tensor) -> torch.Tensor:
+        v = t.view((1, -1) + (1,) * (x.ndim - 2))
+        return x + v if how == "shift" else x * v
 
-    return shift
+    return f
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).numpy().copy()
 
 
-__all__ = ["ResidualExporter", "is_residual"]
+__all__ = ["ResidualExporter", "needs_real_path"]

@@ -355,7 +355,7 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "maxpool",
         Family.POOL,
-        (("i32", "bits"),),
+        (("i32", "bits", "f32"),),  # f32: IEEE max, the first of equal values
         _pool_shape,
         _pool_cost,
         _WINDOW,

@@ -333,7 +333,7 @@ METHODS: dict[str, Method] = {
             "Lin et al., 2017 (ABC-Net)",
             {"weight_bases": 3},
             "3× binary MACs and weights, +3·C FP params, +3·C·H·W FP MACs",
-            False,
+            True,
             "weights approximated by 3 scaled binary bases",
         ),
         Method(
@@ -343,7 +343,7 @@ METHODS: dict[str, Method] = {
             "Lin et al., 2017 (ABC-Net)",
             {"activation_bases": 3},
             "3× binary MACs and activation bits, +6 FP params, +3·C·H·W FP MACs",
-            False,
+            True,
             "activations approximated by 3 scaled, shifted binary bases",
         ),
     ]

@@ -207,7 +207,7 @@ class _Emitter:
         if self.g.types[op.inputs[0]][0] == "bits":
             self.pool(step, "maxpool_bits", f"{self.min_channels(i, op)}, ")
         else:
-            self.pool(step, "maxpool_i32")
+            self.pool(step, f"maxpool_{self.g.types[op.inputs[0]][0]}")
 
     @EMIT.register("avgpool")
     def avgpool(self, step: Step) -> None:

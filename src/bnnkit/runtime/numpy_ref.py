@@ -121,6 +121,11 @@ def _windows(op: Op, x: np.ndarray) -> np.ndarray:
 @KERNELS.register("maxpool")
 def maxpool(op: Op, x: np.ndarray) -> np.ndarray:
     win = _windows(op, x)
+    if win.dtype == np.float32:  # the first maximal value: of +0.0 and -0.0, whichever comes first
+        out = win[..., 0]
+        for t in range(1, win.shape[-1]):
+            out = np.where(win[..., t] > out, win[..., t], out)
+        return out
     out = win.max(axis=-1)  # on bool: OR
     if "min_channels" in op.params:
         mins = _per_channel(op.params["min_channels"], 4)

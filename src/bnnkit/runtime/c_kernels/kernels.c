@@ -221,6 +221,24 @@ static void maxpool_i32(const int32_t *x, int C, int H, int W, int KH, int KW, i
             }
 }
 
+/* bnnkit:kernel maxpool_f32 needs f32_of */
+/* The window's first maximal value, bit pattern and all (of +0.0 and -0.0, the first). */
+static void maxpool_f32(const uint32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, uint32_t *out)
+{
+    int Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, c, y, xo, i, j;
+    for (c = 0; c < C; c++, x += H * W)
+        for (y = 0; y < Ho; y++)
+            for (xo = 0; xo < Wo; xo++) {
+                uint32_t m = x[y * SH * W + xo * SW];
+                for (i = 0; i < KH; i++)
+                    for (j = 0; j < KW; j++) {
+                        uint32_t v = x[(y * SH + i) * W + xo * SW + j];
+                        m = f32_of(v) > f32_of(m) ? v : m;
+                    }
+                *out++ = m;
+            }
+}
+
 /* bnnkit:kernel avgpool */
 /* The window SUM: the consumer folds the 1/(KH*KW). */
 static void avgpool(const int32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, int32_t *out)
