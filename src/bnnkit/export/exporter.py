@@ -28,6 +28,7 @@ the catalogue marks as not exportable are refused up front, by name.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -264,7 +265,9 @@ class Exporter:
         return self._emit("maxpool", [out], attrs, params, name + ".pool")
 
     @torch.no_grad()
-    def _threshold_params(self, chain: _Chain, q: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def _threshold_params(
+        self, chain: _Chain, q: Callable[[torch.Tensor], torch.Tensor], name: str
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """The integer threshold and flip per channel that reproduce ``q`` of ``chain`` for every
         accumulator value, or None where some channel is not monotone in the sum."""
         c = chain.channels

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,11 +56,11 @@ class _Value:
     tensor: str
     layer: nn.Module | None = None  # the binary layer whose i32 sums ``tensor`` holds (a chain)
     bound: int = 0  # |sum| <= bound, for a chain
-    modules: list[nn.Module | Callable] = field(default_factory=list)
+    modules: list[Any] = field(default_factory=list)  # nn.Modules and per-channel callables
     real: str | None = None  # the tensor once made float32 (emitted once)
     flatten: str = ""  # a Flatten met on the way (its name), applied after the signs or the float32 map
 
-    def then(self, m: nn.Module | Callable) -> _Value:
+    def then(self, m: Any) -> _Value:
         return replace(self, modules=[*self.modules, m], real=None)
 
 
@@ -79,7 +80,7 @@ class ResidualExporter(Exporter):
     def __init__(self, model: nn.Module, in_shape: tuple[int, int, int], allow_approx: bool = False):
         super().__init__(model, in_shape, allow_approx)
         self.types: dict[str, TensorType] = {"input": ("u8", self.in_shape)}
-        self.signs: dict[tuple, str] = {}
+        self.signs: dict[tuple[Any, ...], str] = {}
 
     def _emit(self, kind: str, inputs: list[str], attrs=None, params=None, name: str = "") -> str:
         out = super()._emit(kind, inputs, attrs, params, name)
@@ -97,7 +98,8 @@ class ResidualExporter(Exporter):
         if len(self.types[scores][1]) != 1:
             self._refuse("<output>", f"the scores have shape {self.types[scores][1]}, not one value per class")
         self._emit("argmax", [scores], name="argmax")
-        return Graph(self.in_shape, self.ops, meta={"approximations": self.notes})
+        c, h, w = self.in_shape
+        return Graph((c, h, w), self.ops, meta={"approximations": self.notes})
 
     # --- the walk ------------------------------------------------------------------------
 
@@ -146,7 +148,7 @@ class ResidualExporter(Exporter):
 
     def _block(self, m: BasicBlock, x: _Value, name: str) -> _Value:
         out = self._apply(m.bn1, self._apply(m.conv1, x, f"{name}.conv1"), f"{name}.bn1")
-        if m.double:
+        if m.residual_adds == 2:  # Bi-Real's double residual
             out = self._add(out, self._apply(m.shortcut, x, f"{name}.shortcut"), f"{name}.add1")
             return self._add(out, self._apply(m.bn2, self._apply(m.conv2, out, f"{name}.conv2"), f"{name}.bn2"), name)
         inner = self._apply(m.bn2, self._apply(m.conv2, out, f"{name}.conv2"), f"{name}.bn2")
@@ -155,7 +157,7 @@ class ResidualExporter(Exporter):
     def _add(self, a: _Value, b: _Value, name: str) -> _Value:
         return _Value(self._emit("add", [self._real(a, name), self._real(b, name)], name=f"{name}.add"))
 
-    def _binary(self, m: nn.Module, v: _Value, name: str) -> _Value:
+    def _binary(self, m: Any, v: _Value, name: str) -> _Value:
         kind = self.types[v.tensor][0]
         if m.input_quantizer is None:
             if kind != "u8" or v.modules:
@@ -179,7 +181,7 @@ class ResidualExporter(Exporter):
         return self.types[v.tensor][0] == "bits" and not v.modules
 
     @torch.no_grad()
-    def _activation_bases(self, m: nn.Module, v: _Value, name: str) -> list[tuple[str, float]]:
+    def _activation_bases(self, m: Any, v: _Value, name: str) -> list[tuple[str, float]]:
         """ABC-Net's input Σ_j β_j·b(x − v_j): each base's signs (x >= v_j, all channels) and β_j."""
         q = m.input_quantizer
         if isinstance(m, BinaryConv2d) and any(m.padding) and m.pad_value != 0.0:
@@ -197,7 +199,7 @@ class ResidualExporter(Exporter):
         return out
 
     @torch.no_grad()
-    def _multibase(self, m: nn.Module, inputs: list[tuple[str, float]], name: str) -> _Value:
+    def _multibase(self, m: Any, inputs: list[tuple[str, float]], name: str) -> _Value:
         """ABC-Net: the layer's product as a sum over (activation base j, weight base k) of
         β_j·α_k·(binary product of base j's signs and base k's weights), each scaled in an
         ``affine``, summed in float32, then the layer's scale and bias."""
@@ -219,7 +221,9 @@ class ResidualExporter(Exporter):
                 first = j == 0 and k == 0 and len(inputs) == 1
                 kind, op_name = self.types[signs][0], name if first else f"{name}.base{j}.{k}"
                 chain = self._binary_layer(name, m, signs, kind, bits, op_name)
-                term = self._affine(chain.tensor, [_per_channel(alpha.numpy() * beta, "scale")], f"{name}.base{j}.{k}")
+                term = self._affine_run(
+                    chain.tensor, [_per_channel(alpha.numpy() * beta, "scale")], f"{name}.base{j}.{k}"
+                )
                 total = term if total is None else self._emit("add", [total, term], name=f"{name}.bases")
         assert total is not None
         return _Value(total, modules=[copy.deepcopy(m).double()._scaled_plus_bias])
@@ -269,7 +273,7 @@ class ResidualExporter(Exporter):
             chain = _Chain(v.tensor, v.layer, v.bound, before_pool=list(v.modules))
             params = self._threshold_params(chain, q, name)
             if params is not None:
-                key = (v.tensor, "threshold", params[0].tobytes(), params[1].tobytes())
+                key: tuple[Any, ...] = (v.tensor, "threshold", params[0].tobytes(), params[1].tobytes())
                 if key not in self.signs:
                     self.signs[key] = self._emit(
                         "threshold", [v.tensor], {}, {"thresh": params[0], "flip": params[1]}, f"{name}.input_quantizer"
@@ -284,7 +288,7 @@ class ResidualExporter(Exporter):
         return self.signs[key]
 
     @torch.no_grad()
-    def _real_threshold(self, q: Quantizer, channels: int, name: str) -> np.ndarray:
+    def _real_threshold(self, q: Any, channels: int, name: str) -> np.ndarray:
         """t per channel with q(x) = +1 exactly where x >= t: 0 for a sign, RSign's shift v
         (x - v >= 0 holds in float32 exactly where x >= v)."""
         base, shift = q, torch.zeros(channels)
@@ -304,7 +308,7 @@ class ResidualExporter(Exporter):
         if v.flatten:
             v.real = self._emit("flatten", [self._real(replace(v, flatten=""), name)], name=v.flatten)
             return v.real
-        x, run = v.tensor, []
+        x, run = v.tensor, list[Any]()
         if v.layer is not None:
             layer = copy.deepcopy(v.layer).double()
             run.append(layer._scaled_plus_bias)
@@ -312,21 +316,21 @@ class ResidualExporter(Exporter):
             if isinstance(m, RPReLU):
                 shift_in, slope, shift_out = (_f32(p).astype(np.float64) for p in (m.shift_in, m.slope, m.shift_out))
                 run.append(_per_channel(-shift_in, "shift"))
-                x, run = self._prelu(self._affine(x, run, name), slope, name), [_per_channel(shift_out, "shift")]
+                x, run = self._prelu(self._affine_run(x, run, name), slope, name), [_per_channel(shift_out, "shift")]
             elif isinstance(m, nn.PReLU):
-                x, run = self._prelu(self._affine(x, run, name), _f32(m.weight).astype(np.float64), name), []
+                x, run = self._prelu(self._affine_run(x, run, name), _f32(m.weight).astype(np.float64), name), []
             else:
                 run.append(copy.deepcopy(m).double() if isinstance(m, nn.Module) else m)
-        x = self._affine(x, run, name)
+        x = self._affine_run(x, run, name)
         if self.types[x][0] != "f32":
-            x = self._affine(x, [lambda t: t], name)
+            x = self._affine_run(x, [lambda t: t], name)
         v.real = x
         return x
 
     def _channels(self, x: str) -> int:
         return self.types[x][1][0]
 
-    def _affine(self, x: str, run: list[Callable], name: str) -> str:
+    def _affine_run(self, x: str, run: list[Callable], name: str) -> str:
         """One ``affine`` for a run of per-channel affine maps, measured in float64."""
         if not run:
             return x
