@@ -61,6 +61,8 @@ def test_random_graphs_are_bit_exact(cases, target, tmp_path):
         ("binary_conv2d", "bits"),
         ("binary_dense", "bits"),
     } <= kinds
+    # and the real-valued path's float32 ops
+    assert {("sign", "f32"), ("prelu", "f32"), ("meanpool", "f32"), ("maxpool", "f32"), ("conv2d_f32", "u8")} <= kinds
 
 
 def _symbols(elf: Path) -> str:

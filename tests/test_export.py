@@ -102,10 +102,10 @@ def test_refuses_full_precision_first_layer():
         export_model(model, (1, 28, 28))
 
 
-def test_refuses_residual_blocks_naming_them():
-    model = create_model("resnet20", 10, (3, 32, 32), EMBEDDED)
-    with pytest.raises(BnnkitError, match="cannot export layer 'net': ResNet has no exact integer form"):
-        export_model(model, (3, 32, 32))
+def test_residual_blocks_export_through_the_real_valued_path():
+    """(tests/test_export_residual.py checks those graphs against their modules.)"""
+    graph = export_model(create_model("resnet20", 10, (3, 32, 32), EMBEDDED, width_mult=0.25), (3, 32, 32))
+    assert {"add", "sign", "threshold", "meanpool"} <= {op.kind for op in graph.ops}
 
 
 def test_refuses_scaled_kernel_quantizer():

@@ -129,7 +129,7 @@ def test_not_a_graph(tmp_path):
         ),
         (lambda ops: ops[1].params.update(thresh=np.zeros(3, np.int32)), "thresh has shape"),
         (lambda ops: ops[4].inputs.__setitem__(0, "nowhere"), "not produced by an earlier op"),
-        (lambda ops: ops[5].__setattr__("inputs", ["c"]), "input 'c' is bits, expected i32/f32"),
+        (lambda ops: ops[5].__setattr__("inputs", ["c"]), "input 'c' is bits, expected u8/i32/f32"),
         (lambda ops: ops[3].params.update(weight=np.ones((5, 3, 3, 3), bool)), "does not match input"),
         (lambda ops: ops[1].params.update(flip=np.zeros(4, np.int8)), "flip must be a bool array"),
         (lambda ops: ops[5].params.update(scale=np.full(30, np.inf, np.float32)), "non-finite"),

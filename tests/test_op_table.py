@@ -19,7 +19,21 @@ import bnnkit.runtime.c  # noqa: F401  (each backend fills its table on import)
 import bnnkit.runtime.fast  # noqa: F401
 import bnnkit.runtime.numpy_ref  # noqa: F401
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import OPS, PAD_MODES, Cost, Family, Graph, Op, OpDef, OpTable, PadMode, Refusal, conformance, pad_of
+from bnnkit.graph import (
+    OPS,
+    PAD_MODES,
+    Cost,
+    Family,
+    Graph,
+    Op,
+    OpDef,
+    OpTable,
+    PadMode,
+    Refusal,
+    conformance,
+    pad_of,
+    pair,
+)
 from bnnkit.graph.ops import BACKENDS, TABLES
 from bnnkit.recipe.core import PAD_VALUES
 
@@ -83,6 +97,10 @@ def test_pad_modes_are_one_vocabulary():
 def _ops_by_hand(graph: Graph, op: Op) -> tuple[int, int, int]:
     """The per-op counts of bnnkit.cost.graph_cost's docstring, written out per kind."""
     out, inp = math.prod(graph.types[op.output][1]), graph.types[op.inputs[0]]
+    if op.kind in ("conv2d_f32", "dense_f32"):  # a float multiply and add per tap, and the bias
+        return 0, 0, 2 * out * op.params["weight"][0].size + out
+    if op.kind == "meanpool":  # kh*kw - 1 adds and a division
+        return 0, 0, out * math.prod(pair(op.attrs["kernel"]))
     if "weight" in op.params:
         macs = out * op.params["weight"][0].size
         return (macs, 0, 0) if inp[0] == "bits" else (0, macs, 0)
@@ -93,6 +111,8 @@ def _ops_by_hand(graph: Graph, op: Op) -> tuple[int, int, int]:
         "threshold": (0, out, 0),
         "add": (0, out, 0),
         "affine": (0, 0, 2 * out),
+        "sign": (0, 0, out),
+        "prelu": (0, 0, out),
         "argmax": (0, math.prod(inp[1]) - 1, 0),
         "flatten": (0, 0, 0),
     }[op.kind]

@@ -52,6 +52,13 @@ KERNELS_C = {
     "affine_f32",
     "argmax_i32",
     "argmax_f32",
+    # the real-valued path
+    "sign_f32",
+    "prelu_f32",
+    "meanpool",
+    "maxpool_f32",
+    "fconv_u8",
+    "fconv_f32",
 }
 
 
@@ -133,6 +140,13 @@ def test_random_graphs_are_bit_exact():
         ("flatten", "bits"),
         ("flatten", "i32"),
         ("flatten", "f32"),
+        ("sign", "f32"),
+        ("prelu", "f32"),
+        ("meanpool", "f32"),
+        ("maxpool", "f32"),
+        ("conv2d_f32", "u8"),
+        ("conv2d_f32", "f32"),
+        ("dense_f32", "f32"),
         ("kernel", 1),
         ("kernel", 3),
         ("kernel", 5),

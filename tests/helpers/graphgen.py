@@ -107,8 +107,8 @@ class _Builder:
         return self.choose.choice([1, 2, 3, 5, 8, 16, 31, 32, 33, 40, 63, 64, 65, 70])
 
     def sign(self, src: str) -> str:
-        """``src`` as the input of a dense layer: thresholded when it is an accumulator."""
-        return self.threshold(src) if self.kind(src) == "i32" else src
+        """``src`` as the input of a dense layer: thresholded when it is an accumulator or real."""
+        return {"i32": self.threshold, "f32": self.real_sign}.get(self.kind(src), lambda t: t)(src)
 
     # --- one op or a small pattern each -----------------------------------------------
 
@@ -181,6 +181,53 @@ class _Builder:
         g = {"stride": 1, "padding": k // 2, "k": k}
         return self.op("add", [src, self.conv(self.threshold(src), self.env[src].shape[1], g)])
 
+    # --- the real-valued path ------------------------------------------------------------
+
+    def real(self, src: str) -> str:
+        """An accumulator onto the real-valued stream (a folded BN)."""
+        return self.affine(src)
+
+    def real_sign(self, src: str) -> str:
+        x = self.env[src]
+        c = x.shape[1]
+        values = np.sort(np.moveaxis(x, 1, 0).reshape(c, -1), axis=1)
+        n = values.shape[1]
+        thresh = values[np.arange(c), self.rng.integers(n // 4, n - n // 4, c)]  # ties occur
+        return self.op("sign", [src], params={"thresh": thresh.astype(np.float32)})
+
+    def prelu(self, src: str) -> str:
+        slope = self.rng.normal(0.25, 0.5, self.env[src].shape[1]).astype(np.float32)
+        return self.op("prelu", [src], params={"slope": slope})
+
+    def meanpool(self, src: str) -> str:
+        h, w = self.env[src].shape[2:]
+        kernel = (self.choose.integer(1, min(3, h)), self.choose.integer(1, min(3, w)))
+        kind = self.choose.choice(["meanpool", "meanpool", "maxpool"])
+        return self.op(kind, [src], {"kernel": kernel, "stride": (self.choose.integer(1, 3),) * 2})
+
+    def fp_conv(self, src: str) -> str:
+        cin, h, w = self.env[src].shape[1:]
+        g, o = self.conv_geometry(h, w), self.channels()
+        scale = 1 / np.sqrt(cin * g["k"] ** 2) / (64 if self.kind(src) == "u8" else 1)
+        weight = (self.rng.normal(0, 1, (o, cin, g["k"], g["k"])) * scale).astype(np.float32)
+        attrs = {"stride": g["stride"], "padding": g["padding"]}
+        return self.op(
+            "conv2d_f32", [src], attrs, {"weight": weight, "bias": self.rng.normal(0, 0.3, o).astype(np.float32)}
+        )
+
+    def fp_dense(self, src: str, out_features: int) -> str:
+        if self.env[src].ndim > 2:
+            src = self.op("flatten", [src])
+        f = self.env[src].shape[1]
+        weight = (self.rng.normal(0, 1, (out_features, f)) / np.sqrt(f)).astype(np.float32)
+        return self.op("dense_f32", [src], params={"weight": weight, "bias": np.zeros(out_features, np.float32)})
+
+    def real_residual(self, src: str) -> str:
+        """x + affine(conv(sign(x))) on the real stream: Bi-Real's block, ``src`` live across it."""
+        k = self.choose.choice([1, 3])
+        g = {"stride": 1, "padding": k // 2, "k": k}
+        return self.op("add", [src, self.affine(self.conv(self.real_sign(src), self.env[src].shape[1], g))])
+
 
 @st.composite
 def graph_cases(draw, max_layers: int = 4) -> Case:
@@ -198,10 +245,16 @@ def _build(choose: _Drawn | _Seeded, rng: np.random.Generator, max_layers: int, 
     b = _Builder(choose, rng, rng.integers(0, 256, (N_IMAGES, *shape), dtype=np.uint8))
     t = "input"
     if choose.choice(["conv", "conv", "conv", "dense"]) == "conv":
-        t = b.conv(t)
+        t = b.conv(t) if choose.integer(0, 4) else b.fp_conv(t)
         for _ in range(choose.integer(0, max_layers)):
-            moves = {"i32": ["threshold", "pool", "residual"], "bits": ["conv", "pool", "two_branches"]}
+            moves = {
+                "i32": ["threshold", "pool", "residual", "real"],
+                "bits": ["conv", "pool", "two_branches"],
+                "f32": ["real_sign", "prelu", "meanpool", "fp_conv", "real_residual"],
+            }
             t = getattr(b, choose.choice(moves[b.kind(t)]))(t)
+    if b.kind(t) == "f32" and choose.boolean():
+        t = b.fp_dense(t, choose.integer(2, 12))
     # dense layers to the class scores, or the flattened i32 map itself as scores
     if b.kind(t) != "i32" or choose.boolean():
         for _ in range(choose.integer(0, 2)):

@@ -78,6 +78,11 @@ for _kind in ("quantize_input", "int8_conv2d", "int8_dense", "requantize"):
     ENCODERS.refuse(
         _kind, "int8 arithmetic (products of 8-bit values, requantization) has no encoding as counts of literals"
     )
+_FLOAT_PATH = "float32 arithmetic on the real-valued path is not encoded in SAT"
+ENCODERS.refuse("sign", f"{_FLOAT_PATH} (the sign of a real value depends on it)")
+ENCODERS.refuse("meanpool", _FLOAT_PATH)
+ENCODERS.refuse("conv2d_f32", _FLOAT_PATH)
+ENCODERS.refuse("dense_f32", _FLOAT_PATH)
 # "native": the solver's own at-most-k constraints; the rest: PySAT CardEnc clauses
 ENCODINGS = ("native", "seqcounter", "sortnetwrk", "cardnetwrk", "totalizer", "mtotalizer", "kmtotalizer")
 NATIVE_SOLVERS = ("minicard", "gluecard3", "gluecard4")
@@ -303,7 +308,7 @@ class Encoding:
 
     # --- the head: class scores and the goal ---------------------------------------
 
-    @ENCODERS.register("affine", "add", "argmax")
+    @ENCODERS.register("affine", "add", "prelu", "argmax")
     def _head(self, first: int) -> None:
         """The ops from ``first`` to ``argmax``: each class score as a table over the counts of
         its accumulator element."""

@@ -7,14 +7,17 @@ Operation classes, per inference:
   counted over every kernel tap;
 * integer ops: 8-bit × ±1 accumulations of the first layer, threshold comparisons, pool
   comparisons, integer additions;
-* FP ops: multiplies and adds of ``affine``.
+* FP ops: multiplies and adds of ``affine`` and of the real-valued path (``conv2d_f32`` and
+  ``dense_f32``: a multiply and an add per tap and the bias; ``meanpool``: the adds and one
+  division per output; ``sign``, ``prelu``: one comparison or multiply per value).
 
 The energy estimate prices these classes and the SRAM traffic with the constants of
 ``bnnkit.cost.energy`` (Horowitz, ISSCC 2014): its 45 nm op model, not the MCU datasheet
 model of ``bnnkit run --runtime cortex-m4`` (that module's docstring compares the two).
 
 Flash counts parameters as the graph file stores them: binary weights packed 8 per byte per
-output channel, thresholds 4 bytes + 1 flip bit, affine 8 bytes per channel.
+output channel, thresholds 4 bytes + 1 flip bit, affine 8 bytes per channel, float32
+parameters (full-precision weights, ``sign`` thresholds, ``prelu`` slopes) 4 bytes each.
 
 The operation counts of each op are its ``OpDef.cost`` rule in the op table (``bnnkit.graph.ops``).
 """

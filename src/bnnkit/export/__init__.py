@@ -7,14 +7,17 @@ from pathlib import Path
 from torch import nn
 
 from bnnkit.export.exporter import Exporter
+from bnnkit.export.residual import ResidualExporter, needs_real_path
 from bnnkit.graph import Graph
 from bnnkit.training.run import RunConfig, load_run
 
 
 def export_model(model: nn.Module, in_shape: tuple[int, int, int], allow_approx: bool = False) -> Graph:
     """The integer graph of ``model`` (eval mode); raises ``BnnkitError`` naming the first
-    layer that has no exact integer form."""
-    return Exporter(model, in_shape, allow_approx).export()
+    layer that has no exact integer form. A residual network's graph has a float32 path
+    (``bnnkit.export.residual``)."""
+    exporter = ResidualExporter if needs_real_path(model) else Exporter
+    return exporter(model, in_shape, allow_approx).export()
 
 
 def export_run(run_dir: str | Path, allow_approx: bool = False) -> tuple[Graph, nn.Module, RunConfig]:
@@ -25,4 +28,4 @@ def export_run(run_dir: str | Path, allow_approx: bool = False) -> tuple[Graph, 
     return graph, model, config
 
 
-__all__ = ["Exporter", "export_model", "export_run"]
+__all__ = ["Exporter", "ResidualExporter", "export_model", "export_run"]

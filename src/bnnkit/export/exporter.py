@@ -28,7 +28,9 @@ the catalogue marks as not exportable are refused up front, by name.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ from torch import nn
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, OPS, Graph, Op, PadMode, pair
-from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels
+from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels, RPReLU
 from bnnkit.quant import Quantizer
 from bnnkit.recipe import METHODS, Recipe
 
@@ -95,7 +97,7 @@ class Exporter:
         self.ops.append(Op(kind, inputs, out, attrs or {}, params or {}, name))
         return out
 
-    def _refuse(self, name: str, why: str) -> None:
+    def _refuse(self, name: str, why: str) -> NoReturn:
         raise BnnkitError(f"cannot export layer {name!r}: {why}")
 
     def _weight_bits(self, name: str, layer: nn.Module) -> tuple[np.ndarray, torch.Tensor]:
@@ -151,10 +153,10 @@ class Exporter:
                     )
                 self._check_pool(name, m)
                 chain.pool = m
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU, RPReLU)):
                 if kind != "chain" or chain.flatten:
-                    self._refuse(name, "BatchNorm must follow a binary layer")
-                chain.add(m)
+                    self._refuse(name, f"{type(m).__name__} must follow a binary layer")
+                chain.add(m)  # an activation joins the float chain that the threshold tabulates
             elif isinstance(m, nn.Flatten):
                 if kind == "chain":  # flatten the bits once the next layer has binarized them
                     chain.flatten = name
@@ -202,7 +204,10 @@ class Exporter:
                 name, "its input is already binary, and its input quantizer does not pass ±1 through unchanged"
             )
 
-    def _binary_layer(self, name: str, m: nn.Module, cur: str, kind: str) -> _Chain:
+    def _binary_layer(
+        self, name: str, m: nn.Module, cur: str, kind: str, bits: np.ndarray | None = None, op_name: str = ""
+    ) -> _Chain:
+        """The layer's producer op on ``cur`` (its kernel quantizer's signs, or one base's ``bits``)."""
         if m.activation_scale != "none":
             self._refuse(
                 name, "its activation scale (xnor_activation_scale) multiplies each output by a real-valued map"
@@ -215,7 +220,14 @@ class Exporter:
             self._refuse(name, "its input is not binarized by a preceding threshold")
         if isinstance(m, BinaryConv2d) and (m.groups != 1 or m.dilation != (1, 1)):
             self._refuse(name, "grouped or dilated binary convolutions are not exported")
-        bits, magnitude = self._weight_bits(name, m)
+        if bits is None:
+            bits, magnitude = self._weight_bits(name, m)
+            if not bool(torch.all(magnitude == 1)):
+                # sign(w)·s_c inside the product: the model sums float products, which an
+                # integer sum times s_c matches only up to rounding. weight_scale is exact.
+                self._refuse(
+                    name, "its kernel quantizer scales the weights inside the product; use weight_scale instead"
+                )
         fan_in = int(np.prod(bits.shape[1:]))
         if m.input_quantizer is None:
             op = "input_conv2d" if isinstance(m, BinaryConv2d) else "input_dense"
@@ -230,11 +242,7 @@ class Exporter:
                 attrs["pad"] = PadMode(m.pad_value).mode
             elif m.padding != (0, 0) and m.pad_value != 0.0:
                 self._refuse(name, "the first layer pads integer pixels with 0 (a black pixel) only")
-        if not bool(torch.all(magnitude == 1)):
-            # sign(w)·s_c inside the product: the model sums float products, which an
-            # integer sum times s_c matches only up to rounding. weight_scale is exact.
-            self._refuse(name, "its kernel quantizer scales the weights inside the product; use weight_scale instead")
-        tensor = self._emit(op, [cur], attrs, {"weight": bits}, name)
+        tensor = self._emit(op, [cur], attrs, {"weight": bits}, op_name or name)
         return _Chain(tensor, m, bound)
 
     @torch.no_grad()
@@ -242,6 +250,27 @@ class Exporter:
         """Collapse ``chain`` followed by the sign ``q`` (the next layer's input quantizer,
         or an explicit one) into one threshold per channel named ``op_name``, and its
         max-pool into a pool of bits."""
+        params = self._threshold_params(chain, q, name)
+        if params is None:
+            self._refuse(name, "the float32 chain before its sign is not monotone in the integer sum")
+        thresh, flip = params
+        out = self._emit("threshold", [chain.tensor], {}, {"thresh": thresh, "flip": flip}, op_name)
+        if chain.pool is None:
+            return out
+        params = {}
+        if chain.after_pool:
+            decreasing = self._after_pool_decreasing(chain)
+            if decreasing.any():
+                params["min_channels"] = decreasing
+        attrs = {"kernel": pair(chain.pool.kernel_size), "stride": pair(chain.pool.stride)}
+        return self._emit("maxpool", [out], attrs, params, name + ".pool")
+
+    @torch.no_grad()
+    def _threshold_params(
+        self, chain: _Chain, q: Callable[[torch.Tensor], torch.Tensor], name: str
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The integer threshold and flip per channel that reproduce ``q`` of ``chain`` for every
+        accumulator value, or None where some channel is not monotone in the sum."""
         c = chain.channels
         bits = []
         for lo in range(-chain.bound, chain.bound + 1, _CHUNK):
@@ -264,19 +293,8 @@ class Exporter:
             elif len(falling) == 1 and not len(rising):
                 thresh[ch], flip[ch] = falling[0] - chain.bound, True
             else:
-                self._refuse(
-                    name, f"channel {ch}: the float32 chain before its sign is not monotone in the integer sum"
-                )
-        out = self._emit("threshold", [chain.tensor], {}, {"thresh": thresh, "flip": flip}, op_name)
-        if chain.pool is None:
-            return out
-        params = {}
-        if chain.after_pool:
-            decreasing = self._after_pool_decreasing(chain)
-            if decreasing.any():
-                params["min_channels"] = decreasing
-        attrs = {"kernel": pair(chain.pool.kernel_size), "stride": pair(chain.pool.stride)}
-        return self._emit("maxpool", [out], attrs, params, name + ".pool")
+                return None
+        return thresh, flip
 
     @torch.no_grad()
     def _after_pool_decreasing(self, chain: _Chain) -> np.ndarray:
@@ -291,6 +309,8 @@ class Exporter:
         measured in float64 on copies of its modules, then stored as float32."""
         if chain.pool is not None:
             self._refuse("<output>", "a max-pool before the scores is not exported")
+        if not all(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in chain.before_pool):
+            self._refuse("<output>", "an activation on the class scores is not exported")
         exact = copy.deepcopy(chain).double()
         v = exact.values(
             torch.tensor([[0.0], [1.0]], dtype=torch.float64).expand(-1, chain.channels), exact.before_pool, True

@@ -184,6 +184,20 @@ def _pool_shape(op: Op, ins: list[TensorType]) -> TensorType:
     return t, (shape[0], out_size(shape[1], kh, sh), out_size(shape[2], kw, sw))
 
 
+def _fp_conv_shape(op: Op, ins: list[TensorType]) -> TensorType:
+    _, (o, ho, wo) = _conv_shape(op, ins)
+    if op.params["bias"].shape != (o,):
+        raise ValueError(f"bias has shape {op.params['bias'].shape}, expected ({o},)")
+    return "f32", (o, ho, wo)
+
+
+def _fp_dense_shape(op: Op, ins: list[TensorType]) -> TensorType:
+    _, (o,) = _dense_shape(op, ins)
+    if op.params["bias"].shape != (o,):
+        raise ValueError(f"bias has shape {op.params['bias'].shape}, expected ({o},)")
+    return "f32", (o,)
+
+
 def _flatten_shape(op: Op, ins: list[TensorType]) -> TensorType:
     t, shape = ins[0]
     return t, (math.prod(shape),)
@@ -213,6 +227,19 @@ def _per_value_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
 
 def _affine_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
     return Cost(fp_ops=2 * math.prod(out[1]))
+
+
+def _fp_producer_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
+    macs = math.prod(out[1]) * math.prod(op.params["weight"].shape[1:])
+    return Cost(fp_ops=2 * macs + math.prod(out[1]))  # a multiply and an add per tap, then the bias
+
+
+def _mean_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
+    return Cost(fp_ops=math.prod(out[1]) * math.prod(pair(op.attrs["kernel"])))  # the adds and one division
+
+
+def _fp_compare_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
+    return Cost(fp_ops=math.prod(out[1]))
 
 
 def _argmax_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
@@ -382,7 +409,7 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "affine",
         Family.ELEMENTWISE,
-        (("i32", "f32"),),
+        (("u8", "i32", "f32"),),  # u8: a float first layer's input normalisation
         _per_channel_shape("f32"),
         _affine_cost,
         (),
@@ -400,7 +427,7 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "maxpool",
         Family.POOL,
-        (("i32", "bits", "i8"),),
+        (("i32", "bits", "i8", "f32"),),  # f32: IEEE max, the first of equal values
         _pool_shape,
         _pool_cost,
         _WINDOW,
@@ -419,6 +446,63 @@ OPS: dict[str, OpDef] = _table(
         _WINDOW,
         work=_pool_work,
         doc="window SUM of i32, no padding; the consumer folds the 1/(kh*kw)",
+    ),
+    # --- the real-valued path (float32; every step rounded to float32, no FMA) ---
+    OpDef(
+        "sign",
+        Family.ELEMENTWISE,
+        (("f32",),),
+        _per_channel_shape("bits"),
+        _fp_compare_cost,
+        (),
+        {"thresh": "f32"},
+        doc="f32 (C,...) -> bits: x >= thresh[c] (IEEE compare: -0.0 >= 0.0 holds, NaN gives 0); "
+        "RSign's sign(x - v) is x >= v exactly",
+    ),
+    OpDef(
+        "prelu",
+        Family.ELEMENTWISE,
+        (("i32", "f32"),),
+        _per_channel_shape("f32"),
+        _fp_compare_cost,
+        (),
+        {"slope": "f32"},
+        doc="(C,...) -> f32: float32(x) if float32(x) >= 0 else float32(x) * slope[c] (one rounding)",
+    ),
+    OpDef(
+        "meanpool",
+        Family.POOL,
+        (("f32",),),
+        _pool_shape,
+        _mean_cost,
+        _WINDOW,
+        work=_pool_work,
+        doc="f32 window mean, no padding (floor): s = +0.0, s = s + x over the taps row by row, "
+        "each sum rounded to float32, then s / float32(kh*kw) (one division)",
+    ),
+    OpDef(
+        "conv2d_f32",
+        Family.PRODUCER,
+        (("u8", "f32"),),
+        _fp_conv_shape,
+        _fp_producer_cost,
+        _CONV_ATTRS,
+        {"weight": "f32", "bias": "f32"},
+        work=_conv_work,
+        doc="u8 or f32 (C,H,W) * f32 weight (O,C,kh,kw) -> f32: s = +0.0, s = s + float32(x) * w over the "
+        "taps inside the map, c then i then j, product and sum each rounded to float32, then s + bias[o]",
+    ),
+    OpDef(
+        "dense_f32",
+        Family.PRODUCER,
+        (("u8", "f32"),),
+        _fp_dense_shape,
+        _fp_producer_cost,
+        (),
+        {"weight": "f32", "bias": "f32"},
+        work=_dense_work,
+        doc="u8 or f32 (F,) * f32 weight (O,F) -> f32 (O,): s = +0.0, s = s + float32(x[f]) * w[o,f] for f "
+        "in order, each step rounded to float32, then s + bias[o]",
     ),
     OpDef(
         "flatten",

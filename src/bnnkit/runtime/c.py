@@ -70,7 +70,7 @@ def _i32(v: int) -> str:
 
 def _f32(v: np.float32) -> str:
     if not np.isfinite(v):
-        raise BnnkitError(f"affine parameter {v} is not finite; the C runtime takes finite floats only")
+        raise BnnkitError(f"float parameter {v} is not finite; the C runtime takes finite floats only")
     mantissa, exponent = float(v).hex().split("p")
     return f"{mantissa.rstrip('0').rstrip('.')}p{exponent}f"  # exact: C99 hexadecimal float
 
@@ -235,6 +235,56 @@ class _Emitter:
         self.used.add(f"affine_{in_type}")
         x, out = self.inputs(op)[0], self.output(step)
         self.call(step, f"affine_{in_type}({x}, {c}, {h * w}, op{i}_scale, op{i}_bias, {out})")
+
+    def floats(self, name: str, values: np.ndarray) -> str:
+        """A float table of the generated C, exact (hexadecimal literals)."""
+        self.data.append(_array("float", name, [_f32(v) for v in np.asarray(values, np.float32).ravel()]))
+        return name
+
+    @EMIT.register("sign")
+    def sign(self, step: Step) -> None:
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        c, h, w = self.plan.layout[op.inputs[0]]
+        t = self.floats(f"op{i}_thresh", op.params["thresh"])
+        self.used.add("sign_f32")
+        self.call(step, f"sign_f32({self.inputs(op)[0]}, {c}, {h * w}, {t}, {self.output(step)})")
+
+    @EMIT.register("prelu")
+    def prelu(self, step: Step) -> None:
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        in_type, (c, h, w) = self.g.types[op.inputs[0]][0], self.plan.layout[op.inputs[0]]
+        slope = self.floats(f"op{i}_slope", op.params["slope"])
+        self.used.add(f"prelu_{in_type}")
+        self.call(step, f"prelu_{in_type}({self.inputs(op)[0]}, {c}, {h * w}, {slope}, {self.output(step)})")
+
+    @EMIT.register("meanpool")
+    def meanpool(self, step: Step) -> None:
+        self.pool(step, "meanpool")
+
+    @EMIT.register("conv2d_f32", "dense_f32")
+    def fconv(self, step: Step) -> None:
+        """A full-precision conv, or a dense layer as a 1x1 conv over its F inputs (the
+        flattened map is CHW memory: the graph's flatten order)."""
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        in_type, in_shape = self.g.types[op.inputs[0]]
+        weight = op.params["weight"]
+        if weight.ndim == 2:
+            (c, h, w), (o, kh, kw) = (in_shape[0], 1, 1), (len(weight), 1, 1)
+            (sh, sw), (ph, pw), (ho, wo) = (1, 1), (0, 0), (1, 1)
+        else:
+            (c, h, w), (o, _, kh, kw) = in_shape, weight.shape
+            (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
+            _, ho, wo = self.g.types[op.output][1]
+        self.floats(f"op{i}_w", weight)
+        self.floats(f"op{i}_bias", op.params["bias"])
+        self.data.append(
+            f"static const struct fconv op{i}_fconv = {{\n"
+            f"    .C = {c}, .H = {h}, .W = {w}, .O = {o}, .KH = {kh}, .KW = {kw},\n"
+            f"    .SH = {sh}, .SW = {sw}, .PH = {ph}, .PW = {pw}, .Ho = {ho}, .Wo = {wo},\n"
+            f"    .w = op{i}_w, .bias = op{i}_bias\n}};"
+        )
+        self.used.add(f"fconv_{in_type}")
+        self.call(step, f"fconv_{in_type}(&op{i}_fconv, {self.inputs(op)[0]}, {self.output(step)})")
 
     @EMIT.register("argmax")
     def argmax(self, step: Step) -> None:

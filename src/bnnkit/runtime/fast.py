@@ -341,6 +341,7 @@ KERNELS.register("input_conv2d", "input_dense", "binary_conv2d", "binary_dense")
 
 
 @KERNELS.register("threshold", "affine", "add", "avgpool", "flatten", "argmax")
+@KERNELS.register("sign", "prelu", "meanpool", "conv2d_f32", "dense_f32")  # the real-valued path
 def _reference(op: Op, *args):
     """The NumPy reference's own kernel, on unpacked bits: these ops are cheap next to a layer."""
     return numpy_ref.KERNELS[op.kind](op, *(a.bits() if isinstance(a, Packed) else a for a in args))

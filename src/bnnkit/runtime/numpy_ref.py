@@ -121,6 +121,11 @@ def _windows(op: Op, x: np.ndarray) -> np.ndarray:
 @KERNELS.register("maxpool")
 def maxpool(op: Op, x: np.ndarray) -> np.ndarray:
     win = _windows(op, x)
+    if win.dtype == np.float32:  # the first maximal value: of +0.0 and -0.0, whichever comes first
+        out = win[..., 0]
+        for t in range(1, win.shape[-1]):
+            out = np.where(win[..., t] > out, win[..., t], out)
+        return out
     out = win.max(axis=-1)  # on bool: OR
     if "min_channels" in op.params:
         mins = _per_channel(op.params["min_channels"], 4)
@@ -131,6 +136,56 @@ def maxpool(op: Op, x: np.ndarray) -> np.ndarray:
 @KERNELS.register("avgpool")
 def avgpool(op: Op, x: np.ndarray) -> np.ndarray:
     return _to_i32(_windows(op, x).astype(np.int64).sum(axis=-1))
+
+
+# --- the real-valued path: float32, one rounding per written step, in the order the op's doc says ---
+
+
+@KERNELS.register("sign")
+def sign(op: Op, x: np.ndarray) -> np.ndarray:
+    return x >= _per_channel(op.params["thresh"], x.ndim)
+
+
+@KERNELS.register("prelu")
+def prelu(op: Op, x: np.ndarray) -> np.ndarray:
+    xf = x.astype(np.float32)
+    return np.where(xf >= 0, xf, (xf * _per_channel(op.params["slope"], x.ndim)).astype(np.float32))
+
+
+@KERNELS.register("meanpool")
+def meanpool(op: Op, x: np.ndarray) -> np.ndarray:
+    win = _windows(op, x)
+    acc = np.zeros(win.shape[:-1], np.float32)
+    for t in range(win.shape[-1]):  # left to right, each sum rounded (NumPy's sum would pair the terms)
+        acc = (acc + win[..., t]).astype(np.float32)
+    return (acc / np.float32(win.shape[-1])).astype(np.float32)
+
+
+@KERNELS.register("conv2d_f32")
+def conv2d_f32(op: Op, x: np.ndarray) -> np.ndarray:
+    w, bias = op.params["weight"], op.params["bias"]
+    (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
+    # a padded tap reads +0.0: its product is ±0, which leaves the (never -0.0) sum unchanged,
+    # exactly as skipping it does
+    xp = np.pad(x.astype(np.float32), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    n, (o, c, kh, kw) = len(x), w.shape
+    ho, wo = out_size(x.shape[2], kh, sh, ph), out_size(x.shape[3], kw, sw, pw)
+    acc = np.zeros((n, o, ho, wo), np.float32)
+    for ci in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                tap = xp[:, ci, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+                acc = (acc + (tap[:, None] * _per_channel(w[:, ci, i, j], 4)).astype(np.float32)).astype(np.float32)
+    return (acc + _per_channel(bias, 4)).astype(np.float32)
+
+
+@KERNELS.register("dense_f32")
+def dense_f32(op: Op, x: np.ndarray) -> np.ndarray:
+    w, xf = op.params["weight"], x.astype(np.float32)
+    acc = np.zeros((len(x), len(w)), np.float32)
+    for f in range(w.shape[1]):
+        acc = (acc + (xf[:, f : f + 1] * w[None, :, f]).astype(np.float32)).astype(np.float32)
+    return (acc + op.params["bias"][None]).astype(np.float32)
 
 
 @KERNELS.register("flatten")

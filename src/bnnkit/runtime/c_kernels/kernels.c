@@ -221,6 +221,24 @@ static void maxpool_i32(const int32_t *x, int C, int H, int W, int KH, int KW, i
             }
 }
 
+/* bnnkit:kernel maxpool_f32 needs f32_of */
+/* The window's first maximal value, bit pattern and all (of +0.0 and -0.0, the first). */
+static void maxpool_f32(const uint32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, uint32_t *out)
+{
+    int Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, c, y, xo, i, j;
+    for (c = 0; c < C; c++, x += H * W)
+        for (y = 0; y < Ho; y++)
+            for (xo = 0; xo < Wo; xo++) {
+                uint32_t m = x[y * SH * W + xo * SW];
+                for (i = 0; i < KH; i++)
+                    for (j = 0; j < KW; j++) {
+                        uint32_t v = x[(y * SH + i) * W + xo * SW + j];
+                        m = f32_of(v) > f32_of(m) ? v : m;
+                    }
+                *out++ = m;
+            }
+}
+
 /* bnnkit:kernel avgpool */
 /* The window SUM: the consumer folds the 1/(KH*KW). */
 static void avgpool(const int32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, int32_t *out)
@@ -295,6 +313,9 @@ static int argmax_f32(const uint32_t *x, int n, float *scores)
             }                                                                                                          \
     }
 
+/* bnnkit:kernel affine_u8 needs affine */
+AFFINE_KERNEL(affine_u8, uint8_t, (float))
+
 /* bnnkit:kernel affine_i32 needs affine */
 AFFINE_KERNEL(affine_i32, int32_t, (float))
 
@@ -349,3 +370,93 @@ CONV_KERNEL(binary_conv, uint32_t, binary_acc)
 
 /* bnnkit:kernel binary_conv_sign needs conv_sign binary_acc */
 CONV_SIGN_KERNEL(binary_conv_sign, uint32_t, binary_acc)
+
+/* bnnkit:kernel sign_f32 needs f32_of */
+/* f32 CHW -> bits HWC: x >= thresh[c], an IEEE comparison (-0.0 >= 0.0; NaN gives 0). */
+static void sign_f32(const uint32_t *x, int C, int HW, const float *thresh, uint32_t *out)
+{
+    int cw = (C + 31) / 32, p, c;
+    for (p = 0; p < HW; p++, out += cw) {
+        for (c = 0; c < cw; c++)
+            out[c] = 0;
+        for (c = 0; c < C; c++)
+            out[c >> 5] |= (uint32_t)(f32_of(x[c * HW + p]) >= thresh[c]) << (c & 31);
+    }
+}
+
+/* bnnkit:kernel prelu needs f32_bits */
+/* float(x) where it is >= 0, else float(x) * slope[c], one rounding. */
+#define PRELU_KERNEL(name, xtype, LOAD)                                                                                \
+    static void name(const xtype *x, int C, int HW, const float *slope, uint32_t *out)                                 \
+    {                                                                                                                  \
+        int c, p;                                                                                                      \
+        for (c = 0; c < C; c++)                                                                                        \
+            for (p = 0; p < HW; p++) {                                                                                 \
+                float v = LOAD(x[c * HW + p]);                                                                         \
+                *out++ = f32_bits(v >= 0.0f ? v : v * slope[c]);                                                       \
+            }                                                                                                          \
+    }
+
+/* bnnkit:kernel prelu_i32 needs prelu */
+PRELU_KERNEL(prelu_i32, int32_t, (float))
+
+/* bnnkit:kernel prelu_f32 needs prelu f32_of */
+PRELU_KERNEL(prelu_f32, uint32_t, f32_of)
+
+/* bnnkit:kernel meanpool needs f32_bits f32_of */
+/* The window's values summed left to right from +0.0, row by row, each sum rounded to
+   float, then one division by the window's size; no padding (floor). */
+static void meanpool(const uint32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, uint32_t *out)
+{
+    int Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, c, y, xo, i, j;
+    float n = (float)(KH * KW);
+    for (c = 0; c < C; c++, x += H * W)
+        for (y = 0; y < Ho; y++)
+            for (xo = 0; xo < Wo; xo++) {
+                float s = 0.0f;
+                for (i = 0; i < KH; i++)
+                    for (j = 0; j < KW; j++)
+                        s = s + f32_of(x[(y * SH + i) * W + xo * SW + j]);
+                *out++ = f32_bits(s / n);
+            }
+}
+
+/* bnnkit:kernel fconv needs f32_bits */
+/* A full-precision convolution (a dense layer: C = F inputs, a 1x1 map and kernel). */
+struct fconv {
+    int C, H, W; /* input layout */
+    int O, KH, KW, SH, SW, PH, PW;
+    int Ho, Wo;     /* output */
+    const float *w; /* (O, C, KH, KW) */
+    const float *bias;
+};
+
+/* -> f32 CHW: per output, s = +0.0, then s + float(x) * w over the taps inside the map, c
+   then i then j, then s + bias[o]. The volatile product is rounded on its own: no FMA. */
+#define FCONV_KERNEL(name, xtype, LOAD)                                                                                \
+    static void name(const struct fconv *L, const xtype *x, uint32_t *out)                                             \
+    {                                                                                                                  \
+        int o, y, xo, c, i, j;                                                                                         \
+        for (o = 0; o < L->O; o++)                                                                                     \
+            for (y = 0; y < L->Ho; y++)                                                                                \
+                for (xo = 0; xo < L->Wo; xo++) {                                                                       \
+                    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;                                               \
+                    int i0 = y0 < 0 ? -y0 : 0, i1 = L->H - y0 < L->KH ? L->H - y0 : L->KH;                             \
+                    int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;                             \
+                    float s = 0.0f;                                                                                    \
+                    for (c = 0; c < L->C; c++)                                                                         \
+                        for (i = i0; i < i1; i++)                                                                      \
+                            for (j = j0; j < j1; j++) {                                                                \
+                                volatile float prod = LOAD(x[(c * L->H + y0 + i) * L->W + x0 + j]) *                   \
+                                                      L->w[((o * L->C + c) * L->KH + i) * L->KW + j];                  \
+                                s = s + prod;                                                                          \
+                            }                                                                                          \
+                    *out++ = f32_bits(s + L->bias[o]);                                                                 \
+                }                                                                                                      \
+    }
+
+/* bnnkit:kernel fconv_u8 needs fconv */
+FCONV_KERNEL(fconv_u8, uint8_t, (float))
+
+/* bnnkit:kernel fconv_f32 needs fconv f32_of */
+FCONV_KERNEL(fconv_f32, uint32_t, f32_of)
