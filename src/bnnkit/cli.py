@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from bnnkit import __version__
 from bnnkit.api import evaluate, expect_run_dir, load_graph
 from bnnkit.cost import energy
 from bnnkit.cost.formatting import render_table
-from bnnkit.cost.graph_cost import format_profile, profile
+from bnnkit.cost.graph_cost import device_layers, format_profile, profile
 from bnnkit.data import DATASETS, canonical_name, get_info
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import METHODS, load_recipe
@@ -276,6 +277,9 @@ def cmd_profile(args: argparse.Namespace) -> None:
         black = np.zeros((1, *graph.input_shape), np.uint8)
         with RUNTIMES[args.target].prepare(graph, progress=not args.json) as device:
             result["device"] = device.predict(black).device
+        with tempfile.TemporaryDirectory(prefix="bnnkit-mcu-") as work:
+            per_step, whole = build_mcu(graph, work, args.target, layer_marks=True).layer_instructions(black)
+        result["device"].update(device_layers(graph, result, per_step, whole))
     _emit(args, result, format_profile(result))
 
 
