@@ -10,7 +10,9 @@
 
    Layouts (bnnkit.runtime.plan): bits HWC, each pixel's channels packed into ceil(C/32)
    32-bit words, channel c in bit c % 32 of word c / 32, unused bits 0; integers and floats
-   CHW; floats stored in the uint32_t arena as their bit patterns. */
+   CHW; floats stored in the uint32_t arena as their bit patterns. Weights of a binary
+   convolution: per output channel its KH*KW*C bits densely, bit (i * KW + j) * C + c, in
+   ceil(KH*KW*C/32) words; of a u8 one: bit (c * KH + i) * KW + j. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +25,7 @@ struct conv {
     int wpo;    /* weight words per output channel */
     const uint32_t *w;
     const uint32_t *pad; /* binary input: the padded pixel, NULL to count valid taps only */
+    uint32_t *patch;     /* room for one output pixel's patch (the generator sizes it), or NULL */
 };
 
 /* A threshold fused after a conv, then a max-pool (1x1, stride 1 when none). */
@@ -74,7 +77,7 @@ static const uint8_t popcount_table[256] = {
     (popcount_table[(v)&0xffu] + popcount_table[((v) >> 8) & 0xffu] + popcount_table[((v) >> 16) & 0xffu] +            \
      popcount_table[(v) >> 24])
 #else
-static int popcount32(uint32_t v)
+static inline int popcount32(uint32_t v) /* inline: popcount_words may not call it */
 {
     v = v - ((v >> 1) & 0x55555555u);
     v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
@@ -114,58 +117,243 @@ static float f32_of(uint32_t u)
     return v.f;
 }
 
-/* bnnkit:kernel input_acc needs structs bit_at */
-/* One accumulator of a u8 convolution: padded pixels are 0 and add nothing, so only the
-   taps inside the image are summed. Weight bit k = (c * KH + i) * KW + j. */
-static int32_t input_acc(const struct conv *L, const uint8_t *x, const uint32_t *w, int y, int xo)
+/* bnnkit:kernel patch needs structs */
+/* What a convolution's kernel reads for one output pixel, gathered once for all its output
+   channels (input_patch, binary_patch). */
+struct patch {
+    const uint32_t *w;    /* binary: KH*KW*C bits, densely in tap then channel order, unused bits 0 */
+    const uint8_t *b;     /* u8: the pixels in (c, i, j) order, padded pixels 0 */
+    const uint32_t *mask; /* binary: NULL when every bit counts, else those that do */
+    int n;                /* binary: the bits that count; u8: the sum of the pixels */
+    int words;            /* u8: whole 4-byte words to read at b; the bytes after them are the tail */
+};
+
+/* bnnkit:kernel popcount_words needs popcount */
+/* The popcount of a[k] ^ b[k] summed over n words, or with MASK of (a[k] ^ b[k]) & m[k]. On
+   a core without a popcount instruction (SWAR, SHIFTS) the bit-parallel sums of 31 words are
+   added bytewise before one fold, so a word costs its XOR and three steps; elsewhere POPCOUNT
+   per word. */
+#if defined(BNNKIT_POPCOUNT_SWAR) || defined(BNNKIT_POPCOUNT_SHIFTS)
+#define POPCOUNT_WORDS_KERNEL(name, MASK, ...)                                                                         \
+    static int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                           \
+    {                                                                                                                  \
+        int total = 0, k, chunk;                                                                                       \
+        for (; n > 0; n -= chunk, a += chunk, b += chunk) {                                                            \
+            uint32_t s = 0;                                                                                            \
+            chunk = n < 31 ? n : 31; /* 31 words of at most 8 per byte fit a byte */                                   \
+            for (k = 0; k < chunk; k++) {                                                                              \
+                uint32_t v = MASK(a[k] ^ b[k]);                                                                        \
+                v = v - ((v >> 1) & 0x55555555u);                                                                      \
+                v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);                                                      \
+                s += (v + (v >> 4)) & 0x0f0f0f0fu;                                                                     \
+            }                                                                                                          \
+            s = (s & 0x00ff00ffu) + ((s >> 8) & 0x00ff00ffu);                                                          \
+            total += (int)((s + (s >> 16)) & 0xffffu);                                                                 \
+            MASK_ADVANCE(chunk);                                                                                       \
+        }                                                                                                              \
+        return total;                                                                                                  \
+    }
+#else
+#define POPCOUNT_WORDS_KERNEL(name, MASK, ...)                                                                         \
+    static int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                           \
+    {                                                                                                                  \
+        int total = 0, k;                                                                                              \
+        for (k = 0; k < n; k++) {                                                                                      \
+            uint32_t v = MASK(a[k] ^ b[k]);                                                                            \
+            total += POPCOUNT(v);                                                                                      \
+        }                                                                                                              \
+        return total;                                                                                                  \
+    }
+#endif
+#define MASK_ADVANCE(chunk) ((void)0)
+#define NO_MASK(v) (v)
+POPCOUNT_WORDS_KERNEL(popcount_xor, NO_MASK, )
+#undef MASK_ADVANCE
+#define MASK_ADVANCE(chunk) (m += (chunk))
+#define AND_MASK(v) ((v)&m[k])
+POPCOUNT_WORDS_KERNEL(popcount_xor_and, AND_MASK, const uint32_t *m, )
+
+/* bnnkit:kernel bits_out */
+/* Appends runs of bits to words, densely. */
+struct bits_out {
+    uint32_t *p, cur;
+    int off; /* bits of cur in use, < 32 */
+};
+
+/* v's low n bits (1 <= n <= 32), the others 0 */
+static void put_bits(struct bits_out *o, uint32_t v, int n)
 {
-    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;
-    int i0 = y0 < 0 ? -y0 : 0, i1 = L->H - y0 < L->KH ? L->H - y0 : L->KH;
-    int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;
-    int32_t acc = 0;
-    int c, i, j;
-    for (c = 0; c < L->C; c++)
-        for (i = i0; i < i1; i++) {
-            const uint8_t *row = x + (c * L->H + y0 + i) * L->W + x0;
-            int k = (c * L->KH + i) * L->KW;
-            for (j = j0; j < j1; j++) {
-                int32_t v = row[j], neg = bit_at(w, k + j) - 1; /* 0 for +1, -1 for -1 */
-                acc += (v ^ neg) - neg;
-            }
-        }
-    return acc;
+    o->cur |= v << o->off;
+    if (o->off + n < 32) {
+        o->off += n;
+        return;
+    }
+    *o->p++ = o->cur;
+    o->cur = o->off != 0 ? v >> (32 - o->off) : 0; /* a shift by 32 is undefined */
+    o->off += n - 32;
 }
 
-/* bnnkit:kernel binary_acc needs structs popcount */
-/* One accumulator of a binary convolution: n - 2 * popcount(x ^ w) over the taps that
-   count. A kernel row's taps inside the map are one run of words (HWC). A tap outside
-   reads L->pad (the constant padded pixel) or, when that is NULL (pad 'zero'), is
-   skipped. Weights: per tap (i, j), the input's words per pixel. */
-static int32_t binary_acc(const struct conv *L, const uint32_t *x, const uint32_t *w, int y, int xo)
+static void end_bits(struct bits_out *o)
 {
-    int cw = (L->C + 31) / 32, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;
-    int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;
-    int32_t n = 0, ones = 0;
-    int i, j, k;
-    for (i = 0; i < L->KH; i++, w += L->KW * cw) {
-        int iy = y0 + i, lo = L->KW, hi = L->KW;
-        if (iy >= 0 && iy < L->H && j0 < j1) {
-            const uint32_t *p = x + (iy * L->W + x0 + j0) * cw, *q = w + j0 * cw;
-            lo = j0;
-            hi = j1;
-            for (k = 0; k < (hi - lo) * cw; k++)
-                ones += POPCOUNT(p[k] ^ q[k]);
-            n += (hi - lo) * L->C;
-        }
-        if (L->pad != NULL)
-            for (j = 0; j < L->KW; j++)
-                if (j < lo || j >= hi) {
-                    for (k = 0; k < cw; k++)
-                        ones += POPCOUNT(L->pad[k] ^ w[j * cw + k]);
-                    n += L->C;
-                }
+    if (o->off != 0)
+        *o->p = o->cur;
+}
+
+/* bnnkit:kernel binary_patch needs patch bits_out */
+/* The patch of the output pixel whose window starts at (y0, x0), into L->patch (unless the
+   kernel covers the whole unpadded map with whole words per pixel: then the map is its own
+   patch). A tap outside the map reads L->pad or, when that is NULL (pad 'zero'), counts for
+   nothing: its bits are cleared in the mask that follows the patch, and n says how many count.
+   The interior needs no test per tap. */
+static void put_pixel(struct bits_out *o, const uint32_t *px, int C)
+{
+    for (; C > 32; C -= 32)
+        put_bits(o, *px++, 32);
+    put_bits(o, *px, C);
+}
+
+static struct patch binary_patch(const struct conv *L, const uint32_t *x, int y, int xo)
+{
+    int cw = (L->C + 31) >> 5, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, i, j, c;
+    struct patch P = {L->patch, NULL, NULL, L->KH * L->KW * L->C, 0};
+    struct bits_out bits = {L->patch, 0, 0}, mask = {L->patch + L->wpo, 0, 0};
+    if (L->patch == NULL) {
+        P.w = x;
+        return P;
     }
-    return n - 2 * ones;
+    if (y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W) {
+        for (i = 0; i < L->KH; i++)
+            for (j = 0; j < L->KW; j++)
+                put_pixel(&bits, x + ((y0 + i) * L->W + x0 + j) * cw, L->C);
+        end_bits(&bits);
+        return P;
+    }
+    for (i = 0; i < L->KH; i++)
+        for (j = 0; j < L->KW; j++) {
+            int iy = y0 + i, ix = x0 + j, inside = iy >= 0 && iy < L->H && ix >= 0 && ix < L->W;
+            const uint32_t *px = inside ? x + (iy * L->W + ix) * cw : L->pad;
+            if (px != NULL)
+                put_pixel(&bits, px, L->C);
+            else
+                P.n -= L->C;
+            for (c = L->C; c > 0 && L->pad == NULL; c -= 32) {
+                int n = c < 32 ? c : 32;
+                if (px == NULL)
+                    put_bits(&bits, 0, n);
+                put_bits(&mask, px == NULL ? 0 : n < 32 ? (1u << n) - 1 : 0xffffffffu, n);
+            }
+        }
+    end_bits(&bits);
+    if (L->pad == NULL) {
+        end_bits(&mask);
+        P.mask = L->patch + L->wpo;
+    }
+    return P;
+}
+
+/* bnnkit:kernel binary_dot needs patch popcount_words */
+/* n - 2 * popcount(x ^ w) over the bits that count */
+static int32_t binary_dot(const struct conv *L, const struct patch *P, int o)
+{
+    const uint32_t *w = L->w + o * L->wpo;
+    return P->n - 2 * (P->mask == NULL ? popcount_xor(P->w, w, L->wpo) : popcount_xor_and(P->w, w, P->mask, L->wpo));
+}
+
+/* bnnkit:kernel byte_sums needs structs */
+/* Sums of bytes 4 at a time. With the DSP extension (M4, M7): USADA8, the sum of absolute
+   differences, against 0, one instruction per word; without (M3, hosts): two 16-bit lanes,
+   at most 2 * 255 a word, folded every 128 words. load_word reads 4 bytes at any alignment
+   (one LDR on the M3/M4/M7, which allow unaligned loads). */
+#if defined(__ARM_FEATURE_SIMD32) && !defined(BNNKIT_NO_DSP)
+#include <arm_acle.h>
+#define BYTE_SUMS_DSP 1
+#define BYTE_SUMS_CHUNK 0x7fffffff
+#define ADD_BYTES(s, v) ((s) = __usada8((v), 0u, (s)))
+#define FOLD_BYTES(s) ((int32_t)(s))
+#else
+#define BYTE_SUMS_CHUNK 128
+#define ADD_BYTES(s, v) ((s) += ((v)&0x00ff00ffu) + (((v) >> 8) & 0x00ff00ffu))
+#define FOLD_BYTES(s) ((int32_t)(((s)&0xffffu) + ((s) >> 16)))
+#endif
+#include <string.h>
+static uint32_t load_word(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v; /* little-endian, as the masks are */
+}
+
+/* bnnkit:kernel input_patch needs patch byte_sums */
+/* The pixels of the output pixel whose window starts at (y0, x0), in the weights' (c, i, j)
+   order, padded pixels 0, into L->patch zero-filled to whole words; a dense layer reads the
+   image in place. n = their sum. */
+static struct patch input_patch(const struct conv *L, const uint8_t *x, int y, int xo)
+{
+    int k = L->C * L->KH * L->KW, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, c, i, j, q;
+    struct patch P = {NULL, x, NULL, 0, k >> 2};
+    uint32_t s = 0;
+    if (L->patch != NULL) {
+        uint8_t *b = (uint8_t *)L->patch;
+        int inside = y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W;
+        for (c = 0; c < L->C; c++)
+            for (i = 0; i < L->KH; i++) {
+                int iy = y0 + i, ix;
+                if (inside)
+                    for (j = 0, ix = x0; j < L->KW; j++, ix++)
+                        *b++ = x[(c * L->H + iy) * L->W + ix];
+                else
+                    for (j = 0, ix = x0; j < L->KW; j++, ix++, b++)
+                        *b = iy >= 0 && iy < L->H && ix >= 0 && ix < L->W ? x[(c * L->H + iy) * L->W + ix] : 0;
+            }
+        for (; k & 3; k++)
+            *b++ = 0;
+        P.b = (const uint8_t *)L->patch;
+        P.words = k >> 2;
+    }
+    for (q = 0; q < P.words; q++) {
+        uint32_t v = load_word(P.b + 4 * q);
+        ADD_BYTES(s, v);
+        if (q % BYTE_SUMS_CHUNK == BYTE_SUMS_CHUNK - 1) {
+            P.n += FOLD_BYTES(s);
+            s = 0;
+        }
+    }
+    P.n += FOLD_BYTES(s);
+    for (q = 4 * P.words; q < k; q++)
+        P.n += P.b[q];
+    return P;
+}
+
+/* bnnkit:kernel input_dot needs patch byte_sums bit_at */
+/* sum(+-x) = 2 * sum(x where the weight is +1) - sum(x): the weight bits, 4 at a time, become
+   a mask of whole bytes (a 16-word table) ANDed onto 4 pixels. */
+static const uint32_t byte_masks[16] = {
+    0x00000000u, 0x000000ffu, 0x0000ff00u, 0x0000ffffu, 0x00ff0000u, 0x00ff00ffu, 0x00ffff00u, 0x00ffffffu,
+    0xff000000u, 0xff0000ffu, 0xff00ff00u, 0xff00ffffu, 0xffff0000u, 0xffff00ffu, 0xffffff00u, 0xffffffffu,
+};
+
+static int32_t input_dot(const struct conv *L, const struct patch *P, int o)
+{
+    const uint32_t *w = L->w + o * L->wpo;
+    int k = L->C * L->KH * L->KW, q;
+    int32_t plus = 0;
+    uint32_t s = 0, bits = 0;
+    for (q = 0; q < P->words; q++) {
+        uint32_t v;
+        if ((q & 7) == 0)
+            bits = w[q >> 3];
+        v = load_word(P->b + 4 * q) & byte_masks[bits & 15u];
+        bits >>= 4;
+        ADD_BYTES(s, v);
+        if (q % BYTE_SUMS_CHUNK == BYTE_SUMS_CHUNK - 1) {
+            plus += FOLD_BYTES(s);
+            s = 0;
+        }
+    }
+    plus += FOLD_BYTES(s);
+    for (q = 4 * P->words; q < k; q++)
+        plus += bit_at(w, q) ? P->b[q] : 0;
+    return 2 * plus - P->n;
 }
 
 /* bnnkit:kernel threshold needs bit_at */
@@ -301,51 +489,58 @@ AFFINE_KERNEL(affine_i32, int32_t, (float))
 /* bnnkit:kernel affine_f32 needs affine f32_of */
 AFFINE_KERNEL(affine_f32, uint32_t, f32_of)
 
-/* bnnkit:kernel conv needs structs */
-/* -> i32 CHW; ACC is input_acc or binary_acc, for an input of xtype. */
-#define CONV_KERNEL(name, xtype, ACC)                                                                                  \
+/* bnnkit:kernel conv needs patch */
+/* -> i32 CHW. PATCH gathers what one output pixel reads (input_patch, binary_patch) once for
+   all output channels; DOT is an output channel's sum over it (input_dot, binary_dot). */
+#define CONV_KERNEL(name, xtype, PATCH, DOT)                                                                           \
     static void name(const struct conv *L, const xtype *x, int32_t *out)                                               \
     {                                                                                                                  \
-        int o, y, xo;                                                                                                  \
-        for (o = 0; o < L->O; o++)                                                                                     \
-            for (y = 0; y < L->Ho; y++)                                                                                \
-                for (xo = 0; xo < L->Wo; xo++)                                                                         \
-                    *out++ = ACC(L, x, L->w + o * L->wpo, y, xo);                                                      \
+        int o, y, xo, HW = L->Ho * L->Wo;                                                                              \
+        for (y = 0; y < L->Ho; y++)                                                                                    \
+            for (xo = 0; xo < L->Wo; xo++) {                                                                           \
+                struct patch P = PATCH(L, x, y, xo);                                                                   \
+                for (o = 0; o < L->O; o++)                                                                             \
+                    out[o * HW + y * L->Wo + xo] = DOT(L, &P, o);                                                      \
+            }                                                                                                          \
     }
 
-/* bnnkit:kernel conv_sign needs structs bit_at */
-/* Fused with its threshold and a max-pool (1x1 when there is none) -> bits HWC; the i32
-   map is never stored. A pooled OR stops at the first 1, an AND (min channel) at the first 0. */
-#define CONV_SIGN_KERNEL(name, xtype, ACC)                                                                             \
+/* bnnkit:kernel conv_sign needs patch bit_at */
+/* Fused with its threshold and a max-pool (1x1 when there is none) -> bits HWC; the i32 map
+   is never stored. A pooled bit starts at its pool's identity (0 for an OR, 1 for a min
+   channel's AND) and is final once it differs from it, so an output channel's sum is computed
+   only until then: with pool windows that do not overlap, each output bit at most once. */
+#define CONV_SIGN_KERNEL(name, xtype, PATCH, DOT)                                                                      \
     static void name(const struct conv *L, const struct sign *S, const xtype *x, uint32_t *out)                        \
     {                                                                                                                  \
         int ow = (L->O + 31) / 32, py, px, o, i, j;                                                                    \
         for (py = 0; py < S->Ho; py++)                                                                                 \
             for (px = 0; px < S->Wo; px++, out += ow) {                                                                \
                 for (o = 0; o < ow; o++)                                                                               \
-                    out[o] = 0;                                                                                        \
-                for (o = 0; o < L->O; o++) {                                                                           \
-                    const uint32_t *w = L->w + o * L->wpo;                                                             \
-                    int32_t t = S->thresh[o];                                                                          \
-                    int flip = bit_at(S->flip, o), init = S->min != NULL && bit_at(S->min, o), b = init;               \
-                    for (i = 0; i < S->KH && b == init; i++)                                                           \
-                        for (j = 0; j < S->KW && b == init; j++) {                                                     \
-                            int32_t acc = ACC(L, x, w, py * S->SH + i, px * S->SW + j);                                \
-                            b = flip ? acc <= t : acc >= t;                                                            \
+                    out[o] = S->min != NULL ? S->min[o] : 0;                                                           \
+                for (i = 0; i < S->KH; i++)                                                                            \
+                    for (j = 0; j < S->KW; j++) {                                                                      \
+                        struct patch P = PATCH(L, x, py * S->SH + i, px * S->SW + j);                                  \
+                        for (o = 0; o < L->O; o++) {                                                                   \
+                            uint32_t bit = 1u << (o & 31), init = S->min != NULL ? S->min[o >> 5] & bit : 0;           \
+                            int32_t acc, t = S->thresh[o];                                                             \
+                            if ((out[o >> 5] & bit) != init)                                                           \
+                                continue;                                                                              \
+                            acc = DOT(L, &P, o);                                                                       \
+                            if ((bit_at(S->flip, o) ? acc <= t : acc >= t) == (init == 0))                             \
+                                out[o >> 5] ^= bit;                                                                    \
                         }                                                                                              \
-                    out[o >> 5] |= (uint32_t)b << (o & 31);                                                            \
-                }                                                                                                      \
+                    }                                                                                                  \
             }                                                                                                          \
     }
 
-/* bnnkit:kernel input_conv needs conv input_acc */
-CONV_KERNEL(input_conv, uint8_t, input_acc)
+/* bnnkit:kernel input_conv needs conv input_patch input_dot */
+CONV_KERNEL(input_conv, uint8_t, input_patch, input_dot)
 
-/* bnnkit:kernel input_conv_sign needs conv_sign input_acc */
-CONV_SIGN_KERNEL(input_conv_sign, uint8_t, input_acc)
+/* bnnkit:kernel input_conv_sign needs conv_sign input_patch input_dot */
+CONV_SIGN_KERNEL(input_conv_sign, uint8_t, input_patch, input_dot)
 
-/* bnnkit:kernel binary_conv needs conv binary_acc */
-CONV_KERNEL(binary_conv, uint32_t, binary_acc)
+/* bnnkit:kernel binary_conv needs conv binary_patch binary_dot */
+CONV_KERNEL(binary_conv, uint32_t, binary_patch, binary_dot)
 
-/* bnnkit:kernel binary_conv_sign needs conv_sign binary_acc */
-CONV_SIGN_KERNEL(binary_conv_sign, uint32_t, binary_acc)
+/* bnnkit:kernel binary_conv_sign needs conv_sign binary_patch binary_dot */
+CONV_SIGN_KERNEL(binary_conv_sign, uint32_t, binary_patch, binary_dot)
