@@ -118,6 +118,14 @@ static float f32_of(uint32_t u)
 }
 
 /* bnnkit:kernel patch needs structs */
+/* A kernel of its own keeps the registers to itself: inlined into the model's function, the
+   compiler spills its loop variables. */
+#if defined(__GNUC__) || defined(__clang__)
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
+
 /* What a convolution's kernel reads for one output pixel, gathered once for all its output
    channels (input_patch, binary_patch). */
 struct patch {
@@ -129,33 +137,47 @@ struct patch {
 };
 
 /* bnnkit:kernel popcount_words needs popcount */
-/* The popcount of a[k] ^ b[k] summed over n words, or with MASK of (a[k] ^ b[k]) & m[k]. On
-   a core without a popcount instruction (SWAR, SHIFTS) the bit-parallel sums of 31 words are
-   added bytewise before one fold, so a word costs its XOR and three steps; elsewhere POPCOUNT
-   per word. */
+/* The popcount of a[k] ^ b[k] summed over n >= 1 words, or with MASK of (a[k] ^ b[k]) & m[k].
+   On a core without a popcount instruction (SWAR, SHIFTS) the bit-parallel sums of up to 31
+   words are added bytewise before one fold, so a word costs its loads, its XOR and seven
+   operations; elsewhere POPCOUNT per word. */
 #if defined(BNNKIT_POPCOUNT_SWAR) || defined(BNNKIT_POPCOUNT_SHIFTS)
+/* Thumb-2 ANDs a shifted register with a register in one instruction, not with an immediate:
+   an empty asm keeps the masks in registers. */
+#if defined(__GNUC__) && defined(__thumb2__)
+#define IN_REGISTER(v) __asm__("" : "+r"(v))
+#else
+#define IN_REGISTER(v) ((void)0)
+#endif
 #define POPCOUNT_WORDS_KERNEL(name, MASK, ...)                                                                         \
-    static int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                           \
+    static inline int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                    \
     {                                                                                                                  \
+        uint32_t m1 = 0x55555555u, m2 = 0x33333333u, m4 = 0x0f0f0f0fu;                                                 \
         int total = 0, k, chunk;                                                                                       \
-        for (; n > 0; n -= chunk, a += chunk, b += chunk) {                                                            \
+        IN_REGISTER(m1);                                                                                               \
+        IN_REGISTER(m2);                                                                                               \
+        IN_REGISTER(m4);                                                                                               \
+        for (;;) {                                                                                                     \
             uint32_t s = 0;                                                                                            \
             chunk = n < 31 ? n : 31; /* 31 words of at most 8 per byte fit a byte */                                   \
             for (k = 0; k < chunk; k++) {                                                                              \
                 uint32_t v = MASK(a[k] ^ b[k]);                                                                        \
-                v = v - ((v >> 1) & 0x55555555u);                                                                      \
-                v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);                                                      \
-                s += (v + (v >> 4)) & 0x0f0f0f0fu;                                                                     \
+                v = v - ((v >> 1) & m1);                                                                               \
+                v = (v & m2) + ((v >> 2) & m2);                                                                        \
+                s += (v + (v >> 4)) & m4;                                                                              \
             }                                                                                                          \
             s = (s & 0x00ff00ffu) + ((s >> 8) & 0x00ff00ffu);                                                          \
             total += (int)((s + (s >> 16)) & 0xffffu);                                                                 \
+            if ((n -= chunk) == 0)                                                                                     \
+                return total;                                                                                          \
+            a += chunk;                                                                                                \
+            b += chunk;                                                                                                \
             MASK_ADVANCE(chunk);                                                                                       \
         }                                                                                                              \
-        return total;                                                                                                  \
     }
 #else
 #define POPCOUNT_WORDS_KERNEL(name, MASK, ...)                                                                         \
-    static int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                           \
+    static inline int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                    \
     {                                                                                                                  \
         int total = 0, k;                                                                                              \
         for (k = 0; k < n; k++) {                                                                                      \
@@ -173,7 +195,7 @@ POPCOUNT_WORDS_KERNEL(popcount_xor, NO_MASK, )
 #define AND_MASK(v) ((v)&m[k])
 POPCOUNT_WORDS_KERNEL(popcount_xor_and, AND_MASK, const uint32_t *m, )
 
-/* bnnkit:kernel bits_out */
+/* bnnkit:kernel bits_out needs patch */
 /* Appends runs of bits to words, densely. */
 struct bits_out {
     uint32_t *p, cur;
@@ -181,7 +203,7 @@ struct bits_out {
 };
 
 /* v's low n bits (1 <= n <= 32), the others 0 */
-static void put_bits(struct bits_out *o, uint32_t v, int n)
+static NOINLINE void put_bits(struct bits_out *o, uint32_t v, int n)
 {
     o->cur |= v << o->off;
     if (o->off + n < 32) {
@@ -204,7 +226,8 @@ static void end_bits(struct bits_out *o)
    kernel covers the whole unpadded map with whole words per pixel: then the map is its own
    patch). A tap outside the map reads L->pad or, when that is NULL (pad 'zero'), counts for
    nothing: its bits are cleared in the mask that follows the patch, and n says how many count.
-   The interior needs no test per tap. */
+   Built once per output pixel for all its output channels, so one loop serves the interior
+   and the borders. */
 static void put_pixel(struct bits_out *o, const uint32_t *px, int C)
 {
     for (; C > 32; C -= 32)
@@ -219,13 +242,6 @@ static struct patch binary_patch(const struct conv *L, const uint32_t *x, int y,
     struct bits_out bits = {L->patch, 0, 0}, mask = {L->patch + L->wpo, 0, 0};
     if (L->patch == NULL) {
         P.w = x;
-        return P;
-    }
-    if (y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W) {
-        for (i = 0; i < L->KH; i++)
-            for (j = 0; j < L->KW; j++)
-                put_pixel(&bits, x + ((y0 + i) * L->W + x0 + j) * cw, L->C);
-        end_bits(&bits);
         return P;
     }
     for (i = 0; i < L->KH; i++)
@@ -244,7 +260,7 @@ static struct patch binary_patch(const struct conv *L, const uint32_t *x, int y,
             }
         }
     end_bits(&bits);
-    if (L->pad == NULL) {
+    if (P.n < L->KH * L->KW * L->C) {
         end_bits(&mask);
         P.mask = L->patch + L->wpo;
     }
@@ -253,7 +269,7 @@ static struct patch binary_patch(const struct conv *L, const uint32_t *x, int y,
 
 /* bnnkit:kernel binary_dot needs patch popcount_words */
 /* n - 2 * popcount(x ^ w) over the bits that count */
-static int32_t binary_dot(const struct conv *L, const struct patch *P, int o)
+static inline int32_t binary_dot(const struct conv *L, const struct patch *P, int o)
 {
     const uint32_t *w = L->w + o * L->wpo;
     return P->n - 2 * (P->mask == NULL ? popcount_xor(P->w, w, L->wpo) : popcount_xor_and(P->w, w, P->mask, L->wpo));
@@ -287,11 +303,10 @@ static uint32_t load_word(const uint8_t *p)
 /* The pixels of the output pixel whose window starts at (y0, x0), in the weights' (c, i, j)
    order, padded pixels 0, into L->patch zero-filled to whole words; a dense layer reads the
    image in place. n = their sum. */
-static struct patch input_patch(const struct conv *L, const uint8_t *x, int y, int xo)
+static inline struct patch input_patch(const struct conv *L, const uint8_t *x, int y, int xo)
 {
-    int k = L->C * L->KH * L->KW, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, c, i, j, q;
+    int k = L->C * L->KH * L->KW, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, c, i, j, q = 0;
     struct patch P = {NULL, x, NULL, 0, k >> 2};
-    uint32_t s = 0;
     if (L->patch != NULL) {
         uint8_t *b = (uint8_t *)L->patch;
         int inside = y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W;
@@ -310,15 +325,15 @@ static struct patch input_patch(const struct conv *L, const uint8_t *x, int y, i
         P.b = (const uint8_t *)L->patch;
         P.words = k >> 2;
     }
-    for (q = 0; q < P.words; q++) {
-        uint32_t v = load_word(P.b + 4 * q);
-        ADD_BYTES(s, v);
-        if (q % BYTE_SUMS_CHUNK == BYTE_SUMS_CHUNK - 1) {
-            P.n += FOLD_BYTES(s);
-            s = 0;
+    while (q < P.words) {
+        int end = P.words - q > BYTE_SUMS_CHUNK ? q + BYTE_SUMS_CHUNK : P.words;
+        uint32_t s = 0;
+        for (; q < end; q++) {
+            uint32_t v = load_word(P.b + 4 * q);
+            ADD_BYTES(s, v);
         }
+        P.n += FOLD_BYTES(s);
     }
-    P.n += FOLD_BYTES(s);
     for (q = 4 * P.words; q < k; q++)
         P.n += P.b[q];
     return P;
@@ -332,25 +347,25 @@ static const uint32_t byte_masks[16] = {
     0xff000000u, 0xff0000ffu, 0xff00ff00u, 0xff00ffffu, 0xffff0000u, 0xffff00ffu, 0xffffff00u, 0xffffffffu,
 };
 
-static int32_t input_dot(const struct conv *L, const struct patch *P, int o)
+static inline int32_t input_dot(const struct conv *L, const struct patch *P, int o)
 {
     const uint32_t *w = L->w + o * L->wpo;
-    int k = L->C * L->KH * L->KW, q;
+    int k = L->C * L->KH * L->KW, q = 0;
     int32_t plus = 0;
-    uint32_t s = 0, bits = 0;
-    for (q = 0; q < P->words; q++) {
-        uint32_t v;
-        if ((q & 7) == 0)
-            bits = w[q >> 3];
-        v = load_word(P->b + 4 * q) & byte_masks[bits & 15u];
-        bits >>= 4;
-        ADD_BYTES(s, v);
-        if (q % BYTE_SUMS_CHUNK == BYTE_SUMS_CHUNK - 1) {
-            plus += FOLD_BYTES(s);
-            s = 0;
+    uint32_t bits = 0;
+    while (q < P->words) {
+        int end = P->words - q > BYTE_SUMS_CHUNK ? q + BYTE_SUMS_CHUNK : P->words;
+        uint32_t s = 0;
+        for (; q < end; q++) {
+            uint32_t v;
+            if ((q & 7) == 0)
+                bits = w[q >> 3];
+            v = load_word(P->b + 4 * q) & byte_masks[bits & 15u];
+            bits >>= 4;
+            ADD_BYTES(s, v);
         }
+        plus += FOLD_BYTES(s);
     }
-    plus += FOLD_BYTES(s);
     for (q = 4 * P->words; q < k; q++)
         plus += bit_at(w, q) ? P->b[q] : 0;
     return 2 * plus - P->n;
@@ -493,7 +508,7 @@ AFFINE_KERNEL(affine_f32, uint32_t, f32_of)
 /* -> i32 CHW. PATCH gathers what one output pixel reads (input_patch, binary_patch) once for
    all output channels; DOT is an output channel's sum over it (input_dot, binary_dot). */
 #define CONV_KERNEL(name, xtype, PATCH, DOT)                                                                           \
-    static void name(const struct conv *L, const xtype *x, int32_t *out)                                               \
+    static NOINLINE void name(const struct conv *L, const xtype *x, int32_t *out)                                      \
     {                                                                                                                  \
         int o, y, xo, HW = L->Ho * L->Wo;                                                                              \
         for (y = 0; y < L->Ho; y++)                                                                                    \
@@ -504,30 +519,64 @@ AFFINE_KERNEL(affine_f32, uint32_t, f32_of)
             }                                                                                                          \
     }
 
-/* bnnkit:kernel conv_sign needs patch bit_at */
+/* bnnkit:kernel conv_sign needs patch */
 /* Fused with its threshold and a max-pool (1x1 when there is none) -> bits HWC; the i32 map
    is never stored. A pooled bit starts at its pool's identity (0 for an OR, 1 for a min
    channel's AND) and is final once it differs from it, so an output channel's sum is computed
-   only until then: with pool windows that do not overlap, each output bit at most once. */
+   only until then (with pool windows that do not overlap, each output bit at most once): the
+   channels still open are the bits of ~(out ^ identity), visited lowest first. */
+#if defined(__GNUC__) || defined(__clang__)
+#define LOWEST_BIT(v) __builtin_ctz(v)
+#else
+static int LOWEST_BIT(uint32_t v)
+{
+    int n = 0;
+    for (; !(v & 1u); v >>= 1)
+        n++;
+    return n;
+}
+#endif
+/* The open channels of word k of a pooled pixel. */
+static uint32_t sign_open(const struct sign *S, const uint32_t *out, int O, int k)
+{
+    uint32_t open = ~(out[k] ^ (S->min != NULL ? S->min[k] : 0));
+    return O - 32 * k >= 32 ? open : open & ((1u << (O - 32 * k)) - 1);
+}
+
+static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
+{
+    int k;
+    for (k = 0; 32 * k < O; k++)
+        if (sign_open(S, out, O, k) != 0)
+            return 1;
+    return 0;
+}
+
+/* flip ? acc <= t : acc >= t, as ~acc >= ~t when flipped (~ reverses the order). */
+#define SIGN_BIT(S, o, acc)                                                                                            \
+    ((((acc) ^ -(int32_t)((S->flip[(o) >> 5] >> ((o)&31)) & 1u)) >=                                                    \
+      (S->thresh[o] ^ -(int32_t)((S->flip[(o) >> 5] >> ((o)&31)) & 1u))))
+
 #define CONV_SIGN_KERNEL(name, xtype, PATCH, DOT)                                                                      \
-    static void name(const struct conv *L, const struct sign *S, const xtype *x, uint32_t *out)                        \
+    static NOINLINE void name(const struct conv *L, const struct sign *S, const xtype *x, uint32_t *out)               \
     {                                                                                                                  \
-        int ow = (L->O + 31) / 32, py, px, o, i, j;                                                                    \
+        int ow = (L->O + 31) / 32, py, px, k, i, j;                                                                    \
         for (py = 0; py < S->Ho; py++)                                                                                 \
             for (px = 0; px < S->Wo; px++, out += ow) {                                                                \
-                for (o = 0; o < ow; o++)                                                                               \
-                    out[o] = S->min != NULL ? S->min[o] : 0;                                                           \
+                for (k = 0; k < ow; k++)                                                                               \
+                    out[k] = S->min != NULL ? S->min[k] : 0;                                                           \
                 for (i = 0; i < S->KH; i++)                                                                            \
-                    for (j = 0; j < S->KW; j++) {                                                                      \
+                    for (j = 0; j < S->KW && sign_any_open(S, out, L->O); j++) {                                       \
                         struct patch P = PATCH(L, x, py * S->SH + i, px * S->SW + j);                                  \
-                        for (o = 0; o < L->O; o++) {                                                                   \
-                            uint32_t bit = 1u << (o & 31), init = S->min != NULL ? S->min[o >> 5] & bit : 0;           \
-                            int32_t acc, t = S->thresh[o];                                                             \
-                            if ((out[o >> 5] & bit) != init)                                                           \
-                                continue;                                                                              \
-                            acc = DOT(L, &P, o);                                                                       \
-                            if ((bit_at(S->flip, o) ? acc <= t : acc >= t) == (init == 0))                             \
-                                out[o >> 5] ^= bit;                                                                    \
+                        for (k = 0; k < ow; k++) {                                                                     \
+                            uint32_t open = sign_open(S, out, L->O, k), init = S->min != NULL ? S->min[k] : 0;         \
+                            while (open != 0) {                                                                        \
+                                int b = LOWEST_BIT(open), o = 32 * k + b;                                              \
+                                int32_t acc = DOT(L, &P, o);                                                           \
+                                open &= open - 1;                                                                      \
+                                if (SIGN_BIT(S, o, acc) == !((init >> b) & 1u))                                        \
+                                    out[k] ^= 1u << b;                                                                 \
+                            }                                                                                          \
                         }                                                                                              \
                     }                                                                                                  \
             }                                                                                                          \
