@@ -235,6 +235,27 @@ static void put_pixel(struct bits_out *o, const uint32_t *px, int C)
     put_bits(o, *px, C);
 }
 
+/* The interior when a pixel is one word: its bits appended with no test per tap and the
+   writer's state in registers (the borders' writer is a function, for code size). */
+static void binary_patch_inside(const struct conv *L, const uint32_t *x)
+{
+    uint32_t *p = L->patch, cur = 0;
+    int off = 0, i, j;
+    for (i = 0; i < L->KH; i++, x += L->W)
+        for (j = 0; j < L->KW; j++) {
+            uint32_t v = x[j];
+            cur |= v << off;
+            off += L->C;
+            if (off >= 32) {
+                *p++ = cur;
+                off -= 32;
+                cur = off != 0 ? v >> (L->C - off) : 0; /* a shift by 32 is undefined */
+            }
+        }
+    if (off != 0)
+        *p = cur;
+}
+
 static struct patch binary_patch(const struct conv *L, const uint32_t *x, int y, int xo)
 {
     int cw = (L->C + 31) >> 5, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, i, j, c;
@@ -242,6 +263,10 @@ static struct patch binary_patch(const struct conv *L, const uint32_t *x, int y,
     struct bits_out bits = {L->patch, 0, 0}, mask = {L->patch + L->wpo, 0, 0};
     if (L->patch == NULL) {
         P.w = x;
+        return P;
+    }
+    if (L->C <= 32 && y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W) {
+        binary_patch_inside(L, x + (y0 * L->W + x0) * cw);
         return P;
     }
     for (i = 0; i < L->KH; i++)
