@@ -122,8 +122,10 @@ static float f32_of(uint32_t u)
    compiler spills its loop variables. */
 #if defined(__GNUC__) || defined(__clang__)
 #define NOINLINE __attribute__((noinline))
+#define COLD __attribute__((cold))
 #else
 #define NOINLINE
+#define COLD
 #endif
 
 /* What a convolution's kernel reads for one output pixel, gathered once for all its output
@@ -203,7 +205,7 @@ struct bits_out {
 };
 
 /* v's low n bits (1 <= n <= 32), the others 0 */
-static NOINLINE void put_bits(struct bits_out *o, uint32_t v, int n)
+static COLD NOINLINE void put_bits(struct bits_out *o, uint32_t v, int n)
 {
     o->cur |= v << o->off;
     if (o->off + n < 32) {
@@ -228,7 +230,7 @@ static void end_bits(struct bits_out *o)
    nothing: its bits are cleared in the mask that follows the patch, and n says how many count.
    Built once per output pixel for all its output channels, so one loop serves the interior
    and the borders. */
-static void put_pixel(struct bits_out *o, const uint32_t *px, int C)
+static COLD void put_pixel(struct bits_out *o, const uint32_t *px, int C)
 {
     for (; C > 32; C -= 32)
         put_bits(o, *px++, 32);
@@ -256,19 +258,12 @@ static void binary_patch_inside(const struct conv *L, const uint32_t *x)
         *p = cur;
 }
 
-static struct patch binary_patch(const struct conv *L, const uint32_t *x, int y, int xo)
+/* Any pixel: a test per tap, and the writer a function; compiled for size (GCC's cold). Returns
+   the bits that count. */
+static COLD int binary_patch_edge(const struct conv *L, const uint32_t *x, int y0, int x0)
 {
-    int cw = (L->C + 31) >> 5, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, i, j, c;
-    struct patch P = {L->patch, NULL, NULL, L->KH * L->KW * L->C, 0};
+    int cw = (L->C + 31) >> 5, n = L->KH * L->KW * L->C, i, j, c;
     struct bits_out bits = {L->patch, 0, 0}, mask = {L->patch + L->wpo, 0, 0};
-    if (L->patch == NULL) {
-        P.w = x;
-        return P;
-    }
-    if (L->C <= 32 && y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W) {
-        binary_patch_inside(L, x + (y0 * L->W + x0) * cw);
-        return P;
-    }
     for (i = 0; i < L->KH; i++)
         for (j = 0; j < L->KW; j++) {
             int iy = y0 + i, ix = x0 + j, inside = iy >= 0 && iy < L->H && ix >= 0 && ix < L->W;
@@ -276,19 +271,38 @@ static struct patch binary_patch(const struct conv *L, const uint32_t *x, int y,
             if (px != NULL)
                 put_pixel(&bits, px, L->C);
             else
-                P.n -= L->C;
+                n -= L->C;
             for (c = L->C; c > 0 && L->pad == NULL; c -= 32) {
-                int n = c < 32 ? c : 32;
+                int k = c < 32 ? c : 32;
                 if (px == NULL)
-                    put_bits(&bits, 0, n);
-                put_bits(&mask, px == NULL ? 0 : n < 32 ? (1u << n) - 1 : 0xffffffffu, n);
+                    put_bits(&bits, 0, k);
+                put_bits(&mask, px == NULL ? 0 : k < 32 ? (1u << k) - 1 : 0xffffffffu, k);
             }
         }
     end_bits(&bits);
-    if (P.n < L->KH * L->KW * L->C) {
-        end_bits(&mask);
+    end_bits(&mask);
+    return n;
+}
+
+static NOINLINE struct patch binary_patch_at(const struct conv *L, const uint32_t *x, int y, int xo)
+{
+    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;
+    struct patch P = {L->patch, NULL, NULL, L->KH * L->KW * L->C, 0};
+    if (L->C <= 32 && y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W)
+        binary_patch_inside(L, x + y0 * L->W + x0);
+    else if ((P.n = binary_patch_edge(L, x, y0, x0)) < L->KH * L->KW * L->C)
         P.mask = L->patch + L->wpo;
-    }
+    return P;
+}
+
+/* Inline, so that a kernel specialised to a layer read in place loses the patch and the mask. */
+static inline struct patch binary_patch(const struct conv *L, const uint32_t *x, int y, int xo)
+{
+    struct patch P = {NULL, NULL, NULL, 0, 0};
+    if (L->patch != NULL)
+        return binary_patch_at(L, x, y, xo);
+    P.w = x;
+    P.n = L->KH * L->KW * L->C;
     return P;
 }
 
