@@ -342,25 +342,34 @@ static uint32_t load_word(const uint8_t *p)
 /* The pixels of the output pixel whose window starts at (y0, x0), in the weights' (c, i, j)
    order, padded pixels 0, into L->patch zero-filled to whole words; a dense layer reads the
    image in place. n = their sum. */
+/* Any pixel, a test per tap; compiled for size (GCC's cold). */
+static COLD void input_patch_edge(const struct conv *L, const uint8_t *x, int y0, int x0)
+{
+    uint8_t *b = (uint8_t *)L->patch;
+    int c, i, j;
+    for (c = 0; c < L->C; c++)
+        for (i = 0; i < L->KH; i++)
+            for (j = 0; j < L->KW; j++) {
+                int iy = y0 + i, ix = x0 + j;
+                *b++ = iy >= 0 && iy < L->H && ix >= 0 && ix < L->W ? x[(c * L->H + iy) * L->W + ix] : 0;
+            }
+}
+
 static inline struct patch input_patch(const struct conv *L, const uint8_t *x, int y, int xo)
 {
     int k = L->C * L->KH * L->KW, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, c, i, j, q = 0;
     struct patch P = {NULL, x, NULL, 0, k >> 2};
     if (L->patch != NULL) {
         uint8_t *b = (uint8_t *)L->patch;
-        int inside = y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W;
-        for (c = 0; c < L->C; c++)
-            for (i = 0; i < L->KH; i++) {
-                int iy = y0 + i, ix;
-                if (inside)
-                    for (j = 0, ix = x0; j < L->KW; j++, ix++)
-                        *b++ = x[(c * L->H + iy) * L->W + ix];
-                else
-                    for (j = 0, ix = x0; j < L->KW; j++, ix++, b++)
-                        *b = iy >= 0 && iy < L->H && ix >= 0 && ix < L->W ? x[(c * L->H + iy) * L->W + ix] : 0;
-            }
-        for (; k & 3; k++)
-            *b++ = 0;
+        if (y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W)
+            for (c = 0; c < L->C; c++)
+                for (i = 0; i < L->KH; i++)
+                    for (j = 0; j < L->KW; j++)
+                        *b++ = x[(c * L->H + y0 + i) * L->W + x0 + j];
+        else
+            input_patch_edge(L, x, y0, x0);
+        for (k = L->C * L->KH * L->KW; k & 3; k++)
+            ((uint8_t *)L->patch)[k] = 0;
         P.b = (const uint8_t *)L->patch;
         P.words = k >> 2;
     }
@@ -373,7 +382,7 @@ static inline struct patch input_patch(const struct conv *L, const uint8_t *x, i
         }
         P.n += FOLD_BYTES(s);
     }
-    for (q = 4 * P.words; q < k; q++)
+    for (q = 4 * P.words; L->patch == NULL && q < k; q++)
         P.n += P.b[q];
     return P;
 }
@@ -405,7 +414,7 @@ static inline int32_t input_dot(const struct conv *L, const struct patch *P, int
         }
         plus += FOLD_BYTES(s);
     }
-    for (q = 4 * P->words; q < k; q++)
+    for (q = 4 * P->words; L->patch == NULL && q < k; q++) /* a patch is whole words: no tail */
         plus += bit_at(w, q) ? P->b[q] : 0;
     return 2 * plus - P->n;
 }
