@@ -340,6 +340,25 @@ def test_per_layer_instructions_sum_to_the_inference_and_macs_match_graph_cost(t
 
 
 @needs_tools
+@pytest.mark.slow
+def test_the_u8_layer_sums_with_usada8_where_the_core_has_dsp(tmp_path):
+    from bnnkit.apps.fit import Candidate, candidate_graph
+
+    graph = candidate_graph(Candidate("ebnn_cnn", {"channels": [8, 16], "kernel": 3}), (1, 10, 10), 10)
+    x = np.random.default_rng(4).integers(0, 256, (6, 1, 10, 10), dtype=np.uint8)
+    disassembly = {}
+    for name, target, flags in (("m4", "cortex-m4", []), ("m4-plain", "cortex-m4", ["-DBNNKIT_NO_DSP"]),
+                                ("m3", "cortex-m3", []), ("m7", "cortex-m7", [])):  # fmt: skip
+        image = build_mcu(graph, tmp_path / name, target, cflags=flags)
+        assert_same(image, x, name)
+        disassembly[name] = subprocess.run(
+            ["arm-none-eabi-objdump", "-d", str(image.elf)], capture_output=True, text=True, check=True
+        ).stdout
+    assert "usada8" in disassembly["m4"] and "usada8" in disassembly["m7"]
+    assert "usada8" not in disassembly["m3"] and "usada8" not in disassembly["m4-plain"]
+
+
+@needs_tools
 def test_cli_build_writes_an_image_that_runs(tmp_path, capsys):
     import json
 
