@@ -288,6 +288,10 @@ static NOINLINE struct patch binary_patch_at(const struct conv *L, const uint32_
 {
     int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;
     struct patch P = {L->patch, NULL, NULL, L->KH * L->KW * L->C, 0};
+    /* Never taken (binary_patch reads such a map in place), but GCC may clone this function for
+       such a layer and would warn of the writes through NULL. */
+    if (L->patch == NULL)
+        return P;
     if (L->C <= 32 && y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W)
         binary_patch_inside(L, x + y0 * L->W + x0);
     else if ((P.n = binary_patch_edge(L, x, y0, x0)) < L->KH * L->KW * L->C)
