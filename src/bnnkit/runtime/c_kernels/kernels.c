@@ -119,7 +119,7 @@ static float f32_of(uint32_t u)
 
 /* bnnkit:kernel patch needs structs */
 /* A kernel of its own keeps the registers to itself: inlined into the model's function, the
-   compiler spills its loop variables. */
+   compiler spills its loop variables. COLD code (the borders) is compiled for size. */
 #if defined(__GNUC__) || defined(__clang__)
 #define NOINLINE __attribute__((noinline))
 #define COLD __attribute__((cold))
@@ -228,8 +228,8 @@ static void end_bits(struct bits_out *o)
    kernel covers the whole unpadded map with whole words per pixel: then the map is its own
    patch). A tap outside the map reads L->pad or, when that is NULL (pad 'zero'), counts for
    nothing: its bits are cleared in the mask that follows the patch, and n says how many count.
-   Built once per output pixel for all its output channels, so one loop serves the interior
-   and the borders. */
+   Interior pixels of at most 32 channels go the fast way (binary_patch_inside), the others
+   through binary_patch_edge. */
 static COLD void put_pixel(struct bits_out *o, const uint32_t *px, int C)
 {
     for (; C > 32; C -= 32)
