@@ -263,6 +263,9 @@ static void binary_patch_inside(const struct conv *L, const uint32_t *x)
 static COLD int binary_patch_edge(const struct conv *L, const uint32_t *x, int y0, int x0)
 {
     int cw = (L->C + 31) >> 5, n = L->KH * L->KW * L->C, i, j, c;
+    /* taps are skipped only by a window over the border of a pad 'zero' layer: only its patch
+       has room for the mask (bnnkit.runtime.c sizes it) */
+    int skips = L->pad == NULL && (y0 < 0 || x0 < 0 || y0 + L->KH > L->H || x0 + L->KW > L->W);
     struct bits_out bits = {L->patch, 0, 0}, mask = {L->patch + L->wpo, 0, 0};
     for (i = 0; i < L->KH; i++)
         for (j = 0; j < L->KW; j++) {
@@ -272,7 +275,7 @@ static COLD int binary_patch_edge(const struct conv *L, const uint32_t *x, int y
                 put_pixel(&bits, px, L->C);
             else
                 n -= L->C;
-            for (c = L->C; c > 0 && L->pad == NULL; c -= 32) {
+            for (c = L->C; c > 0 && skips; c -= 32) {
                 int k = c < 32 ? c : 32;
                 if (px == NULL)
                     put_bits(&bits, 0, k);
