@@ -127,8 +127,8 @@ class _Emitter:
             patch = 0 if whole_map else -(-c * kh * kw // 4)  # the pixels as bytes
         else:
             words = pack_words(weight.transpose(0, 2, 3, 1).reshape(o, -1))  # densely, tap then channel
-            skips_taps = (ph or pw) and pad_of(op) is PadMode.ZERO  # then a mask of the bits that count follows
-            patch = 0 if whole_map and c % 32 == 0 else words.shape[1] * (2 if skips_taps else 1)
+            # with pad 'zero' the kernel's general path writes a mask of the bits that count after the patch
+            patch = 0 if whole_map and c % 32 == 0 else words.shape[1] * (2 if pad_of(op) is PadMode.ZERO else 1)
         self.patch_words = max(self.patch_words, patch)
         self.data.append(_words(f"op{i}_weight", words))
         pad = "NULL"

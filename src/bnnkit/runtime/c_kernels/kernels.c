@@ -227,7 +227,8 @@ static void end_bits(struct bits_out *o)
 /* The patch of the output pixel whose window starts at (y0, x0), into L->patch (unless the
    kernel covers the whole unpadded map with whole words per pixel: then the map is its own
    patch). A tap outside the map reads L->pad or, when that is NULL (pad 'zero'), counts for
-   nothing: its bits are cleared in the mask that follows the patch, and n says how many count.
+   nothing: its bits are cleared in the mask that follows the patch (a pad 'zero' layer's patch
+   has room for it, bnnkit.runtime.c sizes it), and n says how many count.
    Interior pixels of at most 32 channels go the fast way (binary_patch_inside), the others
    through binary_patch_edge. */
 static COLD void put_pixel(struct bits_out *o, const uint32_t *px, int C)
@@ -263,9 +264,6 @@ static void binary_patch_inside(const struct conv *L, const uint32_t *x)
 static COLD int binary_patch_edge(const struct conv *L, const uint32_t *x, int y0, int x0)
 {
     int cw = (L->C + 31) >> 5, n = L->KH * L->KW * L->C, i, j, c;
-    /* taps are skipped only by a window over the border of a pad 'zero' layer: only its patch
-       has room for the mask (bnnkit.runtime.c sizes it) */
-    int skips = L->pad == NULL && (y0 < 0 || x0 < 0 || y0 + L->KH > L->H || x0 + L->KW > L->W);
     struct bits_out bits = {L->patch, 0, 0}, mask = {L->patch + L->wpo, 0, 0};
     for (i = 0; i < L->KH; i++)
         for (j = 0; j < L->KW; j++) {
@@ -275,7 +273,7 @@ static COLD int binary_patch_edge(const struct conv *L, const uint32_t *x, int y
                 put_pixel(&bits, px, L->C);
             else
                 n -= L->C;
-            for (c = L->C; c > 0 && skips; c -= 32) {
+            for (c = L->C; c > 0 && L->pad == NULL; c -= 32) {
                 int k = c < 32 ? c : 32;
                 if (px == NULL)
                     put_bits(&bits, 0, k);
