@@ -582,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target",
         choices=device_runtimes(),
-        help="also build for this core and show what was measured in QEMU beside the analytic figures",
+        help="also build for this core and show what was measured in QEMU (per layer too) beside the analytic figures",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profile)
