@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from bnnkit import __version__
 from bnnkit.api import evaluate, expect_run_dir, load_graph
 from bnnkit.cost import energy
 from bnnkit.cost.formatting import render_table
-from bnnkit.cost.graph_cost import format_profile, profile
+from bnnkit.cost.graph_cost import device_layers, format_profile, profile
 from bnnkit.data import DATASETS, canonical_name, get_info
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import METHODS, load_recipe
@@ -290,7 +291,10 @@ def cmd_profile(args: argparse.Namespace) -> None:
         # so this counts one black image: `bnnkit run --runtime` counts real ones
         black = np.zeros((1, *graph.input_shape), np.uint8)
         with RUNTIMES[args.target].prepare(graph, progress=not args.json) as device:
-            result["device"] = device.predict(black).device
+            measured = device.predict(black).measured()
+        with tempfile.TemporaryDirectory(prefix="bnnkit-mcu-") as work:
+            per_step, whole = build_mcu(graph, work, args.target, layer_marks=True).layer_instructions(black)
+        result["device"] = {**measured, **device_layers(graph, result, [float(n) for n in per_step], float(whole))}
     _emit(args, result, format_profile(result))
 
 
@@ -630,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target",
         choices=device_runtimes(),
-        help="also build for this core and show what was measured in QEMU beside the analytic figures",
+        help="also build for this core and show what was measured in QEMU (per layer too) beside the analytic figures",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profile)

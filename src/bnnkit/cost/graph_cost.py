@@ -25,6 +25,7 @@ The operation counts of each op are its ``OpDef.cost`` rule in the op table (``b
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, NotRequired, TypedDict
 
 from bnnkit.cost import energy
@@ -143,6 +144,43 @@ def profile(graph: Graph) -> Profile:
     return {"layers": layers, "totals": totals, "memory": memory, "meta": graph.meta}
 
 
+def device_layers(graph: Graph, result: Profile, per_step: Sequence[float], whole: float) -> dict:
+    """Per step of the C runtime (a layer, with the threshold and pool fused into it): the
+    instructions measured on a device (``McuImage.layer_instructions``) beside ``result``'s
+    binary MACs (``profile(graph)``), and ``harness_instructions``, what the whole inference
+    of the same image (``whole``) counts on top of the steps: the harness's read and write of
+    one image. The build with marks runs a few instructions per step more than the plain
+    build whose count ``result["device"]`` reports."""
+    steps = plan_memory(graph).steps
+    if len(per_step) != len(steps):
+        raise ValueError(f"{len(per_step)} counts for {len(steps)} steps")
+    layers = []
+    for step, count in zip(steps, per_step):
+        macs = sum(result["layers"][i]["binary_macs"] for i in step.ops)
+        layers.append(
+            {
+                "ops": list(step.ops),
+                "kinds": " + ".join(graph.ops[i].kind for i in step.ops),
+                "name": graph.ops[step.ops[0]].name,
+                "instructions": float(count),
+                "binary_macs": macs,
+                "instructions_per_binary_mac": float(count) / macs if macs else None,
+            }
+        )
+    return {"layers": layers, "harness_instructions": whole - float(sum(per_step))}
+
+
+def _format_device_layers(d: dict) -> list[str]:
+    lines = [("ops", "layer", "name", "instructions", "binary MACs", "per MAC")]
+    for r in d["layers"]:
+        ops = f"{r['ops'][0]}" if len(r["ops"]) == 1 else f"{r['ops'][0]}-{r['ops'][-1]}"
+        per_mac = "-" if r["instructions_per_binary_mac"] is None else f"{r['instructions_per_binary_mac']:.3f}"
+        lines.append((ops, r["kinds"], r["name"], f"{r['instructions']:,.0f}", f"{r['binary_macs']:,}", per_mac))
+    text = render_table(lines, left=3, total=False)
+    text.append(f"harness (image in, scores out, between the marks): {d['harness_instructions']:,.0f} instructions")
+    return text
+
+
 def format_profile(result: Profile) -> str:
     header = ("#", "op", "layer", "output", "flash", "RAM (output)", "binary MACs", "int ops", "FP ops")
     lines = [header]
@@ -191,5 +229,8 @@ def format_profile(result: Profile) -> str:
             f"inference for {t['binary_macs']:,} binary MACs, ~{d['latency_ms_estimate']:.1f} ms at "
             f"{d['clock_hz'] / 1e6:g} MHz ({d['latency_model']})"
         )
+        if "layers" in d:
+            text.append(f"measured per layer on {d['target']}:")
+            text += _format_device_layers(d)
     text += energy.describe(t["energy"], t["binary_macs"], result.get("device"))
     return "\n".join(text)

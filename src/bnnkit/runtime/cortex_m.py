@@ -35,6 +35,7 @@ import numpy as np
 from bnnkit.errors import BnnkitError
 from bnnkit.files import make_dir
 from bnnkit.graph import Graph
+from bnnkit.graph.plan import plan_memory
 from bnnkit.progress import stage
 from bnnkit.runtime.c import write_sources
 from bnnkit.runtime.c_library import harness_sources
@@ -165,6 +166,8 @@ class McuRun:
     ram_bytes: int  # data + bss + stack used
     seconds: float  # wall time of the launch, boot included
     instructions: int | None = None  # guest instructions of the launch, when counted
+    # with layer marks: the running count at each bnnkit_layer_mark() (before every step of each image, then after it)
+    marks: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ class McuImage:
     index: int  # which of the ELF's models
     size: McuSize
     qemu: str = QEMU
+    mark_address: int | None = None  # of bnnkit_layer_mark() in an image built with layer_marks
 
     def run(self, x: np.ndarray, *, timeout: float | None = None, count_instructions: bool = False) -> McuRun:
         """Run uint8 images (N, C, H, W) in one QEMU launch; ``timeout`` in seconds
@@ -191,7 +195,8 @@ class McuImage:
         with tempfile.TemporaryDirectory(prefix="bnnkit-qemu-") as tmp:
             if count_instructions:
                 counted = Path(tmp) / "instructions.txt"
-                cmd[1:1] = ["-plugin", f"{_instruction_counter(Path(tmp))},out={counted}"]
+                mark = "" if self.mark_address is None else f",mark={self.mark_address:x}"
+                cmd[1:1] = ["-plugin", f"{_instruction_counter(Path(tmp))},out={counted}{mark}"]
             (Path(tmp) / "bnnkit.in").write_bytes(struct.pack("<I", self.index) + x.tobytes())
             start = time.perf_counter()
             try:
@@ -208,7 +213,7 @@ class McuImage:
                     f"{self.elf} exited with status {proc.returncode} ({why}) on QEMU {machine}:\n{output}"
                 )
             out = (Path(tmp) / "bnnkit.out").read_bytes()
-            instructions = int(counted.read_text()) if count_instructions else None
+            counts = [int(line) for line in counted.read_text().split()] if count_instructions else [None]
         k = self.graph.num_classes
         record = np.dtype([("scores", "<f4", (k,)), ("label", "<i4")])
         if len(out) != len(x) * record.itemsize + 8 or struct.unpack_from("<I", out, len(out) - 8)[0] != _TRAILER:
@@ -221,22 +226,43 @@ class McuImage:
             stack_bytes_used=used,
             ram_bytes=self.size.static_ram + used,
             seconds=seconds,
-            instructions=instructions,
+            instructions=counts[0],
+            marks=tuple(counts[1:]) if count_instructions and self.mark_address is not None else None,
         )
 
     def counted_run(self, x: np.ndarray) -> tuple[McuRun, float]:
         """A launch over images ``x`` with instructions counted, and the mean instructions
-        of one inference: that launch minus a launch with no images, so boot and harness
-        set-up cancel out. Counts are deterministic; they vary between images only where
-        pooling stops early."""
-        empty = np.zeros((0, *self.graph.input_shape), np.uint8)
-        base = self.run(empty, count_instructions=True).instructions
-        run = self.run(x, count_instructions=True)
-        return run, (run.instructions - base) / max(len(x), 1)
+        of one inference (with the harness's read and write of its image): that launch, with
+        ``x[0]`` run once more in front, minus a launch of ``x[0]`` alone. So boot and
+        harness set-up cancel out, and so does the harness's scan of the stack at the end,
+        whose length depends on how deep the inference went. The run returned has the extra
+        image first. Counts are deterministic; they vary between images only where pooling
+        stops early."""
+        if len(x) == 0:
+            raise BnnkitError("counting instructions needs at least one image")
+        base = self.run(x[:1], count_instructions=True).instructions
+        run = self.run(np.concatenate([x[:1], x]), count_instructions=True)
+        return run, (run.instructions - base) / len(x)
 
     def instructions_per_inference(self, x: np.ndarray) -> float:
         """Mean guest instructions of one inference over images ``x`` (see ``counted_run``)."""
         return self.counted_run(x)[1]
+
+    def layer_instructions(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """Mean guest instructions of each step of the memory plan (``plan_memory(graph).steps``)
+        over images ``x``, float64 (steps,), and of the whole inference as ``counted_run``
+        counts it, from the same image, which must be built with ``layer_marks``. A step's
+        count runs from its mark to the next one, so it includes the call of its kernel and of
+        its mark (a few instructions); the last step's ends after the inference returns. What
+        the whole counts beyond the steps is the harness's work for one image."""
+        if self.mark_address is None:
+            raise BnnkitError(f"{self.elf} was built without layer marks (build_mcu(..., layer_marks=True))")
+        run, whole = self.counted_run(x)
+        steps, n = len(plan_memory(self.graph).steps), len(x) + 1  # counted_run's extra image first
+        marks = np.asarray(run.marks, dtype=np.int64)
+        if marks.size != n * (steps + 1):
+            raise BnnkitError(f"{self.elf} left {marks.size} layer marks for {n} images of {steps} steps")
+        return np.diff(marks.reshape(n, steps + 1)[1:], axis=1).mean(axis=0), whole
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores float32 (N, classes) and labels int64 (N,) of uint8 images (N, C, H, W)."""
@@ -297,6 +323,16 @@ def _instruction_counter(workdir: Path) -> Path:
     return plugin
 
 
+def _symbol_address(toolchain: str, elf: Path, name: str) -> int:
+    """The address of function ``name`` in ``elf``, without the Thumb bit."""
+    nm = find_tool(f"{toolchain}nm", "Arm cross compiler", CROSS_PACKAGES)
+    for line in run_tool([nm, str(elf)], "arm-none-eabi-nm").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == name:
+            return int(parts[0], 16) & ~1
+    raise BnnkitError(f"{elf} has no symbol {name}")
+
+
 def _section_sizes(size_tool: str, elf: Path) -> dict[str, int]:
     sizes = {}
     for line in run_tool([size_tool, "-A", str(elf)], "arm-none-eabi-size").splitlines():
@@ -326,12 +362,14 @@ def build_mcus(
     toolchain: str = CROSS_PREFIX,
     qemu: str = QEMU,
     cflags: Sequence[str] = (),
+    layer_marks: bool = False,
 ) -> list[McuImage]:
     """Compile ``graphs`` into one ELF for ``target`` (a key of ``TARGETS``) under
     ``workdir``, each graph under its own prefix (default ``g0``, ``g1``, ...).
     ``toolchain`` prefixes the tool names (``gcc``, ``size``); ``stack_size`` bytes are
     reserved for the stack; ``cflags`` are added to the compiler's (e.g. a popcount
-    variant, ``-DBNNKIT_POPCOUNT_TABLE``)."""
+    variant, ``-DBNNKIT_POPCOUNT_TABLE``). With ``layer_marks`` the code marks each layer for
+    ``McuImage.layer_instructions`` (a few instructions more per layer)."""
     if target not in TARGETS:
         raise BnnkitError(f"unknown Cortex-M target {target!r}; choose one of {', '.join(TARGETS)}")
     if not graphs:
@@ -345,14 +383,14 @@ def build_mcus(
 
     work = make_dir(workdir, "build directory")
     for graph, prefix in zip(graphs, prefixes):
-        write_sources(graph, work, prefix, scratch=True)
+        write_sources(graph, work, prefix, scratch=True, layer_marks=layer_marks)
     mcu = resources.files("bnnkit.runtime") / "mcu"
     for name in (*(f"{s}.c" for s in _MCU_SOURCES), "mcu.h", "mps2.ld"):
         (work / name).write_text((mcu / name).read_text())
     for name, text in harness_sources(graphs, prefixes).items():
         (work / name).write_text(text)
 
-    flags = [*TARGETS[target].cflags, *MCU_CFLAGS, *cflags]
+    flags = [*TARGETS[target].cflags, *MCU_CFLAGS, *cflags, *(["-DBNNKIT_LAYER_MARKS"] if layer_marks else [])]
     units = [*prefixes, *_MCU_SOURCES]
     with ThreadPoolExecutor() as pool:
         compiles = ([cc, *flags, "-c", str(work / f"{u}.c"), "-o", str(work / f"{u}.o")] for u in units)
@@ -372,7 +410,8 @@ def build_mcus(
         bss=sections.get(".bss", 0),
         stack=sections.get(".stack", 0),
     )
-    return [McuImage(graph, elf, TARGETS[target], i, size, qemu) for i, graph in enumerate(graphs)]
+    mark = _symbol_address(toolchain, elf, "bnnkit_layer_mark") if layer_marks else None
+    return [McuImage(graph, elf, TARGETS[target], i, size, qemu, mark) for i, graph in enumerate(graphs)]
 
 
 def build_mcu(
@@ -385,6 +424,7 @@ def build_mcu(
     toolchain: str = CROSS_PREFIX,
     qemu: str = QEMU,
     cflags: Sequence[str] = (),
+    layer_marks: bool = False,
 ) -> McuImage:
     """Compile ``graph`` with the start-up code and the semihosting harness into an ELF
     for ``target`` under ``workdir`` (see ``build_mcus`` for the options)."""
@@ -397,4 +437,5 @@ def build_mcu(
         toolchain=toolchain,
         qemu=qemu,
         cflags=cflags,
+        layer_marks=layer_marks,
     )[0]

@@ -10,7 +10,9 @@
 
    Layouts (bnnkit.runtime.plan): bits HWC, each pixel's channels packed into ceil(C/32)
    32-bit words, channel c in bit c % 32 of word c / 32, unused bits 0; integers and floats
-   CHW; floats stored in the uint32_t arena as their bit patterns. */
+   CHW; floats stored in the uint32_t arena as their bit patterns. Weights of a binary
+   convolution: per output channel its KH*KW*C bits densely, bit (i * KW + j) * C + c, in
+   ceil(KH*KW*C/32) words; of a u8 one: bit (c * KH + i) * KW + j. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +25,7 @@ struct conv {
     int wpo;    /* weight words per output channel */
     const uint32_t *w;
     const uint32_t *pad; /* binary input: the padded pixel, NULL to count valid taps only */
+    uint32_t *patch;     /* room for one output pixel's patch (the generator sizes it), or NULL */
 };
 
 /* A threshold fused after a conv, then a max-pool (1x1, stride 1 when none). */
@@ -74,7 +77,7 @@ static const uint8_t popcount_table[256] = {
     (popcount_table[(v)&0xffu] + popcount_table[((v) >> 8) & 0xffu] + popcount_table[((v) >> 16) & 0xffu] +            \
      popcount_table[(v) >> 24])
 #else
-static int popcount32(uint32_t v)
+static inline int popcount32(uint32_t v) /* inline: popcount_words may not call it */
 {
     v = v - ((v >> 1) & 0x55555555u);
     v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
@@ -114,58 +117,311 @@ static float f32_of(uint32_t u)
     return v.f;
 }
 
-/* bnnkit:kernel input_acc needs structs bit_at */
-/* One accumulator of a u8 convolution: padded pixels are 0 and add nothing, so only the
-   taps inside the image are summed. Weight bit k = (c * KH + i) * KW + j. */
-static int32_t input_acc(const struct conv *L, const uint8_t *x, const uint32_t *w, int y, int xo)
+/* bnnkit:kernel patch needs structs */
+/* A kernel of its own keeps the registers to itself: inlined into the model's function, the
+   compiler spills its loop variables. COLD code (the borders) is compiled for size. */
+#if defined(__GNUC__) || defined(__clang__)
+#define NOINLINE __attribute__((noinline))
+#define COLD __attribute__((cold))
+#else
+#define NOINLINE
+#define COLD
+#endif
+
+/* What a convolution's kernel reads for one output pixel, gathered once for all its output
+   channels (input_patch, binary_patch). */
+struct patch {
+    const uint32_t *w;    /* binary: KH*KW*C bits, densely in tap then channel order, unused bits 0 */
+    const uint8_t *b;     /* u8: the pixels in (c, i, j) order, padded pixels 0 */
+    const uint32_t *mask; /* binary: NULL when every bit counts, else those that do */
+    int n;                /* binary: the bits that count; u8: the sum of the pixels */
+    int words;            /* u8: whole 4-byte words to read at b; the bytes after them are the tail */
+};
+
+/* bnnkit:kernel popcount_words needs popcount */
+/* The popcount of a[k] ^ b[k] summed over n >= 1 words, or with MASK of (a[k] ^ b[k]) & m[k].
+   On a core without a popcount instruction (SWAR, SHIFTS) the bit-parallel sums of up to 31
+   words are added bytewise before one fold, so a word costs its loads, its XOR and seven
+   operations; elsewhere POPCOUNT per word. */
+#if defined(BNNKIT_POPCOUNT_SWAR) || defined(BNNKIT_POPCOUNT_SHIFTS)
+/* Thumb-2 ANDs a shifted register with a register in one instruction, not with an immediate:
+   an empty asm keeps the masks in registers. */
+#if defined(__GNUC__) && defined(__thumb2__)
+#define IN_REGISTER(v) __asm__("" : "+r"(v))
+#else
+#define IN_REGISTER(v) ((void)0)
+#endif
+#define POPCOUNT_WORDS_KERNEL(name, MASK, ...)                                                                         \
+    static inline int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                    \
+    {                                                                                                                  \
+        uint32_t m1 = 0x55555555u, m2 = 0x33333333u, m4 = 0x0f0f0f0fu;                                                 \
+        int total = 0, k, chunk;                                                                                       \
+        IN_REGISTER(m1);                                                                                               \
+        IN_REGISTER(m2);                                                                                               \
+        IN_REGISTER(m4);                                                                                               \
+        for (;;) {                                                                                                     \
+            uint32_t s = 0;                                                                                            \
+            chunk = n < 31 ? n : 31; /* 31 words of at most 8 per byte fit a byte */                                   \
+            for (k = 0; k < chunk; k++) {                                                                              \
+                uint32_t v = MASK(a[k] ^ b[k]);                                                                        \
+                v = v - ((v >> 1) & m1);                                                                               \
+                v = (v & m2) + ((v >> 2) & m2);                                                                        \
+                s += (v + (v >> 4)) & m4;                                                                              \
+            }                                                                                                          \
+            s = (s & 0x00ff00ffu) + ((s >> 8) & 0x00ff00ffu);                                                          \
+            total += (int)((s + (s >> 16)) & 0xffffu);                                                                 \
+            if ((n -= chunk) == 0)                                                                                     \
+                return total;                                                                                          \
+            a += chunk;                                                                                                \
+            b += chunk;                                                                                                \
+            MASK_ADVANCE(chunk);                                                                                       \
+        }                                                                                                              \
+    }
+#else
+#define POPCOUNT_WORDS_KERNEL(name, MASK, ...)                                                                         \
+    static inline int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                    \
+    {                                                                                                                  \
+        int total = 0, k;                                                                                              \
+        for (k = 0; k < n; k++) {                                                                                      \
+            uint32_t v = MASK(a[k] ^ b[k]);                                                                            \
+            total += POPCOUNT(v);                                                                                      \
+        }                                                                                                              \
+        return total;                                                                                                  \
+    }
+#endif
+#define MASK_ADVANCE(chunk) ((void)0)
+#define NO_MASK(v) (v)
+POPCOUNT_WORDS_KERNEL(popcount_xor, NO_MASK, )
+#undef MASK_ADVANCE
+#define MASK_ADVANCE(chunk) (m += (chunk))
+#define AND_MASK(v) ((v)&m[k])
+POPCOUNT_WORDS_KERNEL(popcount_xor_and, AND_MASK, const uint32_t *m, )
+
+/* bnnkit:kernel bits_out needs patch */
+/* Appends runs of bits to words, densely. */
+struct bits_out {
+    uint32_t *p, cur;
+    int off; /* bits of cur in use, < 32 */
+};
+
+/* v's low n bits (1 <= n <= 32), the others 0 */
+static COLD NOINLINE void put_bits(struct bits_out *o, uint32_t v, int n)
 {
-    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;
-    int i0 = y0 < 0 ? -y0 : 0, i1 = L->H - y0 < L->KH ? L->H - y0 : L->KH;
-    int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;
-    int32_t acc = 0;
-    int c, i, j;
-    for (c = 0; c < L->C; c++)
-        for (i = i0; i < i1; i++) {
-            const uint8_t *row = x + (c * L->H + y0 + i) * L->W + x0;
-            int k = (c * L->KH + i) * L->KW;
-            for (j = j0; j < j1; j++) {
-                int32_t v = row[j], neg = bit_at(w, k + j) - 1; /* 0 for +1, -1 for -1 */
-                acc += (v ^ neg) - neg;
-            }
-        }
-    return acc;
+    o->cur |= v << o->off;
+    if (o->off + n < 32) {
+        o->off += n;
+        return;
+    }
+    *o->p++ = o->cur;
+    o->cur = o->off != 0 ? v >> (32 - o->off) : 0; /* a shift by 32 is undefined */
+    o->off += n - 32;
 }
 
-/* bnnkit:kernel binary_acc needs structs popcount */
-/* One accumulator of a binary convolution: n - 2 * popcount(x ^ w) over the taps that
-   count. A kernel row's taps inside the map are one run of words (HWC). A tap outside
-   reads L->pad (the constant padded pixel) or, when that is NULL (pad 'zero'), is
-   skipped. Weights: per tap (i, j), the input's words per pixel. */
-static int32_t binary_acc(const struct conv *L, const uint32_t *x, const uint32_t *w, int y, int xo)
+static void end_bits(struct bits_out *o)
 {
-    int cw = (L->C + 31) / 32, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;
-    int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;
-    int32_t n = 0, ones = 0;
-    int i, j, k;
-    for (i = 0; i < L->KH; i++, w += L->KW * cw) {
-        int iy = y0 + i, lo = L->KW, hi = L->KW;
-        if (iy >= 0 && iy < L->H && j0 < j1) {
-            const uint32_t *p = x + (iy * L->W + x0 + j0) * cw, *q = w + j0 * cw;
-            lo = j0;
-            hi = j1;
-            for (k = 0; k < (hi - lo) * cw; k++)
-                ones += POPCOUNT(p[k] ^ q[k]);
-            n += (hi - lo) * L->C;
+    if (o->off != 0)
+        *o->p = o->cur;
+}
+
+/* bnnkit:kernel binary_patch needs patch bits_out */
+/* The patch of the output pixel whose window starts at (y0, x0), into L->patch (unless the
+   kernel covers the whole unpadded map with whole words per pixel: then the map is its own
+   patch). A tap outside the map reads L->pad or, when that is NULL (pad 'zero'), counts for
+   nothing: its bits are cleared in the mask that follows the patch (a pad 'zero' layer's patch
+   has room for it, bnnkit.runtime.c sizes it), and n says how many count.
+   Interior pixels of at most 32 channels go the fast way (binary_patch_inside), the others
+   through binary_patch_edge. */
+static COLD void put_pixel(struct bits_out *o, const uint32_t *px, int C)
+{
+    for (; C > 32; C -= 32)
+        put_bits(o, *px++, 32);
+    put_bits(o, *px, C);
+}
+
+/* The interior when a pixel is one word: its bits appended with no test per tap and the
+   writer's state in registers (the borders' writer is a function, for code size). */
+static void binary_patch_inside(const struct conv *L, const uint32_t *x)
+{
+    uint32_t *p = L->patch, cur = 0;
+    int off = 0, i, j;
+    for (i = 0; i < L->KH; i++, x += L->W)
+        for (j = 0; j < L->KW; j++) {
+            uint32_t v = x[j];
+            cur |= v << off;
+            off += L->C;
+            if (off >= 32) {
+                *p++ = cur;
+                off -= 32;
+                cur = off != 0 ? v >> (L->C - off) : 0; /* a shift by 32 is undefined */
+            }
         }
-        if (L->pad != NULL)
-            for (j = 0; j < L->KW; j++)
-                if (j < lo || j >= hi) {
-                    for (k = 0; k < cw; k++)
-                        ones += POPCOUNT(L->pad[k] ^ w[j * cw + k]);
-                    n += L->C;
-                }
+    if (off != 0)
+        *p = cur;
+}
+
+/* Any pixel: a test per tap, and the writer a function; compiled for size (GCC's cold). Returns
+   the bits that count. */
+static COLD int binary_patch_edge(const struct conv *L, const uint32_t *x, int y0, int x0)
+{
+    int cw = (L->C + 31) >> 5, n = L->KH * L->KW * L->C, i, j, c;
+    struct bits_out bits = {L->patch, 0, 0}, mask = {L->patch + L->wpo, 0, 0};
+    for (i = 0; i < L->KH; i++)
+        for (j = 0; j < L->KW; j++) {
+            int iy = y0 + i, ix = x0 + j, inside = iy >= 0 && iy < L->H && ix >= 0 && ix < L->W;
+            const uint32_t *px = inside ? x + (iy * L->W + ix) * cw : L->pad;
+            if (px != NULL)
+                put_pixel(&bits, px, L->C);
+            else
+                n -= L->C;
+            for (c = L->C; c > 0 && L->pad == NULL; c -= 32) {
+                int k = c < 32 ? c : 32;
+                if (px == NULL)
+                    put_bits(&bits, 0, k);
+                put_bits(&mask, px == NULL ? 0 : k < 32 ? (1u << k) - 1 : 0xffffffffu, k);
+            }
+        }
+    end_bits(&bits);
+    end_bits(&mask);
+    return n;
+}
+
+static NOINLINE struct patch binary_patch_at(const struct conv *L, const uint32_t *x, int y, int xo)
+{
+    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;
+    struct patch P = {L->patch, NULL, NULL, L->KH * L->KW * L->C, 0};
+    /* Never taken (binary_patch reads such a map in place), but GCC may clone this function for
+       such a layer and would warn of the writes through NULL. */
+    if (L->patch == NULL)
+        return P;
+    if (L->C <= 32 && y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W)
+        binary_patch_inside(L, x + y0 * L->W + x0);
+    else if ((P.n = binary_patch_edge(L, x, y0, x0)) < L->KH * L->KW * L->C)
+        P.mask = L->patch + L->wpo;
+    return P;
+}
+
+/* Inline, so that a kernel specialised to a layer read in place loses the patch and the mask. */
+static inline struct patch binary_patch(const struct conv *L, const uint32_t *x, int y, int xo)
+{
+    struct patch P = {NULL, NULL, NULL, 0, 0};
+    if (L->patch != NULL)
+        return binary_patch_at(L, x, y, xo);
+    P.w = x;
+    P.n = L->KH * L->KW * L->C;
+    return P;
+}
+
+/* bnnkit:kernel binary_dot needs patch popcount_words */
+/* n - 2 * popcount(x ^ w) over the bits that count */
+static inline int32_t binary_dot(const struct conv *L, const struct patch *P, int o)
+{
+    const uint32_t *w = L->w + o * L->wpo;
+    return P->n - 2 * (P->mask == NULL ? popcount_xor(P->w, w, L->wpo) : popcount_xor_and(P->w, w, P->mask, L->wpo));
+}
+
+/* bnnkit:kernel byte_sums needs structs */
+/* Sums of bytes 4 at a time. With the DSP extension (M4, M7): USADA8, the sum of absolute
+   differences, against 0, one instruction per word; without (M3, hosts): two 16-bit lanes,
+   at most 2 * 255 a word, folded every 128 words. load_word reads 4 bytes at any alignment
+   (one LDR on the M3/M4/M7, which allow unaligned loads). */
+#if defined(__ARM_FEATURE_SIMD32) && !defined(BNNKIT_NO_DSP)
+#include <arm_acle.h>
+#define BYTE_SUMS_DSP 1
+#define BYTE_SUMS_CHUNK 0x7fffffff
+#define ADD_BYTES(s, v) ((s) = __usada8((v), 0u, (s)))
+#define FOLD_BYTES(s) ((int32_t)(s))
+#else
+#define BYTE_SUMS_CHUNK 128
+#define ADD_BYTES(s, v) ((s) += ((v)&0x00ff00ffu) + (((v) >> 8) & 0x00ff00ffu))
+#define FOLD_BYTES(s) ((int32_t)(((s)&0xffffu) + ((s) >> 16)))
+#endif
+#include <string.h>
+static uint32_t load_word(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v; /* little-endian, as the masks are */
+}
+
+/* bnnkit:kernel input_patch needs patch byte_sums */
+/* The pixels of the output pixel whose window starts at (y0, x0), in the weights' (c, i, j)
+   order, padded pixels 0, into L->patch zero-filled to whole words; a dense layer reads the
+   image in place. n = their sum. */
+/* Any pixel, a test per tap; compiled for size (GCC's cold). */
+static COLD void input_patch_edge(const struct conv *L, const uint8_t *x, int y0, int x0)
+{
+    uint8_t *b = (uint8_t *)L->patch;
+    int c, i, j;
+    for (c = 0; c < L->C; c++)
+        for (i = 0; i < L->KH; i++)
+            for (j = 0; j < L->KW; j++) {
+                int iy = y0 + i, ix = x0 + j;
+                *b++ = iy >= 0 && iy < L->H && ix >= 0 && ix < L->W ? x[(c * L->H + iy) * L->W + ix] : 0;
+            }
+}
+
+static inline struct patch input_patch(const struct conv *L, const uint8_t *x, int y, int xo)
+{
+    int k = L->C * L->KH * L->KW, y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, c, i, j, q = 0;
+    struct patch P = {NULL, x, NULL, 0, k >> 2};
+    if (L->patch != NULL) {
+        uint8_t *b = (uint8_t *)L->patch;
+        if (y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W)
+            for (c = 0; c < L->C; c++)
+                for (i = 0; i < L->KH; i++)
+                    for (j = 0; j < L->KW; j++)
+                        *b++ = x[(c * L->H + y0 + i) * L->W + x0 + j];
+        else
+            input_patch_edge(L, x, y0, x0);
+        for (k = L->C * L->KH * L->KW; k & 3; k++)
+            ((uint8_t *)L->patch)[k] = 0;
+        P.b = (const uint8_t *)L->patch;
+        P.words = k >> 2;
     }
-    return n - 2 * ones;
+    while (q < P.words) {
+        int end = P.words - q > BYTE_SUMS_CHUNK ? q + BYTE_SUMS_CHUNK : P.words;
+        uint32_t s = 0;
+        for (; q < end; q++) {
+            uint32_t v = load_word(P.b + 4 * q);
+            ADD_BYTES(s, v);
+        }
+        P.n += FOLD_BYTES(s);
+    }
+    for (q = 4 * P.words; L->patch == NULL && q < k; q++)
+        P.n += P.b[q];
+    return P;
+}
+
+/* bnnkit:kernel input_dot needs patch byte_sums bit_at */
+/* sum(+-x) = 2 * sum(x where the weight is +1) - sum(x): the weight bits, 4 at a time, become
+   a mask of whole bytes (a 16-word table) ANDed onto 4 pixels. */
+static const uint32_t byte_masks[16] = {
+    0x00000000u, 0x000000ffu, 0x0000ff00u, 0x0000ffffu, 0x00ff0000u, 0x00ff00ffu, 0x00ffff00u, 0x00ffffffu,
+    0xff000000u, 0xff0000ffu, 0xff00ff00u, 0xff00ffffu, 0xffff0000u, 0xffff00ffu, 0xffffff00u, 0xffffffffu,
+};
+
+static inline int32_t input_dot(const struct conv *L, const struct patch *P, int o)
+{
+    const uint32_t *w = L->w + o * L->wpo;
+    int k = L->C * L->KH * L->KW, q = 0;
+    int32_t plus = 0;
+    uint32_t bits = 0;
+    while (q < P->words) {
+        int end = P->words - q > BYTE_SUMS_CHUNK ? q + BYTE_SUMS_CHUNK : P->words;
+        uint32_t s = 0;
+        for (; q < end; q++) {
+            uint32_t v;
+            if ((q & 7) == 0)
+                bits = w[q >> 3];
+            v = load_word(P->b + 4 * q) & byte_masks[bits & 15u];
+            bits >>= 4;
+            ADD_BYTES(s, v);
+        }
+        plus += FOLD_BYTES(s);
+    }
+    for (q = 4 * P->words; L->patch == NULL && q < k; q++) /* a patch is whole words: no tail */
+        plus += bit_at(w, q) ? P->b[q] : 0;
+    return 2 * plus - P->n;
 }
 
 /* bnnkit:kernel threshold needs bit_at */
@@ -322,54 +578,95 @@ AFFINE_KERNEL(affine_i32, int32_t, (float))
 /* bnnkit:kernel affine_f32 needs affine f32_of */
 AFFINE_KERNEL(affine_f32, uint32_t, f32_of)
 
-/* bnnkit:kernel conv needs structs */
-/* -> i32 CHW; ACC is input_acc or binary_acc, for an input of xtype. */
-#define CONV_KERNEL(name, xtype, ACC)                                                                                  \
-    static void name(const struct conv *L, const xtype *x, int32_t *out)                                               \
+/* bnnkit:kernel conv needs patch */
+/* -> i32 CHW. PATCH gathers what one output pixel reads (input_patch, binary_patch) once for
+   all output channels; DOT is an output channel's sum over it (input_dot, binary_dot). */
+#define CONV_KERNEL(name, xtype, PATCH, DOT)                                                                           \
+    static NOINLINE void name(const struct conv *L, const xtype *x, int32_t *out)                                      \
     {                                                                                                                  \
-        int o, y, xo;                                                                                                  \
-        for (o = 0; o < L->O; o++)                                                                                     \
-            for (y = 0; y < L->Ho; y++)                                                                                \
-                for (xo = 0; xo < L->Wo; xo++)                                                                         \
-                    *out++ = ACC(L, x, L->w + o * L->wpo, y, xo);                                                      \
-    }
-
-/* bnnkit:kernel conv_sign needs structs bit_at */
-/* Fused with its threshold and a max-pool (1x1 when there is none) -> bits HWC; the i32
-   map is never stored. A pooled OR stops at the first 1, an AND (min channel) at the first 0. */
-#define CONV_SIGN_KERNEL(name, xtype, ACC)                                                                             \
-    static void name(const struct conv *L, const struct sign *S, const xtype *x, uint32_t *out)                        \
-    {                                                                                                                  \
-        int ow = (L->O + 31) / 32, py, px, o, i, j;                                                                    \
-        for (py = 0; py < S->Ho; py++)                                                                                 \
-            for (px = 0; px < S->Wo; px++, out += ow) {                                                                \
-                for (o = 0; o < ow; o++)                                                                               \
-                    out[o] = 0;                                                                                        \
-                for (o = 0; o < L->O; o++) {                                                                           \
-                    const uint32_t *w = L->w + o * L->wpo;                                                             \
-                    int32_t t = S->thresh[o];                                                                          \
-                    int flip = bit_at(S->flip, o), init = S->min != NULL && bit_at(S->min, o), b = init;               \
-                    for (i = 0; i < S->KH && b == init; i++)                                                           \
-                        for (j = 0; j < S->KW && b == init; j++) {                                                     \
-                            int32_t acc = ACC(L, x, w, py * S->SH + i, px * S->SW + j);                                \
-                            b = flip ? acc <= t : acc >= t;                                                            \
-                        }                                                                                              \
-                    out[o >> 5] |= (uint32_t)b << (o & 31);                                                            \
-                }                                                                                                      \
+        int o, y, xo, HW = L->Ho * L->Wo;                                                                              \
+        for (y = 0; y < L->Ho; y++)                                                                                    \
+            for (xo = 0; xo < L->Wo; xo++) {                                                                           \
+                struct patch P = PATCH(L, x, y, xo);                                                                   \
+                for (o = 0; o < L->O; o++)                                                                             \
+                    out[o * HW + y * L->Wo + xo] = DOT(L, &P, o);                                                      \
             }                                                                                                          \
     }
 
-/* bnnkit:kernel input_conv needs conv input_acc */
-CONV_KERNEL(input_conv, uint8_t, input_acc)
+/* bnnkit:kernel conv_sign needs patch */
+/* Fused with its threshold and a max-pool (1x1 when there is none) -> bits HWC; the i32 map
+   is never stored. A pooled bit starts at its pool's identity (0 for an OR, 1 for a min
+   channel's AND) and is final once it differs from it, so an output channel's sum is computed
+   only until then (with pool windows that do not overlap, each output bit at most once): the
+   channels still open are the bits of ~(out ^ identity), visited lowest first. */
+#if defined(__GNUC__) || defined(__clang__)
+#define LOWEST_BIT(v) __builtin_ctz(v)
+#else
+static int LOWEST_BIT(uint32_t v)
+{
+    int n = 0;
+    for (; !(v & 1u); v >>= 1)
+        n++;
+    return n;
+}
+#endif
+/* The open channels of word k of a pooled pixel. */
+static uint32_t sign_open(const struct sign *S, const uint32_t *out, int O, int k)
+{
+    uint32_t open = ~(out[k] ^ (S->min != NULL ? S->min[k] : 0));
+    return O - 32 * k >= 32 ? open : open & ((1u << (O - 32 * k)) - 1);
+}
 
-/* bnnkit:kernel input_conv_sign needs conv_sign input_acc */
-CONV_SIGN_KERNEL(input_conv_sign, uint8_t, input_acc)
+static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
+{
+    int k;
+    for (k = 0; 32 * k < O; k++)
+        if (sign_open(S, out, O, k) != 0)
+            return 1;
+    return 0;
+}
 
-/* bnnkit:kernel binary_conv needs conv binary_acc */
-CONV_KERNEL(binary_conv, uint32_t, binary_acc)
+/* flip ? acc <= t : acc >= t, as ~acc >= ~t when flipped (~ reverses the order). */
+#define SIGN_BIT(S, o, acc)                                                                                            \
+    ((((acc) ^ -(int32_t)((S->flip[(o) >> 5] >> ((o)&31)) & 1u)) >=                                                    \
+      (S->thresh[o] ^ -(int32_t)((S->flip[(o) >> 5] >> ((o)&31)) & 1u))))
 
-/* bnnkit:kernel binary_conv_sign needs conv_sign binary_acc */
-CONV_SIGN_KERNEL(binary_conv_sign, uint32_t, binary_acc)
+#define CONV_SIGN_KERNEL(name, xtype, PATCH, DOT)                                                                      \
+    static NOINLINE void name(const struct conv *L, const struct sign *S, const xtype *x, uint32_t *out)               \
+    {                                                                                                                  \
+        int ow = (L->O + 31) / 32, py, px, k, i, j;                                                                    \
+        for (py = 0; py < S->Ho; py++)                                                                                 \
+            for (px = 0; px < S->Wo; px++, out += ow) {                                                                \
+                for (k = 0; k < ow; k++)                                                                               \
+                    out[k] = S->min != NULL ? S->min[k] : 0;                                                           \
+                for (i = 0; i < S->KH; i++)                                                                            \
+                    for (j = 0; j < S->KW && sign_any_open(S, out, L->O); j++) {                                       \
+                        struct patch P = PATCH(L, x, py * S->SH + i, px * S->SW + j);                                  \
+                        for (k = 0; k < ow; k++) {                                                                     \
+                            uint32_t open = sign_open(S, out, L->O, k), init = S->min != NULL ? S->min[k] : 0;         \
+                            while (open != 0) {                                                                        \
+                                int b = LOWEST_BIT(open), o = 32 * k + b;                                              \
+                                int32_t acc = DOT(L, &P, o);                                                           \
+                                open &= open - 1;                                                                      \
+                                if (SIGN_BIT(S, o, acc) == !((init >> b) & 1u))                                        \
+                                    out[k] ^= 1u << b;                                                                 \
+                            }                                                                                          \
+                        }                                                                                              \
+                    }                                                                                                  \
+            }                                                                                                          \
+    }
+
+/* bnnkit:kernel input_conv needs conv input_patch input_dot */
+CONV_KERNEL(input_conv, uint8_t, input_patch, input_dot)
+
+/* bnnkit:kernel input_conv_sign needs conv_sign input_patch input_dot */
+CONV_SIGN_KERNEL(input_conv_sign, uint8_t, input_patch, input_dot)
+
+/* bnnkit:kernel binary_conv needs conv binary_patch binary_dot */
+CONV_KERNEL(binary_conv, uint32_t, binary_patch, binary_dot)
+
+/* bnnkit:kernel binary_conv_sign needs conv_sign binary_patch binary_dot */
+CONV_SIGN_KERNEL(binary_conv_sign, uint32_t, binary_patch, binary_dot)
 
 /* bnnkit:kernel sign_f32 needs f32_of */
 /* f32 CHW -> bits HWC: x >= thresh[c], an IEEE comparison (-0.0 >= 0.0; NaN gives 0). */

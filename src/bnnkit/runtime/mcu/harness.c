@@ -7,6 +7,19 @@
 
 #define BNNKIT_TRAILER 0x4b4e4e42u /* "BNNK" */
 
+#ifdef BNNKIT_LAYER_MARKS
+/* A build with layer marks (bnnkit.runtime.cortex_m.layer_instructions): the generated code
+   calls this before each layer and the harness after the last; the counting plugin records
+   the running count whenever it starts. It must stay a call of its own, hence noinline. */
+__attribute__((noinline)) void bnnkit_layer_mark(void)
+{
+    __asm__ volatile("" ::: "memory");
+}
+#define LAYER_MARK() bnnkit_layer_mark()
+#else
+#define LAYER_MARK() ((void)0)
+#endif
+
 static uint8_t input[BNNKIT_MAX_INPUT];
 static float scores[BNNKIT_MAX_CLASSES];
 
@@ -38,6 +51,7 @@ int main(void)
         if (sh_read(in, input, m->input_size) != 0)
             return fail("cannot read an image", EXIT_IO);
         label = m->infer(input, scores);
+        LAYER_MARK();
         if (sh_write(out, scores, m->classes * sizeof scores[0]) != 0 || sh_write(out, &label, sizeof label) != 0)
             return fail("cannot write the scores", EXIT_IO);
     }
