@@ -13,7 +13,11 @@ table (``bnnkit.graph.ops``); ``KERNELS[kind](op, *inputs)`` runs one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
@@ -25,22 +29,24 @@ KERNELS = OpTable("numpy")
 BATCH_BYTES = 2**29
 
 
-def pm1(bits: np.ndarray, dtype=np.float64) -> np.ndarray:
+def pm1(bits: np.ndarray, dtype: type[np.floating[Any]] = np.float64) -> np.ndarray:
     """bits (True ⇔ +1) → ±1."""
     return np.where(bits, 1.0, -1.0).astype(dtype, copy=False)
 
 
-def _exact_dtype(max_abs_input: int, fan_in: int):
+def _exact_dtype(max_abs_input: int, fan_in: int) -> type[np.floating[Any]]:
     return np.float32 if max_abs_input * fan_in < 2**24 else np.float64
 
 
-def _to_i32(x: np.ndarray) -> np.ndarray:
+def _to_i32(x: np.ndarray) -> npt.NDArray[np.int32]:
     if np.abs(x).max(initial=0) >= 2**31:
         raise BnnkitError("an integer sum overflowed int32")
     return x.astype(np.int32)
 
 
-def _conv(x: np.ndarray, w: np.ndarray, stride, padding, pad_value: float) -> np.ndarray:
+def _conv(
+    x: np.ndarray, w: np.ndarray, stride: int | Sequence[int], padding: int | Sequence[int], pad_value: float
+) -> npt.NDArray[np.int32]:
     """x (N,C,H,W), w (O,C,kh,kw) ±1, both of an exact float type → (N,O,Ho,Wo) sums."""
     (sh, sw), (ph, pw) = pair(stride), pair(padding)
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
@@ -103,7 +109,8 @@ def affine(op: Op, x: np.ndarray) -> np.ndarray:
     scale = _per_channel(op.params["scale"], x.ndim)
     bias = _per_channel(op.params["bias"], x.ndim)
     # float32 throughout: two roundings, product then sum (the C code is built without FMA).
-    return (x.astype(np.float32) * scale).astype(np.float32) + bias
+    y: npt.NDArray[np.float32] = (x.astype(np.float32) * scale).astype(np.float32) + bias
+    return y
 
 
 @KERNELS.register("add")
@@ -122,7 +129,7 @@ def _windows(op: Op, x: np.ndarray) -> np.ndarray:
 def maxpool(op: Op, x: np.ndarray) -> np.ndarray:
     win = _windows(op, x)
     if win.dtype == np.float32:  # the first maximal value: of +0.0 and -0.0, whichever comes first
-        out = win[..., 0]
+        out: np.ndarray = win[..., 0]
         for t in range(1, win.shape[-1]):
             out = np.where(win[..., t] > out, win[..., t], out)
         return out
@@ -176,7 +183,8 @@ def conv2d_f32(op: Op, x: np.ndarray) -> np.ndarray:
             for j in range(kw):
                 tap = xp[:, ci, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
                 acc = (acc + (tap[:, None] * _per_channel(w[:, ci, i, j], 4)).astype(np.float32)).astype(np.float32)
-    return (acc + _per_channel(bias, 4)).astype(np.float32)
+    y: npt.NDArray[np.float32] = (acc + _per_channel(bias, 4)).astype(np.float32)
+    return y
 
 
 @KERNELS.register("dense_f32")
@@ -185,7 +193,8 @@ def dense_f32(op: Op, x: np.ndarray) -> np.ndarray:
     acc = np.zeros((len(x), len(w)), np.float32)
     for f in range(w.shape[1]):
         acc = (acc + (xf[:, f : f + 1] * w[None, :, f]).astype(np.float32)).astype(np.float32)
-    return (acc + op.params["bias"][None]).astype(np.float32)
+    y: npt.NDArray[np.float32] = (acc + op.params["bias"][None]).astype(np.float32)
+    return y
 
 
 @KERNELS.register("flatten")
@@ -195,7 +204,8 @@ def flatten(op: Op, x: np.ndarray) -> np.ndarray:
 
 @KERNELS.register("argmax")
 def argmax(op: Op, x: np.ndarray) -> np.ndarray:
-    return np.argmax(x, axis=1)  # first maximum wins
+    labels: npt.NDArray[np.intp] = np.argmax(x, axis=1)  # first maximum wins
+    return labels
 
 
 # --- int8 ops: integers throughout, in int64 (exact: the shape rules bound every sum) ---------
@@ -214,7 +224,8 @@ def requantize_values(acc: np.ndarray, op: Op) -> np.ndarray:
     y = (acc.astype(np.int64) * m + (np.int64(1) << (s - 1))) >> s
     relu = op.params.get("relu", np.zeros(acc.shape[1], bool))
     lo = _per_channel(np.where(relu, 0, -128), acc.ndim)
-    return np.clip(y, lo, 127).astype(np.int8)
+    out: npt.NDArray[np.int8] = np.clip(y, lo, 127).astype(np.int8)
+    return out
 
 
 def int8_sum(op: Op, x: np.ndarray) -> np.ndarray:
