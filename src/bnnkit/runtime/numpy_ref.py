@@ -62,14 +62,14 @@ def _fan_in(op: Op) -> int:
 
 
 @KERNELS.register("input_conv2d")
-def input_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
+def input_conv2d(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     # A padded pixel is 0 (black), so it adds nothing to the sum.
     dt = _exact_dtype(255, _fan_in(op))
     return _conv(x.astype(dt), pm1(op.params["weight"], dt), op.attrs["stride"], op.attrs["padding"], 0.0)
 
 
 @KERNELS.register("binary_conv2d")
-def binary_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
+def binary_conv2d(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     # 'zero' pads with 0, which is exactly "sum over the valid taps only".
     dt = _exact_dtype(1, _fan_in(op))
     pad = float(pad_of(op).value)
@@ -77,13 +77,13 @@ def binary_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("input_dense")
-def input_dense(op: Op, x: np.ndarray) -> np.ndarray:
+def input_dense(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     dt = _exact_dtype(255, _fan_in(op))
     return _to_i32(x.astype(dt) @ pm1(op.params["weight"], dt).T)
 
 
 @KERNELS.register("binary_dense")
-def binary_dense(op: Op, x: np.ndarray) -> np.ndarray:
+def binary_dense(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     dt = _exact_dtype(1, _fan_in(op))
     return _to_i32(pm1(x, dt) @ pm1(op.params["weight"], dt).T)
 
@@ -94,7 +94,7 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 
 
 @KERNELS.register("threshold")
-def threshold(op: Op, x: np.ndarray) -> np.ndarray:
+def threshold(op: Op, x: np.ndarray) -> npt.NDArray[np.bool_]:
     t = _per_channel(op.params["thresh"].astype(np.int64), x.ndim)
     flip = _per_channel(op.params["flip"], x.ndim)
     # INT32_MIN: x >= t always holds and x <= t never does, because no sum reaches
@@ -105,7 +105,7 @@ def threshold(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("affine")
-def affine(op: Op, x: np.ndarray) -> np.ndarray:
+def affine(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
     scale = _per_channel(op.params["scale"], x.ndim)
     bias = _per_channel(op.params["bias"], x.ndim)
     # float32 throughout: two roundings, product then sum (the C code is built without FMA).
@@ -141,7 +141,7 @@ def maxpool(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("avgpool")
-def avgpool(op: Op, x: np.ndarray) -> np.ndarray:
+def avgpool(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     return _to_i32(_windows(op, x).astype(np.int64).sum(axis=-1))
 
 
@@ -149,18 +149,18 @@ def avgpool(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("sign")
-def sign(op: Op, x: np.ndarray) -> np.ndarray:
+def sign(op: Op, x: np.ndarray) -> npt.NDArray[np.bool_]:
     return x >= _per_channel(op.params["thresh"], x.ndim)
 
 
 @KERNELS.register("prelu")
-def prelu(op: Op, x: np.ndarray) -> np.ndarray:
+def prelu(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
     xf = x.astype(np.float32)
     return np.where(xf >= 0, xf, (xf * _per_channel(op.params["slope"], x.ndim)).astype(np.float32))
 
 
 @KERNELS.register("meanpool")
-def meanpool(op: Op, x: np.ndarray) -> np.ndarray:
+def meanpool(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
     win = _windows(op, x)
     acc = np.zeros(win.shape[:-1], np.float32)
     for t in range(win.shape[-1]):  # left to right, each sum rounded (NumPy's sum would pair the terms)
@@ -169,7 +169,7 @@ def meanpool(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("conv2d_f32")
-def conv2d_f32(op: Op, x: np.ndarray) -> np.ndarray:
+def conv2d_f32(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
     w, bias = op.params["weight"], op.params["bias"]
     (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
     # a padded tap reads +0.0: its product is ±0, which leaves the (never -0.0) sum unchanged,
@@ -188,7 +188,7 @@ def conv2d_f32(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("dense_f32")
-def dense_f32(op: Op, x: np.ndarray) -> np.ndarray:
+def dense_f32(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
     w, xf = op.params["weight"], x.astype(np.float32)
     acc = np.zeros((len(x), len(w)), np.float32)
     for f in range(w.shape[1]):
@@ -203,7 +203,7 @@ def flatten(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("argmax")
-def argmax(op: Op, x: np.ndarray) -> np.ndarray:
+def argmax(op: Op, x: np.ndarray) -> npt.NDArray[np.intp]:
     labels: npt.NDArray[np.intp] = np.argmax(x, axis=1)  # first maximum wins
     return labels
 
@@ -212,11 +212,11 @@ def argmax(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("quantize_input")
-def quantize_input(op: Op, x: np.ndarray) -> np.ndarray:
+def quantize_input(op: Op, x: np.ndarray) -> npt.NDArray[np.int8]:
     return (x >> 1).astype(np.int8)
 
 
-def requantize_values(acc: np.ndarray, op: Op) -> np.ndarray:
+def requantize_values(acc: np.ndarray, op: Op) -> npt.NDArray[np.int8]:
     """i32 accumulators (N, C, ...) -> i8 by ``op``'s per-channel multiplier, shift and relu flags:
     ``(acc * m + 2**(s-1)) >> s`` (an arithmetic shift: round half up), clamped to [lo, 127]."""
     m = _per_channel(op.params["multiplier"].astype(np.int64), acc.ndim)
@@ -228,7 +228,7 @@ def requantize_values(acc: np.ndarray, op: Op) -> np.ndarray:
     return out
 
 
-def int8_sum(op: Op, x: np.ndarray) -> np.ndarray:
+def int8_sum(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     """bias + x · w of an int8 conv or dense layer, as int32 (float64 products: exact, the shape
     rule bounds every sum below 2**31)."""
     w = op.params["weight"].astype(np.float64)
@@ -241,17 +241,17 @@ def int8_sum(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("int8_conv2d")
-def int8_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
+def int8_conv2d(op: Op, x: np.ndarray) -> npt.NDArray[np.int8]:
     return requantize_values(int8_sum(op, x), op)
 
 
 @KERNELS.register("int8_dense")
-def int8_dense(op: Op, x: np.ndarray) -> np.ndarray:
+def int8_dense(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     return int8_sum(op, x)
 
 
 @KERNELS.register("requantize")
-def requantize(op: Op, x: np.ndarray) -> np.ndarray:
+def requantize(op: Op, x: np.ndarray) -> npt.NDArray[np.int8]:
     return requantize_values(x, op)
 
 
