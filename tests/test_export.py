@@ -79,6 +79,16 @@ def test_refuses_a_layer_that_would_binarize_bits_differently():
         export_model(model, (1, 8, 8))
 
 
+def test_refuses_a_later_layer_without_input_quantizer():
+    """Its input is a chain's float values: nothing binarizes them (was a TypeError calling None)."""
+    model = calibrated(create_model("ebnn_cnn", 10, (1, 8, 8), EMBEDDED, channels=[4, 4]), DIGITS.x)
+    model.net[3].input_quantizer = None
+    with pytest.raises(
+        BnnkitError, match="layer 'net.3': a layer without an input quantizer is only exported as the first"
+    ):
+        export_model(model, (1, 8, 8))
+
+
 def test_thresholds_match_bn_algebra():
     """Independent check: the threshold is where γ(a·1 − μ)/σ + β crosses 0, by algebra."""
     torch.manual_seed(2)

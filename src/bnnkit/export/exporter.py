@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -42,9 +42,12 @@ from bnnkit.nn import BinaryConv2d, BinaryLinear, IntegerPixels, RPReLU
 from bnnkit.quant import Quantizer
 from bnnkit.recipe import METHODS, Recipe
 
+_NO_INPUT_QUANTIZER = "a layer without an input quantizer is only exported as the first layer (integer pixels)"
 _APPROX_SIGN = "ste_sign"  # the sign used where --allow-approx binarizes a full-precision layer
 # Integers pushed through the float chain at once: bounds memory for wide layers.
 _CHUNK = 1 << 16
+
+BinaryLayer = BinaryConv2d | BinaryLinear
 
 
 @dataclass
@@ -52,7 +55,7 @@ class _Chain:
     """An integer accumulator and the float modules applied to it since."""
 
     tensor: str
-    layer: nn.Module  # the binary layer that produced it (its scale and bias come first)
+    layer: BinaryLayer  # the binary layer that produced it (its scale and bias come first)
     bound: int  # |accumulator| <= bound
     before_pool: list[nn.Module] = field(default_factory=list)
     pool: nn.MaxPool2d | None = None
@@ -85,14 +88,22 @@ class _Chain:
 class Exporter:
     def __init__(self, model: nn.Module, in_shape: tuple[int, int, int], allow_approx: bool = False):
         self.model = model.eval()
-        self.in_shape = tuple(in_shape)
+        c, h, w = in_shape  # a run's config hands a JSON list
+        self.in_shape = (c, h, w)
         self.allow_approx = allow_approx
         self.ops: list[Op] = []
         self.notes: list[str] = []  # approximations made under allow_approx
 
     # --- helpers -------------------------------------------------------------------
 
-    def _emit(self, kind: str, inputs: list[str], attrs=None, params=None, name: str = "") -> str:
+    def _emit(
+        self,
+        kind: str,
+        inputs: list[str],
+        attrs: dict[str, Any] | None = None,
+        params: dict[str, np.ndarray] | None = None,
+        name: str = "",
+    ) -> str:
         out = f"t{len(self.ops)}_{kind}"
         self.ops.append(Op(kind, inputs, out, attrs or {}, params or {}, name))
         return out
@@ -100,7 +111,7 @@ class Exporter:
     def _refuse(self, name: str, why: str) -> NoReturn:
         raise BnnkitError(f"cannot export layer {name!r}: {why}")
 
-    def _weight_bits(self, name: str, layer: nn.Module) -> tuple[np.ndarray, torch.Tensor]:
+    def _weight_bits(self, name: str, layer: BinaryLayer) -> tuple[np.ndarray, torch.Tensor]:
         """The layer's binary weights as bits, and the positive per-output-channel factor
         its kernel quantizer puts on them (1 for a plain sign)."""
         if layer.kernel_quantizer is None:
@@ -124,41 +135,44 @@ class Exporter:
                 "the first layer works on normalised real pixels (recipe fp_first_layer=true); "
                 "the integer graph needs a binary first layer on integer pixels: train with --recipe embedded",
             )
-        cur, kind = "input", "u8"  # kind: u8 | bits | chain
+        # kind: what cur holds (u8 pixels or bits) while no chain is open; while one is, cur is its sums
+        cur, kind = "input", "u8"
         chain: _Chain | None = None
         for i, (name, m) in enumerate(modules[1:], start=1):
             last = i == len(modules) - 1
             if type(m) is nn.Linear and last and self.allow_approx:
                 m = self._approx_classifier(name, m)
             if isinstance(m, (BinaryConv2d, BinaryLinear)):
-                if kind == "chain":
+                if chain is not None:
+                    if m.input_quantizer is None:
+                        self._refuse(name, _NO_INPUT_QUANTIZER)
                     cur, kind = self._threshold(chain, m.input_quantizer, name, name + ".input_quantizer"), "bits"
                     if chain.flatten:
                         cur = self._emit("flatten", [cur], name=chain.flatten)
                 elif kind == "bits":
                     self._check_takes_bits(name, m)
                 chain = self._binary_layer(name, m, cur, kind)
-                cur, kind = chain.tensor, "chain"
+                cur = chain.tensor
             elif isinstance(m, Quantizer):
-                if kind != "chain" or chain.flatten:
+                if chain is None or chain.flatten:
                     self._refuse(name, "an explicit quantizer is exported only on a binary layer's chain")
-                cur, kind = self._threshold(chain, m, name, name), "bits"
-            elif isinstance(m, nn.MaxPool2d) and kind == "bits":
+                cur, kind, chain = self._threshold(chain, m, name, name), "bits", None
+            elif isinstance(m, nn.MaxPool2d) and chain is None and kind == "bits":
                 self._check_pool(name, m)
                 cur = self._emit("maxpool", [cur], {"kernel": pair(m.kernel_size), "stride": pair(m.stride)}, name=name)
             elif isinstance(m, nn.MaxPool2d):
-                if kind != "chain" or chain.pool is not None or chain.flatten:
+                if chain is None or chain.pool is not None or chain.flatten:
                     self._refuse(
                         name, "a max-pool is exported only on a binary layer's sums or signs, once between two layers"
                     )
                 self._check_pool(name, m)
                 chain.pool = m
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU, RPReLU)):
-                if kind != "chain" or chain.flatten:
+                if chain is None or chain.flatten:
                     self._refuse(name, f"{type(m).__name__} must follow a binary layer")
                 chain.add(m)  # an activation joins the float chain that the threshold tabulates
             elif isinstance(m, nn.Flatten):
-                if kind == "chain":  # flatten the bits once the next layer has binarized them
+                if chain is not None:  # flatten the bits once the next layer has binarized them
                     chain.flatten = name
                 else:
                     cur = self._emit("flatten", [cur], name=name)
@@ -169,7 +183,7 @@ class Exporter:
                     " (--allow-approx binarizes a full-precision classifier)" if type(m) is nn.Linear and last else ""
                 )
                 self._refuse(name, f"{type(m).__name__} has no exact integer form{hint}")
-        if kind != "chain" or chain.flatten:
+        if chain is None or chain.flatten:
             self._refuse("<output>", "the model must end with a binary layer (and its BatchNorm)")
         scores = self._affine(chain)
         self._emit("argmax", [scores], name="argmax")
@@ -194,7 +208,7 @@ class Exporter:
         return approx
 
     @torch.no_grad()
-    def _check_takes_bits(self, name: str, m: nn.Module) -> None:
+    def _check_takes_bits(self, name: str, m: BinaryLayer) -> None:
         """A layer whose input an explicit quantizer already binarized must keep ±1 as is."""
         q = m.input_quantizer
         signs = torch.ones((2, m.in_channels, 1, 1) if isinstance(m, BinaryConv2d) else (2, m.in_features))
@@ -205,7 +219,7 @@ class Exporter:
             )
 
     def _binary_layer(
-        self, name: str, m: nn.Module, cur: str, kind: str, bits: np.ndarray | None = None, op_name: str = ""
+        self, name: str, m: BinaryLayer, cur: str, kind: str, bits: np.ndarray | None = None, op_name: str = ""
     ) -> _Chain:
         """The layer's producer op on ``cur`` (its kernel quantizer's signs, or one base's ``bits``)."""
         if m.activation_scale != "none":
@@ -213,9 +227,7 @@ class Exporter:
                 name, "its activation scale (xnor_activation_scale) multiplies each output by a real-valued map"
             )
         if m.input_quantizer is None and kind != "u8":
-            self._refuse(
-                name, "a layer without an input quantizer is only exported as the first layer (integer pixels)"
-            )
+            self._refuse(name, _NO_INPUT_QUANTIZER)
         if m.input_quantizer is not None and kind != "bits":
             self._refuse(name, "its input is not binarized by a preceding threshold")
         if isinstance(m, BinaryConv2d) and (m.groups != 1 or m.dilation != (1, 1)):
@@ -235,7 +247,7 @@ class Exporter:
         else:
             op = "binary_conv2d" if isinstance(m, BinaryConv2d) else "binary_dense"
             bound = fan_in
-        attrs = {}
+        attrs: dict[str, Any] = {}
         if isinstance(m, BinaryConv2d):
             attrs = {"stride": tuple(m.stride), "padding": tuple(m.padding)}
             if "pad" in OPS[op].attrs:
@@ -257,13 +269,13 @@ class Exporter:
         out = self._emit("threshold", [chain.tensor], {}, {"thresh": thresh, "flip": flip}, op_name)
         if chain.pool is None:
             return out
-        params = {}
+        pool_params = {}
         if chain.after_pool:
             decreasing = self._after_pool_decreasing(chain)
             if decreasing.any():
-                params["min_channels"] = decreasing
+                pool_params["min_channels"] = decreasing
         attrs = {"kernel": pair(chain.pool.kernel_size), "stride": pair(chain.pool.stride)}
-        return self._emit("maxpool", [out], attrs, params, name + ".pool")
+        return self._emit("maxpool", [out], attrs, pool_params, name + ".pool")
 
     @torch.no_grad()
     def _threshold_params(

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnnkit.export.exporter import Exporter, _Chain, _check_methods
+from bnnkit.export.exporter import BinaryLayer, Exporter, _Chain, _check_methods
 from bnnkit.graph import OPS, Graph, pair
 from bnnkit.graph.ops import TensorType
 from bnnkit.models.resnet import BasicBlock, ResNet
@@ -54,7 +54,7 @@ class _Value:
     """A graph tensor and the per-channel float modules still to apply to it, in order."""
 
     tensor: str
-    layer: nn.Module | None = None  # the binary layer whose i32 sums ``tensor`` holds (a chain)
+    layer: BinaryLayer | None = None  # the binary layer whose i32 sums ``tensor`` holds (a chain)
     bound: int = 0  # |sum| <= bound, for a chain
     modules: list[Any] = field(default_factory=list)  # nn.Modules and per-channel callables
     real: str | None = None  # the tensor once made float32 (emitted once)

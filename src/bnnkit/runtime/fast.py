@@ -170,7 +170,7 @@ class Packed:
         return np.moveaxis(raw.astype(bool), -1, 1)
 
 
-def _packed_input(x: Packed, shape: tuple[int, ...], what: str) -> np.ndarray:
+def _packed_input(x: np.ndarray | Packed, shape: tuple[int, ...], what: str) -> np.ndarray:
     """x's words as (N, H, W, words) for a layer that takes ``shape``."""
     if not isinstance(x, Packed):
         raise BnnkitError(f"{what} takes Packed bits (Packed.from_bits), got {type(x).__name__}")
@@ -186,12 +186,13 @@ def _packed_input(x: Packed, shape: tuple[int, ...], what: str) -> np.ndarray:
 # --- one layer ------------------------------------------------------------------------
 
 
-def _aligned(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+def _aligned(shape: tuple[int, ...], dtype: type[np.generic], align: int = 64) -> np.ndarray:
     """Zeros whose data starts on a cache line, for the kernels' vector loads."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     raw = np.zeros(size + align, np.uint8)
     start = -raw.ctypes.data % align
-    return raw[start : start + size].view(dtype).reshape(shape)
+    out: np.ndarray = raw[start : start + size].view(dtype).reshape(shape)
+    return out
 
 
 def _sign_masks(taps: np.ndarray) -> np.ndarray:
@@ -278,7 +279,7 @@ class Layer:
             _address(self._flip if threshold else None),
         )
 
-    def __call__(self, x, isa: str | None = None, threads: int = 1):
+    def __call__(self, x: np.ndarray | Packed, isa: str | None = None, threads: int = 1) -> np.ndarray | Packed:
         what = f"{self.op.kind} {self.op.name}".strip()
         n = len(x.words) if isinstance(x, Packed) else len(x)
         if self.threshold is not None:
@@ -342,9 +343,10 @@ KERNELS.register("input_conv2d", "input_dense", "binary_conv2d", "binary_dense")
 
 @KERNELS.register("threshold", "affine", "add", "avgpool", "flatten", "argmax")
 @KERNELS.register("sign", "prelu", "meanpool", "conv2d_f32", "dense_f32")  # the real-valued path
-def _reference(op: Op, *args):
+def _reference(op: Op, *args: np.ndarray | Packed) -> np.ndarray:
     """The NumPy reference's own kernel, on unpacked bits: these ops are cheap next to a layer."""
-    return numpy_ref.KERNELS[op.kind](op, *(a.bits() if isinstance(a, Packed) else a for a in args))
+    out: np.ndarray = numpy_ref.KERNELS[op.kind](op, *(a.bits() if isinstance(a, Packed) else a for a in args))
+    return out
 
 
 # int8 layers (the baseline a BNN is measured against) have no fast kernels: the reference runs them
@@ -352,7 +354,7 @@ KERNELS.register("quantize_input", "int8_conv2d", "int8_dense", "requantize")(_r
 
 
 @KERNELS.register("maxpool")
-def _maxpool(op: Op, x):
+def _maxpool(op: Op, x: np.ndarray | Packed) -> np.ndarray | Packed:
     return maxpool_packed(op, x) if isinstance(x, Packed) else _reference(op, x)
 
 
@@ -368,7 +370,7 @@ class _Step:
     op: Op  # the op, or the kernel op a threshold was fused into
     output: str
     layer: Layer | None = None
-    kernel: Callable | None = None  # (op, *inputs) when there is no layer
+    kernel: Callable[..., np.ndarray | Packed] | None = None  # (op, *inputs) when there is no layer
 
 
 def _plan(graph: Graph) -> list[_Step]:
@@ -400,15 +402,17 @@ class FastModel:
 
     def execute(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The scores and labels of a batch, as ``numpy_ref.execute`` returns them."""
-        env = {self.graph.input: numpy_ref.check_input(self.graph, x)}
+        env: dict[str, np.ndarray | Packed] = {self.graph.input: numpy_ref.check_input(self.graph, x)}
         for step in self.steps:
             args = [env[name] for name in step.op.inputs]
             if step.layer is not None:
-                x = args[0] if step.layer.pixels else _packed(args[0])
-                env[step.output] = step.layer(x, self.isa, self.threads)
+                env[step.output] = step.layer(
+                    args[0] if step.layer.pixels else _packed(args[0]), self.isa, self.threads
+                )
             else:
+                assert step.kernel is not None  # _plan gives every step a layer or a kernel
                 env[step.output] = step.kernel(step.op, *args)
-        return {name: env[name] for name in (self.graph.scores, self.graph.ops[-1].output)}
+        return {name: _unpacked(env[name]) for name in (self.graph.scores, self.graph.ops[-1].output)}
 
     def predict(self, x: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """Scores (N, classes) and labels (N,), equal to ``numpy_ref.predict``'s; N may be 0."""
@@ -423,8 +427,14 @@ class FastModel:
         return np.concatenate(scores), np.concatenate(labels)
 
 
-def _packed(value) -> Packed:
+def _packed(value: np.ndarray | Packed) -> Packed:
     return value if isinstance(value, Packed) else Packed.from_bits(value)
+
+
+def _unpacked(value: np.ndarray | Packed) -> np.ndarray:
+    # argmax reads i32 or f32 scores (the op table's types) and writes an index, so these are never
+    # packed: the branch narrows the type, and would hand back the reference's bool layout if they were
+    return value.bits() if isinstance(value, Packed) else value
 
 
 def popcount_peak(isa: str | None = None, seconds: float = 0.2) -> float:

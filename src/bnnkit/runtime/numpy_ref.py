@@ -13,7 +13,11 @@ table (``bnnkit.graph.ops``); ``KERNELS[kind](op, *inputs)`` runs one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
@@ -25,22 +29,24 @@ KERNELS = OpTable("numpy")
 BATCH_BYTES = 2**29
 
 
-def pm1(bits: np.ndarray, dtype=np.float64) -> np.ndarray:
+def pm1(bits: np.ndarray, dtype: type[np.floating[Any]] = np.float64) -> np.ndarray:
     """bits (True ⇔ +1) → ±1."""
     return np.where(bits, 1.0, -1.0).astype(dtype, copy=False)
 
 
-def _exact_dtype(max_abs_input: int, fan_in: int):
+def _exact_dtype(max_abs_input: int, fan_in: int) -> type[np.floating[Any]]:
     return np.float32 if max_abs_input * fan_in < 2**24 else np.float64
 
 
-def _to_i32(x: np.ndarray) -> np.ndarray:
+def _to_i32(x: np.ndarray) -> npt.NDArray[np.int32]:
     if np.abs(x).max(initial=0) >= 2**31:
         raise BnnkitError("an integer sum overflowed int32")
     return x.astype(np.int32)
 
 
-def _conv(x: np.ndarray, w: np.ndarray, stride, padding, pad_value: float) -> np.ndarray:
+def _conv(
+    x: np.ndarray, w: np.ndarray, stride: int | Sequence[int], padding: int | Sequence[int], pad_value: float
+) -> npt.NDArray[np.int32]:
     """x (N,C,H,W), w (O,C,kh,kw) ±1, both of an exact float type → (N,O,Ho,Wo) sums."""
     (sh, sw), (ph, pw) = pair(stride), pair(padding)
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
@@ -56,14 +62,14 @@ def _fan_in(op: Op) -> int:
 
 
 @KERNELS.register("input_conv2d")
-def input_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
+def input_conv2d(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     # A padded pixel is 0 (black), so it adds nothing to the sum.
     dt = _exact_dtype(255, _fan_in(op))
     return _conv(x.astype(dt), pm1(op.params["weight"], dt), op.attrs["stride"], op.attrs["padding"], 0.0)
 
 
 @KERNELS.register("binary_conv2d")
-def binary_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
+def binary_conv2d(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     # 'zero' pads with 0, which is exactly "sum over the valid taps only".
     dt = _exact_dtype(1, _fan_in(op))
     pad = float(pad_of(op).value)
@@ -71,13 +77,13 @@ def binary_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("input_dense")
-def input_dense(op: Op, x: np.ndarray) -> np.ndarray:
+def input_dense(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     dt = _exact_dtype(255, _fan_in(op))
     return _to_i32(x.astype(dt) @ pm1(op.params["weight"], dt).T)
 
 
 @KERNELS.register("binary_dense")
-def binary_dense(op: Op, x: np.ndarray) -> np.ndarray:
+def binary_dense(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     dt = _exact_dtype(1, _fan_in(op))
     return _to_i32(pm1(x, dt) @ pm1(op.params["weight"], dt).T)
 
@@ -88,7 +94,7 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 
 
 @KERNELS.register("threshold")
-def threshold(op: Op, x: np.ndarray) -> np.ndarray:
+def threshold(op: Op, x: np.ndarray) -> npt.NDArray[np.bool_]:
     t = _per_channel(op.params["thresh"].astype(np.int64), x.ndim)
     flip = _per_channel(op.params["flip"], x.ndim)
     # INT32_MIN: x >= t always holds and x <= t never does, because no sum reaches
@@ -99,11 +105,12 @@ def threshold(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("affine")
-def affine(op: Op, x: np.ndarray) -> np.ndarray:
+def affine(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
     scale = _per_channel(op.params["scale"], x.ndim)
     bias = _per_channel(op.params["bias"], x.ndim)
     # float32 throughout: two roundings, product then sum (the C code is built without FMA).
-    return (x.astype(np.float32) * scale).astype(np.float32) + bias
+    y: npt.NDArray[np.float32] = (x.astype(np.float32) * scale).astype(np.float32) + bias
+    return y
 
 
 @KERNELS.register("add")
@@ -122,7 +129,7 @@ def _windows(op: Op, x: np.ndarray) -> np.ndarray:
 def maxpool(op: Op, x: np.ndarray) -> np.ndarray:
     win = _windows(op, x)
     if win.dtype == np.float32:  # the first maximal value: of +0.0 and -0.0, whichever comes first
-        out = win[..., 0]
+        out: np.ndarray = win[..., 0]
         for t in range(1, win.shape[-1]):
             out = np.where(win[..., t] > out, win[..., t], out)
         return out
@@ -134,7 +141,7 @@ def maxpool(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("avgpool")
-def avgpool(op: Op, x: np.ndarray) -> np.ndarray:
+def avgpool(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     return _to_i32(_windows(op, x).astype(np.int64).sum(axis=-1))
 
 
@@ -142,18 +149,18 @@ def avgpool(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("sign")
-def sign(op: Op, x: np.ndarray) -> np.ndarray:
+def sign(op: Op, x: np.ndarray) -> npt.NDArray[np.bool_]:
     return x >= _per_channel(op.params["thresh"], x.ndim)
 
 
 @KERNELS.register("prelu")
-def prelu(op: Op, x: np.ndarray) -> np.ndarray:
+def prelu(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
     xf = x.astype(np.float32)
     return np.where(xf >= 0, xf, (xf * _per_channel(op.params["slope"], x.ndim)).astype(np.float32))
 
 
 @KERNELS.register("meanpool")
-def meanpool(op: Op, x: np.ndarray) -> np.ndarray:
+def meanpool(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
     win = _windows(op, x)
     acc = np.zeros(win.shape[:-1], np.float32)
     for t in range(win.shape[-1]):  # left to right, each sum rounded (NumPy's sum would pair the terms)
@@ -162,7 +169,7 @@ def meanpool(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("conv2d_f32")
-def conv2d_f32(op: Op, x: np.ndarray) -> np.ndarray:
+def conv2d_f32(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
     w, bias = op.params["weight"], op.params["bias"]
     (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
     # a padded tap reads +0.0: its product is ±0, which leaves the (never -0.0) sum unchanged,
@@ -176,16 +183,18 @@ def conv2d_f32(op: Op, x: np.ndarray) -> np.ndarray:
             for j in range(kw):
                 tap = xp[:, ci, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
                 acc = (acc + (tap[:, None] * _per_channel(w[:, ci, i, j], 4)).astype(np.float32)).astype(np.float32)
-    return (acc + _per_channel(bias, 4)).astype(np.float32)
+    y: npt.NDArray[np.float32] = (acc + _per_channel(bias, 4)).astype(np.float32)
+    return y
 
 
 @KERNELS.register("dense_f32")
-def dense_f32(op: Op, x: np.ndarray) -> np.ndarray:
+def dense_f32(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
     w, xf = op.params["weight"], x.astype(np.float32)
     acc = np.zeros((len(x), len(w)), np.float32)
     for f in range(w.shape[1]):
         acc = (acc + (xf[:, f : f + 1] * w[None, :, f]).astype(np.float32)).astype(np.float32)
-    return (acc + op.params["bias"][None]).astype(np.float32)
+    y: npt.NDArray[np.float32] = (acc + op.params["bias"][None]).astype(np.float32)
+    return y
 
 
 @KERNELS.register("flatten")
@@ -194,19 +203,20 @@ def flatten(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("argmax")
-def argmax(op: Op, x: np.ndarray) -> np.ndarray:
-    return np.argmax(x, axis=1)  # first maximum wins
+def argmax(op: Op, x: np.ndarray) -> npt.NDArray[np.intp]:
+    labels: npt.NDArray[np.intp] = np.argmax(x, axis=1)  # first maximum wins
+    return labels
 
 
 # --- int8 ops: integers throughout, in int64 (exact: the shape rules bound every sum) ---------
 
 
 @KERNELS.register("quantize_input")
-def quantize_input(op: Op, x: np.ndarray) -> np.ndarray:
+def quantize_input(op: Op, x: np.ndarray) -> npt.NDArray[np.int8]:
     return (x >> 1).astype(np.int8)
 
 
-def requantize_values(acc: np.ndarray, op: Op) -> np.ndarray:
+def requantize_values(acc: np.ndarray, op: Op) -> npt.NDArray[np.int8]:
     """i32 accumulators (N, C, ...) -> i8 by ``op``'s per-channel multiplier, shift and relu flags:
     ``(acc * m + 2**(s-1)) >> s`` (an arithmetic shift: round half up), clamped to [lo, 127]."""
     m = _per_channel(op.params["multiplier"].astype(np.int64), acc.ndim)
@@ -214,10 +224,11 @@ def requantize_values(acc: np.ndarray, op: Op) -> np.ndarray:
     y = (acc.astype(np.int64) * m + (np.int64(1) << (s - 1))) >> s
     relu = op.params.get("relu", np.zeros(acc.shape[1], bool))
     lo = _per_channel(np.where(relu, 0, -128), acc.ndim)
-    return np.clip(y, lo, 127).astype(np.int8)
+    out: npt.NDArray[np.int8] = np.clip(y, lo, 127).astype(np.int8)
+    return out
 
 
-def int8_sum(op: Op, x: np.ndarray) -> np.ndarray:
+def int8_sum(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     """bias + x · w of an int8 conv or dense layer, as int32 (float64 products: exact, the shape
     rule bounds every sum below 2**31)."""
     w = op.params["weight"].astype(np.float64)
@@ -230,17 +241,17 @@ def int8_sum(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 @KERNELS.register("int8_conv2d")
-def int8_conv2d(op: Op, x: np.ndarray) -> np.ndarray:
+def int8_conv2d(op: Op, x: np.ndarray) -> npt.NDArray[np.int8]:
     return requantize_values(int8_sum(op, x), op)
 
 
 @KERNELS.register("int8_dense")
-def int8_dense(op: Op, x: np.ndarray) -> np.ndarray:
+def int8_dense(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
     return int8_sum(op, x)
 
 
 @KERNELS.register("requantize")
-def requantize(op: Op, x: np.ndarray) -> np.ndarray:
+def requantize(op: Op, x: np.ndarray) -> npt.NDArray[np.int8]:
     return requantize_values(x, op)
 
 
