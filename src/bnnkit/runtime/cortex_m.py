@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,20 +95,20 @@ TARGETS = {
 }
 
 
-def latency_estimate(target: Target, instructions: float) -> dict:
+def latency_estimate(target: Target, instructions: float) -> dict[str, Any]:
     """Cycles and milliseconds per inference from a counted instruction total, under a
     stated model: one cycle per instruction (the M3/M4 issue single-cycle ALU operations
     and the code here is mostly those; loads, taken branches and flash wait states add
     cycles, the M7's dual issue removes some), at the clock of a typical part; and, where
     the part's datasheet gives its run-mode current, the energy of those cycles."""
-    estimate = {
+    estimate: dict[str, Any] = {
         "cycles_estimate": instructions,
         "clock_hz": target.clock_hz,
         "part": target.part,
         "latency_ms_estimate": 1e3 * instructions / target.clock_hz,
         "latency_model": "1 cycle per instruction",
     }
-    if target.ua_per_mhz is not None:
+    if target.ua_per_mhz is not None and target.volts is not None:
         # I/MHz × V is energy per cycle: µA/MHz × V = pJ per cycle
         estimate["energy_uj_estimate"] = instructions * target.ua_per_mhz * target.volts * 1e-6
         estimate["energy_model"] = f"{target.ua_per_mhz * target.volts:g} pJ per cycle, {target.datasheet}"
@@ -213,7 +214,7 @@ class McuImage:
                     f"{self.elf} exited with status {proc.returncode} ({why}) on QEMU {machine}:\n{output}"
                 )
             out = (Path(tmp) / "bnnkit.out").read_bytes()
-            counts = [int(line) for line in counted.read_text().split()] if count_instructions else [None]
+            counts = [int(line) for line in counted.read_text().split()] if count_instructions else []
         k = self.graph.num_classes
         record = np.dtype([("scores", "<f4", (k,)), ("label", "<i4")])
         if len(out) != len(x) * record.itemsize + 8 or struct.unpack_from("<I", out, len(out) - 8)[0] != _TRAILER:
@@ -226,7 +227,7 @@ class McuImage:
             stack_bytes_used=used,
             ram_bytes=self.size.static_ram + used,
             seconds=seconds,
-            instructions=counts[0],
+            instructions=counts[0] if count_instructions else None,
             marks=tuple(counts[1:]) if count_instructions and self.mark_address is not None else None,
         )
 
@@ -242,6 +243,7 @@ class McuImage:
             raise BnnkitError("counting instructions needs at least one image")
         base = self.run(x[:1], count_instructions=True).instructions
         run = self.run(np.concatenate([x[:1], x]), count_instructions=True)
+        assert base is not None and run.instructions is not None  # count_instructions
         return run, (run.instructions - base) / len(x)
 
     def instructions_per_inference(self, x: np.ndarray) -> float:
@@ -269,7 +271,7 @@ class McuImage:
         result = self.run(x)
         return result.scores, result.labels
 
-    def measure(self, x: np.ndarray, progress: bool = False) -> tuple[McuRun, dict]:
+    def measure(self, x: np.ndarray, progress: bool = False) -> tuple[McuRun, dict[str, Any]]:
         """Run images ``x`` and count instructions on the first ``COUNTED_IMAGES``: the run,
         and a report of everything measured (JSON-ready). With ``progress`` each phase says
         when it starts and ends (one QEMU launch runs a whole batch, so there is nothing
@@ -287,14 +289,14 @@ COUNTED_IMAGES = 20  # instructions are counted on the first images: the mean ne
 
 def measure(
     graph: Graph, target: str, x: np.ndarray, workdir: str | Path, progress: bool = False
-) -> tuple[McuRun, dict]:
+) -> tuple[McuRun, dict[str, Any]]:
     """Build ``graph`` for ``target`` under ``workdir``, then ``McuImage.measure`` images ``x``."""
     with stage(f"{target}: cross-compiling", progress):
         image = build_mcu(graph, workdir, target)
     return image.measure(x, progress)
 
 
-def device_report(image: McuImage, run: McuRun, instructions: float, counted_on: int) -> dict:
+def device_report(image: McuImage, run: McuRun, instructions: float, counted_on: int) -> dict[str, Any]:
     """What ``bnnkit run --json`` reports of a device (JSON-ready): the image's sections, the
     run's stack and RAM, the instructions of one inference and the estimates made from them."""
     size = image.size
