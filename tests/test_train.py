@@ -17,6 +17,13 @@ from bnnkit.training.optim import lr_factor, make_optimizer
 QUIET = TrainOptions(progress=False)
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Every training here on one thread: the default follows the machine's load, and two runs these tests
+    compare bit for bit must not differ in their thread counts (float sums do)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 def digits_config(epochs=2, **recipe_changes):
     recipe = BASELINE.with_(batch_size=64, **recipe_changes)
     return RunConfig(
