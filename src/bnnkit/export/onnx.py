@@ -30,6 +30,7 @@ import torch
 from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.files import atomic_write
+from bnnkit.nn import bf16
 from bnnkit.training.run import load_run
 
 INPUT, OUTPUT = "images", "logits"
@@ -68,7 +69,7 @@ def to_onnx(model: torch.nn.Module, in_shape, meta: dict[str, str] | None = None
     model.eval()
     example = torch.zeros(2, *in_shape)  # batch 2: a batch of 1 would be specialised away
     try:
-        with _quiet_exporter():
+        with _quiet_exporter(), bf16.float32_only():
             program = torch.onnx.export(
                 model,
                 (example,),

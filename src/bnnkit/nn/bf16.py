@@ -16,13 +16,27 @@ would call it, so the gradients (and a training run) are the same bits as with
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
 # Off: every binary convolution and linear layer runs in float32 (benchmarks/train_speed.py compares both).
 enabled = True
+
+
+@contextlib.contextmanager
+def float32_only() -> Iterator[None]:
+    """Every binary layer in float32 inside the block: a traced or exported graph (ONNX) must hold the
+    float32 ops its consumers run, not this CPU-specific shortcut."""
+    global enabled
+    before, enabled = enabled, False
+    try:
+        yield
+    finally:
+        enabled = before
 
 
 @functools.cache
@@ -55,6 +69,7 @@ def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype == w.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()  # a compiled graph runs elsewhere: float32, as written
         and cpu_has_fast_bf16()
     )
 
