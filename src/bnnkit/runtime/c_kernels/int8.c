@@ -194,19 +194,5 @@ static void quantize_input(const uint8_t *x, int n, int8_t *out)
         out[i] = (int8_t)(x[i] >> 1);
 }
 
-/* bnnkit:kernel maxpool_i8 */
-static void maxpool_i8(const int8_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, int8_t *out)
-{
-    int Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, c, y, xo, i, j;
-    for (c = 0; c < C; c++, x += H * W)
-        for (y = 0; y < Ho; y++)
-            for (xo = 0; xo < Wo; xo++) {
-                int8_t m = x[y * SH * W + xo * SW];
-                for (i = 0; i < KH; i++)
-                    for (j = 0; j < KW; j++) {
-                        int8_t v = x[(y * SH + i) * W + xo * SW + j];
-                        m = v > m ? v : m;
-                    }
-                *out++ = m;
-            }
-}
+/* bnnkit:kernel maxpool_i8 needs maxpool */
+MAXPOOL_KERNEL(maxpool_i8, int8_t, GREATER_INT)

@@ -460,40 +460,33 @@ static void maxpool_bits(const uint32_t *x, int C, int H, int W, int KH, int KW,
             }
 }
 
-/* bnnkit:kernel maxpool_i32 */
-static void maxpool_i32(const int32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, int32_t *out)
-{
-    int Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, c, y, xo, i, j;
-    for (c = 0; c < C; c++, x += H * W)
-        for (y = 0; y < Ho; y++)
-            for (xo = 0; xo < Wo; xo++) {
-                int32_t m = x[y * SH * W + xo * SW];
-                for (i = 0; i < KH; i++)
-                    for (j = 0; j < KW; j++) {
-                        int32_t v = x[(y * SH + i) * W + xo * SW + j];
-                        m = v > m ? v : m;
-                    }
-                *out++ = m;
-            }
-}
+/* bnnkit:kernel maxpool */
+/* A window max, no padding (floor): the window's first value that no later one is GREATER than
+   (for floats the bit pattern of the first maximal value: of +0.0 and -0.0, the first). */
+#define MAXPOOL_KERNEL(name, T, GREATER)                                                                               \
+    static void name(const T *x, int C, int H, int W, int KH, int KW, int SH, int SW, T *out)                          \
+    {                                                                                                                  \
+        int Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, c, y, xo, i, j;                                            \
+        for (c = 0; c < C; c++, x += H * W)                                                                            \
+            for (y = 0; y < Ho; y++)                                                                                   \
+                for (xo = 0; xo < Wo; xo++) {                                                                          \
+                    T m = x[y * SH * W + xo * SW];                                                                     \
+                    for (i = 0; i < KH; i++)                                                                           \
+                        for (j = 0; j < KW; j++) {                                                                     \
+                            T v = x[(y * SH + i) * W + xo * SW + j];                                                   \
+                            m = GREATER(v, m) ? v : m;                                                                 \
+                        }                                                                                              \
+                    *out++ = m;                                                                                        \
+                }                                                                                                      \
+    }
+#define GREATER_INT(a, b) ((a) > (b))
 
-/* bnnkit:kernel maxpool_f32 needs f32_of */
-/* The window's first maximal value, bit pattern and all (of +0.0 and -0.0, the first). */
-static void maxpool_f32(const uint32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, uint32_t *out)
-{
-    int Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, c, y, xo, i, j;
-    for (c = 0; c < C; c++, x += H * W)
-        for (y = 0; y < Ho; y++)
-            for (xo = 0; xo < Wo; xo++) {
-                uint32_t m = x[y * SH * W + xo * SW];
-                for (i = 0; i < KH; i++)
-                    for (j = 0; j < KW; j++) {
-                        uint32_t v = x[(y * SH + i) * W + xo * SW + j];
-                        m = f32_of(v) > f32_of(m) ? v : m;
-                    }
-                *out++ = m;
-            }
-}
+/* bnnkit:kernel maxpool_i32 needs maxpool */
+MAXPOOL_KERNEL(maxpool_i32, int32_t, GREATER_INT)
+
+/* bnnkit:kernel maxpool_f32 needs maxpool f32_of */
+#define GREATER_F32(a, b) (f32_of(a) > f32_of(b))
+MAXPOOL_KERNEL(maxpool_f32, uint32_t, GREATER_F32)
 
 /* bnnkit:kernel avgpool */
 /* The window SUM: the consumer folds the 1/(KH*KW). */
