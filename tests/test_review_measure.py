@@ -141,3 +141,30 @@ def test_review_measures_each_run_once_as_the_runtime_does_and_stores_refusals(t
     flagged = {r["label"] for r in report["rows"] if r["measure_flag"]}
     assert {line.split(": ")[1] for line in report["measure_disagreements"]} == flagged
     assert "measured on cortex-m4" in (tmp_path / "report.md").read_text()
+
+
+def test_an_unknown_target_names_where_it_came_from(tmp_path):
+    grid = expand({**TINY, "measure": "cortex-m9"}, source="g.toml")
+    with pytest.raises(BnnkitError, match=r"^g.toml: measure: unknown device runtime 'cortex-m9'; use one of"):
+        run_review(grid, tmp_path, progress=False)
+    with pytest.raises(BnnkitError, match=r"^--measure: unknown device runtime 'numpy'"):
+        run_review(grid, tmp_path, progress=False, measure="numpy")
+    assert not (tmp_path / FILENAME).exists()
+
+
+def test_without_the_toolchain_the_review_trains_and_says_why_nothing_was_measured(tmp_path, monkeypatch, capsys):
+    def missing():
+        raise BnnkitError("no QEMU 'qemu-system-arm' found; apt install qemu-system-arm")
+
+    monkeypatch.setitem(RUNTIMES, TARGET, replace(RUNTIMES[TARGET], require=missing))
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        '[review]\nmodel = "binarynet_mlp"\ndataset = "digits"\nepochs = 1\nseeds = [0]\nbase = "embedded"\n'
+    )
+    assert main(["review", str(grid), "--out", str(tmp_path / "out"), "--measure", TARGET]) == 0
+    out = capsys.readouterr().out
+    assert "1 runs, 1 done" in out
+    assert f"\nnote: not measured on {TARGET}: no QEMU 'qemu-system-arm' found; apt install qemu-system-arm" in out
+    with Store(tmp_path / "out") as store:
+        (row,) = store.rows()
+    assert row["measure_target"] is None and row["measure_error"] is None

@@ -207,7 +207,10 @@ def run_review(
         raise BnnkitError(f"{grid.source}: no [review.confirm] table: nothing to confirm")
     check_threads(threads)
     target = measure or grid.raw.get("measure")
-    unavailable = check_target(target) if target else None
+    try:
+        unavailable = check_target(target) if target else None
+    except BnnkitError as exc:
+        raise BnnkitError(f"{'--measure' if measure else f'{grid.source}: measure'}: {exc}") from None
     out = make_dir(out, "review directory")
 
     def run(store: Store, runs: Grid) -> dict[str, Any]:
