@@ -20,8 +20,7 @@ from bnnkit.runtime.registry import RUNTIMES
 
 TARGET = "cortex-m4"
 TINY = {
-    "model": "binarynet_mlp",
-    "model_options": {"width": 16},
+    "model": "ebnn_cnn",
     "dataset": "digits",
     "epochs": 1,
     "base": "embedded",  # the default recipe's real-valued first layer has no integer graph
@@ -143,13 +142,16 @@ def test_review_measures_each_run_once_as_the_runtime_does_and_stores_refusals(t
     assert "measured on cortex-m4" in (tmp_path / "report.md").read_text()
 
 
-def test_an_unknown_target_names_where_it_came_from(tmp_path):
+def test_an_unknown_target_names_where_it_came_from(tmp_path, capsys):
     grid = expand({**TINY, "measure": "cortex-m9"}, source="g.toml")
     with pytest.raises(BnnkitError, match=r"^g.toml: measure: unknown device runtime 'cortex-m9'; use one of"):
         run_review(grid, tmp_path, progress=False)
     with pytest.raises(BnnkitError, match=r"^--measure: unknown device runtime 'numpy'"):
         run_review(grid, tmp_path, progress=False, measure="numpy")
     assert not (tmp_path / FILENAME).exists()
+    # the command line offers the device runtimes only
+    assert main(["review", "g.toml", "--out", str(tmp_path), "--measure", "numpy"]) == 2
+    assert "invalid choice: 'numpy'" in capsys.readouterr().err
 
 
 def test_without_the_toolchain_the_review_trains_and_says_why_nothing_was_measured(tmp_path, monkeypatch, capsys):

@@ -730,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--measure",
-        metavar="TARGET",
+        choices=device_runtimes(),
         help="after training, build each finished run's graph for this device (e.g. cortex-m4), run 5 test images in"
         " QEMU and store flash, RAM, instructions and energy (default: the grid's measure key; rerun to resume)",
     )
