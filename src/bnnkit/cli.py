@@ -383,6 +383,7 @@ def cmd_review(args: argparse.Namespace) -> None:
         progress=not args.json,
         threads=args.threads,
         stage=args.stage,
+        measure=args.measure,
     )
     _emit(args, result, _review_text(args, result))
 
@@ -407,6 +408,12 @@ def _review_counts(args: argparse.Namespace, result: dict[str, Any], stage: str)
     if result["failed"]:
         text += "\nfailed: " + ", ".join(f"{r['label']} (seed {r['seed']})" for r in result["failed_runs"])
         text += f"; errors in bnnkit report {args.out}; rerun them with --retry-failed"
+    m = result.get("measure")
+    if m and "skipped" in m:
+        text += f"\nnote: not measured on {m['target']}: {m['skipped']}"
+    elif m:
+        text += f"\n{m['target']}: {m['measured']} runs measured, {m['refused']} refused (their recipe does not export)"
+        text += f", {m['failed']} failed (rerun to retry)" if m["failed"] else ""
     return text
 
 
@@ -720,6 +727,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="screen",
         help="screen: the grid; confirm: its [review.confirm] runs, chosen on the finished screen's validation"
         " accuracy; all: both (default screen)",
+    )
+    p.add_argument(
+        "--measure",
+        choices=device_runtimes(),
+        help="after training, build each finished run's graph for this device (e.g. cortex-m4), run 5 test images in"
+        " QEMU and store flash, RAM, instructions and energy (default: the grid's measure key; rerun to resume)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object with the counts")
     p.set_defaults(fn=cmd_review)

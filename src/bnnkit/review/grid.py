@@ -66,6 +66,7 @@ KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "recipe": (dict, "a table of recipe fields"),
     "validation": (int, "an integer >= 1 (training images held out)"),
     "confirm": (dict, "a table: epochs, seeds, top_k, always, limit_train, limit_test"),
+    "measure": (str, 'a device runtime, e.g. "cortex-m4" (bnnkit review --measure)'),
 }
 CONFIRM_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "epochs": (int, "an integer >= 1"),

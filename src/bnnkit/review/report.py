@@ -24,7 +24,7 @@ from typing import Any
 from bnnkit.files import atomic_write, make_dir
 from bnnkit.recipe import TOPOLOGY, TRAINING
 from bnnkit.review.stats import holm, mean_ci, paired, spearman
-from bnnkit.review.store import BASELINE_LABEL, COMBINATION, Store
+from bnnkit.review.store import BASELINE_LABEL, COMBINATION, MEASURED, Store
 from bnnkit.training.plots import label_points, max_column, pyplot, save_figure
 
 CATEGORY_ORDER = (BASELINE_LABEL, TRAINING, TOPOLOGY, COMBINATION)
@@ -79,6 +79,7 @@ def summarize(runs: list[dict[str, Any]], costs: list[str]) -> list[dict[str, An
         }
         for cost in costs:
             row[cost] = _mean([r[f"cost_{cost}"] for r in done if r.get(f"cost_{cost}") is not None])
+        row |= _measured(done)
         rows.append(row)
     _compare_with_baselines(rows, groups, costs)
     studies = list(dict.fromkeys(r["study"] for r in runs))
@@ -94,6 +95,53 @@ def summarize(runs: list[dict[str, Any]], costs: list[str]) -> list[dict[str, An
         )
 
     return sorted(rows, key=order)
+
+
+# analytic cost (bnnkit.cost.model_costs) -> the device figure it estimates (store.MEASURED)
+COMPARED = {"flash": ("model_bytes", "flash_bytes"), "ram": ("peak_activation_bytes", "ram_bytes")}
+TOLERANCE = 0.10  # a measured figure further than this from the analytic one is flagged
+
+
+def _measured(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The device columns of an entry: each measured figure's mean over its measured seeds,
+    the analytic estimate beside flash and RAM, their relative difference and the flag."""
+    row: dict[str, Any] = {"measure_target": next((r["measure_target"] for r in done if r.get("measure_target")), None)}
+    refusals = [r["measure_error"] for r in done if r.get("measure_error")]
+    row["measure_error"] = refusals[0] if refusals else None
+    for name in MEASURED:
+        row[f"device_{name}"] = _mean([r[f"device_{name}"] for r in done if r.get(f"device_{name}") is not None])
+    flags = []
+    for what, (analytic, device) in COMPARED.items():
+        estimate = _mean([r[f"cost_{analytic}"] for r in done if r.get(f"cost_{analytic}") is not None])
+        error = relative_error(estimate, row[f"device_{device}"])
+        row[f"{what}_analytic"], row[f"{what}_error"] = estimate, error
+        if error is not None and abs(error) > TOLERANCE:
+            flags.append(what)
+    row["measure_flag"] = ",".join(flags) or None
+    return row
+
+
+def relative_error(analytic: float | None, measured: float | None) -> float | None:
+    """(analytic − measured) / measured: how far the estimate is off the device, or None
+    without both (or with nothing measured)."""
+    if analytic is None or measured is None or measured == 0:
+        return None
+    return (analytic - measured) / measured
+
+
+def disagreements(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per entry whose analytic flash or RAM is more than TOLERANCE off the device."""
+    lines = []
+    for r in rows:
+        for what in (r["measure_flag"] or "").split(","):
+            if what:
+                analytic, device = COMPARED[what]
+                lines.append(
+                    f"{r['study']}: {r['label']}: analytic {what} ({analytic}) {_num(r[f'{what}_analytic'])} B is "
+                    f"{100 * r[f'{what}_error']:+.1f}% off the measured {_num(r[f'device_{device}'])} B on "
+                    f"{r['measure_target']} (tolerance ±{100 * TOLERANCE:.0f}%)"
+                )
+    return lines
 
 
 def _by_seed(members: list[dict], metric: str) -> dict[int, float]:
@@ -224,6 +272,7 @@ def _markdown(rows: list[dict], runs: list[dict], costs: list[str], agreement: l
                 *(f"{_num(r[c])} ({_num(r[f'delta_{c}'], signed=True)})" for c in costs),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += _device_tables(rows)
     for a in agreement:
         rho = (
             "undefined (fewer than 3 entries, or a constant ranking)"
@@ -242,6 +291,46 @@ def _markdown(rows: list[dict], runs: list[dict], costs: list[str], agreement: l
             reason = (r["error"] or "").partition("\n")[0]  # the traceback stays in the store
             lines.append(f"- {r['label']}, seed {r['seed']}: {reason}")
     return "\n".join(lines) + "\n"
+
+
+def _device_tables(rows: list[dict]) -> list[str]:
+    """Per study with a measured or refused entry: analytic against measured flash and RAM."""
+    lines: list[str] = []
+    header = ["label", "flash analytic", "flash measured", "Δ flash", "RAM analytic", "RAM measured", "Δ RAM"]
+    header += ["stack", "instructions", "energy µJ", "> ±10%"]
+    for study in dict.fromkeys(r["study"] for r in rows):
+        entries = [r for r in rows if r["study"] == study and (r["measure_target"] or r["measure_error"])]
+        if not entries:
+            continue
+        target = next((r["measure_target"] for r in entries if r["measure_target"]), "the device")
+        lines += [
+            "",
+            f"### {study}: measured on {target}",
+            "",
+            f"Analytic: model_bytes and peak_activation_bytes of bnnkit.cost.model_costs; measured: the image's flash "
+            f"(code included) and RAM (data + bss + stack used) in QEMU, mean over seeds. Δ: (analytic − measured) / "
+            f"measured; flagged (⚠) beyond ±{100 * TOLERANCE:.0f}%.",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for r in entries:
+            if r["device_flash_bytes"] is None:
+                lines.append(f"| {r['label']} | not measured: {r['measure_error'] or 'pending'} |")
+                continue
+            cells = [r["label"]]
+            for what, (_, device) in COMPARED.items():
+                error = r[f"{what}_error"]
+                cells += [_num(r[f"{what}_analytic"]), _num(r[f"device_{device}"])]
+                cells.append("–" if error is None else f"{100 * error:+.1f}%")
+            energy = r["device_energy_uj"]
+            cells += [_num(r["device_stack_bytes"]), _num(r["device_instructions"])]
+            cells += [
+                "–" if energy is None else f"{energy:,.1f}",
+                "⚠ " + r["measure_flag"] if r["measure_flag"] else "",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _csv(rows: list[dict]) -> str:
@@ -418,4 +507,9 @@ def write_report(directory: str | Path) -> dict[str, Any]:
     atomic_write(directory / "report.csv", _csv(rows))
     plots = [*_plots(rows, costs, directory / "plots"), *_curves(runs, directory / "plots")]
     files = [directory / "report.md", directory / "report.csv", *plots]
-    return {"rows": rows, "rank_agreement": agreement, "files": [str(f) for f in files]}
+    return {
+        "rows": rows,
+        "rank_agreement": agreement,
+        "measure_disagreements": disagreements(rows),
+        "files": [str(f) for f in files],
+    }

@@ -26,6 +26,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.files import exclusive, make_dir
 from bnnkit.progress import Progress
 from bnnkit.review.grid import STAGES, Grid, RunSpec
+from bnnkit.review.measure import check_target, measure_missing
 from bnnkit.review.store import Store
 from bnnkit.training import TrainOptions, read_metrics, train
 from bnnkit.training.loop import VALIDATION_SEED
@@ -184,13 +185,18 @@ def run_review(
     progress: bool = True,
     threads: int | None = None,
     stage: str = "screen",
+    measure: str | None = None,
 ) -> dict[str, Any]:
     """Run every run of ``grid`` that is not done yet (and the failed ones with
     ``retry_failed``) into ``out``; returns counts over the grid's runs. ``threads``: per
     run (default: local, the free cores split between the workers; Ray, 1 per task).
 
     ``stage``: "screen" runs the grid; "confirm" runs the confirmation chosen from the
-    finished screen (``Grid.confirmation``); "all" runs both, one after the other."""
+    finished screen (``Grid.confirmation``); "all" runs both, one after the other.
+
+    ``measure`` (or the grid's ``measure`` key): a device runtime (e.g. "cortex-m4") on which
+    each finished run's graph is then measured (``bnnkit.review.measure``), in this process;
+    without its toolchain the measuring is skipped and the result says why."""
     if executor not in EXECUTORS:
         raise BnnkitError(f"unknown executor {executor!r}; use {' or '.join(EXECUTORS)}")
     if stage not in (*STAGES, "all"):
@@ -200,10 +206,21 @@ def run_review(
     if stage != "screen" and "confirm" not in grid.raw:
         raise BnnkitError(f"{grid.source}: no [review.confirm] table: nothing to confirm")
     check_threads(threads)
+    target = measure or grid.raw.get("measure")
+    try:
+        unavailable = check_target(target) if target else None
+    except BnnkitError as exc:
+        raise BnnkitError(f"{'--measure' if measure else f'{grid.source}: measure'}: {exc}") from None
     out = make_dir(out, "review directory")
 
     def run(store: Store, runs: Grid) -> dict[str, Any]:
-        return _run_grid(store, runs, out, executor, workers, address, gpus_per_run, retry_failed, progress, threads)
+        counts = _run_grid(store, runs, out, executor, workers, address, gpus_per_run, retry_failed, progress, threads)
+        if target and unavailable:
+            counts["measure"] = {"target": target, "skipped": unavailable}
+        elif target:
+            done = [(s.key, run_dir(out, s)) for s in runs.runs]
+            counts["measure"] = {"target": target, **measure_missing(store, done, target, progress)}
+        return counts
 
     # Held for the whole review: a second one on DIR would take the first one's 'running'
     # rows for leftovers of a dead process.

@@ -12,7 +12,11 @@
          train_seconds,              training time summed over epochs (resumes included)
          costs_json,                 every cost of bnnkit.cost.model_costs
          cost_<name>...,             the numeric ones again as columns, added as they appear
-         error, started_at, finished_at, host)
+         error, started_at, finished_at, host,
+         measure_target,             the device a finished run was measured on (bnnkit review --measure)
+         measure_json,               that device's whole report (Prediction.measured()), or null
+         measure_error,              one line: why the run has no measurement (its recipe does not export)
+         device_<name>...)           the report's numbers again as columns (MEASURED)
     meta(key PRIMARY KEY, value)     facts every run of the store shares: "validation" (the split's
                                      rule, size and the SHA-256 of its image indices)
 
@@ -74,7 +78,21 @@ LATER_COLUMNS = {
     "val_best": "REAL",
     "val_best_epoch": "INTEGER",
     "val_curve_json": "TEXT",
+    "measure_target": "TEXT",
+    "measure_json": "TEXT",
+    "measure_error": "TEXT",
 }
+# device_<name>: the report's figure kept as a column (bnnkit.runtime.cortex_m.device_report)
+MEASURED = {
+    "flash_bytes": "flash_bytes",
+    "ram_bytes": "ram_bytes",
+    "stack_bytes": "stack_bytes_used",
+    "data_bytes": "data",
+    "bss_bytes": "bss",
+    "instructions": "instructions_per_inference",
+    "energy_uj": "energy_uj_estimate",
+}
+LATER_COLUMNS |= {f"device_{name}": "REAL" for name in MEASURED}
 META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
@@ -198,6 +216,27 @@ class Store:
                     key,
                 ),
             )
+
+    def unmeasured(self, keys: Iterable[str], target: str) -> list[str]:
+        """Of ``keys``, the finished runs with neither a measurement on ``target`` nor a refusal."""
+        wanted = set(keys)
+        rows = self.db.execute(
+            "SELECT key FROM runs WHERE status = 'done' AND (measure_target IS NULL OR measure_target != ?)"
+            " ORDER BY rowid",
+            (target,),
+        )
+        return [row["key"] for row in rows if row["key"] in wanted]
+
+    def record_measurement(
+        self, key: str, target: str | None, report: dict[str, Any] | None, error: str | None
+    ) -> None:
+        """A run's device report, or the one-line reason it has none."""
+        values = [None if report is None else report.get(source) for source in MEASURED.values()]
+        assignments = "".join(f", device_{name} = ?" for name in MEASURED)
+        self._write(
+            f"UPDATE runs SET measure_target = ?, measure_json = ?, measure_error = ?{assignments} WHERE key = ?",
+            (target, None if report is None else json.dumps(report, sort_keys=True), error, *values, key),
+        )
 
     def meta(self, key: str) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
