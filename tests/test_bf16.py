@@ -65,20 +65,29 @@ def test_a_linear_layer_is_exact_up_to_the_same_bound(features):
     assert all(agree) == bf16.exact_in_bf16(features, 1)
 
 
+def run(monkeypatch, layer, x0, enabled):
+    """The layer's forward and backward on ``x0`` with the bf16 path on or off: output, input and weight
+    gradients, and the output's strides (its memory layout)."""
+    monkeypatch.setattr(bf16, "enabled", enabled)
+    layer.zero_grad(set_to_none=True)
+    x = x0.clone().requires_grad_()
+    out = layer(x)
+    (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+    return out.detach(), x.grad, layer.weight.grad, out.stride()
+
+
+def assert_same_bits(fast, plain):
+    for a, b in zip(fast, plain, strict=True):
+        assert a == b if isinstance(a, tuple) else torch.equal(a, b)
+
+
 def test_linear_forward_and_gradients_are_the_bits_of_float32(bf16_calls, monkeypatch):
     torch.manual_seed(0)
     layer = BinaryLinear(512, 64)
     x0 = torch.randn(16, 512)
-    results = []
-    for enabled in (True, False):
-        monkeypatch.setattr(bf16, "enabled", enabled)
-        layer.zero_grad(set_to_none=True)
-        x = x0.clone().requires_grad_()
-        out = layer(x)
-        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
-        results.append((out.detach(), x.grad, layer.weight.grad))
+    results = [run(monkeypatch, layer, x0, enabled) for enabled in (True, False)]
     assert len(bf16_calls) == 1
-    assert all(torch.equal(fast, plain) for fast, plain in zip(*results, strict=True))
+    assert_same_bits(*results)
 
 
 @pytest.mark.parametrize(
@@ -95,17 +104,9 @@ def test_forward_and_gradients_are_the_bits_of_float32(
     x0 = torch.randn(4, 32, 9, 9)
     x0.view(-1)[::11] = 0.0  # exact zeros binarize to +1 in both paths
     x0 = x0.contiguous(memory_format=layout)
-    results = []
-    for enabled in (True, False):
-        monkeypatch.setattr(bf16, "enabled", enabled)
-        conv.zero_grad(set_to_none=True)
-        x = x0.clone().requires_grad_()
-        out = conv(x)
-        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
-        results.append((out.detach(), x.grad, conv.weight.grad, out.stride()))
+    results = [run(monkeypatch, conv, x0, enabled) for enabled in (True, False)]
     assert len(bf16_calls) == 1
-    for fast, plain in zip(*results, strict=True):
-        assert fast == plain if isinstance(fast, tuple) else torch.equal(fast, plain)
+    assert_same_bits(*results)
 
 
 def test_only_products_of_two_sign_operands_take_the_bf16_path(bf16_calls):
