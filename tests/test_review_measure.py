@@ -2,6 +2,8 @@
 
 import json
 import sqlite3
+import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -14,7 +16,7 @@ from bnnkit.review import measure as measure_module
 from bnnkit.review.measure import IMAGES, check_target
 from bnnkit.review.report import TOLERANCE, disagreements
 from bnnkit.review.runner import run_dir
-from bnnkit.review.store import FILENAME, MEASURED, SCHEMA
+from bnnkit.review.store import FILENAME, LATER_COLUMNS, MEASURED, SCHEMA
 from bnnkit.runtime import evaluate
 from bnnkit.runtime.registry import RUNTIMES
 
@@ -85,6 +87,34 @@ def test_an_old_store_gains_the_measure_columns(tmp_path):
     with Store(tmp_path) as store:
         columns = {row["name"] for row in store.db.execute("PRAGMA table_info(runs)")}
     assert {"measure_target", "measure_json", "measure_error", *(f"device_{n}" for n in MEASURED)} <= columns
+
+
+def test_two_processes_opening_an_old_store_at_once_add_each_column_once(tmp_path):
+    """A review and its report (or a watcher) open one store together: an opener that comes while
+    another is adding the later columns waits for it and then finds them, rather than adding them
+    again (sqlite: "duplicate column name", seen in CI when the two interleaved)."""
+    db = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")  # as every store is from its first opening
+    db.execute(SCHEMA)
+    db.execute("BEGIN IMMEDIATE")  # the first opener, half-way through its migration
+    opened: list[object] = []
+    other = threading.Thread(target=lambda: opened.append(_open_or_error(tmp_path)))
+    other.start()
+    time.sleep(0.5)  # the second opener has read the old schema (or waits for the lock)
+    for name, kind in LATER_COLUMNS.items():
+        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+    db.execute("COMMIT")
+    db.close()
+    other.join(timeout=60)
+    assert opened == ["opened"]
+
+
+def _open_or_error(directory):
+    try:
+        with Store(directory):
+            return "opened"
+    except BnnkitError as exc:
+        return str(exc)
 
 
 def test_without_the_toolchain_measuring_is_skipped_with_the_reason(monkeypatch):

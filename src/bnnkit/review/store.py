@@ -115,14 +115,25 @@ class Store:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise BnnkitError(f"{self.path}: cannot open the review store ({exc})") from None
+
+    def _migrate(self) -> None:
+        """The tables, and the columns later versions added, in one write transaction: two processes
+        opening one store at once (a review and its report) would otherwise both add a missing column."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
             self.db.execute(SCHEMA)
             self.db.execute(META_SCHEMA)
             present = {row["name"] for row in self.db.execute("PRAGMA table_info(runs)")}
             for name, kind in LATER_COLUMNS.items():
                 if name not in present:
                     self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-        except sqlite3.Error as exc:
-            raise BnnkitError(f"{self.path}: cannot open the review store ({exc})") from None
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
