@@ -1,0 +1,221 @@
+"""What a graph's Cortex-M4 image should take: flash and RAM estimated before it is built.
+
+``bnnkit review --measure`` compares these with the measured image (``bnnkit.review.report``);
+``graph_cost.profile`` and ``model_costs`` keep their parameters-only and activations-only
+meaning. The model, each term as the C generator (``bnnkit.runtime.c``) lays the image out:
+
+* flash = ``HARNESS_FLASH`` (start-up, semihosting harness, vector table) + ``CALL_BYTES`` per
+  step of ``{prefix}_infer`` (gcc -O2 inlines the kernels into each call, so the code follows the
+  steps; ``KERNEL_CODE`` alone did not fit) + the generated constants: every ``static const`` array at its C size (packed weight words,
+  thresholds, flip bits, per-channel tables) and ``DESCRIPTOR_BYTES`` per layer descriptor;
+* RAM = ``HARNESS_RAM`` + the harness's input and score buffers + the generated static buffers
+  (the planned arena, the patch and int8 scratch) + the stack: ``STACK_BASE`` (main, infer,
+  exception frame) + the deepest frame of a used kernel (``KERNEL_STACK``).
+
+``KERNEL_STACK`` (and ``KERNEL_CODE``, kept for reference) are derived, not guessed: ``kernel_table()`` compiles each
+kernel section alone with arm-none-eabi-gcc (``-fkeep-static-functions -fstack-usage``) and
+takes what it adds to the sections it needs; a slow test recomputes it so the table cannot go
+stale. The four constants were fitted once on ebnn_cnn, small_cnn and random graphs (docs/
+review-protocol.md section 5 has the table).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnnkit.graph import Graph
+from bnnkit.runtime.c import generate_c
+from bnnkit.runtime.c_library import closure, kernel_sources
+
+TARGET = "cortex-m4"
+HARNESS_FLASH = 1665  # start-up, harness, vector table: the intercept of the fit below
+HARNESS_RAM = 8  # semihosting arguments
+# least squares over the fitted builds: the kernels are inlined into each call, so code follows the
+# steps and descriptors, not the kernel table (its fitted coefficient came out negative)
+CALL_BYTES = 221
+DESCRIPTOR_BYTES = 128
+STACK_BASE = 0
+KERNEL_CODE = {
+    "structs": 0,
+    "bit_at": 20,
+    "popcount": 0,
+    "f32_bits": 12,
+    "f32_of": 8,
+    "patch": 0,
+    "popcount_words": 0,
+    "bits_out": 64,
+    "binary_patch": 600,
+    "binary_dot": 0,
+    "byte_sums": 4,
+    "input_patch": 98,
+    "input_dot": 0,
+    "threshold": 192,
+    "maxpool_bits": 316,
+    "maxpool": 0,
+    "maxpool_i32": 268,
+    "maxpool_f32": 260,
+    "avgpool": 240,
+    "add_i32": 44,
+    "add_f32": 56,
+    "argmax_i32": 60,
+    "argmax_f32": 64,
+    "affine": 0,
+    "affine_u8": 108,
+    "affine_i32": 108,
+    "affine_f32": 104,
+    "conv": 0,
+    "conv_sign": 136,
+    "input_conv": 760,
+    "input_conv_sign": 1184,
+    "binary_conv": 620,
+    "binary_conv_sign": 1156,
+    "sign_f32": 144,
+    "prelu": 0,
+    "prelu_i32": 80,
+    "prelu_f32": 80,
+    "meanpool": 244,
+    "fconv": 0,
+    "fconv_u8": 488,
+    "fconv_f32": 492,
+    "int8_mac": 0,
+    "int8_requant": 0,
+    "int8_conv": 1076,
+    "int8_dense": 128,
+    "requantize": 224,
+    "quantize_input": 28,
+    "maxpool_i8": 252,
+}
+KERNEL_STACK = {
+    "structs": 0,
+    "bit_at": 0,
+    "popcount": 0,
+    "f32_bits": 8,
+    "f32_of": 0,
+    "patch": 0,
+    "popcount_words": 0,
+    "bits_out": 12,
+    "binary_patch": 88,
+    "binary_dot": 0,
+    "byte_sums": 0,
+    "input_patch": 24,
+    "input_dot": 0,
+    "threshold": 56,
+    "maxpool_bits": 104,
+    "maxpool": 0,
+    "maxpool_i32": 96,
+    "maxpool_f32": 88,
+    "avgpool": 88,
+    "add_i32": 4,
+    "add_f32": 4,
+    "argmax_i32": 12,
+    "argmax_f32": 8,
+    "affine": 0,
+    "affine_u8": 40,
+    "affine_i32": 32,
+    "affine_f32": 32,
+    "conv": 0,
+    "conv_sign": 12,
+    "input_conv": 104,
+    "input_conv_sign": 160,
+    "binary_conv": 176,
+    "binary_conv_sign": 240,
+    "sign_f32": 48,
+    "prelu": 0,
+    "prelu_i32": 20,
+    "prelu_f32": 20,
+    "meanpool": 80,
+    "fconv": 0,
+    "fconv_u8": 168,
+    "fconv_f32": 168,
+    "int8_mac": 0,
+    "int8_requant": 0,
+    "int8_conv": 88,
+    "int8_dense": 48,
+    "requantize": 56,
+    "quantize_input": 0,
+    "maxpool_i8": 88,
+}
+_CTYPE_BYTES = {"uint8_t": 1, "int8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "uint32_t": 4, "float": 4}
+_ARRAY = re.compile(r"^static (const )?(\w+) \w+\[(\d+)\]", re.M)
+_DESCRIPTOR = re.compile(r"^static const struct \w+ \w+ = ", re.M)
+
+
+def _align4(n: int) -> int:
+    return (n + 3) // 4 * 4
+
+
+def _arrays(source: str, const: bool) -> int:
+    return sum(
+        _align4(_CTYPE_BYTES[ctype] * int(n))
+        for is_const, ctype, n in _ARRAY.findall(source)
+        if bool(is_const) == const and ctype in _CTYPE_BYTES
+    )
+
+
+def used_kernels(source: str) -> list[str]:
+    """The kernel sections copied into a generated ``.c`` (with what they need), in file order."""
+    from bnnkit.runtime.c_library import kernels
+
+    return [name for name, kernel in kernels().items() if kernel.text and kernel.text in source]
+
+
+def device_estimate(graph: Graph) -> dict[str, Any]:
+    """The estimated Cortex-M4 flash and RAM of ``graph``'s image, with the parts that add up to them."""
+    source = generate_c(graph, "bnn")["bnn.c"]
+    names = used_kernels(source)
+    steps = source.split("int bnn_infer(", 1)[1].count(";")
+    code = HARNESS_FLASH + CALL_BYTES * steps
+    constants = _arrays(source, True) + DESCRIPTOR_BYTES * len(_DESCRIPTOR.findall(source))
+    buffers = _arrays(source, False)
+    harness = HARNESS_RAM + _align4(int(np.prod(graph.input_shape))) + 4 * graph.num_classes
+    stack = STACK_BASE + max((KERNEL_STACK.get(n, 0) for n in names), default=0)
+    return {
+        "target": TARGET,
+        "flash_bytes": code + constants,
+        "ram_bytes": harness + buffers + stack,
+        "code_bytes": code,
+        "constant_bytes": constants,
+        "buffer_bytes": buffers + harness,
+        "stack_bytes": stack,
+    }
+
+
+def kernel_table(toolchain: str = "arm-none-eabi-") -> tuple[dict[str, int], dict[str, int]]:
+    """``(KERNEL_CODE, KERNEL_STACK)`` recomputed: each kernel section compiled for the M4 alone,
+    its code (text + rodata) and deepest new frame minus those of the sections it needs."""
+    from bnnkit.runtime.c_library import kernels
+    from bnnkit.runtime.cortex_m import MCU_CFLAGS, TARGETS
+
+    flags = [*TARGETS[TARGET].cflags, *(f for f in MCU_CFLAGS if f != "-Werror")]
+    flags += ["-fkeep-static-functions", "-fstack-usage", "-Wno-unused-function", "-Wno-unused-const-variable"]
+
+    def build(names: list[str]) -> tuple[int, dict[str, int]]:
+        if not names:
+            return 0, {}
+        with tempfile.TemporaryDirectory() as d:
+            c = Path(d) / "k.c"
+            c.write_text("#include <stddef.h>\n#include <stdint.h>\n" + "\n\n".join(kernel_sources(names)))
+            subprocess.run(
+                [f"{toolchain}gcc", *flags, "-c", "k.c", "-o", "k.o"], check=True, capture_output=True, cwd=d
+            )
+            out = subprocess.run([f"{toolchain}size", "k.o"], check=True, capture_output=True, text=True, cwd=d)
+            text, data = map(int, out.stdout.splitlines()[1].split()[:2])
+            frames = {}
+            for line in (Path(d) / "k.su").read_text().splitlines():
+                function, size, _ = line.split("\t")
+                frames[function.rsplit(":", 1)[-1]] = int(size)
+            return text + data, frames
+
+    code, stack = {}, {}
+    for name in kernels():
+        with_it, frames = build(closure([name]))
+        without, before = build([n for n in closure([name]) if n != name])
+        code[name] = with_it - without
+        stack[name] = max([v for f, v in frames.items() if f not in before] or [0])
+    return code, stack
