@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from helpers.graphgen import case_from_seed, ebnn_cnn
 
-from bnnkit.cost.device import device_estimate
+from bnnkit.cost.device import KERNEL_STACK, device_estimate, kernel_table
 from bnnkit.runtime.cortex_m import build_mcu
 
 
@@ -28,3 +28,9 @@ def test_parts_add_up():
     e = device_estimate(case_from_seed(2).graph)
     assert e["flash_bytes"] == e["code_bytes"] + e["constant_bytes"]
     assert e["ram_bytes"] == e["buffer_bytes"] + e["stack_bytes"]
+
+
+@pytest.mark.slow
+def test_the_kernel_stack_table_is_what_the_kernels_compile_to():
+    # every kernel section cross-compiled alone: a kernel edit that changes a frame fails here
+    assert kernel_table() == KERNEL_STACK

@@ -6,16 +6,16 @@ meaning. The model, each term as the C generator (``bnnkit.runtime.c``) lays the
 
 * flash = ``HARNESS_FLASH`` (start-up, semihosting harness, vector table) + ``CALL_BYTES`` per
   step of ``{prefix}_infer`` (gcc -O2 inlines the kernels into each call, so the code follows the
-  steps; ``KERNEL_CODE`` alone did not fit) + the generated constants: every ``static const`` array at its C size (packed weight words,
+  steps) + the generated constants: every ``static const`` array at its C size (packed weight words,
   thresholds, flip bits, per-channel tables) and ``DESCRIPTOR_BYTES`` per layer descriptor;
 * RAM = ``HARNESS_RAM`` + the harness's input and score buffers + the generated static buffers
   (the planned arena, the patch and int8 scratch) + the stack: ``STACK_BASE`` (main, infer,
   exception frame) + the deepest frame of a used kernel (``KERNEL_STACK``).
 
-``KERNEL_STACK`` (and ``KERNEL_CODE``, kept for reference) are derived, not guessed: ``kernel_table()`` compiles each
-kernel section alone with arm-none-eabi-gcc (``-fkeep-static-functions -fstack-usage``) and
-takes what it adds to the sections it needs; a slow test recomputes it so the table cannot go
-stale. The four constants were fitted once on ebnn_cnn, small_cnn and random graphs (docs/
+``KERNEL_STACK`` is derived, not guessed: ``kernel_table()`` compiles each kernel section alone
+with arm-none-eabi-gcc (``-fkeep-static-functions -fstack-usage``) and takes the deepest frame it
+adds to the sections it needs; a slow test recomputes it so the table cannot go stale. (A per-kernel
+code table did not fit the builds: gcc -O2 inlines the kernels into each call.) The four constants were fitted once on ebnn_cnn, small_cnn and random graphs (docs/
 review-protocol.md section 5 has the table).
 """
 
@@ -41,56 +41,6 @@ HARNESS_RAM = 8  # semihosting arguments
 CALL_BYTES = 221
 DESCRIPTOR_BYTES = 128
 STACK_BASE = 0
-KERNEL_CODE = {
-    "structs": 0,
-    "bit_at": 20,
-    "popcount": 0,
-    "f32_bits": 12,
-    "f32_of": 8,
-    "patch": 0,
-    "popcount_words": 0,
-    "bits_out": 64,
-    "binary_patch": 600,
-    "binary_dot": 0,
-    "byte_sums": 4,
-    "input_patch": 98,
-    "input_dot": 0,
-    "threshold": 192,
-    "maxpool_bits": 316,
-    "maxpool": 0,
-    "maxpool_i32": 268,
-    "maxpool_f32": 260,
-    "avgpool": 240,
-    "add_i32": 44,
-    "add_f32": 56,
-    "argmax_i32": 60,
-    "argmax_f32": 64,
-    "affine": 0,
-    "affine_u8": 108,
-    "affine_i32": 108,
-    "affine_f32": 104,
-    "conv": 0,
-    "conv_sign": 136,
-    "input_conv": 760,
-    "input_conv_sign": 1184,
-    "binary_conv": 620,
-    "binary_conv_sign": 1156,
-    "sign_f32": 144,
-    "prelu": 0,
-    "prelu_i32": 80,
-    "prelu_f32": 80,
-    "meanpool": 244,
-    "fconv": 0,
-    "fconv_u8": 488,
-    "fconv_f32": 492,
-    "int8_mac": 0,
-    "int8_requant": 0,
-    "int8_conv": 1076,
-    "int8_dense": 128,
-    "requantize": 224,
-    "quantize_input": 28,
-    "maxpool_i8": 252,
-}
 KERNEL_STACK = {
     "structs": 0,
     "bit_at": 0,
@@ -186,36 +136,33 @@ def device_estimate(graph: Graph) -> dict[str, Any]:
     }
 
 
-def kernel_table(toolchain: str = "arm-none-eabi-") -> tuple[dict[str, int], dict[str, int]]:
-    """``(KERNEL_CODE, KERNEL_STACK)`` recomputed: each kernel section compiled for the M4 alone,
-    its code (text + rodata) and deepest new frame minus those of the sections it needs."""
+def kernel_table(toolchain: str = "arm-none-eabi-") -> dict[str, int]:
+    """``KERNEL_STACK`` recomputed: each kernel section compiled for the M4 alone, the deepest
+    frame it adds to those of the sections it needs."""
     from bnnkit.runtime.c_library import kernels
-    from bnnkit.runtime.cortex_m import MCU_CFLAGS, TARGETS
+    from bnnkit.runtime.cortex_m import TARGETS
+    from bnnkit.runtime.toolchain import MCU_CFLAGS
 
     flags = [*TARGETS[TARGET].cflags, *(f for f in MCU_CFLAGS if f != "-Werror")]
     flags += ["-fkeep-static-functions", "-fstack-usage", "-Wno-unused-function", "-Wno-unused-const-variable"]
 
-    def build(names: list[str]) -> tuple[int, dict[str, int]]:
+    def frames(names: list[str]) -> dict[str, int]:
         if not names:
-            return 0, {}
+            return {}
         with tempfile.TemporaryDirectory() as d:
             c = Path(d) / "k.c"
             c.write_text("#include <stddef.h>\n#include <stdint.h>\n" + "\n\n".join(kernel_sources(names)))
             subprocess.run(
                 [f"{toolchain}gcc", *flags, "-c", "k.c", "-o", "k.o"], check=True, capture_output=True, cwd=d
             )
-            out = subprocess.run([f"{toolchain}size", "k.o"], check=True, capture_output=True, text=True, cwd=d)
-            text, data = map(int, out.stdout.splitlines()[1].split()[:2])
-            frames = {}
+            sizes = {}
             for line in (Path(d) / "k.su").read_text().splitlines():
                 function, size, _ = line.split("\t")
-                frames[function.rsplit(":", 1)[-1]] = int(size)
-            return text + data, frames
+                sizes[function.rsplit(":", 1)[-1]] = int(size)
+            return sizes
 
-    code, stack = {}, {}
+    stack = {}
     for name in kernels():
-        with_it, frames = build(closure([name]))
-        without, before = build([n for n in closure([name]) if n != name])
-        code[name] = with_it - without
-        stack[name] = max([v for f, v in frames.items() if f not in before] or [0])
-    return code, stack
+        before = frames([n for n in closure([name]) if n != name])
+        stack[name] = max([v for f, v in frames(closure([name])).items() if f not in before] or [0])
+    return stack
