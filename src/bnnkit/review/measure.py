@@ -3,7 +3,9 @@
 Done in the review's driver process after the training (never inside a worker), one run at a
 time: export the run's model, cross-compile its graph, run the first ``IMAGES`` test images
 in the emulator, and store the device's report (flash, RAM and its parts, instructions per
-inference, the datasheet energy estimate) beside the analytic ``model_costs``. A run whose
+inference, the datasheet energy estimate) with ``bnnkit.cost.device``'s estimate of the same
+graph's flash and RAM (``estimated_flash_bytes``, ``estimated_ram_bytes``), which the report
+compares with the measured figures. A run whose
 recipe has no integer graph stores the exporter's one-line refusal instead. Only runs without
 a measurement on that target are measured, so a rerun measures what is missing.
 """
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bnnkit.cost.device import device_estimate
 from bnnkit.errors import BnnkitError
 from bnnkit.export import export_run
 from bnnkit.progress import Progress
@@ -36,7 +39,7 @@ def check_target(target: str) -> str | None:
 
 
 def measure_run(directory: str | Path, target: str, images: int = IMAGES) -> dict[str, Any]:
-    """The device report of the graph of the run in ``directory``. Raises ``Refused`` when the
+    """The device report of the graph of the run in ``directory``, with the estimate of that graph. Raises ``Refused`` when the
     run's model does not export, ``BnnkitError`` when the build or the emulator fails."""
     try:
         graph, _, config = export_run(directory)
@@ -44,7 +47,9 @@ def measure_run(directory: str | Path, target: str, images: int = IMAGES) -> dic
         raise Refused(_first_line(exc)) from None
     _, x, _ = test_images(graph, None, images, config.data_dir)
     with get_runtime(target, device=True).prepare(graph) as device:
-        return device.predict(x).measured()
+        report = device.predict(x).measured()
+    estimate = device_estimate(graph)
+    return {**report, "estimated_flash_bytes": estimate["flash_bytes"], "estimated_ram_bytes": estimate["ram_bytes"]}
 
 
 def _first_line(exc: Exception) -> str:

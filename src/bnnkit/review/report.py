@@ -97,14 +97,15 @@ def summarize(runs: list[dict[str, Any]], costs: list[str]) -> list[dict[str, An
     return sorted(rows, key=order)
 
 
-# analytic cost (bnnkit.cost.model_costs) -> the device figure it estimates (store.MEASURED)
-COMPARED = {"flash": ("model_bytes", "flash_bytes"), "ram": ("peak_activation_bytes", "ram_bytes")}
-TOLERANCE = 0.10  # a measured figure further than this from the analytic one is flagged
+# bnnkit.cost.device's estimate -> the device figure it estimates (both store.MEASURED); model_costs'
+# model_bytes and peak_activation_bytes count parameters and activations only, so they stay cost columns
+COMPARED = {"flash": ("estimated_flash_bytes", "flash_bytes"), "ram": ("estimated_ram_bytes", "ram_bytes")}
+TOLERANCE = 0.10  # a measured figure further than this from the estimate is flagged
 
 
 def _measured(done: list[dict[str, Any]]) -> dict[str, Any]:
     """The device columns of an entry: each measured figure's mean over its measured seeds,
-    the analytic estimate beside flash and RAM, their relative difference and the flag."""
+    the estimate beside flash and RAM, their relative difference and the flag."""
     row: dict[str, Any] = {"measure_target": next((r["measure_target"] for r in done if r.get("measure_target")), None)}
     refusals = [r["measure_error"] for r in done if r.get("measure_error")]
     row["measure_error"] = refusals[0] if refusals else None
@@ -112,7 +113,7 @@ def _measured(done: list[dict[str, Any]]) -> dict[str, Any]:
         row[f"device_{name}"] = _mean([r[f"device_{name}"] for r in done if r.get(f"device_{name}") is not None])
     flags = []
     for what, (analytic, device) in COMPARED.items():
-        estimate = _mean([r[f"cost_{analytic}"] for r in done if r.get(f"cost_{analytic}") is not None])
+        estimate = _mean([r[f"device_{analytic}"] for r in done if r.get(f"device_{analytic}") is not None])
         error = relative_error(estimate, row[f"device_{device}"])
         row[f"{what}_analytic"], row[f"{what}_error"] = estimate, error
         if error is not None and abs(error) > TOLERANCE:
@@ -130,14 +131,14 @@ def relative_error(analytic: float | None, measured: float | None) -> float | No
 
 
 def disagreements(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per entry whose analytic flash or RAM is more than TOLERANCE off the device."""
+    """One line per entry whose estimated flash or RAM is more than TOLERANCE off the device."""
     lines = []
     for r in rows:
         for what in (r["measure_flag"] or "").split(","):
             if what:
-                analytic, device = COMPARED[what]
+                _, device = COMPARED[what]
                 lines.append(
-                    f"{r['study']}: {r['label']}: analytic {what} ({analytic}) {_num(r[f'{what}_analytic'])} B is "
+                    f"{r['study']}: {r['label']}: estimated {what} (bnnkit.cost.device) {_num(r[f'{what}_analytic'])} B is "
                     f"{100 * r[f'{what}_error']:+.1f}% off the measured {_num(r[f'device_{device}'])} B on "
                     f"{r['measure_target']} (tolerance ±{100 * TOLERANCE:.0f}%)"
                 )
@@ -294,9 +295,9 @@ def _markdown(rows: list[dict], runs: list[dict], costs: list[str], agreement: l
 
 
 def _device_tables(rows: list[dict]) -> list[str]:
-    """Per study with a measured or refused entry: analytic against measured flash and RAM."""
+    """Per study with a measured or refused entry: estimated against measured flash and RAM."""
     lines: list[str] = []
-    header = ["label", "flash analytic", "flash measured", "Δ flash", "RAM analytic", "RAM measured", "Δ RAM"]
+    header = ["label", "flash estimated", "flash measured", "Δ flash", "RAM estimated", "RAM measured", "Δ RAM"]
     header += ["stack", "instructions", "energy µJ", "> ±10%"]
     for study in dict.fromkeys(r["study"] for r in rows):
         entries = [r for r in rows if r["study"] == study and (r["measure_target"] or r["measure_error"])]
@@ -307,8 +308,9 @@ def _device_tables(rows: list[dict]) -> list[str]:
             "",
             f"### {study}: measured on {target}",
             "",
-            f"Analytic: model_bytes and peak_activation_bytes of bnnkit.cost.model_costs; measured: the image's flash "
-            f"(code included) and RAM (data + bss + stack used) in QEMU, mean over seeds. Δ: (analytic − measured) / "
+            f"Estimated: bnnkit.cost.device's flash and RAM of the same graph (docs/review-protocol.md section 5); "
+            f"measured: the image's flash (code included) and RAM (data + bss + stack used) in QEMU, mean over seeds. "
+            f"Δ: (estimated − measured) / "
             f"measured; flagged (⚠) beyond ±{100 * TOLERANCE:.0f}%.",
             "",
             "| " + " | ".join(header) + " |",

@@ -91,6 +91,9 @@ MEASURED = {
     "bss_bytes": "bss",
     "instructions": "instructions_per_inference",
     "energy_uj": "energy_uj_estimate",
+    # bnnkit.cost.device's estimate of the measured graph (review.measure.measure_run adds it)
+    "estimated_flash_bytes": "estimated_flash_bytes",
+    "estimated_ram_bytes": "estimated_ram_bytes",
 }
 LATER_COLUMNS |= {f"device_{name}": "REAL" for name in MEASURED}
 META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
