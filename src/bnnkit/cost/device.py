@@ -9,14 +9,15 @@ meaning. The model, each term as the C generator (``bnnkit.runtime.c``) lays the
   into the calls of a small graph, not of a large one) + the generated constants: every ``static const`` array at its C size (packed weight words,
   thresholds, flip bits, per-channel tables) and ``DESCRIPTOR_BYTES`` per layer descriptor;
 * RAM = ``HARNESS_RAM`` + the harness's input and score buffers + the generated static buffers
-  (the planned arena, the patch and int8 scratch) + the stack: ``STACK_BASE`` (main, infer,
-  exception frame) + the deepest frame of a used kernel (``KERNEL_STACK``).
+  (the planned arena, the patch and int8 scratch) + the stack, taken as the deepest frame of a
+  used kernel (``KERNEL_STACK``): the frames of main, the inference function and the kernels'
+  callees are not counted, which leaves the estimate short on deep graphs (docs/review-protocol.md).
 
 ``KERNEL_STACK`` is derived, not guessed: ``kernel_table()`` compiles each kernel section alone
 with arm-none-eabi-gcc (``-fkeep-static-functions -fstack-usage``) and takes the deepest frame it
 adds to the sections it needs; a slow test recomputes it so the table cannot go stale. (A per-kernel
 code table did not fit the builds.) HARNESS_FLASH, CALL_BYTES and DESCRIPTOR_BYTES were fitted on
-M4 builds (docs/review-protocol.md section 5 has the tables); STACK_BASE is 0.
+M4 builds (docs/review-protocol.md section 5 has the tables).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ HARNESS_RAM = 8  # semihosting arguments
 # one, so the code grows with the square root of the steps (linear in the steps was +60-120% on resnet20)
 CALL_BYTES = 564
 DESCRIPTOR_BYTES = 128
-STACK_BASE = 0
 KERNEL_STACK = {
     "structs": 0,
     "bit_at": 0,
@@ -126,7 +126,7 @@ def device_estimate(graph: Graph) -> dict[str, Any]:
     constants = _arrays(source, True) + DESCRIPTOR_BYTES * len(_DESCRIPTOR.findall(source))
     buffers = _arrays(source, False)
     harness = HARNESS_RAM + _align4(int(np.prod(graph.input_shape))) + 4 * graph.num_classes
-    stack = STACK_BASE + max((KERNEL_STACK.get(n, 0) for n in names), default=0)
+    stack = max((KERNEL_STACK.get(n, 0) for n in names), default=0)
     return {
         "target": TARGET,
         "flash_bytes": code + constants,

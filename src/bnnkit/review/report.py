@@ -115,7 +115,7 @@ def _measured(done: list[dict[str, Any]]) -> dict[str, Any]:
     for what, (analytic, device) in COMPARED.items():
         estimate = _mean([r[f"device_{analytic}"] for r in done if r.get(f"device_{analytic}") is not None])
         error = relative_error(estimate, row[f"device_{device}"])
-        row[f"{what}_analytic"], row[f"{what}_error"] = estimate, error
+        row[f"{what}_estimated"], row[f"{what}_error"] = estimate, error
         if error is not None and abs(error) > TOLERANCE:
             flags.append(what)
     row["measure_flag"] = ",".join(flags) or None
@@ -138,7 +138,7 @@ def disagreements(rows: list[dict[str, Any]]) -> list[str]:
             if what:
                 _, device = COMPARED[what]
                 lines.append(
-                    f"{r['study']}: {r['label']}: estimated {what} (bnnkit.cost.device) {_num(r[f'{what}_analytic'])} B is "
+                    f"{r['study']}: {r['label']}: estimated {what} (bnnkit.cost.device) {_num(r[f'{what}_estimated'])} B is "
                     f"{100 * r[f'{what}_error']:+.1f}% off the measured {_num(r[f'device_{device}'])} B on "
                     f"{r['measure_target']} (tolerance ±{100 * TOLERANCE:.0f}%)"
                 )
@@ -323,7 +323,7 @@ def _device_tables(rows: list[dict]) -> list[str]:
             cells = [r["label"]]
             for what, (_, device) in COMPARED.items():
                 error = r[f"{what}_error"]
-                cells += [_num(r[f"{what}_analytic"]), _num(r[f"device_{device}"])]
+                cells += [_num(r[f"{what}_estimated"]), _num(r[f"device_{device}"])]
                 cells.append("–" if error is None else f"{100 * error:+.1f}%")
             energy = r["device_energy_uj"]
             cells += [_num(r["device_stack_bytes"]), _num(r["device_instructions"])]
