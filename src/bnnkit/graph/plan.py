@@ -4,8 +4,19 @@ arena.
 Layout in C (per sample, no batch axis). Every tensor has a *layout shape* (C, H, W):
 
 * ``u8``   the caller's input, CHW, one byte per pixel value;
-* ``bits`` HWC, channels packed per pixel into ``ceil(C/32)`` 32-bit words, channel ``c`` in
-  bit ``c % 32`` of word ``c // 32``, bit 1 ⇔ +1, unused high bits 0;
+* ``bits`` HWC in 32-bit words, bit 1 ⇔ +1, pixel ``p``'s channel ``c`` at bit ``p * pb + c``
+  (bit ``b`` is bit ``b % 32`` of word ``b // 32``), unused bits 0, in one of two layouts:
+
+  - *word-padded*: ``pb = 32 * ceil(C/32)``, each pixel's channels in whole words of its own;
+  - *bit-dense* (eBNN-style rows): ``pb = C``, each pixel's bits right after the previous
+    pixel's, the map ``ceil(C*H*W/32)`` words, padded only at its end.
+
+  The rule, per tensor: a map is bit-dense where ``C < 32`` and that takes fewer words than
+  one a pixel, ``ceil(C*H*W/32) < H*W`` (where it saves bytes); else word-padded. For ``C`` a
+  multiple of 32 the two are the same bytes; above 32 channels dense rows would save less than
+  one word a pixel, and the kernels keep whole words there. A ``flatten`` view keeps the layout
+  of what it flattens (a dense layer reads a bit-dense map in place); ``MemoryPlan.dense``
+  names the tensors stored bit-dense;
 * ``i32``, ``f32``  CHW, four bytes per value;
 * ``i8``   CHW, one byte per value (the int8 baseline), rounded up to whole words.
 
@@ -76,6 +87,7 @@ class MemoryPlan:
     arena_bytes: int  # the static arena of the C runtime
     peak_bytes: int  # input_bytes + arena_bytes: the RAM one inference needs
     live_bytes: tuple[int, ...]  # per graph op: bytes of the buffers live while its step runs
+    dense: frozenset[str]  # bits tensors (views too) stored bit-dense
 
     @property
     def materialized(self) -> frozenset[str]:
@@ -83,12 +95,23 @@ class MemoryPlan:
         return frozenset(self.lifetimes)
 
 
+def bit_dense(shape: tuple[int, int, int]) -> bool:
+    """Whether a ``bits`` map of layout shape ``shape`` is stored bit-dense (the module doc's rule)."""
+    c, h, w = shape
+    return c < 32 and -(-c * h * w // 32) < h * w
+
+
+def pixel_bits(shape: tuple[int, int, int]) -> int:
+    """Bits from one pixel of a ``bits`` map to the next: ``C`` bit-dense, else whole words."""
+    return shape[0] if bit_dense(shape) else 32 * -(-shape[0] // 32)
+
+
 def layout_bytes(kind: str, shape: tuple[int, int, int]) -> int:
     c, h, w = shape
     if kind == "u8":
         return c * h * w
     if kind == "bits":
-        return h * w * ((c + 31) // 32) * 4
+        return -(-h * w * pixel_bits(shape) // 32) * 4
     if kind == "i8":  # CHW, one byte per value, the buffer rounded up to whole 32-bit words
         return (c * h * w + 3) // 4 * 4
     return 4 * c * h * w
@@ -198,4 +221,5 @@ def plan_memory(graph: Graph) -> MemoryPlan:
         arena_bytes=arena_bytes,
         peak_bytes=input_bytes + arena_bytes,
         live_bytes=live,
+        dense=frozenset(n for n, shape in layout.items() if graph.types[n][0] == "bits" and bit_dense(shape)),
     )

@@ -4,14 +4,17 @@ The generated ``{prefix}.c`` holds the weights as ``static const`` packed words,
 ``static`` arena placed by ``bnnkit.graph.plan`` and the kernels the graph uses, copied
 from ``c_kernels/kernels.c`` (``bnnkit.runtime.c_library``); ``{prefix}_infer`` calls them
 in order with the layer's constants. This module writes only those tables and calls. No
-malloc, no libm. The layout of every activation is the one ``plan`` documents (bits
-HWC-packed in 32-bit words, integers and floats CHW); the header repeats what a caller needs.
+malloc, no libm. The layout of every activation is the one ``plan`` documents (bits HWC in
+32-bit words, each pixel word-padded or, for a narrow map, bit-dense; integers and floats CHW);
+the header repeats what a caller needs. A kernel reading or writing ``bits`` is told each
+map's bits per pixel (``pb``).
 
 Binary dot products are XOR-popcounts, ``n_valid - 2 * popcount(x ^ w)``, with the unused
 bits of every word 0 in activations and weights alike, so channel counts that are not
 multiples of 32 need no masks. A dense layer is generated as a convolution whose kernel
 covers its input's layout, which is how the graph's CHW ``flatten`` order is kept on an
-HWC-packed map: the weights are permuted here, the data never moves.
+HWC-packed map: the weights are permuted here, the data never moves (and a map with no unused
+bits between its pixels, bit-dense or of whole words, is the patch itself).
 
 ``bnnkit.runtime.host`` compiles the sources for this machine, ``bnnkit.runtime.cortex_m``
 for a Cortex-M; both through ``bnnkit.runtime.toolchain``.
@@ -29,7 +32,7 @@ import numpy as np
 from bnnkit.errors import BnnkitError
 from bnnkit.files import atomic_write, created_dir
 from bnnkit.graph import INT32_MIN, OPS, Graph, Op, OpTable, PadMode, check_name, pad_of, pair
-from bnnkit.graph.plan import MemoryPlan, Step, plan_memory
+from bnnkit.graph.plan import MemoryPlan, Step, pixel_bits, plan_memory
 from bnnkit.runtime.c_library import kernel_sources
 
 # What reaches the generated C as text: this prefix, op names (graph.NAME, checked again
@@ -102,6 +105,10 @@ class _Emitter:
         at = f"{self.p}_arena + {self.plan.offsets[name] // 4}"
         return at if ctype == "uint32_t" else f"({ctype} *)({at})"
 
+    def pixel_bits(self, tensor: str) -> int:
+        """Bits per pixel of a ``bits`` tensor in its C layout (``plan.pixel_bits``)."""
+        return pixel_bits(self.plan.layout[tensor])
+
     def call(self, step: Step, text: str) -> None:
         ops = [self.g.ops[i] for i in step.ops]
         # checked again here: an Op is mutable after its graph was validated
@@ -126,24 +133,26 @@ class _Emitter:
         family = "input" if OPS[op.kind].reads_pixels else "binary"
         # a kernel covering the unpadded map reads it in place where its layout is the patch's
         whole_map = (kh, kw, ph, pw) == (h, w, 0, 0)
+        pb = 0  # bits per input pixel: binary maps only
         if family == "input":
             words = pack_words(weight.reshape(o, -1))
             patch = 0 if whole_map else -(-c * kh * kw // 4)  # the pixels as bytes
         else:
             words = pack_words(weight.transpose(0, 2, 3, 1).reshape(o, -1))  # densely, tap then channel
+            pb = self.pixel_bits(op.inputs[0])
             # with pad 'zero' the kernel's general path writes a mask of the bits that count after the patch
-            patch = 0 if whole_map and c % 32 == 0 else words.shape[1] * (2 if pad_of(op) is PadMode.ZERO else 1)
+            patch = 0 if whole_map and pb == c else words.shape[1] * (2 if pad_of(op) is PadMode.ZERO else 1)
         self.patch_words = max(self.patch_words, patch)
         self.data.append(_words(f"op{i}_weight", words))
-        pad = "NULL"
-        if pad_of(op) is not PadMode.ZERO:
+        pad, zero = "NULL", int(family == "binary" and pad_of(op) is PadMode.ZERO)
+        if family == "binary" and not whole_map:  # with pad 'zero' the kernel masks the pixel's bits out
             self.data.append(_words(f"op{i}_pad", pack_words(np.full(c, pad_of(op) is PadMode.PLUS_ONE))))
             pad = f"op{i}_pad"
         self.data.append(
             f"static const struct conv op{i}_conv = {{\n"
-            f"    .C = {c}, .H = {h}, .W = {w}, .O = {o}, .KH = {kh}, .KW = {kw},\n"
+            f"    .C = {c}, .H = {h}, .W = {w}, .pb = {pb}, .O = {o}, .KH = {kh}, .KW = {kw},\n"
             f"    .SH = {sh}, .SW = {sw}, .PH = {ph}, .PW = {pw}, .Ho = {ho}, .Wo = {wo},\n"
-            f"    .wpo = {words.shape[1]}, .w = op{i}_weight, .pad = {pad},\n"
+            f"    .wpo = {words.shape[1]}, .w = op{i}_weight, .pad = {pad}, .zero = {zero},\n"
             f"    .patch = {f'{self.p}_patch' if patch else 'NULL'}\n}};"
         )
         return f"op{i}_conv", family
@@ -189,10 +198,11 @@ class _Emitter:
         (pkh, pkw), (psh, psw) = (pair(pool.attrs["kernel"]), pair(pool.attrs["stride"])) if pool else ((1, 1), (1, 1))
         mins = self.min_channels(step.ops[-1], pool) if pool else "NULL"
         _, ho, wo = self.plan.layout[last.output]
+        dense = int(last.output in self.plan.dense)
         self.data.append(
             f"static const struct sign op{i}_sign = {{\n"
             f"    .thresh = {t}, .flip = {flip}, .KH = {pkh}, .KW = {pkw}, .SH = {psh}, .SW = {psw},\n"
-            f"    .min = {mins}, .Ho = {ho}, .Wo = {wo}\n}};"
+            f"    .min = {mins}, .Ho = {ho}, .Wo = {wo}, .dense = {dense}\n}};"
         )
         self.used.add(f"{family}_conv_sign")
         self.call(step, f"{family}_conv_sign(&{conv}, &op{i}_sign, {x[0]}, {out})")
@@ -202,8 +212,9 @@ class _Emitter:
         i, op = step.ops[0], self.g.ops[step.ops[0]]
         c, h, w = self.plan.layout[op.inputs[0]]
         t, flip = self.thresh(i, op)
+        pb = self.pixel_bits(op.output)
         self.used.add("threshold")
-        self.call(step, f"threshold({self.inputs(op)[0]}, {c}, {h * w}, {t}, {flip}, {self.output(step)})")
+        self.call(step, f"threshold({self.inputs(op)[0]}, {c}, {h * w}, {pb}, {t}, {flip}, {self.output(step)})")
 
     def pool(self, step: Step, fn: str, extra: str = "") -> None:
         op = self.g.ops[step.ops[0]]
@@ -218,7 +229,8 @@ class _Emitter:
         i, op = step.ops[0], self.g.ops[step.ops[0]]
         in_type = self.g.types[op.inputs[0]][0]
         if in_type == "bits":
-            self.pool(step, "maxpool_bits", f"{self.min_channels(i, op)}, ")
+            pbs = f"{self.pixel_bits(op.inputs[0])}, {self.pixel_bits(op.output)}"
+            self.pool(step, "maxpool_bits", f"{pbs}, {self.min_channels(i, op)}, ")
         else:
             self.pool(step, f"maxpool_{in_type}")
 
@@ -254,8 +266,9 @@ class _Emitter:
         i, op = step.ops[0], self.g.ops[step.ops[0]]
         c, h, w = self.plan.layout[op.inputs[0]]
         t = self.floats(f"op{i}_thresh", op.params["thresh"])
+        pb = self.pixel_bits(op.output)
         self.used.add("sign_f32")
-        self.call(step, f"sign_f32({self.inputs(op)[0]}, {c}, {h * w}, {t}, {self.output(step)})")
+        self.call(step, f"sign_f32({self.inputs(op)[0]}, {c}, {h * w}, {pb}, {t}, {self.output(step)})")
 
     @EMIT.register("prelu")
     def prelu(self, step: Step) -> None:
@@ -409,10 +422,11 @@ def generate_c(graph: Graph, prefix: str = "bnn", *, layer_marks: bool = False) 
    input buffer stays the caller's ({plan.input_bytes} bytes on top of the arena).
 
    Conventions: a binary value is one bit, 1 <=> +1 and 0 <=> -1, sign(0) = +1. Binary
-   activations are stored HWC with each pixel's channels packed into ceil(C/32) 32-bit
-   words, channel c in bit c % 32 of word c / 32, unused bits 0; integer and float
-   activations are CHW. Binary weights are packed the same way (a dense layer's weights
-   permuted to its input's HWC packing). Define one of BNNKIT_POPCOUNT_SWAR, _SHIFTS,
+   activations are stored HWC in 32-bit words, pixel p's channel c at bit p * pb + c (bit b
+   in bit b % 32 of word b / 32), unused bits 0, where pb = C for a map stored bit-dense
+   (C < 32, where that saves words) and else 32 * ceil(C/32); integer and float activations
+   are CHW. Binary weights are packed densely (a dense layer's weights permuted to its
+   input's HWC order). Define one of BNNKIT_POPCOUNT_SWAR, _SHIFTS,
    _TABLE or _BUILTIN to choose the popcount (default: the builtin where the core has an
    instruction, SWAR on Cortex-M). */
 #ifndef {up}_H

@@ -8,9 +8,11 @@
    this file on its own (tests/test_c_kernels.py does, section by section): a generated .c
    includes <stddef.h> and its header, which includes <stdint.h>.
 
-   Layouts (bnnkit.runtime.plan): bits HWC, each pixel's channels packed into ceil(C/32)
-   32-bit words, channel c in bit c % 32 of word c / 32, unused bits 0; integers and floats
-   CHW; floats stored in the uint32_t arena as their bit patterns. Weights of a binary
+   Layouts (bnnkit.graph.plan): bits HWC, pixel p's channel c at bit p * pb + c of the map's
+   32-bit words (bit b in bit b % 32 of word b / 32), where pb, the bits per pixel, is C for a
+   map stored bit-dense (C < 32, chosen by the planner) and else 32 * ceil(C/32) (each pixel
+   whole words); unused bits 0; integers and floats CHW; floats stored in the uint32_t arena as
+   their bit patterns. Weights of a binary
    convolution: per output channel its KH*KW*C bits densely, bit (i * KW + j) * C + c, in
    ceil(KH*KW*C/32) words; of a u8 one: bit (c * KH + i) * KW + j. */
 #include <stddef.h>
@@ -20,11 +22,13 @@
 /* A convolution; a dense layer is one whose kernel covers its whole input. */
 struct conv {
     int C, H, W; /* input layout */
+    int pb;      /* binary input: bits per pixel (C bit-dense, else whole words) */
     int O, KH, KW, SH, SW, PH, PW;
     int Ho, Wo; /* output */
     int wpo;    /* weight words per output channel */
     const uint32_t *w;
-    const uint32_t *pad; /* binary input: the padded pixel, NULL to count valid taps only */
+    const uint32_t *pad; /* binary input: the padded pixel (0 bits with pad 'zero') */
+    int zero;            /* pad 'zero': a tap outside the map counts for nothing */
     uint32_t *patch;     /* room for one output pixel's patch (the generator sizes it), or NULL */
 };
 
@@ -35,6 +39,7 @@ struct sign {
     int KH, KW, SH, SW;
     const uint32_t *min; /* pooled channels taking the minimum (AND), or NULL */
     int Ho, Wo;          /* output */
+    int dense;           /* output bit-dense (O < 32): each pixel's O bits right after the last */
 };
 
 /* bnnkit:kernel bit_at */
@@ -198,14 +203,17 @@ POPCOUNT_WORDS_KERNEL(popcount_xor, NO_MASK, )
 POPCOUNT_WORDS_KERNEL(popcount_xor_and, AND_MASK, const uint32_t *m, )
 
 /* bnnkit:kernel bits_out needs patch */
-/* Appends runs of bits to words, densely. */
+/* Appends runs of bits to words, densely, and reads runs back. A map's writer ends it with
+   end_bits: its last word is written whole, the bits after the map 0. Bit offsets fit an int:
+   a map holds fewer than 2^31 bits (bnnkit.graph.limits bounds its values to 2^30, and a pixel
+   is padded to less than twice its channels only where C >= 32). */
 struct bits_out {
     uint32_t *p, cur;
     int off; /* bits of cur in use, < 32 */
 };
 
 /* v's low n bits (1 <= n <= 32), the others 0 */
-static COLD NOINLINE void put_bits(struct bits_out *o, uint32_t v, int n)
+static inline void append_bits(struct bits_out *o, uint32_t v, int n)
 {
     o->cur |= v << o->off;
     if (o->off + n < 32) {
@@ -213,8 +221,14 @@ static COLD NOINLINE void put_bits(struct bits_out *o, uint32_t v, int n)
         return;
     }
     *o->p++ = o->cur;
-    o->cur = o->off != 0 ? v >> (32 - o->off) : 0; /* a shift by 32 is undefined */
+    o->cur = (v >> 1) >> (31 - o->off); /* v >> (32 - off) without a shift by 32, undefined */
     o->off += n - 32;
+}
+
+/* append_bits for writers off the hot path: one copy, compiled for size. */
+static COLD NOINLINE void put_bits(struct bits_out *o, uint32_t v, int n)
+{
+    append_bits(o, v, n);
 }
 
 static void end_bits(struct bits_out *o)
@@ -223,80 +237,60 @@ static void end_bits(struct bits_out *o)
         *o->p = o->cur;
 }
 
+/* Appends the n >= 1 bits from bit at of x, a word of x at a time; reads no word after them. */
+static inline void append_run(struct bits_out *o, const uint32_t *x, int at, int n)
+{
+    int k = 32 - (at & 31); /* the bits of the first word from bit at */
+    uint32_t v;
+    x += at >> 5;
+    for (v = *x++ >> (at & 31); n > k; n -= k, k = 32, v = *x++)
+        append_bits(o, v, k);
+    append_bits(o, n < 32 ? v & ((1u << n) - 1u) : v, n);
+}
+
+/* Appends n >= 1 bits, all 0 (v = 0) or all 1 (v = 0xffffffff); compiled for size. */
+static COLD NOINLINE void put_fill(struct bits_out *o, uint32_t v, int n)
+{
+    for (; n > 32; n -= 32)
+        put_bits(o, v, 32);
+    put_bits(o, v >> (32 - n), n);
+}
+
 /* bnnkit:kernel binary_patch needs patch bits_out */
 /* The patch of the output pixel whose window starts at (y0, x0), into L->patch (unless the
-   kernel covers the whole unpadded map with whole words per pixel: then the map is its own
-   patch). A tap outside the map reads L->pad or, when that is NULL (pad 'zero'), counts for
-   nothing: its bits are cleared in the mask that follows the patch (a pad 'zero' layer's patch
-   has room for it, bnnkit.runtime.c sizes it), and n says how many count.
-   Interior pixels of at most 32 channels go the fast way (binary_patch_inside), the others
-   through binary_patch_edge. */
-static COLD void put_pixel(struct bits_out *o, const uint32_t *px, int C)
-{
-    for (; C > 32; C -= 32)
-        put_bits(o, *px++, 32);
-    put_bits(o, *px, C);
-}
-
-/* The interior when a pixel is one word: its bits appended with no test per tap and the
-   writer's state in registers (the borders' writer is a function, for code size). */
-static void binary_patch_inside(const struct conv *L, const uint32_t *x)
-{
-    uint32_t *p = L->patch, cur = 0;
-    int off = 0, i, j;
-    for (i = 0; i < L->KH; i++, x += L->W)
-        for (j = 0; j < L->KW; j++) {
-            uint32_t v = x[j];
-            cur |= v << off;
-            off += L->C;
-            if (off >= 32) {
-                *p++ = cur;
-                off -= 32;
-                cur = off != 0 ? v >> (L->C - off) : 0; /* a shift by 32 is undefined */
-            }
-        }
-    if (off != 0)
-        *p = cur;
-}
-
-/* Any pixel: a test per tap, and the writer a function; compiled for size (GCC's cold). Returns
-   the bits that count. */
-static COLD int binary_patch_edge(const struct conv *L, const uint32_t *x, int y0, int x0)
-{
-    int cw = (L->C + 31) >> 5, n = L->KH * L->KW * L->C, i, j, c;
-    struct bits_out bits = {L->patch, 0, 0}, mask = {L->patch + L->wpo, 0, 0};
-    for (i = 0; i < L->KH; i++)
-        for (j = 0; j < L->KW; j++) {
-            int iy = y0 + i, ix = x0 + j, inside = iy >= 0 && iy < L->H && ix >= 0 && ix < L->W;
-            const uint32_t *px = inside ? x + (iy * L->W + ix) * cw : L->pad;
-            if (px != NULL)
-                put_pixel(&bits, px, L->C);
-            else
-                n -= L->C;
-            for (c = L->C; c > 0 && L->pad == NULL; c -= 32) {
-                int k = c < 32 ? c : 32;
-                if (px == NULL)
-                    put_bits(&bits, 0, k);
-                put_bits(&mask, px == NULL ? 0 : k < 32 ? (1u << k) - 1 : 0xffffffffu, k);
-            }
-        }
-    end_bits(&bits);
-    end_bits(&mask);
-    return n;
-}
-
+   kernel covers the whole unpadded map and the map has no unused bits between pixels: then the
+   map is its own patch). It is written in runs, the writer's state in registers: where pixels
+   follow each other without unused bits (pb = C: bit-dense, or whole words) the taps of a window
+   row inside the map are one run, else each tap is one. A tap outside the map reads L->pad;
+   with pad 'zero' it counts for nothing: its bits are cleared in the mask that follows the patch
+   (such a layer's patch has room for it, bnnkit.runtime.c sizes it), and n says how many count. */
 static NOINLINE struct patch binary_patch_at(const struct conv *L, const uint32_t *x, int y, int xo)
 {
-    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;
-    struct patch P = {L->patch, NULL, NULL, L->KH * L->KW * L->C, 0};
+    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, all = L->KH * L->KW * L->C, i, j, t;
+    /* the taps of a row inside the map: j0 <= j < j1 (none when j0 >= j1) */
+    int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;
+    int masked = L->zero && (y0 < 0 || y0 + L->KH > L->H || j0 > 0 || j1 < L->KW);
+    struct bits_out bits = {L->patch, 0, 0}, mask = {L->patch + L->wpo, 0, 0};
+    struct patch P = {L->patch, NULL, NULL, all, 0};
     /* Never taken (binary_patch reads such a map in place), but GCC may clone this function for
        such a layer and would warn of the writes through NULL. */
     if (L->patch == NULL)
         return P;
-    if (L->C <= 32 && y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W)
-        binary_patch_inside(L, x + y0 * L->W + x0);
-    else if ((P.n = binary_patch_edge(L, x, y0, x0)) < L->KH * L->KW * L->C)
-        P.mask = L->patch + L->wpo;
+    for (i = 0; i < L->KH; i++) {
+        int iy = y0 + i, a = iy >= 0 && iy < L->H ? j0 : L->KW; /* inside: a <= j < j1 */
+        for (j = 0; j < L->KW; j += t) {
+            int in = j >= a && j < j1;
+            t = in && L->pb == L->C ? j1 - j : 1;
+            append_run(&bits, in ? x : L->pad, in ? (iy * L->W + x0 + j) * L->pb : 0, t * L->C);
+            if (masked) {
+                put_fill(&mask, in ? 0xffffffffu : 0, t * L->C);
+                P.n -= in ? 0 : L->C;
+            }
+        }
+    }
+    end_bits(&bits);
+    end_bits(&mask);
+    P.mask = P.n < all ? L->patch + L->wpo : NULL;
     return P;
 }
 
@@ -424,40 +418,59 @@ static inline int32_t input_dot(const struct conv *L, const struct patch *P, int
     return 2 * plus - P->n;
 }
 
-/* bnnkit:kernel threshold needs bit_at */
-/* i32 CHW -> bits HWC. thresh INT32_MIN needs no case of its own: no sum reaches it. */
-static void threshold(const int32_t *x, int C, int HW, const int32_t *thresh, const uint32_t *flip, uint32_t *out)
+/* bnnkit:kernel threshold needs bit_at bits_out */
+/* i32 CHW -> bits HWC, pb bits per pixel. thresh INT32_MIN needs no case of its own: no sum
+   reaches it. */
+static void threshold(const int32_t *x, int C, int HW, int pb, const int32_t *thresh, const uint32_t *flip,
+                      uint32_t *out)
 {
-    int cw = (C + 31) / 32, p, c;
-    for (p = 0; p < HW; p++, out += cw) {
-        for (c = 0; c < cw; c++)
-            out[c] = 0;
-        for (c = 0; c < C; c++) {
-            int32_t v = x[c * HW + p];
-            int b = bit_at(flip, c) ? v <= thresh[c] : v >= thresh[c];
-            out[c >> 5] |= (uint32_t)b << (c & 31);
+    struct bits_out bits = {out, 0, 0};
+    int p, c, k;
+    for (p = 0; p < HW; p++)
+        for (k = 0; k < C; k += 32) { /* 32 channels a word, the last word of a pixel padded to pb */
+            uint32_t word = 0;
+            for (c = k; c < C && c < k + 32; c++) {
+                int32_t v = x[c * HW + p];
+                int b = bit_at(flip, c) ? v <= thresh[c] : v >= thresh[c];
+                word |= (uint32_t)b << (c & 31);
+            }
+            put_bits(&bits, word, pb - k < 32 ? pb - k : 32);
         }
-    }
+    end_bits(&bits);
 }
 
-/* bnnkit:kernel maxpool_bits */
-/* Window OR per word; channels set in min (may be NULL) take the window AND instead. */
-static void maxpool_bits(const uint32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, const uint32_t *min,
-                         uint32_t *out)
+/* bnnkit:kernel maxpool_bits needs bits_out */
+/* The n bits (1 <= n <= 32) from bit at of x, the others 0; reads no word after them. */
+static uint32_t get_bits(const uint32_t *x, int at, int n)
 {
-    int cw = (C + 31) / 32, Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, y, xo, k, i, j;
+    int s = at & 31;
+    uint32_t v = x[at >> 5] >> s;
+    if (s + n > 32)
+        v |= x[(at >> 5) + 1] << (32 - s);
+    return n < 32 ? v & ((1u << n) - 1u) : v;
+}
+
+/* Window OR per 32 channels; channels set in min (may be NULL) take the window AND instead.
+   A pixel is pbx bits of x and pbo bits of out. */
+static void maxpool_bits(const uint32_t *x, int C, int H, int W, int KH, int KW, int SH, int SW, int pbx, int pbo,
+                         const uint32_t *min, uint32_t *out)
+{
+    int Ho = (H - KH) / SH + 1, Wo = (W - KW) / SW + 1, y, xo, k, i, j;
+    struct bits_out bits = {out, 0, 0};
     for (y = 0; y < Ho; y++)
         for (xo = 0; xo < Wo; xo++)
-            for (k = 0; k < cw; k++) {
-                uint32_t any = 0, all = 0xffffffffu, m = min != NULL ? min[k] : 0;
+            for (k = 0; k < C; k += 32) {
+                int n = C - k < 32 ? C - k : 32;
+                uint32_t any = 0, all = 0xffffffffu, m = min != NULL ? min[k >> 5] : 0;
                 for (i = 0; i < KH; i++)
                     for (j = 0; j < KW; j++) {
-                        uint32_t v = x[((y * SH + i) * W + xo * SW + j) * cw + k];
+                        uint32_t v = get_bits(x, ((y * SH + i) * W + xo * SW + j) * pbx + k, n);
                         any |= v;
                         all &= v;
                     }
-                *out++ = (any & ~m) | (all & m);
+                put_bits(&bits, (any & ~m) | (all & m), pbo - k < 32 ? pbo - k : 32);
             }
+    end_bits(&bits);
 }
 
 /* bnnkit:kernel maxpool */
@@ -586,12 +599,13 @@ AFFINE_KERNEL(affine_f32, uint32_t, f32_of)
             }                                                                                                          \
     }
 
-/* bnnkit:kernel conv_sign needs patch */
+/* bnnkit:kernel conv_sign needs patch bits_out */
 /* Fused with its threshold and a max-pool (1x1 when there is none) -> bits HWC; the i32 map
    is never stored. A pooled bit starts at its pool's identity (0 for an OR, 1 for a min
    channel's AND) and is final once it differs from it, so an output channel's sum is computed
    only until then (with pool windows that do not overlap, each output bit at most once): the
-   channels still open are the bits of ~(out ^ identity), visited lowest first. */
+   channels still open are the bits of ~(out ^ identity), visited lowest first. A bit-dense
+   output (S->dense, one word a pixel) is built in a word of its own, then appended. */
 #if defined(__GNUC__) || defined(__clang__)
 #define LOWEST_BIT(v) __builtin_ctz(v)
 #else
@@ -627,9 +641,13 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
 #define CONV_SIGN_KERNEL(name, xtype, PATCH, DOT)                                                                      \
     static NOINLINE void name(const struct conv *L, const struct sign *S, const xtype *x, uint32_t *out)               \
     {                                                                                                                  \
-        int ow = (L->O + 31) / 32, py, px, k, i, j;                                                                    \
+        int ow = (L->O + 31) / 32, step = S->dense ? 0 : ow, py, px, k, i, j;                                          \
+        uint32_t pixel;                                                                                                \
+        struct bits_out dense = {out, 0, 0};                                                                           \
+        if (S->dense)                                                                                                  \
+            out = &pixel;                                                                                              \
         for (py = 0; py < S->Ho; py++)                                                                                 \
-            for (px = 0; px < S->Wo; px++, out += ow) {                                                                \
+            for (px = 0; px < S->Wo; px++, out += step) {                                                              \
                 for (k = 0; k < ow; k++)                                                                               \
                     out[k] = S->min != NULL ? S->min[k] : 0;                                                           \
                 for (i = 0; i < S->KH; i++)                                                                            \
@@ -646,7 +664,10 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
                             }                                                                                          \
                         }                                                                                              \
                     }                                                                                                  \
+                if (S->dense)                                                                                          \
+                    put_bits(&dense, pixel, L->O);                                                                     \
             }                                                                                                          \
+        end_bits(&dense);                                                                                              \
     }
 
 /* bnnkit:kernel input_conv needs conv input_patch input_dot */
@@ -661,17 +682,21 @@ CONV_KERNEL(binary_conv, uint32_t, binary_patch, binary_dot)
 /* bnnkit:kernel binary_conv_sign needs conv_sign binary_patch binary_dot */
 CONV_SIGN_KERNEL(binary_conv_sign, uint32_t, binary_patch, binary_dot)
 
-/* bnnkit:kernel sign_f32 needs f32_of */
-/* f32 CHW -> bits HWC: x >= thresh[c], an IEEE comparison (-0.0 >= 0.0; NaN gives 0). */
-static void sign_f32(const uint32_t *x, int C, int HW, const float *thresh, uint32_t *out)
+/* bnnkit:kernel sign_f32 needs f32_of bits_out */
+/* f32 CHW -> bits HWC, pb bits per pixel: x >= thresh[c], an IEEE comparison (-0.0 >= 0.0; NaN
+   gives 0). */
+static void sign_f32(const uint32_t *x, int C, int HW, int pb, const float *thresh, uint32_t *out)
 {
-    int cw = (C + 31) / 32, p, c;
-    for (p = 0; p < HW; p++, out += cw) {
-        for (c = 0; c < cw; c++)
-            out[c] = 0;
-        for (c = 0; c < C; c++)
-            out[c >> 5] |= (uint32_t)(f32_of(x[c * HW + p]) >= thresh[c]) << (c & 31);
-    }
+    struct bits_out bits = {out, 0, 0};
+    int p, c, k;
+    for (p = 0; p < HW; p++)
+        for (k = 0; k < C; k += 32) { /* as in threshold */
+            uint32_t word = 0;
+            for (c = k; c < C && c < k + 32; c++)
+                word |= (uint32_t)(f32_of(x[c * HW + p]) >= thresh[c]) << (c & 31);
+            put_bits(&bits, word, pb - k < 32 ? pb - k : 32);
+        }
+    end_bits(&bits);
 }
 
 /* bnnkit:kernel prelu needs f32_bits */
