@@ -144,15 +144,15 @@ class _Emitter:
             patch = 0 if whole_map and pb == c else words.shape[1] * (2 if pad_of(op) is PadMode.ZERO else 1)
         self.patch_words = max(self.patch_words, patch)
         self.data.append(_words(f"op{i}_weight", words))
-        pad, zero = "NULL", int(family == "binary" and pad_of(op) is PadMode.ZERO)
-        if family == "binary" and not whole_map:  # with pad 'zero' the kernel masks the pixel's bits out
+        pad = "NULL"
+        if pad_of(op) is not PadMode.ZERO:
             self.data.append(_words(f"op{i}_pad", pack_words(np.full(c, pad_of(op) is PadMode.PLUS_ONE))))
             pad = f"op{i}_pad"
         self.data.append(
             f"static const struct conv op{i}_conv = {{\n"
             f"    .C = {c}, .H = {h}, .W = {w}, .pb = {pb}, .O = {o}, .KH = {kh}, .KW = {kw},\n"
             f"    .SH = {sh}, .SW = {sw}, .PH = {ph}, .PW = {pw}, .Ho = {ho}, .Wo = {wo},\n"
-            f"    .wpo = {words.shape[1]}, .w = op{i}_weight, .pad = {pad}, .zero = {zero},\n"
+            f"    .wpo = {words.shape[1]}, .w = op{i}_weight, .pad = {pad},\n"
             f"    .patch = {f'{self.p}_patch' if patch else 'NULL'}\n}};"
         )
         return f"op{i}_conv", family

@@ -27,8 +27,7 @@ struct conv {
     int Ho, Wo; /* output */
     int wpo;    /* weight words per output channel */
     const uint32_t *w;
-    const uint32_t *pad; /* binary input: the padded pixel (0 bits with pad 'zero') */
-    int zero;            /* pad 'zero': a tap outside the map counts for nothing */
+    const uint32_t *pad; /* binary input: the padded pixel, NULL to count valid taps only */
     uint32_t *patch;     /* room for one output pixel's patch (the generator sizes it), or NULL */
 };
 
@@ -203,7 +202,7 @@ POPCOUNT_WORDS_KERNEL(popcount_xor, NO_MASK, )
 POPCOUNT_WORDS_KERNEL(popcount_xor_and, AND_MASK, const uint32_t *m, )
 
 /* bnnkit:kernel bits_out needs patch */
-/* Appends runs of bits to words, densely, and reads runs back. A map's writer ends it with
+/* Appends runs of bits to words, densely. A map's writer ends it with
    end_bits: its last word is written whole, the bits after the map 0. Bit offsets fit an int:
    a map holds fewer than 2^31 bits (bnnkit.graph.limits bounds its values to 2^30, and a pixel
    is padded to less than twice its channels only where C >= 32). */
@@ -237,15 +236,15 @@ static void end_bits(struct bits_out *o)
         *o->p = o->cur;
 }
 
+/* bnnkit:kernel binary_patch needs patch bits_out */
 /* Appends the n >= 1 bits from bit at of x, a word of x at a time; reads no word after them. */
 static inline void append_run(struct bits_out *o, const uint32_t *x, int at, int n)
 {
-    int k = 32 - (at & 31); /* the bits of the first word from bit at */
-    uint32_t v;
-    x += at >> 5;
-    for (v = *x++ >> (at & 31); n > k; n -= k, k = 32, v = *x++)
-        append_bits(o, v, k);
-    append_bits(o, n < 32 ? v & ((1u << n) - 1u) : v, n);
+    int s = at & 31, k; /* s: the first bit of the next word to read */
+    for (x += at >> 5; n > 0; n -= k, s = 0) {
+        k = 32 - s < n ? 32 - s : n;
+        append_bits(o, (*x++ >> s) & (0xffffffffu >> (32 - k)), k);
+    }
 }
 
 /* Appends n >= 1 bits, all 0 (v = 0) or all 1 (v = 0xffffffff); compiled for size. */
@@ -256,20 +255,20 @@ static COLD NOINLINE void put_fill(struct bits_out *o, uint32_t v, int n)
     put_bits(o, v >> (32 - n), n);
 }
 
-/* bnnkit:kernel binary_patch needs patch bits_out */
 /* The patch of the output pixel whose window starts at (y0, x0), into L->patch (unless the
    kernel covers the whole unpadded map and the map has no unused bits between pixels: then the
    map is its own patch). It is written in runs, the writer's state in registers: where pixels
    follow each other without unused bits (pb = C: bit-dense, or whole words) the taps of a window
-   row inside the map are one run, else each tap is one. A tap outside the map reads L->pad;
-   with pad 'zero' it counts for nothing: its bits are cleared in the mask that follows the patch
-   (such a layer's patch has room for it, bnnkit.runtime.c sizes it), and n says how many count. */
+   row inside the map are one run, else each tap is one. A tap outside the map reads L->pad or,
+   when that is NULL (pad 'zero'), counts for nothing: its bits are cleared in the mask that
+   follows the patch (such a layer's patch has room for it, bnnkit.runtime.c sizes it), so any C
+   bits do (the map's first pixel's), and n says how many count. */
 static NOINLINE struct patch binary_patch_at(const struct conv *L, const uint32_t *x, int y, int xo)
 {
     int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, all = L->KH * L->KW * L->C, i, j, t;
     /* the taps of a row inside the map: j0 <= j < j1 (none when j0 >= j1) */
     int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;
-    int masked = L->zero && (y0 < 0 || y0 + L->KH > L->H || j0 > 0 || j1 < L->KW);
+    int masked = L->pad == NULL && (y0 < 0 || y0 + L->KH > L->H || j0 > 0 || j1 < L->KW);
     struct bits_out bits = {L->patch, 0, 0}, mask = {L->patch + L->wpo, 0, 0};
     struct patch P = {L->patch, NULL, NULL, all, 0};
     /* Never taken (binary_patch reads such a map in place), but GCC may clone this function for
@@ -281,7 +280,7 @@ static NOINLINE struct patch binary_patch_at(const struct conv *L, const uint32_
         for (j = 0; j < L->KW; j += t) {
             int in = j >= a && j < j1;
             t = in && L->pb == L->C ? j1 - j : 1;
-            append_run(&bits, in ? x : L->pad, in ? (iy * L->W + x0 + j) * L->pb : 0, t * L->C);
+            append_run(&bits, in || masked ? x : L->pad, in ? (iy * L->W + x0 + j) * L->pb : 0, t * L->C);
             if (masked) {
                 put_fill(&mask, in ? 0xffffffffu : 0, t * L->C);
                 P.n -= in ? 0 : L->C;
@@ -289,8 +288,10 @@ static NOINLINE struct patch binary_patch_at(const struct conv *L, const uint32_
         }
     }
     end_bits(&bits);
-    end_bits(&mask);
-    P.mask = P.n < all ? L->patch + L->wpo : NULL;
+    if (masked) { /* a layer with a pad pixel has no room for a mask */
+        end_bits(&mask);
+        P.mask = L->patch + L->wpo;
+    }
     return P;
 }
 
