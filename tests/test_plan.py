@@ -2,17 +2,27 @@
 that are needed at the same time overlap (checked by brute force over the steps)."""
 
 import numpy as np
-from helpers.graphgen import SETTINGS, ebnn_cnn, examples, graph_cases
+from helpers.graphgen import SETTINGS, ebnn16, ebnn_cnn, examples, graph_cases, narrow_case_from_seed
 from hypothesis import given, settings
 
 from bnnkit.graph import OPS, Family, Graph, Op
 from bnnkit.graph.plan import plan_memory
+from bnnkit.runtime.c import pack_words
+
+
+def bits_bytes(c: int, h: int, w: int) -> tuple[int, int]:
+    """A bits map's bytes word-padded (each pixel packed on its own) and bit-dense (the HWC
+    bits packed as one vector), by packing such maps."""
+    return pack_words(np.zeros((h * w, c), bool)).nbytes, pack_words(np.zeros(h * w * c, bool)).nbytes
 
 
 def c_bytes(graph: Graph, name: str, layout_of: dict) -> int:
     kind, shape = graph.types[name]
     c, h, w = layout_of[name]
-    return {"u8": c * h * w, "bits": h * w * 4 * -(-c // 32)}.get(kind, 4 * int(np.prod(shape)))
+    if kind == "bits":  # the planner's rule: bit-dense where C < 32 and that is smaller
+        padded, dense = bits_bytes(c, h, w)
+        return dense if c < 32 and dense < padded else padded
+    return {"u8": c * h * w}.get(kind, 4 * int(np.prod(shape)))
 
 
 def storage(graph: Graph) -> dict[str, str]:
@@ -57,6 +67,30 @@ def test_live_buffers_never_overlap(case):
     assert len(plan.live_bytes) == len(graph.ops) and max(plan.live_bytes) <= plan.peak_bytes
     for name in plan.materialized:
         assert plan.tensor_bytes[name] == c_bytes(graph, name, plan.layout)
+
+
+def test_narrow_maps_are_stored_bit_dense_where_that_saves_bytes():
+    seen = set()
+    for seed in range(100):
+        graph = narrow_case_from_seed(seed).graph
+        plan = plan_memory(graph)
+        for name, (kind, _) in graph.types.items():
+            if kind != "bits":
+                continue
+            padded, dense = bits_bytes(*plan.layout[name])
+            assert (name in plan.dense) == (plan.layout[name][0] < 32 and dense < padded), (seed, name)
+            assert plan.tensor_bytes[name] == min(padded, dense), (seed, name)
+            seen.add(name in plan.dense)
+    assert seen == {True, False}  # both layouts were chosen
+
+
+def test_ebnn16_arena_is_what_its_bit_dense_maps_need():
+    plan = plan_memory(ebnn16(np.random.default_rng(0)))
+    # of the stored maps, the 16-channel one; the 32-channel one is whole words either way
+    assert plan.dense & plan.materialized == {"p1"}
+    # the largest step reads the 16-channel 14x14 map and writes the 32-channel 7x7 one: 3,136 + 1,568 bits
+    assert plan.tensor_bytes["p1"] == 16 * 14 * 14 // 8 and plan.tensor_bytes["p2"] == 32 * 7 * 7 // 8
+    assert plan.arena_bytes == 392 + 196
 
 
 @settings(SETTINGS, max_examples=examples(300))

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.graphgen import Case, case_from_seed, ebnn_cnn
+from helpers.graphgen import Case, case_from_seed, ebnn16, ebnn_cnn, narrow_case_from_seed
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
+from bnnkit.graph.plan import plan_memory
 from bnnkit.runtime import c as c_runtime
 from bnnkit.runtime import numpy_ref, toolchain
 from bnnkit.runtime.c import POPCOUNT_VARIANTS, generate_c, write_sources
@@ -35,6 +36,7 @@ SEEDS = range(1020)
 BATCH = 102
 SANITIZED_SEEDS = range(100)  # as many as build in ~12 s; the first 50 already call every kernel
 VALGRIND_SEEDS = range(24)  # a launch runs one graph, and valgrind takes ~0.3 s to start
+NARROW_SEEDS = range(306)  # graphgen.narrow_case_from_seed: every map 1 to 31 channels
 
 
 KERNELS_C = {
@@ -199,6 +201,50 @@ def test_random_graphs_under_valgrind(tmp_path):
         list(
             pool.map(lambda hc: assert_same(dataclasses.replace(hc[0], executable=memcheck), hc[1]), zip(hosts, cases))
         )
+
+
+def dense_steps(graph: Graph) -> set[tuple]:
+    """What the steps of the C runtime do with bit-dense maps: ("reads" | "writes", the step's
+    ops), and the pad mode of each binary convolution reading one."""
+    plan, out = plan_memory(graph), set()
+    for step in plan.steps:
+        ops = [graph.ops[i] for i in step.ops]
+        kinds = "+".join(op.kind for op in ops)
+        if step.output in plan.dense:
+            out.add(("writes", kinds))
+        if any(name in plan.dense for name in step.inputs):
+            out.add(("reads", kinds))
+            out.add(("pad", ops[0].attrs.get("pad")))
+    return out
+
+
+@pytest.mark.slow
+def test_narrow_maps_stored_bit_dense_are_bit_exact(tmp_path):
+    """Bit-dense maps (rows that start anywhere in a word: 1 to 31 channels, odd sizes) through
+    every kernel that writes or reads bits; a part under the sanitizers too. A failure names the
+    seed of ``graphgen.narrow_case_from_seed``."""
+    cases = [narrow_case_from_seed(seed) for seed in NARROW_SEEDS]
+    for i in range(0, len(cases), BATCH):
+        check_batch(cases[i : i + BATCH])
+    if _sanitizers_work(tmp_path):
+        check_batch(cases[:BATCH], sanitize=True)
+    writers = ["input_conv2d+threshold", "binary_conv2d+threshold", "threshold", "sign", "maxpool"]
+    readers = ["binary_conv2d", "binary_conv2d+threshold", "binary_dense", "binary_dense+threshold", "maxpool"]
+    pooled = ["input_conv2d+threshold+maxpool", "binary_conv2d+threshold+maxpool"]
+    covered = {("writes", k) for k in writers + pooled} | {("reads", k) for k in readers + pooled[1:]}
+    covered |= {("pad", p) for p in ("zero", "minus_one", "plus_one")}
+    assert covered - set().union(*(dense_steps(case.graph) for case in cases)) == set()
+
+
+def test_ebnn16_with_a_bit_dense_map_is_bit_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    graph = ebnn16(rng)
+    x = rng.integers(0, 256, (24, 1, 28, 28), dtype=np.uint8)
+    assert ("reads", "binary_conv2d+threshold+maxpool") in dense_steps(graph)
+    scores, labels = build_host(graph, tmp_path).predict(x)
+    ref_scores, ref_labels = numpy_ref.predict(graph, x)
+    assert np.array_equal(scores, ref_scores) and np.array_equal(labels, ref_labels)
+    assert len(set(labels)) > 1
 
 
 def test_cnn_with_fused_layers_and_every_popcount(tmp_path):

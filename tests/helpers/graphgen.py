@@ -229,6 +229,13 @@ class _Builder:
         return self.op("add", [src, self.affine(self.conv(self.real_sign(src), self.env[src].shape[1], g))])
 
 
+class _NarrowBuilder(_Builder):
+    """Maps of 1 to 31 channels: bits maps the C runtime stores bit-dense (bnnkit.graph.plan)."""
+
+    def channels(self) -> int:
+        return self.choose.integer(1, 31)
+
+
 @st.composite
 def graph_cases(draw, max_layers: int = 4) -> Case:
     return _build(_Drawn(draw), np.random.default_rng(draw(st.integers(0, 2**32 - 1))), max_layers)
@@ -240,9 +247,22 @@ def case_from_seed(seed: int, max_layers: int = 4) -> Case:
     return _build(_Seeded(rng), rng, max_layers, seed)
 
 
-def _build(choose: _Drawn | _Seeded, rng: np.random.Generator, max_layers: int, seed: int | None = None) -> Case:
-    shape = (choose.integer(1, 3), choose.integer(2, 10), choose.integer(2, 10))
-    b = _Builder(choose, rng, rng.integers(0, 256, (N_IMAGES, *shape), dtype=np.uint8))
+def narrow_case_from_seed(seed: int, max_layers: int = 4) -> Case:
+    """The random graph numbered ``seed`` among those whose every map has 1 to 31 channels, on
+    images of odd sizes (5 to 21), so that bit-dense rows start anywhere in a word."""
+    rng = np.random.default_rng(seed)
+    return _build(_Seeded(rng), rng, max_layers, seed, narrow=True)
+
+
+def _build(
+    choose: _Drawn | _Seeded, rng: np.random.Generator, max_layers: int, seed: int | None = None, narrow: bool = False
+) -> Case:
+    if narrow:
+        shape = (choose.integer(1, 3), 2 * choose.integer(2, 10) + 1, 2 * choose.integer(2, 10) + 1)
+    else:
+        shape = (choose.integer(1, 3), choose.integer(2, 10), choose.integer(2, 10))
+    builder = _NarrowBuilder if narrow else _Builder
+    b = builder(choose, rng, rng.integers(0, 256, (N_IMAGES, *shape), dtype=np.uint8))
     t = "input"
     if choose.choice(["conv", "conv", "conv", "dense"]) == "conv":
         t = b.conv(t) if choose.integer(0, 4) else b.fp_conv(t)
@@ -316,6 +336,31 @@ def ebnn_cnn(rng: np.random.Generator) -> Graph:
             {"scale": rng.normal(1, 0.1, 10).astype(np.float32), "bias": rng.normal(0, 1, 10).astype(np.float32)},
         ),
         Op("argmax", ["s"], "label"),
+    ]
+    return Graph((1, 28, 28), ops)
+
+
+def ebnn16(rng: np.random.Generator) -> Graph:
+    """``ebnn_cnn`` (16, 32) as ``bnnkit export`` writes it: two conv + threshold + pool blocks
+    (16 and 32 channels), a dense layer to 10 scores; its 16-channel map is stored bit-dense."""
+
+    def bits(*shape):
+        return rng.random(shape) < 0.5
+
+    def sign(src, c, spread):
+        thresh = rng.integers(-spread, spread, c).astype(np.int32)
+        return Op("threshold", [src], f"{src}s", {}, {"thresh": thresh, "flip": bits(c)})
+
+    ops = [
+        Op("input_conv2d", ["input"], "c1", {"stride": 1, "padding": 1}, {"weight": bits(16, 1, 3, 3)}),
+        sign("c1", 16, 200),
+        Op("maxpool", ["c1s"], "p1", {"kernel": 2, "stride": 2}),
+        Op("binary_conv2d", ["p1"], "c2", {"stride": 1, "padding": 1, "pad": "zero"}, {"weight": bits(32, 16, 3, 3)}),
+        sign("c2", 32, 20),
+        Op("maxpool", ["c2s"], "p2", {"kernel": 2, "stride": 2}),
+        Op("flatten", ["p2"], "f"),
+        Op("binary_dense", ["f"], "d", {}, {"weight": bits(10, 32 * 7 * 7)}),
+        Op("argmax", ["d"], "label"),
     ]
     return Graph((1, 28, 28), ops)
 

@@ -87,7 +87,7 @@ class MemoryPlan:
     arena_bytes: int  # the static arena of the C runtime
     peak_bytes: int  # input_bytes + arena_bytes: the RAM one inference needs
     live_bytes: tuple[int, ...]  # per graph op: bytes of the buffers live while its step runs
-    dense: frozenset[str]  # bits tensors (views too) stored bit-dense
+    dense: frozenset[str]  # bits tensors laid out bit-dense, views and fused-away ones included
 
     @property
     def materialized(self) -> frozenset[str]:
