@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.graphgen import case_from_seed, ebnn_cnn
+from helpers.graphgen import case_from_seed, ebnn16, ebnn_cnn, narrow_case_from_seed
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph, Op
@@ -94,6 +94,33 @@ def test_fashion_cnn_on_m4_is_bit_exact_and_measured(tmp_path):
     assert 0 < run.stack_bytes_used < size.stack
     assert run.ram_bytes == size.data + size.bss + run.stack_bytes_used
     assert run.seconds > 0
+
+
+@pytest.mark.slow
+@needs_tools
+def test_narrow_maps_stored_bit_dense_are_bit_exact_on_the_m4(tmp_path):
+    """The bit-dense layout (1 to 31 channels, rows starting anywhere in a word) on the M4: the
+    graphs of ``graphgen.narrow_case_from_seed`` that tests/test_runtime_c.py runs on the host."""
+    cases = [narrow_case_from_seed(seed) for seed in range(N_GRAPHS)]
+    stored = [plan_memory(case.graph).dense & plan_memory(case.graph).materialized for case in cases]
+    assert sum(map(bool, stored)) > N_GRAPHS // 2
+    for case, image in zip(cases, build_mcus([case.graph for case in cases], tmp_path, "cortex-m4")):
+        assert_same(image, case.x, f"cortex-m4, narrow_case_from_seed({case.seed})")
+
+
+@pytest.mark.slow
+@needs_tools
+def test_ebnn16_arena_on_m4_is_its_bit_dense_maps(tmp_path):
+    """ebnn_cnn (16, 32): the arena holds the bit-dense 16-channel 14x14 map and the 32-channel
+    7x7 map, 3,136 + 1,568 bits, and nothing else."""
+    rng = np.random.default_rng(1)
+    graph = ebnn16(rng)
+    x = rng.integers(0, 256, (32, 1, 28, 28), dtype=np.uint8)
+    image = build_mcu(graph, tmp_path, "cortex-m4")
+    assert_same(image, x, "ebnn16 on cortex-m4")
+    nm = subprocess.run(["arm-none-eabi-nm", "-S", str(image.elf)], capture_output=True, text=True, check=True)
+    sizes = [int(line.split()[1], 16) for line in nm.stdout.splitlines() if line.endswith(" bnn_arena")]
+    assert sizes == [(3136 + 1568) // 8]
 
 
 def _dense_graph(width: int) -> Graph:
