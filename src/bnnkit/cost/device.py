@@ -6,25 +6,29 @@ meaning. The model, each term as the C generator (``bnnkit.runtime.c``) lays the
 
 * flash = ``HARNESS_FLASH`` (start-up, semihosting harness, vector table) + ``CALL_BYTES`` times
   the square root of the steps of ``{prefix}_infer`` (an empirical curve: gcc -O2 inlines kernels
-  into the calls of a small graph, not of a large one) + the generated constants: every ``static const`` array at its C size (packed weight words,
-  thresholds, flip bits, per-channel tables) and ``DESCRIPTOR_BYTES`` per layer descriptor;
+  into the calls of a small graph, not of a large one) + the generated constants: every ``static
+  const`` array at its C size (packed weight words, thresholds, flip bits, per-channel tables) and
+  ``DESCRIPTOR_BYTES`` per layer descriptor;
 * RAM = ``HARNESS_RAM`` + the harness's input and score buffers + the generated static buffers
-  (the planned arena, the patch and int8 scratch) + the stack, taken as the deepest frame of a
-  used kernel (``KERNEL_STACK``): the frames of main, the inference function and the kernels'
-  callees are not counted, which leaves the estimate short on deep graphs (docs/review-protocol.md).
+  (the planned arena, the patch and int8 scratch) + the stack: ``HARNESS_STACK`` (the frames of
+  the start-up and ``main`` below the inference) + the deepest call chain from ``{prefix}_infer``,
+  found by compiling the generated C for the M4 with the image's flags (an object, not linked or
+  run): arm-none-eabi-gcc's ``-fstack-usage`` gives each function's frame and
+  ``-fcallgraph-info=su`` its calls. The frames are what gcc reserves: which kernels it inlines
+  into ``{prefix}_infer`` or specialises to a layer changes them by hundreds of bytes, so no table
+  of kernel frames predicts them (one was tried: 26% to 32% short on deep stacks). The device
+  writes a little less than it reserves, so the measured stack is at most this and a few dozen
+  bytes below it.
 
-``KERNEL_STACK`` is derived, not guessed: ``kernel_table()`` compiles each kernel section alone
-with arm-none-eabi-gcc (``-fkeep-static-functions -fstack-usage``) and takes the deepest frame it
-adds to the sections it needs; a slow test recomputes it so the table cannot go stale. (A per-kernel
-code table did not fit the builds.) HARNESS_FLASH, CALL_BYTES and DESCRIPTOR_BYTES were fitted on
-M4 builds (docs/review-protocol.md section 5 has the tables).
+HARNESS_FLASH, CALL_BYTES and DESCRIPTOR_BYTES were fitted on M4 builds (docs/review-protocol.md
+section 5 has the tables); ``harness_stack()`` recomputes HARNESS_STACK from the harness sources,
+and a slow test keeps the two equal.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ import numpy as np
 
 from bnnkit.graph import Graph
 from bnnkit.runtime.c import generate_c
-from bnnkit.runtime.c_library import closure, kernel_sources
+from bnnkit.runtime.toolchain import CROSS_PREFIX
 
 TARGET = "cortex-m4"
 HARNESS_FLASH = 1431  # start-up, harness, vector table: the intercept of the fit below
@@ -43,56 +47,7 @@ HARNESS_RAM = 8  # semihosting arguments
 # one, so the code grows with the square root of the steps (linear in the steps was +60-120% on resnet20)
 CALL_BYTES = 564
 DESCRIPTOR_BYTES = 128
-KERNEL_STACK = {
-    "structs": 0,
-    "bit_at": 0,
-    "popcount": 0,
-    "f32_bits": 8,
-    "f32_of": 0,
-    "patch": 0,
-    "popcount_words": 0,
-    "bits_out": 12,
-    "binary_patch": 88,
-    "binary_dot": 0,
-    "byte_sums": 0,
-    "input_patch": 24,
-    "input_dot": 0,
-    "threshold": 56,
-    "maxpool_bits": 104,
-    "maxpool": 0,
-    "maxpool_i32": 96,
-    "maxpool_f32": 88,
-    "avgpool": 88,
-    "add_i32": 4,
-    "add_f32": 4,
-    "argmax_i32": 12,
-    "argmax_f32": 8,
-    "affine": 0,
-    "affine_u8": 40,
-    "affine_i32": 32,
-    "affine_f32": 32,
-    "conv": 0,
-    "conv_sign": 12,
-    "input_conv": 104,
-    "input_conv_sign": 160,
-    "binary_conv": 176,
-    "binary_conv_sign": 240,
-    "sign_f32": 48,
-    "prelu": 0,
-    "prelu_i32": 20,
-    "prelu_f32": 20,
-    "meanpool": 80,
-    "fconv": 0,
-    "fconv_u8": 168,
-    "fconv_f32": 168,
-    "int8_mac": 0,
-    "int8_requant": 0,
-    "int8_conv": 88,
-    "int8_dense": 48,
-    "requantize": 56,
-    "quantize_input": 0,
-    "maxpool_i8": 88,
-}
+HARNESS_STACK = 56  # reset_handler 8 + main 48: the frames below the call of {prefix}_infer
 _CTYPE_BYTES = {"uint8_t": 1, "int8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "uint32_t": 4, "float": 4}
 _ARRAY = re.compile(r"^static (const )?(\w+) \w+\[(\d+)\]", re.M)
 _DESCRIPTOR = re.compile(r"^static const struct \w+ \w+ = ", re.M)
@@ -117,16 +72,61 @@ def used_kernels(source: str) -> list[str]:
     return [name for name, kernel in kernels().items() if kernel.text and kernel.text in source]
 
 
+def _m4_flags() -> list[str]:
+    from bnnkit.runtime.cortex_m import TARGETS
+    from bnnkit.runtime.toolchain import MCU_CFLAGS
+
+    return [*TARGETS[TARGET].cflags, *MCU_CFLAGS]
+
+
+_NODE = re.compile(r'^node: \{ title: "([^"]+)" label: "[^"]*\\n(\d+) bytes', re.M)
+_EDGE = re.compile(r'^edge: \{ sourcename: "([^"]+)" targetname: "([^"]+)"', re.M)
+
+
+def _name(title: str) -> str:
+    return title.rsplit(":", 1)[-1]  # gcc titles a static function "file.c:name"
+
+
+def stack_frames(
+    sources: dict[str, str], unit: str, toolchain: str = CROSS_PREFIX
+) -> tuple[dict[str, int], dict[str, set[str]]]:
+    """The C file ``unit`` of ``sources`` (file name -> text) compiled for the M4 with the image's
+    flags: each function's frame in bytes, and the functions of the file it calls."""
+    from bnnkit.runtime.toolchain import cross_tools, run_tool
+
+    gcc, _ = cross_tools(toolchain)
+    with tempfile.TemporaryDirectory(prefix="bnnkit-stack-") as d:
+        for name, text in sources.items():
+            (Path(d) / name).write_text(text)
+        out = str(Path(d) / "unit.o")  # gcc writes unit.su and unit.ci beside it
+        flags = [*_m4_flags(), "-fstack-usage", "-fcallgraph-info=su", "-c", str(Path(d) / unit), "-o", out]
+        run_tool([gcc, *flags], f"compiling {unit} for the stack estimate")
+        graph = (Path(d) / "unit.ci").read_text()
+    frames = {_name(title): int(size) for title, size in _NODE.findall(graph)}
+    calls: dict[str, set[str]] = {}
+    for caller, callee in _EDGE.findall(graph):
+        calls.setdefault(_name(caller), set()).add(_name(callee))
+    return frames, calls
+
+
+def deepest_chain(function: str, frames: dict[str, int], calls: dict[str, set[str]]) -> int:
+    """``function``'s frame plus the deepest chain of its callees (a callee without a frame, one
+    outside the file such as a libc function, counts 0). The generated C calls nothing
+    recursively."""
+    return frames.get(function, 0) + max((deepest_chain(c, frames, calls) for c in calls.get(function, ())), default=0)
+
+
 def device_estimate(graph: Graph) -> dict[str, Any]:
-    """The estimated Cortex-M4 flash and RAM of ``graph``'s image, with the parts that add up to them."""
-    source = generate_c(graph, "bnn")["bnn.c"]
-    names = used_kernels(source)
+    """The estimated Cortex-M4 flash and RAM of ``graph``'s image, with the parts that add up to
+    them. Compiles the generated C for the stack: needs the Arm cross compiler."""
+    sources = generate_c(graph, "bnn")
+    source = sources["bnn.c"]
     steps = source.split("int bnn_infer(", 1)[1].count(";")
     code = HARNESS_FLASH + round(CALL_BYTES * math.sqrt(steps))
     constants = _arrays(source, True) + DESCRIPTOR_BYTES * len(_DESCRIPTOR.findall(source))
     buffers = _arrays(source, False)
     harness = HARNESS_RAM + _align4(int(np.prod(graph.input_shape))) + 4 * graph.num_classes
-    stack = max((KERNEL_STACK.get(n, 0) for n in names), default=0)
+    stack = HARNESS_STACK + deepest_chain("bnn_infer", *stack_frames(sources, "bnn.c"))
     return {
         "target": TARGET,
         "flash_bytes": code + constants,
@@ -138,33 +138,16 @@ def device_estimate(graph: Graph) -> dict[str, Any]:
     }
 
 
-def kernel_table(toolchain: str = "arm-none-eabi-") -> dict[str, int]:
-    """``KERNEL_STACK`` recomputed: each kernel section compiled for the M4 alone, the deepest
-    frame it adds to those of the sections it needs."""
-    from bnnkit.runtime.c_library import kernels
-    from bnnkit.runtime.cortex_m import TARGETS
-    from bnnkit.runtime.toolchain import MCU_CFLAGS
+def harness_stack(graph: Graph, toolchain: str = CROSS_PREFIX) -> int:
+    """``HARNESS_STACK`` recomputed: the frames on the path from the M4 start-up to the call of
+    the inference (``reset_handler``, ``run_main``, the harness's ``main``), in a build of ``graph``."""
+    from importlib import resources
 
-    flags = [*TARGETS[TARGET].cflags, *(f for f in MCU_CFLAGS if f != "-Werror")]
-    flags += ["-fkeep-static-functions", "-fstack-usage", "-Wno-unused-function", "-Wno-unused-const-variable"]
+    from bnnkit.runtime.c_library import harness_sources
 
-    def frames(names: list[str]) -> dict[str, int]:
-        if not names:
-            return {}
-        with tempfile.TemporaryDirectory() as d:
-            c = Path(d) / "k.c"
-            c.write_text("#include <stddef.h>\n#include <stdint.h>\n" + "\n\n".join(kernel_sources(names)))
-            subprocess.run(
-                [f"{toolchain}gcc", *flags, "-c", "k.c", "-o", "k.o"], check=True, capture_output=True, cwd=d
-            )
-            sizes = {}
-            for line in (Path(d) / "k.su").read_text().splitlines():
-                function, size, _ = line.split("\t")
-                sizes[function.rsplit(":", 1)[-1]] = int(size)
-            return sizes
-
-    stack = {}
-    for name in kernels():
-        before = frames([n for n in closure([name]) if n != name])
-        stack[name] = max([v for f, v in frames(closure([name])).items() if f not in before] or [0])
-    return stack
+    mcu = resources.files("bnnkit.runtime") / "mcu"
+    sources = {name: (mcu / name).read_text() for name in ("startup.c", "harness.c", "mcu.h")}
+    sources |= generate_c(graph, "bnn") | harness_sources([graph], ["bnn"])
+    startup, _ = stack_frames(sources, "startup.c", toolchain)
+    harness, _ = stack_frames(sources, "harness.c", toolchain)
+    return startup["reset_handler"] + startup["run_main"] + harness["main"]
