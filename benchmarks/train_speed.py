@@ -312,6 +312,8 @@ def floor(model: str, steps: int, rounds: int) -> dict:
 
 # Top-level profiler events by name (forward ops and backward nodes alike), first match wins.
 CATEGORIES = [
+    ("Bf16Conv", "convolution"),  # bnnkit.nn.bf16's autograd functions
+    ("Bf16Linear", "linear"),
     ("onvolution", "convolution"),
     ("conv", "convolution"),
     ("atch_norm", "batchnorm"),

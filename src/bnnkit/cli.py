@@ -133,6 +133,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         progress=not args.json,
         limit_train=args.limit_train,
         limit_test=args.limit_test,
+        validation=args.validation,
         threads=args.threads,
         grad_precision=args.grad_precision,
         warnings=(warning,) if warning else (),
@@ -552,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--limit-train", type=int, help="train on the first N images only (quick checks)")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
+    p.add_argument(
+        "--validation",
+        type=int,
+        metavar="N",
+        help="hold out N training images (the review's fixed split) and report val_acc after every epoch",
+    )
     p.add_argument(
         "--threads",
         type=int,
