@@ -133,7 +133,9 @@ def _message(r: dict, model: str, dataset: str) -> str:
         )
     else:
         lines.append(f"  Cortex-M4   skipped: {mcu['skipped']}")
-    lines.append(f"total {r['seconds']:.0f} s; run directory {r['out']}, graph {r['out']}/{GRAPH}")
+    lines.append(
+        f"total {r['seconds']:.0f} s (training {r['train_seconds']:.0f} s); run directory {r['out']}, graph {r['out']}/{GRAPH}"
+    )
     return "\n".join(lines)
 
 
