@@ -139,16 +139,21 @@ struct patch {
 };
 
 /* bnnkit:kernel popcount_words needs popcount patch */
-/* The popcount of a[k] ^ b[k] summed over n >= 1 words, or with MASK of (a[k] ^ b[k]) & m[k].
-   On a core without a popcount instruction (SWAR, SHIFTS) the words go through a carry-save
-   adder two at a time (Harley-Seal): ONES holds the bits of weight 1 carried from word to
-   word, and only the bits of weight 2 of each pair (CARRY) are counted, in byte fields; ONES
-   is counted once at the end. A pair costs its loads, two XORs, five operations for the adder
-   and eight for the count, where a popcount per word costs fifteen. With the DSP extension
-   (M4, M7) USADA8 sums the byte counts in one instruction that never overflows; against
-   0x0f0f0f0f (a mask already in a register, where 0 would take another) it adds 15 - c for
-   each byte c <= 8, so each addition adds 60 - its count. Without (M3) the bytes are added,
-   folded every 15 pairs. Elsewhere POPCOUNT per word. */
+/* The popcount of a[k] ^ b[k] summed over n >= 1 words, or with MASK of (a[k] ^ b[k]) & m[k]:
+   popcount_xor[_and] for a few words, popcount_xor[_and]_pairs for many (binary_dot chooses).
+   On a core without a popcount instruction (SWAR, SHIFTS):
+   - popcount_xor[_and] (inline): the bit-parallel sums of up to 31 words are added bytewise
+     before one fold, so a word costs its loads, its XOR and seven operations;
+   - popcount_xor[_and]_pairs (a function): the words go through a carry-save adder two at a time
+     (Harley-Seal). ONES holds the bits of weight 1 carried from word to word, and only the bits
+     of weight 2 of each pair (the carry) are counted, in byte fields; ONES is counted once at
+     the end. A pair costs its loads, two XORs, five operations for the adder and eight for the
+     count. With the DSP extension (M4, M7) USADA8 sums the byte counts in one instruction that
+     never overflows; against 0x0f0f0f0f (a mask already in a register, where 0 would take
+     another) it adds 15 - c for each byte c <= 8, so each addition adds 60 - its count. Without
+     (M3) the bytes are added, folded every 15 pairs. Its fixed cost (a call, the masks, counting
+     ONES) is what makes it the choice for many words only.
+   Elsewhere POPCOUNT per word, and the _pairs names are the same functions. */
 #if defined(BNNKIT_POPCOUNT_SWAR) || defined(BNNKIT_POPCOUNT_SHIFTS)
 /* Thumb-2 ANDs a shifted register with a register in one instruction, not with an immediate:
    an empty asm keeps the masks in registers. */
@@ -195,8 +200,8 @@ struct patch {
                 "usada8 %[s], %[t], %[m4], %[s]\n\t"                                                                   \
                 "cmp %[a], %[stop]\n\t"                                                                                \
                 "bne 1b"                                                                                               \
-                : [a] "+r"(a), [b] "+r"(b), [ones] "+r"(ones), [s] "+r"(s), [x] "=&r"(x), [y] "=&r"(y),                \
-                  [t] "=&r"(t), [u] "=&r"(u)MASK_OPERAND()                                                              \
+                : [a] "+r"(a), [b] "+r"(b), [ones] "+r"(ones), [s] "+r"(s), [x] "=&r"(x), [y] "=&r"(y), [t] "=&r"(t),  \
+                  [u] "=&r"(u)MASK_OPERAND()                                                                           \
                 : [stop] "r"(stop), [m1] "r"(m1), [m2] "r"(m2), [m4] "r"(m4)                                           \
                 : "cc", "memory");                                                                                     \
     } while (0)
@@ -211,7 +216,7 @@ struct patch {
         ADD_COUNTS(s, carry);                                                                                          \
     }
 #endif
-#define POPCOUNT_WORDS_KERNEL(name, MASK, MASK_ADVANCE, MASK_ASM, MASK_OPERAND, ...)                                   \
+#define POPCOUNT_PAIRS_KERNEL(name, MASK, MASK_ADVANCE, MASK_ASM, MASK_OPERAND, ...)                                   \
     static NOINLINE int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                  \
     {                                                                                                                  \
         uint32_t m1 = 0x55555555u, m2 = 0x33333333u, m4 = 0x0f0f0f0fu, ones = 0, s;                                    \
@@ -225,7 +230,7 @@ struct patch {
             a++, b++;                                                                                                  \
             MASK_ADVANCE(1);                                                                                           \
         }                                                                                                              \
-        for (end = a + (n & ~1); a != end; twos += COUNTED(s, pairs)) {                                               \
+        for (end = a + (n & ~1); a != end; twos += COUNTED(s, pairs)) {                                                \
             stop = PAIRS_END(a, end);                                                                                  \
             pairs = (int)(stop - a) >> 1;                                                                              \
             s = 0;                                                                                                     \
@@ -236,8 +241,34 @@ struct patch {
         ADD_COUNTS(s, ones);                                                                                           \
         return 2 * twos + COUNTED(s, 1);                                                                               \
     }
+#define POPCOUNT_WORDS_KERNEL(name, MASK, ...)                                                                         \
+    static inline int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                    \
+    {                                                                                                                  \
+        uint32_t m1 = 0x55555555u, m2 = 0x33333333u, m4 = 0x0f0f0f0fu;                                                 \
+        int total = 0, k, chunk;                                                                                       \
+        IN_REGISTER(m1);                                                                                               \
+        IN_REGISTER(m2);                                                                                               \
+        IN_REGISTER(m4);                                                                                               \
+        for (;;) {                                                                                                     \
+            uint32_t s = 0;                                                                                            \
+            chunk = n < 31 ? n : 31; /* 31 words of at most 8 per byte fit a byte */                                   \
+            for (k = 0; k < chunk; k++) {                                                                              \
+                uint32_t v = MASK(a[k] ^ b[k], k);                                                                     \
+                v = v - ((v >> 1) & m1);                                                                               \
+                v = (v & m2) + ((v >> 2) & m2);                                                                        \
+                s += (v + (v >> 4)) & m4;                                                                              \
+            }                                                                                                          \
+            s = (s & 0x00ff00ffu) + ((s >> 8) & 0x00ff00ffu);                                                          \
+            total += (int)((s + (s >> 16)) & 0xffffu);                                                                 \
+            if ((n -= chunk) == 0)                                                                                     \
+                return total;                                                                                          \
+            a += chunk;                                                                                                \
+            b += chunk;                                                                                                \
+            MASK_CHUNK(chunk);                                                                                         \
+        }                                                                                                              \
+    }
 #else
-#define POPCOUNT_WORDS_KERNEL(name, MASK, MASK_ADVANCE, MASK_ASM, MASK_OPERAND, ...)                                   \
+#define POPCOUNT_WORDS_KERNEL(name, MASK, ...)                                                                         \
     static inline int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                    \
     {                                                                                                                  \
         int total = 0, k;                                                                                              \
@@ -247,16 +278,25 @@ struct patch {
         }                                                                                                              \
         return total;                                                                                                  \
     }
+#define popcount_xor_pairs popcount_xor
+#define popcount_xor_and_pairs popcount_xor_and
 #endif
 #define NO_MASK(v, k) (v)
+#define MASK_CHUNK(chunk) ((void)0)
+POPCOUNT_WORDS_KERNEL(popcount_xor, NO_MASK, )
+#undef MASK_CHUNK
+#define MASK_CHUNK(chunk) (m += (chunk))
+#define AND_MASK(v, k) ((v)&m[k])
+POPCOUNT_WORDS_KERNEL(popcount_xor_and, AND_MASK, const uint32_t *m, )
+#if defined(BNNKIT_POPCOUNT_SWAR) || defined(BNNKIT_POPCOUNT_SHIFTS)
 #define NO_ADVANCE(k) ((void)0)
 #define NO_OPERAND() /* the asm operand of the mask pointer: expanded in the asm only */
-POPCOUNT_WORDS_KERNEL(popcount_xor, NO_MASK, NO_ADVANCE, "", NO_OPERAND, )
-#define AND_MASK(v, k) ((v)&m[k])
+POPCOUNT_PAIRS_KERNEL(popcount_xor_pairs, NO_MASK, NO_ADVANCE, "", NO_OPERAND, )
 #define MASK_ADVANCE(k) (m += (k))
 #define MASK_ASM "ldrd %[t], %[u], [%[m]], #8\n\tand %[x], %[x], %[t]\n\tand %[y], %[y], %[u]\n\t"
 #define MASK_OPERAND() , [m] "+r"(m)
-POPCOUNT_WORDS_KERNEL(popcount_xor_and, AND_MASK, MASK_ADVANCE, MASK_ASM, MASK_OPERAND, const uint32_t *m, )
+POPCOUNT_PAIRS_KERNEL(popcount_xor_and_pairs, AND_MASK, MASK_ADVANCE, MASK_ASM, MASK_OPERAND, const uint32_t *m, )
+#endif
 
 /* bnnkit:kernel bits_out needs patch */
 /* Appends runs of bits to words, densely. */
@@ -373,10 +413,16 @@ static inline struct patch binary_patch(const struct conv *L, const uint32_t *x,
 }
 
 /* bnnkit:kernel binary_dot needs patch popcount_words */
-/* n - 2 * popcount(x ^ w) over the bits that count */
+/* n - 2 * popcount(x ^ w) over the bits that count. From PAIRS_FROM words on (the 3x3 windows
+   of 32 channels and more, a dense layer) the carry-save function, below it the inline sum
+   (benchmarks/mcu_kernels.py measured both on ebnn_cnn and small_cnn). */
+#define PAIRS_FROM 8
 static inline int32_t binary_dot(const struct conv *L, const struct patch *P, int o)
 {
     const uint32_t *w = L->w + o * L->wpo;
+    if (L->wpo >= PAIRS_FROM)
+        return P->n - 2 * (P->mask == NULL ? popcount_xor_pairs(P->w, w, L->wpo)
+                                           : popcount_xor_and_pairs(P->w, w, P->mask, L->wpo));
     return P->n - 2 * (P->mask == NULL ? popcount_xor(P->w, w, L->wpo) : popcount_xor_and(P->w, w, P->mask, L->wpo));
 }
 
@@ -680,27 +726,12 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
     return 0;
 }
 
-/* The sign bit of a sum: flip ? acc <= t : acc >= t, as ~acc >= ~t when flipped (~ reverses
-   the order); FLIP's bit 0 is the flip. */
-#define SIGN_BIT(acc, t, flip) ((uint32_t)(((acc) ^ -(int32_t)((flip)&1u)) >= ((t) ^ -(int32_t)((flip)&1u))))
+/* flip ? acc <= t : acc >= t, as ~acc >= ~t when flipped (~ reverses the order). */
+#define SIGN_BIT(S, o, acc)                                                                                            \
+    ((((acc) ^ -(int32_t)((S->flip[(o) >> 5] >> ((o)&31)) & 1u)) >=                                                    \
+      (S->thresh[o] ^ -(int32_t)((S->flip[(o) >> 5] >> ((o)&31)) & 1u))))
 
-/* name##_signs: the sign bits of the channels OPEN of word k (bit b: output channel 32k + b),
-   lowest first. SIGNS_KIND says whether it is a function of its own (NOINLINE: DOT is a call of
-   its own too, and the loop around it keeps its values in registers) or inline (a short DOT). */
-#define CONV_SIGN_KERNEL(name, xtype, PATCH, DOT, SIGNS_KIND)                                                          \
-    static SIGNS_KIND uint32_t name##_signs(const struct conv *L, const struct sign *S, const struct patch *P, int k,    \
-                                          uint32_t open)                                                               \
-    {                                                                                                                  \
-        const int32_t *t = S->thresh + 32 * k;                                                                         \
-        uint32_t flip = S->flip[k], bits = 0;                                                                          \
-        for (; open != 0; open &= open - 1) {                                                                          \
-            int b = LOWEST_BIT(open);                                                                                  \
-            int32_t acc = DOT(L, P, 32 * k + b);                                                                       \
-            bits |= SIGN_BIT(acc, t[b], flip >> b) << b;                                                               \
-        }                                                                                                              \
-        return bits;                                                                                                   \
-    }                                                                                                                  \
-                                                                                                                       \
+#define CONV_SIGN_KERNEL(name, xtype, PATCH, DOT)                                                                      \
     static NOINLINE void name(const struct conv *L, const struct sign *S, const xtype *x, uint32_t *out)               \
     {                                                                                                                  \
         int ow = (L->O + 31) / 32, py, px, k, i, j;                                                                    \
@@ -712,9 +743,14 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
                     for (j = 0; j < S->KW && sign_any_open(S, out, L->O); j++) {                                       \
                         struct patch P = PATCH(L, x, py * S->SH + i, px * S->SW + j);                                  \
                         for (k = 0; k < ow; k++) {                                                                     \
-                            uint32_t open = sign_open(S, out, L->O, k);                                                \
-                            if (open != 0) /* an open channel's bit is its identity: the sign replaces it */           \
-                                out[k] = (out[k] & ~open) | name##_signs(L, S, &P, k, open);                           \
+                            uint32_t open = sign_open(S, out, L->O, k), init = S->min != NULL ? S->min[k] : 0;         \
+                            while (open != 0) {                                                                        \
+                                int b = LOWEST_BIT(open), o = 32 * k + b;                                              \
+                                int32_t acc = DOT(L, &P, o);                                                           \
+                                open &= open - 1;                                                                      \
+                                if (SIGN_BIT(S, o, acc) == !((init >> b) & 1u))                                        \
+                                    out[k] ^= 1u << b;                                                                 \
+                            }                                                                                          \
                         }                                                                                              \
                     }                                                                                                  \
             }                                                                                                          \
@@ -724,13 +760,13 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
 CONV_KERNEL(input_conv, uint8_t, input_patch, input_dot)
 
 /* bnnkit:kernel input_conv_sign needs conv_sign input_patch input_dot */
-CONV_SIGN_KERNEL(input_conv_sign, uint8_t, input_patch, input_dot, inline)
+CONV_SIGN_KERNEL(input_conv_sign, uint8_t, input_patch, input_dot)
 
 /* bnnkit:kernel binary_conv needs conv binary_patch binary_dot */
 CONV_KERNEL(binary_conv, uint32_t, binary_patch, binary_dot)
 
 /* bnnkit:kernel binary_conv_sign needs conv_sign binary_patch binary_dot */
-CONV_SIGN_KERNEL(binary_conv_sign, uint32_t, binary_patch, binary_dot, NOINLINE)
+CONV_SIGN_KERNEL(binary_conv_sign, uint32_t, binary_patch, binary_dot)
 
 /* bnnkit:kernel sign_f32 needs f32_of */
 /* f32 CHW -> bits HWC: x >= thresh[c], an IEEE comparison (-0.0 >= 0.0; NaN gives 0). */
