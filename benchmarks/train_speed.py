@@ -33,6 +33,7 @@ ranges around the loop's parts (the breakdown tables of docs/performance.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -65,29 +66,38 @@ def config(model: str) -> RunConfig:
 
 
 @contextmanager
-def float32_forward(on: bool):
-    """With ``on``, binary convolutions compute their forward in float32, not bfloat16 (same values)."""
+def bnnkit_precision(fp32: bool):
+    """bnnkit's binary layers as ``train`` runs them on this CPU, or with ``fp32`` all in float32: the
+    forward (``bnnkit.nn.bf16`` off; the same values) and the gradients (``grad_precision="float32"``)."""
     try:
         from bnnkit.nn import bf16
     except ImportError:  # an older bnnkit: float32 only
         yield
         return
-    before, bf16.enabled = bf16.enabled, bf16.enabled and not on
+    before, bf16.enabled = bf16.enabled, bf16.enabled and not fp32
+    if not hasattr(bf16, "gradient_precision"):  # an older bnnkit: float32 gradients only
+        precision = contextlib.nullcontext()
+    else:
+        precision = bf16.gradient_precision("float32" if fp32 or not bf16.cpu_has_fast_bf16() else "bfloat16")
     try:
-        yield
+        with precision:
+            yield
     finally:
         bf16.enabled = before
 
 
 def run_bnnkit(model: str, limit: int, threads: int | None, fp32: bool = False) -> tuple[float, float]:
     """Seconds of one ``train`` call (1 epoch), wall and CPU; ``threads=None``: bnnkit's default;
-    ``fp32``: binary convolutions forward in float32 (``bnnkit.nn.bf16`` off)."""
+    ``fp32``: binary layers in float32, forward and gradients (``bnnkit_precision``)."""
     options = TrainOptions(progress=False, limit_train=limit, limit_test=limit // 6)
-    if "threads" in {f.name for f in dataclasses.fields(TrainOptions)}:
+    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    if "threads" in fields:
         options = dataclasses.replace(options, threads=threads)
     else:  # an older bnnkit, without the option: PyTorch's own default is every core
         torch.set_num_threads(threads or os.cpu_count() or 1)
-    with tempfile.TemporaryDirectory() as out, float32_forward(fp32), timer() as t:
+    if fp32 and "grad_precision" in fields:
+        options = dataclasses.replace(options, grad_precision="float32")
+    with tempfile.TemporaryDirectory() as out, bnnkit_precision(fp32), timer() as t:
         train(config(model), out + "/run", options)
     return t
 
@@ -180,7 +190,7 @@ def cpu_hogs(n: int):
 
 def compare(model: str, limit: int, rounds: int, fp32_too: bool = False) -> dict:
     """bnnkit (1 thread) against the reference, alternately; times are medians. ``fp32_too``:
-    bnnkit with the float32 forward as well, in the same alternation."""
+    bnnkit with its binary layers all in float32 as well, in the same alternation."""
     reference = Reference(model)
     rows = []
     for _ in range(rounds):
@@ -194,8 +204,8 @@ def compare(model: str, limit: int, rounds: int, fp32_too: bool = False) -> dict
         "cpu_ratio": statistics.median(row[0].cpu / row[1].cpu for row in rows),
     }
     if fp32_too:
-        result["fp32_forward_ratio"] = statistics.median(row[2].wall / row[1].wall for row in rows)
-        result["fp32_forward_cpu_ratio"] = statistics.median(row[2].cpu / row[1].cpu for row in rows)
+        result["all_fp32_ratio"] = statistics.median(row[2].wall / row[1].wall for row in rows)
+        result["all_fp32_cpu_ratio"] = statistics.median(row[2].cpu / row[1].cpu for row in rows)
     return result
 
 
@@ -215,7 +225,7 @@ def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
 def floor(model: str, steps: int, rounds: int) -> dict:
     """CPU milliseconds per training step (one batch of 128, 1 thread), alternately: bnnkit's
     step (forward, loss, backward, optimiser, latent clipping), the reference's step, the
-    same bnnkit step with the float32 forward (``bnnkit.nn.bf16`` off), and the float32
+    same bnnkit step all in float32 (``bnnkit_precision``), and the float32
     convolution backward alone (``aten.convolution_backward`` on bnnkit's own shapes,
     layout and gradient mask): work that no change around the kernels removes."""
     from bnnkit.nn import clip_weights_, latent_weights
@@ -250,6 +260,10 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         h.remove()
 
     def bnnkit_step():
+        with bnnkit_precision(False):
+            float_step()
+
+    def float_step():
         loss = F.cross_entropy(net(x_bnnkit), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -275,8 +289,8 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         return (time.process_time() - start) / steps * 1000
 
     def bnnkit_fp32_step():
-        with float32_forward(True):
-            bnnkit_step()
+        with bnnkit_precision(True):
+            float_step()
 
     steppers = (bnnkit_step, reference_step, conv_backward, bnnkit_fp32_step)
     for step in steppers:
@@ -287,10 +301,10 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         "bnnkit_ms": b,
         "reference_ms": r,
         "conv_backward_ms": c,
-        "bnnkit_fp32_forward_ms": f,
+        "bnnkit_all_fp32_ms": f,
         "ratio": b / r,
         "conv_backward_ratio": c / r,
-        "fp32_forward_ratio": f / r,
+        "all_fp32_ratio": f / r,
     }
 
 
@@ -298,6 +312,8 @@ def floor(model: str, steps: int, rounds: int) -> dict:
 
 # Top-level profiler events by name (forward ops and backward nodes alike), first match wins.
 CATEGORIES = [
+    ("Bf16Conv", "convolution"),  # bnnkit.nn.bf16's autograd functions
+    ("Bf16Linear", "linear"),
     ("onvolution", "convolution"),
     ("conv", "convolution"),
     ("atch_norm", "batchnorm"),
@@ -403,7 +419,7 @@ def main() -> None:
     parser.add_argument(
         "--fp32-too",
         action="store_true",
-        help="also time bnnkit with its binary convolutions' forward in float32 instead of bfloat16 (quiet only)",
+        help="also time bnnkit with its binary layers all in float32 (forward and gradients; quiet only)",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -427,7 +443,7 @@ def main() -> None:
             f"CPU ms per step, batch {BATCH}, 1 thread, median of {args.rounds} rounds; load {os.getloadavg()[0]:.2f}"
         )
         print(
-            "| model | bnnkit step | reference step | ratio | float32 forward: step | ratio "
+            "| model | bnnkit step | reference step | ratio | all float32: step | ratio "
             "| conv backward alone | ÷ reference |"
         )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -435,7 +451,7 @@ def main() -> None:
             f = floor(m, steps=10, rounds=args.rounds)
             print(
                 f"| {m} | {f['bnnkit_ms']:.1f} | {f['reference_ms']:.1f} | {f['ratio']:.2f} | "
-                f"{f['bnnkit_fp32_forward_ms']:.1f} | {f['fp32_forward_ratio']:.2f} | "
+                f"{f['bnnkit_all_fp32_ms']:.1f} | {f['all_fp32_ratio']:.2f} | "
                 f"{f['conv_backward_ms']:.1f} | {f['conv_backward_ratio']:.2f} |"
             )
         return
@@ -487,7 +503,7 @@ def main() -> None:
             f"{q['ratio']:6.2f} {q['cpu_ratio']:6.2f} {hogs} {threads}",
             end="",
         )
-        print(f" {q['fp32_forward_ratio']:10.2f} {q['fp32_forward_cpu_ratio']:6.2f}" if args.fp32_too else "")
+        print(f" {q['all_fp32_ratio']:10.2f} {q['all_fp32_cpu_ratio']:6.2f}" if args.fp32_too else "")
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def test_training_is_the_same_bits_with_and_without_bf16(bf16_calls, monkeypatch
     recipe = BASELINE.with_(batch_size=32)
     config = RunConfig(model=model, dataset="digits", epochs=1, seed=5, recipe=recipe, model_options=options)
     # one thread for both: the default follows the load, and float sums differ between thread counts
-    options = TrainOptions(progress=False, limit_train=256, limit_test=64, threads=1)
+    options = TrainOptions(progress=False, limit_train=256, limit_test=64, threads=1, grad_precision="float32")
     weights = []
     for enabled in (True, False):
         monkeypatch.setattr(bf16, "enabled", enabled)
@@ -173,3 +173,63 @@ def test_training_is_the_same_bits_with_and_without_bf16(bf16_calls, monkeypatch
     assert bf16_calls  # ebnn_cnn's second convolution (16 channels in), the MLP's 64-input layers
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def coarse_run(layer, x0, grad_out_of):
+    """Input and weight gradients of ``layer`` on ``x0`` for the output gradient ``grad_out_of(out)``,
+    in the bfloat16 gradient precision."""
+    layer.zero_grad(set_to_none=True)
+    x = x0.clone().requires_grad_()
+    with bf16.gradient_precision("bfloat16"):
+        out = layer(x)
+        out.backward(grad_out_of(out))
+    return x.grad, layer.weight.grad
+
+
+def assert_one_bf16_rounding_from(coarse, reference):
+    """``coarse`` is ``reference`` rounded once to bfloat16 (relative 2⁻⁸), up to float32 summation order."""
+    assert coarse.dtype == torch.float32
+    slack = 2.0**-8 * reference.abs() + 1e-5 * reference.abs().max()
+    assert torch.all((coarse - reference).abs() <= slack)
+    assert not torch.equal(coarse, reference)  # it did take the coarse path
+
+
+@pytest.mark.parametrize("cin", [16, 64])  # 64: a float32 forward (576 products) still takes the coarse backward
+def test_bf16_gradients_are_float32s_of_the_rounded_output_gradient_rounded_once(bf16_calls, cin):
+    torch.manual_seed(1)
+    conv = BinaryConv2d(cin, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    x0 = torch.randn(4, cin, 7, 7).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 8, 7, 7)
+    coarse = coarse_run(conv, x0, lambda out: g.contiguous(memory_format=torch.channels_last))
+    # The reference: float32 autograd fed the output gradient as bfloat16 holds it.
+    rounded = g.bfloat16().float()
+    x = x0.clone().requires_grad_()
+    conv.zero_grad(set_to_none=True)
+    with bf16.gradient_precision("float32"):
+        conv(x).backward(rounded.contiguous(memory_format=torch.channels_last))
+    for c, r in zip(coarse, (x.grad, conv.weight.grad), strict=True):
+        assert_one_bf16_rounding_from(c, r)
+    assert len(bf16_calls) == (2 if cin == 16 else 0)  # the forward in bfloat16 only where exact, both runs
+
+
+def test_bf16_gradients_of_a_linear_layer(bf16_calls):
+    torch.manual_seed(2)
+    layer = BinaryLinear(600, 32)  # 600 products: a float32 forward, a coarse backward
+    x0, g = torch.randn(8, 600), torch.randn(8, 32)
+    coarse = coarse_run(layer, x0, lambda out: g)
+    x = x0.clone().requires_grad_()
+    layer.zero_grad(set_to_none=True)
+    layer(x).backward(g.bfloat16().float())
+    for c, r in zip(coarse, (x.grad, layer.weight.grad), strict=True):
+        assert_one_bf16_rounding_from(c, r)
+    assert not bf16_calls
+
+
+def test_bf16_gradients_leave_evaluation_and_unknown_precisions_alone(bf16_calls):
+    conv = BinaryConv2d(64, 8, 3)
+    x = torch.randn(2, 64, 5, 5)
+    with bf16.gradient_precision("bfloat16"), torch.no_grad():
+        assert torch.equal(conv(x), F.conv2d(torch.sign(x + (x == 0)), torch.sign(conv.weight)))
+    with pytest.raises(ValueError, match="float16"):
+        bf16.gradient_precision("float16").__enter__()
+    assert bf16.gradients == "float32"

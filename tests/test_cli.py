@@ -38,10 +38,15 @@ def test_train_then_eval_json(tmp_path):
         "width=64",
         "--batch-size",
         "64",
+        "--validation",
+        "200",
+        "--grad-precision",
+        "float32",
         "--json",
     )
     trained = json.loads(proc.stdout)
     assert 0.5 < trained["test_acc"] <= 1.0
+    assert 0.5 < trained["val_acc"] <= 1.0 and trained["grad_precision"] == "float32"
     evaluated = json.loads(run_cli("eval", out, "--json").stdout)
     assert evaluated["n"] == 355 and evaluated["accuracy"] == trained["test_acc"]
 

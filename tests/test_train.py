@@ -8,7 +8,7 @@ from helpers.interrupt import interrupt_after_first_checkpoint
 
 from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
-from bnnkit.nn import binary_layers
+from bnnkit.nn import bf16, binary_layers
 from bnnkit.recipe import BASELINE
 from bnnkit.training import RunConfig, TrainOptions, evaluate, load_run, read_metrics, train
 from bnnkit.training.checkpoint import load_state
@@ -55,13 +55,17 @@ def test_run_directory_contents(tmp_path):
     assert json.loads((run / "config.json").read_text())["recipe"]["batch_size"] == 64
 
 
-def test_two_epochs_equal_one_plus_resume(tmp_path, monkeypatch):
-    train(digits_config(epochs=2), tmp_path / "straight", QUIET)
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_two_epochs_equal_one_plus_resume(tmp_path, monkeypatch, precision):
+    monkeypatch.setattr(bf16, "cpu_has_fast_bf16", lambda: True)  # oneDNN emulates bfloat16 where it lacks it
+    first = TrainOptions(progress=False, grad_precision=precision)
+    train(digits_config(epochs=2), tmp_path / "straight", first)
     with monkeypatch.context() as m:
         interrupt_after_first_checkpoint(m)
         with pytest.raises(KeyboardInterrupt):
-            train(digits_config(epochs=2), tmp_path / "resumed", QUIET)
+            train(digits_config(epochs=2), tmp_path / "resumed", first)
     assert [r["epoch"] for r in read_metrics(tmp_path / "resumed")] == [1]
+    # No precision given: the resume takes the recorded one.
     train(digits_config(epochs=2), tmp_path / "resumed", TrainOptions(resume=True, progress=False))
     a = safetensors.torch.load_file(tmp_path / "straight" / "model.safetensors")
     b = safetensors.torch.load_file(tmp_path / "resumed" / "model.safetensors")
@@ -72,6 +76,18 @@ def test_two_epochs_equal_one_plus_resume(tmp_path, monkeypatch):
     for i, st in sa["state"].items():
         assert torch.equal(st["exp_avg_sq"], sb["state"][i]["exp_avg_sq"])
     assert read_metrics(tmp_path / "straight")[-1]["test_acc"] == read_metrics(tmp_path / "resumed")[-1]["test_acc"]
+    assert [m["grad_precision"] for m in read_metrics(tmp_path / "resumed")] == [precision, precision]
+
+
+def test_the_gradient_precisions_train_different_bits_and_unknown_ones_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(bf16, "cpu_has_fast_bf16", lambda: True)
+    weights = []
+    for precision in ("float32", "bfloat16"):
+        train(digits_config(epochs=1), tmp_path / precision, TrainOptions(progress=False, grad_precision=precision))
+        weights.append(safetensors.torch.load_file(tmp_path / precision / "model.safetensors"))
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    with pytest.raises(BnnkitError, match="grad_precision must be one of float32, bfloat16, got 'fp16'"):
+        TrainOptions(grad_precision="fp16")
 
 
 def test_resume_drops_metrics_beyond_the_checkpoint(tmp_path, monkeypatch):

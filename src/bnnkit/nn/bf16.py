@@ -9,9 +9,19 @@ to 512. A sum of an even number of ±1 is even, so a convolution whose input has
 number of channels per group (each valid tap adds that many products) is exact up to
 512 products per output; a linear layer's outputs all sum ``in_features`` products. Within
 that bound this forward costs about half of float32's on a CPU with AVX512-BF16
-(docs/performance.md). The backward pass is PyTorch's own float32 one, called as autograd
-would call it, so the gradients (and a training run) are the same bits as with
-``F.conv2d``/``F.linear``.
+(docs/performance.md).
+
+The gradients are a separate choice, made per training run (``gradient_precision``):
+
+* ``"float32"``: PyTorch's own float32 backward, called as autograd would call it, so the
+  gradients (and a training run) are the same bits as with ``F.conv2d``/``F.linear``;
+* ``"bfloat16"``: the incoming gradient is rounded to bfloat16 (the saved ±1 operands are
+  exact in it), oneDNN sums the products in float32 and rounds each result to bfloat16.
+  Every gradient of a binary layer is then within a relative 2⁻⁸ of float32's, as in
+  bfloat16 mixed-precision training; latent weights, BatchNorm and the optimiser stay
+  float32. On a CPU with AVX512-BF16 the convolutions' backward, the larger half of a
+  training step, takes about 0.6× float32's time. Layers whose forward is not exact in
+  bfloat16 (more than 512 products) keep a float32 forward and still take this backward.
 """
 
 from __future__ import annotations
@@ -25,6 +35,22 @@ import torch.nn.functional as F
 
 # Off: every binary convolution and linear layer runs in float32 (benchmarks/train_speed.py compares both).
 enabled = True
+# The binary layers' gradients (module docstring); training sets it for a run with gradient_precision().
+gradients = "float32"
+GRADIENT_PRECISIONS = ("float32", "bfloat16")
+
+
+@contextlib.contextmanager
+def gradient_precision(name: str) -> Iterator[None]:
+    """The binary layers' gradients in ``name`` (one of GRADIENT_PRECISIONS) inside the block."""
+    global gradients
+    if name not in GRADIENT_PRECISIONS:
+        raise ValueError(f"gradient precision {name!r}: use one of {', '.join(GRADIENT_PRECISIONS)}")
+    before, gradients = gradients, name
+    try:
+        yield
+    finally:
+        gradients = before
 
 
 @contextlib.contextmanager
@@ -55,17 +81,9 @@ def exact_in_bf16(channels_per_group: int, taps: int) -> bool:
     return products <= 256 or (channels_per_group % 2 == 0 and products <= 512)
 
 
-def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether a convolution (4-D ``w``) or a linear layer (2-D ``x`` and ``w``) of ±1
-    operands may take the bfloat16 forward."""
-    if w.ndim == 4:
-        exact = exact_in_bf16(w.shape[1], w.shape[2] * w.shape[3])
-    else:
-        # Row-major operands: autograd's mm backward takes other products for other strides.
-        exact = x.ndim == 2 and x.is_contiguous() and w.is_contiguous() and exact_in_bf16(w.shape[1], 1)
+def _fast_here(x: torch.Tensor, w: torch.Tensor) -> bool:
     return (
         enabled
-        and exact
         and x.device.type == "cpu"
         and x.dtype == w.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
@@ -74,16 +92,50 @@ def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
     )
 
 
+def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether a convolution (4-D ``w``) or a linear layer (2-D ``x`` and ``w``) of ±1
+    operands may take the bfloat16 forward."""
+    if w.ndim == 4:
+        exact = exact_in_bf16(w.shape[1], w.shape[2] * w.shape[3])
+    else:
+        # Row-major operands: autograd's mm backward takes other products for other strides.
+        exact = x.ndim == 2 and x.is_contiguous() and w.is_contiguous() and exact_in_bf16(w.shape[1], 1)
+    return exact and _fast_here(x, w)
+
+
+def coarse_gradients(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether a layer of ±1 operands that is being trained takes the bfloat16 gradients."""
+    return (
+        gradients == "bfloat16"
+        and (w.ndim == 4 or x.ndim == 2)
+        and torch.is_grad_enabled()
+        and (x.requires_grad or w.requires_grad)
+        and _fast_here(x, w)
+    )
+
+
 def _forward(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
     return F.conv2d(x.bfloat16(), w.bfloat16(), None, stride, padding, dilation, groups).float()
 
 
+def _saved(ctx, x: torch.Tensor, w: torch.Tensor, coarse: bool) -> None:
+    # ±1 operands are exact in bfloat16: the coarse backward keeps them at half the memory.
+    ctx.coarse = coarse
+    ctx.save_for_backward(*((x.bfloat16(), w.bfloat16()) if coarse else (x, w)))
+
+
+def _widened(*grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    return tuple(None if g is None else g.float() for g in grads)
+
+
 class _Bf16Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, stride, padding, dilation, groups):
+    def forward(ctx, x, w, exact, coarse, stride, padding, dilation, groups):
         ctx.config = (stride, padding, dilation, groups)
-        ctx.save_for_backward(x, w)
-        return _forward(x, w, stride, padding, dilation, groups)
+        _saved(ctx, x, w, coarse)
+        if exact:
+            return _forward(x, w, stride, padding, dilation, groups)
+        return F.conv2d(x, w, None, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):
@@ -91,9 +143,19 @@ class _Bf16Conv(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.config
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad, x, w, None, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups, mask
+            grad.bfloat16() if ctx.coarse else grad,
+            x,
+            w,
+            None,
+            _pair(stride),
+            _pair(padding),
+            _pair(dilation),
+            False,
+            [0, 0],
+            groups,
+            mask,
         )
-        return grad_x, grad_w, None, None, None, None
+        return *_widened(grad_x, grad_w), None, None, None, None, None, None
 
 
 def _linear_forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -102,18 +164,19 @@ def _linear_forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 class _Bf16Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w):
-        ctx.save_for_backward(x, w)
-        return _linear_forward(x, w)
+    def forward(ctx, x, w, exact, coarse):
+        _saved(ctx, x, w, coarse)
+        return _linear_forward(x, w) if exact else F.linear(x, w)
 
     @staticmethod
     def backward(ctx, grad):
         # F.linear is mm(x, w.t()) for a 2-D x; autograd's mm backward for a row-major x and
         # a transposed w computes exactly these two products.
         x, w = ctx.saved_tensors
+        grad = grad.bfloat16() if ctx.coarse else grad
         grad_x = grad.mm(w) if ctx.needs_input_grad[0] else None
         grad_w = grad.t().mm(x) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w
+        return *_widened(grad_x, grad_w), None, None
 
 
 def _pair(v) -> list[int]:
@@ -122,18 +185,19 @@ def _pair(v) -> list[int]:
 
 def binary_conv2d(x: torch.Tensor, w: torch.Tensor, bias: None, stride, padding, dilation, groups: int) -> torch.Tensor:
     """``F.conv2d(x, w, None, ...)`` (``bias`` None, for the same signature) for operands that are exactly ±1 (and zero padding):
-    in bfloat16 where that is exact and fast, else in float32; the same values either way."""
-    if not usable(x, w):
-        return F.conv2d(x, w, None, stride, padding, dilation, groups)
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        return _Bf16Conv.apply(x, w, stride, padding, dilation, groups)
-    return _forward(x, w, stride, padding, dilation, groups)
+    the forward in bfloat16 where that is exact and fast, else in float32, the same values either way; the
+    gradients in the run's ``gradients`` precision."""
+    exact, coarse = usable(x, w), coarse_gradients(x, w)
+    if coarse or (exact and torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+        return _Bf16Conv.apply(x, w, exact, coarse, stride, padding, dilation, groups)
+    if exact:
+        return _forward(x, w, stride, padding, dilation, groups)
+    return F.conv2d(x, w, None, stride, padding, dilation, groups)
 
 
 def binary_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, w)`` for operands that are exactly ±1, as ``binary_conv2d``."""
-    if not usable(x, w):
-        return F.linear(x, w)
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        return _Bf16Linear.apply(x, w)
-    return _linear_forward(x, w)
+    exact, coarse = usable(x, w), coarse_gradients(x, w)
+    if coarse or (exact and torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+        return _Bf16Linear.apply(x, w, exact, coarse)
+    return _linear_forward(x, w) if exact else F.linear(x, w)

@@ -31,7 +31,7 @@ from torch import nn
 from bnnkit.data import ArrayDataset, load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.files import atomic_write
-from bnnkit.nn import clip_weights_, latent_weights, set_weight_binarization
+from bnnkit.nn import bf16, clip_weights_, latent_weights, set_weight_binarization
 from bnnkit.progress import progress, write
 from bnnkit.quant import scheduled_quantizers
 from bnnkit.recipe import Recipe
@@ -78,6 +78,9 @@ class TrainOptions:
     # recorded, else the free cores split between `processes` trainings (training.threads).
     threads: int | None = None
     processes: int | None = None  # None: the processes of this torchrun job on this node, else 1
+    # Precision of the binary layers' gradients (bnnkit.nn.bf16): "float32" or "bfloat16". None: the one a
+    # resumed run recorded, else bfloat16 on a CPU that computes it natively (0.6x float32's backward), else float32.
+    grad_precision: str | None = None
     # Printed on stderr ("warning: ...") once the run is set up, just before it trains: a
     # word about the run (the CLI's that it will not export) that an earlier error makes moot.
     warnings: tuple[str, ...] = ()
@@ -87,6 +90,10 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):
                 raise BnnkitError(f"{name} must be an integer >= 1 (or None for all images), got {value!r}")
+        if self.grad_precision not in (None, *bf16.GRADIENT_PRECISIONS):
+            raise BnnkitError(
+                f"grad_precision must be one of {', '.join(bf16.GRADIENT_PRECISIONS)}, got {self.grad_precision!r}"
+            )
 
     @property
     def limits(self) -> dict[str, int | None]:
@@ -278,6 +285,8 @@ def _train(
     net = distributed.wrap(model, device)  # trains through DDP; `model` is evaluated and saved
     threads = choose_threads(options.threads, state.get("threads") if state else None, options.processes)
     use_threads(threads)
+    precision = _grad_precision(options.grad_precision, state, device)
+    held.enter_context(bf16.gradient_precision(precision))
     latent = latent_weights(model) if recipe.latent_clip > 0 else []
     scheduled = scheduled_quantizers(model)
 
@@ -348,6 +357,7 @@ def _train(
             "epoch_seconds": train_time,
             "images_per_second": train_seen / train_time,
             "threads": threads,
+            "grad_precision": precision,
         }
         history.append(record)
 
@@ -363,6 +373,7 @@ def _train(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "threads": threads,
+                    "grad_precision": precision,
                 },
             )
         distributed.barrier()  # no rank goes on (or returns) before the epoch is on disk
@@ -378,6 +389,14 @@ def _train(
     best = max((m["test_acc"] for m in history), default=float("nan"))
     validation = {} if val_digest is None else {"validation_sha256": val_digest}
     return {**final, "best_test_acc": best, "epochs": config.epochs, "out": str(out), **validation}
+
+
+def _grad_precision(asked: str | None, state: dict | None, device: torch.device) -> str:
+    if asked is not None:
+        return asked
+    if state is not None:  # a resume continues in its recorded precision (runs before the choice: float32)
+        return state.get("grad_precision", "float32")
+    return "bfloat16" if device.type == "cpu" and bf16.cpu_has_fast_bf16() else "float32"
 
 
 def _validation_metrics(model: nn.Module, val_ds: ArrayDataset | None, device: torch.device) -> dict[str, float]:
