@@ -749,31 +749,30 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
 #define CONV_SIGN_KERNEL(name, xtype, PATCH, DOT)                                                                      \
     static NOINLINE void name(const struct conv *L, const struct sign *S, const xtype *x, uint32_t *out)               \
     {                                                                                                                  \
-        int ow = (L->O + 31) / 32, step = S->dense ? 0 : ow, py, px, k, i, j;                                          \
-        uint32_t pixel;                                                                                                \
+        int ow = (L->O + 31) / 32, py, px, k, i, j;                                                                    \
+        uint32_t pixel[1];                                                                                             \
         struct bits_out dense = {out, 0, 0};                                                                           \
-        if (S->dense)                                                                                                  \
-            out = &pixel;                                                                                              \
         for (py = 0; py < S->Ho; py++)                                                                                 \
-            for (px = 0; px < S->Wo; px++, out += step) {                                                              \
+            for (px = 0; px < S->Wo; px++, out += S->dense ? 0 : ow) {                                                 \
+                uint32_t *o = S->dense ? pixel : out; /* the pixel's words */                                          \
                 for (k = 0; k < ow; k++)                                                                               \
-                    out[k] = S->min != NULL ? S->min[k] : 0;                                                           \
+                    o[k] = S->min != NULL ? S->min[k] : 0;                                                             \
                 for (i = 0; i < S->KH; i++)                                                                            \
-                    for (j = 0; j < S->KW && sign_any_open(S, out, L->O); j++) {                                       \
+                    for (j = 0; j < S->KW && sign_any_open(S, o, L->O); j++) {                                         \
                         struct patch P = PATCH(L, x, py * S->SH + i, px * S->SW + j);                                  \
                         for (k = 0; k < ow; k++) {                                                                     \
-                            uint32_t open = sign_open(S, out, L->O, k), init = S->min != NULL ? S->min[k] : 0;         \
+                            uint32_t open = sign_open(S, o, L->O, k), init = S->min != NULL ? S->min[k] : 0;           \
                             while (open != 0) {                                                                        \
-                                int b = LOWEST_BIT(open), o = 32 * k + b;                                              \
-                                int32_t acc = DOT(L, &P, o);                                                           \
+                                int b = LOWEST_BIT(open), c = 32 * k + b;                                              \
+                                int32_t acc = DOT(L, &P, c);                                                           \
                                 open &= open - 1;                                                                      \
-                                if (SIGN_BIT(S, o, acc) == !((init >> b) & 1u))                                        \
-                                    out[k] ^= 1u << b;                                                                 \
+                                if (SIGN_BIT(S, c, acc) == !((init >> b) & 1u))                                        \
+                                    o[k] ^= 1u << b;                                                                   \
                             }                                                                                          \
                         }                                                                                              \
                     }                                                                                                  \
                 if (S->dense)                                                                                          \
-                    put_bits(&dense, pixel, L->O);                                                                     \
+                    put_bits(&dense, pixel[0], L->O);                                                                  \
             }                                                                                                          \
         end_bits(&dense);                                                                                              \
     }
