@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers.commands import train_digits
 from helpers.docblocks import ROOT, blocks, run_shell, user_env
 from helpers.graphgen import case_from_seed
 
@@ -94,30 +95,13 @@ def test_train_wrapper_makes_the_same_run_as_the_cli(tmp_path):
             sys.executable,
             "-m",
             "bnnkit",
-            "train",
-            "--model",
-            "binarynet_mlp",
-            "--dataset",
-            "digits",
-            "--recipe",
-            "embedded",
-            "--epochs",
-            "1",
-            "--seed",
-            "3",
-            "--lr",
-            "2e-3",
-            "--batch-size",
-            "32",
-            "--option",
-            "width=32",
-            "--option",
-            "depth=1",
-            "--limit-train",
-            "400",
-            "--out",
-            str(tmp_path / "cli"),
-            "--json",
+            *train_digits(
+                "binarynet_mlp",
+                *("--recipe", "embedded", "--epochs", 1, "--seed", 3, "--lr", "2e-3", "--batch-size", 32),
+                *("--limit-train", 400, "--out", tmp_path / "cli", "--json"),
+                width=32,
+                depth=1,
+            ),
         ],
         capture_output=True,
         text=True,

@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers.commands import train_digits
 from helpers.docblocks import user_env
 
 from bnnkit.cli import main
@@ -118,22 +119,9 @@ def digits_graph(tmp_path_factory):
     tests read the files only (they run their own commands in a child)."""
     tmp = tmp_path_factory.mktemp("digits")
     cli_ok(
-        "train",
-        "--model",
-        "binarynet_mlp",
-        "--dataset",
-        "digits",
-        "--recipe",
-        "embedded",
-        "--epochs",
-        "1",
-        "--option",
-        "width=32",
-        "--option",
-        "depth=1",
-        "--out",
-        tmp / "run",
-        "--json",
+        *train_digits(
+            "binarynet_mlp", "--recipe", "embedded", "--epochs", 1, "--out", tmp / "run", "--json", width=32, depth=1
+        )
     )
     cli_ok("export", tmp / "run", "-o", tmp / "m.bnn", "--json")
     return tmp / "run", tmp / "m.bnn"

@@ -163,7 +163,7 @@ def test_sizes_follow_the_weights_and_every_target_runs(tmp_path):
 
 @needs_tools
 def test_stack_overflow_is_reported(tmp_path):
-    image = build_mcu(ebnn_cnn(np.random.default_rng(0)), tmp_path, "cortex-m3", stack_size=128)
+    image = build_mcu(ebnn_cnn(np.random.default_rng(0)), tmp_path, "cortex-m3", stack_size=64)
     with pytest.raises(BnnkitError, match="stack overflow"):
         image.predict(np.zeros((2, 1, 28, 28), np.uint8))
 

@@ -3,12 +3,12 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import safetensors.torch
 import torch
 import torch.multiprocessing as mp
+from helpers.commands import TORCHRUN, train_digits
 
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import BASELINE
@@ -23,31 +23,21 @@ RUN_FILES = ["config.json", "curves.png", "metrics.jsonl", "model.safetensors", 
 
 def torchrun(out, recipe_file, epochs, *extra):
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "bnnkit",
-        "train",
-        "--model",
-        "binarynet_mlp",
-        "--dataset",
-        "digits",
-        "--option",
-        "width=64",
-        "--option",
-        "depth=2",
-        "--recipe",
-        recipe_file,
-        "--epochs",
-        str(epochs),
-        "--seed",
-        "3",
-        "--out",
-        out,
-        "--json",
+        *TORCHRUN,
+        *train_digits(
+            "binarynet_mlp",
+            "--recipe",
+            recipe_file,
+            "--epochs",
+            epochs,
+            "--seed",
+            3,
+            "--out",
+            out,
+            "--json",
+            width=64,
+            depth=2,
+        ),
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -111,26 +101,7 @@ def test_a_locked_run_directory_stops_every_rank(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "bnnkit",
-        "train",
-        "--model",
-        "binarynet_mlp",
-        "--dataset",
-        "digits",
-        "--option",
-        "width=16",
-        "--epochs",
-        "1",
-        "--out",
-        str(run),
-    ]
+    cmd = [*TORCHRUN, *train_digits("binarynet_mlp", "--epochs", 1, "--out", run, width=16)]
     with exclusive(run, "run directory"):  # another writer holds it
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}

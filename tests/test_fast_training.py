@@ -11,6 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from helpers.commands import train_digits
 from helpers.interrupt import interrupt_after_first_checkpoint
 
 import bnnkit.training.threads as threads
@@ -208,22 +209,9 @@ def test_cli_threads_reach_the_training(tmp_path, capsys):
     try:
         assert (
             main(
-                [
-                    "train",
-                    "--model",
-                    "binarynet_mlp",
-                    "--dataset",
-                    "digits",
-                    "--option",
-                    "width=16",
-                    "--epochs",
-                    "1",
-                    "--threads",
-                    "1",
-                    "--out",
-                    str(tmp_path / "run"),
-                    "--json",
-                ]
+                train_digits(
+                    "binarynet_mlp", "--epochs", 1, "--threads", 1, "--out", tmp_path / "run", "--json", width=16
+                )
             )
             == 0
         )

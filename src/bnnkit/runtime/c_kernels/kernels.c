@@ -145,106 +145,28 @@ struct patch {
 /* bnnkit:kernel popcount_words needs popcount patch */
 /* The popcount of a[k] ^ b[k] summed over n >= 1 words, or with MASK of (a[k] ^ b[k]) & m[k]:
    popcount_xor[_and] for a few words, popcount_xor[_and]_pairs for many (binary_dot chooses).
-   On a core without a popcount instruction (SWAR, SHIFTS):
-   - popcount_xor[_and] (inline): the bit-parallel sums of up to 31 words are added bytewise
-     before one fold, so a word costs its loads, its XOR and seven operations;
-   - popcount_xor[_and]_pairs (a function): the words go through a carry-save adder two at a time
-     (Harley-Seal). ONES holds the bits of weight 1 carried from word to word, and only the bits
-     of weight 2 of each pair (the carry) are counted, in byte fields; ONES is counted once at
-     the end. A pair costs its loads, two XORs, five operations for the adder and eight for the
-     count. With the DSP extension (M4, M7) USADA8 sums the byte counts in one instruction that
-     never overflows; against 0x0f0f0f0f (a mask already in a register, where 0 would take
-     another) it adds 15 - c for each byte c <= 8, so each addition adds 60 - its count. Without
-     (M3) the bytes are added, folded every 15 pairs. Its fixed cost (a call, the masks, counting
-     ONES) is what makes it the choice for many words only.
-   Elsewhere POPCOUNT per word, and the _pairs names are the same functions. */
+   On a core without a popcount instruction (SWAR, SHIFTS), popcount_xor[_and] (inline) adds the
+   bit-parallel sums of up to 31 words bytewise before one fold, so a word costs its loads, its
+   XOR and seven operations. With the DSP extension (M4, M7) and Thumb-2, popcount_xor[_and]_pairs
+   (a function, BNNKIT_POPCOUNT_PAIRS) put the words through a carry-save adder two at a time
+   (Harley-Seal): ONES holds the bits of weight 1 carried from word to word, and only the bits of
+   weight 2 of each pair (the carry) are counted, in byte fields that USADA8 sums in one
+   instruction; ONES is counted once at the end. Against 0x0f0f0f0f (a mask already in a
+   register, where 0 would take another) USADA8 adds 15 - c for each byte c <= 8, so each addition
+   adds 60 - its count. Its fixed cost (a call, the masks, counting ONES) is what makes it the
+   choice for many words only. On the M3 the same steps in C were no faster than the per-word
+   sum (benchmarks/mcu_kernels.py), so elsewhere the _pairs names are popcount_xor[_and]. */
 #if defined(BNNKIT_POPCOUNT_SWAR) || defined(BNNKIT_POPCOUNT_SHIFTS)
 /* Thumb-2 ANDs a shifted register with a register in one instruction, not with an immediate:
    an empty asm keeps the masks in registers. */
 #if defined(__GNUC__) && defined(__thumb2__)
 #define IN_REGISTER(v) __asm__("" : "+r"(v))
+#if defined(__ARM_FEATURE_SIMD32) && !defined(BNNKIT_NO_DSP)
+#define BNNKIT_POPCOUNT_PAIRS
+#endif
 #else
 #define IN_REGISTER(v) ((void)0)
 #endif
-#if defined(__ARM_FEATURE_SIMD32) && !defined(BNNKIT_NO_DSP)
-#include <arm_acle.h>
-#define PAIRS_END(a, end) (end)
-#define ADD_COUNTS(s, v) ((s) = __usada8((v), m4, (s)))
-#define COUNTED(s, adds) (60 * (adds) - (int)(s))
-#else
-#define PAIRS_END(a, end) ((end) - (a) > 30 ? (a) + 30 : (end)) /* 15 pairs of at most 16 per byte fit a byte */
-#define ADD_COUNTS(s, v) ((s) += (v))
-#define COUNTED(s, adds) ((void)(adds), (int)((((s)&0x00ff00ffu) + (((s) >> 8) & 0x00ff00ffu)) * 0x00010001u >> 16))
-#endif
-/* v's bits counted in its bytes (at most 8 each) */
-#define BYTE_COUNTS(v)                                                                                                 \
-    ((v) = (v) - (((v) >> 1) & m1), (v) = ((v)&m2) + (((v) >> 2) & m2), (v) = ((v) + ((v) >> 4)) & m4)
-#if defined(__GNUC__) && defined(__thumb2__) && defined(__ARM_FEATURE_SIMD32) && !defined(BNNKIT_NO_DSP)
-/* The pairs from a to stop (at least one) in Thumb-2 assembly, 19 instructions a pair (22 with
-   a mask): GCC neither loads a pair with one LDRD nor keeps all twelve values in registers.
-   The same steps as the C below, which the other cores run. */
-#define PAIRS(MASK_ASM, MASK_OPERAND, MASK, MASK_ADVANCE)                                                              \
-    do {                                                                                                               \
-        uint32_t x, y, t, u;                                                                                           \
-        __asm__("1: ldrd %[x], %[y], [%[a]], #8\n\t"                                                                   \
-                "ldrd %[t], %[u], [%[b]], #8\n\t"                                                                      \
-                "eor %[x], %[x], %[t]\n\t"                                                                             \
-                "eor %[y], %[y], %[u]\n\t" MASK_ASM "eor %[u], %[ones], %[x]\n\t" /* u = ones ^ x */                   \
-                "and %[t], %[ones], %[x]\n\t"                                                                          \
-                "and %[x], %[u], %[y]\n\t"                                                                             \
-                "eor %[ones], %[u], %[y]\n\t"                                                                          \
-                "orr %[t], %[t], %[x]\n\t" /* the carry */                                                             \
-                "and %[x], %[m1], %[t], lsr #1\n\t"                                                                    \
-                "sub %[t], %[t], %[x]\n\t"                                                                             \
-                "and %[x], %[m2], %[t], lsr #2\n\t"                                                                    \
-                "and %[t], %[t], %[m2]\n\t"                                                                            \
-                "add %[t], %[t], %[x]\n\t"                                                                             \
-                "add %[t], %[t], %[t], lsr #4\n\t"                                                                     \
-                "and %[t], %[t], %[m4]\n\t"                                                                            \
-                "usada8 %[s], %[t], %[m4], %[s]\n\t"                                                                   \
-                "cmp %[a], %[stop]\n\t"                                                                                \
-                "bne 1b"                                                                                               \
-                : [a] "+r"(a), [b] "+r"(b), [ones] "+r"(ones), [s] "+r"(s), [x] "=&r"(x), [y] "=&r"(y), [t] "=&r"(t),  \
-                  [u] "=&r"(u)MASK_OPERAND()                                                                           \
-                : [stop] "r"(stop), [m1] "r"(m1), [m2] "r"(m2), [m4] "r"(m4)                                           \
-                : "cc", "memory");                                                                                     \
-    } while (0)
-#else
-#define PAIRS(MASK_ASM, MASK_OPERAND, MASK, MASK_ADVANCE)                                                              \
-    for (; a != stop; a += 2, b += 2) {                                                                                \
-        uint32_t x = MASK(a[0] ^ b[0], 0), y = MASK(a[1] ^ b[1], 1), u = ones ^ x;                                     \
-        uint32_t carry = (ones & x) | (u & y);                                                                         \
-        ones = u ^ y;                                                                                                  \
-        MASK_ADVANCE(2);                                                                                               \
-        BYTE_COUNTS(carry);                                                                                            \
-        ADD_COUNTS(s, carry);                                                                                          \
-    }
-#endif
-#define POPCOUNT_PAIRS_KERNEL(name, MASK, MASK_ADVANCE, MASK_ASM, MASK_OPERAND, ...)                                   \
-    static NOINLINE int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                  \
-    {                                                                                                                  \
-        uint32_t m1 = 0x55555555u, m2 = 0x33333333u, m4 = 0x0f0f0f0fu, ones = 0, s;                                    \
-        const uint32_t *end, *stop;                                                                                    \
-        int twos = 0, pairs;                                                                                           \
-        IN_REGISTER(m1);                                                                                               \
-        IN_REGISTER(m2);                                                                                               \
-        IN_REGISTER(m4);                                                                                               \
-        if (n & 1) { /* the odd word out starts the carry */                                                           \
-            ones = MASK(*a ^ *b, 0);                                                                                   \
-            a++, b++;                                                                                                  \
-            MASK_ADVANCE(1);                                                                                           \
-        }                                                                                                              \
-        for (end = a + (n & ~1); a != end; twos += COUNTED(s, pairs)) {                                                \
-            stop = PAIRS_END(a, end);                                                                                  \
-            pairs = (int)(stop - a) >> 1;                                                                              \
-            s = 0;                                                                                                     \
-            PAIRS(MASK_ASM, MASK_OPERAND, MASK, MASK_ADVANCE);                                                         \
-        }                                                                                                              \
-        BYTE_COUNTS(ones);                                                                                             \
-        s = 0;                                                                                                         \
-        ADD_COUNTS(s, ones);                                                                                           \
-        return 2 * twos + COUNTED(s, 1);                                                                               \
-    }
 #define POPCOUNT_WORDS_KERNEL(name, MASK, ...)                                                                         \
     static inline int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                    \
     {                                                                                                                  \
@@ -282,8 +204,6 @@ struct patch {
         }                                                                                                              \
         return total;                                                                                                  \
     }
-#define popcount_xor_pairs popcount_xor
-#define popcount_xor_and_pairs popcount_xor_and
 #endif
 #define NO_MASK(v, k) (v)
 #define MASK_CHUNK(chunk) ((void)0)
@@ -292,7 +212,50 @@ POPCOUNT_WORDS_KERNEL(popcount_xor, NO_MASK, )
 #define MASK_CHUNK(chunk) (m += (chunk))
 #define AND_MASK(v, k) ((v)&m[k])
 POPCOUNT_WORDS_KERNEL(popcount_xor_and, AND_MASK, const uint32_t *m, )
-#if defined(BNNKIT_POPCOUNT_SWAR) || defined(BNNKIT_POPCOUNT_SHIFTS)
+#if defined(BNNKIT_POPCOUNT_PAIRS)
+#include <arm_acle.h>
+/* n >= 2. The pairs in Thumb-2 assembly, 19 instructions a pair (22 with a mask): GCC neither
+   loads a pair with one LDRD nor keeps all twelve values in registers. ONES starts at the odd
+   word out; the carries' byte counts of all pairs go into one USADA8 sum (at most 60 a pair). */
+#define POPCOUNT_PAIRS_KERNEL(name, MASK, MASK_ADVANCE, MASK_ASM, MASK_OPERAND, ...)                                   \
+    static NOINLINE int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                  \
+    {                                                                                                                  \
+        uint32_t m1 = 0x55555555u, m2 = 0x33333333u, m4 = 0x0f0f0f0fu, ones = 0, s = 0, x, y, t, u;                    \
+        const uint32_t *stop;                                                                                          \
+        if (n & 1) {                                                                                                   \
+            ones = MASK(*a ^ *b, 0);                                                                                   \
+            a++, b++;                                                                                                  \
+            MASK_ADVANCE(1);                                                                                           \
+        }                                                                                                              \
+        stop = a + (n & ~1);                                                                                           \
+        __asm__("1: ldrd %[x], %[y], [%[a]], #8\n\t"                                                                   \
+                "ldrd %[t], %[u], [%[b]], #8\n\t"                                                                      \
+                "eor %[x], %[x], %[t]\n\t"                                                                             \
+                "eor %[y], %[y], %[u]\n\t" MASK_ASM "eor %[u], %[ones], %[x]\n\t" /* u = ones ^ x */                   \
+                "and %[t], %[ones], %[x]\n\t"                                                                          \
+                "and %[x], %[u], %[y]\n\t"                                                                             \
+                "eor %[ones], %[u], %[y]\n\t"                                                                          \
+                "orr %[t], %[t], %[x]\n\t" /* the carry */                                                             \
+                "and %[x], %[m1], %[t], lsr #1\n\t"                                                                    \
+                "sub %[t], %[t], %[x]\n\t"                                                                             \
+                "and %[x], %[m2], %[t], lsr #2\n\t"                                                                    \
+                "and %[t], %[t], %[m2]\n\t"                                                                            \
+                "add %[t], %[t], %[x]\n\t"                                                                             \
+                "add %[t], %[t], %[t], lsr #4\n\t"                                                                     \
+                "and %[t], %[t], %[m4]\n\t"                                                                            \
+                "usada8 %[s], %[t], %[m4], %[s]\n\t"                                                                   \
+                "cmp %[a], %[stop]\n\t"                                                                                \
+                "bne 1b"                                                                                               \
+                : [a] "+r"(a), [b] "+r"(b), [ones] "+r"(ones), [s] "+r"(s), [x] "=&r"(x), [y] "=&r"(y), [t] "=&r"(t),  \
+                  [u] "=&r"(u)MASK_OPERAND()                                                                           \
+                : [stop] "r"(stop), [m1] "r"(m1), [m2] "r"(m2), [m4] "r"(m4)                                           \
+                : "cc", "memory");                                                                                     \
+        ones = ones - ((ones >> 1) & m1);                                                                              \
+        ones = (ones & m2) + ((ones >> 2) & m2);                                                                       \
+        ones = (ones + (ones >> 4)) & m4;                                                                              \
+        /* 2 * (60 * pairs - s) + 60 - the USADA8 of ONES = 60 * (n | 1) - that of ONES onto 2 * s */                  \
+        return 60 * (n | 1) - (int)__usada8(ones, m4, 2 * s);                                                          \
+    }
 #define NO_ADVANCE(k) ((void)0)
 #define NO_OPERAND() /* the asm operand of the mask pointer: expanded in the asm only */
 POPCOUNT_PAIRS_KERNEL(popcount_xor_pairs, NO_MASK, NO_ADVANCE, "", NO_OPERAND, )
@@ -300,6 +263,9 @@ POPCOUNT_PAIRS_KERNEL(popcount_xor_pairs, NO_MASK, NO_ADVANCE, "", NO_OPERAND, )
 #define MASK_ASM "ldrd %[t], %[u], [%[m]], #8\n\tand %[x], %[x], %[t]\n\tand %[y], %[y], %[u]\n\t"
 #define MASK_OPERAND() , [m] "+r"(m)
 POPCOUNT_PAIRS_KERNEL(popcount_xor_and_pairs, AND_MASK, MASK_ADVANCE, MASK_ASM, MASK_OPERAND, const uint32_t *m, )
+#else
+#define popcount_xor_pairs popcount_xor
+#define popcount_xor_and_pairs popcount_xor_and
 #endif
 
 /* bnnkit:kernel bits_out needs patch */
@@ -741,11 +707,12 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
     return 0;
 }
 
-/* flip ? acc <= t : acc >= t, as ~acc >= ~t when flipped (~ reverses the order). */
-#define SIGN_BIT(S, o, acc)                                                                                            \
-    ((((acc) ^ -(int32_t)((S->flip[(o) >> 5] >> ((o)&31)) & 1u)) >=                                                    \
-      (S->thresh[o] ^ -(int32_t)((S->flip[(o) >> 5] >> ((o)&31)) & 1u))))
+/* An output channel's bit: flip ? acc <= t : acc >= t, as ~acc >= ~t when flipped (~ reverses the
+   order); FLIP is 0 or -1. */
+#define SIGN_BIT(acc, t, flip) (((acc) ^ (int32_t)(flip)) >= ((t) ^ (int32_t)(flip)))
 
+/* The open channels' bits are set in SET as they are computed and written once per word: a
+   visited channel's bit is its pool's identity until then. */
 #define CONV_SIGN_KERNEL(name, xtype, PATCH, DOT)                                                                      \
     static NOINLINE void name(const struct conv *L, const struct sign *S, const xtype *x, uint32_t *out)               \
     {                                                                                                                  \
@@ -761,14 +728,16 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
                     for (j = 0; j < S->KW && sign_any_open(S, o, L->O); j++) {                                         \
                         struct patch P = PATCH(L, x, py * S->SH + i, px * S->SW + j);                                  \
                         for (k = 0; k < ow; k++) {                                                                     \
-                            uint32_t open = sign_open(S, o, L->O, k), init = S->min != NULL ? S->min[k] : 0;           \
+                            uint32_t visit = sign_open(S, o, L->O, k), open = visit, flip = S->flip[k], set = 0;       \
+                            const int32_t *thresh = S->thresh + 32 * k;                                                \
                             while (open != 0) {                                                                        \
-                                int b = LOWEST_BIT(open), c = 32 * k + b;                                              \
-                                int32_t acc = DOT(L, &P, c);                                                           \
+                                int b = LOWEST_BIT(open);                                                              \
+                                int32_t acc = DOT(L, &P, 32 * k + b);                                                  \
+                                if (SIGN_BIT(acc, thresh[b], -((flip >> b) & 1u)))                                     \
+                                    set |= open & -open;                                                               \
                                 open &= open - 1;                                                                      \
-                                if (SIGN_BIT(S, c, acc) == !((init >> b) & 1u))                                        \
-                                    o[k] ^= 1u << b;                                                                   \
                             }                                                                                          \
+                            o[k] ^= (o[k] ^ set) & visit;                                                              \
                         }                                                                                              \
                     }                                                                                                  \
                 if (S->dense)                                                                                          \
