@@ -65,13 +65,6 @@ def _arrays(source: str, const: bool) -> int:
     )
 
 
-def used_kernels(source: str) -> list[str]:
-    """The kernel sections copied into a generated ``.c`` (with what they need), in file order."""
-    from bnnkit.runtime.c_library import kernels
-
-    return [name for name, kernel in kernels().items() if kernel.text and kernel.text in source]
-
-
 def _m4_flags() -> list[str]:
     from bnnkit.runtime.cortex_m import TARGETS
     from bnnkit.runtime.toolchain import MCU_CFLAGS
