@@ -103,25 +103,27 @@ def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
     return exact and _fast_here(x, w)
 
 
+def _trained(x: torch.Tensor, w: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+
+
 def coarse_gradients(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether a layer of ±1 operands that is being trained takes the bfloat16 gradients."""
-    return (
-        gradients == "bfloat16"
-        and (w.ndim == 4 or x.ndim == 2)
-        and torch.is_grad_enabled()
-        and (x.requires_grad or w.requires_grad)
-        and _fast_here(x, w)
-    )
+    return gradients == "bfloat16" and (w.ndim == 4 or x.ndim == 2) and _trained(x, w) and _fast_here(x, w)
 
 
 def _forward(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
     return F.conv2d(x.bfloat16(), w.bfloat16(), None, stride, padding, dilation, groups).float()
 
 
-def _saved(ctx, x: torch.Tensor, w: torch.Tensor, coarse: bool) -> None:
-    # ±1 operands are exact in bfloat16: the coarse backward keeps them at half the memory.
+def _operands(ctx, x: torch.Tensor, w: torch.Tensor, exact: bool, coarse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The operands of the forward, cast to bfloat16 once where the forward or the backward takes
+    them so; saves what the backward reads (±1 operands are exact in bfloat16: the coarse backward
+    keeps them at half the memory)."""
     ctx.coarse = coarse
-    ctx.save_for_backward(*((x.bfloat16(), w.bfloat16()) if coarse else (x, w)))
+    cast = (x.bfloat16(), w.bfloat16()) if exact or coarse else (x, w)
+    ctx.save_for_backward(*(cast if coarse else (x, w)))
+    return cast
 
 
 def _widened(*grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -132,9 +134,9 @@ class _Bf16Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, exact, coarse, stride, padding, dilation, groups):
         ctx.config = (stride, padding, dilation, groups)
-        _saved(ctx, x, w, coarse)
+        xb, wb = _operands(ctx, x, w, exact, coarse)
         if exact:
-            return _forward(x, w, stride, padding, dilation, groups)
+            return _forward(xb, wb, stride, padding, dilation, groups)
         return F.conv2d(x, w, None, stride, padding, dilation, groups)
 
     @staticmethod
@@ -165,8 +167,8 @@ def _linear_forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 class _Bf16Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, exact, coarse):
-        _saved(ctx, x, w, coarse)
-        return _linear_forward(x, w) if exact else F.linear(x, w)
+        xb, wb = _operands(ctx, x, w, exact, coarse)
+        return _linear_forward(xb, wb) if exact else F.linear(x, w)
 
     @staticmethod
     def backward(ctx, grad):
@@ -188,7 +190,7 @@ def binary_conv2d(x: torch.Tensor, w: torch.Tensor, bias: None, stride, padding,
     the forward in bfloat16 where that is exact and fast, else in float32, the same values either way; the
     gradients in the run's ``gradients`` precision."""
     exact, coarse = usable(x, w), coarse_gradients(x, w)
-    if coarse or (exact and torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+    if coarse or (exact and _trained(x, w)):
         return _Bf16Conv.apply(x, w, exact, coarse, stride, padding, dilation, groups)
     if exact:
         return _forward(x, w, stride, padding, dilation, groups)
@@ -198,6 +200,6 @@ def binary_conv2d(x: torch.Tensor, w: torch.Tensor, bias: None, stride, padding,
 def binary_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, w)`` for operands that are exactly ±1, as ``binary_conv2d``."""
     exact, coarse = usable(x, w), coarse_gradients(x, w)
-    if coarse or (exact and torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+    if coarse or (exact and _trained(x, w)):
         return _Bf16Linear.apply(x, w, exact, coarse)
     return _linear_forward(x, w) if exact else F.linear(x, w)
