@@ -1,5 +1,3 @@
-import sys
+from bnnkit.cli import run
 
-from bnnkit.cli import main
-
-sys.exit(main())
+run()

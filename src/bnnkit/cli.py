@@ -839,5 +839,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run() -> NoReturn:
+    """The ``bnnkit`` command: `main`, then exit with its status.
+
+    A process started by torchrun leaves without the interpreter's teardown: its process
+    group is already destroyed (`distributed.shutdown`), but gloo's threads can still hold
+    tensors whose release at finalization needs the GIL, and that aborts the rank (SIGABRT,
+    "terminate called without an active exception") after all its work is done, as CI
+    saw twice in tests/test_distributed.py."""
+    code = main()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun's variables, see distributed.launched
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
