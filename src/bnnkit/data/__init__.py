@@ -204,8 +204,10 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     if split not in SPLITS:
         raise BnnkitError(f"unknown split {split!r}; use train or test")
     x, y = _LOADERS[info.name](info, split, data_dir)
-    # Own, writable memory: torch.from_numpy refuses to share a read-only file buffer.
-    return ArrayDataset(x=np.array(x, dtype=np.uint8, order="C"), y=np.array(y, dtype=np.int64), info=info)
+    # Writable memory (torch.from_numpy refuses to share a read-only file buffer), copied only
+    # where the loader's is not: a copy of Fashion-MNIST's 47 MB is 0.12 s of every train call.
+    x = np.require(x, np.uint8, ["C", "W"])
+    return ArrayDataset(x=x, y=np.require(y, np.int64, ["C", "W"]), info=info)
 
 
 __all__ = [
