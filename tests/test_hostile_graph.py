@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.graphgen import SETTINGS, _Builder, _Seeded
+from helpers.graphgen import SETTINGS, _Builder, _Int8Builder, _Seeded
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -52,7 +52,8 @@ def digits_graph(seed: int, layout: str) -> Graph:
     """A small graph over 8x8 digits (its meta names the dataset, so ``bnnkit run`` needs no
     flag), with thresholds drawn from the sums it really produces (graphgen's builder)."""
     rng = np.random.default_rng(seed)
-    b = _Builder(_Seeded(rng), rng, rng.integers(0, 256, (8, 1, 8, 8), dtype=np.uint8))
+    builder = _Int8Builder if layout == "int8" else _Builder
+    b = builder(_Seeded(rng), rng, rng.integers(0, 256, (8, 1, 8, 8), dtype=np.uint8))
     if layout == "conv":  # conv, threshold, max-pool with min channels, binary conv, residual add, dense, affine
         t = b.threshold(b.conv("input", 6, {"stride": 1, "padding": 1, "k": 3}))
         t = b.op("maxpool", [t], {"kernel": 2, "stride": 2}, {"min_channels": b.bits(6)})
@@ -60,11 +61,20 @@ def digits_graph(seed: int, layout: str) -> Graph:
         t = b.affine(b.dense(b.threshold(t), 10))
     elif layout == "dense":  # flatten, u8 dense, threshold, binary dense, i32 scores
         t = b.dense(b.threshold(b.dense("input", 16)), 10)
-    else:  # two branches summed, avg-pool, affine of an i32 map, two affines added
+    elif layout == "branches":  # two branches summed, avg-pool, affine of an i32 map, two affines added
         t = b.two_branches(b.threshold(b.conv("input", 4, {"stride": (2, 1), "padding": 0, "k": 1})))
         t = b.op("avgpool", [t], {"kernel": (2, 1), "stride": 2})
         t = b.op("flatten", [b.affine(t)])
         t = b.op("add", [b.affine(t), b.affine(t)])
+    elif layout == "real":  # the f32 stream: float conv, PReLU, real residual, mean-pool, float dense
+        t = b.prelu(b.fp_conv("input"))
+        t = b.real_residual(t)
+        t = b.op("meanpool", [t], {"kernel": 2, "stride": 2})
+        t = b.fp_dense(t, 10)
+    else:  # int8: quantize_input, int8 conv, max-pool on i8, requantized int8 dense, int8 dense scores
+        t = b.int8_conv(b.op("quantize_input", ["input"]))
+        t = b.op("maxpool", [t], {"kernel": 2, "stride": 2})
+        t = b.int8_dense(b.int8_dense(t, 12, requantize=True), 10, requantize=False)
     b.op("argmax", [t])
     return Graph((1, 8, 8), b.ops, meta={"dataset": "digits", "model": layout, "approximations": []})
 
@@ -171,10 +181,10 @@ def problem(result: dict) -> str | None:
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> list[Path]:
-    """Saved graphs of the three layouts."""
+    """Saved graphs of every layout: each op kind is in one of them, so the fuzz edits them all."""
     folder = tmp_path_factory.mktemp("bases")
     paths = []
-    for seed, layout in enumerate(("conv", "dense", "branches")):
+    for seed, layout in enumerate(("conv", "dense", "branches", "real", "int8")):
         digits_graph(seed, layout).save(folder / f"{layout}.bnn")
         paths.append(folder / f"{layout}.bnn")
     return paths
