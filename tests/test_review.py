@@ -567,6 +567,71 @@ def test_confirm_takes_the_top_k_by_validation_plus_the_named_entries(tmp_path):
     assert not {r.key for r in confirmation.runs} & {r.key for r in grid.runs}
 
 
+def fake_confirmation(store, confirmation, val):
+    """Finish every run of ``confirmation`` in ``store`` with the validation accuracy ``val[label][seed]``."""
+    store.add(confirmation.runs)
+    for spec in confirmation.runs:
+        v = val[spec.label][spec.config.seed]
+        store.finish(
+            spec.key,
+            {"status": "done", "top1_final": v, "top1_best": v, "val_final": v, "val_best": v, "val_best_epoch": 1,
+             "val_curve": [v], "train_seconds": 1.0, "costs": {"params": 1}},
+        )  # fmt: skip
+
+
+def test_more_seeds_go_to_the_entries_whose_interval_is_too_wide(tmp_path):
+    from bnnkit.review.grid import half_widths
+
+    table = {**PROTOCOL, "methods": ["rsign"]}
+    table["confirm"] = {**table["confirm"], "always": ["prelu"], "target_half_width": 2.5, "max_seeds": 4}
+    grid = expand(table)
+    confirmation, _ = grid.confirmation(fake_screen(tmp_path, grid, {"baseline": 0.5, "rsign": 0.6}))
+    # paired differences in points: rsign 1, 2, 3 (mean 2, sd 1: half-width t(0.975, 2) / sqrt(3)
+    # = 4.302653 / 1.732051 = 2.4841); prelu -1, 1, 3 (sd 2: 4.9682)
+    val = {
+        "baseline": {0: 0.50, 1: 0.50, 2: 0.50, 3: 0.50},
+        "rsign": {0: 0.51, 1: 0.52, 2: 0.53},
+        "prelu": {0: 0.49, 1: 0.51, 2: 0.53, 3: 0.50},
+    }
+    with Store(tmp_path) as store:
+        fake_confirmation(store, confirmation, val)
+        rows = store.rows()
+    widths = half_widths(confirmation, rows)
+    assert widths["rsign"] == pytest.approx(2.4841, abs=1e-4) and widths["prelu"] == pytest.approx(4.9682, abs=1e-4)
+    wider = confirmation.with_more_seeds(rows)
+    added = {(s.label, s.config.seed) for s in wider.runs} - {(s.label, s.config.seed) for s in confirmation.runs}
+    assert added == {("baseline", 3), ("prelu", 3)}  # rsign is within +-2.5 points already
+    assert {s.key for s in wider.runs} > {s.key for s in confirmation.runs}
+    # the fourth seed of prelu (difference 0): -1, 1, 3, 0 has sd 1.7078, half-width 2.7175: still too
+    # wide, but max_seeds = 4 stops it
+    with Store(tmp_path) as store:
+        fake_confirmation(store, wider, val)
+        rows = store.rows()
+    assert half_widths(wider, rows)["prelu"] == pytest.approx(2.7175, abs=1e-4)
+    assert wider.with_more_seeds(rows) is None
+    unlimited = replace(wider, raw={**wider.raw, "confirm": {**wider.raw["confirm"], "max_seeds": 10}})
+    assert {(s.label, s.config.seed) for s in unlimited.with_more_seeds(rows).runs[len(wider.runs) :]} == {
+        ("baseline", 4),
+        ("prelu", 4),
+    }
+    no_target = replace(wider, raw={**wider.raw, "confirm": PROTOCOL["confirm"]})
+    assert no_target.with_more_seeds(rows) is None
+
+
+@pytest.mark.slow
+def test_confirmation_adds_seeds_until_its_target_then_resumes_without_training(tmp_path):
+    table = {**PROTOCOL, "methods": ["rsign"]}
+    table["confirm"] = {**table["confirm"], "always": [], "target_half_width": 1e-6, "max_seeds": 4}
+    grid = expand(table)
+    result = run_review(grid, tmp_path, stage="all", progress=False)
+    confirm = result["confirm"]
+    # two different trainings never agree to 1e-6 points on every seed: one seed more, to max_seeds
+    assert confirm["seeds"] == {"baseline": 4, "rsign": 4} and confirm["done"] == confirm["ran"] == 8
+    assert confirm["half_width_val"]["rsign"] > 1e-6
+    again = run_review(grid, tmp_path, stage="confirm", progress=False)
+    assert again["ran"] == 0 and again["seeds"] == confirm["seeds"]
+
+
 @pytest.mark.parametrize(
     "confirm, message",
     [
@@ -575,6 +640,14 @@ def test_confirm_takes_the_top_k_by_validation_plus_the_named_entries(tmp_path):
         ({"epochs": 1, "seeds": [0, 1, 2], "top": 1}, r"unknown key\(s\) top in \[review.confirm\]"),
         ({"epochs": 1, "seeds": [0, 1, 2], "top_k": -1}, "confirm.top_k must be an integer >= 0, got -1"),
         ({"epochs": 1, "seeds": [0, 1, 2], "always": ["rsign+nope"]}, "unknown repair method 'nope'"),
+        ({"epochs": 1, "seeds": [0, 1, 2], "target_half_width": 0}, "confirm.target_half_width must be a number of"),
+        ({"epochs": 1, "seeds": [0, 1, 2], "target_half_width": float("nan")}, "must be a number of accuracy points"),
+        ({"epochs": 1, "seeds": [0, 1, 2], "target_half_width": "0.5"}, "must be a number of accuracy points > 0"),
+        ({"epochs": 1, "seeds": [0, 1, 2], "max_seeds": 5}, "confirm.max_seeds needs target_half_width, got 5"),
+        (
+            {"epochs": 1, "seeds": [0, 1, 2], "target_half_width": 0.5, "max_seeds": 2},
+            "confirm.max_seeds must be >= the 3 confirm.seeds, got 2",
+        ),
     ],
 )
 def test_confirm_table_errors(confirm, message):

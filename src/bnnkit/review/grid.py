@@ -24,6 +24,8 @@ A grid is the ``[review]`` table of a TOML file, or of a preset shipped with bnn
     seeds = [0, 1, 2, 3, 4]           # >= 3
     top_k = 3                         # the screen's k best methods by paired validation Δ ...
     always = ["rsign", "feature_norm", "double_residual", "rsign+feature_norm+double_residual"]  # ... and these
+    target_half_width = 0.5           # optional: add seeds until every entry's paired validation Δ has a
+    max_seeds = 10                    # 95% interval within ±0.5 points, or there are max_seeds (default 10)
     # limit_train / limit_test: absent = every image (the screen's limits do not carry over)
 
 The screen runs the baseline, every method and every combination; the confirmation runs the
@@ -46,6 +48,7 @@ from typing import Any
 
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import METHODS, Recipe, apply_methods, get_method, load_recipe
+from bnnkit.review.stats import mean_ci
 from bnnkit.review.store import BASELINE_LABEL, COMBINATION
 from bnnkit.training import RunConfig
 
@@ -75,7 +78,12 @@ CONFIRM_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "always": (list, "a list of method names or combinations joined by '+'"),
     "limit_train": (int, "an integer >= 1"),
     "limit_test": (int, "an integer >= 1"),
+    "target_half_width": ((int, float), "a number of accuracy points > 0"),
+    "max_seeds": (int, "an integer >= the number of confirm.seeds"),
 }
+# Keys of [review.confirm] that choose what the confirmation runs, not how a run trains.
+CHOICE_KEYS = ("top_k", "always", "target_half_width", "max_seeds")
+DEFAULT_MAX_SEEDS = 10
 MIN_CONFIRM_SEEDS = 3
 STAGES = ("screen", "confirm")
 REQUIRED = ("model", "dataset", "epochs", "seeds")
@@ -128,11 +136,48 @@ class Grid:
         chosen = [r["label"] for r in ranking[: confirm.get("top_k", 3)]]
         labels = list(dict.fromkeys([*chosen, *confirm.get("always", [])]))
         table = {k: v for k, v in self.raw.items() if k not in ("limit_train", "limit_test", "confirm")}
-        table |= {k: v for k, v in confirm.items() if k not in ("top_k", "always")}
+        table |= {k: v for k, v in confirm.items() if k not in CHOICE_KEYS}
         table |= methods_override(",".join(labels)) if labels else {"methods": [], "combinations": []}
         # An `always` entry the model cannot use is dropped, as skip_inapplicable drops it from the screen.
         grid = expand({**table, "skip_inapplicable": True}, self.source, self.folder, stage="confirm")
         return replace(grid, raw=self.raw), ranking
+
+    def with_more_seeds(self, rows: list[dict[str, Any]]) -> Grid | None:
+        """This confirmation grid with one more seed, for the baseline and every entry whose
+        95% interval of the paired difference in final validation accuracy (``half_widths``
+        of the store rows ``rows``) is wider than ``confirm.target_half_width`` on either
+        side; None when every entry is within it, without a target, or at ``max_seeds``.
+        Decided on validation, as every other choice of the protocol; the new seed is one
+        above the largest run so far, so a resumed review takes the same steps."""
+        confirm = self.raw.get("confirm", {})
+        target = confirm.get("target_half_width")
+        seeds = sorted({s.config.seed for s in self.runs})
+        if target is None or len(seeds) >= confirm.get("max_seeds", DEFAULT_MAX_SEEDS):
+            return None
+        wide = {label for label, hw in half_widths(self, rows).items() if hw is None or hw > target}
+        if not wide:
+            return None
+        first, new = seeds[0], seeds[-1] + 1
+        more = [
+            replace(s, config=replace(s.config, seed=new))
+            for s in self.runs
+            if s.config.seed == first and s.label in wide | {BASELINE_LABEL}
+        ]
+        return replace(self, runs=[*self.runs, *more])
+
+
+def half_widths(grid: Grid, rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per entry of ``grid`` but the baseline: the half-width, in accuracy points, of the 95% t
+    interval of its paired differences in final validation accuracy to the baseline over the
+    seeds where both runs are done (None for fewer than 2 such seeds)."""
+    val = {r["key"]: r["val_final"] for r in rows if r["status"] == "done" and r["val_final"] is not None}
+    base = {s.config.seed: val[s.key] for s in grid.runs if s.label == BASELINE_LABEL and s.key in val}
+    pairs: dict[str, list[float]] = {}
+    for s in grid.runs:
+        if s.label != BASELINE_LABEL:
+            both = s.key in val and s.config.seed in base
+            pairs.setdefault(s.label, []).extend([100 * (val[s.key] - base[s.config.seed])] if both else [])
+    return {label: mean_ci(d)[1] for label, d in pairs.items()}
 
 
 def screen_ranking(screen: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -227,6 +272,14 @@ def _check_confirm(raw: dict[str, Any], source: str) -> None:
         if isinstance(value, int) and value < (0 if key == "top_k" else 1):
             raise BnnkitError(f"{source}: confirm.{key} must be {what}, got {value!r}")
     seeds = confirm["seeds"]
+    target = confirm.get("target_half_width")
+    if target is not None and not 0 < target < float("inf"):
+        raise BnnkitError(
+            f"{source}: confirm.target_half_width must be {CONFIRM_KEYS['target_half_width'][1]}, got {target!r}"
+        )
+    if "max_seeds" in confirm and (target is None or confirm["max_seeds"] < len(seeds)):
+        problem = "needs target_half_width" if target is None else f"must be >= the {len(seeds)} confirm.seeds"
+        raise BnnkitError(f"{source}: confirm.max_seeds {problem}, got {confirm['max_seeds']!r}")
     if len(seeds) < MIN_CONFIRM_SEEDS or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
         raise BnnkitError(f"{source}: confirm.seeds must be {CONFIRM_KEYS['seeds'][1]}, got {seeds!r}")
     if "validation" not in raw:

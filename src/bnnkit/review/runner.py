@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import socket
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -25,7 +26,7 @@ from bnnkit.data import get_info
 from bnnkit.errors import BnnkitError
 from bnnkit.files import exclusive, make_dir
 from bnnkit.progress import Progress
-from bnnkit.review.grid import STAGES, Grid, RunSpec
+from bnnkit.review.grid import STAGES, Grid, RunSpec, half_widths
 from bnnkit.review.measure import check_target, measure_missing
 from bnnkit.review.store import Store
 from bnnkit.training import TrainOptions, read_metrics, train
@@ -232,10 +233,25 @@ def run_review(
             screen = _finished_screen(store, grid)
             confirmation, ranking = grid.confirmation(screen)
             result["screen_ranking"] = ranking
-            result["confirm"] = run(store, confirmation)
+            result["confirm"] = _confirm(store, confirmation, run)
             if stage == "confirm":
                 result |= result.pop("confirm")
     return result
+
+
+def _confirm(store: Store, confirmation: Grid, run: Callable[[Store, Grid], dict[str, Any]]) -> dict[str, Any]:
+    """Run the confirmation, then a seed more at a time where its target half-width asks
+    (``Grid.with_more_seeds``); the counts are over every run it ended with."""
+    ran = 0
+    while True:
+        counts = run(store, confirmation)
+        ran += counts["ran"]
+        wider = confirmation.with_more_seeds(store.rows())
+        if wider is None:
+            break
+        confirmation = wider
+    seeds = dict(Counter(spec.label for spec in confirmation.runs))
+    return counts | {"ran": ran, "seeds": seeds, "half_width_val": half_widths(confirmation, store.rows())}
 
 
 def _finished_screen(store: Store, grid: Grid) -> list[dict[str, Any]]:
