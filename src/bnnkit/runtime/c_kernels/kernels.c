@@ -499,10 +499,11 @@ static NOINLINE uint32_t sign_pairs(struct sign_pairs *J)
                      "mvnmi r8, r8\n\t"
                      "mvnmi r3, r3\n\t"
                      "cmp r8, r3\n\t"
-                     "ittt ge\n\t"
-                     "ldrge r5, [lr, #40]\n\t"
-                     "orrge r5, r5, r4\n\t"
-                     "strge r5, [lr, #40]\n\t"
+                     "blt 7f\n\t" /* a branch: taken, one instruction where an IT block takes four */
+                     "ldr r5, [lr, #40]\n\t"
+                     "orr r5, r5, r4\n\t"
+                     "str r5, [lr, #40]\n"
+                     "7:\n\t"
                      "cbnz r7, 2f\n\t"
                      "b 9f\n"
                      "2:\n\t" /* the highest open channel */
