@@ -44,6 +44,7 @@ KERNELS_C = {
     "input_conv_sign",
     "binary_conv",
     "binary_conv_sign",
+    "binary_conv_sign_words",
     "threshold",
     "maxpool_bits",
     "maxpool_i32",

@@ -204,8 +204,12 @@ class _Emitter:
             f"    .thresh = {t}, .flip = {flip}, .KH = {pkh}, .KW = {pkw}, .SH = {psh}, .SW = {psw},\n"
             f"    .min = {mins}, .Ho = {ho}, .Wo = {wo}, .dense = {dense}\n}};"
         )
-        self.used.add(f"{family}_conv_sign")
-        self.call(step, f"{family}_conv_sign(&{conv}, &op{i}_sign, {x[0]}, {out})")
+        # maps of whole words a pixel have a kernel of their own, which narrow models need not carry
+        kernel = f"{family}_conv_sign" + (
+            "_words" if family == "binary" and self.plan.layout[first.inputs[0]][0] % 32 == 0 else ""
+        )
+        self.used.add(kernel)
+        self.call(step, f"{kernel}(&{conv}, &op{i}_sign, {x[0]}, {out})")
 
     @EMIT.register("threshold")
     def threshold(self, step: Step) -> None:

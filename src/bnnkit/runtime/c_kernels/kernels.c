@@ -214,9 +214,26 @@ POPCOUNT_WORDS_KERNEL(popcount_xor, NO_MASK, )
 POPCOUNT_WORDS_KERNEL(popcount_xor_and, AND_MASK, const uint32_t *m, )
 #if defined(BNNKIT_POPCOUNT_PAIRS)
 #include <arm_acle.h>
-/* n >= 2. The pairs in Thumb-2 assembly, 19 instructions a pair (22 with a mask): GCC neither
-   loads a pair with one LDRD nor keeps all twelve values in registers. ONES starts at the odd
-   word out; the carries' byte counts of all pairs go into one USADA8 sum (at most 60 a pair). */
+/* One pair's step in Thumb-2 assembly once X and Y hold its two words (the patch's XOR the
+   weights'): the carry-save add into ONES, then the carry counted in byte fields and summed onto
+   S by USADA8 (60 - its count). T and U are scratch; M1, M2, M4 hold the masks. */
+#define PAIR_STEP(x, y, t, u, ones, s, m1, m2, m4)                                                                     \
+    "eor " u ", " ones ", " x "\n\t" /* u = ones ^ x */                                                                \
+    "and " t ", " ones ", " x "\n\t"                                                                                   \
+    "and " x ", " u ", " y "\n\t"                                                                                      \
+    "eor " ones ", " u ", " y "\n\t"                                                                                   \
+    "orr " t ", " t ", " x "\n\t" /* the carry */                                                                      \
+    "and " x ", " m1 ", " t ", lsr #1\n\t"                                                                             \
+    "sub " t ", " t ", " x "\n\t"                                                                                      \
+    "and " x ", " m2 ", " t ", lsr #2\n\t"                                                                             \
+    "and " t ", " t ", " m2 "\n\t"                                                                                     \
+    "add " t ", " t ", " x "\n\t"                                                                                      \
+    "add " t ", " t ", " t ", lsr #4\n\t"                                                                              \
+    "and " t ", " t ", " m4 "\n\t"                                                                                     \
+    "usada8 " s ", " t ", " m4 ", " s "\n\t"
+/* n >= 2. The pairs in assembly, 19 instructions a pair (22 with a mask): GCC neither loads a
+   pair with one LDRD nor keeps all twelve values in registers. ONES starts at the odd word out;
+   the carries' byte counts of all pairs go into one USADA8 sum (at most 60 a pair). */
 #define POPCOUNT_PAIRS_KERNEL(name, MASK, MASK_ADVANCE, MASK_ASM, MASK_OPERAND, ...)                                   \
     static NOINLINE int name(const uint32_t *a, const uint32_t *b, __VA_ARGS__ int n)                                  \
     {                                                                                                                  \
@@ -228,28 +245,19 @@ POPCOUNT_WORDS_KERNEL(popcount_xor_and, AND_MASK, const uint32_t *m, )
             MASK_ADVANCE(1);                                                                                           \
         }                                                                                                              \
         stop = a + (n & ~1);                                                                                           \
-        __asm__("1: ldrd %[x], %[y], [%[a]], #8\n\t"                                                                   \
-                "ldrd %[t], %[u], [%[b]], #8\n\t"                                                                      \
-                "eor %[x], %[x], %[t]\n\t"                                                                             \
-                "eor %[y], %[y], %[u]\n\t" MASK_ASM "eor %[u], %[ones], %[x]\n\t" /* u = ones ^ x */                   \
-                "and %[t], %[ones], %[x]\n\t"                                                                          \
-                "and %[x], %[u], %[y]\n\t"                                                                             \
-                "eor %[ones], %[u], %[y]\n\t"                                                                          \
-                "orr %[t], %[t], %[x]\n\t" /* the carry */                                                             \
-                "and %[x], %[m1], %[t], lsr #1\n\t"                                                                    \
-                "sub %[t], %[t], %[x]\n\t"                                                                             \
-                "and %[x], %[m2], %[t], lsr #2\n\t"                                                                    \
-                "and %[t], %[t], %[m2]\n\t"                                                                            \
-                "add %[t], %[t], %[x]\n\t"                                                                             \
-                "add %[t], %[t], %[t], lsr #4\n\t"                                                                     \
-                "and %[t], %[t], %[m4]\n\t"                                                                            \
-                "usada8 %[s], %[t], %[m4], %[s]\n\t"                                                                   \
-                "cmp %[a], %[stop]\n\t"                                                                                \
-                "bne 1b"                                                                                               \
-                : [a] "+r"(a), [b] "+r"(b), [ones] "+r"(ones), [s] "+r"(s), [x] "=&r"(x), [y] "=&r"(y), [t] "=&r"(t),  \
-                  [u] "=&r"(u)MASK_OPERAND()                                                                           \
-                : [stop] "r"(stop), [m1] "r"(m1), [m2] "r"(m2), [m4] "r"(m4)                                           \
-                : "cc", "memory");                                                                                     \
+        __asm__(                                                                                                       \
+            "1: ldrd %[x], %[y], [%[a]], #8\n\t"                                                                       \
+            "ldrd %[t], %[u], [%[b]], #8\n\t"                                                                          \
+            "eor %[x], %[x], %[t]\n\t"                                                                                 \
+            "eor %[y], %[y], %[u]\n\t" /* x, y: the pair */                                                            \
+            MASK_ASM                   /* x, y masked */                                                               \
+                PAIR_STEP("%[x]", "%[y]", "%[t]", "%[u]", "%[ones]", "%[s]", "%[m1]", "%[m2]", "%[m4]") /* counted */  \
+            "cmp %[a], %[stop]\n\t"                                                                                    \
+            "bne 1b"                                                                                                   \
+            : [a] "+r"(a), [b] "+r"(b), [ones] "+r"(ones), [s] "+r"(s), [x] "=&r"(x), [y] "=&r"(y), [t] "=&r"(t),      \
+              [u] "=&r"(u)MASK_OPERAND()                                                                               \
+            : [stop] "r"(stop), [m1] "r"(m1), [m2] "r"(m2), [m4] "r"(m4)                                               \
+            : "cc", "memory");                                                                                         \
         ones = ones - ((ones >> 1) & m1);                                                                              \
         ones = (ones & m2) + ((ones >> 2) & m2);                                                                       \
         ones = (ones + (ones >> 4)) & m4;                                                                              \
@@ -373,6 +381,48 @@ static inline struct patch binary_patch(const struct conv *L, const uint32_t *x,
     return P;
 }
 
+/* bnnkit:kernel binary_patch_words needs patch */
+/* binary_patch for a map of C a multiple of 32 channels (pb = C: whole words a pixel, no unused
+   bits), the generator's choice (binary_conv_sign_words): the taps' words are copied, a window
+   row inside the map at once, without the bit writer; at a border with pad 'zero' the mask's
+   words are all 0 or all 1. A kernel covering the whole unpadded map reads it in place. */
+static NOINLINE struct patch binary_patch_words_at(const struct conv *L, const uint32_t *x, int y, int xo)
+{
+    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW, pw = L->C / 32, i, j, k;
+    uint32_t *p = L->patch, *m = L->patch + L->wpo;
+    struct patch P = {L->patch, NULL, NULL, L->KH * L->KW * L->C, 0};
+    if (L->patch == NULL) /* as in binary_patch_at */
+        return P;
+    if (y0 >= 0 && x0 >= 0 && y0 + L->KH <= L->H && x0 + L->KW <= L->W) {
+        const uint32_t *row = x + (y0 * L->W + x0) * pw;
+        for (i = 0; i < L->KH; i++, row += L->W * pw)
+            for (k = 0; k < L->KW * pw; k++)
+                *p++ = row[k];
+        return P;
+    }
+    for (i = 0; i < L->KH; i++)
+        for (j = 0; j < L->KW; j++) {
+            int iy = y0 + i, ix = x0 + j, in = iy >= 0 && iy < L->H && ix >= 0 && ix < L->W;
+            const uint32_t *from = in ? x + (iy * L->W + ix) * pw : L->pad;
+            for (k = 0; k < pw; k++) {
+                *p++ = from != NULL ? from[k] : 0;
+                if (L->pad == NULL)
+                    *m++ = in ? 0xffffffffu : 0;
+            }
+            P.n -= L->pad == NULL && !in ? L->C : 0;
+        }
+    if (L->pad == NULL) /* a layer with a pad pixel has no room for a mask */
+        P.mask = L->patch + L->wpo;
+    return P;
+}
+
+static inline struct patch binary_patch_words(const struct conv *L, const uint32_t *x, int y, int xo)
+{
+    struct patch P = {x, NULL, NULL, 0, 0};
+    P.n = L->KH * L->KW * L->C;
+    return L->patch != NULL ? binary_patch_words_at(L, x, y, xo) : P;
+}
+
 /* bnnkit:kernel binary_dot needs patch popcount_words */
 /* n - 2 * popcount(x ^ w) over the bits that count. From PAIRS_FROM words on (the 3x3 windows
    of 32 channels and more, a dense layer) the carry-save function, below it the inline sum
@@ -386,6 +436,116 @@ static inline int32_t binary_dot(const struct conv *L, const struct patch *P, in
                                            : popcount_xor_and_pairs(P->w, w, P->mask, L->wpo));
     return P->n - 2 * (P->mask == NULL ? popcount_xor(P->w, w, L->wpo) : popcount_xor_and(P->w, w, P->mask, L->wpo));
 }
+
+/* bnnkit:kernel sign_pairs_asm needs popcount_words */
+/* With BNNKIT_POPCOUNT_PAIRS (M4, M7), a fused convolution's patches of PAIRS_FROM words or more:
+   all open channels of a word of output channels in one piece of assembly, each channel's pair
+   count (as popcount_xor[_and]_pairs) and its threshold included, with the masks and the patch's
+   end in registers across channels. A C function around the pair loop spilled its values around
+   the twelve registers the loop takes (about 50 instructions a channel outside the loop, where
+   this takes about 40). The channels are visited highest first (CLZ): channel 31 - i's weights
+   and threshold are i strides below channel 31's. */
+#if defined(BNNKIT_POPCOUNT_PAIRS)
+struct sign_pairs {    /* 32-bit words at the offsets the assembly reads */
+    uint32_t a;        /* 0: the patch's first pair (after its odd word, if any) */
+    uint32_t stop;     /* 4: the patch's end */
+    uint32_t mask;     /* 8: 0, or the mask from its first word */
+    uint32_t odd;      /* 12: the patch has an odd word out (its first) */
+    uint32_t w31;      /* 16: where channel 31's weights would be */
+    uint32_t stride;   /* 20: bytes of weights per channel */
+    uint32_t thresh31; /* 24: where channel 31's threshold would be */
+    uint32_t flip;     /* 28 */
+    int32_t base;      /* 32: the bits that count - 120 * (words | 1): a sum is base + 2 * its USADA8 */
+    uint32_t open;     /* 36: the channels to compute; scratch */
+    uint32_t set;      /* 40: out, 0 in: the channels whose bit is 1 */
+};
+
+/* r0 a, r1 b (the weights), r2-r5 scratch, r6 ONES, r7 the open channels (the mask pointer in
+   the masked loop), r8 S, r9-r11 the masks, ip the patch's end, lr J. */
+#define SIGN_PAIRS_LOAD(b) "ldrd r2, r3, [r0], #8\n\tldrd r4, r5, [" b "], #8\n\teors r2, r4\n\teors r3, r5\n\t"
+#define SIGN_PAIRS_STEP PAIR_STEP("r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11") "cmp r0, ip\n\t"
+static NOINLINE uint32_t sign_pairs(struct sign_pairs *J)
+{
+    register uint32_t r0 __asm__("r0") = (uint32_t)(uintptr_t)J;
+    __asm__ volatile("mov lr, r0\n\t"
+                     "ldr ip, [lr, #4]\n\t"
+                     "mov r9, #0x55555555\n\t"
+                     "mov r10, #0x33333333\n\t"
+                     "mov r11, #0x0f0f0f0f\n\t"
+                     "ldr r7, [lr, #36]\n\t"
+                     "b 2f\n"
+                     "1:\n\t" /* a channel counted: its sum, then its threshold */
+                     "and r2, r9, r6, lsr #1\n\t"
+                     "sub r6, r6, r2\n\t"
+                     "and r2, r10, r6, lsr #2\n\t"
+                     "and r6, r6, r10\n\t"
+                     "add r6, r6, r2\n\t"
+                     "add r6, r6, r6, lsr #4\n\t"
+                     "and r6, r6, r11\n\t"
+                     "lsls r8, r8, #1\n\t"
+                     "usada8 r8, r6, r11, r8\n\t"
+                     "ldr r2, [lr, #32]\n\t"
+                     "add r8, r2, r8, lsl #1\n\t" /* the sum */
+                     "clz r2, r7\n\t"
+                     "ldr r3, [lr, #24]\n\t"
+                     "sub r3, r3, r2, lsl #2\n\t"
+                     "ldr r3, [r3]\n\t" /* its threshold */
+                     "mov r4, #0x80000000\n\t"
+                     "lsrs r4, r4, r2\n\t" /* its bit */
+                     "bics r7, r7, r4\n\t"
+                     "ldr r5, [lr, #28]\n\t"
+                     "lsls r5, r5, r2\n\t" /* N: flipped, ~sum >= ~threshold as in SIGN_BIT */
+                     "itt mi\n\t"
+                     "mvnmi r8, r8\n\t"
+                     "mvnmi r3, r3\n\t"
+                     "cmp r8, r3\n\t"
+                     "blt 7f\n\t" /* a branch: taken, one instruction where an IT block takes four */
+                     "ldr r5, [lr, #40]\n\t"
+                     "orr r5, r5, r4\n\t"
+                     "str r5, [lr, #40]\n"
+                     "7:\n\t"
+                     "cbnz r7, 2f\n\t"
+                     "b 9f\n"
+                     "2:\n\t" /* the highest open channel */
+                     "clz r2, r7\n\t"
+                     "ldr r1, [lr, #16]\n\t"
+                     "ldr r3, [lr, #20]\n\t"
+                     "mls r1, r2, r3, r1\n\t"
+                     "ldr r0, [lr]\n\t"
+                     "movs r6, #0\n\t"
+                     "mov r8, #0\n\t"
+                     "ldr r3, [lr, #8]\n\t"
+                     "cbnz r3, 5f\n\t"
+                     "ldr r4, [lr, #12]\n\t"
+                     "cbz r4, 3f\n\t"
+                     "ldr r6, [r0, #-4]\n\t"
+                     "ldr r5, [r1], #4\n\t"
+                     "eors r6, r5\n"
+                     "3:\n\t" SIGN_PAIRS_LOAD("r1") SIGN_PAIRS_STEP
+                     "bne 3b\n\t"
+                     "b 1b\n"
+                     "5:\n\t" /* masked */
+                     "str r7, [lr, #36]\n\t"
+                     "mov r7, r3\n\t"
+                     "ldr r4, [lr, #12]\n\t"
+                     "cbz r4, 6f\n\t"
+                     "ldr r6, [r0, #-4]\n\t"
+                     "ldr r5, [r1], #4\n\t"
+                     "eors r6, r5\n\t"
+                     "ldr r5, [r7], #4\n\t"
+                     "ands r6, r5\n"
+                     "6:\n\t" SIGN_PAIRS_LOAD(
+                         "r1") "ldrd r4, r5, [r7], #8\n\tands r2, r4\n\tands r3, r5\n\t" SIGN_PAIRS_STEP "bne 6b\n\t"
+                               "ldr r7, [lr, #36]\n\t"
+                               "b 1b\n"
+                               "9:\n\t"
+                               "ldr r0, [lr, #40]"
+                     : "+r"(r0)
+                     :
+                     : "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");
+    return r0;
+}
+#endif
 
 /* bnnkit:kernel byte_sums needs structs */
 /* Sums of bytes 4 at a time. With the DSP extension (M4, M7): USADA8, the sum of absolute
@@ -712,8 +872,9 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
 #define SIGN_BIT(acc, t, flip) (((acc) ^ (int32_t)(flip)) >= ((t) ^ (int32_t)(flip)))
 
 /* The open channels' bits are set in SET as they are computed and written once per word: a
-   visited channel's bit is its pool's identity until then. */
-#define CONV_SIGN_KERNEL(name, xtype, PATCH, DOT)                                                                      \
+   visited channel's bit is its pool's identity until then. WORD(L, S, P, k, open, &set) may
+   compute some of word k's open channels into set; it returns those left to DOT. */
+#define CONV_SIGN_KERNEL(name, xtype, PATCH, DOT, WORD)                                                                \
     static NOINLINE void name(const struct conv *L, const struct sign *S, const xtype *x, uint32_t *out)               \
     {                                                                                                                  \
         int ow = (L->O + 31) / 32, py, px, k, i, j;                                                                    \
@@ -728,7 +889,8 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
                     for (j = 0; j < S->KW && sign_any_open(S, o, L->O); j++) {                                         \
                         struct patch P = PATCH(L, x, py * S->SH + i, px * S->SW + j);                                  \
                         for (k = 0; k < ow; k++) {                                                                     \
-                            uint32_t visit = sign_open(S, o, L->O, k), open = visit, flip = S->flip[k], set = 0;       \
+                            uint32_t visit = sign_open(S, o, L->O, k), set = 0, open = WORD(L, S, &P, k, visit, &set); \
+                            uint32_t flip = S->flip[k];                                                                \
                             const int32_t *thresh = S->thresh + 32 * k;                                                \
                             while (open != 0) {                                                                        \
                                 int b = LOWEST_BIT(open);                                                              \
@@ -745,18 +907,52 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
             }                                                                                                          \
         end_bits(&dense);                                                                                              \
     }
+#define ALL_TO_DOT(L, S, P, k, open, set) (open)
 
 /* bnnkit:kernel input_conv needs conv input_patch input_dot */
 CONV_KERNEL(input_conv, uint8_t, input_patch, input_dot)
 
 /* bnnkit:kernel input_conv_sign needs conv_sign input_patch input_dot */
-CONV_SIGN_KERNEL(input_conv_sign, uint8_t, input_patch, input_dot)
+CONV_SIGN_KERNEL(input_conv_sign, uint8_t, input_patch, input_dot, ALL_TO_DOT)
 
 /* bnnkit:kernel binary_conv needs conv binary_patch binary_dot */
 CONV_KERNEL(binary_conv, uint32_t, binary_patch, binary_dot)
 
 /* bnnkit:kernel binary_conv_sign needs conv_sign binary_patch binary_dot */
-CONV_SIGN_KERNEL(binary_conv_sign, uint32_t, binary_patch, binary_dot)
+CONV_SIGN_KERNEL(binary_conv_sign, uint32_t, binary_patch, binary_dot, ALL_TO_DOT)
+
+/* bnnkit:kernel binary_conv_sign_words needs conv_sign binary_patch_words binary_dot sign_pairs_asm */
+/* binary_conv_sign over a map of C a multiple of 32 channels, the generator's choice: a kernel of
+   its own, so that a model without such a layer (the narrow ones of small devices) carries none
+   of its code. With the assembly, it computes all of word k's open channels at once when the
+   patch is long (into set; none are left to DOT). */
+static inline uint32_t binary_sign_pairs(const struct conv *L, const struct sign *S, const struct patch *P, int k,
+                                         uint32_t open, uint32_t *set)
+{
+#if defined(BNNKIT_POPCOUNT_PAIRS)
+    if (L->wpo >= PAIRS_FROM && open != 0) { /* the assembly computes one channel or more */
+        int odd = L->wpo & 1;
+        struct sign_pairs J;
+        J.a = (uint32_t)(uintptr_t)(P->w + odd);
+        J.stop = (uint32_t)(uintptr_t)(P->w + L->wpo);
+        J.mask = (uint32_t)(uintptr_t)P->mask;
+        J.odd = (uint32_t)odd;
+        J.stride = 4u * (uint32_t)L->wpo;
+        J.w31 = (uint32_t)(uintptr_t)(L->w + 32 * k * L->wpo) + 31u * J.stride;
+        J.thresh31 = (uint32_t)(uintptr_t)(S->thresh + 32 * k) + 31u * 4u;
+        J.flip = S->flip[k];
+        J.base = P->n - 120 * (L->wpo | 1);
+        J.open = open;
+        J.set = 0;
+        *set = sign_pairs(&J);
+        return 0;
+    }
+#else
+    (void)L, (void)S, (void)P, (void)k, (void)set;
+#endif
+    return open;
+}
+CONV_SIGN_KERNEL(binary_conv_sign_words, uint32_t, binary_patch_words, binary_dot, binary_sign_pairs)
 
 /* bnnkit:kernel sign_f32 needs f32_of bits_out */
 /* f32 CHW -> bits HWC, pb bits per pixel: x >= thresh[c], an IEEE comparison (-0.0 >= 0.0; NaN
