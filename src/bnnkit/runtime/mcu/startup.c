@@ -45,11 +45,7 @@ uint32_t stack_unused_bytes(void)
    result suspect: the status says so whatever the run's own status was. */
 __attribute__((used, noreturn)) static void finish(int status)
 {
-    if (stack_unused_bytes() == 0) {
-        sh_print("bnnkit: the stack overflowed\n");
-        status = EXIT_STACK_OVERFLOW;
-    }
-    sh_exit(status);
+    sh_exit(stack_unused_bytes() == 0 ? EXIT_STACK_OVERFLOW : status);
 }
 
 /* Naked: once SP is the process stack, no compiled code of this function may address
@@ -86,12 +82,17 @@ void reset_handler(void)
     run_main();
 }
 
+/* On the handler stack, not in .data: that would cost flash and RAM in every image. */
 static void print_hex(const char *label, uint32_t v)
 {
-    static char text[] = " 0x00000000";
+    char text[12];
     int i;
+    text[0] = ' ';
+    text[1] = '0';
+    text[2] = 'x';
     for (i = 0; i < 8; i++)
         text[10 - i] = "0123456789abcdef"[(v >> (4 * i)) & 0xfu];
+    text[11] = '\0';
     sh_print(label);
     sh_print(text);
 }
