@@ -227,17 +227,17 @@ def test_missing_toolchain_names_the_packages(tmp_path):
 
 
 def test_missing_newlib_names_the_packages(tmp_path):
-    # a stand-in compiler that fails as arm-none-eabi-gcc does without newlib
+    # a stand-in compiler that fails as arm-none-eabi-gcc does without newlib's headers
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scripts = {
-        "gcc": """case "$*" in *nano.specs*) echo "cannot read spec file 'nano.specs'" >&2; exit 1;; esac""",
+        "gcc": """echo "x.c:1:10: fatal error: stdint.h: No such file or directory" >&2; exit 1""",
         "size": "",
     }
     for tool, script in scripts.items():
         (bin_dir / f"fake-{tool}").write_text(f"#!/bin/sh\n{script}\nexit 0\n")
         (bin_dir / f"fake-{tool}").chmod(0o755)
-    with pytest.raises(BnnkitError, match="newlib-nano is missing.*libnewlib-arm-none-eabi"):
+    with pytest.raises(BnnkitError, match="newlib's C headers are missing.*libnewlib-arm-none-eabi"):
         build_mcu(_tiny_graph(), tmp_path / "work", toolchain=f"{bin_dir}/fake-")
 
 

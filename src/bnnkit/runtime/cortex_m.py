@@ -44,6 +44,7 @@ from bnnkit.runtime.toolchain import (
     CROSS_PACKAGES,
     CROSS_PREFIX,
     MCU_CFLAGS,
+    MCU_HARNESS_CFLAGS,
     MCU_LDFLAGS,
     MCU_LDLIBS,
     PLUGIN_CFLAGS,
@@ -124,7 +125,10 @@ _TOO_BIG = (
 )
 _HINTS = (
     ("stdint.h: No such file", f"newlib's C headers are missing; {install_hint(CROSS_PACKAGES)}"),
-    ("undefined reference to", "the image links no C library (toolchain.MCU_LDFLAGS) and the code calls a function it lacks"),
+    (
+        "undefined reference to",
+        "the image links no C library (toolchain.MCU_LDFLAGS) and the code calls a function it lacks",
+    ),
     ("overflowed", _TOO_BIG),
     ("will not fit in region", _TOO_BIG),
 )
@@ -397,9 +401,11 @@ def build_mcus(
         (work / name).write_text(text)
 
     flags = [*TARGETS[target].cflags, *MCU_CFLAGS, *cflags, *(["-DBNNKIT_LAYER_MARKS"] if layer_marks else [])]
-    units = [*prefixes, *_MCU_SOURCES]
+    units = {**dict.fromkeys(prefixes, ()), **dict.fromkeys(_MCU_SOURCES, MCU_HARNESS_CFLAGS)}
     with ThreadPoolExecutor() as pool:
-        compiles = ([cc, *flags, "-c", str(work / f"{u}.c"), "-o", str(work / f"{u}.o")] for u in units)
+        compiles = (
+            [cc, *flags, *own, "-c", str(work / f"{u}.c"), "-o", str(work / f"{u}.o")] for u, own in units.items()
+        )
         list(pool.map(lambda cmd: run_tool(cmd, "C compilation", _HINTS), compiles))
     elf = work / f"bnnkit-{target}.elf"
     run_tool(

@@ -32,6 +32,9 @@ OPENMP = ("-fopenmp",)
 # loop into calls of them; libgcc, after the objects, brings the M3's soft floats.
 MCU_CFLAGS = (*CFLAGS, "-ffunction-sections", "-fdata-sections", "-fno-tree-loop-distribute-patterns")
 MCU_LDFLAGS = ("-nostdlib", "-Wl,--gc-sections")
+# The start-up code, semihosting and harness (mcu/): a few dozen instructions per image, so
+# they are built for size.
+MCU_HARNESS_CFLAGS = ("-Os",)
 MCU_LDLIBS = ("-lgcc",)
 # The QEMU TCG plugin (mcu/insn_count.c), loaded by the host's QEMU.
 PLUGIN_CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-shared", "-fPIC")
