@@ -28,7 +28,7 @@ static float scores[BNNKIT_MAX_CLASSES];
 int main(void)
 {
     const struct model *m;
-    uint32_t index, bytes, n, i, trailer[2];
+    uint32_t index, bytes, n, trailer[2];
     int32_t label;
     int in = sh_open("bnnkit.in", SH_MODE_RB), out = sh_open("bnnkit.out", SH_MODE_WB);
     if (in < 0 || out < 0)
@@ -39,7 +39,7 @@ int main(void)
     bytes = (uint32_t)sh_flen(in) - 4;
     if (bytes % m->input_size != 0)
         return EXIT_PARTIAL_IMAGE;
-    for (n = bytes / m->input_size, i = 0; i < n; i++) {
+    for (n = bytes / m->input_size; n != 0; n--) {
         if (sh_read(in, input, m->input_size) != 0)
             return EXIT_READ;
         label = m->infer(input, scores);

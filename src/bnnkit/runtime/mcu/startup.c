@@ -30,7 +30,8 @@ typedef void (*vector)(void);
    debug monitor, a write to ICSR, an enabled SysTick or an enabled interrupt, none of which
    this image has. */
 __attribute__((section(".vectors"), used)) static const vector vectors[7] = {
-    (vector)__handler_stack_top, reset_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
+    (vector)__handler_stack_top, reset_handler, fault_handler, fault_handler,
+    fault_handler, fault_handler, fault_handler,
 };
 
 uint32_t stack_unused_bytes(void)
