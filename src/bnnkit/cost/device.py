@@ -94,9 +94,10 @@ def linked_bytes(objdump: str) -> dict[str, int]:
     refs: dict[str, set[str]] = {}
     for section, records in _RELOCATIONS.findall(objdump):
         for line in records.splitlines():
-            target = re.split(r"[+-]0x", line.split()[-1])[0]
+            target = line.split()[-1].partition("+0x")[0].partition("-0x")[0]  # a symbol or section, less its addend
             refs.setdefault(section, set()).add(home.get(target, target))
-    kept, todo = set(), [r for r in roots if r in sizes]
+    kept: set[str] = set()
+    todo = [r for r in roots if r in sizes]
     while todo:
         section = todo.pop()
         if section not in kept:
