@@ -4,12 +4,12 @@
 ``graph_cost.profile`` and ``model_costs`` keep their parameters-only and activations-only
 meaning. The model, each term as the C generator (``bnnkit.runtime.c``) lays the image out:
 
-* flash = ``HARNESS_FLASH`` (start-up, semihosting harness, vector table, the libc functions they
-  pull in) + the sections of the generated C compiled for the M4 with the image's flags (an
-  object, not linked or run): its code (``.text``) and its constants (``.rodata``, ``.data``);
+* flash = ``HARNESS_FLASH`` (start-up, semihosting harness, vector table) + the sections of the
+  generated C compiled for the M4 with the image's flags (an object, not linked or run) that the
+  linker keeps (``linked_bytes``): its code (``.text``) and its constants (``.rodata``, ``.data``);
 * RAM = ``HARNESS_RAM`` + the harness's input and score buffers + the generated static buffers
-  (the planned arena, the patch and int8 scratch) + the stack: ``HARNESS_STACK`` (the frames of
-  the start-up and ``main`` below the inference) + the deepest call chain from ``{prefix}_infer``,
+  (the planned arena, the patch and int8 scratch) + the stack: ``HARNESS_STACK`` (the frame of the
+  harness's ``main`` below the inference) + the deepest call chain from ``{prefix}_infer``,
   found by compiling the generated C for the M4 with the image's flags (an object, not linked or
   run): arm-none-eabi-gcc's ``-fstack-usage`` gives each function's frame and
   ``-fcallgraph-info=su`` its calls. The frames are what gcc reserves: which kernels it inlines
@@ -37,12 +37,13 @@ from bnnkit.runtime.c import generate_c
 from bnnkit.runtime.toolchain import CROSS_PREFIX
 
 TARGET = "cortex-m4"
-# The measured image less the compiled object of its generated C: 1,229-2,069 B over ebnn_cnn, ebnn16, the
-# even graphgen seeds 0-28 and seed 23 (the libc functions the harness pulls in, section alignment, code the
-# linker drops); 1,850 puts every one of those 18 builds within ±10% (-8.4% to +8.4%).
-HARNESS_FLASH = 1850
+# The measured image less what the linker keeps of the compiled object of its generated C: 811-831 B over
+# ebnn_cnn, ebnn16 and graphgen seeds 0-29, 819 on 25 of the 32 (benchmarks/device_estimate.py): the start-up
+# code, semihosting and harness, no C library.
+HARNESS_FLASH = 819
 HARNESS_RAM = 8  # semihosting arguments
-HARNESS_STACK = 56  # reset_handler 8 + main 48: the frames below the call of {prefix}_infer
+# main's frame below the call of {prefix}_infer (run_main is naked; reset_handler is on the main stack)
+HARNESS_STACK = 40
 _CTYPE_BYTES = {"uint8_t": 1, "int8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "uint32_t": 4, "float": 4}
 _ARRAY = re.compile(r"^static (const )?(\w+) \w+\[(\d+)\]", re.M)
 
@@ -75,34 +76,62 @@ def _name(title: str) -> str:
     return title.rsplit(":", 1)[-1]  # gcc titles a static function "file.c:name"
 
 
-_SECTION = re.compile(r"^\.(text|rodata|data)\S*\s+(\d+)", re.M)
+# objdump -h -r -t of an object: its sections, its symbols, and the relocations of each section
+_HEADER = re.compile(r"^\s*\d+ (\.(?:text|rodata|data)\S*)\s+([0-9a-f]+) ", re.M)
+_SYMBOL = re.compile(r"^[0-9a-f]+ (.{7}) (\S+)\t[0-9a-f]+ (\S+)$", re.M)
+_RELOCATIONS = re.compile(r"^RELOCATION RECORDS FOR \[(\S+)\]:\n.*\n((?:[0-9a-f]+ .*\n)*)", re.M)
+
+
+def linked_bytes(objdump: str) -> dict[str, int]:
+    """Bytes of ``text``, ``rodata`` and ``data`` that ``--gc-sections`` keeps of an object
+    (``objdump -h -r -t`` of it, compiled with a section per function and per object): the
+    sections of its global symbols and what their relocations reach. gcc emits some functions
+    that no call is left to (a NOINLINE kernel whose calls were folded away); the linker drops
+    them."""
+    sizes = {name: int(n, 16) for name, n in _HEADER.findall(objdump)}
+    home = {name: section for flags, section, name in _SYMBOL.findall(objdump)}
+    roots = [section for flags, section, _ in _SYMBOL.findall(objdump) if flags[0] == "g"]
+    refs: dict[str, set[str]] = {}
+    for section, records in _RELOCATIONS.findall(objdump):
+        for line in records.splitlines():
+            target = line.split()[-1].partition("+0x")[0].partition("-0x")[0]  # a symbol or section, less its addend
+            refs.setdefault(section, set()).add(home.get(target, target))
+    kept: set[str] = set()
+    todo = [r for r in roots if r in sizes]
+    while todo:
+        section = todo.pop()
+        if section not in kept:
+            kept.add(section)
+            todo += [t for t in refs.get(section, ()) if t in sizes]
+    section_bytes = dict.fromkeys(("text", "rodata", "data"), 0)
+    for section in kept:
+        section_bytes[section[1:].split(".")[0]] += sizes[section]
+    return section_bytes
 
 
 def compile_unit(
-    sources: dict[str, str], unit: str, toolchain: str = CROSS_PREFIX
+    sources: dict[str, str], unit: str, toolchain: str = CROSS_PREFIX, extra: tuple[str, ...] = ()
 ) -> tuple[dict[str, int], dict[str, set[str]], dict[str, int]]:
     """The C file ``unit`` of ``sources`` (file name -> text) compiled for the M4 with the image's
-    flags: each function's frame in bytes, the functions of the file it calls, and the object's
-    bytes of ``text``, ``rodata`` and ``data`` sections."""
-    from bnnkit.runtime.toolchain import cross_tools, run_tool
+    flags and ``extra``: each function's frame in bytes, the functions of the file it calls, and
+    the bytes of ``text``, ``rodata`` and ``data`` the linker keeps of the object (``linked_bytes``)."""
+    from bnnkit.runtime.toolchain import CROSS_PACKAGES, cross_tools, find_tool, run_tool
 
-    gcc, size = cross_tools(toolchain)
+    gcc, _ = cross_tools(toolchain)
+    objdump = find_tool(f"{toolchain}objdump", "Arm cross compiler", CROSS_PACKAGES)
     with tempfile.TemporaryDirectory(prefix="bnnkit-stack-") as d:
         for name, text in sources.items():
             (Path(d) / name).write_text(text)
         out = str(Path(d) / "unit.o")  # gcc writes unit.su and unit.ci beside it
-        flags = [*_m4_flags(), "-fstack-usage", "-fcallgraph-info=su", "-c", str(Path(d) / unit), "-o", out]
+        flags = [*_m4_flags(), *extra, "-fstack-usage", "-fcallgraph-info=su", "-c", str(Path(d) / unit), "-o", out]
         run_tool([gcc, *flags], f"compiling {unit} for the device estimate")
         graph = (Path(d) / "unit.ci").read_text()
-        sections = run_tool([size, "-A", out], f"reading the sections of {unit}")
+        sections = run_tool([objdump, "-h", "-r", "-t", out], f"reading the sections of {unit}")
     frames = {_name(title): int(size) for title, size in _NODE.findall(graph)}
     calls: dict[str, set[str]] = {}
     for caller, callee in _EDGE.findall(graph):
         calls.setdefault(_name(caller), set()).add(_name(callee))
-    section_bytes = dict.fromkeys(("text", "rodata", "data"), 0)
-    for kind, n in _SECTION.findall(sections):
-        section_bytes[kind] += int(n)
-    return frames, calls, section_bytes
+    return frames, calls, linked_bytes(sections)
 
 
 def deepest_chain(function: str, frames: dict[str, int], calls: dict[str, set[str]]) -> int:
@@ -134,15 +163,17 @@ def device_estimate(graph: Graph) -> dict[str, Any]:
 
 
 def harness_stack(graph: Graph, toolchain: str = CROSS_PREFIX) -> int:
-    """``HARNESS_STACK`` recomputed: the frames on the path from the M4 start-up to the call of
-    the inference (``reset_handler``, ``run_main``, the harness's ``main``), in a build of ``graph``."""
+    """``HARNESS_STACK`` recomputed: the frames on the process stack below the call of the
+    inference (``run_main``, naked, and the harness's ``main``), in a build of ``graph``.
+    ``reset_handler``'s frame is on the main stack, which the image's RAM does not count."""
     from importlib import resources
 
     from bnnkit.runtime.c_library import harness_sources
+    from bnnkit.runtime.toolchain import MCU_HARNESS_CFLAGS
 
     mcu = resources.files("bnnkit.runtime") / "mcu"
     sources = {name: (mcu / name).read_text() for name in ("startup.c", "harness.c", "mcu.h")}
     sources |= generate_c(graph, "bnn") | harness_sources([graph], ["bnn"])
-    startup, _, _ = compile_unit(sources, "startup.c", toolchain)
-    harness, _, _ = compile_unit(sources, "harness.c", toolchain)
-    return startup["reset_handler"] + startup["run_main"] + harness["main"]
+    startup, _, _ = compile_unit(sources, "startup.c", toolchain, MCU_HARNESS_CFLAGS)
+    harness, _, _ = compile_unit(sources, "harness.c", toolchain, MCU_HARNESS_CFLAGS)
+    return startup["run_main"] + harness["main"]

@@ -13,9 +13,8 @@ survives the overflow). An overflow by less than one stack frame can leave the b
 word unwritten; it then shows as a fault or as wrong results, so leave a margin over
 ``stack_bytes_used``.
 
-Toolchain (``bnnkit.runtime.toolchain``): ``arm-none-eabi-gcc`` with newlib-nano, used only
-for the ``memcpy``/``memset`` the compiler may emit (no syscalls are linked), and ``libgcc``
-for soft floats on the M3.
+Toolchain (``bnnkit.runtime.toolchain``): ``arm-none-eabi-gcc`` with newlib's headers
+(``stdint.h``, ``string.h``); no C library is linked, only ``libgcc`` for soft floats on the M3.
 """
 
 from __future__ import annotations
@@ -45,7 +44,9 @@ from bnnkit.runtime.toolchain import (
     CROSS_PACKAGES,
     CROSS_PREFIX,
     MCU_CFLAGS,
+    MCU_HARNESS_CFLAGS,
     MCU_LDFLAGS,
+    MCU_LDLIBS,
     PLUGIN_CFLAGS,
     QEMU,
     QEMU_PACKAGE,
@@ -123,17 +124,24 @@ _TOO_BIG = (
     "the image does not fit the MPS2 board's 4 MiB of code memory or 4 MiB of RAM (see bnnkit/runtime/mcu/mps2.ld)"
 )
 _HINTS = (
-    ("nano.specs", f"newlib-nano is missing; {install_hint(CROSS_PACKAGES)}"),
+    ("stdint.h: No such file", f"newlib's C headers are missing; {install_hint(CROSS_PACKAGES)}"),
+    (
+        "undefined reference to",
+        "the image links no C library (toolchain.MCU_LDFLAGS) and the code calls a function it lacks",
+    ),
     ("overflowed", _TOO_BIG),
     ("will not fit in region", _TOO_BIG),
 )
 _TRAILER = 0x4B4E4E42  # "BNNK", after the last record of bnnkit.out
-# the harness's exit statuses (mcu/mcu.h)
+# the harness's exit statuses (mcu/mcu.h): the image prints no text for them
 _EXIT_STATUS = {
-    2: "bad input",
-    3: "semihosting I/O failed",
+    2: "cannot open bnnkit.in or bnnkit.out through semihosting",
+    3: "bnnkit.in names no model of this image",
     4: "fault",
     5: "stack overflow; build with a larger stack_size",
+    6: "bnnkit.in ends with a partial image",
+    7: "cannot read an image from bnnkit.in",
+    8: "cannot write bnnkit.out",
 }
 
 
@@ -393,14 +401,16 @@ def build_mcus(
         (work / name).write_text(text)
 
     flags = [*TARGETS[target].cflags, *MCU_CFLAGS, *cflags, *(["-DBNNKIT_LAYER_MARKS"] if layer_marks else [])]
-    units = [*prefixes, *_MCU_SOURCES]
+    units = {**dict.fromkeys(prefixes, ()), **dict.fromkeys(_MCU_SOURCES, MCU_HARNESS_CFLAGS)}
     with ThreadPoolExecutor() as pool:
-        compiles = ([cc, *flags, "-c", str(work / f"{u}.c"), "-o", str(work / f"{u}.o")] for u in units)
+        compiles = (
+            [cc, *flags, *own, "-c", str(work / f"{u}.c"), "-o", str(work / f"{u}.o")] for u, own in units.items()
+        )
         list(pool.map(lambda cmd: run_tool(cmd, "C compilation", _HINTS), compiles))
     elf = work / f"bnnkit-{target}.elf"
     run_tool(
         [cc, *flags, *MCU_LDFLAGS, f"-Wl,--defsym=__stack_size={stack_size}", "-T", str(work / "mps2.ld"),
-         f"-Wl,-Map={elf.with_suffix('.map')}", *(str(work / f"{u}.o") for u in units), "-o", str(elf)],
+         f"-Wl,-Map={elf.with_suffix('.map')}", *(str(work / f"{u}.o") for u in units), *MCU_LDLIBS, "-o", str(elf)],
         "linking",
         _HINTS,
     )  # fmt: skip

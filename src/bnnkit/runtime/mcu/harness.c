@@ -23,41 +23,33 @@ __attribute__((noinline)) void bnnkit_layer_mark(void)
 static uint8_t input[BNNKIT_MAX_INPUT];
 static float scores[BNNKIT_MAX_CLASSES];
 
-static int fail(const char *why, int status)
-{
-    sh_print("bnnkit: ");
-    sh_print(why);
-    sh_print("\n");
-    return status;
-}
-
+/* A failure is its exit status alone (mcu.h): the host names it, so the image carries no
+   message text. */
 int main(void)
 {
     const struct model *m;
-    uint32_t index, bytes, n, i, trailer[2];
+    uint32_t index, bytes, n, trailer[2];
     int32_t label;
     int in = sh_open("bnnkit.in", SH_MODE_RB), out = sh_open("bnnkit.out", SH_MODE_WB);
     if (in < 0 || out < 0)
-        return fail("cannot open bnnkit.in or bnnkit.out", EXIT_IO);
-    if (sh_flen(in) < 4 || sh_read(in, &index, 4) != 0)
-        return fail("bnnkit.in has no model index", EXIT_BAD_INPUT);
-    if (index >= BNNKIT_NUM_MODELS)
-        return fail("no such model", EXIT_BAD_INPUT);
+        return EXIT_NO_FILES;
+    if (sh_flen(in) < 4 || sh_read(in, &index, 4) != 0 || index >= BNNKIT_NUM_MODELS)
+        return EXIT_NO_MODEL;
     m = &models[index];
     bytes = (uint32_t)sh_flen(in) - 4;
     if (bytes % m->input_size != 0)
-        return fail("bnnkit.in ends with a partial image", EXIT_BAD_INPUT);
-    for (n = bytes / m->input_size, i = 0; i < n; i++) {
+        return EXIT_PARTIAL_IMAGE;
+    for (n = bytes / m->input_size; n != 0; n--) {
         if (sh_read(in, input, m->input_size) != 0)
-            return fail("cannot read an image", EXIT_IO);
+            return EXIT_READ;
         label = m->infer(input, scores);
         LAYER_MARK();
         if (sh_write(out, scores, m->classes * sizeof scores[0]) != 0 || sh_write(out, &label, sizeof label) != 0)
-            return fail("cannot write the scores", EXIT_IO);
+            return EXIT_WRITE;
     }
     trailer[0] = BNNKIT_TRAILER;
     trailer[1] = stack_unused_bytes();
     if (sh_write(out, trailer, sizeof trailer) != 0 || sh_close(out) != 0 || sh_close(in) != 0)
-        return fail("cannot write the trailer", EXIT_IO);
+        return EXIT_WRITE;
     return 0;
 }

@@ -6,11 +6,14 @@
 
 #include <stdint.h>
 
-/* Exit statuses QEMU passes on; 0 is success. */
-#define EXIT_BAD_INPUT 2
-#define EXIT_IO 3
+/* Exit statuses QEMU passes on; 0 is success. bnnkit.runtime.cortex_m names each. */
+#define EXIT_NO_FILES 2 /* bnnkit.in or bnnkit.out cannot be opened */
+#define EXIT_NO_MODEL 3 /* bnnkit.in names no model of the image */
 #define EXIT_FAULT 4
 #define EXIT_STACK_OVERFLOW 5
+#define EXIT_PARTIAL_IMAGE 6 /* bnnkit.in ends with a partial image */
+#define EXIT_READ 7          /* an image cannot be read */
+#define EXIT_WRITE 8         /* bnnkit.out cannot be written */
 
 /* SYS_OPEN modes */
 #define SH_MODE_RB 1

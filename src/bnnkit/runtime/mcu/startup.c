@@ -24,13 +24,14 @@ void fault_handler(void) __attribute__((noreturn));
 
 typedef void (*vector)(void);
 
-/* The initial main stack pointer, then exceptions 1-15. No interrupt is ever enabled, so
-   there are no IRQ vectors; every exception but reset ends the run. */
-__attribute__((section(".vectors"), used)) static const vector vectors[16] = {
+/* The initial main stack pointer, then exceptions 1-6 (reset, NMI and the faults); every one
+   but reset ends the run. The table stops there and code follows it: the later exceptions
+   (SVCall, DebugMonitor, PendSV, SysTick, the IRQs) are raised only by an SVC instruction, the
+   debug monitor, a write to ICSR, an enabled SysTick or an enabled interrupt, none of which
+   this image has. */
+__attribute__((section(".vectors"), used)) static const vector vectors[7] = {
     (vector)__handler_stack_top, reset_handler, fault_handler, fault_handler,
-    fault_handler, fault_handler, fault_handler, 0,
-    0, 0, 0, fault_handler,
-    fault_handler, 0, fault_handler, fault_handler,
+    fault_handler, fault_handler, fault_handler,
 };
 
 uint32_t stack_unused_bytes(void)
@@ -45,11 +46,7 @@ uint32_t stack_unused_bytes(void)
    result suspect: the status says so whatever the run's own status was. */
 __attribute__((used, noreturn)) static void finish(int status)
 {
-    if (stack_unused_bytes() == 0) {
-        sh_print("bnnkit: the stack overflowed\n");
-        status = EXIT_STACK_OVERFLOW;
-    }
-    sh_exit(status);
+    sh_exit(stack_unused_bytes() == 0 ? EXIT_STACK_OVERFLOW : status);
 }
 
 /* Naked: once SP is the process stack, no compiled code of this function may address
@@ -69,7 +66,8 @@ __attribute__((naked, noreturn)) static void run_main(void)
 
 void reset_handler(void)
 {
-    uint32_t i;
+    uint32_t *to;
+    const uint32_t *from;
 #ifdef __ARM_FP
     /* Hard-float code traps with a UsageFault until CP10 and CP11 are given full access. */
     SCB_CPACR |= 0xfu << 20;
@@ -77,21 +75,26 @@ void reset_handler(void)
 #endif
     /* MemManage, BusFault and UsageFault report as themselves instead of a HardFault. */
     SCB_SHCSR |= 7u << 16;
-    for (i = 0; i < (uint32_t)(__data_end - __data_start); i++)
-        __data_start[i] = __data_load[i];
-    for (i = 0; i < (uint32_t)(__bss_end - __bss_start); i++)
-        __bss_start[i] = 0;
-    for (i = 0; i < (uint32_t)(__stack_top - __stack_bottom); i++)
-        __stack_bottom[i] = STACK_PAINT;
+    for (to = __data_start, from = __data_load; to < __data_end;)
+        *to++ = *from++;
+    for (to = __bss_start; to < __bss_end;)
+        *to++ = 0;
+    for (to = __stack_bottom; to < __stack_top;)
+        *to++ = STACK_PAINT;
     run_main();
 }
 
+/* On the handler stack, not in .data: that would cost flash and RAM in every image. */
 static void print_hex(const char *label, uint32_t v)
 {
-    static char text[] = " 0x00000000";
+    char text[12];
     int i;
+    text[0] = ' ';
+    text[1] = '0';
+    text[2] = 'x';
     for (i = 0; i < 8; i++)
         text[10 - i] = "0123456789abcdef"[(v >> (4 * i)) & 0xfu];
+    text[11] = '\0';
     sh_print(label);
     sh_print(text);
 }
