@@ -7,8 +7,8 @@ meaning. The model, each term as the C generator (``bnnkit.runtime.c``) lays the
 * flash = ``HARNESS_FLASH`` (start-up, semihosting harness, vector table) + the sections of the
   generated C compiled for the M4 with the image's flags (an object, not linked or run) that the
   linker keeps (``linked_bytes``): its code (``.text``) and its constants (``.rodata``, ``.data``);
-* RAM = ``HARNESS_RAM`` + the harness's input and score buffers + the generated static buffers
-  (the planned arena, the patch and int8 scratch) + the stack: ``HARNESS_STACK`` (the frame of the
+* RAM = ``HARNESS_RAM`` + the harness's score buffer + the generated static buffers (the
+  planned arena with the input's slot, the patch and int8 scratch) + the stack: ``HARNESS_STACK`` (the frame of the
   harness's ``main`` below the inference) + the deepest call chain from ``{prefix}_infer``,
   found by compiling the generated C for the M4 with the image's flags (an object, not linked or
   run): arm-none-eabi-gcc's ``-fstack-usage`` gives each function's frame and
@@ -29,8 +29,6 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from bnnkit.graph import Graph
 from bnnkit.runtime.c import generate_c
@@ -149,7 +147,7 @@ def device_estimate(graph: Graph) -> dict[str, Any]:
     code = HARNESS_FLASH + sections["text"]
     constants = sections["rodata"] + sections["data"]
     buffers = _buffers(sources["bnn.c"])
-    harness = HARNESS_RAM + _align4(int(np.prod(graph.input_shape))) + 4 * graph.num_classes
+    harness = HARNESS_RAM + 4 * graph.num_classes  # the scores; the image is read into the arena
     stack = HARNESS_STACK + deepest_chain("bnn_infer", frames, calls)
     return {
         "target": TARGET,

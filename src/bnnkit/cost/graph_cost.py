@@ -216,7 +216,7 @@ def format_profile(result: Profile) -> str:
     text = render_table(lines, left=4)
     text.append(
         f"RAM: naive {kib(m['naive_bytes'])} (every tensor its own buffer) vs planned {kib(m['planned_peak_bytes'])} "
-        f"(input {kib(m['input_bytes'])} + arena {kib(m['arena_bytes'])}); "
+        f"(one arena, the {kib(m['input_bytes'])} input's slot included); "
         f"{m['naive_bytes'] / m['planned_peak_bytes']:.1f}x less"
     )
     d = result.get("device")

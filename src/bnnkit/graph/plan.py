@@ -3,7 +3,7 @@ arena.
 
 Layout in C (per sample, no batch axis). Every tensor has a *layout shape* (C, H, W):
 
-* ``u8``   the caller's input, CHW, one byte per pixel value;
+* ``u8``   the input, CHW, one byte per pixel value;
 * ``bits`` HWC in 32-bit words, bit 1 ⇔ +1, pixel ``p``'s channel ``c`` at bit ``p * pb + c``
   (bit ``b`` is bit ``b % 32`` of word ``b // 32``), unused bits 0, in one of two layouts:
 
@@ -38,10 +38,15 @@ Placement. Buffers live from the step that writes them to the last step that rea
 largest first, at the lowest free offset. Every arena buffer is a whole number of 32-bit
 words, so every offset is word-aligned.
 
-Accounting. The input buffer belongs to the caller and is not in the arena; it is counted
-in ``naive_bytes`` and, whole, in ``peak_bytes`` (the caller holds it for the whole call).
-``live_bytes`` counts it only while an op still has to read it. Views (``flatten``) and
-the label of ``argmax`` take no memory, also in the naive count.
+The input has a slot in the arena too, live from the start to its last reader (its bytes
+rounded up to a word): a device writes its image there (``{prefix}_input_buffer()``) and
+holds no buffer of its own, so ``peak_bytes``, the RAM one inference needs, is the arena. A
+caller may still pass an image of its own; the slot then goes unused. Where the first layer
+reads the input while it writes a map of its own, the two are live together, and the slot
+costs arena bytes only where that step is the arena's peak. ``naive_bytes`` counts the input
+and every tensor in a buffer of its own; ``live_bytes`` counts the input while an op still
+has to read it. Views (``flatten``) and the label of ``argmax`` take no memory, also in the
+naive count.
 """
 
 from __future__ import annotations
@@ -81,11 +86,11 @@ class MemoryPlan:
     buffer_of: dict[str, str]  # stored or viewed tensor -> the buffer holding it
     steps: tuple[Step, ...]
     lifetimes: dict[str, tuple[int, int]]  # buffer -> (first, last) op index it is live at; input first = -1
-    offsets: dict[str, int]  # arena byte offset of every buffer but the input
+    offsets: dict[str, int]  # arena byte offset of every buffer, the input's slot included
     input_bytes: int
     naive_bytes: int  # input + every tensor in its own buffer, no fusion
-    arena_bytes: int  # the static arena of the C runtime
-    peak_bytes: int  # input_bytes + arena_bytes: the RAM one inference needs
+    arena_bytes: int  # the static arena of the C runtime, the input's slot included
+    peak_bytes: int  # the RAM one inference needs: the arena
     live_bytes: tuple[int, ...]  # per graph op: bytes of the buffers live while its step runs
     dense: frozenset[str]  # bits tensors laid out bit-dense, views and fused-away ones included
 
@@ -199,9 +204,9 @@ def plan_memory(graph: Graph) -> MemoryPlan:
         for name in step.inputs:
             lifetimes[name] = (lifetimes[name][0], max(lifetimes[name][1], step.position))
 
-    arena = {name: tensor_bytes[name] for name in lifetimes if name != graph.input}
-    offsets = _place(arena, lifetimes)
     input_bytes = tensor_bytes[graph.input]
+    arena = {name: tensor_bytes[name] for name in lifetimes} | {graph.input: -(-input_bytes // 4) * 4}
+    offsets = _place(arena, lifetimes)
     arena_bytes = max((offsets[n] + arena[n] for n in arena), default=0)
     naive = [op.output for i, op in enumerate(graph.ops) if _family(graph, i) not in (Family.VIEW, Family.HEAD)]
     runs_at = {i: step.position for step in steps for i in step.ops}  # a flatten runs nowhere: its own index
@@ -219,7 +224,7 @@ def plan_memory(graph: Graph) -> MemoryPlan:
         input_bytes=input_bytes,
         naive_bytes=input_bytes + sum(tensor_bytes[n] for n in naive),
         arena_bytes=arena_bytes,
-        peak_bytes=input_bytes + arena_bytes,
+        peak_bytes=arena_bytes,
         live_bytes=live,
         dense=frozenset(n for n, shape in layout.items() if graph.types[n][0] == "bits" and bit_dense(shape)),
     )

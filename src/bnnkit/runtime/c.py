@@ -422,8 +422,11 @@ def generate_c(graph: Graph, prefix: str = "bnn", *, layer_marks: bool = False) 
      input   {up}_INPUT_SIZE bytes, the image as uint8 in CHW order ({c} x {h} x {w});
      scores  {up}_NUM_CLASSES floats, written unless NULL;
      returns the index of the first maximal score (the label).
-   Not reentrant: activations live in one static arena of {up}_ARENA_BYTES bytes; the
-   input buffer stays the caller's ({plan.input_bytes} bytes on top of the arena).
+   uint8_t *{prefix}_input_buffer(void)
+     the input's slot in the arena: an image written there and passed to {prefix}_infer
+     needs no RAM of the caller's (an image elsewhere works too; the slot then goes unused).
+   Not reentrant: activations live in one static arena of {up}_ARENA_BYTES bytes, the
+   input's {plan.input_bytes} included.
 
    Conventions: a binary value is one bit, 1 <=> +1 and 0 <=> -1, sign(0) = +1. Binary
    activations are stored HWC in 32-bit words, pixel p's channel c at bit p * pb + c (bit b
@@ -446,6 +449,7 @@ def generate_c(graph: Graph, prefix: str = "bnn", *, layer_marks: bool = False) 
 #define {up}_ARENA_BYTES {plan.arena_bytes}
 
 int {prefix}_infer(const uint8_t *input, float *scores);
+uint8_t *{prefix}_input_buffer(void);
 
 #endif
 """
@@ -458,6 +462,8 @@ int {prefix}_infer(const uint8_t *input, float *scores);
         + [
             f"static uint32_t {prefix}_arena[{max(plan.arena_bytes // 4, 1)}];",
             f"int {prefix}_infer(const uint8_t *input, float *scores)\n{{\n" + "\n".join(e.calls) + "\n}",
+            f"uint8_t *{prefix}_input_buffer(void)\n{{\n"
+            f"    return (uint8_t *)({prefix}_arena + {plan.offsets[graph.input] // 4});\n}}",
         ]
     )
     return {f"{prefix}.h": header, f"{prefix}.c": source + "\n"}

@@ -10,10 +10,11 @@
 
 struct model {
     int (*infer)(const uint8_t *, float *);
+    uint8_t *(*input)(void); /* the model's input slot: images are read straight into it */
     uint32_t input_size, classes;
 };
 
-#define BNNKIT_MODEL(prefix, PREFIX) {prefix##_infer, PREFIX##_INPUT_SIZE, PREFIX##_NUM_CLASSES},
+#define BNNKIT_MODEL(prefix, PREFIX) {prefix##_infer, prefix##_input_buffer, PREFIX##_INPUT_SIZE, PREFIX##_NUM_CLASSES},
 static const struct model models[] = {BNNKIT_MODELS(BNNKIT_MODEL)};
 #define BNNKIT_NUM_MODELS (sizeof models / sizeof models[0])
 

@@ -5,12 +5,12 @@
 
 #include "harness.h"
 
-static uint8_t input[BNNKIT_MAX_INPUT];
 static float scores[BNNKIT_MAX_CLASSES];
 
 int main(int argc, char **argv)
 {
     const struct model *m;
+    uint8_t *input;
     size_t got;
     int index = argc == 2 ? atoi(argv[1]) : -1;
     if (index < 0 || (size_t)index >= BNNKIT_NUM_MODELS) {
@@ -18,6 +18,7 @@ int main(int argc, char **argv)
         return 2;
     }
     m = &models[index];
+    input = m->input();
     while ((got = fread(input, 1, m->input_size, stdin)) == m->input_size) {
         int32_t label = m->infer(input, scores);
         fwrite(scores, sizeof *scores, m->classes, stdout);

@@ -20,7 +20,6 @@ __attribute__((noinline)) void bnnkit_layer_mark(void)
 #define LAYER_MARK() ((void)0)
 #endif
 
-static uint8_t input[BNNKIT_MAX_INPUT];
 static float scores[BNNKIT_MAX_CLASSES];
 
 /* A failure is its exit status alone (mcu.h): the host names it, so the image carries no
@@ -28,6 +27,7 @@ static float scores[BNNKIT_MAX_CLASSES];
 int main(void)
 {
     const struct model *m;
+    uint8_t *input;
     uint32_t index, bytes, n, trailer[2];
     int32_t label;
     int in = sh_open("bnnkit.in", SH_MODE_RB), out = sh_open("bnnkit.out", SH_MODE_WB);
@@ -36,6 +36,7 @@ int main(void)
     if (sh_flen(in) < 4 || sh_read(in, &index, 4) != 0 || index >= BNNKIT_NUM_MODELS)
         return EXIT_NO_MODEL;
     m = &models[index];
+    input = m->input();
     bytes = (uint32_t)sh_flen(in) - 4;
     if (bytes % m->input_size != 0)
         return EXIT_PARTIAL_IMAGE;
