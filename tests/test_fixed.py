@@ -160,13 +160,18 @@ def test_the_int64_sum_reaches_its_bound_exactly():
     graph = stream_graph([-Q, -Q], Op("dense_q", ["v"], "y", {}, params), n_out=1)
     assert numpy_ref.predict(graph, np.zeros((1, 1, 1, 1), np.uint8))[0][0].tolist() == [-1]
     with pytest.raises(BnnkitError, match="fan-in 2 and weights up to 1073741825 could overflow the int64 sum"):
-        stream_graph([-Q, -Q], Op("dense_q", ["v"], "y", {}, {**params, "weight": w + np.array([[0, 1]], np.int32)}),
-                     n_out=1)
+        stream_graph(
+            [-Q, -Q], Op("dense_q", ["v"], "y", {}, {**params, "weight": w + np.array([[0, 1]], np.int32)}), n_out=1
+        )
 
 
 def meanpool_graph() -> Graph:
     """Each row of a (1, 7, 4) image, minus 1, as q32 (a 1x1 conv2d_q), then its mean."""
-    params = {"weight": np.ones((1, 1, 1, 1), np.int32), "bias": np.array([-1], np.int32), "shift": np.zeros(1, np.int32)}
+    params = {
+        "weight": np.ones((1, 1, 1, 1), np.int32),
+        "bias": np.array([-1], np.int32),
+        "shift": np.zeros(1, np.int32),
+    }
     return Graph((1, 7, 4), [
         Op("conv2d_q", ["input"], "v", {"stride": 1, "padding": 0}, params),
         Op("meanpool", ["v"], "m", {"kernel": (1, 4), "stride": (1, 4)}),
@@ -195,9 +200,15 @@ def edge_graphs() -> list[tuple[Graph, np.ndarray, list[int]]]:
     zero = np.zeros((1, 1, 1, 1), np.uint8)
     cases = [(stream_graph(v, scale_op(k, len(v), m, s, b), minus=want), zero, [0] * len(want))
              for v, k, m, s, b, want in EDGES]  # fmt: skip
-    bound = {"weight": np.full((1, 2), 2**30, np.int32), "bias": np.zeros(1, np.int32), "shift": np.array([62], np.int32)}
+    bound = {
+        "weight": np.full((1, 2), 2**30, np.int32),
+        "bias": np.zeros(1, np.int32),
+        "shift": np.array([62], np.int32),
+    }
     cases.append((stream_graph([-Q, -Q], Op("dense_q", ["v"], "y", {}, bound), n_out=1), zero, [-1]))
-    cases.append((meanpool_graph(), np.array([r for r, _ in MEAN_ROWS], np.uint8)[None, None], [m for _, m in MEAN_ROWS]))
+    cases.append(
+        (meanpool_graph(), np.array([r for r, _ in MEAN_ROWS], np.uint8)[None, None], [m for _, m in MEAN_ROWS])
+    )
     return cases
 
 
@@ -244,7 +255,7 @@ def test_the_sat_backend_refuses_fixed_point_ops_with_its_reason():
 
 
 def test_a_fixed_point_graph_saves_and_loads_to_the_same_outputs(tmp_path):
-    case = next(c for c in CASES if Q_KINDS <= {op.kind for op in c.graph.ops} | {"add_q", "dense_q"})
+    case = max(CASES, key=lambda c: len(Q_KINDS & {op.kind for op in c.graph.ops}))
     case.graph.save(tmp_path / "g.bnn")
     loaded = Graph.load(tmp_path / "g.bnn")
     assert loaded.types == case.graph.types
@@ -306,3 +317,51 @@ def test_the_cortex_m3_is_bit_exact_on_random_fixed_point_graphs_and_the_hand_ca
         assert same(image.predict(case.x), numpy_ref.predict(case.graph, case.x)), f"seed {case.seed}"
     for (_, x, want), image in zip(edges, images[len(cases) :]):
         assert image.predict(x)[0][0].tolist() == want
+
+
+# --- the converter: a float32-stream graph -> its q32 twin --------------------------------------
+
+FLOAT_CASES = [c for c in (case_from_seed(s) for s in range(90)) if any(t == "f32" for t, _ in c.graph.types.values())]
+
+
+def test_the_twin_has_no_float_and_the_float_graphs_answers_where_no_sign_ties():
+    from bnnkit.export.fixed import HEADROOM, to_fixed
+
+    checked = 0
+    for case in FLOAT_CASES:
+        twin = to_fixed(case.graph, case.x)
+        f = twin.meta["q32_fraction"]
+        assert {t for t, _ in twin.types.values()}.isdisjoint({"f32"}) and 0 <= f <= 30
+        assert twin.meta["q32_peak"] * HEADROOM * 2.0**f < 2**31
+        if any(op.kind == "sign" for op in case.graph.ops):
+            continue  # graphgen draws sign thresholds equal to values that occur: ties that rounding may break
+        (fs, fl), (qs, ql) = numpy_ref.predict(case.graph, case.x), numpy_ref.predict(twin, case.x)
+        assert np.array_equal(fl, ql), f"seed {case.seed}"
+        if case.graph.types[case.graph.scores][0] == "f32":
+            assert np.abs(fs - qs * 2.0**-f).max() <= 1e-5 * np.abs(fs).max() + 2.0**-f, f"seed {case.seed}"
+        checked += 1
+    assert checked >= 40
+
+
+def test_a_sign_becomes_a_threshold_exact_on_the_q32_values():
+    from bnnkit.export.fixed import to_fixed
+
+    seen = 0
+    for case in FLOAT_CASES:
+        twin = to_fixed(case.graph, case.x)
+        env = numpy_ref.execute(twin, case.x, keep=True)
+        f = twin.meta["q32_fraction"]
+        for op in (o for o in case.graph.ops if o.kind == "sign"):
+            raw = env[op.inputs[0]].astype(np.float64) * 2.0**-f  # exact: 31 bits times a power of two
+            t = op.params["thresh"].astype(np.float64).reshape((1, -1) + (1,) * (raw.ndim - 2))
+            assert np.array_equal(env[op.output], raw >= t), f"seed {case.seed}"
+            seen += 1
+    assert seen >= 20
+
+
+def test_the_converter_refuses_a_graph_without_a_float_stream():
+    from bnnkit.export.fixed import to_fixed
+
+    case = CASES[0]
+    with pytest.raises(BnnkitError, match="^the graph has no float32 stream to put in fixed point"):
+        to_fixed(case.graph, case.x)

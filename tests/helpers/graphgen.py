@@ -501,7 +501,9 @@ class _FixedBuilder(_Builder):
         params = {"weight": weight, "bias": np.zeros(o, np.int32), "shift": np.zeros(o, np.int32)}
         acc = numpy_ref._int64_sum(Op(kind, [src], "acc", attrs, params), self.env[src])
         top = np.abs(np.moveaxis(acc, 1, 0).reshape(o, -1)).max(axis=1).astype(np.float64) + 1
-        params["shift"] = np.clip(np.ceil(np.log2(top)) - Q_FRACTION + self.rng.integers(-1, 2, o), 0, 62).astype(np.int32)
+        params["shift"] = np.clip(np.ceil(np.log2(top)) - Q_FRACTION + self.rng.integers(-1, 2, o), 0, 62).astype(
+            np.int32
+        )
         params["bias"] = np.round(self.rng.normal(0, 0.3, o) * 2.0**Q_FRACTION).astype(np.int32)
         return self.op(kind, [src], attrs, params)
 

@@ -345,7 +345,6 @@ _REQUANT_DOC = (
 )
 
 
-
 # --- fixed-point ops: the real-valued stream on cores without an FPU ---------------------------
 
 Q32_MAX = 2**31 - 1
@@ -355,7 +354,9 @@ INT32_MIN, which stays ``threshold``'s constant-channel marker."""
 Q_SHIFT = (0, 62)  # a rounding shift: with |product| <= 2**62 and its half 2**61 int64 never overflows
 Q_PRODUCT_LIMIT = 2**62
 _Q_INPUT_MAX = {"u8": 255, "i32": 2**31, "q32": 2**31}  # the largest |x| of an input type
-_Q_ROUND = "rnd(v, s) = (v + (2**s >> 1)) >> s (arithmetic shift: round half up), sat(v) = clamp(v, -(2**31-1), 2**31-1)"
+_Q_ROUND = (
+    "rnd(v, s) = (v + (2**s >> 1)) >> s (arithmetic shift: round half up), sat(v) = clamp(v, -(2**31-1), 2**31-1)"
+)
 
 
 def _q_params(op: Op, channels: int) -> None:

@@ -164,7 +164,8 @@ def meanpool(op: Op, x: np.ndarray) -> np.ndarray:
     win = _windows(op, x)
     if win.dtype == np.int32:  # q32: the exact sum, then the mean rounded half up (floor division)
         n = np.int64(win.shape[-1])
-        return ((2 * win.astype(np.int64).sum(axis=-1) + n) // (2 * n)).astype(np.int32)
+        mean: npt.NDArray[np.int32] = ((2 * win.astype(np.int64).sum(axis=-1) + n) // (2 * n)).astype(np.int32)
+        return mean
     acc = np.zeros(win.shape[:-1], np.float32)
     for t in range(win.shape[-1]):  # left to right, each sum rounded (NumPy's sum would pair the terms)
         acc = (acc + win[..., t]).astype(np.float32)
@@ -270,7 +271,8 @@ def rnd(v: np.ndarray, shift: np.ndarray) -> npt.NDArray[np.int64]:
 
 def saturate(v: np.ndarray) -> npt.NDArray[np.int32]:
     """int64 -> int32 clamped to +-Q32_MAX (never INT32_MIN: ``threshold``'s marker)."""
-    return np.clip(v, -Q32_MAX, Q32_MAX).astype(np.int32)
+    out: npt.NDArray[np.int32] = np.clip(v, -Q32_MAX, Q32_MAX).astype(np.int32)
+    return out
 
 
 @KERNELS.register("affine_q")
