@@ -365,3 +365,23 @@ def test_the_converter_refuses_a_graph_without_a_float_stream():
     case = CASES[0]
     with pytest.raises(BnnkitError, match="^the graph has no float32 stream to put in fixed point"):
         to_fixed(case.graph, case.x)
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="gcc-arm-none-eabi is not installed")
+def test_the_m3_code_of_a_fixed_point_graph_calls_no_float_routine_but_the_scores(tmp_path):
+    import re
+    import subprocess
+
+    from bnnkit.runtime import toolchain
+    from bnnkit.runtime.c import generate_c
+    from bnnkit.runtime.cortex_m import TARGETS
+
+    case = max(CASES, key=lambda c: len(Q_KINDS & {op.kind for op in c.graph.ops}))
+    path = tmp_path / "net.c"
+    path.write_text(generate_c(case.graph, "net")["net.c"].replace('#include "net.h"', "#include <stdint.h>"))
+    cmd = ["arm-none-eabi-gcc", *TARGETS["cortex-m3"].cflags, *toolchain.MCU_CFLAGS, "-Werror", "-S", "-o", "-"]
+    asm = subprocess.run([*cmd, str(path)], capture_output=True, text=True, check=True).stdout
+    # libgcc's soft float is __aeabi_f*/__aeabi_d* and the conversions; only the int -> float of
+    # the scores the C API writes may remain
+    assert set(re.findall(r"__aeabi_(?:[fd][a-z2]\w*|\w+2[fd]\w*)", asm)) <= {"__aeabi_i2f"}
+    assert "smlal" in asm or "smull" in asm
