@@ -216,8 +216,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.format == "onnx":
         from bnnkit.export.onnx import export_onnx
 
-        if args.allow_approx:
-            raise BnnkitError("--allow-approx is for the integer graph; the ONNX file is the float model itself")
+        if args.allow_approx or args.real != "float32":
+            flag = "--allow-approx" if args.allow_approx else "--real"
+            raise BnnkitError(f"{flag} is for the integer graph; the ONNX file is the float model itself")
 
         result = export_onnx(
             expect_run_dir(args.run_dir, "export"), args.output, check=args.check, data_dir=args.data_dir
@@ -238,12 +239,22 @@ def cmd_export(args: argparse.Namespace) -> None:
         check=args.check,
         allow_approx=args.allow_approx,
         data_dir=args.data_dir,
+        real=args.real,
+        calibration=args.calibration,
+    )
+    fixed = (
+        f" (real stream in fixed point, F = {result['q32_fraction']}"
+        + (f"; labels agree with the float32 graph on {result['float32_graph_agreement']:.2%}" if result["n"] else "")
+        + ")"
+        if args.real == "fixed"
+        else ""
     )
     _emit(
         args,
         result,
         f"exported {result['ops']} ops to {args.output}; on {result['n']} test images the graph agrees with the "
-        f"module on {result['top1_agreement']:.2%} of labels and {result['sign_agreement']:.4%} of binary activations",
+        f"module on {result['top1_agreement']:.2%} of labels and {result['sign_agreement']:.4%} of binary activations"
+        + fixed,
     )
 
 
@@ -614,6 +625,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("bnn", "onnx"),
         default="bnn",
         help="bnn: the integer graph (default); onnx: the float model, checked in onnxruntime (needs bnnkit[onnx])",
+    )
+    p.add_argument(
+        "--real",
+        choices=("float32", "fixed"),
+        default="float32",
+        help="number format of the real-valued stream: float32 (default; cores with an FPU) or fixed "
+        "(q32 integers, for cores without one such as the Cortex-M3; docs/architecture.md)",
+    )
+    p.add_argument(
+        "--calibration", type=int, default=2000, help="with --real fixed: training images that set the fraction"
     )
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true")

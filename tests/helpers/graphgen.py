@@ -431,3 +431,125 @@ def int8_case_from_seed(seed: int, max_layers: int = 3) -> Case:
     t = b.int8_dense(t, choose.integer(2, 12), requantize=False)
     b.op("argmax", [t])
     return Case(Graph(shape, b.ops), b.env["input"], seed)
+
+
+# --- fixed-point graphs (the real-valued stream in q32) -----------------------------------------
+
+Q_FRACTION = 16  # the raw values of the drawn q32 streams are about 2**16 (value ~1): far from both ends
+
+
+def _mult_shift(rng: np.random.Generator, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel a multiplier and shift with mult / 2**shift ~ ``ratio``: the shift drawn below the
+    largest that keeps |mult| < 2**31 (ratios of 2**31 and more get shift 0 and saturate)."""
+    top = np.floor(np.log2((2**31 - 1) / np.maximum(np.abs(ratio), 2.0**-40))).astype(np.int64)
+    top = np.clip(top, 0, 62)
+    shift = np.maximum(top - rng.integers(0, 12, len(ratio)), 0)
+    mult = np.clip(np.round(ratio * 2.0**shift), -(2**31 - 1), 2**31 - 1)
+    return mult.astype(np.int32), shift.astype(np.int32)
+
+
+class _FixedBuilder(_Builder):
+    """Binary layers as ``_Builder`` draws them, and a real-valued stream of the q32 ops."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.q: set[str] = set()
+
+    def op(self, kind: str, inputs: list[str], attrs: dict | None = None, params: dict | None = None) -> str:
+        name = super().op(kind, inputs, attrs, params)
+        if kind in ("affine_q", "add_q", "prelu_q", "conv2d_q", "dense_q") or (
+            kind in ("maxpool", "meanpool", "flatten") and inputs[0] in self.q
+        ):
+            self.q.add(name)
+        return name
+
+    def kind(self, name: str) -> str:
+        return "q32" if name in self.q else super().kind(name)
+
+    def sign(self, src: str) -> str:
+        return self.threshold(src) if self.kind(src) in ("i32", "q32") else src
+
+    def _spread(self, src: str) -> np.ndarray:
+        x = self.env[src]
+        return np.abs(np.moveaxis(x, 1, 0).reshape(x.shape[1], -1).astype(np.float64)).max(axis=1) + 1
+
+    def real(self, src: str) -> str:
+        """``affine_q``: each channel onto about +-2**16, a few far beyond (they saturate)."""
+        c = self.env[src].shape[1]
+        target = 2.0**Q_FRACTION * np.where(self.rng.random(c) < 0.05, 2.0**17, 1.0)
+        ratio = target / self._spread(src) * self.rng.normal(1, 0.3, c) * self.rng.choice([1, -1], c, p=[0.8, 0.2])
+        mult, shift = _mult_shift(self.rng, ratio)
+        bias = np.round(self.rng.normal(0, 0.5, c) * 2.0**Q_FRACTION).astype(np.int32)
+        return self.op("affine_q", [src], params={"mult": mult, "shift": shift, "bias": bias})
+
+    affine = real
+
+    def prelu(self, src: str) -> str:
+        mult, shift = _mult_shift(self.rng, self.rng.normal(0.25, 0.5, self.env[src].shape[1]))
+        return self.op("prelu_q", [src], params={"mult": mult, "shift": shift})
+
+    def _q_layer(self, kind: str, src: str, weight_shape: tuple, attrs: dict) -> str:
+        """A conv or dense layer with int32 weights (a few at the shape rule's bound) and the shift
+        that brings its sums back to about 2**16."""
+        fan_in = int(np.prod(weight_shape[1:]))
+        bound = min(2**62 // (fan_in * (255 if self.kind(src) == "u8" else 2**31)), 2**31 - 1)
+        scale = min(2.0 ** self.choose.integer(4, 14), bound)
+        weight = np.clip(np.round(self.rng.normal(0, 1, weight_shape) * scale), -bound, bound)
+        if self.choose.integer(0, 9) == 0:
+            weight.flat[self.rng.integers(weight.size)] = bound * self.rng.choice([1, -1])
+        o, weight = weight_shape[0], weight.astype(np.int32)
+        params = {"weight": weight, "bias": np.zeros(o, np.int32), "shift": np.zeros(o, np.int32)}
+        acc = numpy_ref._int64_sum(Op(kind, [src], "acc", attrs, params), self.env[src])
+        top = np.abs(np.moveaxis(acc, 1, 0).reshape(o, -1)).max(axis=1).astype(np.float64) + 1
+        params["shift"] = np.clip(np.ceil(np.log2(top)) - Q_FRACTION + self.rng.integers(-1, 2, o), 0, 62).astype(
+            np.int32
+        )
+        params["bias"] = np.round(self.rng.normal(0, 0.3, o) * 2.0**Q_FRACTION).astype(np.int32)
+        return self.op(kind, [src], attrs, params)
+
+    def fp_conv(self, src: str) -> str:
+        cin, h, w = self.env[src].shape[1:]
+        g = self.conv_geometry(h, w)
+        attrs = {"stride": g["stride"], "padding": g["padding"]}
+        return self._q_layer("conv2d_q", src, (self.channels(), cin, g["k"], g["k"]), attrs)
+
+    def fp_dense(self, src: str, out_features: int) -> str:
+        if self.env[src].ndim > 2:
+            src = self.op("flatten", [src])
+        return self._q_layer("dense_q", src, (out_features, self.env[src].shape[1]), {})
+
+    def real_residual(self, src: str) -> str:
+        """x + affine_q(conv(threshold(x))): Bi-Real's block on the fixed-point stream."""
+        k = self.choose.choice([1, 3])
+        g = {"stride": 1, "padding": k // 2, "k": k}
+        return self.op("add_q", [src, self.real(self.conv(self.threshold(src), self.env[src].shape[1], g))])
+
+
+def fixed_case_from_seed(seed: int, max_layers: int = 4) -> Case:
+    """The random fixed-point graph numbered ``seed``: a first layer (binary, or ``conv2d_q`` on the
+    pixels), then binary layers and the q32 stream in any order (``affine_q`` from accumulators,
+    ``threshold`` back to bits, ``prelu_q``, mean- and max-pools, ``conv2d_q``, residual
+    ``add_q``), to class scores from ``dense_q``, a binary dense layer or the stream itself."""
+    rng = np.random.default_rng(seed)
+    choose = _Seeded(rng)
+    shape = (choose.integer(1, 3), choose.integer(2, 10), choose.integer(2, 10))
+    b = _FixedBuilder(choose, rng, rng.integers(0, 256, (N_IMAGES, *shape), dtype=np.uint8))
+    t = b.conv("input") if choose.boolean() else b.fp_conv("input")
+    moves = {
+        "i32": ["threshold", "real", "real"],
+        "bits": ["conv", "pool"],
+        "q32": ["threshold", "prelu", "meanpool", "fp_conv", "real_residual", "real"],
+    }
+    for _ in range(choose.integer(0, max_layers)):
+        t = getattr(b, choose.choice(moves[b.kind(t)]))(t)
+    if b.kind(t) == "i32":
+        t = b.real(t)
+    head = choose.choice(["dense_q", "binary", "stream"])
+    if head == "dense_q" and b.kind(t) == "q32":
+        t = b.fp_dense(t, choose.integer(2, 12))
+    elif head == "binary" or b.kind(t) != "q32":
+        t = b.real(b.dense(b.sign(t), choose.integer(2, 12)))
+    if b.env[t].ndim > 2:
+        t = b.op("flatten", [t])
+    b.op("argmax", [t])
+    return Case(Graph(shape, b.ops), b.env["input"], seed)

@@ -12,12 +12,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnnkit.data import load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.export import export_run
+from bnnkit.export.fixed import to_fixed
+from bnnkit.export.int8 import MAX_CALIBRATION
 from bnnkit.graph import Graph
 from bnnkit.nn import BinaryConv2d, BinaryLinear
 from bnnkit.runtime.evaluate import test_images
-from bnnkit.runtime.numpy_ref import execute
+from bnnkit.runtime.numpy_ref import execute, predict
+
+REAL_FORMATS = ("float32", "fixed")  # bnnkit export --real: the number format of the real-valued stream
 
 
 @torch.no_grad()
@@ -66,20 +71,41 @@ def compare(model: nn.Module, graph: Graph, x: np.ndarray, batch_size: int = 500
 
 
 def export_and_check(
-    run_dir, output, check: int = 1000, allow_approx: bool = False, data_dir: str | None = None
+    run_dir,
+    output,
+    check: int = 1000,
+    allow_approx: bool = False,
+    data_dir: str | None = None,
+    real: str = "float32",
+    calibration: int = 2000,
 ) -> dict:
     """``bnnkit export``: write the graph of a run, then compare it with the module on the
-    first ``check`` test images."""
+    first ``check`` test images. ``real="fixed"`` writes the fixed-point twin of the graph
+    (``bnnkit.export.fixed``), its fraction set on the first ``calibration`` training images,
+    and compares it with the float32 graph too."""
     if check < 0:
         raise BnnkitError(f"--check must be >= 0, got {check}")
+    if real not in REAL_FORMATS:
+        raise BnnkitError(f"--real must be one of {', '.join(REAL_FORMATS)}, got {real!r}")
+    if not 1 <= calibration <= MAX_CALIBRATION:
+        raise BnnkitError(f"--calibration must be 1..{MAX_CALIBRATION} images, got {calibration}")
     graph, model, config = export_run(run_dir, allow_approx)
+    data_dir = data_dir or config.data_dir
+    float_graph = graph
+    if real == "fixed":
+        train = load_dataset(config.dataset, "train", data_dir)
+        graph = to_fixed(graph, train.x[:calibration])
     graph.save(output)
     result = {"output": str(output), "ops": len(graph.ops), "approximations": graph.meta["approximations"]}
+    if real == "fixed":
+        result.update(q32_fraction=graph.meta["q32_fraction"], calibration_images=min(calibration, len(train.x)))
     n, top1, signs = 0, 1.0, 1.0
     if check:
-        _, x, _ = test_images(graph, None, check, data_dir or config.data_dir)
+        _, x, _ = test_images(graph, None, check, data_dir)
         cmp = compare(model, graph, x)
         n, top1 = cmp["n"], cmp["top1_agreement"]
         signs = min(cmp["sign_agreement"].values(), default=1.0)
         result["sign_agreement_per_layer"] = cmp["sign_agreement"]
+        if real == "fixed":
+            result["float32_graph_agreement"] = float(np.mean(predict(float_graph, x)[1] == cmp["graph_labels"]))
     return {**result, "n": n, "top1_agreement": top1, "sign_agreement": signs}

@@ -83,6 +83,10 @@ ENCODERS.refuse("sign", f"{_FLOAT_PATH} (the sign of a real value depends on it)
 ENCODERS.refuse("meanpool", _FLOAT_PATH)
 ENCODERS.refuse("conv2d_f32", _FLOAT_PATH)
 ENCODERS.refuse("dense_f32", _FLOAT_PATH)
+for _kind in ("affine_q", "add_q", "prelu_q", "conv2d_q", "dense_q"):
+    ENCODERS.refuse(
+        _kind, "fixed-point arithmetic on the real-valued path (64-bit products, rounding, saturation) is not encoded"
+    )
 # "native": the solver's own at-most-k constraints; the rest: PySAT CardEnc clauses
 ENCODINGS = ("native", "seqcounter", "sortnetwrk", "cardnetwrk", "totalizer", "mtotalizer", "kmtotalizer")
 NATIVE_SOLVERS = ("minicard", "gluecard3", "gluecard4")

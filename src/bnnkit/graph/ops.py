@@ -30,9 +30,15 @@ if TYPE_CHECKING:
     from bnnkit.graph.core import Op
 
 TensorType = tuple[str, tuple[int, ...]]  # (type, shape) of one tensor, per sample
-TYPES = ("u8", "bits", "i32", "f32", "i8")
-DTYPES = {"bits": np.dtype(bool), "i32": np.dtype(np.int32), "f32": np.dtype(np.float32), "i8": np.dtype(np.int8)}
-"""The NumPy dtype of a parameter (and of an ``i32``/``f32`` tensor) of each type."""
+TYPES = ("u8", "bits", "i32", "f32", "i8", "q32")
+DTYPES = {
+    "bits": np.dtype(bool),
+    "i32": np.dtype(np.int32),
+    "f32": np.dtype(np.float32),
+    "i8": np.dtype(np.int8),
+    "q32": np.dtype(np.int32),
+}
+"""The NumPy dtype of a parameter (and of an ``i32``/``f32``/``q32`` tensor) of each type."""
 
 
 class Family(enum.Enum):
@@ -235,7 +241,8 @@ def _fp_producer_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
 
 
 def _mean_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
-    return Cost(fp_ops=math.prod(out[1]) * math.prod(pair(op.attrs["kernel"])))  # the adds and one division
+    n = math.prod(out[1]) * math.prod(pair(op.attrs["kernel"]))  # the adds and one division
+    return Cost(fp_ops=n) if out[0] == "f32" else Cost(int_ops=n)
 
 
 def _fp_compare_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
@@ -338,6 +345,61 @@ _REQUANT_DOC = (
 )
 
 
+# --- fixed-point ops: the real-valued stream on cores without an FPU ---------------------------
+
+Q32_MAX = 2**31 - 1
+"""A ``q32`` value is an int32 ``raw`` standing for ``raw * 2**-F`` (F: the graph's fraction,
+``meta["q32_fraction"]``, chosen by ``bnnkit.export.fixed``); its ops saturate to +-Q32_MAX, never
+INT32_MIN, which stays ``threshold``'s constant-channel marker."""
+Q_SHIFT = (0, 62)  # a rounding shift: with |product| <= 2**62 and its half 2**61 int64 never overflows
+Q_PRODUCT_LIMIT = 2**62
+_Q_INPUT_MAX = {"u8": 255, "i32": 2**31, "q32": 2**31}  # the largest |x| of an input type
+_Q_ROUND = (
+    "rnd(v, s) = (v + (2**s >> 1)) >> s (arithmetic shift: round half up), sat(v) = clamp(v, -(2**31-1), 2**31-1)"
+)
+
+
+def _q_params(op: Op, channels: int) -> None:
+    """The per-channel parameters of a fixed-point op, checked against ``channels`` (a conv's
+    weight apart), with every ``shift`` in ``Q_SHIFT``."""
+    for name in OPS[op.kind].params:
+        if name != "weight" and op.params[name].shape != (channels,):
+            raise ValueError(f"{name} has shape {op.params[name].shape}, expected ({channels},)")
+    s = op.params["shift"]
+    if s.size and (s.min() < Q_SHIFT[0] or s.max() > Q_SHIFT[1]):
+        raise ValueError(f"shift must lie in {Q_SHIFT[0]}..{Q_SHIFT[1]}")
+
+
+def _q_elementwise_shape(op: Op, ins: list[TensorType]) -> TensorType:
+    _q_params(op, ins[0][1][0])
+    return "q32", ins[0][1]
+
+
+def _q_producer(inner: Infer) -> Infer:
+    """The shape rule of a fixed-point conv or dense layer (``inner``: the binary layer's), its
+    int64 sum bounded: fan-in * max |x| * max |w| <= 2**62."""
+
+    def infer(op: Op, ins: list[TensorType]) -> TensorType:
+        _, shape = inner(op, ins)
+        _q_params(op, shape[0])
+        w = op.params["weight"]
+        fan_in, w_max = math.prod(w.shape[1:]), int(np.abs(w.astype(np.int64)).max(initial=0))
+        if fan_in * _Q_INPUT_MAX[ins[0][0]] * w_max > Q_PRODUCT_LIMIT:
+            raise ValueError(f"fan-in {fan_in} and weights up to {w_max} could overflow the int64 sum")
+        return "q32", shape
+
+    return infer
+
+
+def _q_scale_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
+    return Cost(int_ops=3 * math.prod(out[1]))  # a 64-bit multiply-add, the shift and the clamp per value
+
+
+def _q_producer_cost(op: Op, ins: list[TensorType], out: TensorType) -> Cost:
+    macs = math.prod(out[1]) * math.prod(op.params["weight"].shape[1:])
+    return Cost(int_ops=2 * macs + 3 * math.prod(out[1]))  # a 64-bit multiply-add per tap, then rnd, bias, sat
+
+
 # --- the table ------------------------------------------------------------------------------
 
 
@@ -398,12 +460,12 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "threshold",
         Family.THRESHOLD,
-        (("i32",),),
+        (("i32", "q32"),),
         _per_channel_shape("bits"),
         _per_value_cost,
         (),
         {"thresh": "i32", "flip": "bits"},
-        doc="i32 (C,...) -> bits: x >= thresh[c], or x <= thresh[c] where flip[c]; "
+        doc="i32 or q32 (C,...) -> bits: x >= thresh[c], or x <= thresh[c] where flip[c]; "
         "thresh = INT32_MIN makes a constant channel (1 without flip, 0 with flip)",
     ),
     OpDef(
@@ -427,7 +489,7 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "maxpool",
         Family.POOL,
-        (("i32", "bits", "i8", "f32"),),  # f32: IEEE max, the first of equal values
+        (("i32", "bits", "i8", "f32", "q32"),),  # f32: IEEE max, the first of equal values
         _pool_shape,
         _pool_cost,
         _WINDOW,
@@ -472,13 +534,14 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "meanpool",
         Family.POOL,
-        (("f32",),),
+        (("f32", "q32"),),
         _pool_shape,
         _mean_cost,
         _WINDOW,
         work=_pool_work,
-        doc="f32 window mean, no padding (floor): s = +0.0, s = s + x over the taps row by row, "
-        "each sum rounded to float32, then s / float32(kh*kw) (one division)",
+        doc="window mean, no padding (floor). f32: s = +0.0, s = s + x over the taps row by row, "
+        "each sum rounded to float32, then s / float32(kh*kw) (one division); q32: the exact int64 sum s "
+        "of the n = kh*kw taps, then floor((2*s + n) / (2*n)) (round half up)",
     ),
     OpDef(
         "conv2d_f32",
@@ -507,7 +570,7 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "flatten",
         Family.VIEW,
-        (("u8", "bits", "i32", "f32", "i8"),),
+        (("u8", "bits", "i32", "f32", "i8", "q32"),),
         _flatten_shape,
         _no_cost,
         doc="(C,H,W) -> (C*H*W,) in C order",
@@ -515,7 +578,7 @@ OPS: dict[str, OpDef] = _table(
     OpDef(
         "argmax",
         Family.HEAD,
-        (("i32", "f32"),),
+        (("i32", "f32", "q32"),),
         _argmax_shape,
         _argmax_cost,
         doc="(C,) -> index of the first maximum (type 'index', shape ())",
@@ -562,6 +625,59 @@ OPS: dict[str, OpDef] = _table(
         dict(_REQUANT),
         ("relu",),
         doc="i32 (C,...) acc -> i8, " + _REQUANT_DOC,
+    ),
+    # --- fixed point (q32): integers throughout, products and sums in int64 ---
+    OpDef(
+        "affine_q",
+        Family.ELEMENTWISE,
+        (("u8", "i32", "q32"),),
+        _q_elementwise_shape,
+        _q_scale_cost,
+        (),
+        {"mult": "i32", "shift": "i32", "bias": "i32"},
+        doc="(C,...) -> q32: sat(rnd(x * mult[c], shift[c]) + bias[c]); " + _Q_ROUND,
+    ),
+    OpDef(
+        "add_q",
+        Family.ELEMENTWISE,
+        (("q32",), ("q32",)),
+        _add_shape,
+        _per_value_cost,
+        doc="q32 + q32 -> q32: sat(a + b) in int64 (the residual shortcut); " + _Q_ROUND,
+    ),
+    OpDef(
+        "prelu_q",
+        Family.ELEMENTWISE,
+        (("q32",),),
+        _q_elementwise_shape,
+        _per_value_cost,
+        (),
+        {"mult": "i32", "shift": "i32"},
+        doc="q32 (C,...) -> q32: x if x >= 0 else sat(rnd(x * mult[c], shift[c])); " + _Q_ROUND,
+    ),
+    OpDef(
+        "conv2d_q",
+        Family.PRODUCER,
+        (("u8", "q32"),),
+        _q_producer(_conv_shape),
+        _q_producer_cost,
+        _CONV_ATTRS,
+        {"weight": "i32", "bias": "i32", "shift": "i32"},
+        work=_conv_work,
+        doc="u8 or q32 (C,H,W) * i32 weight (O,C,kh,kw) -> q32: acc = the int64 sum of x*w over the taps "
+        "inside the map, then sat(rnd(acc, shift[o]) + bias[o]); " + _Q_ROUND,
+    ),
+    OpDef(
+        "dense_q",
+        Family.PRODUCER,
+        (("u8", "q32"),),
+        _q_producer(_dense_shape),
+        _q_producer_cost,
+        (),
+        {"weight": "i32", "bias": "i32", "shift": "i32"},
+        work=_dense_work,
+        doc="u8 or q32 (F,) * i32 weight (O,F) -> q32 (O,): acc = the int64 sum of x*w, then "
+        "sat(rnd(acc, shift[o]) + bias[o]); " + _Q_ROUND,
     ),
 )
 

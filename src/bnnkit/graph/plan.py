@@ -17,18 +17,19 @@ Layout in C (per sample, no batch axis). Every tensor has a *layout shape* (C, H
   one word a pixel, and the kernels keep whole words there. A ``flatten`` view keeps the layout
   of what it flattens (a dense layer reads a bit-dense map in place); ``MemoryPlan.dense``
   names the tensors stored bit-dense;
-* ``i32``, ``f32``  CHW, four bytes per value;
+* ``i32``, ``f32``, ``q32``  CHW, four bytes per value;
 * ``i8``   CHW, one byte per value (the int8 baseline), rounded up to whole words.
 
 A vector ``(F,)`` has layout shape ``(F, 1, 1)``, except the output of a ``flatten`` of
 ``bits`` or ``u8``: that keeps the layout of what it flattens, because ``flatten`` never
 moves data. The dense layer reading it then has its weights permuted at code generation
 (it becomes a convolution whose kernel covers the whole map), so the graph's CHW flatten
-order holds without a copy. ``flatten`` of ``i32``/``f32`` is a view too, since CHW memory
+order holds without a copy. ``flatten`` of ``i32``/``f32``/``q32`` is a view too, since CHW memory
 already is the flattened vector.
 
-Fusion (eBNN: every stored intermediate binary). A conv/dense producer whose only
-consumer is a ``threshold`` runs with it, one accumulator at a time, so its ``i32`` map is
+Fusion (eBNN: every stored intermediate binary). A binary conv/dense producer (one that reads
+bits or pixels: those have XOR-popcount kernels that threshold; an int8 or fixed-point layer
+does not) whose only consumer is a ``threshold`` runs with it, one accumulator at a time, so its ``i32`` map is
 never stored; when that threshold's only consumer is a ``maxpool`` the pool joins too,
 and the thresholded map is not stored either. A fused group runs at the position of its
 last op.
@@ -60,6 +61,11 @@ from bnnkit.graph.ops import OPS, Family
 
 def _family(graph: Graph, i: int) -> Family:
     return OPS[graph.ops[i].kind].family
+
+
+def _thresholds(graph: Graph, i: int) -> bool:
+    """Whether op ``i`` is a producer whose C kernel can run a ``threshold`` fused (the module doc)."""
+    return _family(graph, i) is Family.PRODUCER and OPS[graph.ops[i].kind].inputs[0] in (("u8",), ("bits",))
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,7 @@ def fused_groups(graph: Graph) -> list[tuple[int, ...]]:
             continue
         group = [i]
         t = sole(op.output)
-        if _family(graph, i) is Family.PRODUCER and t is not None and _family(graph, t) is Family.THRESHOLD:
+        if _thresholds(graph, i) and t is not None and _family(graph, t) is Family.THRESHOLD:
             group.append(t)
             # the C runtime fuses max-pooling (of bits) into its thresholded producers, no other pool
             if (p := sole(graph.ops[t].output)) is not None and graph.ops[p].kind == "maxpool":

@@ -80,7 +80,8 @@ def _f32(v: np.float32) -> str:
 
 # --- the generator --------------------------------------------------------------------
 
-_CTYPES = {"u8": "uint8_t", "i32": "int32_t", "i8": "int8_t"}  # the C element type of a tensor type
+_CTYPES = {"u8": "uint8_t", "i32": "int32_t", "i8": "int8_t", "q32": "int32_t"}  # the C element type of a tensor type
+_KERNEL_TYPE = {"q32": "i32"}  # a kernel on int32 values is named for i32 where q32 shares its meaning (max, argmax)
 
 
 class _Emitter:
@@ -236,7 +237,7 @@ class _Emitter:
             pbs = f"{self.pixel_bits(op.inputs[0])}, {self.pixel_bits(op.output)}"
             self.pool(step, "maxpool_bits", f"{pbs}, {self.min_channels(i, op)}, ")
         else:
-            self.pool(step, f"maxpool_{in_type}")
+            self.pool(step, f"maxpool_{_KERNEL_TYPE.get(in_type, in_type)}")
 
     @EMIT.register("avgpool")
     def avgpool(self, step: Step) -> None:
@@ -284,7 +285,8 @@ class _Emitter:
 
     @EMIT.register("meanpool")
     def meanpool(self, step: Step) -> None:
-        self.pool(step, "meanpool")
+        q32 = self.g.types[self.g.ops[step.ops[0]].inputs[0]][0] == "q32"
+        self.pool(step, "meanpool_q" if q32 else "meanpool")
 
     @EMIT.register("conv2d_f32", "dense_f32")
     def fconv(self, step: Step) -> None:
@@ -315,8 +317,9 @@ class _Emitter:
     def argmax(self, step: Step) -> None:
         op = self.g.ops[step.ops[0]]
         in_type, (c, h, w) = self.g.types[op.inputs[0]][0], self.plan.layout[op.inputs[0]]
-        self.used.add(f"argmax_{in_type}")
-        self.call(step, f"return argmax_{in_type}({self.inputs(op)[0]}, {c * h * w}, scores)")
+        fn = f"argmax_{_KERNEL_TYPE.get(in_type, in_type)}"
+        self.used.add(fn)
+        self.call(step, f"return {fn}({self.inputs(op)[0]}, {c * h * w}, scores)")
 
     # --- int8 ops (kernels in c_kernels/int8.c) ---------------------------------------------
 
@@ -394,6 +397,63 @@ class _Emitter:
         self.used.add("requantize")
         x, out = self.inputs(op)[0], self.output(step)
         self.call(step, f"requantize({x}, {c}, {h * w}, op{i}_mult, op{i}_shift, op{i}_lo, {out})")
+
+    # --- fixed-point ops (kernels in c_kernels/fixed.c) -------------------------------------
+
+    def ints(self, name: str, values: np.ndarray) -> str:
+        """An int32 table of the generated C."""
+        self.data.append(_array("int32_t", name, [_i32(int(v)) for v in np.asarray(values).ravel()]))
+        return name
+
+    @EMIT.register("affine_q")
+    def affine_q(self, step: Step) -> None:
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        in_type, (c, h, w) = self.g.types[op.inputs[0]][0], self.plan.layout[op.inputs[0]]
+        tables = ", ".join(self.ints(f"op{i}_{name}", op.params[name]) for name in ("mult", "shift", "bias"))
+        fn = "affine_q_u8" if in_type == "u8" else "affine_q_i32"  # i32 sums and q32 values alike
+        self.used.add(fn)
+        self.call(step, f"{fn}({self.inputs(op)[0]}, {c}, {h * w}, {tables}, {self.output(step)})")
+
+    @EMIT.register("add_q")
+    def add_q(self, step: Step) -> None:
+        op = self.g.ops[step.ops[0]]
+        (c, h, w), x = self.plan.layout[op.inputs[0]], self.inputs(op)
+        self.used.add("add_q")
+        self.call(step, f"add_q({x[0]}, {x[1]}, {c * h * w}, {self.output(step)})")
+
+    @EMIT.register("prelu_q")
+    def prelu_q(self, step: Step) -> None:
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        c, h, w = self.plan.layout[op.inputs[0]]
+        tables = ", ".join(self.ints(f"op{i}_{name}", op.params[name]) for name in ("mult", "shift"))
+        self.used.add("prelu_q")
+        self.call(step, f"prelu_q({self.inputs(op)[0]}, {c}, {h * w}, {tables}, {self.output(step)})")
+
+    @EMIT.register("conv2d_q", "dense_q")
+    def qconv(self, step: Step) -> None:
+        """A fixed-point conv, or a dense layer as a 1x1 conv over its F inputs (CHW memory is the
+        graph's flatten order), as ``fconv`` lays out the float ones."""
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        in_type, in_shape = self.g.types[op.inputs[0]]
+        weight = op.params["weight"]
+        if weight.ndim == 2:
+            (c, h, w), (o, kh, kw) = (in_shape[0], 1, 1), (len(weight), 1, 1)
+            (sh, sw), (ph, pw), (ho, wo) = (1, 1), (0, 0), (1, 1)
+        else:
+            (c, h, w), (o, _, kh, kw) = in_shape, weight.shape
+            (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
+            _, ho, wo = self.g.types[op.output][1]
+        for name in ("weight", "bias", "shift"):
+            self.ints(f"op{i}_{name}", op.params[name])
+        self.data.append(
+            f"static const struct qconv op{i}_qconv = {{\n"
+            f"    .C = {c}, .H = {h}, .W = {w}, .O = {o}, .KH = {kh}, .KW = {kw},\n"
+            f"    .SH = {sh}, .SW = {sw}, .PH = {ph}, .PW = {pw}, .Ho = {ho}, .Wo = {wo},\n"
+            f"    .w = op{i}_weight, .bias = op{i}_bias, .shift = op{i}_shift\n}};"
+        )
+        fn = "qconv_u8" if in_type == "u8" else "qconv_q32"
+        self.used.add(fn)
+        self.call(step, f"{fn}(&op{i}_qconv, {self.inputs(op)[0]}, {self.output(step)})")
 
     @EMIT.register("flatten")
     def flatten(self, step: Step) -> None:

@@ -1,6 +1,6 @@
 """The C that bnnkit ships for its generated code, read from ``c_kernels/``.
 
-``kernels.c`` (and ``int8.c`` after it, the int8 baseline's) holds every kernel the generator can call, in sections that start with a
+``kernels.c`` (and after it ``int8.c``, the int8 baseline's, and ``fixed.c``, the fixed-point stream's) holds every kernel the generator can call, in sections that start with a
 marker line ``/* bnnkit:kernel NAME needs OTHER ... */`` (``needs`` optional); a section
 may need only sections above it, so file order is a valid order for the C compiler.
 ``kernel_sources`` returns the sections some calls need, with everything they need,
@@ -22,7 +22,7 @@ from bnnkit.graph import Graph
 
 KERNELS_FILE = "kernels.c"
 # the kernel files in order: a section may need sections of the files before its own
-KERNEL_FILES = (KERNELS_FILE, "int8.c")
+KERNEL_FILES = (KERNELS_FILE, "int8.c", "fixed.c")
 _MARKER = re.compile(r"^/\* bnnkit:kernel (\w+)(?: needs ((?:\w+ ?)+))? \*/\n", re.M)
 
 

@@ -351,6 +351,7 @@ def _reference(op: Op, *args: np.ndarray | Packed) -> np.ndarray:
 
 # int8 layers (the baseline a BNN is measured against) have no fast kernels: the reference runs them
 KERNELS.register("quantize_input", "int8_conv2d", "int8_dense", "requantize")(_reference)
+KERNELS.register("affine_q", "add_q", "prelu_q", "conv2d_q", "dense_q")(_reference)  # fixed point: integer NumPy
 
 
 @KERNELS.register("maxpool")

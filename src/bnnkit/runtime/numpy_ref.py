@@ -21,7 +21,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import DTYPES, INT32_MIN, Graph, Op, OpTable, out_size, pad_of, pair, resources
+from bnnkit.graph import DTYPES, INT32_MIN, Q32_MAX, Graph, Op, OpTable, out_size, pad_of, pair, resources
 from bnnkit.progress import progress as bar
 
 KERNELS = OpTable("numpy")
@@ -160,8 +160,12 @@ def prelu(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
 
 
 @KERNELS.register("meanpool")
-def meanpool(op: Op, x: np.ndarray) -> npt.NDArray[np.float32]:
+def meanpool(op: Op, x: np.ndarray) -> np.ndarray:
     win = _windows(op, x)
+    if win.dtype == np.int32:  # q32: the exact sum, then the mean rounded half up (floor division)
+        n = np.int64(win.shape[-1])
+        mean: npt.NDArray[np.int32] = ((2 * win.astype(np.int64).sum(axis=-1) + n) // (2 * n)).astype(np.int32)
+        return mean
     acc = np.zeros(win.shape[:-1], np.float32)
     for t in range(win.shape[-1]):  # left to right, each sum rounded (NumPy's sum would pair the terms)
         acc = (acc + win[..., t]).astype(np.float32)
@@ -253,6 +257,68 @@ def int8_dense(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
 @KERNELS.register("requantize")
 def requantize(op: Op, x: np.ndarray) -> npt.NDArray[np.int8]:
     return requantize_values(x, op)
+
+
+# --- fixed-point ops (q32): integers in int64, every rounding rnd, every result sat ---------
+
+
+def rnd(v: np.ndarray, shift: np.ndarray) -> npt.NDArray[np.int64]:
+    """int64 ``v`` shifted right by ``shift`` (>= 0), rounded half up: ``(v + (2**shift >> 1)) >> shift``."""
+    s = shift.astype(np.int64)
+    out: npt.NDArray[np.int64] = (v + ((np.int64(1) << s) >> 1)) >> s
+    return out
+
+
+def saturate(v: np.ndarray) -> npt.NDArray[np.int32]:
+    """int64 -> int32 clamped to +-Q32_MAX (never INT32_MIN: ``threshold``'s marker)."""
+    out: npt.NDArray[np.int32] = np.clip(v, -Q32_MAX, Q32_MAX).astype(np.int32)
+    return out
+
+
+@KERNELS.register("affine_q")
+def affine_q(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
+    p = {name: _per_channel(v.astype(np.int64), x.ndim) for name, v in op.params.items()}
+    return saturate(rnd(x.astype(np.int64) * p["mult"], p["shift"]) + p["bias"])
+
+
+@KERNELS.register("add_q")
+def add_q(op: Op, a: np.ndarray, b: np.ndarray) -> npt.NDArray[np.int32]:
+    return saturate(a.astype(np.int64) + b)
+
+
+@KERNELS.register("prelu_q")
+def prelu_q(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
+    mult, shift = (_per_channel(op.params[name].astype(np.int64), x.ndim) for name in ("mult", "shift"))
+    return np.where(x >= 0, x, saturate(rnd(x.astype(np.int64) * mult, shift)))
+
+
+def _int64_sum(op: Op, x: np.ndarray) -> npt.NDArray[np.int64]:
+    """x . w of a fixed-point conv or dense layer, in int64 (exact: the shape rule bounds every
+    partial sum by 2**62), padded taps 0. Tap by tap, as integers: a float product is not exact."""
+    w, xi = op.params["weight"].astype(np.int64), x.astype(np.int64)
+    if w.ndim == 2:
+        acc2: npt.NDArray[np.int64] = np.zeros((len(x), len(w)), np.int64)
+        for f in range(w.shape[1]):
+            acc2 += xi[:, f : f + 1] * w[None, :, f]
+        return acc2
+    (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
+    xp = np.pad(xi, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    (o, c, kh, kw) = w.shape
+    ho, wo = out_size(x.shape[2], kh, sh, ph), out_size(x.shape[3], kw, sw, pw)
+    acc: npt.NDArray[np.int64] = np.zeros((len(x), o, ho, wo), np.int64)
+    for ci in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                tap = xp[:, ci, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+                acc += tap[:, None] * _per_channel(w[:, ci, i, j], 4)
+    return acc
+
+
+@KERNELS.register("conv2d_q", "dense_q")
+def fixed_producer(op: Op, x: np.ndarray) -> npt.NDArray[np.int32]:
+    acc = _int64_sum(op, x)
+    shift, bias = (_per_channel(op.params[name].astype(np.int64), acc.ndim) for name in ("shift", "bias"))
+    return saturate(rnd(acc, shift) + bias)
 
 
 def check_input(graph: Graph, x: np.ndarray) -> np.ndarray:
