@@ -918,7 +918,10 @@ CONV_KERNEL(input_conv, uint8_t, input_patch, input_dot)
    all open channels of a word of output channels, in a function of their own (inside the
    kernel, GCC reloaded the table and the weights' address every channel: about 49 instructions
    a channel, 32 in a C function of its own). Larger patches, and a
-   dense layer read in place, go through input_dot. */
+   dense layer read in place, go through input_dot, as does every patch on the cores without the
+   DSP extension (the M3: the C function took 0.5 M instructions off small_cnn but made its image
+   76 B larger). */
+#if defined(BYTE_SUMS_DSP) && defined(__GNUC__) && defined(__thumb2__)
 struct input_sign {          /* 32-bit words at the offsets the assembly reads */
     uint32_t p[3];           /* 0: the patch, its bytes after the last pixel 0 */
     const uint32_t *w;       /* 12: the word's channel 0's weights, one word a channel */
@@ -926,7 +929,6 @@ struct input_sign {          /* 32-bit words at the offsets the assembly reads *
     int32_t n;               /* 20: the patch's sum */
     uint32_t plain, flipped; /* 24, 28: the open channels not flipped, flipped */
 };
-#if defined(BYTE_SUMS_DSP) && defined(__GNUC__) && defined(__thumb2__)
 /* Thumb-2 with the DSP extension (M4, M7): 23 instructions a channel, and no byte_masks table
    (64 B of flash): MSR APSR_g puts four weight bits into the GE flags, SEL keeps the pixels whose
    weight is -1, and USADA8 of the patch word against them sums those whose weight is +1. One
@@ -990,28 +992,6 @@ static NOINLINE uint32_t input_sign_short(const struct input_sign *J)
                      : "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");
     return r0;
 }
-#else
-static NOINLINE uint32_t input_sign_short(const struct input_sign *J)
-{
-    uint32_t set = 0, open = J->plain | J->flipped;
-    while (open != 0) {
-        int c = LOWEST_BIT(open);
-        uint32_t bits = J->w[c], s = 0, v;
-        int32_t acc;
-        v = J->p[0] & byte_masks[bits & 15u];
-        ADD_BYTES(s, v);
-        v = J->p[1] & byte_masks[(bits >> 4) & 15u];
-        ADD_BYTES(s, v);
-        v = J->p[2] & byte_masks[(bits >> 8) & 15u];
-        ADD_BYTES(s, v);
-        acc = 2 * FOLD_BYTES(s) - J->n;
-        if (SIGN_BIT(acc, J->thresh[c], -((J->flipped >> c) & 1u)))
-            set |= open & -open;
-        open &= open - 1;
-    }
-    return set;
-}
-#endif
 static inline uint32_t input_sign_word(const struct conv *L, const struct sign *S, const struct patch *P, int k,
                                        uint32_t open, uint32_t *set)
 {
@@ -1030,6 +1010,9 @@ static inline uint32_t input_sign_word(const struct conv *L, const struct sign *
     return 0;
 }
 CONV_SIGN_KERNEL(input_conv_sign, uint8_t, input_patch, input_dot, input_sign_word)
+#else
+CONV_SIGN_KERNEL(input_conv_sign, uint8_t, input_patch, input_dot, ALL_TO_DOT)
+#endif
 
 /* bnnkit:kernel binary_conv needs conv binary_patch binary_dot */
 CONV_KERNEL(binary_conv, uint32_t, binary_patch, binary_dot)
