@@ -288,13 +288,10 @@ class _Emitter:
         q32 = self.g.types[self.g.ops[step.ops[0]].inputs[0]][0] == "q32"
         self.pool(step, "meanpool_q" if q32 else "meanpool")
 
-    @EMIT.register("conv2d_f32", "dense_f32")
-    def fconv(self, step: Step) -> None:
-        """A full-precision conv, or a dense layer as a 1x1 conv over its F inputs (the
-        flattened map is CHW memory: the graph's flatten order)."""
-        i, op = step.ops[0], self.g.ops[step.ops[0]]
-        in_type, in_shape = self.g.types[op.inputs[0]]
-        weight = op.params["weight"]
+    def conv_geometry(self, op: Op) -> str:
+        """The shape fields of ``struct fconv`` and ``struct qconv`` for a real-valued conv, or a
+        dense layer as a 1x1 conv over its F inputs."""
+        in_shape, weight = self.g.types[op.inputs[0]][1], op.params["weight"]
         if weight.ndim == 2:
             (c, h, w), (o, kh, kw) = (in_shape[0], 1, 1), (len(weight), 1, 1)
             (sh, sw), (ph, pw), (ho, wo) = (1, 1), (0, 0), (1, 1)
@@ -302,12 +299,21 @@ class _Emitter:
             (c, h, w), (o, _, kh, kw) = in_shape, weight.shape
             (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
             _, ho, wo = self.g.types[op.output][1]
-        self.floats(f"op{i}_w", weight)
-        self.floats(f"op{i}_bias", op.params["bias"])
-        self.data.append(
-            f"static const struct fconv op{i}_fconv = {{\n"
+        return (
             f"    .C = {c}, .H = {h}, .W = {w}, .O = {o}, .KH = {kh}, .KW = {kw},\n"
             f"    .SH = {sh}, .SW = {sw}, .PH = {ph}, .PW = {pw}, .Ho = {ho}, .Wo = {wo},\n"
+        )
+
+    @EMIT.register("conv2d_f32", "dense_f32")
+    def fconv(self, step: Step) -> None:
+        """A full-precision conv, or a dense layer as a 1x1 conv over its F inputs (the
+        flattened map is CHW memory: the graph's flatten order)."""
+        i, op = step.ops[0], self.g.ops[step.ops[0]]
+        in_type = self.g.types[op.inputs[0]][0]
+        self.floats(f"op{i}_w", op.params["weight"])
+        self.floats(f"op{i}_bias", op.params["bias"])
+        self.data.append(
+            f"static const struct fconv op{i}_fconv = {{\n{self.conv_geometry(op)}"
             f"    .w = op{i}_w, .bias = op{i}_bias\n}};"
         )
         self.used.add(f"fconv_{in_type}")
@@ -434,21 +440,11 @@ class _Emitter:
         """A fixed-point conv, or a dense layer as a 1x1 conv over its F inputs (CHW memory is the
         graph's flatten order), as ``fconv`` lays out the float ones."""
         i, op = step.ops[0], self.g.ops[step.ops[0]]
-        in_type, in_shape = self.g.types[op.inputs[0]]
-        weight = op.params["weight"]
-        if weight.ndim == 2:
-            (c, h, w), (o, kh, kw) = (in_shape[0], 1, 1), (len(weight), 1, 1)
-            (sh, sw), (ph, pw), (ho, wo) = (1, 1), (0, 0), (1, 1)
-        else:
-            (c, h, w), (o, _, kh, kw) = in_shape, weight.shape
-            (sh, sw), (ph, pw) = pair(op.attrs["stride"]), pair(op.attrs["padding"])
-            _, ho, wo = self.g.types[op.output][1]
+        in_type = self.g.types[op.inputs[0]][0]
         for name in ("weight", "bias", "shift"):
             self.ints(f"op{i}_{name}", op.params[name])
         self.data.append(
-            f"static const struct qconv op{i}_qconv = {{\n"
-            f"    .C = {c}, .H = {h}, .W = {w}, .O = {o}, .KH = {kh}, .KW = {kw},\n"
-            f"    .SH = {sh}, .SW = {sw}, .PH = {ph}, .PW = {pw}, .Ho = {ho}, .Wo = {wo},\n"
+            f"static const struct qconv op{i}_qconv = {{\n{self.conv_geometry(op)}"
             f"    .w = op{i}_weight, .bias = op{i}_bias, .shift = op{i}_shift\n}};"
         )
         fn = "qconv_u8" if in_type == "u8" else "qconv_q32"
