@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.graphgen import case_from_seed, ebnn16, ebnn_cnn, narrow_case_from_seed
+from helpers.graphgen import case_from_seed, ebnn16, ebnn_cnn, edge_cnn, narrow_case_from_seed
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import Graph, Op
@@ -124,6 +124,19 @@ def test_ebnn16_arena_on_m4_is_its_bit_dense_maps(tmp_path):
     assert sizes["bnn_arena"] == 784 + 3136 // 8 and "input" not in sizes
 
 
+@needs_tools
+@pytest.mark.parametrize("target", ["cortex-m3", "cortex-m4"])
+def test_int16_thresholds_at_their_edges_in_the_assembly(tmp_path, target):
+    """The fused kernels read int16 thresholds, clamped, where every sum fits: the M4's assembly
+    (the u8 patch in registers, the pair loop of 288-bit patches) and the M3's C, at the edges."""
+    rng = np.random.default_rng(5)
+    graph = edge_cnn(rng)
+    assert "#define SIGN_THRESH_16" in c_runtime.generate_c(graph)["bnn.c"]
+    x = np.concatenate([rng.integers(0, 256, (40, 1, 6, 6), dtype=np.uint8), np.full((1, 1, 6, 6), 255, np.uint8)])
+    labels = assert_same(build_mcu(graph, tmp_path, target), x, f"edge_cnn on {target}")
+    assert len(set(labels.tolist())) > 1
+
+
 def _dense_graph(width: int) -> Graph:
     rng = np.random.default_rng(width)
     ops = [
@@ -164,7 +177,7 @@ def test_sizes_follow_the_weights_and_every_target_runs(tmp_path):
 
 @needs_tools
 def test_stack_overflow_is_reported(tmp_path):
-    image = build_mcu(ebnn_cnn(np.random.default_rng(0)), tmp_path, "cortex-m3", stack_size=64)
+    image = build_mcu(ebnn16(np.random.default_rng(0)), tmp_path, "cortex-m3", stack_size=64)
     with pytest.raises(BnnkitError, match="stack overflow"):
         image.predict(np.zeros((2, 1, 28, 28), np.uint8))
 

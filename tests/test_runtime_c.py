@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.graphgen import Case, case_from_seed, ebnn16, ebnn_cnn, narrow_case_from_seed
+from helpers.graphgen import Case, case_from_seed, ebnn16, ebnn_cnn, edge_dense, narrow_case_from_seed
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
@@ -259,6 +259,34 @@ def test_cnn_with_fused_layers_and_every_popcount(tmp_path):
     assert len(set(labels)) > 1
 
 
+@pytest.mark.parametrize("pixels, ctype", [(128, "int16_t"), (129, "int32_t")])
+def test_fused_thresholds_are_int16_where_every_sum_fits_and_decide_as_int32(tmp_path, pixels, ctype):
+    """128 pixels sum to at most 32,640 (int16 thresholds, clamped), 129 to 32,895 (int32): at the
+    thresholds' edges every bit equals the spec's (the last layer's scores give each bit)."""
+    rng = np.random.default_rng(pixels)
+    graph = edge_dense(pixels, rng)
+    source = generate_c(graph, "net")["net.c"]
+    assert re.search(rf"^static const {ctype} op2_thresh\[28\]", source, re.M)
+    assert ("#define SIGN_THRESH_16" in source) == (ctype == "int16_t")
+    near_full = np.full((256, 1, 1, pixels), 255, np.uint8)
+    near_full[:, 0, 0, 0] = np.arange(256)  # the all +1 channels' sums: each value from 255 * (pixels - 1) up
+    x = np.concatenate(
+        [
+            np.zeros((1, 1, 1, pixels), np.uint8),
+            np.full((1, 1, 1, pixels), 255, np.uint8),
+            rng.integers(0, 256, (30, 1, 1, pixels), dtype=np.uint8),
+            255 * rng.integers(0, 2, (30, 1, 1, pixels), dtype=np.uint8),
+            near_full,
+        ]
+    )
+    scores, labels = build_host(graph, tmp_path / "build").predict(x)
+    ref_scores, ref_labels = numpy_ref.predict(graph, x)
+    assert np.array_equal(scores, ref_scores) and np.array_equal(labels, ref_labels)
+    bits = numpy_ref.execute(graph, x, keep=True)["b"]
+    assert bits[1, 0] and not bits[0, 0]  # channel 0 (all +1, threshold the bound): all 255 reach it, zeros do not
+    assert ("(-2147483647 - 1)" in source) == (ctype == "int32_t")  # INT32_MIN as a valid C expression, where kept
+
+
 def test_sources_are_self_contained_and_documented(tmp_path):
     rng = np.random.default_rng(1)
     ops = [
@@ -285,7 +313,6 @@ def test_sources_are_self_contained_and_documented(tmp_path):
     ):
         assert line in header
     assert "1 <=> +1" in header and "HWC" in header
-    assert "(-2147483647 - 1)" in source  # INT32_MIN as a valid C expression
     assert "malloc" not in source and "math.h" not in source and "float.h" not in source
     assert "static uint32_t net_arena[" in source
     # only the kernels this graph needs: a fused u8 dense layer and a binary one; no pooling, no floats

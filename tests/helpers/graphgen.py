@@ -365,6 +365,62 @@ def ebnn16(rng: np.random.Generator) -> Graph:
     return Graph((1, 28, 28), ops)
 
 
+def edge_thresholds(bound: int, n: int, rng: np.random.Generator) -> Op:
+    """A threshold of ``n`` channels (on tensor ``a``, to ``b``) at the edges a sum within
+    +-``bound`` can meet (the bound and one beyond, 0) and at those of int16 and int32, each with
+    and without its flip: where the C runtime stores it as int16 (clamped), each must still decide
+    as the int32 value does."""
+    edges = [bound, bound + 1, -bound, -bound - 1, 0, 1, 2**15 - 1, 2**15, -(2**15), -(2**15) - 1]
+    edges += [40000, -40000, INT32_MIN, 2**31 - 1]
+    thresh = np.resize(np.array(edges, np.int64), n)
+    thresh[len(edges) :] = rng.integers(-bound, bound + 1, max(n - len(edges), 0))
+    flip = np.resize([False, True], n) ^ (np.arange(n) // len(edges) % 2 == 1)
+    return Op("threshold", ["a"], "b", {}, {"thresh": thresh.astype(np.int32), "flip": flip})
+
+
+def edge_dense(pixels: int, rng: np.random.Generator) -> Graph:
+    """flatten -> input_dense (``pixels`` u8 inputs, 28 channels: all +1, all -1 and random
+    weights) -> ``edge_thresholds`` -> a binary_dense whose output j is the sum less twice bit j,
+    so the scores give every thresholded bit."""
+    n = 28
+    weight = rng.random((n, pixels)) < 0.5
+    weight[0::4], weight[1::4] = True, False
+    read_bits = ~np.eye(n, dtype=bool)
+    return Graph(
+        (1, 1, pixels),
+        [
+            Op("flatten", ["input"], "f"),
+            Op("input_dense", ["f"], "a", {}, {"weight": weight}),
+            edge_thresholds(255 * pixels, n, rng),
+            Op("binary_dense", ["b"], "s", {}, {"weight": read_bits}),
+            Op("argmax", ["s"], "label"),
+        ],
+    )
+
+
+def edge_cnn(rng: np.random.Generator) -> Graph:
+    """The kernels of the Cortex-M's assembly at threshold edges: a 3x3 u8 conv (32 channels,
+    the patch in registers) and a 32 -> 32 3x3 binary conv (288-bit patches, the pair loop),
+    each thresholded by ``edge_thresholds``, then a dense layer to 10 scores."""
+
+    def bits(*shape):
+        return rng.random(shape) < 0.5
+
+    def at(op: Op, src: str, dst: str) -> Op:
+        return Op(op.kind, [src], dst, op.attrs, op.params)
+
+    ops = [
+        Op("input_conv2d", ["input"], "c1", {"stride": 1, "padding": 1}, {"weight": bits(32, 1, 3, 3)}),
+        at(edge_thresholds(255 * 9, 32, rng), "c1", "s1"),
+        Op("binary_conv2d", ["s1"], "c2", {"stride": 1, "padding": 1, "pad": "minus_one"}, {"weight": bits(32, 32, 3, 3)}),
+        at(edge_thresholds(288, 32, rng), "c2", "s2"),
+        Op("flatten", ["s2"], "f"),
+        Op("binary_dense", ["f"], "d", {}, {"weight": bits(10, 32 * 6 * 6)}),
+        Op("argmax", ["d"], "label"),
+    ]
+    return Graph((1, 6, 6), ops)
+
+
 # --- int8 graphs (the baseline's ops) ----------------------------------------------------------
 
 

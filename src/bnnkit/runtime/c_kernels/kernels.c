@@ -31,9 +31,21 @@ struct conv {
     uint32_t *patch;     /* room for one output pixel's patch (the generator sizes it), or NULL */
 };
 
-/* A threshold fused after a conv, then a max-pool (1x1, stride 1 when none). */
+/* A threshold fused after a conv, then a max-pool (1x1, stride 1 when none). Its thresholds are
+   int16_t where the generator defines SIGN_THRESH_16: every fused sum of the model is within
+   +-32766, so a threshold clamped to int16 decides every bit as the int32 one does (half the
+   flash of the tables). */
+#if defined(SIGN_THRESH_16)
+typedef int16_t sign_thresh_t;
+#define SIGN_THRESH_LOAD "ldrsh"
+#define SIGN_THRESH_LOG2 "1"
+#else
+typedef int32_t sign_thresh_t;
+#define SIGN_THRESH_LOAD "ldr"
+#define SIGN_THRESH_LOG2 "2"
+#endif
 struct sign {
-    const int32_t *thresh;
+    const sign_thresh_t *thresh;
     const uint32_t *flip;
     int KH, KW, SH, SW;
     const uint32_t *min; /* pooled channels taking the minimum (AND), or NULL */
@@ -488,8 +500,8 @@ static NOINLINE uint32_t sign_pairs(struct sign_pairs *J)
                      "add r8, r2, r8, lsl #1\n\t" /* the sum */
                      "clz r2, r7\n\t"
                      "ldr r3, [lr, #24]\n\t"
-                     "sub r3, r3, r2, lsl #2\n\t"
-                     "ldr r3, [r3]\n\t" /* its threshold */
+                     "sub r3, r3, r2, lsl #" SIGN_THRESH_LOG2 "\n\t" /* its threshold */
+                     SIGN_THRESH_LOAD " r3, [r3]\n\t"
                      "mov r4, #0x80000000\n\t"
                      "lsrs r4, r4, r2\n\t" /* its bit */
                      "bics r7, r7, r4\n\t"
@@ -891,7 +903,7 @@ static int sign_any_open(const struct sign *S, const uint32_t *out, int O)
                         for (k = 0; k < ow; k++) {                                                                     \
                             uint32_t visit = sign_open(S, o, L->O, k), set = 0, open = WORD(L, S, &P, k, visit, &set); \
                             uint32_t flip = S->flip[k];                                                                \
-                            const int32_t *thresh = S->thresh + 32 * k;                                                \
+                            const sign_thresh_t *thresh = S->thresh + 32 * k;                                          \
                             while (open != 0) {                                                                        \
                                 int b = LOWEST_BIT(open);                                                              \
                                 int32_t acc = DOT(L, &P, 32 * k + b);                                                  \
@@ -922,12 +934,12 @@ CONV_KERNEL(input_conv, uint8_t, input_patch, input_dot)
    DSP extension (the M3: the C function took 0.5 M instructions off small_cnn but made its image
    76 B larger). */
 #if defined(BYTE_SUMS_DSP) && defined(__GNUC__) && defined(__thumb2__)
-struct input_sign {          /* 32-bit words at the offsets the assembly reads */
-    uint32_t p[3];           /* 0: the patch, its bytes after the last pixel 0 */
-    const uint32_t *w;       /* 12: the word's channel 0's weights, one word a channel */
-    const int32_t *thresh;   /* 16: its threshold */
-    int32_t n;               /* 20: the patch's sum */
-    uint32_t plain, flipped; /* 24, 28: the open channels not flipped, flipped */
+struct input_sign {              /* 32-bit words at the offsets the assembly reads */
+    uint32_t p[3];               /* 0: the patch, its bytes after the last pixel 0 */
+    const uint32_t *w;           /* 12: the word's channel 0's weights, one word a channel */
+    const sign_thresh_t *thresh; /* 16: its threshold */
+    int32_t n;                   /* 20: the patch's sum */
+    uint32_t plain, flipped;     /* 24, 28: the open channels not flipped, flipped */
 };
 /* Thumb-2 with the DSP extension (M4, M7): 23 instructions a channel, and no byte_masks table
    (64 B of flash): MSR APSR_g puts four weight bits into the GE flags, SEL keeps the pixels whose
@@ -962,8 +974,7 @@ static NOINLINE uint32_t input_sign_short(const struct input_sign *J)
                      "cbz r7, 3f\n"
                      "2:\n\t"
                      "clz r9, r7\n\t"
-                     "ldr r12, [r4, r9, lsl #2]\n\t"
-                     "ldr r10, [r5, r9, lsl #2]\n\t"
+                     "ldr r12, [r4, r9, lsl #2]\n\t" SIGN_THRESH_LOAD " r10, [r5, r9, lsl #" SIGN_THRESH_LOG2 "]\n\t"
                      "mov r11, #0x80000000\n\t"
                      "lsr r11, r11, r9\n\t"
                      "lsl r9, r12, #16\n\t"
@@ -1038,7 +1049,7 @@ static inline uint32_t binary_sign_pairs(const struct conv *L, const struct sign
         J.odd = (uint32_t)odd;
         J.stride = 4u * (uint32_t)L->wpo;
         J.w31 = (uint32_t)(uintptr_t)(L->w + 32 * k * L->wpo) + 31u * J.stride;
-        J.thresh31 = (uint32_t)(uintptr_t)(S->thresh + 32 * k) + 31u * 4u;
+        J.thresh31 = (uint32_t)(uintptr_t)(S->thresh + 32 * k) + 31u * (uint32_t)sizeof(sign_thresh_t);
         J.flip = S->flip[k];
         J.base = P->n - 120 * (L->wpo | 1);
         J.open = open;
