@@ -87,7 +87,7 @@ static void meanpool_q(const int32_t *x, int C, int H, int W, int KH, int KW, in
             }
 }
 
-/* bnnkit:kernel qconv needs q_arith */
+/* bnnkit:kernel qconv needs q_arith conv_window */
 /* A fixed-point convolution (a dense layer: C = F inputs, a 1x1 map and kernel). */
 struct qconv {
     int C, H, W; /* input layout */
@@ -106,9 +106,7 @@ struct qconv {
         for (o = 0; o < L->O; o++)                                                                                     \
             for (y = 0; y < L->Ho; y++)                                                                                \
                 for (xo = 0; xo < L->Wo; xo++) {                                                                       \
-                    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;                                               \
-                    int i0 = y0 < 0 ? -y0 : 0, i1 = L->H - y0 < L->KH ? L->H - y0 : L->KH;                             \
-                    int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;                             \
+                    CONV_WINDOW(L, y, xo);                                                                             \
                     int64_t s = 0;                                                                                     \
                     for (c = 0; c < L->C; c++)                                                                         \
                         for (i = i0; i < i1; i++) {                                                                    \

@@ -1118,7 +1118,16 @@ static void meanpool(const uint32_t *x, int C, int H, int W, int KH, int KW, int
             }
 }
 
-/* bnnkit:kernel fconv needs f32_bits */
+/* bnnkit:kernel conv_window */
+/* For the CHW convolutions that read every tap (float and fixed point): the window of output
+   pixel (y, xo) of layer L (any struct with struct conv's shape fields) starts at input row y0,
+   column x0, and its taps inside the map are kernel rows i0..i1-1 and columns j0..j1-1. */
+#define CONV_WINDOW(L, y, xo)                                                                                          \
+    int y0 = (y) * (L)->SH - (L)->PH, x0 = (xo) * (L)->SW - (L)->PW;                                                   \
+    int i0 = y0 < 0 ? -y0 : 0, i1 = (L)->H - y0 < (L)->KH ? (L)->H - y0 : (L)->KH;                                     \
+    int j0 = x0 < 0 ? -x0 : 0, j1 = (L)->W - x0 < (L)->KW ? (L)->W - x0 : (L)->KW
+
+/* bnnkit:kernel fconv needs f32_bits conv_window */
 /* A full-precision convolution (a dense layer: C = F inputs, a 1x1 map and kernel). */
 struct fconv {
     int C, H, W; /* input layout */
@@ -1137,9 +1146,7 @@ struct fconv {
         for (o = 0; o < L->O; o++)                                                                                     \
             for (y = 0; y < L->Ho; y++)                                                                                \
                 for (xo = 0; xo < L->Wo; xo++) {                                                                       \
-                    int y0 = y * L->SH - L->PH, x0 = xo * L->SW - L->PW;                                               \
-                    int i0 = y0 < 0 ? -y0 : 0, i1 = L->H - y0 < L->KH ? L->H - y0 : L->KH;                             \
-                    int j0 = x0 < 0 ? -x0 : 0, j1 = L->W - x0 < L->KW ? L->W - x0 : L->KW;                             \
+                    CONV_WINDOW(L, y, xo);                                                                             \
                     float s = 0.0f;                                                                                    \
                     for (c = 0; c < L->C; c++)                                                                         \
                         for (i = i0; i < i1; i++)                                                                      \
