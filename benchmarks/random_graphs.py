@@ -77,9 +77,10 @@ def check(generator: str, seeds: range, runtimes: list[str], batch: int) -> list
     for runtime in runtimes:
         start, bad = time.perf_counter(), []
         for i in range(0, len(cases), batch):
+            some = cases[i : i + batch]
             with tempfile.TemporaryDirectory(prefix="bnnkit-random-graphs-") as work:
-                got = RUNTIMES[runtime](cases[i : i + batch], work)
-            bad += [c.seed for c, g, w in zip(cases[i : i + batch], got, want[i : i + batch]) if not same(g, w, runtime)]
+                got = RUNTIMES[runtime](some, work)
+            bad += [c.seed for c, g, w in zip(some, got, want[i : i + batch]) if not same(g, w, runtime)]
         rows.append({**rows[0], "runtime": runtime, "mismatched_seeds": bad, "seconds": time.perf_counter() - start})
     return rows
 

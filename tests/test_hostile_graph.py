@@ -54,7 +54,8 @@ def digits_graph(seed: int, layout: str) -> Graph:
     if layout == "fixed":  # the real layout's q32 twin, as `bnnkit export --real fixed` writes it
         from bnnkit.export.fixed import to_fixed  # imports torch: in the parent only, not the child
 
-        return to_fixed(digits_graph(seed, "real"), np.random.default_rng(seed).integers(0, 256, (64, 1, 8, 8), np.uint8))
+        images = np.random.default_rng(seed).integers(0, 256, (64, 1, 8, 8), np.uint8)
+        return to_fixed(digits_graph(seed, "real"), images)
     rng = np.random.default_rng(seed)
     builder = _Int8Builder if layout == "int8" else _Builder
     b = builder(_Seeded(rng), rng, rng.integers(0, 256, (8, 1, 8, 8), dtype=np.uint8))
