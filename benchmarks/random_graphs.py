@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bnnkit.cost.formatting import render_table
+from bnnkit.errors import BnnkitError
 from bnnkit.runtime import numpy_ref
 from bnnkit.runtime.cortex_m import TARGETS, build_mcus
 from bnnkit.runtime.fast import FastModel
@@ -73,15 +74,21 @@ def check(generator: str, seeds: range, runtimes: list[str], batch: int) -> list
     want = [numpy_ref.predict(c.graph, c.x) for c in cases]
     covered = sorted({f"{op.kind}({c.graph.types[op.inputs[0]][0]})" for c in cases for op in c.graph.ops})
     rows = [{"generator": generator, "runtime": "numpy (spec)", "graphs": len(cases), "ops": covered,
-             "mismatched_seeds": [], "seconds": time.perf_counter() - start}]  # fmt: skip
+             "mismatched_seeds": [], "errors": [], "seconds": time.perf_counter() - start}]  # fmt: skip
     for runtime in runtimes:
-        start, bad = time.perf_counter(), []
+        start, bad, errors = time.perf_counter(), [], []
         for i in range(0, len(cases), batch):
             some = cases[i : i + batch]
-            with tempfile.TemporaryDirectory(prefix="bnnkit-random-graphs-") as work:
-                got = RUNTIMES[runtime](some, work)
+            try:
+                with tempfile.TemporaryDirectory(prefix="bnnkit-random-graphs-") as work:
+                    got = RUNTIMES[runtime](some, work)
+            except BnnkitError as e:  # a compile error or a crash: the whole batch fails, by its seeds
+                bad += [c.seed for c in some]
+                errors.append(str(e))
+                continue
             bad += [c.seed for c, g, w in zip(some, got, want[i : i + batch]) if not same(g, w, runtime)]
-        rows.append({**rows[0], "runtime": runtime, "mismatched_seeds": bad, "seconds": time.perf_counter() - start})
+        rows.append({**rows[0], "runtime": runtime, "mismatched_seeds": bad, "errors": errors,
+                     "seconds": time.perf_counter() - start})  # fmt: skip
     return rows
 
 
@@ -115,6 +122,8 @@ def main() -> int:
         for r in rows:
             if r["mismatched_seeds"]:
                 print(f"{r['generator']} on {r['runtime']}: seeds {r['mismatched_seeds']} differ from the spec")
+            for error in r["errors"]:
+                print(f"{r['generator']} on {r['runtime']}: {error}")
     return 0 if exact else 1
 
 

@@ -51,3 +51,15 @@ def test_a_score_off_by_one_names_its_seed_and_fails(bench, monkeypatch):
     rc, result = run(bench, monkeypatch, "--graphs", "3", "--first-seed", "5", "--runtimes", "fast")
     assert rc == 1 and not result["all_bit_exact"]
     assert [r["mismatched_seeds"] for r in result["rows"]] == [[], [6]]
+
+
+def test_a_batch_that_fails_to_build_counts_all_its_seeds(bench, monkeypatch):
+    from bnnkit.errors import BnnkitError
+
+    def broken(cases, work):
+        raise BnnkitError("C compilation failed")
+
+    monkeypatch.setitem(bench.RUNTIMES, "c", broken)
+    rc, result = run(bench, monkeypatch, "--graphs", "3", "--runtimes", "c", "--batch", "2")
+    assert rc == 1 and result["rows"][1]["mismatched_seeds"] == [0, 1, 2]
+    assert result["rows"][1]["errors"] == ["C compilation failed"] * 2
