@@ -104,8 +104,9 @@ def _score(
 def _same_scores(got: np.ndarray, want: np.ndarray) -> bool:
     """Bit for bit in the runtime's own type. The C API's scores are float32, so a q32 score beyond
     2**24 is compared as the float32 it rounds to (the labels come from the exact integers); a
-    runtime that gives the reference's dtype (NumPy, the host kernels) must give its exact values:
-    an int32 score is not compared as a float32 it is not."""
+    runtime that gives the reference's dtype (NumPy, the host kernels) must give its exact values
+    (held against the reference's float32 rounding, exact int32 scores beyond 2**24 would differ
+    and scores equal only to that rounding would pass)."""
     if got.dtype == want.dtype:
         return bool(np.array_equal(got, want))
     return got.dtype == np.float32 and bool(np.array_equal(got, want.astype(np.float32)))
