@@ -211,6 +211,74 @@ def test_profile_names_the_op_energy_model(digits_graph, capsys):
     assert line.startswith(f"energy, 45 nm op model: {energy['total_pj'] / 1e3:,.1f} nJ per inference")
 
 
+# --- bnnkit export --real fixed (the q32 twin of a graph with a float32 stream) ----------------
+
+
+@pytest.fixture(scope="module")
+def residual_run(tmp_path_factory):
+    """A quarter-width ResNet-20 trained one epoch on 128 digits: its residual adds and mean-pool
+    are a float32 stream, which ``--real fixed`` puts in q32."""
+    run = tmp_path_factory.mktemp("residual") / "run"
+    cli_ok(*train_digits("resnet20", "--recipe", "embedded", "--epochs", 1, "--limit-train", 128, "--out", run,
+                         "--threads", 1, "--json", width_mult=0.25))  # fmt: skip
+    return run
+
+
+def test_export_real_fixed_writes_the_q32_twin_and_reports_its_agreement(residual_run, tmp_path, capsys):
+    from bnnkit.data import load_dataset
+    from bnnkit.export.fixed import to_fixed
+    from bnnkit.graph import Graph
+    from bnnkit.runtime.numpy_ref import predict
+
+    f32, q32 = tmp_path / "f32.bnn", tmp_path / "q32.bnn"
+    cli_ok("export", residual_run, "-o", f32, "--check", 0, "--json")
+    capsys.readouterr()
+    argv = ["export", residual_run, "-o", q32, "--real", "fixed", "--calibration", 200, "--check", 120]
+    cli_ok(*argv, "--json")
+    result = json.loads(capsys.readouterr().out)
+    float_graph, graph = Graph.load(f32), Graph.load(q32)
+    kinds = {kind for kind, _ in graph.types.values()}
+    assert "f32" in {kind for kind, _ in float_graph.types.values()} and "q32" in kinds and "f32" not in kinds
+    assert graph.meta["real"] == "fixed" and graph.meta["q32_fraction"] == result["q32_fraction"]
+    assert {"add_q", "affine_q"} <= {op.kind for op in graph.ops}
+    # the twin of the float32 export, its fraction set on the first 200 training images
+    train = load_dataset("digits", "train")
+    assert result["calibration_images"] == 200
+    assert to_fixed(float_graph, train.x[:200]).meta["q32_fraction"] == result["q32_fraction"]
+    # the agreement with the float32 graph, counted again on the same test images
+    x = load_dataset("digits", "test").x[:120]
+    labels, float_labels = predict(graph, x)[1], predict(float_graph, x)[1]
+    assert result["n"] == 120 and result["float32_graph_agreement"] == float(np.mean(labels == float_labels))
+    assert result["float32_graph_agreement"] >= 0.95  # only signs within a rounding of their threshold may differ
+
+    cli_ok(*argv)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"exported {len(graph.ops)} ops to {q32}; on 120 test images the graph agrees")
+    assert line.endswith(
+        f"(real stream in fixed point, F = {result['q32_fraction']}; labels agree with the float32 graph on "
+        f"{result['float32_graph_agreement']:.2%})"
+    )
+    # and the C runs the twin of a trained model bit for bit
+    cli_ok("run", q32, "--runtime", "c", "--limit", 40, "--json")
+    run = json.loads(capsys.readouterr().out)
+    assert run["bit_exact"] and run["agreement"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--format", "onnx"], "error: --real is for the integer graph; the ONNX file is the float model itself\n"),
+        (["--calibration", "0"], "error: --calibration must be 1..60000 images, got 0\n"),
+    ],
+)
+def test_export_real_fixed_refuses_a_bad_combination_in_one_line(residual_run, tmp_path, capsys, extra, message):
+    # (every trained model's graph has a float32 stream, its score affine at least, so `to_fixed`'s
+    # refusal of a graph without one is tested on a graph built in Python: tests/test_fixed.py)
+    assert main(["export", str(residual_run), "-o", str(tmp_path / "q.bnn"), "--real", "fixed", *extra]) == 2
+    assert capsys.readouterr().err == message
+    assert not (tmp_path / "q.bnn").exists()
+
+
 @pytest.mark.slow
 def test_import_flag_loads_a_users_models_for_every_command(tmp_path):
     (tmp_path / "my_models.py").write_text(

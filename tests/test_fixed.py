@@ -270,6 +270,26 @@ def test_the_fast_runtime_equals_the_spec():
         assert all(np.array_equal(a, b) for a, b in zip(got, want)), f"seed {case.seed}"
 
 
+def test_run_reports_q32_scores_beyond_2_24_as_bit_exact_only_when_they_are(monkeypatch):
+    """`bnnkit run`'s ``bit_exact`` compares scores in the runtime's own type: the NumPy and fast
+    runtimes give the exact int32 scores (once counted as differing from their float32 roundings),
+    the C its float32 ones; an int32 score equal only to the rounding is not exact."""
+    from bnnkit.runtime import evaluate
+
+    def big(case):
+        scores = numpy_ref.predict(case.graph, case.x)[0]
+        return not np.array_equal(scores, scores.astype(np.float32).astype(np.int64))
+
+    case = next(c for c in CASES if big(c))
+    monkeypatch.setattr(evaluate, "test_images", lambda *a: ("synthetic", case.x, np.zeros(len(case.x), np.int64)))
+    for runtime in ("numpy", "c", "c-portable"):
+        assert evaluate.run_graph(case.graph, runtime).bit_exact, runtime
+    scores = numpy_ref.predict(case.graph, case.x)[0]
+    assert evaluate._same_scores(scores.astype(np.float32), scores)
+    assert not evaluate._same_scores(scores.astype(np.float32).astype(np.int32), scores)
+    assert not evaluate._same_scores(scores.astype(np.float64), scores)
+
+
 # --- the generated C: host and Cortex-M3 ------------------------------------------------------
 
 

@@ -51,6 +51,11 @@ SRC = TESTS.parent / "src"
 def digits_graph(seed: int, layout: str) -> Graph:
     """A small graph over 8x8 digits (its meta names the dataset, so ``bnnkit run`` needs no
     flag), with thresholds drawn from the sums it really produces (graphgen's builder)."""
+    if layout == "fixed":  # the real layout's q32 twin, as `bnnkit export --real fixed` writes it
+        from bnnkit.export.fixed import to_fixed  # imports torch: in the parent only, not the child
+
+        images = np.random.default_rng(seed).integers(0, 256, (64, 1, 8, 8), np.uint8)
+        return to_fixed(digits_graph(seed, "real"), images)
     rng = np.random.default_rng(seed)
     builder = _Int8Builder if layout == "int8" else _Builder
     b = builder(_Seeded(rng), rng, rng.integers(0, 256, (8, 1, 8, 8), dtype=np.uint8))
@@ -184,7 +189,7 @@ def bases(tmp_path_factory) -> list[Path]:
     """Saved graphs of every layout: each op kind is in one of them, so the fuzz edits them all."""
     folder = tmp_path_factory.mktemp("bases")
     paths = []
-    for seed, layout in enumerate(("conv", "dense", "branches", "real", "int8")):
+    for seed, layout in enumerate(("conv", "dense", "branches", "real", "int8", "fixed")):
         digits_graph(seed, layout).save(folder / f"{layout}.bnn")
         paths.append(folder / f"{layout}.bnn")
     return paths
