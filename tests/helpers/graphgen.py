@@ -412,7 +412,13 @@ def edge_cnn(rng: np.random.Generator) -> Graph:
     ops = [
         Op("input_conv2d", ["input"], "c1", {"stride": 1, "padding": 1}, {"weight": bits(32, 1, 3, 3)}),
         at(edge_thresholds(255 * 9, 32, rng), "c1", "s1"),
-        Op("binary_conv2d", ["s1"], "c2", {"stride": 1, "padding": 1, "pad": "minus_one"}, {"weight": bits(32, 32, 3, 3)}),
+        Op(
+            "binary_conv2d",
+            ["s1"],
+            "c2",
+            {"stride": 1, "padding": 1, "pad": "minus_one"},
+            {"weight": bits(32, 32, 3, 3)},
+        ),
         at(edge_thresholds(288, 32, rng), "c2", "s2"),
         Op("flatten", ["s2"], "f"),
         Op("binary_dense", ["f"], "d", {}, {"weight": bits(10, 32 * 6 * 6)}),
