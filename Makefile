@@ -32,7 +32,7 @@ bench: $(STAMP)
 
 # The C the generator copies and the harnesses, in the style of .clang-format (Debian: clang-format);
 # tests/test_c_kernels.py fails on a file this would change.
-C_FORMATTED := src/bnnkit/runtime/c_kernels/*.c src/bnnkit/runtime/c_kernels/*.h src/bnnkit/runtime/mcu/harness.c
+C_FORMATTED := src/bnnkit/runtime/c_kernels/*.c src/bnnkit/runtime/c_kernels/*.h src/bnnkit/runtime/mcu/*.c src/bnnkit/runtime/mcu/*.h
 format-c:
 	clang-format -i $(C_FORMATTED)
 

@@ -19,7 +19,8 @@ typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index, void *userd
 
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
 uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
-void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op, void *ptr, uint64_t imm);
+void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op, void *ptr,
+                                              uint64_t imm);
 void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, qemu_plugin_vcpu_udata_cb_t cb,
                                           enum qemu_plugin_cb_flags flags, void *userdata);
 void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, void (*cb)(qemu_plugin_id_t, struct qemu_plugin_tb *));
@@ -37,10 +38,14 @@ static const char *out_path;
    it or not, they fall on the same side every time. */
 static void on_mark(unsigned int vcpu, void *p)
 {
-    (void)vcpu; (void)p;
+    (void)vcpu;
+    (void)p;
     if (n_marks == cap_marks) {
         uint64_t *grown = realloc(marks, (cap_marks ? 2 * cap_marks : 1024) * sizeof *marks);
-        if (grown == NULL) { marking = 0; return; } /* the file then has no marks: the caller sees none */
+        if (grown == NULL) {
+            marking = 0;
+            return;
+        } /* the file then has no marks: the caller sees none */
         marks = grown;
         cap_marks = cap_marks ? 2 * cap_marks : 1024;
     }
@@ -57,22 +62,25 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 
 static void on_exit(qemu_plugin_id_t id, void *p)
 {
-    (void)id; (void)p;
+    (void)id;
+    (void)p;
     FILE *f = fopen(out_path, "w");
     if (f) {
         fprintf(f, "%" PRIu64 "\n", executed);
-        for (size_t i = 0; marking && i < n_marks; i++) fprintf(f, "%" PRIu64 "\n", marks[i]);
+        for (size_t i = 0; marking && i < n_marks; i++)
+            fprintf(f, "%" PRIu64 "\n", marks[i]);
         fclose(f);
     }
 }
 
-__attribute__((visibility("default")))
-int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, char **argv)
+__attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc,
+                                                               char **argv)
 {
     (void)info;
     out_path = "insn_count.txt";
     for (int i = 0; i < argc; i++) {
-        if (strncmp(argv[i], "out=", 4) == 0) out_path = argv[i] + 4;
+        if (strncmp(argv[i], "out=", 4) == 0)
+            out_path = argv[i] + 4;
         if (strncmp(argv[i], "mark=", 5) == 0) {
             mark_at = strtoull(argv[i] + 5, NULL, 16);
             marking = 1;

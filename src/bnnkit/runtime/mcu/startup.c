@@ -30,8 +30,13 @@ typedef void (*vector)(void);
    debug monitor, a write to ICSR, an enabled SysTick or an enabled interrupt, none of which
    this image has. */
 __attribute__((section(".vectors"), used)) static const vector vectors[7] = {
-    (vector)__handler_stack_top, reset_handler, fault_handler, fault_handler,
-    fault_handler, fault_handler, fault_handler,
+    (vector)__handler_stack_top,
+    reset_handler,
+    fault_handler,
+    fault_handler,
+    fault_handler,
+    fault_handler,
+    fault_handler,
 };
 
 uint32_t stack_unused_bytes(void)
@@ -53,15 +58,14 @@ __attribute__((used, noreturn)) static void finish(int status)
    its frame on the main stack. */
 __attribute__((naked, noreturn)) static void run_main(void)
 {
-    __asm__ volatile(
-        "ldr r0, =__stack_top\n\t"
-        "msr psp, r0\n\t"
-        "movs r0, #2\n\t" /* CONTROL.SPSEL: thread mode uses PSP */
-        "msr control, r0\n\t"
-        "isb\n\t"
-        "bl main\n\t"
-        "b finish\n\t"
-        ".ltorg");
+    __asm__ volatile("ldr r0, =__stack_top\n\t"
+                     "msr psp, r0\n\t"
+                     "movs r0, #2\n\t" /* CONTROL.SPSEL: thread mode uses PSP */
+                     "msr control, r0\n\t"
+                     "isb\n\t"
+                     "bl main\n\t"
+                     "b finish\n\t"
+                     ".ltorg");
 }
 
 void reset_handler(void)
