@@ -285,9 +285,9 @@ def test_run_reports_q32_scores_beyond_2_24_as_bit_exact_only_when_they_are(monk
     for runtime in ("numpy", "c", "c-portable"):
         assert evaluate.run_graph(case.graph, runtime).bit_exact, runtime
     scores = numpy_ref.predict(case.graph, case.x)[0]
-    assert evaluate._same_scores(scores.astype(np.float32), scores)
-    assert not evaluate._same_scores(scores.astype(np.float32).astype(np.int32), scores)
-    assert not evaluate._same_scores(scores.astype(np.float64), scores)
+    assert evaluate.same_scores(scores.astype(np.float32), scores)
+    assert not evaluate.same_scores(scores.astype(np.float32).astype(np.int32), scores)
+    assert not evaluate.same_scores(scores.astype(np.float64), scores)
 
 
 # --- the generated C: host and Cortex-M3 ------------------------------------------------------

@@ -95,13 +95,13 @@ def _score(
         n=int(len(y)),
         accuracy=float(np.mean(got.labels == y)),
         agreement=float(np.mean(got.labels == expected.labels)),
-        bit_exact=_same_scores(got.scores, expected.scores),
+        bit_exact=same_scores(got.scores, expected.scores),
         seconds={REFERENCE: expected.seconds, runtime.name: got.seconds},
         device=got.device,
     )
 
 
-def _same_scores(got: np.ndarray, want: np.ndarray) -> bool:
+def same_scores(got: np.ndarray, want: np.ndarray) -> bool:
     """Bit for bit in the runtime's own type. The C API's scores are float32, so a q32 score beyond
     2**24 is compared as the float32 it rounds to (the labels come from the exact integers); a
     runtime that gives the reference's dtype (NumPy, the host kernels) must give its exact values
