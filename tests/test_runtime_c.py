@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.graphgen import Case, case_from_seed, ebnn16, ebnn_cnn, edge_dense, narrow_case_from_seed
+from helpers.graphgen import Case, case_from_seed, ebnn16, ebnn_cnn, edge_binary_dense, edge_dense, narrow_case_from_seed
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
@@ -285,6 +285,23 @@ def test_fused_thresholds_are_int16_where_every_sum_fits_and_decide_as_int32(tmp
     bits = numpy_ref.execute(graph, x, keep=True)["b"]
     assert bits[1, 0] and not bits[0, 0]  # channel 0 (all +1, threshold the bound): all 255 reach it, zeros do not
     assert ("(-2147483647 - 1)" in source) == (ctype == "int32_t")  # INT32_MIN as a valid C expression, where kept
+
+
+@pytest.mark.parametrize("bits, ctype", [(2**15 - 2, "int16_t"), (2**15 - 1, "int32_t")])
+def test_int16_thresholds_stop_one_short_of_int16s_largest_value(tmp_path, bits, ctype):
+    """A sum bound of 32,767 keeps int32: a threshold of 32,768 (never met) would clamp to 32,767,
+    which a sum at the bound meets. At 32,766 the clamped thresholds still decide as int32."""
+    graph = edge_binary_dense(bits, np.random.default_rng(bits))
+    source = generate_c(graph, "net")["net.c"]
+    assert re.search(rf"^static const {ctype} op4_thresh\[28\]", source, re.M)
+    x = np.arange(256, dtype=np.uint8).reshape(256, 1, 1, 1)
+    scores, labels = build_host(graph, tmp_path / "build").predict(x)
+    ref_scores, ref_labels = numpy_ref.predict(graph, x)
+    assert np.array_equal(scores, ref_scores) and np.array_equal(labels, ref_labels)
+    bits_out = numpy_ref.execute(graph, x, keep=True)["b"]
+    # at pixel 255 every sum is the bound: it meets a threshold at the bound (channel 0), not one
+    # beyond it (channel 15, unflipped), the one a clamp to 32,767 would bring within reach
+    assert bits_out[255, 0] and not bits_out[255, 15] and not bits_out[0, 0]
 
 
 def test_sources_are_self_contained_and_documented(tmp_path):

@@ -372,8 +372,8 @@ def edge_thresholds(bound: int, n: int, rng: np.random.Generator) -> Op:
     as the int32 value does."""
     edges = [bound, bound + 1, -bound, -bound - 1, 0, 1, 2**15 - 1, 2**15, -(2**15), -(2**15) - 1]
     edges += [40000, -40000, INT32_MIN, 2**31 - 1]
-    thresh = np.resize(np.array(edges, np.int64), n)
-    thresh[len(edges) :] = rng.integers(-bound, bound + 1, max(n - len(edges), 0))
+    thresh = np.resize(np.array(edges, np.int64), n)  # each edge twice: the flip below differs
+    thresh[2 * len(edges) :] = rng.integers(-bound, bound + 1, max(n - 2 * len(edges), 0))
     flip = np.resize([False, True], n) ^ (np.arange(n) // len(edges) % 2 == 1)
     return Op("threshold", ["a"], "b", {}, {"thresh": thresh.astype(np.int32), "flip": flip})
 
@@ -393,6 +393,28 @@ def edge_dense(pixels: int, rng: np.random.Generator) -> Graph:
             Op("input_dense", ["f"], "a", {}, {"weight": weight}),
             edge_thresholds(255 * pixels, n, rng),
             Op("binary_dense", ["b"], "s", {}, {"weight": read_bits}),
+            Op("argmax", ["s"], "label"),
+        ],
+    )
+
+
+def edge_binary_dense(bits: int, rng: np.random.Generator) -> Graph:
+    """One pixel spread to ``bits`` equal bits (all 1 from pixel 128 up, else all 0), then a
+    binary_dense of ``bits`` taps with all +1 weights, so every channel's sum is +-``bits``
+    -> ``edge_thresholds`` (each edge with and without its flip) -> a binary_dense whose scores
+    give every thresholded bit: the sum bound at int16's very edge."""
+    n = 28
+    weight = np.ones((n, bits), bool)
+    spread = Op("threshold", ["p"], "a0", {}, {"thresh": np.full(bits, 128, np.int32), "flip": np.zeros(bits, bool)})
+    return Graph(
+        (1, 1, 1),
+        [
+            Op("flatten", ["input"], "f"),
+            Op("input_dense", ["f"], "p", {}, {"weight": np.ones((bits, 1), bool)}),
+            spread,
+            Op("binary_dense", ["a0"], "a", {}, {"weight": weight}),
+            edge_thresholds(bits, n, rng),
+            Op("binary_dense", ["b"], "s", {}, {"weight": ~np.eye(n, dtype=bool)}),
             Op("argmax", ["s"], "label"),
         ],
     )
