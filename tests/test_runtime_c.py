@@ -22,7 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.graphgen import Case, case_from_seed, ebnn16, ebnn_cnn, edge_binary_dense, edge_dense, narrow_case_from_seed
+from helpers.graphgen import (
+    Case,
+    case_from_seed,
+    ebnn16,
+    ebnn_cnn,
+    edge_binary_dense,
+    edge_dense,
+    narrow_case_from_seed,
+)
 
 from bnnkit.errors import BnnkitError
 from bnnkit.graph import INT32_MIN, Graph, Op
