@@ -1,6 +1,6 @@
 """Training speed: `bnnkit train` against a minimal eager PyTorch FP32 loop of the same network.
 
-For each model, in one process, alternately (bnnkit, reference, bnnkit, reference, ...):
+For each model, in one run, alternately (bnnkit, reference, bnnkit, reference, ...):
 
 * **bnnkit**: the library's ``train`` for one epoch on the first ``N`` Fashion-MNIST training
   images and its evaluation of the first ``N / 6`` test images (the proportion of a full
@@ -9,7 +9,9 @@ For each model, in one process, alternately (bnnkit, reference, bnnkit, referenc
 * **reference**: the loop one writes by hand: the same architecture with plain
   ``nn.Conv2d``/``nn.Linear`` layers in full precision, NCHW, ``torch.optim.Adam``, batch
   128, the same images as float tensors prepared beforehand, then the same test images under
-  ``no_grad`` in batches of 1,000.
+  ``no_grad`` in batches of 1,000. It runs in a process of its own with the C allocator's
+  defaults, as a script would (``--same-allocator``: with the setting ``train`` makes for its
+  process, ``bnnkit.training.allocator``).
 
 Both run at 1 thread. The ratio is bnnkit's time over the reference's (lower is faster),
 the median over the rounds. The same is then measured beside two CPU-bound processes that
@@ -43,6 +45,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -162,6 +165,43 @@ class Reference:
                 correct += (model(self.xt[start:stop]).argmax(1) == self.yt[start:stop]).sum().item()
 
 
+class ReferenceProcess:
+    """``Reference`` in a process of its own, so that it keeps the C allocator's defaults: ``train``
+    fixes glibc's thresholds for the process that trains (``bnnkit.training.allocator``), which a
+    loop written by hand does not do. ``same_allocator``: the reference takes bnnkit's setting too."""
+
+    def __init__(self, model: str, same_allocator: bool = False):
+        cmd = [sys.executable, __file__, "--serve-reference", model, *(["--same-allocator"] if same_allocator else [])]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout is None or self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the reference process for {model} did not start")
+
+    def run(self, limit: int) -> SimpleNamespace:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{limit}\n")
+        self.proc.stdin.flush()
+        return SimpleNamespace(**json.loads(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+def serve_reference(model: str, same_allocator: bool) -> None:
+    """The reference process: a warm-up, "ready", then one timed run per limit read from stdin."""
+    if same_allocator:
+        from bnnkit.training.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    reference = Reference(model)
+    reference.run(2 * BATCH)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        t = reference.run(int(line))
+        print(json.dumps({"wall": t.wall, "cpu": t.cpu}), flush=True)
+
+
 class timer:
     """``with timer() as t``: afterwards ``t`` holds the wall and the process CPU seconds.
     At 1 thread the CPU time is the steadier figure on a machine that others share."""
@@ -188,15 +228,19 @@ def cpu_hogs(n: int):
             p.wait()
 
 
-def compare(model: str, limit: int, rounds: int, fp32_too: bool = False) -> dict:
-    """bnnkit (1 thread) against the reference, alternately; times are medians. ``fp32_too``:
-    bnnkit with its binary layers all in float32 as well, in the same alternation."""
-    reference = Reference(model)
+def compare(model: str, limit: int, rounds: int, fp32_too: bool = False, same_allocator: bool = False) -> dict:
+    """bnnkit (1 thread) against the reference (``ReferenceProcess``), alternately; times are
+    medians. ``fp32_too``: bnnkit with its binary layers all in float32 as well, in the same
+    alternation."""
+    reference = ReferenceProcess(model, same_allocator)
     rows = []
-    for _ in range(rounds):
-        rows.append((run_bnnkit(model, limit, 1), reference.run(limit)))
-        if fp32_too:
-            rows[-1] += (run_bnnkit(model, limit, 1, fp32=True),)
+    try:
+        for _ in range(rounds):
+            rows.append((run_bnnkit(model, limit, 1), reference.run(limit)))
+            if fp32_too:
+                rows[-1] += (run_bnnkit(model, limit, 1, fp32=True),)
+    finally:
+        reference.close()
     result = {
         "bnnkit_images_per_s": limit / statistics.median(row[0].wall for row in rows),
         "reference_images_per_s": limit / statistics.median(row[1].wall for row in rows),
@@ -421,8 +465,17 @@ def main() -> None:
         action="store_true",
         help="also time bnnkit with its binary layers all in float32 (forward and gradients; quiet only)",
     )
+    parser.add_argument(
+        "--same-allocator",
+        action="store_true",
+        help="the reference keeps freed memory as bnnkit's training does (bnnkit.training.allocator)",
+    )
+    parser.add_argument("--serve-reference", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.serve_reference:
+        serve_reference(args.serve_reference, args.same_allocator)
+        return
     if args.profile:
         limit = round(60_000 * args.scale)
         parts = profile(args.profile, limit)
@@ -457,23 +510,25 @@ def main() -> None:
         return
 
     for m in models:  # warm-up: imports (matplotlib, torch's optimisers), allocator, caches
-        run_bnnkit(m, 2 * BATCH, 1), Reference(m).run(2 * BATCH)
+        run_bnnkit(m, 2 * BATCH, 1)
     report = {
         "torch": torch.__version__,
         "cores": os.cpu_count(),
         "rounds": args.rounds,
         "batch": BATCH,
         "load_before": os.getloadavg(),
+        "reference_allocator": "bnnkit's" if args.same_allocator else "glibc's defaults",
         "models": {},
     }
     for m in models:
-        report["models"][m] = {"limit_train": limits[m], "quiet": compare(m, limits[m], args.rounds, args.fp32_too)}
+        quiet = compare(m, limits[m], args.rounds, args.fp32_too, args.same_allocator)
+        report["models"][m] = {"limit_train": limits[m], "quiet": quiet}
     if args.hogs:
         with cpu_hogs(args.hogs):
             for m in models:
                 row = report["models"][m]
                 row["hogs_limit_train"] = limit = max(6 * BATCH, round(limits[m] * args.hogs_scale))
-                row["hogs"] = compare(m, limit, args.rounds)
+                row["hogs"] = compare(m, limit, args.rounds, same_allocator=args.same_allocator)
                 row["threads_under_hogs"] = thread_default_vs_one(m, limit, args.rounds)
     report["load_after"] = os.getloadavg()
     if args.json:

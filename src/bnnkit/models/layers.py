@@ -13,7 +13,15 @@ from typing import TypedDict
 from torch import nn
 
 from bnnkit.errors import BnnkitError
-from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableThreshold, Prequantized, RPReLU, StandardizedWeights
+from bnnkit.nn import (
+    BinaryConv2d,
+    BinaryLinear,
+    LearnableThreshold,
+    MaxPool2x2,
+    Prequantized,
+    RPReLU,
+    StandardizedWeights,
+)
 from bnnkit.quant import MultiBaseActivations, MultiBaseWeights, Quantizer, get_quantizer
 from bnnkit.recipe import Recipe
 
@@ -143,11 +151,11 @@ class Layers:
         integer sums before BN (BinaryNet, eBNN), or on the signs after an explicit
         quantizer (max of ±1 values is their OR)."""
         if self.recipe.pool_order == "pool_bn_sign":
-            return [nn.MaxPool2d(2), *self.norm(channels)]
+            return [MaxPool2x2(), *self.norm(channels)]
         self._quantized_by = self.activation_quantizer(channels)
         # Full-precision activations have no sign to pool after: BN, then the pool.
         quantizer = [] if self._quantized_by is None else [self._quantized_by]
-        return [*self.norm(channels), *quantizer, nn.MaxPool2d(2)]
+        return [*self.norm(channels), *quantizer, MaxPool2x2()]
 
     def feature_norm(self, channels: int) -> list[nn.Module]:
         """A BatchNorm in front of a binary layer's sign, where the recipe asks for one."""

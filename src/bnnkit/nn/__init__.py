@@ -14,6 +14,7 @@ from bnnkit.nn.layers import (
     latent_weights,
     set_weight_binarization,
 )
+from bnnkit.nn.pool import MaxPool2x2
 
 __all__ = [
     "BinaryConv2d",
@@ -21,6 +22,7 @@ __all__ = [
     "InputNorm",
     "IntegerPixels",
     "LearnableThreshold",
+    "MaxPool2x2",
     "Prequantized",
     "RPReLU",
     "StandardizedWeights",

@@ -44,7 +44,7 @@ from bnnkit.runtime.c import pack_words
 from bnnkit.runtime.toolchain import FAST_CFLAGS, OPENMP, SANITIZE, host_cc, run_tool
 
 ISAS = ("portable", "avx2", "avx512")  # the C enum bnn_isa, in order
-SOURCES = ("bconv.c", "bconv.h")
+SOURCES = ("bconv.c", "bconv.h", "maxpool.c")  # the .c files are compiled
 INT32_MAX = 2**31 - 1
 
 KERNELS = OpTable("fast")
@@ -80,10 +80,10 @@ def _cache_dir() -> Path:
         return path
 
 
-def _compile(cc: list[str], flags: tuple[str, ...], source: Path, target: Path) -> None:
+def _compile(cc: list[str], flags: tuple[str, ...], sources: list[Path], target: Path) -> None:
     """Build with OpenMP where the compiler has it, else single-threaded; the error of a
     build that fails either way is the one without OpenMP."""
-    cmd = [*cc, *flags, str(source), "-o", str(target)]
+    cmd = [*cc, *flags, *map(str, sources), "-o", str(target)]
     try:
         run_tool([*cmd, *OPENMP], "compiling the host kernels with OpenMP")
     except BnnkitError:
@@ -104,7 +104,7 @@ def library() -> ctypes.CDLL:
             for name, text in texts.items():
                 Path(work, name).write_bytes(text)
             built = Path(work, path.name)
-            _compile(cc, flags, Path(work, "bconv.c"), built)
+            _compile(cc, flags, [Path(work, n) for n in SOURCES if n.endswith(".c")], built)
             os.replace(built, path)  # concurrent builders write identical files
     lib = ctypes.CDLL(str(path))
     ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
@@ -114,6 +114,8 @@ def library() -> ctypes.CDLL:
     lib.bnn_input_conv.argtypes = [ctypes.POINTER(_Layer), ptr, i64, ptr, ctypes.c_int, ctypes.c_int]
     lib.bnn_popcount_peak.argtypes = [ctypes.c_int, ptr, ptr, i32, i64, ctypes.POINTER(i64)]
     lib.bnn_popcount_peak.restype = i64
+    lib.bnn_maxpool2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
+    lib.bnn_maxpool2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
     return lib
 
 
@@ -334,6 +336,45 @@ def maxpool_packed(op: Op, x: Packed) -> Packed:
         mins = Packed.from_bits(op.params["min_channels"][None]).words[0]
         out = (out & ~mins) | (np.bitwise_and.reduce(win, axis=-1) & mins)
     return Packed(out, (c, ho, wo))
+
+
+# --- the 2x2 max-pool of training (bnnkit.nn.MaxPool2x2) --------------------------------
+
+
+def maxpool2_fits(shape: tuple[int, ...]) -> bool:
+    """Whether ``maxpool2`` takes a map of this (N, H, W, C) shape: H and W even, C % 4 == 0."""
+    return len(shape) == 4 and shape[1] % 2 == 0 and shape[2] % 2 == 0 and shape[3] % 4 == 0
+
+
+def _check_map(a: np.ndarray, dtype: type[np.generic], what: str) -> None:
+    if a.dtype != dtype or not a.flags.c_contiguous or a.ndim != 4 or a.shape[3] % 4:
+        raise BnnkitError(f"{what}: expected a C-contiguous {np.dtype(dtype)} N x H x W x C array with C % 4 == 0")
+
+
+def maxpool2(x: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The 2x2, stride 2 max-pool of float32 maps (N, H, W, C), H and W even: the pooled maps
+    and each output's winning tap (uint8, 0..3 in row order; ties to the first, NaN wins),
+    ATen's values."""
+    _check_map(x, np.float32, "maxpool2")
+    if not maxpool2_fits(x.shape):
+        raise BnnkitError(f"maxpool2: height and width must be even, not {x.shape[1]} x {x.shape[2]}")
+    n, h, w, c = x.shape
+    out = np.empty((n, h // 2, w // 2, c), np.float32)
+    tap = np.empty(out.shape, np.uint8)
+    library().bnn_maxpool2_forward(x.ctypes.data, out.ctypes.data, tap.ctypes.data, n, h, w, c, threads)
+    return out, tap
+
+
+def maxpool2_backward(grad: np.ndarray, tap: np.ndarray, threads: int = 1) -> np.ndarray:
+    """The input gradient of ``maxpool2``: ``grad`` (N, H/2, W/2, C) at each winning tap, 0 elsewhere."""
+    _check_map(grad, np.float32, "maxpool2_backward")
+    _check_map(tap, np.uint8, "maxpool2_backward")
+    if tap.shape != grad.shape:
+        raise BnnkitError(f"maxpool2_backward: taps {tap.shape} for a gradient {grad.shape}")
+    n, ho, wo, c = grad.shape
+    out = np.empty((n, 2 * ho, 2 * wo, c), np.float32)
+    library().bnn_maxpool2_backward(grad.ctypes.data, tap.ctypes.data, out.ctypes.data, n, 2 * ho, 2 * wo, c, threads)
+    return out
 
 
 # --- the fast backend's op table -------------------------------------------------------

@@ -36,6 +36,7 @@ from bnnkit.progress import progress, write
 from bnnkit.quant import scheduled_quantizers
 from bnnkit.recipe import Recipe
 from bnnkit.training import distributed
+from bnnkit.training.allocator import keep_freed_memory
 from bnnkit.training.batching import augmentation_for, batches, in_memory_format
 from bnnkit.training.checkpoint import load_state, save_state, save_weights
 from bnnkit.training.optim import lr_factor, make_optimizer, set_lr
@@ -285,6 +286,7 @@ def _train(
     net = distributed.wrap(model, device)  # trains through DDP; `model` is evaluated and saved
     threads = choose_threads(options.threads, state.get("threads") if state else None, options.processes)
     use_threads(threads)
+    keep_freed_memory()
     precision = _grad_precision(options.grad_precision, state, device)
     held.enter_context(bf16.gradient_precision(precision))
     latent = latent_weights(model) if recipe.latent_clip > 0 else []

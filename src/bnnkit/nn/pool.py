@@ -1,0 +1,76 @@
+"""The models' 2x2 max-pool: ``nn.MaxPool2d(2)`` whose pass on a CPU runs in bnnkit's host
+kernels (``bnnkit.runtime.fast.maxpool2``) where the map allows it.
+
+ATen's CPU pool keeps an int64 index per output for the backward, which zero-fills the
+input gradient and scatters into it; the host kernel keeps one byte per output and writes
+each input gradient once. The values and gradients are ATen's bit for bit (ties to the
+first tap in row order, NaN wins), so a training run is the same bits either way; ebnn_cnn
+trains about 10% faster per step (docs/performance.md). Anything else (another device or
+dtype, a map that is not channels-last, odd sizes, channels not a multiple of 4, tracing
+and ONNX export, a machine without a C compiler) takes ATen's pool.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from bnnkit.errors import BnnkitError
+from bnnkit.runtime import fast
+
+
+@functools.cache
+def _host_kernels_build() -> bool:
+    try:
+        fast.library()
+    except (BnnkitError, OSError):
+        return False
+    return True
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1)
+
+
+class _HostMaxPool2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        threads = torch.get_num_threads()
+        out, tap = fast.maxpool2(_nhwc(x.detach()).numpy(), threads)
+        ctx.save_for_backward(torch.from_numpy(tap))
+        ctx.threads = threads  # type: ignore[attr-defined]
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (tap,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        g = _nhwc(grad.float()).contiguous()
+        return torch.from_numpy(fast.maxpool2_backward(g.numpy(), tap.numpy(), ctx.threads)).permute(0, 3, 1, 2)  # type: ignore[attr-defined]
+
+
+def _host_pool_takes(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and fast.maxpool2_fits(tuple(_nhwc(x).shape))
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.onnx.is_in_onnx_export()
+        and _host_kernels_build()
+    )
+
+
+class MaxPool2x2(nn.MaxPool2d):
+    """``nn.MaxPool2d(2)``, in the host kernels where the map allows it (module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _HostMaxPool2.apply(x) if _host_pool_takes(x) else super().forward(x)
