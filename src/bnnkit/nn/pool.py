@@ -4,8 +4,8 @@ kernels (``bnnkit.runtime.fast.maxpool2``) where the map allows it.
 ATen's CPU pool keeps an int64 index per output for the backward, which zero-fills the
 input gradient and scatters into it; the host kernel keeps one byte per output and writes
 each input gradient once. The values and gradients are ATen's bit for bit (ties to the
-first tap in row order, NaN wins), so a training run is the same bits either way; ebnn_cnn
-trains about 10% faster per step (docs/performance.md). Anything else (another device or
+first tap in row order, NaN wins), so a training run is the same bits either way; an ebnn_cnn
+step takes about 0.95x the time (docs/performance.md). Anything else (another device or
 dtype, a map that is not channels-last, odd sizes, channels not a multiple of 4, tracing
 and ONNX export, a machine without a C compiler) takes ATen's pool.
 """
