@@ -18,7 +18,7 @@ from helpers.datafiles import cifar_images, write_cifar_bin
 from bnnkit.cli import main
 from bnnkit.errors import BnnkitError
 from bnnkit.recipe import METHODS, TOPOLOGY, TRAINING
-from bnnkit.review import Store, expand, load_grid, preset_names, run_review, summarize, write_report
+from bnnkit.review import Store, expand, load_grid, preset_names, run_review, runner, summarize, write_report
 from bnnkit.review.runner import run_dir
 from bnnkit.training import TrainOptions, read_metrics, train
 
@@ -206,6 +206,18 @@ def test_tiny_grid_runs_in_two_processes_then_skips_finished_runs(tmp_path, caps
     assert [r["label"] for r in report["rows"]][0] == "baseline" and all(r["n"] == 2 for r in report["rows"])
     assert (tmp_path / "plots" / "acc_vs_energy_pj.png").stat().st_size > 0
     assert (tmp_path / "plots" / "delta_by_category.png").stat().st_size > 0
+
+
+def test_runs_go_seed_by_seed_so_a_stopped_review_holds_whole_pairs(tmp_path, monkeypatch):
+    """Entry by entry, a review stopped after k runs would hold the first entries' every seed and
+    nothing of the rest; seed by seed it holds the baseline and every entry with the first seeds."""
+    grid = expand({**TINY, "seeds": [0, 1, 2]})
+    labels = list(dict.fromkeys(s.label for s in grid.runs))
+    assert [s.config.seed for s in grid.runs[:3]] == [0, 1, 2]  # the grid itself lists entry by entry
+    started = []
+    monkeypatch.setattr(runner, "run_local", lambda specs, *args: iter(started.extend(specs) or ()))
+    run_review(grid, tmp_path, progress=False)
+    assert [(s.config.seed, s.label) for s in started] == [(seed, label) for seed in (0, 1, 2) for label in labels]
 
 
 def test_failed_runs_are_recorded_and_retried(tmp_path):

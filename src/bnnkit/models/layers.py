@@ -14,6 +14,7 @@ from torch import nn
 
 from bnnkit.errors import BnnkitError
 from bnnkit.nn import (
+    BatchNorm2d,
     BinaryConv2d,
     BinaryLinear,
     LearnableThreshold,
@@ -135,7 +136,7 @@ class Layers:
 
     def norm(self, channels: int, dims: int = 2) -> list[nn.Module]:
         """BatchNorm of the real-valued path, and the recipe's activation after it."""
-        bn = nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+        bn = BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
         return [bn, *self.activation(channels)]
 
     def activation(self, channels: int) -> list[nn.Module]:
@@ -159,4 +160,4 @@ class Layers:
 
     def feature_norm(self, channels: int) -> list[nn.Module]:
         """A BatchNorm in front of a binary layer's sign, where the recipe asks for one."""
-        return [nn.BatchNorm2d(channels)] if self.recipe.feature_norm else []
+        return [BatchNorm2d(channels)] if self.recipe.feature_norm else []

@@ -9,6 +9,7 @@ from torch import nn
 from bnnkit.errors import BnnkitError
 from bnnkit.models.layers import Layers
 from bnnkit.models.registry import register_model
+from bnnkit.nn import BatchNorm2d
 from bnnkit.recipe import Recipe
 
 
@@ -30,9 +31,9 @@ def _shortcut(layers: Layers, cin: int, cout: int, stride: int) -> nn.Module:
     if stride == 1 and cin == cout:
         return nn.Identity()
     if layers.recipe.downsample == "binary":
-        return nn.Sequential(_binary_conv(layers, cin, cout, 1, stride), nn.BatchNorm2d(cout))
+        return nn.Sequential(_binary_conv(layers, cin, cout, 1, stride), BatchNorm2d(cout))
     pool = [nn.AvgPool2d(stride)] if stride > 1 else []
-    return nn.Sequential(*pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+    return nn.Sequential(*pool, nn.Conv2d(cin, cout, 1, bias=False), BatchNorm2d(cout))
 
 
 class BasicBlock(nn.Module):

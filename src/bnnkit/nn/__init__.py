@@ -2,6 +2,7 @@
 building blocks that repair methods add, and the helpers the trainer applies to them."""
 
 from bnnkit.nn import bf16
+from bnnkit.nn.batchnorm import BatchNorm2d
 from bnnkit.nn.blocks import LearnableThreshold, Prequantized, RPReLU, StandardizedWeights
 from bnnkit.nn.layers import (
     BinaryConv2d,
@@ -17,6 +18,7 @@ from bnnkit.nn.layers import (
 from bnnkit.nn.pool import MaxPool2x2
 
 __all__ = [
+    "BatchNorm2d",
     "BinaryConv2d",
     "BinaryLinear",
     "InputNorm",

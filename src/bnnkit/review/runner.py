@@ -285,7 +285,9 @@ def _run_grid(
     store.add(grid.runs)
     status = store.statuses()
     again = ("pending", "running", "failed") if retry_failed else ("pending", "running")
-    todo = [s for s in grid.runs if status[s.key] in again]
+    # Seed by seed: a review stopped part way (the runs span sittings) then holds whole paired
+    # seeds, every entry and the baseline with the same seed, which the statistics can use.
+    todo = sorted((s for s in grid.runs if status[s.key] in again), key=lambda s: s.config.seed)
     bar = Progress(
         total=len(grid.runs), initial=len(grid.runs) - len(todo), enabled=progress, unit="run", desc="review"
     )

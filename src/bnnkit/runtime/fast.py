@@ -44,7 +44,7 @@ from bnnkit.runtime.c import pack_words
 from bnnkit.runtime.toolchain import FAST_CFLAGS, OPENMP, SANITIZE, host_cc, run_tool
 
 ISAS = ("portable", "avx2", "avx512")  # the C enum bnn_isa, in order
-SOURCES = ("bconv.c", "bconv.h", "maxpool.c")  # the .c files are compiled
+SOURCES = ("bconv.c", "bconv.h", "maxpool.c", "batchnorm.c")  # the .c files are compiled
 INT32_MAX = 2**31 - 1
 
 KERNELS = OpTable("fast")
@@ -116,6 +116,28 @@ def library() -> ctypes.CDLL:
     lib.bnn_popcount_peak.restype = i64
     lib.bnn_maxpool2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
     lib.bnn_maxpool2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
+    lib.bnn_bn_supported.argtypes, lib.bnn_bn_supported.restype = [], ctypes.c_int
+    f64, cint = ctypes.c_double, ctypes.c_int
+    lib.bnn_bn_forward.argtypes = [
+        ptr,
+        i64,
+        i64,
+        cint,
+        cint,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        f64,
+        f64,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+    ]
+    lib.bnn_bn_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, cint, cint, ptr, ptr, ptr, ptr, ptr, ptr]
     return lib
 
 
@@ -375,6 +397,74 @@ def maxpool2_backward(grad: np.ndarray, tap: np.ndarray, threads: int = 1) -> np
     out = np.empty((n, 2 * ho, 2 * wo, c), np.float32)
     library().bnn_maxpool2_backward(grad.ctypes.data, tap.ctypes.data, out.ctypes.data, n, 2 * ho, 2 * wo, c, threads)
     return out
+
+
+def batchnorm_fits(rows: int, channels: int, chunks: int) -> bool:
+    """Whether the BatchNorm kernels take a (rows, channels) map split into ``chunks``: channels a
+    multiple of 8, more rows than chunks (ATen sums fewer otherwise), a CPU with AVX2 and FMA."""
+    return channels % 8 == 0 and rows > max(chunks, 1) and bool(library().bnn_bn_supported())
+
+
+def _check_rows(a: np.ndarray, shape: tuple[int, ...], what: str) -> None:
+    if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != shape:
+        raise BnnkitError(f"{what}: expected a C-contiguous float32 array of shape {shape}, got {a.dtype} {a.shape}")
+
+
+def batchnorm_forward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    running: tuple[np.ndarray, np.ndarray] | None,
+    momentum: float,
+    eps: float,
+    chunks: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BatchNorm's training forward of ``x`` (rows, channels), ATen's bits for ``chunks`` of its
+    threads (``batchnorm_fits``): the output, the batch mean and 1 / sqrt(var + eps) per channel.
+    ``running`` (mean, var) move towards the batch's statistics in place."""
+    rows, c = x.shape
+    _check_rows(x, (rows, c), "batchnorm_forward")
+    for a in (weight, bias, *(running or ())):
+        _check_rows(a, (c,), "batchnorm_forward")
+    if not batchnorm_fits(rows, c, chunks):
+        raise BnnkitError(f"batchnorm_forward: cannot take {rows} x {c} in {chunks} chunks")
+    y = np.empty_like(x)
+    mean, invstd, alpha, beta = (np.empty(c, np.float32) for _ in range(4))
+    partial = np.empty((chunks, c), np.float32)
+    rm, rv = running or (None, None)
+    library().bnn_bn_forward(
+        *(x.ctypes.data, rows, c, chunks, chunks, partial.ctypes.data, weight.ctypes.data, bias.ctypes.data),
+        *(_address(rm), _address(rv), momentum, eps, mean.ctypes.data, invstd.ctypes.data, alpha.ctypes.data),
+        *(beta.ctypes.data, y.ctypes.data),
+    )
+    return y, mean, invstd
+
+
+def batchnorm_backward(
+    x: np.ndarray,
+    grad: np.ndarray,
+    mean: np.ndarray,
+    invstd: np.ndarray,
+    weight: np.ndarray,
+    chunks: int,
+    input_grad: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """The gradients of ``batchnorm_forward`` for the output gradient ``grad``: of x (None without
+    ``input_grad``), of the weight and of the bias, ATen's bits."""
+    rows, c = x.shape
+    for a, shape in ((x, (rows, c)), (grad, (rows, c)), (mean, (c,)), (invstd, (c,)), (weight, (c,))):
+        _check_rows(a, shape, "batchnorm_backward")
+    if not batchnorm_fits(rows, c, chunks):
+        raise BnnkitError(f"batchnorm_backward: cannot take {rows} x {c} in {chunks} chunks")
+    dx = np.empty_like(x) if input_grad else None
+    grad_bias, dotp, scale, grad_mean = (np.empty(c, np.float32) for _ in range(4))
+    partial = np.empty((2, chunks, c), np.float32)
+    library().bnn_bn_backward(
+        *(x.ctypes.data, grad.ctypes.data, mean.ctypes.data, invstd.ctypes.data, weight.ctypes.data, rows, c),
+        *(chunks, chunks, partial.ctypes.data, grad_bias.ctypes.data, dotp.ctypes.data, scale.ctypes.data),
+        *(grad_mean.ctypes.data, _address(dx)),
+    )
+    return dx, dotp * invstd, grad_bias
 
 
 # --- the fast backend's op table -------------------------------------------------------

@@ -1,0 +1,141 @@
+"""The models' BatchNorm: ``nn.BatchNorm2d`` whose training pass on a CPU runs in bnnkit's host
+kernels (``bnnkit.runtime.fast.batchnorm_forward``/``_backward``) where the map allows it.
+
+ATen's channels-last BatchNorm keeps each channel's running sums in a buffer that it loads and
+stores every row, and makes three passes over the map forward and three backward; the host
+kernels keep the sums in registers and make two. The outputs, batch statistics, running
+statistics and gradients are ATen's bit for bit: the same sums in the same order (ATen's split
+of the rows between its threads included), the multiply-adds fused where ATen's build fuses
+them. A training run is therefore the same bits either way, and BatchNorm's share of a
+ResNet-20 step falls by about half (docs/performance.md).
+
+That equality rests on how PyTorch's kernels were compiled, so the first use at each thread
+count compares both on a small map and keeps ATen's if a single bit differs. Anything else
+(evaluation, another device or dtype, a map that is not channels-last, channels not a multiple
+of 8, no affine parameters, tracing and ONNX export, a CPU without AVX2 and FMA, no C compiler)
+takes ATen's BatchNorm.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from bnnkit.errors import BnnkitError
+from bnnkit.runtime import fast
+
+
+def _rows(x: torch.Tensor) -> np.ndarray:
+    """A channels-last map (N, C, H, W) as the (N·H·W, C) array the kernels read, no copy."""
+    return x.detach().permute(0, 2, 3, 1).reshape(-1, x.shape[1]).numpy()
+
+
+def _as_map(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = like.shape
+    return torch.from_numpy(rows).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+class _HostBatchNorm(torch.autograd.Function):
+    # ctx is Any: the saved chunks and eps are attributes FunctionCtx does not declare
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
+        chunks = torch.get_num_threads()
+        running = None if running_mean is None else (running_mean.numpy(), running_var.numpy())
+        params = (weight.detach().numpy(), bias.detach().numpy())
+        y, mean, invstd = fast.batchnorm_forward(_rows(x), *params, running, momentum, eps, chunks)
+        ctx.save_for_backward(x, weight, torch.from_numpy(mean), torch.from_numpy(invstd))
+        ctx.chunks, ctx.eps = chunks, eps
+        return _as_map(y, x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor):
+        x, weight, mean, invstd = ctx.saved_tensors
+        wants_dx = ctx.needs_input_grad[0]
+        if not (_channels_last(grad) and grad.dtype == torch.float32):
+            # what autograd would have called: ATen's backward takes every layout
+            mask = list(ctx.needs_input_grad[:3])
+            grads = torch.ops.aten.native_batch_norm_backward(
+                grad, x, weight, None, None, mean, invstd, True, ctx.eps, mask
+            )
+            return *grads, None, None, None, None
+        saved = (mean.numpy(), invstd.numpy(), weight.detach().numpy())
+        dx, dw, db = fast.batchnorm_backward(_rows(x), _rows(grad), *saved, ctx.chunks, wants_dx)
+        return (
+            None if dx is None else _as_map(dx, x),
+            torch.from_numpy(dw),
+            torch.from_numpy(db),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Channels-last and not also contiguous, as ATen decides which kernel a map takes."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+@functools.cache
+def _matches_aten(chunks: int) -> bool:
+    """Whether the host kernels give ATen's bits here, on a small map, while ATen runs ``chunks``
+    threads (``torch.get_num_threads()``, which this cache is keyed on; module docstring)."""
+    try:
+        if not fast.batchnorm_fits(2 * 3 * 5, 16, chunks):
+            return False
+    except (BnnkitError, OSError):  # no C compiler, or a library that does not load
+        return False
+    gen = torch.Generator().manual_seed(0)
+    x, g = (
+        (torch.randn(2, 16, 3, 5, generator=gen) * 3 + 1).contiguous(memory_format=torch.channels_last) for _ in "xg"
+    )
+    w, b, mean_before = (torch.randn(16, generator=gen) for _ in "wbm")
+    running = (mean_before, torch.rand(16, generator=gen) + 0.5)
+    theirs, mine = [r.clone() for r in running], [r.clone().numpy() for r in running]
+    y, mean, invstd = torch.ops.aten.native_batch_norm(x, w, b, *theirs, True, 0.1, 1e-5)
+    grads = torch.ops.aten.native_batch_norm_backward(g, x, w, None, None, mean, invstd, True, 1e-5, [True] * 3)
+    host = fast.batchnorm_forward(_rows(x), w.numpy(), b.numpy(), (mine[0], mine[1]), 0.1, 1e-5, chunks)
+    dx, dw, db = fast.batchnorm_backward(_rows(x), _rows(g), host[1], host[2], w.numpy(), chunks)
+    expected = [_rows(y), mean.numpy(), invstd.numpy(), _rows(grads[0]), grads[1].numpy(), grads[2].numpy()]
+    expected += [r.numpy() for r in theirs]
+    return dx is not None and all(
+        np.array_equal(a, b) for a, b in zip(expected, [*host, dx, dw, db, *mine], strict=True)
+    )
+
+
+def _host_takes(bn: nn.BatchNorm2d, x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and _channels_last(x)
+        and bn.affine
+        and (bn.running_mean is None or bn.running_mean.dtype == torch.float32)
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.onnx.is_in_onnx_export()
+        and not torch.compiler.is_compiling()
+        and _matches_aten(torch.get_num_threads())
+        and fast.batchnorm_fits(x.numel() // x.shape[1], x.shape[1], torch.get_num_threads())
+    )
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d``, its training pass in the host kernels where the map allows it (module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Evaluation, and training without running statistics kept, read torch's own forward.
+        if not (self.training and self.track_running_stats) or not _host_takes(self, x):
+            return super().forward(x)
+        self._check_input_dim(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.num_batches_tracked is not None:  # nn.BatchNorm2d's bookkeeping, as its forward does it
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return _HostBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
