@@ -19,8 +19,9 @@ the benchmark starts (and kills at the end), and bnnkit with its default thread 
 against 1 thread beside them.
 
 ``--floor`` times single training steps instead (CPU time, 1 thread): bnnkit's, the
-reference's, and the float32 convolution backward on bnnkit's shapes alone, the part of a
-step that PyTorch's kernels fix.
+reference's, the float32 convolution backward on bnnkit's shapes alone (the part of a
+step that PyTorch's kernels fix), and bnnkit's step with ATen's BatchNorm in place of the
+host kernels' (``bnnkit.nn.batchnorm``), alternately.
 
 ``--profile MODEL`` instead breaks one epoch of ``bnnkit train`` (60,000 images, the 10,000
 test images, 1 thread) down by where its time goes, under ``torch.profiler`` with named
@@ -87,6 +88,23 @@ def bnnkit_precision(fp32: bool):
             yield
     finally:
         bf16.enabled = before
+
+
+@contextmanager
+def atens_batchnorm():
+    """bnnkit's step with ATen's BatchNorm instead of the host kernels' (``bnnkit.nn.batchnorm``;
+    the same bits, so only the time differs)."""
+    try:
+        from bnnkit.nn import batchnorm
+    except ImportError:  # an older bnnkit: ATen's already
+        yield
+        return
+    takes = batchnorm._host_takes
+    batchnorm._host_takes = lambda bn, x: False
+    try:
+        yield
+    finally:
+        batchnorm._host_takes = takes
 
 
 def run_bnnkit(model: str, limit: int, threads: int | None, fp32: bool = False) -> tuple[float, float]:
@@ -269,9 +287,10 @@ def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
 def floor(model: str, steps: int, rounds: int) -> dict:
     """CPU milliseconds per training step (one batch of 128, 1 thread), alternately: bnnkit's
     step (forward, loss, backward, optimiser, latent clipping), the reference's step, the
-    same bnnkit step all in float32 (``bnnkit_precision``), and the float32
-    convolution backward alone (``aten.convolution_backward`` on bnnkit's own shapes,
-    layout and gradient mask): work that no change around the kernels removes."""
+    same bnnkit step all in float32 (``bnnkit_precision``), the float32 convolution backward
+    alone (``aten.convolution_backward`` on bnnkit's own shapes, layout and gradient mask:
+    work that no change around the kernels removes), and bnnkit's step with ATen's
+    BatchNorm (``atens_batchnorm``)."""
     from bnnkit.nn import clip_weights_, latent_weights
     from bnnkit.training.batching import in_memory_format, to_unit_float
     from bnnkit.training.loop import memory_format
@@ -336,19 +355,26 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         with bnnkit_precision(True):
             float_step()
 
-    steppers = (bnnkit_step, reference_step, conv_backward, bnnkit_fp32_step)
+    def aten_batchnorm_step():
+        with atens_batchnorm():
+            bnnkit_step()
+
+    steppers = (bnnkit_step, reference_step, conv_backward, bnnkit_fp32_step, aten_batchnorm_step)
     for step in steppers:
         step()  # first calls: oneDNN's kernel choice, the allocator
     times = [tuple(cpu_ms(step) for step in steppers) for _ in range(rounds)]
-    b, r, c, f = (statistics.median(column) for column in zip(*times, strict=True))
+    b, r, c, f, a = (statistics.median(column) for column in zip(*times, strict=True))
     return {
         "bnnkit_ms": b,
         "reference_ms": r,
         "conv_backward_ms": c,
         "bnnkit_all_fp32_ms": f,
+        "aten_batchnorm_ms": a,
         "ratio": b / r,
         "conv_backward_ratio": c / r,
         "all_fp32_ratio": f / r,
+        # the same steps alternated, so this ratio holds on a busy machine where the others drift
+        "host_over_aten_batchnorm": statistics.median(t[0] / t[4] for t in times),
     }
 
 
@@ -492,20 +518,23 @@ def main() -> None:
         parser.error(f"unknown model(s) {', '.join(unknown)}")
     limits = {m: max(6 * BATCH, round(LIMITS[m] * args.scale)) for m in models}
     if args.floor:
-        print(
-            f"CPU ms per step, batch {BATCH}, 1 thread, median of {args.rounds} rounds; load {os.getloadavg()[0]:.2f}"
-        )
+        load = os.getloadavg()[0]
+        floors = {m: floor(m, steps=10, rounds=args.rounds) for m in models}
+        if args.json:
+            print(json.dumps({"load_before": load, "rounds": args.rounds, "batch": BATCH, "models": floors}))
+            return
+        print(f"CPU ms per step, batch {BATCH}, 1 thread, median of {args.rounds} rounds; load {load:.2f}")
         print(
             "| model | bnnkit step | reference step | ratio | all float32: step | ratio "
-            "| conv backward alone | ÷ reference |"
+            "| conv backward alone | ÷ reference | ATen's BatchNorm: step | bnnkit ÷ that |"
         )
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for m in models:
-            f = floor(m, steps=10, rounds=args.rounds)
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for m, f in floors.items():
             print(
                 f"| {m} | {f['bnnkit_ms']:.1f} | {f['reference_ms']:.1f} | {f['ratio']:.2f} | "
                 f"{f['bnnkit_all_fp32_ms']:.1f} | {f['all_fp32_ratio']:.2f} | "
-                f"{f['conv_backward_ms']:.1f} | {f['conv_backward_ratio']:.2f} |"
+                f"{f['conv_backward_ms']:.1f} | {f['conv_backward_ratio']:.2f} | "
+                f"{f['aten_batchnorm_ms']:.1f} | {f['host_over_aten_batchnorm']:.2f} |"
             )
         return
 
