@@ -13,7 +13,15 @@ from bnnkit.analysis.agreement import compare
 from bnnkit.errors import BnnkitError
 from bnnkit.export import export_model
 from bnnkit.models import create_model, model_features, model_names
-from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableThreshold, Prequantized, RPReLU, StandardizedWeights
+from bnnkit.nn import (
+    BatchNorm2d,
+    BinaryConv2d,
+    BinaryLinear,
+    LearnableThreshold,
+    Prequantized,
+    RPReLU,
+    StandardizedWeights,
+)
 from bnnkit.quant import MultiBaseActivations, MultiBaseWeights, Quantizer, get_quantizer
 from bnnkit.recipe import BASELINE, METHODS, apply_methods
 
@@ -147,7 +155,7 @@ def check_fp_downsample() -> None:
         b.shortcut for b in changed.modules() if hasattr(b, "shortcut") and isinstance(b.shortcut, nn.Sequential)
     ]
     assert len(shortcuts) == 2
-    assert all([type(m) for m in s] == [nn.AvgPool2d, nn.Conv2d, nn.BatchNorm2d] for s in shortcuts)
+    assert all([type(m) for m in s] == [nn.AvgPool2d, nn.Conv2d, BatchNorm2d] for s in shortcuts)
     assert len(binary(base)) - len(binary(changed)) == 2
     assert not torch.allclose(output(base, "resnet20"), output(changed, "resnet20"))
 

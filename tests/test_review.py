@@ -523,7 +523,9 @@ def test_paired_runs_share_batches_and_initial_weights_and_never_train_on_valida
     result = run_review(grid, tmp_path, progress=False)
     assert result["done"] == 4, result
     assert [s.label for s in grid.runs] == ["baseline", "baseline", "rsign", "rsign"] and len(seen) == 4
-    base0, base1, rsign0, rsign1 = seen
+    assert [s["seed"] for s in seen] == [0, 0, 1, 1]  # run seed by seed, the baseline first
+    base0, rsign0, base1, rsign1 = seen
+    assert len(rsign0["init"]) > len(base0["init"]) and len(rsign1["init"]) > len(base1["init"])  # RSign's thresholds
     assert torch_equal(base0["first_batch"], rsign0["first_batch"]) and torch_equal(
         base1["first_batch"], rsign1["first_batch"]
     )
