@@ -399,10 +399,15 @@ def maxpool2_backward(grad: np.ndarray, tap: np.ndarray, threads: int = 1) -> np
     return out
 
 
+@functools.cache
+def _batchnorm_supported() -> bool:
+    return bool(library().bnn_bn_supported())
+
+
 def batchnorm_fits(rows: int, channels: int, chunks: int) -> bool:
     """Whether the BatchNorm kernels take a (rows, channels) map split into ``chunks``: channels a
     multiple of 8, more rows than chunks (ATen sums fewer otherwise), a CPU with AVX2 and FMA."""
-    return channels % 8 == 0 and rows > max(chunks, 1) and bool(library().bnn_bn_supported())
+    return channels % 8 == 0 and rows > max(chunks, 1) and _batchnorm_supported()
 
 
 def _check_rows(a: np.ndarray, shape: tuple[int, ...], what: str) -> None:
