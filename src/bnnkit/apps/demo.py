@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bnnkit.analysis.agreement import compare
 from bnnkit.data import load_dataset
@@ -17,6 +16,7 @@ from bnnkit.export import export_run
 from bnnkit.recipe import load_recipe
 from bnnkit.runtime.registry import RUNTIMES
 from bnnkit.training import RunConfig, TrainOptions, train
+from bnnkit.training.loop import predict_labels
 
 # Measured on 2 CPU cores (see README): these finish well inside 10 minutes. The embedded
 # recipe binarizes the first and last layers too, so the whole network exports exactly.
@@ -81,7 +81,7 @@ def run_demo(
         mcu_run = pool.submit(_cortex_m4, graph, x, reference, test.y[sub])
         check = compare(model, graph, x)
         # compare ran the module on the subset already: only the rest of the test set is left
-        module_labels = np.concatenate([check["module_labels"], _module_labels(model, test.x[len(x) :])])
+        module_labels = np.concatenate([check["module_labels"], predict_labels(model, test.part(slice(len(x), None)))])
         c, mcu = c_run.result(), mcu_run.result()
     result = {
         "dataset": dataset,
@@ -102,14 +102,6 @@ def run_demo(
     }
     result["message"] = _message(result, config.model, dataset)
     return result
-
-
-def _module_labels(model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """The trained module's top-1 labels on uint8 images ``x`` (none for no images)."""
-    model.eval()
-    with torch.inference_mode():
-        batches = (torch.from_numpy(x[i : i + batch_size]).float().div_(255) for i in range(0, len(x), batch_size))
-        return np.concatenate([np.empty(0, np.int64), *(model(b).argmax(1).numpy() for b in batches)])
 
 
 def _same(flag: bool) -> str:

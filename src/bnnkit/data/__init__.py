@@ -45,6 +45,10 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.y)
 
+    def part(self, items: slice) -> ArrayDataset:
+        """The images and labels ``items`` (views: no copy)."""
+        return ArrayDataset(self.x[items], self.y[items], self.info)
+
 
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info

@@ -36,7 +36,7 @@ from bnnkit.nn import BinaryConv2d, BinaryLinear, InputNorm, IntegerPixels, Preq
 from bnnkit.quant.multibit import Identity
 from bnnkit.recipe import BASELINE, Recipe
 from bnnkit.runtime import numpy_ref
-from bnnkit.training.loop import full_precision_recipe
+from bnnkit.training.loop import full_precision_recipe, predict_labels
 from bnnkit.training.run import RunConfig, load_run
 
 MAX_CALIBRATION = 60_000
@@ -284,10 +284,9 @@ def quantize_and_check(
     if not check:
         return {**result, "n": 0}
     test = load_dataset(config.dataset, "test", data_dir or config.data_dir)
-    x, y = test.x[:check], test.y[:check]
-    with torch.no_grad():
-        fp = np.concatenate([model(torch.from_numpy(x[i : i + 500]).float() / 255).argmax(1).numpy()
-                             for i in range(0, len(x), 500)])  # fmt: skip
+    checked = test.part(slice(0, check))
+    x, y = checked.x, checked.y
+    fp = predict_labels(model, checked)
     _, labels = numpy_ref.predict(graph, x)
     return {
         **result,

