@@ -39,6 +39,18 @@ def test_curves_tick_whole_epochs(epochs):
     plots.pyplot().close(fig)
 
 
+def test_curves_draw_validation_and_a_test_point_read_once():
+    history = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.5, "val_loss": 1.1 / e, "val_acc": 0.45} for e in (1, 2, 3)]
+    history[-1] |= {"test_loss": 0.5, "test_acc": 0.44}
+    fig = plots.curves_figure(history)
+    ax_loss, ax_acc = fig.axes
+    lines = {line.get_label(): line for line in ax_acc.get_lines()}
+    assert sorted(lines) == ["test", "train", "validation"]
+    assert list(lines["test"].get_xdata()) == [3] and list(lines["test"].get_ydata()) == [44.0]
+    assert list(lines["validation"].get_ydata()) == [45.0, 45.0, 45.0]
+    plots.pyplot().close(fig)
+
+
 def boxes(fig, texts):
     """The boxes of the words alone (an annotation's own extent includes its leader line)."""
     from matplotlib.text import Text

@@ -90,6 +90,26 @@ def test_the_gradient_precisions_train_different_bits_and_unknown_ones_are_refus
         TrainOptions(grad_precision="fp16")
 
 
+def test_with_a_validation_split_the_test_set_is_read_once_and_the_run_is_the_same_bits(tmp_path, monkeypatch):
+    from bnnkit.training import loop
+
+    options = TrainOptions(progress=False, validation=300)
+    once = train(digits_config(epochs=3), tmp_path / "once", options)
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_tests_after", lambda epoch, epochs, validated: True)
+        every = train(digits_config(epochs=3), tmp_path / "every", options)
+    tested = [[k for k in ("val_acc", "test_acc") if k in r] for r in read_metrics(tmp_path / "once")]
+    assert tested == [["val_acc"], ["val_acc"], ["val_acc", "test_acc"]]
+    assert all("test_acc" in r for r in read_metrics(tmp_path / "every"))
+    a, b = (safetensors.torch.load_file(tmp_path / d / "model.safetensors") for d in ("once", "every"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert once["test_acc"] == every["test_acc"] == once["best_test_acc"]
+    assert every["best_test_acc"] >= every["test_acc"]
+    # and without a split, every epoch's test accuracy as before
+    plain = [r for r in read_metrics(train(digits_config(epochs=2), tmp_path / "plain", QUIET)["out"])]
+    assert all("test_acc" in r and "val_acc" not in r for r in plain)
+
+
 def test_resume_drops_metrics_beyond_the_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     with monkeypatch.context() as m:

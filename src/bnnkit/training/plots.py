@@ -25,14 +25,19 @@ def pyplot():
 
 
 def curves_figure(history: list[dict], title: str = ""):
-    """Loss and accuracy per epoch, train and test."""
+    """Loss and accuracy per epoch: train, validation where held out, and test at the epochs
+    it was read (every epoch, or with a validation split the last one only)."""
     from matplotlib.ticker import MaxNLocator
 
     epochs = [m["epoch"] for m in history]
     fig, (ax_loss, ax_acc) = pyplot().subplots(1, 2, figsize=(10, 4))
-    for split, style in (("train", "-"), ("test", "--")):
-        ax_loss.plot(epochs, [m[f"{split}_loss"] for m in history], style, marker="o", label=split)
-        ax_acc.plot(epochs, [100 * m[f"{split}_acc"] for m in history], style, marker="o", label=split)
+    for split, style in (("train", "-"), ("val", ":"), ("test", "--")):
+        points = [m for m in history if f"{split}_acc" in m]
+        if points:
+            label = {"val": "validation"}.get(split, split)
+            at = [m["epoch"] for m in points]
+            ax_loss.plot(at, [m[f"{split}_loss"] for m in points], style, marker="o", label=label)
+            ax_acc.plot(at, [100 * m[f"{split}_acc"] for m in points], style, marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy (nats per image)", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
