@@ -40,7 +40,9 @@ def test_curves_tick_whole_epochs(epochs):
 
 
 def test_curves_draw_validation_and_a_test_point_read_once():
-    history = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.5, "val_loss": 1.1 / e, "val_acc": 0.45} for e in (1, 2, 3)]
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "train_acc": 0.5, "val_loss": 1.1 / e, "val_acc": 0.45} for e in (1, 2, 3)
+    ]
     history[-1] |= {"test_loss": 0.5, "test_acc": 0.44}
     fig = plots.curves_figure(history)
     ax_loss, ax_acc = fig.axes

@@ -106,7 +106,7 @@ def test_with_a_validation_split_the_test_set_is_read_once_and_the_run_is_the_sa
     assert once["test_acc"] == every["test_acc"] == once["best_test_acc"]
     assert every["best_test_acc"] >= every["test_acc"]
     # and without a split, every epoch's test accuracy as before
-    plain = [r for r in read_metrics(train(digits_config(epochs=2), tmp_path / "plain", QUIET)["out"])]
+    plain = read_metrics(train(digits_config(epochs=2), tmp_path / "plain", QUIET)["out"])
     assert all("test_acc" in r and "val_acc" not in r for r in plain)
 
 
