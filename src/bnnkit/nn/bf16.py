@@ -22,6 +22,11 @@ The gradients are a separate choice, made per training run (``gradient_precision
   float32. On a CPU with AVX512-BF16 the convolutions' backward, the larger half of a
   training step, takes about 0.6× float32's time. Layers whose forward is not exact in
   bfloat16 (more than 512 products) keep a float32 forward and still take this backward.
+
+Before such a convolution the clipped straight-through sign (``clipped_sign_for_conv``) runs in
+the host kernels, straight to bfloat16 and back: one pass each way over the map instead of
+PyTorch's four forward (sign, +0.5, sign, cast) and two backward (widen, hardtanh's backward),
+with the same bits. A ResNet-20 step takes about 0.95x the time (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -30,11 +35,19 @@ import contextlib
 import functools
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from bnnkit.errors import BnnkitError
+from bnnkit.quant.sign import clipped_gradient, open_bounds
+from bnnkit.runtime import fast
 
 # Off: every binary convolution and linear layer runs in float32 (benchmarks/train_speed.py compares both).
 enabled = True
+# Off: the clipped sign before a bfloat16 convolution runs as PyTorch ops (the same bits; for tests and benchmarks).
+fused_sign = True
 # The binary layers' gradients (module docstring); training sets it for a run with gradient_precision().
 gradients = "float32"
 GRADIENT_PRECISIONS = ("float32", "bfloat16")
@@ -85,7 +98,8 @@ def _fast_here(x: torch.Tensor, w: torch.Tensor) -> bool:
     return (
         enabled
         and x.device.type == "cpu"
-        and x.dtype == w.dtype == torch.float32
+        and w.dtype == torch.float32
+        and x.dtype in (torch.float32, torch.bfloat16)  # bfloat16: signs from clipped_sign_for_conv
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # a compiled graph runs elsewhere: float32, as written
         and cpu_has_fast_bf16()
@@ -120,14 +134,16 @@ def _operands(ctx, x: torch.Tensor, w: torch.Tensor, exact: bool, coarse: bool) 
     """The operands of the forward, cast to bfloat16 once where the forward or the backward takes
     them so; saves what the backward reads (±1 operands are exact in bfloat16: the coarse backward
     keeps them at half the memory)."""
-    ctx.coarse = coarse
+    ctx.coarse, ctx.input_dtype = coarse, x.dtype
     cast = (x.bfloat16(), w.bfloat16()) if exact or coarse else (x, w)
     ctx.save_for_backward(*(cast if coarse else (x, w)))
     return cast
 
 
-def _widened(*grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    return tuple(None if g is None else g.float() for g in grads)
+def _widened(ctx, grad_x: torch.Tensor | None, grad_w: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The gradients in the operands' types: float32, or bfloat16 for signs that
+    ``clipped_sign_for_conv`` made, whose backward widens them in the same pass as its mask."""
+    return (None if grad_x is None else grad_x.to(ctx.input_dtype), None if grad_w is None else grad_w.float())
 
 
 class _Bf16Conv(torch.autograd.Function):
@@ -157,7 +173,7 @@ class _Bf16Conv(torch.autograd.Function):
             groups,
             mask,
         )
-        return *_widened(grad_x, grad_w), None, None, None, None, None, None
+        return *_widened(ctx, grad_x, grad_w), None, None, None, None, None, None
 
 
 def _linear_forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -178,7 +194,63 @@ class _Bf16Linear(torch.autograd.Function):
         grad = grad.bfloat16() if ctx.coarse else grad
         grad_x = grad.mm(w) if ctx.needs_input_grad[0] else None
         grad_w = grad.t().mm(x) if ctx.needs_input_grad[1] else None
-        return *_widened(grad_x, grad_w), None, None
+        return *_widened(ctx, grad_x, grad_w), None, None
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    """The memory of a dense tensor (any dimension order) as one flat array, with no copy."""
+    return t.as_strided((t.numel(),), (1,)).numpy()
+
+
+def _dense(x: torch.Tensor) -> bool:
+    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+
+class _ClippedSignBf16(torch.autograd.Function):
+    """``clipped_sign(x, clip_value).bfloat16()`` and its backward, one pass each (host kernels)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, clip_value: float) -> torch.Tensor:
+        ctx.clip_value, ctx.bounds = clip_value, open_bounds(clip_value, torch.float32)
+        ctx.save_for_backward(x)
+        out = torch.empty_like(x, dtype=torch.bfloat16)  # x's strides: the two memories align
+        fast.sign_bf16(_flat(x.detach()), _flat(out.view(torch.int16)).view(np.uint16), torch.get_num_threads())
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        if grad.stride() != x.stride() or not _dense(grad):
+            # PyTorch's ops, whose output layout (which the layers before read, and sum in that
+            # order) follows both operands' strides: the kernel's would always be x's.
+            return clipped_gradient(grad.float(), x, ctx.clip_value), None
+        out = torch.empty_like(x)
+        bits = _flat(grad.view(torch.int16)).view(np.uint16)
+        low, high = ctx.bounds
+        fast.clipped_grad_bf16(bits, _flat(x.detach()), low, high, _flat(out), torch.get_num_threads())
+        return out, None
+
+
+@functools.cache
+def _host_kernels_build() -> bool:
+    try:
+        fast.library()
+    except (BnnkitError, OSError):
+        return False
+    return True
+
+
+def clipped_sign_for_conv(x: torch.Tensor, clip_value: float, w: torch.Tensor) -> torch.Tensor | None:
+    """The clipped straight-through sign of ``x`` (``bnnkit.quant.sign.clipped_sign``) already in
+    bfloat16, where a binary convolution with the ±1 kernel ``w`` takes bfloat16 operands and
+    gradients anyway (``coarse_gradients``); None elsewhere. The sign, the casts and the mask
+    then cost one pass over the map each way instead of four forward and two backward: the same
+    values and gradients, bit for bit."""
+    fits = fused_sign and x.dim() == 4 and _dense(x) and not torch.jit.is_tracing()
+    if not (fits and x.dtype == torch.float32 and usable(x, w) and coarse_gradients(x, w) and _host_kernels_build()):
+        return None
+    return _ClippedSignBf16.apply(x, clip_value)
 
 
 def _pair(v) -> list[int]:

@@ -18,6 +18,7 @@ from torch import nn
 from bnnkit.errors import BnnkitError
 from bnnkit.nn import bf16
 from bnnkit.quant import Quantizer, QuantizerSpec, get_quantizer
+from bnnkit.quant.sign import ClippedSteSign
 from bnnkit.recipe.core import ACTIVATION_SCALES, PAD_VALUES, WEIGHT_SCALES
 
 
@@ -89,10 +90,12 @@ class _BinaryMixin:
         return self.binarize_weights and getattr(iq, "signs", False) and getattr(kq, "signs", False)
 
     def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xq = x if self.input_quantizer is None else self.input_quantizer(x)
         kernel = self.kernel_quantizer if self.binarize_weights else None
         wq = self.weight if kernel is None else kernel(self.weight)
-        return xq, wq
+        return self._quantized_input(x, wq), wq
+
+    def _quantized_input(self, x: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
+        return x if self.input_quantizer is None else self.input_quantizer(x)
 
     def _input_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         """XNOR-Net's ``K`` for ``x``, shaped to multiply the output."""
@@ -203,6 +206,14 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         conv = bf16.binary_conv2d if self._signs_only() else F.conv2d
         out = conv(xq, wq, None, self.stride, (ph, pw), self.dilation, self.groups)
         return self._scaled_plus_bias(self._input_scaled(out, x))
+
+    def _quantized_input(self, x: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
+        iq = self.input_quantizer
+        if type(iq) is ClippedSteSign and self._signs_only():
+            fused = bf16.clipped_sign_for_conv(x, iq.clip_value, wq)
+            if fused is not None:
+                return fused
+        return super()._quantized_input(x, wq)
 
     def _input_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         # Padded positions count as zeros, as in XNOR-Net's convolution with a k×k box.

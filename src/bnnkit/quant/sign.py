@@ -35,7 +35,7 @@ def clipped_derivative(x: torch.Tensor, clip_value: float = 1.0) -> torch.Tensor
 
 
 @functools.cache
-def _open_bounds(clip_value: float, dtype: torch.dtype) -> tuple[float, float]:
+def open_bounds(clip_value: float, dtype: torch.dtype) -> tuple[float, float]:
     """The values of ``dtype`` just outside ``[-clip, clip]`` (clip rounded to ``dtype``, as
     a comparison with a Python number rounds it): hardtanh's backward passes the gradient
     strictly inside its bounds, so with these it passes exactly where ``|x| ≤ clip``."""
@@ -48,7 +48,7 @@ def clipped_gradient(grad: torch.Tensor, x: torch.Tensor, clip_value: float = 1.
     """``grad · clipped_derivative(x, clip_value)`` in one elementwise kernel."""
     if not x.dtype.is_floating_point or x.dtype != grad.dtype:
         return grad * clipped_derivative(x, clip_value)
-    low, high = _open_bounds(float(clip_value), x.dtype)
+    low, high = open_bounds(float(clip_value), x.dtype)
     return torch.ops.aten.hardtanh_backward(grad, x, low, high)
 
 

@@ -44,7 +44,7 @@ from bnnkit.runtime.c import pack_words
 from bnnkit.runtime.toolchain import FAST_CFLAGS, OPENMP, SANITIZE, host_cc, run_tool
 
 ISAS = ("portable", "avx2", "avx512")  # the C enum bnn_isa, in order
-SOURCES = ("bconv.c", "bconv.h", "maxpool.c", "batchnorm.c")  # the .c files are compiled
+SOURCES = ("bconv.c", "bconv.h", "maxpool.c", "batchnorm.c", "sign.c")  # the .c files are compiled
 INT32_MAX = 2**31 - 1
 
 KERNELS = OpTable("fast")
@@ -117,6 +117,8 @@ def library() -> ctypes.CDLL:
     lib.bnn_maxpool2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
     lib.bnn_maxpool2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
     lib.bnn_bn_supported.argtypes, lib.bnn_bn_supported.restype = [], ctypes.c_int
+    lib.bnn_sign_bf16.argtypes = [ptr, ptr, i64, ctypes.c_int]
+    lib.bnn_clipped_grad_bf16.argtypes = [ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, i64, ctypes.c_int]
     f64, cint = ctypes.c_double, ctypes.c_int
     lib.bnn_bn_forward.argtypes = [
         ptr,
@@ -396,6 +398,35 @@ def maxpool2_backward(grad: np.ndarray, tap: np.ndarray, threads: int = 1) -> np
     n, ho, wo, c = grad.shape
     out = np.empty((n, 2 * ho, 2 * wo, c), np.float32)
     library().bnn_maxpool2_backward(grad.ctypes.data, tap.ctypes.data, out.ctypes.data, n, 2 * ho, 2 * wo, c, threads)
+    return out
+
+
+def _check_flat(a: np.ndarray, dtype: type, n: int, what: str) -> None:
+    if a.dtype != dtype or a.ndim != 1 or not a.flags.c_contiguous or len(a) != n:
+        raise BnnkitError(f"{what}: expected a contiguous 1-D {np.dtype(dtype)} array of {n}, got {a.dtype} {a.shape}")
+
+
+def sign_bf16(x: np.ndarray, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """sign(x) of a flat float32 array as bfloat16 bits (uint16, into ``out`` if given): +1 for
+    x >= 0, -0.0 and NaN, -1 below 0."""
+    _check_flat(x, np.float32, len(x), "sign_bf16")
+    out = np.empty(len(x), np.uint16) if out is None else out
+    _check_flat(out, np.uint16, len(x), "sign_bf16")
+    library().bnn_sign_bf16(x.ctypes.data, out.ctypes.data, len(x), threads)
+    return out
+
+
+def clipped_grad_bf16(
+    grad: np.ndarray, x: np.ndarray, low: float, high: float, out: np.ndarray | None = None, threads: int = 1
+) -> np.ndarray:
+    """The bfloat16 gradient ``grad`` (uint16 bits) as float32 (into ``out`` if given) where
+    ``low < x < high``, +0.0 elsewhere (NaN included): ``hardtanh_backward(grad.float(), x, low, high)``
+    in one pass."""
+    _check_flat(x, np.float32, len(x), "clipped_grad_bf16")
+    _check_flat(grad, np.uint16, len(x), "clipped_grad_bf16")
+    out = np.empty(len(x), np.float32) if out is None else out
+    _check_flat(out, np.float32, len(x), "clipped_grad_bf16")
+    library().bnn_clipped_grad_bf16(grad.ctypes.data, x.ctypes.data, out.ctypes.data, low, high, len(x), threads)
     return out
 
 

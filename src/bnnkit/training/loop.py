@@ -163,7 +163,7 @@ def predict_labels(model: nn.Module, ds: ArrayDataset, device: torch.device | st
     """Top-1 labels of every image of ``ds``, in order. Puts the model's weights in the layout
     its evaluation is fastest in: a model loaded from its files is NCHW, and small_cnn in NCHW
     batches of 500 took 1.5-1.7x as long."""
-    model.to(memory_format=memory_format(model))
+    model.to(memory_format=memory_format(model))  # type: ignore[call-overload]  # the stubs omit memory_format
     labels = [logits.argmax(1).cpu() for logits, _ in _outputs(model, ds, torch.device(device))]
     return torch.cat([torch.empty(0, dtype=torch.int64), *labels]).numpy()
 

@@ -37,6 +37,13 @@ int bnn_input_conv(const struct bnn_layer *L, const uint8_t *x, int64_t n, void 
  * products computed (0 for an unsupported isa). */
 int64_t bnn_popcount_peak(int isa, const uint64_t *x, const uint64_t *w, int32_t words, int64_t reps, int64_t *sink);
 
+/* sign.c: the clipped straight-through sign fused with bfloat16's conversions, over n elements of
+ * the same memory layout: x -> sign(x) as bfloat16 bits; a bfloat16 gradient -> float32, 0 where
+ * x is not strictly between low and high (NaN included). */
+void bnn_sign_bf16(const float *x, uint16_t *out, int64_t n, int threads);
+void bnn_clipped_grad_bf16(const uint16_t *grad, const float *x, float *out, float low, float high, int64_t n,
+                           int threads);
+
 /* maxpool.c: the 2x2 max-pool of float32 training maps, N x H x W x C (H, W even, C % 4 == 0);
  * tap (N x H/2 x W/2 x C) is the winning tap of each output, 0..3 in row order. */
 void bnn_maxpool2_forward(const float *x, float *out, uint8_t *tap, int64_t n, int64_t h, int64_t w, int64_t c,
