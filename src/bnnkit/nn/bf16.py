@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from bnnkit.errors import BnnkitError
 from bnnkit.quant.sign import clipped_gradient, open_bounds
 from bnnkit.runtime import fast
 
@@ -232,15 +231,6 @@ class _ClippedSignBf16(torch.autograd.Function):
         return out, None
 
 
-@functools.cache
-def _host_kernels_build() -> bool:
-    try:
-        fast.library()
-    except (BnnkitError, OSError):
-        return False
-    return True
-
-
 def clipped_sign_for_conv(x: torch.Tensor, clip_value: float, w: torch.Tensor) -> torch.Tensor | None:
     """The clipped straight-through sign of ``x`` (``bnnkit.quant.sign.clipped_sign``) already in
     bfloat16, where a binary convolution with the ±1 kernel ``w`` takes bfloat16 operands and
@@ -248,7 +238,7 @@ def clipped_sign_for_conv(x: torch.Tensor, clip_value: float, w: torch.Tensor) -
     then cost one pass over the map each way instead of four forward and two backward: the same
     values and gradients, bit for bit."""
     fits = fused_sign and x.dim() == 4 and _dense(x) and not torch.jit.is_tracing()
-    if not (fits and x.dtype == torch.float32 and usable(x, w) and coarse_gradients(x, w) and _host_kernels_build()):
+    if not (fits and x.dtype == torch.float32 and usable(x, w) and coarse_gradients(x, w) and fast.builds()):
         return None
     return _ClippedSignBf16.apply(x, clip_value)
 

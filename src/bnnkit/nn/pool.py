@@ -12,23 +12,11 @@ and ONNX export, a machine without a C compiler) takes ATen's pool.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from bnnkit.errors import BnnkitError
 from bnnkit.runtime import fast
-
-
-@functools.cache
-def _host_kernels_build() -> bool:
-    try:
-        fast.library()
-    except (BnnkitError, OSError):
-        return False
-    return True
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +50,7 @@ def _host_pool_takes(x: torch.Tensor) -> bool:
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
         and not torch.onnx.is_in_onnx_export()
-        and _host_kernels_build()
+        and fast.builds()
     )
 
 

@@ -91,6 +91,17 @@ def _compile(cc: list[str], flags: tuple[str, ...], sources: list[Path], target:
 
 
 @functools.cache
+def builds() -> bool:
+    """Whether the kernels compile here (a C compiler is installed): training layers that
+    can run on them take PyTorch's ops where they do not."""
+    try:
+        library()
+    except (BnnkitError, OSError):
+        return False
+    return True
+
+
+@functools.cache
 def library() -> ctypes.CDLL:
     """The compiled kernels, built on first use and cached by source hash."""
     cc = host_cc()
