@@ -143,11 +143,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     distributed.shutdown()
     if not reports:
         return
+    # With a validation split the test set is read once, so there is no best epoch of it to show.
+    aside = f"validation {result['val_acc']:.4f}" if "val_acc" in result else f"best {result['best_test_acc']:.4f}"
     _emit(
         args,
         result,
         f"{config.model} on {config.dataset}: test accuracy {result['test_acc']:.4f} after {config.epochs} epochs"
-        f" (best {result['best_test_acc']:.4f}); run in {args.out}",
+        f" ({aside}); run in {args.out}",
     )
 
 
