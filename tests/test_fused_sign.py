@@ -9,9 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bnnkit.errors import BnnkitError
 from bnnkit.models import create_model
 from bnnkit.nn import BinaryConv2d, bf16, clip_weights_, latent_weights
 from bnnkit.quant.sign import clipped_gradient, open_bounds, sign
+from bnnkit.recipe import load_recipe
 from bnnkit.runtime import fast
 from bnnkit.training.optim import make_optimizer
 
@@ -52,9 +54,9 @@ def test_the_gradient_kernel_is_the_widening_then_hardtanhs_backward_bit_for_bit
 
 
 def test_kernels_refuse_arrays_of_the_wrong_type_or_size():
-    with pytest.raises(Exception, match="float32"):
+    with pytest.raises(BnnkitError, match="float32"):
         fast.sign_bf16(np.zeros(4, np.float64))
-    with pytest.raises(Exception, match="uint16"):
+    with pytest.raises(BnnkitError, match="uint16"):
         fast.clipped_grad_bf16(np.zeros(3, np.uint16), np.zeros(4, np.float32), LOW, HIGH)
 
 
@@ -75,7 +77,7 @@ def train_steps(model: str, fused_sign: bool, layout: torch.memory_format, steps
     try:
         torch.manual_seed(0)
         net = create_model(model, 10, (1, 28, 28), "embedded", **options).to(memory_format=layout)
-        optimizer, latent = make_optimizer(net, _recipe()), latent_weights(net)
+        optimizer, latent = make_optimizer(net, load_recipe("embedded")), latent_weights(net)
         gen = torch.Generator().manual_seed(1)
         for _ in range(steps):
             x = torch.rand(16, 1, 28, 28, generator=gen).contiguous(memory_format=layout)
@@ -88,12 +90,6 @@ def train_steps(model: str, fused_sign: bool, layout: torch.memory_format, steps
         return net.state_dict()
     finally:
         bf16.fused_sign = True
-
-
-def _recipe():
-    from bnnkit.recipe import load_recipe
-
-    return load_recipe("embedded")
 
 
 @pytest.mark.parametrize(

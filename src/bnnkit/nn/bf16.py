@@ -210,7 +210,7 @@ class _ClippedSignBf16(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, clip_value: float) -> torch.Tensor:
-        ctx.clip_value, ctx.bounds = clip_value, open_bounds(clip_value, torch.float32)
+        ctx.clip_value = clip_value
         ctx.save_for_backward(x)
         out = torch.empty_like(x, dtype=torch.bfloat16)  # x's strides: the two memories align
         fast.sign_bf16(_flat(x.detach()), _flat(out.view(torch.int16)).view(np.uint16), torch.get_num_threads())
@@ -226,7 +226,7 @@ class _ClippedSignBf16(torch.autograd.Function):
             return clipped_gradient(grad.float(), x, ctx.clip_value), None
         out = torch.empty_like(x)
         bits = _flat(grad.view(torch.int16)).view(np.uint16)
-        low, high = ctx.bounds
+        low, high = open_bounds(ctx.clip_value, torch.float32)
         fast.clipped_grad_bf16(bits, _flat(x.detach()), low, high, _flat(out), torch.get_num_threads())
         return out, None
 

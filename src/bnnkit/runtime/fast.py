@@ -412,17 +412,19 @@ def maxpool2_backward(grad: np.ndarray, tap: np.ndarray, threads: int = 1) -> np
     return out
 
 
-def _check_flat(a: np.ndarray, dtype: type, n: int, what: str) -> None:
-    if a.dtype != dtype or a.ndim != 1 or not a.flags.c_contiguous or len(a) != n:
-        raise BnnkitError(f"{what}: expected a contiguous 1-D {np.dtype(dtype)} array of {n}, got {a.dtype} {a.shape}")
+def _check_array(a: np.ndarray, shape: tuple[int, ...], what: str, dtype: type[np.generic] = np.float32) -> None:
+    if a.dtype != dtype or not a.flags.c_contiguous or a.shape != shape:
+        raise BnnkitError(
+            f"{what}: expected a C-contiguous {np.dtype(dtype)} array of shape {shape}, got {a.dtype} {a.shape}"
+        )
 
 
 def sign_bf16(x: np.ndarray, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
     """sign(x) of a flat float32 array as bfloat16 bits (uint16, into ``out`` if given): +1 for
     x >= 0, -0.0 and NaN, -1 below 0."""
-    _check_flat(x, np.float32, len(x), "sign_bf16")
+    _check_array(x, x.shape[:1], "sign_bf16")
     out = np.empty(len(x), np.uint16) if out is None else out
-    _check_flat(out, np.uint16, len(x), "sign_bf16")
+    _check_array(out, x.shape, "sign_bf16", np.uint16)
     library().bnn_sign_bf16(x.ctypes.data, out.ctypes.data, len(x), threads)
     return out
 
@@ -433,10 +435,10 @@ def clipped_grad_bf16(
     """The bfloat16 gradient ``grad`` (uint16 bits) as float32 (into ``out`` if given) where
     ``low < x < high``, +0.0 elsewhere (NaN included): ``hardtanh_backward(grad.float(), x, low, high)``
     in one pass."""
-    _check_flat(x, np.float32, len(x), "clipped_grad_bf16")
-    _check_flat(grad, np.uint16, len(x), "clipped_grad_bf16")
+    _check_array(x, x.shape[:1], "clipped_grad_bf16")
+    _check_array(grad, x.shape, "clipped_grad_bf16", np.uint16)
     out = np.empty(len(x), np.float32) if out is None else out
-    _check_flat(out, np.float32, len(x), "clipped_grad_bf16")
+    _check_array(out, x.shape, "clipped_grad_bf16")
     library().bnn_clipped_grad_bf16(grad.ctypes.data, x.ctypes.data, out.ctypes.data, low, high, len(x), threads)
     return out
 
@@ -452,11 +454,6 @@ def batchnorm_fits(rows: int, channels: int, chunks: int) -> bool:
     return channels % 8 == 0 and rows > max(chunks, 1) and _batchnorm_supported()
 
 
-def _check_rows(a: np.ndarray, shape: tuple[int, ...], what: str) -> None:
-    if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != shape:
-        raise BnnkitError(f"{what}: expected a C-contiguous float32 array of shape {shape}, got {a.dtype} {a.shape}")
-
-
 def batchnorm_forward(
     x: np.ndarray,
     weight: np.ndarray,
@@ -470,9 +467,9 @@ def batchnorm_forward(
     threads (``batchnorm_fits``): the output, the batch mean and 1 / sqrt(var + eps) per channel.
     ``running`` (mean, var) move towards the batch's statistics in place."""
     rows, c = x.shape
-    _check_rows(x, (rows, c), "batchnorm_forward")
+    _check_array(x, (rows, c), "batchnorm_forward")
     for a in (weight, bias, *(running or ())):
-        _check_rows(a, (c,), "batchnorm_forward")
+        _check_array(a, (c,), "batchnorm_forward")
     if not batchnorm_fits(rows, c, chunks):
         raise BnnkitError(f"batchnorm_forward: cannot take {rows} x {c} in {chunks} chunks")
     y = np.empty_like(x)
@@ -500,7 +497,7 @@ def batchnorm_backward(
     ``input_grad``), of the weight and of the bias, ATen's bits."""
     rows, c = x.shape
     for a, shape in ((x, (rows, c)), (grad, (rows, c)), (mean, (c,)), (invstd, (c,)), (weight, (c,))):
-        _check_rows(a, shape, "batchnorm_backward")
+        _check_array(a, shape, "batchnorm_backward")
     if not batchnorm_fits(rows, c, chunks):
         raise BnnkitError(f"batchnorm_backward: cannot take {rows} x {c} in {chunks} chunks")
     dx = np.empty_like(x) if input_grad else None
