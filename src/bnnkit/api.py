@@ -49,6 +49,7 @@ def train(
     limit_test: int | None = None,
     resume: bool = False,
     device: str = "auto",
+    threads: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Train ``model`` on ``dataset`` into the run directory ``out`` (what ``bnnkit train``
@@ -57,7 +58,9 @@ def train(
     ``model`` is a registry name (see ``bnnkit models``; ``model_options`` are its keyword
     options), an ``nn.Module`` or a zero-argument function that builds one. ``recipe`` is
     a name, methods joined by ``+``, a .toml/.json file or a ``Recipe``; ``lr`` and
-    ``batch_size`` override the recipe's."""
+    ``batch_size`` override the recipe's. ``threads`` is ``--threads``: None chooses from
+    the free cores, and the count changes the rounding, so pin it where two runs must
+    agree bit for bit."""
     from bnnkit.training import RunConfig, TrainOptions
     from bnnkit.training import train as train_run
 
@@ -78,7 +81,12 @@ def train(
         data_dir=data_dir,
     )
     options = TrainOptions(
-        resume=resume, device=device, progress=progress, limit_train=limit_train, limit_test=limit_test
+        resume=resume,
+        device=device,
+        threads=threads,
+        progress=progress,
+        limit_train=limit_train,
+        limit_test=limit_test,
     )
     if user_model is None:
         return train_run(config, out, options)
