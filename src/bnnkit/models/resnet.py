@@ -60,6 +60,10 @@ class BasicBlock(nn.Module):
         """Additions per output value, for bnnkit.cost."""
         return 2 if self.double_shortcut else 1
 
+    def conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """Each convolution and the norm that alone reads its output (bnnkit.nn.batchnorm.link_bfloat16_maps)."""
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(self.conv1(x))
         if self.double_shortcut:

@@ -15,11 +15,17 @@ count compares both on a small map and keeps ATen's if a single bit differs. Any
 (evaluation, another device or dtype, a map that is not channels-last, channels not a multiple
 of 8, no affine parameters, tracing and ONNX export, a CPU without AVX2 and FMA, no C compiler)
 takes ATen's BatchNorm.
+
+After a bfloat16 binary convolution (``link_bfloat16_maps``) the map arrives in bfloat16: the
+kernels widen it as they load it (exactly) and return its gradient in bfloat16, rounded as the
+convolution's backward would have rounded the float32 one. Where ATen takes the map instead it
+is widened first, so the bits are the same either way.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,13 +38,19 @@ from bnnkit.runtime import fast
 
 
 def _rows(x: torch.Tensor) -> np.ndarray:
-    """A channels-last map (N, C, H, W) as the (N·H·W, C) array the kernels read, no copy."""
-    return x.detach().permute(0, 2, 3, 1).reshape(-1, x.shape[1]).numpy()
+    """A channels-last map (N, C, H, W) as the (N·H·W, C) array the kernels read, no copy; a
+    bfloat16 map as the uint16 of its bits (NumPy has no bfloat16)."""
+    t = x.detach()
+    bits = t.dtype == torch.bfloat16
+    rows = (t.view(torch.int16) if bits else t).permute(0, 2, 3, 1).reshape(-1, x.shape[1]).numpy()
+    return rows.view(np.uint16) if bits else rows
 
 
 def _as_map(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     n, c, h, w = like.shape
-    return torch.from_numpy(rows).view(n, h, w, c).permute(0, 3, 1, 2)
+    bits = rows.dtype == fast.BF16_BITS
+    t = torch.from_numpy(rows.view(np.int16) if bits else rows)
+    return (t.view(torch.bfloat16) if bits else t).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 class _HostBatchNorm(torch.autograd.Function):
@@ -59,10 +71,11 @@ class _HostBatchNorm(torch.autograd.Function):
         x, weight, mean, invstd = ctx.saved_tensors
         wants_dx = ctx.needs_input_grad[0]
         if not (_channels_last(grad) and grad.dtype == torch.float32):
-            # what autograd would have called: ATen's backward takes every layout
+            # what autograd would have called: ATen's backward takes every layout (and a float32
+            # map: autograd casts the gradient of a bfloat16 one as the convolution would)
             mask = list(ctx.needs_input_grad[:3])
             grads = torch.ops.aten.native_batch_norm_backward(
-                grad, x, weight, None, None, mean, invstd, True, ctx.eps, mask
+                grad, x.float(), weight, None, None, mean, invstd, True, ctx.eps, mask
             )
             return *grads, None, None, None, None
         saved = (mean.numpy(), invstd.numpy(), weight.detach().numpy())
@@ -113,7 +126,7 @@ def _matches_aten(chunks: int) -> bool:
 def _host_takes(bn: nn.BatchNorm2d, x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in (torch.float32, torch.bfloat16)
         and _channels_last(x)
         and bn.affine
         and (bn.running_mean is None or bn.running_mean.dtype == torch.float32)
@@ -129,10 +142,13 @@ def _host_takes(bn: nn.BatchNorm2d, x: torch.Tensor) -> bool:
 class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d``, its training pass in the host kernels where the map allows it (module docstring)."""
 
+    # Set by link_bfloat16_maps: the convolution before may hand over its bfloat16 product.
+    takes_bf16 = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Evaluation, and training without running statistics kept, read torch's own forward.
         if not (self.training and self.track_running_stats) or not _host_takes(self, x):
-            return super().forward(x)
+            return super().forward(x.float() if self.takes_bf16 and x.dtype == torch.bfloat16 else x)
         self._check_input_dim(x)
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.num_batches_tracked is not None:  # nn.BatchNorm2d's bookkeeping, as its forward does it
@@ -140,3 +156,36 @@ class BatchNorm2d(nn.BatchNorm2d):
             if self.momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
         return _HostBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
+
+
+def _end(module: nn.Module, last: bool) -> nn.Module:
+    """The module that reads a chain's input (or makes its output): into nested Sequentials."""
+    while isinstance(module, nn.Sequential) and len(module):
+        module = module[-1 if last else 0]
+    return module
+
+
+def _conv_norm_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]]:
+    """(maker, reader) pairs where the reader alone reads the maker's output: neighbours in a
+    Sequential, and the pairs a block names (``conv_norm_pairs()``, as the residual blocks do)."""
+    for module in model.modules():
+        if isinstance(module, nn.Sequential):
+            yield from zip(module, list(module)[1:])
+        pairs = getattr(module, "conv_norm_pairs", None)
+        if callable(pairs):
+            yield from pairs()
+
+
+def link_bfloat16_maps(model: nn.Module) -> int:
+    """Lets every binary convolution whose output only a bnnkit ``BatchNorm2d`` reads hand it the
+    bfloat16 product unwidened (``bnnkit.nn.bf16``; module docstring): the same bits, a widening
+    pass and a cast fewer per pair and step. Returns the number of pairs linked."""
+    from bnnkit.nn.layers import BinaryConv2d
+
+    linked = 0
+    for maker, reader in _conv_norm_pairs(model):
+        conv, norm = _end(maker, last=True), _end(reader, last=False)
+        if isinstance(conv, BinaryConv2d) and isinstance(norm, BatchNorm2d):
+            conv.feeds_batchnorm = norm.takes_bf16 = True
+            linked += 1
+    return linked

@@ -27,6 +27,11 @@ Before such a convolution the clipped straight-through sign (``clipped_sign_for_
 the host kernels, straight to bfloat16 and back: one pass each way over the map instead of
 PyTorch's four forward (sign, +0.5, sign, cast) and two backward (widen, hardtanh's backward),
 with the same bits. A ResNet-20 step takes about 0.95x the time (docs/performance.md).
+
+A convolution whose output only a bnnkit ``BatchNorm2d`` reads (``bnnkit.nn.batchnorm.link_bfloat16_maps``)
+hands it the bfloat16 product as it is: the BatchNorm widens it as it loads it and returns its
+input gradient in bfloat16, rounded as the cast in this module's backward would round it. The
+same bits, without a widening pass forward and a cast backward.
 """
 
 from __future__ import annotations
@@ -125,8 +130,11 @@ def coarse_gradients(x: torch.Tensor, w: torch.Tensor) -> bool:
     return gradients == "bfloat16" and (w.ndim == 4 or x.ndim == 2) and _trained(x, w) and _fast_here(x, w)
 
 
-def _forward(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
-    return F.conv2d(x.bfloat16(), w.bfloat16(), None, stride, padding, dilation, groups).float()
+def _forward(
+    x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int, widen: bool = True
+) -> torch.Tensor:
+    product = F.conv2d(x.bfloat16(), w.bfloat16(), None, stride, padding, dilation, groups)
+    return product.float() if widen else product
 
 
 def _operands(ctx, x: torch.Tensor, w: torch.Tensor, exact: bool, coarse: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,11 +155,11 @@ def _widened(ctx, grad_x: torch.Tensor | None, grad_w: torch.Tensor | None) -> t
 
 class _Bf16Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, exact, coarse, stride, padding, dilation, groups):
+    def forward(ctx, x, w, exact, coarse, bf16_out, stride, padding, dilation, groups):
         ctx.config = (stride, padding, dilation, groups)
         xb, wb = _operands(ctx, x, w, exact, coarse)
         if exact:
-            return _forward(xb, wb, stride, padding, dilation, groups)
+            return _forward(xb, wb, stride, padding, dilation, groups, not bf16_out)
         return F.conv2d(x, w, None, stride, padding, dilation, groups)
 
     @staticmethod
@@ -172,7 +180,7 @@ class _Bf16Conv(torch.autograd.Function):
             groups,
             mask,
         )
-        return *_widened(ctx, grad_x, grad_w), None, None, None, None, None, None
+        return *_widened(ctx, grad_x, grad_w), None, None, None, None, None, None, None
 
 
 def _linear_forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -247,13 +255,16 @@ def _pair(v) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
 
-def binary_conv2d(x: torch.Tensor, w: torch.Tensor, bias: None, stride, padding, dilation, groups: int) -> torch.Tensor:
+def binary_conv2d(
+    x: torch.Tensor, w: torch.Tensor, bias: None, stride, padding, dilation, groups: int, bf16_out: bool = False
+) -> torch.Tensor:
     """``F.conv2d(x, w, None, ...)`` (``bias`` None, for the same signature) for operands that are exactly ±1 (and zero padding):
     the forward in bfloat16 where that is exact and fast, else in float32, the same values either way; the
-    gradients in the run's ``gradients`` precision."""
+    gradients in the run's ``gradients`` precision. ``bf16_out``: a training step that takes bfloat16
+    forward and gradients returns the bfloat16 product unwidened (for a linked BatchNorm, module docstring)."""
     exact, coarse = usable(x, w), coarse_gradients(x, w)
     if coarse or (exact and _trained(x, w)):
-        return _Bf16Conv.apply(x, w, exact, coarse, stride, padding, dilation, groups)
+        return _Bf16Conv.apply(x, w, exact, coarse, bf16_out and exact and coarse, stride, padding, dilation, groups)
     if exact:
         return _forward(x, w, stride, padding, dilation, groups)
     return F.conv2d(x, w, None, stride, padding, dilation, groups)

@@ -197,15 +197,27 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
             raise BnnkitError("BinaryConv2d needs numeric padding, not 'same'/'valid'")
         return self.padding[0], self.padding[1]
 
+    # Set by bnnkit.nn.batchnorm.link_bfloat16_maps where a bnnkit BatchNorm2d alone reads the output.
+    feeds_batchnorm = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
         ph, pw = self._pads()
         if self.pad_value != 0.0 and (ph or pw):
             xq, ph, pw = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value), 0, 0
         # Zero padding is the convolution's own: the same values, without a padded copy.
-        conv = bf16.binary_conv2d if self._signs_only() else F.conv2d
-        out = conv(xq, wq, None, self.stride, (ph, pw), self.dilation, self.groups)
+        args = (self.stride, (ph, pw), self.dilation, self.groups)
+        if not self._signs_only():
+            out = F.conv2d(xq, wq, None, *args)
+        elif self.feeds_batchnorm and self._bare():
+            return bf16.binary_conv2d(xq, wq, None, *args, bf16_out=True)  # the BatchNorm widens it
+        else:
+            out = bf16.binary_conv2d(xq, wq, None, *args)
         return self._scaled_plus_bias(self._input_scaled(out, x))
+
+    def _bare(self) -> bool:
+        """Whether the output is the product itself: no scale and no bias after it."""
+        return self.activation_scale == "none" and self.weight_scale == "none" and self.bias is None
 
     def _quantized_input(self, x: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
         iq = self.input_quantizer

@@ -133,6 +133,7 @@ def library() -> ctypes.CDLL:
     f64, cint = ctypes.c_double, ctypes.c_int
     lib.bnn_bn_forward.argtypes = [
         ptr,
+        cint,
         i64,
         i64,
         cint,
@@ -150,7 +151,7 @@ def library() -> ctypes.CDLL:
         ptr,
         ptr,
     ]
-    lib.bnn_bn_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, cint, cint, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.bnn_bn_backward.argtypes = [ptr, cint, ptr, ptr, ptr, ptr, i64, i64, cint, cint, ptr, ptr, ptr, ptr, ptr, ptr]
     return lib
 
 
@@ -448,6 +449,14 @@ def _batchnorm_supported() -> bool:
     return bool(library().bnn_bn_supported())
 
 
+BF16_BITS = np.dtype(np.uint16)  # a bfloat16 map crosses into the kernels as its bits
+
+
+def _map_dtype(x: np.ndarray) -> type[np.generic]:
+    """The dtype a BatchNorm map is checked against: x's own where it is one the kernels take."""
+    return np.uint16 if x.dtype == BF16_BITS else np.float32
+
+
 def batchnorm_fits(rows: int, channels: int, chunks: int) -> bool:
     """Whether the BatchNorm kernels take a (rows, channels) map split into ``chunks``: channels a
     multiple of 8, more rows than chunks (ATen sums fewer otherwise), a CPU with AVX2 and FMA."""
@@ -465,19 +474,21 @@ def batchnorm_forward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BatchNorm's training forward of ``x`` (rows, channels), ATen's bits for ``chunks`` of its
     threads (``batchnorm_fits``): the output, the batch mean and 1 / sqrt(var + eps) per channel.
-    ``running`` (mean, var) move towards the batch's statistics in place."""
+    ``running`` (mean, var) move towards the batch's statistics in place. ``x`` is float32, or
+    bfloat16 as the uint16 of its bits (``_map_dtype``); the output is float32 either way."""
     rows, c = x.shape
-    _check_array(x, (rows, c), "batchnorm_forward")
+    _check_array(x, (rows, c), "batchnorm_forward", _map_dtype(x))
     for a in (weight, bias, *(running or ())):
         _check_array(a, (c,), "batchnorm_forward")
     if not batchnorm_fits(rows, c, chunks):
         raise BnnkitError(f"batchnorm_forward: cannot take {rows} x {c} in {chunks} chunks")
-    y = np.empty_like(x)
+    y = np.empty((rows, c), np.float32)
     mean, invstd, alpha, beta = (np.empty(c, np.float32) for _ in range(4))
     partial = np.empty((chunks, c), np.float32)
     rm, rv = running or (None, None)
     library().bnn_bn_forward(
-        *(x.ctypes.data, rows, c, chunks, chunks, partial.ctypes.data, weight.ctypes.data, bias.ctypes.data),
+        *(x.ctypes.data, int(x.dtype == BF16_BITS), rows, c, chunks, chunks, partial.ctypes.data, weight.ctypes.data),
+        bias.ctypes.data,
         *(_address(rm), _address(rv), momentum, eps, mean.ctypes.data, invstd.ctypes.data, alpha.ctypes.data),
         *(beta.ctypes.data, y.ctypes.data),
     )
@@ -493,10 +504,12 @@ def batchnorm_backward(
     chunks: int,
     input_grad: bool = True,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """The gradients of ``batchnorm_forward`` for the output gradient ``grad``: of x (None without
-    ``input_grad``), of the weight and of the bias, ATen's bits."""
+    """The gradients of ``batchnorm_forward`` for the float32 output gradient ``grad``: of x (None
+    without ``input_grad``; in x's type, a bfloat16 one rounded as PyTorch casts), of the weight
+    and of the bias, ATen's bits."""
     rows, c = x.shape
-    for a, shape in ((x, (rows, c)), (grad, (rows, c)), (mean, (c,)), (invstd, (c,)), (weight, (c,))):
+    _check_array(x, (rows, c), "batchnorm_backward", _map_dtype(x))
+    for a, shape in ((grad, (rows, c)), (mean, (c,)), (invstd, (c,)), (weight, (c,))):
         _check_array(a, shape, "batchnorm_backward")
     if not batchnorm_fits(rows, c, chunks):
         raise BnnkitError(f"batchnorm_backward: cannot take {rows} x {c} in {chunks} chunks")
@@ -504,7 +517,8 @@ def batchnorm_backward(
     grad_bias, dotp, scale, grad_mean = (np.empty(c, np.float32) for _ in range(4))
     partial = np.empty((2, chunks, c), np.float32)
     library().bnn_bn_backward(
-        *(x.ctypes.data, grad.ctypes.data, mean.ctypes.data, invstd.ctypes.data, weight.ctypes.data, rows, c),
+        *(x.ctypes.data, int(x.dtype == BF16_BITS), grad.ctypes.data, mean.ctypes.data, invstd.ctypes.data),
+        *(weight.ctypes.data, rows, c),
         *(chunks, chunks, partial.ctypes.data, grad_bias.ctypes.data, dotp.ctypes.data, scale.ctypes.data),
         *(grad_mean.ctypes.data, _address(dx)),
     )

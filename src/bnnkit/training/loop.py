@@ -33,6 +33,7 @@ from bnnkit.data import ArrayDataset, load_dataset
 from bnnkit.errors import BnnkitError
 from bnnkit.files import atomic_write
 from bnnkit.nn import bf16, clip_weights_, latent_weights, set_weight_binarization
+from bnnkit.nn.batchnorm import link_bfloat16_maps
 from bnnkit.progress import progress, write
 from bnnkit.quant import scheduled_quantizers
 from bnnkit.recipe import Recipe
@@ -269,6 +270,7 @@ def _train(
     config, model = the_model(config, model, out)
     layout = memory_format(model)
     model.to(device, memory_format=layout)  # type: ignore[call-overload]  # in place; the stubs omit memory_format
+    link_bfloat16_maps(model)  # the same bits, fewer passes over the maps (bnnkit.nn.bf16)
     optimizer = make_optimizer(model, recipe)
     if recipe.distill and config.user_model:
         raise BnnkitError(

@@ -51,15 +51,16 @@ void bnn_maxpool2_forward(const float *x, float *out, uint8_t *tap, int64_t n, i
 void bnn_maxpool2_backward(const float *grad_out, const uint8_t *tap, float *grad_x, int64_t n, int64_t h,
                            int64_t w, int64_t c, int threads);
 
-/* batchnorm.c: BatchNorm's training pass on float32 rows x C maps (C % 8 == 0), ATen's results bit
- * for bit; `chunks` is ATen's thread count (its split of the rows), `partial` chunks x C floats of
- * scratch. bnn_bn_supported: 0 where the kernels cannot match ATen (no AVX2 and FMA). */
+/* batchnorm.c: BatchNorm's training pass on rows x C maps (C % 8 == 0), float32 or (x_bf16)
+ * bfloat16 in and the input gradient in the same type, ATen's results bit for bit; `chunks` is
+ * ATen's thread count (its split of the rows), `partial` chunks x C floats of scratch.
+ * bnn_bn_supported: 0 where the kernels cannot match ATen (no AVX2 and FMA). */
 int bnn_bn_supported(void);
-void bnn_bn_forward(const float *x, int64_t rows, int64_t c, int chunks, int threads, float *partial,
+void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t c, int chunks, int threads, float *partial,
                     const float *weight, const float *bias, float *running_mean, float *running_var, double momentum,
                     double eps, float *mean, float *invstd, float *alpha, float *beta, float *y);
-void bnn_bn_backward(const float *x, const float *dy, const float *mean, const float *invstd, const float *weight,
-                     int64_t rows, int64_t c, int chunks, int threads, float *partial, float *sum, float *dotp,
-                     float *scale, float *grad_mean, float *dx);
+void bnn_bn_backward(const void *x, int x_bf16, const float *dy, const float *mean, const float *invstd,
+                     const float *weight, int64_t rows, int64_t c, int chunks, int threads, float *partial, float *sum,
+                     float *dotp, float *scale, float *grad_mean, void *dx);
 
 #endif
