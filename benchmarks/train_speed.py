@@ -19,9 +19,10 @@ the benchmark starts (and kills at the end), and bnnkit with its default thread 
 against 1 thread beside them.
 
 ``--floor`` times single training steps instead (CPU time, 1 thread): bnnkit's, the
-reference's, the float32 convolution backward on bnnkit's shapes alone (the part of a
-step that PyTorch's kernels fix), and bnnkit's step with ATen's BatchNorm in place of the
-host kernels' (``bnnkit.nn.batchnorm``), alternately.
+reference's, bnnkit's convolutions alone, forward and backward in the precision its step
+runs them (the part of a step that oneDNN's kernels fix, and so the least a step can cost),
+and bnnkit's step with ATen's BatchNorm in place of the host kernels'
+(``bnnkit.nn.batchnorm``), alternately.
 
 ``--profile MODEL`` instead breaks one epoch of ``bnnkit train`` (60,000 images, the 10,000
 test images, 1 thread) down by where its time goes, under ``torch.profiler`` with named
@@ -88,6 +89,16 @@ def bnnkit_precision(fp32: bool):
             yield
     finally:
         bf16.enabled = before
+
+
+def _bf16_step(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether bnnkit's training step (inside ``bnnkit_precision``) runs this convolution of ±1
+    operands in bfloat16, forward and gradients."""
+    try:
+        from bnnkit.nn import bf16
+    except ImportError:  # an older bnnkit: float32 only
+        return False
+    return getattr(bf16, "gradients", "float32") == "bfloat16" and bf16.usable(x, w)
 
 
 @contextmanager
@@ -287,10 +298,10 @@ def thread_default_vs_one(model: str, limit: int, rounds: int) -> dict:
 def floor(model: str, steps: int, rounds: int) -> dict:
     """CPU milliseconds per training step (one batch of 128, 1 thread), alternately: bnnkit's
     step (forward, loss, backward, optimiser, latent clipping), the reference's step, the
-    same bnnkit step all in float32 (``bnnkit_precision``), the float32 convolution backward
-    alone (``aten.convolution_backward`` on bnnkit's own shapes, layout and gradient mask:
-    work that no change around the kernels removes), and bnnkit's step with ATen's
-    BatchNorm (``atens_batchnorm``)."""
+    same bnnkit step all in float32 (``bnnkit_precision``), bnnkit's convolutions alone (each
+    forward and ``aten.convolution_backward`` on its own shapes, layout, gradient mask and
+    precision: bfloat16 where the step takes it; work that no change around the kernels
+    removes), and bnnkit's step with ATen's BatchNorm (``atens_batchnorm``)."""
     from bnnkit.nn import clip_weights_, latent_weights
     from bnnkit.training.batching import in_memory_format, to_unit_float
     from bnnkit.training.loop import memory_format
@@ -302,6 +313,10 @@ def floor(model: str, steps: int, rounds: int) -> dict:
     net = cfg.build_model()
     layout = memory_format(net)
     net = net.to(memory_format=layout)
+    with contextlib.suppress(ImportError):  # an older bnnkit: no bfloat16 maps handed over
+        from bnnkit.nn.batchnorm import link_bfloat16_maps
+
+        link_bfloat16_maps(net)
     optimizer, latent = make_optimizer(net, cfg.recipe), latent_weights(net)
     reference = fp32_twin(cfg.build_model())
     ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
@@ -313,12 +328,19 @@ def floor(model: str, steps: int, rounds: int) -> dict:
     convs = []  # (grad_output, input, weight, module, input needs a gradient)
 
     def record(module, inputs, output):
-        xin = inputs[0].detach().sign().contiguous(memory_format=layout)
-        grad = torch.randn(output.shape).contiguous(memory_format=layout)
-        convs.append((grad, xin, module.weight.detach().sign(), module, inputs[0].requires_grad))
+        binary = isinstance(module, BinaryConv2d) and module._signs_only()
+        xin = inputs[0].detach()
+        w = module.weight.detach()
+        if binary:
+            xin, w = xin.sign(), w.sign()
+            if _bf16_step(xin, w):
+                xin, w = xin.bfloat16(), w.bfloat16()
+        grad = torch.randn(output.shape, dtype=xin.dtype).contiguous(memory_format=layout)
+        convs.append((grad, xin.contiguous(memory_format=layout), w, module, inputs[0].requires_grad))
 
     hooks = [m.register_forward_hook(record) for m in net.modules() if isinstance(m, nn.Conv2d)]
-    net(x_bnnkit)
+    with bnnkit_precision(False):
+        net(x_bnnkit)
     for h in hooks:
         h.remove()
 
@@ -339,8 +361,9 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         loss.backward()
         ref_optimizer.step()
 
-    def conv_backward():
+    def convolutions():
         for grad, xin, w, m, input_grad in convs:
+            F.conv2d(xin, w, None, m.stride, m.padding, m.dilation, m.groups)
             torch.ops.aten.convolution_backward(
                 grad, xin, w, None, m.stride, m.padding, m.dilation, False, [0, 0], m.groups, [input_grad, True, False]
             )
@@ -359,7 +382,7 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         with atens_batchnorm():
             bnnkit_step()
 
-    steppers = (bnnkit_step, reference_step, conv_backward, bnnkit_fp32_step, aten_batchnorm_step)
+    steppers = (bnnkit_step, reference_step, convolutions, bnnkit_fp32_step, aten_batchnorm_step)
     for step in steppers:
         step()  # first calls: oneDNN's kernel choice, the allocator
     times = [tuple(cpu_ms(step) for step in steppers) for _ in range(rounds)]
@@ -367,11 +390,11 @@ def floor(model: str, steps: int, rounds: int) -> dict:
     return {
         "bnnkit_ms": b,
         "reference_ms": r,
-        "conv_backward_ms": c,
+        "convolutions_ms": c,
         "bnnkit_all_fp32_ms": f,
         "aten_batchnorm_ms": a,
         "ratio": b / r,
-        "conv_backward_ratio": c / r,
+        "convolutions_ratio": c / r,
         "all_fp32_ratio": f / r,
         # the same steps alternated, so this ratio holds on a busy machine where the others drift
         "host_over_aten_batchnorm": statistics.median(t[0] / t[4] for t in times),
@@ -526,14 +549,14 @@ def main() -> None:
         print(f"CPU ms per step, batch {BATCH}, 1 thread, median of {args.rounds} rounds; load {load:.2f}")
         print(
             "| model | bnnkit step | reference step | ratio | all float32: step | ratio "
-            "| conv backward alone | ÷ reference | ATen's BatchNorm: step | bnnkit ÷ that |"
+            "| convolutions alone | ÷ reference | ATen's BatchNorm: step | bnnkit ÷ that |"
         )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for m, f in floors.items():
             print(
                 f"| {m} | {f['bnnkit_ms']:.1f} | {f['reference_ms']:.1f} | {f['ratio']:.2f} | "
                 f"{f['bnnkit_all_fp32_ms']:.1f} | {f['all_fp32_ratio']:.2f} | "
-                f"{f['conv_backward_ms']:.1f} | {f['conv_backward_ratio']:.2f} | "
+                f"{f['convolutions_ms']:.1f} | {f['convolutions_ratio']:.2f} | "
                 f"{f['aten_batchnorm_ms']:.1f} | {f['host_over_aten_batchnorm']:.2f} |"
             )
         return
