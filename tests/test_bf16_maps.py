@@ -1,6 +1,7 @@
-"""A binary convolution handing its bfloat16 product straight to the BatchNorm after it
-(bnnkit.nn.batchnorm.link_bfloat16_maps, host_kernels/batchnorm.c with x_bf16): the kernels
-against the float32 path and PyTorch's cast, and training steps linked or not, bit for bit."""
+"""A binary convolution handing its bfloat16 product straight to the BatchNorm after it, or
+through a max-pool (bnnkit.nn.batchnorm.link_bfloat16_maps; host_kernels/batchnorm.c and
+maxpool.c on bfloat16 maps): the kernels against the float32 path and PyTorch's cast and pool,
+and training steps linked or not, bit for bit."""
 
 import copy
 import math
@@ -69,6 +70,22 @@ def test_the_gradient_is_rounded_as_pytorch_rounds_ties_overflow_subnormals_and_
         assert {0x3F80, 0x3F82, 0x7F80, 0xFFFF} <= set(dx16.ravel().tolist())  # ties to even, overflow, NaN
 
 
+@pytest.mark.skipif(not fast.builds(), reason="no C compiler")
+def test_the_pool_kernels_on_a_bfloat16_map_are_atens_pool_bit_for_bit():
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 16, 6, 10, generator=gen) * 20).round()
+    x[0, 0, :2, :2] = 7.0  # a tie: the first tap wins
+    x[1, 1, 0, 0] = math.nan  # NaN wins
+    x = x.bfloat16().contiguous(memory_format=torch.channels_last)
+    out, tap = fast.maxpool2(bf16_bits(x.permute(0, 2, 3, 1)).copy())
+    theirs, index = F.max_pool2d_with_indices(x, 2)
+    assert out.dtype == np.uint16 and np.array_equal(out, bf16_bits(theirs.permute(0, 2, 3, 1).contiguous()))
+    grad = torch.randn(theirs.shape, generator=gen).bfloat16()
+    dx = fast.maxpool2_backward(bf16_bits(grad.permute(0, 2, 3, 1).contiguous()).copy(), tap)
+    expected = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, index)
+    assert np.array_equal(dx, bf16_bits(expected.permute(0, 2, 3, 1).contiguous()))
+
+
 @needs_kernels
 def test_the_kernels_take_float32_or_bfloat16_bits_and_nothing_else():
     ones = np.ones(8, np.float32)
@@ -119,7 +136,8 @@ def bfloat16_inputs(net: torch.nn.Module) -> list[str]:
         ("resnet20", {"width_mult": 0.5}, torch.channels_last),  # every BatchNorm in the kernels
         ("resnet20", {"width_mult": 0.25}, torch.channels_last),  # 4 channels: ATen's, on the widened map
         ("resnet20", {"width_mult": 0.5}, torch.contiguous_format),  # NCHW: ATen's
-        ("small_cnn", {"width": 16}, torch.channels_last),
+        ("small_cnn", {"width": 16}, torch.channels_last),  # through max-pools to two of the BatchNorms
+        ("ebnn_cnn", {}, torch.channels_last),  # conv, pool, BatchNorm, whose gradient comes back NCHW
     ],
 )
 def test_training_steps_are_the_same_bits_linked_or_not(bfloat16_training, model, options, layout):
@@ -136,8 +154,11 @@ def test_training_steps_are_the_same_bits_linked_or_not(bfloat16_training, model
 
 
 def test_only_a_bare_convolution_read_by_a_batchnorm_alone_is_linked(bfloat16_training):
-    # eBNN's order: the max-pool, not the BatchNorm, reads each convolution
-    assert link_bfloat16_maps(create_model("ebnn_cnn", 10, (1, 28, 28), "embedded")) == 0
+    # eBNN's order, conv → pool → BatchNorm: linked through the pool
+    assert link_bfloat16_maps(create_model("ebnn_cnn", 10, (1, 28, 28), "embedded")) == 2
+    # pooling after the sign: the sign, not the BatchNorm, reads the pool
+    after_sign = create_model("ebnn_cnn", 10, (1, 28, 28), "embedded+pool_after_sign")
+    assert link_bfloat16_maps(after_sign) == 2  # conv → BatchNorm, the pool comes later
     resnet = create_model("resnet20", 10, (1, 28, 28), "embedded", width_mult=0.5)
     assert link_bfloat16_maps(resnet) >= 18  # at least the two convolutions of each of the 9 blocks
     # a scale after the product: the layer still widens it, and the BatchNorm gets float32

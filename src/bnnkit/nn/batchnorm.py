@@ -34,23 +34,19 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from bnnkit.errors import BnnkitError
+from bnnkit.nn import bf16
 from bnnkit.runtime import fast
 
 
 def _rows(x: torch.Tensor) -> np.ndarray:
-    """A channels-last map (N, C, H, W) as the (N·H·W, C) array the kernels read, no copy; a
-    bfloat16 map as the uint16 of its bits (NumPy has no bfloat16)."""
-    t = x.detach()
-    bits = t.dtype == torch.bfloat16
-    rows = (t.view(torch.int16) if bits else t).permute(0, 2, 3, 1).reshape(-1, x.shape[1]).numpy()
-    return rows.view(np.uint16) if bits else rows
+    """A channels-last map (N, C, H, W) as the (N·H·W, C) array the kernels read, no copy
+    (``bf16.numpy_view``: a bfloat16 map as its bits)."""
+    return bf16.numpy_view(x.detach().permute(0, 2, 3, 1).reshape(-1, x.shape[1]))
 
 
 def _as_map(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     n, c, h, w = like.shape
-    bits = rows.dtype == fast.BF16_BITS
-    t = torch.from_numpy(rows.view(np.int16) if bits else rows)
-    return (t.view(torch.bfloat16) if bits else t).view(n, h, w, c).permute(0, 3, 1, 2)
+    return bf16.tensor_view(rows).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 class _HostBatchNorm(torch.autograd.Function):
@@ -177,15 +173,23 @@ def _conv_norm_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]]:
 
 
 def link_bfloat16_maps(model: nn.Module) -> int:
-    """Lets every binary convolution whose output only a bnnkit ``BatchNorm2d`` reads hand it the
-    bfloat16 product unwidened (``bnnkit.nn.bf16``; module docstring): the same bits, a widening
-    pass and a cast fewer per pair and step. Returns the number of pairs linked."""
+    """Lets every binary convolution whose output only a bnnkit ``BatchNorm2d`` reads, directly
+    or through a ``MaxPool2x2`` that only it reads, hand over the bfloat16 product unwidened
+    (``bnnkit.nn.bf16``; module docstring): the same bits, a widening pass and a cast fewer per
+    convolution and step. Returns the number of convolutions linked."""
     from bnnkit.nn.layers import BinaryConv2d
+    from bnnkit.nn.pool import MaxPool2x2
 
+    reader = {id(_end(maker, last=True)): _end(read, last=False) for maker, read in _conv_norm_pairs(model)}
     linked = 0
-    for maker, reader in _conv_norm_pairs(model):
-        conv, norm = _end(maker, last=True), _end(reader, last=False)
-        if isinstance(conv, BinaryConv2d) and isinstance(norm, BatchNorm2d):
+    for conv in model.modules():
+        if not isinstance(conv, BinaryConv2d):
+            continue
+        chain = [reader.get(id(conv))]
+        if isinstance(chain[0], MaxPool2x2):
+            chain.append(reader.get(id(chain[0])))
+        norm = chain[-1]
+        if isinstance(norm, BatchNorm2d):  # the pool passes bfloat16 through as it is (bnnkit.nn.pool)
             conv.feeds_batchnorm = norm.takes_bf16 = True
             linked += 1
     return linked

@@ -204,6 +204,17 @@ class _Bf16Linear(torch.autograd.Function):
         return *_widened(ctx, grad_x, grad_w), None, None
 
 
+def numpy_view(t: torch.Tensor) -> np.ndarray:
+    """t's memory as a NumPy array, no copy; a bfloat16 tensor (NumPy has no bfloat16) as the
+    uint16 of its bits, as the host kernels take it."""
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def tensor_view(a: np.ndarray) -> torch.Tensor:
+    """The inverse of ``numpy_view``."""
+    return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype == fast.BF16_BITS else torch.from_numpy(a)
+
+
 def _flat(t: torch.Tensor) -> np.ndarray:
     """The memory of a dense tensor (any dimension order) as one flat array, with no copy."""
     return t.as_strided((t.numel(),), (1,)).numpy()

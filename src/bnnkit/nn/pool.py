@@ -8,6 +8,11 @@ first tap in row order, NaN wins), so a training run is the same bits either way
 step takes about 0.95x the time (docs/performance.md). Anything else (another device or
 dtype, a map that is not channels-last, odd sizes, channels not a multiple of 4, tracing
 and ONNX export, a machine without a C compiler) takes ATen's pool.
+
+Between a bfloat16 convolution and the BatchNorm that takes its product unwidened
+(``bnnkit.nn.batchnorm.link_bfloat16_maps``) the map and its gradient are bfloat16: the kernels
+pool them as they are (the maximum of bfloat16 values is one of them, and its gradient is
+copied, not summed), and so does ATen's pool where the kernels do not take the map.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from bnnkit.nn.bf16 import numpy_view, tensor_view
 from bnnkit.runtime import fast
 
 
@@ -27,23 +33,23 @@ class _HostMaxPool2(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
         threads = torch.get_num_threads()
-        out, tap = fast.maxpool2(_nhwc(x.detach()).numpy(), threads)
+        out, tap = fast.maxpool2(numpy_view(_nhwc(x.detach())), threads)
         ctx.save_for_backward(torch.from_numpy(tap))
         ctx.threads = threads  # type: ignore[attr-defined]
-        return torch.from_numpy(out).permute(0, 3, 1, 2)
+        return tensor_view(out).permute(0, 3, 1, 2)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         (tap,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        g = _nhwc(grad.float()).contiguous()
-        return torch.from_numpy(fast.maxpool2_backward(g.numpy(), tap.numpy(), ctx.threads)).permute(0, 3, 1, 2)  # type: ignore[attr-defined]
+        g = numpy_view(_nhwc(grad).contiguous())  # autograd gives the output's type: float32 or bfloat16
+        return tensor_view(fast.maxpool2_backward(g, tap.numpy(), ctx.threads)).permute(0, 3, 1, 2)  # type: ignore[attr-defined]
 
 
 def _host_pool_takes(x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in (torch.float32, torch.bfloat16)
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
         and fast.maxpool2_fits(tuple(_nhwc(x).shape))

@@ -125,8 +125,8 @@ def library() -> ctypes.CDLL:
     lib.bnn_input_conv.argtypes = [ctypes.POINTER(_Layer), ptr, i64, ptr, ctypes.c_int, ctypes.c_int]
     lib.bnn_popcount_peak.argtypes = [ctypes.c_int, ptr, ptr, i32, i64, ctypes.POINTER(i64)]
     lib.bnn_popcount_peak.restype = i64
-    lib.bnn_maxpool2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
-    lib.bnn_maxpool2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
+    lib.bnn_maxpool2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
+    lib.bnn_maxpool2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.bnn_bn_supported.argtypes, lib.bnn_bn_supported.restype = [], ctypes.c_int
     lib.bnn_sign_bf16.argtypes = [ptr, ptr, i64, ctypes.c_int]
     lib.bnn_clipped_grad_bf16.argtypes = [ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, i64, ctypes.c_int]
@@ -382,34 +382,47 @@ def maxpool2_fits(shape: tuple[int, ...]) -> bool:
     return len(shape) == 4 and shape[1] % 2 == 0 and shape[2] % 2 == 0 and shape[3] % 4 == 0
 
 
+BF16_BITS = np.dtype(np.uint16)  # a bfloat16 map crosses into the kernels as its bits
+
+
+def _map_dtype(x: np.ndarray) -> type[np.generic]:
+    """The dtype a training map is checked against: x's own where it is one the kernels take
+    (float32, or bfloat16 as the uint16 of its bits)."""
+    return np.uint16 if x.dtype == BF16_BITS else np.float32
+
+
 def _check_map(a: np.ndarray, dtype: type[np.generic], what: str) -> None:
     if a.dtype != dtype or not a.flags.c_contiguous or a.ndim != 4 or a.shape[3] % 4:
         raise BnnkitError(f"{what}: expected a C-contiguous {np.dtype(dtype)} N x H x W x C array with C % 4 == 0")
 
 
 def maxpool2(x: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The 2x2, stride 2 max-pool of float32 maps (N, H, W, C), H and W even: the pooled maps
-    and each output's winning tap (uint8, 0..3 in row order; ties to the first, NaN wins),
-    ATen's values."""
-    _check_map(x, np.float32, "maxpool2")
+    """The 2x2, stride 2 max-pool of float32 or bfloat16 (``_map_dtype``) maps (N, H, W, C), H and
+    W even: the pooled maps, in x's type, and each output's winning tap (uint8, 0..3 in row order;
+    ties to the first, NaN wins), ATen's values."""
+    _check_map(x, _map_dtype(x), "maxpool2")
     if not maxpool2_fits(x.shape):
         raise BnnkitError(f"maxpool2: height and width must be even, not {x.shape[1]} x {x.shape[2]}")
     n, h, w, c = x.shape
-    out = np.empty((n, h // 2, w // 2, c), np.float32)
+    out = np.empty((n, h // 2, w // 2, c), x.dtype)
     tap = np.empty(out.shape, np.uint8)
-    library().bnn_maxpool2_forward(x.ctypes.data, out.ctypes.data, tap.ctypes.data, n, h, w, c, threads)
+    bf16 = int(x.dtype == BF16_BITS)
+    library().bnn_maxpool2_forward(x.ctypes.data, out.ctypes.data, tap.ctypes.data, n, h, w, c, bf16, threads)
     return out, tap
 
 
 def maxpool2_backward(grad: np.ndarray, tap: np.ndarray, threads: int = 1) -> np.ndarray:
-    """The input gradient of ``maxpool2``: ``grad`` (N, H/2, W/2, C) at each winning tap, 0 elsewhere."""
-    _check_map(grad, np.float32, "maxpool2_backward")
+    """The input gradient of ``maxpool2``: ``grad`` (N, H/2, W/2, C) at each winning tap, 0 elsewhere,
+    in grad's type (float32 or bfloat16 bits)."""
+    _check_map(grad, _map_dtype(grad), "maxpool2_backward")
     _check_map(tap, np.uint8, "maxpool2_backward")
     if tap.shape != grad.shape:
         raise BnnkitError(f"maxpool2_backward: taps {tap.shape} for a gradient {grad.shape}")
     n, ho, wo, c = grad.shape
-    out = np.empty((n, 2 * ho, 2 * wo, c), np.float32)
-    library().bnn_maxpool2_backward(grad.ctypes.data, tap.ctypes.data, out.ctypes.data, n, 2 * ho, 2 * wo, c, threads)
+    out = np.empty((n, 2 * ho, 2 * wo, c), grad.dtype)
+    bf16 = int(grad.dtype == BF16_BITS)
+    args = (grad.ctypes.data, tap.ctypes.data, out.ctypes.data, n, 2 * ho, 2 * wo, c, bf16, threads)
+    library().bnn_maxpool2_backward(*args)
     return out
 
 
@@ -447,14 +460,6 @@ def clipped_grad_bf16(
 @functools.cache
 def _batchnorm_supported() -> bool:
     return bool(library().bnn_bn_supported())
-
-
-BF16_BITS = np.dtype(np.uint16)  # a bfloat16 map crosses into the kernels as its bits
-
-
-def _map_dtype(x: np.ndarray) -> type[np.generic]:
-    """The dtype a BatchNorm map is checked against: x's own where it is one the kernels take."""
-    return np.uint16 if x.dtype == BF16_BITS else np.float32
 
 
 def batchnorm_fits(rows: int, channels: int, chunks: int) -> bool:

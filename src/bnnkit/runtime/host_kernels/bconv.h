@@ -44,12 +44,12 @@ void bnn_sign_bf16(const float *x, uint16_t *out, int64_t n, int threads);
 void bnn_clipped_grad_bf16(const uint16_t *grad, const float *x, float *out, float low, float high, int64_t n,
                            int threads);
 
-/* maxpool.c: the 2x2 max-pool of float32 training maps, N x H x W x C (H, W even, C % 4 == 0);
- * tap (N x H/2 x W/2 x C) is the winning tap of each output, 0..3 in row order. */
-void bnn_maxpool2_forward(const float *x, float *out, uint8_t *tap, int64_t n, int64_t h, int64_t w, int64_t c,
-                          int threads);
-void bnn_maxpool2_backward(const float *grad_out, const uint8_t *tap, float *grad_x, int64_t n, int64_t h,
-                           int64_t w, int64_t c, int threads);
+/* maxpool.c: the 2x2 max-pool of float32 (bf16: bfloat16) training maps, N x H x W x C (H, W even,
+ * C % 4 == 0); tap (N x H/2 x W/2 x C) is the winning tap of each output, 0..3 in row order. */
+void bnn_maxpool2_forward(const void *x, void *out, uint8_t *tap, int64_t n, int64_t h, int64_t w, int64_t c,
+                          int bf16, int threads);
+void bnn_maxpool2_backward(const void *grad_out, const uint8_t *tap, void *grad_x, int64_t n, int64_t h, int64_t w,
+                           int64_t c, int bf16, int threads);
 
 /* batchnorm.c: BatchNorm's training pass on rows x C maps (C % 8 == 0), float32 or (x_bf16)
  * bfloat16 in and the input gradient in the same type, ATen's results bit for bit; `chunks` is
