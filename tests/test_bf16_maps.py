@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.training import trained_state
 
 from bnnkit.errors import BnnkitError
 from bnnkit.models import create_model
-from bnnkit.nn import BatchNorm2d, BinaryConv2d, bf16, clip_weights_, latent_weights
+from bnnkit.nn import BatchNorm2d, BinaryConv2d, bf16
 from bnnkit.nn.batchnorm import link_bfloat16_maps
-from bnnkit.recipe import load_recipe
 from bnnkit.runtime import fast
-from bnnkit.training.optim import make_optimizer
 
 needs_kernels = pytest.mark.skipif(not fast.batchnorm_fits(64, 8, 1), reason="no AVX2 and FMA, or no C compiler")
 
@@ -105,20 +104,6 @@ def bfloat16_training(monkeypatch):
         yield
 
 
-def trained(net: torch.nn.Module, layout: torch.memory_format, steps: int = 3) -> dict[str, torch.Tensor]:
-    optimizer, latent = make_optimizer(net, load_recipe("embedded")), latent_weights(net)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        x = torch.rand(16, 1, 28, 28, generator=gen).contiguous(memory_format=layout)
-        y = torch.randint(0, 10, (16,), generator=gen)
-        loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        clip_weights_(latent, 1.0)
-    return net.state_dict()
-
-
 def bfloat16_inputs(net: torch.nn.Module) -> list[str]:
     """Names of the BatchNorms that receive a bfloat16 map in a training forward."""
     seen: list[str] = []
@@ -146,7 +131,7 @@ def test_training_steps_are_the_same_bits_linked_or_not(bfloat16_training, model
     linked = copy.deepcopy(plain)
     assert link_bfloat16_maps(linked) > 0
     handed_over = bfloat16_inputs(linked)
-    ours, theirs = trained(linked, layout), trained(plain, layout)
+    ours, theirs = trained_state(linked, layout), trained_state(plain, layout)
     assert handed_over  # the bfloat16 maps did reach the BatchNorms
     assert ours.keys() == theirs.keys()
     for key in ours:

@@ -7,15 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers.training import trained_state
 
 from bnnkit.errors import BnnkitError
 from bnnkit.models import create_model
-from bnnkit.nn import BinaryConv2d, bf16, clip_weights_, latent_weights
+from bnnkit.nn import BinaryConv2d, bf16
 from bnnkit.quant.sign import clipped_gradient, open_bounds, sign
-from bnnkit.recipe import load_recipe
 from bnnkit.runtime import fast
-from bnnkit.training.optim import make_optimizer
 
 CLIP = 1.0
 LOW, HIGH = open_bounds(CLIP, torch.float32)
@@ -77,17 +75,7 @@ def train_steps(model: str, fused_sign: bool, layout: torch.memory_format, steps
     try:
         torch.manual_seed(0)
         net = create_model(model, 10, (1, 28, 28), "embedded", **options).to(memory_format=layout)
-        optimizer, latent = make_optimizer(net, load_recipe("embedded")), latent_weights(net)
-        gen = torch.Generator().manual_seed(1)
-        for _ in range(steps):
-            x = torch.rand(16, 1, 28, 28, generator=gen).contiguous(memory_format=layout)
-            y = torch.randint(0, 10, (16,), generator=gen)
-            loss = F.cross_entropy(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            clip_weights_(latent, 1.0)
-        return net.state_dict()
+        return trained_state(net, layout, steps)
     finally:
         bf16.fused_sign = True
 
