@@ -399,6 +399,8 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         step()  # first calls: oneDNN's kernel choice, the allocator
     times = [tuple(cpu_ms(step) for step in steppers) for _ in range(rounds)]
     b, r, c, f, a, u = (statistics.median(column) for column in zip(*times, strict=True))
+    # forward, weight gradient and (where asked) input gradient: one product of the layer's size each
+    macs = sum(g.numel() * w[0].numel() * (2 + needs) for g, _, w, _, needs in convs)
     return {
         "bnnkit_ms": b,
         "reference_ms": r,
@@ -408,11 +410,30 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         "unlinked_ms": u,
         "ratio": b / r,
         "convolutions_ratio": c / r,
+        "convolutions_gmacs": macs / c / 1e6,
         "all_fp32_ratio": f / r,
         # the same steps alternated, so this ratio holds on a busy machine where the others drift
         "host_over_aten_batchnorm": statistics.median(t[0] / t[4] for t in times),
         "linked_over_unlinked": statistics.median(t[0] / t[5] for t in times),
     }
+
+
+def gemm_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """G multiply-adds per second of one large matrix product per dtype on 1 thread (best of
+    ``repeats``): what this core's kernels reach where nothing but arithmetic limits them, the
+    yardstick for the convolutions' rate."""
+    torch.set_num_threads(1)
+    rates = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        a, b = (torch.randn(n, n).to(dtype) for _ in "ab")
+        a @ b
+        walls = []
+        for _ in range(repeats):
+            with timer() as t:
+                a @ b
+            walls.append(t.wall)
+        rates[str(dtype).removeprefix("torch.")] = n**3 / min(walls) / 1e9
+    return rates
 
 
 # --- --profile -------------------------------------------------------------------------
@@ -557,10 +578,16 @@ def main() -> None:
     if args.floor:
         load = os.getloadavg()[0]
         floors = {m: floor(m, steps=10, rounds=args.rounds) for m in models}
+        rates = gemm_rates()
         if args.json:
-            print(json.dumps({"load_before": load, "rounds": args.rounds, "batch": BATCH, "models": floors}))
+            report = {"load_before": load, "rounds": args.rounds, "batch": BATCH, "gemm_gmacs": rates}
+            print(json.dumps({**report, "models": floors}))
             return
         print(f"CPU ms per step, batch {BATCH}, 1 thread, median of {args.rounds} rounds; load {load:.2f}")
+        print(
+            "this core's matrix product, 2048³, G multiply-adds/s: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
+        )
         print(
             "| model | bnnkit step | reference step | ratio | all float32: step | ratio "
             "| convolutions alone | ÷ reference | ATen's BatchNorm: step | bnnkit ÷ that "
@@ -571,7 +598,7 @@ def main() -> None:
             print(
                 f"| {m} | {f['bnnkit_ms']:.1f} | {f['reference_ms']:.1f} | {f['ratio']:.2f} | "
                 f"{f['bnnkit_all_fp32_ms']:.1f} | {f['all_fp32_ratio']:.2f} | "
-                f"{f['convolutions_ms']:.1f} | {f['convolutions_ratio']:.2f} | "
+                f"{f['convolutions_ms']:.1f} ({f['convolutions_gmacs']:.0f} GMAC/s) | {f['convolutions_ratio']:.2f} | "
                 f"{f['aten_batchnorm_ms']:.1f} | {f['host_over_aten_batchnorm']:.2f} | "
                 f"{f['unlinked_ms']:.1f} | {f['linked_over_unlinked']:.2f} |"
             )
