@@ -91,14 +91,15 @@ def bnnkit_precision(fp32: bool):
         bf16.enabled = before
 
 
-def _bf16_step(x: torch.Tensor, w: torch.Tensor) -> bool:
+def _bf16_step(x: torch.Tensor, w: torch.Tensor) -> tuple[bool, bool]:
     """Whether bnnkit's training step (inside ``bnnkit_precision``) runs this convolution of ±1
-    operands in bfloat16, forward and gradients."""
+    operands in bfloat16: (forward, gradients). The forward only where bfloat16 holds every sum
+    (``bf16.usable``): 64 input channels of a 3×3 convolution stay float32 there."""
     try:
         from bnnkit.nn import bf16
     except ImportError:  # an older bnnkit: float32 only
-        return False
-    return getattr(bf16, "gradients", "float32") == "bfloat16" and bf16.usable(x, w)
+        return False, False
+    return bf16.usable(x, w), getattr(bf16, "gradients", "float32") == "bfloat16" and bf16.cpu_has_fast_bf16()
 
 
 @contextmanager
@@ -325,18 +326,20 @@ def floor(model: str, steps: int, rounds: int) -> dict:
     y = torch.from_numpy(ds.y[:BATCH]).long()
     x_bnnkit = in_memory_format(x, layout)
 
-    convs = []  # (grad_output, input, weight, module, input needs a gradient)
+    # (module, forward operands, backward operands and output gradient, input needs a gradient)
+    convs = []
 
     def record(module, inputs, output):
-        binary = isinstance(module, BinaryConv2d) and module._signs_only()
-        xin = inputs[0].detach()
+        xin = inputs[0].detach().contiguous(memory_format=layout)
         w = module.weight.detach()
-        if binary:
+        forward = backward = (xin, w)
+        if isinstance(module, BinaryConv2d) and module._signs_only():
             xin, w = xin.sign(), w.sign()
-            if _bf16_step(xin, w):
-                xin, w = xin.bfloat16(), w.bfloat16()
-        grad = torch.randn(output.shape, dtype=xin.dtype).contiguous(memory_format=layout)
-        convs.append((grad, xin.contiguous(memory_format=layout), w, module, inputs[0].requires_grad))
+            fast_forward, fast_backward = _bf16_step(xin, w)
+            forward = (xin.bfloat16(), w.bfloat16()) if fast_forward else (xin, w)
+            backward = (xin.bfloat16(), w.bfloat16()) if fast_backward else (xin, w)
+        grad = torch.randn(output.shape, dtype=backward[0].dtype).contiguous(memory_format=layout)
+        convs.append((module, forward, (*backward, grad), inputs[0].requires_grad))
 
     hooks = [m.register_forward_hook(record) for m in net.modules() if isinstance(m, nn.Conv2d)]
     with bnnkit_precision(False):
@@ -362,10 +365,10 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         ref_optimizer.step()
 
     def convolutions():
-        for grad, xin, w, m, input_grad in convs:
-            F.conv2d(xin, w, None, m.stride, m.padding, m.dilation, m.groups)
+        for m, (xf, wf), (xb, wb, grad), input_grad in convs:
+            F.conv2d(xf, wf, None, m.stride, m.padding, m.dilation, m.groups)
             torch.ops.aten.convolution_backward(
-                grad, xin, w, None, m.stride, m.padding, m.dilation, False, [0, 0], m.groups, [input_grad, True, False]
+                grad, xb, wb, None, m.stride, m.padding, m.dilation, False, [0, 0], m.groups, [input_grad, True, False]
             )
 
     def cpu_ms(step) -> float:
@@ -400,7 +403,7 @@ def floor(model: str, steps: int, rounds: int) -> dict:
     times = [tuple(cpu_ms(step) for step in steppers) for _ in range(rounds)]
     b, r, c, f, a, u = (statistics.median(column) for column in zip(*times, strict=True))
     # forward, weight gradient and (where asked) input gradient: one product of the layer's size each
-    macs = sum(g.numel() * w[0].numel() * (2 + needs) for g, _, w, _, needs in convs)
+    macs = sum(grad.numel() * w[0].numel() * (2 + needs) for _, _, (_, w, grad), needs in convs)
     return {
         "bnnkit_ms": b,
         "reference_ms": r,
