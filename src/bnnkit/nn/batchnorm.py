@@ -185,11 +185,10 @@ def link_bfloat16_maps(model: nn.Module) -> int:
     for conv in model.modules():
         if not isinstance(conv, BinaryConv2d):
             continue
-        chain = [reader.get(id(conv))]
-        if isinstance(chain[0], MaxPool2x2):
-            chain.append(reader.get(id(chain[0])))
-        norm = chain[-1]
-        if isinstance(norm, BatchNorm2d):  # the pool passes bfloat16 through as it is (bnnkit.nn.pool)
+        norm = reader.get(id(conv))
+        if isinstance(norm, MaxPool2x2):  # the pool passes bfloat16 through as it is (bnnkit.nn.pool)
+            norm = reader.get(id(norm))
+        if isinstance(norm, BatchNorm2d):
             conv.feeds_batchnorm = norm.takes_bf16 = True
             linked += 1
     return linked

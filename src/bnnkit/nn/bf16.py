@@ -216,8 +216,9 @@ def tensor_view(a: np.ndarray) -> torch.Tensor:
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:
-    """The memory of a dense tensor (any dimension order) as one flat array, with no copy."""
-    return t.as_strided((t.numel(),), (1,)).numpy()
+    """The memory of a dense tensor (any dimension order) as one flat array, with no copy
+    (``numpy_view``: a bfloat16 tensor as its bits)."""
+    return numpy_view(t.as_strided((t.numel(),), (1,)))
 
 
 def _dense(x: torch.Tensor) -> bool:
@@ -232,7 +233,7 @@ class _ClippedSignBf16(torch.autograd.Function):
         ctx.clip_value = clip_value
         ctx.save_for_backward(x)
         out = torch.empty_like(x, dtype=torch.bfloat16)  # x's strides: the two memories align
-        fast.sign_bf16(_flat(x.detach()), _flat(out.view(torch.int16)).view(np.uint16), torch.get_num_threads())
+        fast.sign_bf16(_flat(x.detach()), _flat(out), torch.get_num_threads())
         return out
 
     @staticmethod
@@ -244,9 +245,8 @@ class _ClippedSignBf16(torch.autograd.Function):
             # order) follows both operands' strides: the kernel's would always be x's.
             return clipped_gradient(grad.float(), x, ctx.clip_value), None
         out = torch.empty_like(x)
-        bits = _flat(grad.view(torch.int16)).view(np.uint16)
         low, high = open_bounds(ctx.clip_value, torch.float32)
-        fast.clipped_grad_bf16(bits, _flat(x.detach()), low, high, _flat(out), torch.get_num_threads())
+        fast.clipped_grad_bf16(_flat(grad), _flat(x.detach()), low, high, _flat(out), torch.get_num_threads())
         return out, None
 
 
