@@ -94,7 +94,7 @@ def bnnkit_precision(fp32: bool):
 def _bf16_step(x: torch.Tensor, w: torch.Tensor) -> tuple[bool, bool]:
     """Whether bnnkit's training step (inside ``bnnkit_precision``) runs this convolution of ±1
     operands in bfloat16: (forward, gradients). The forward only where bfloat16 holds every sum
-    (``bf16.usable``): 64 input channels of a 3×3 convolution stay float32 there."""
+    (``bf16.usable``; 64 input channels of a 3×3 convolution in two halves)."""
     try:
         from bnnkit.nn import bf16
     except ImportError:  # an older bnnkit: float32 only
@@ -303,7 +303,7 @@ def floor(model: str, steps: int, rounds: int) -> dict:
     forward and ``aten.convolution_backward`` on its own shapes, layout, gradient mask and
     precision: bfloat16 where the step takes it; work that no change around the kernels
     removes), and bnnkit's step with ATen's BatchNorm (``atens_batchnorm``)."""
-    from bnnkit.nn import clip_weights_, latent_weights
+    from bnnkit.nn import bf16, clip_weights_, latent_weights
     from bnnkit.training.batching import in_memory_format, to_unit_float
     from bnnkit.training.loop import memory_format
     from bnnkit.training.optim import make_optimizer
@@ -336,7 +336,8 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         if isinstance(module, BinaryConv2d) and module._signs_only():
             xin, w = xin.sign(), w.sign()
             fast_forward, fast_backward = _bf16_step(xin, w)
-            forward = (xin.bfloat16(), w.bfloat16()) if fast_forward else (xin, w)
+            # bnnkit's exact forward casts the float32 weights itself (in two halves where one would round)
+            forward = (xin.bfloat16(), w) if fast_forward else (xin, w)
             backward = (xin.bfloat16(), w.bfloat16()) if fast_backward else (xin, w)
         grad = torch.randn(output.shape, dtype=backward[0].dtype).contiguous(memory_format=layout)
         convs.append((module, forward, (*backward, grad), inputs[0].requires_grad))
@@ -366,7 +367,8 @@ def floor(model: str, steps: int, rounds: int) -> dict:
 
     def convolutions():
         for m, (xf, wf), (xb, wb, grad), input_grad in convs:
-            F.conv2d(xf, wf, None, m.stride, m.padding, m.dilation, m.groups)
+            forward = bf16.binary_conv2d if xf.dtype == torch.bfloat16 else F.conv2d
+            forward(xf, wf, None, m.stride, m.padding, m.dilation, m.groups)
             torch.ops.aten.convolution_backward(
                 grad, xb, wb, None, m.stride, m.padding, m.dilation, False, [0, 0], m.groups, [input_grad, True, False]
             )

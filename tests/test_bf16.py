@@ -34,11 +34,15 @@ def signs(*shape, generator, p_plus=0.5):
     return torch.where(torch.rand(*shape, generator=generator) < p_plus, 1.0, -1.0)
 
 
-@pytest.mark.parametrize(("cin", "kernel"), [(1, 3), (28, 3), (29, 3), (56, 3), (57, 3), (58, 3), (64, 3), (256, 1)])
-def test_exact_in_bf16_is_exactly_where_the_worst_sums_survive_the_rounding(cin, kernel):
+@pytest.mark.parametrize(
+    ("cin", "kernel"),
+    [(1, 3), (28, 3), (29, 3), (56, 3), (57, 3), (58, 3), (60, 3), (64, 3), (113, 3), (116, 3), (120, 3), (256, 1)],
+)
+def test_forward_parts_is_exactly_where_the_worst_sums_survive_the_rounding(cin, kernel):
     # All ones: every interior output is the largest sum, cin·k², and the border ones each
     # smaller count of whole taps; one -1 more makes the next largest, cin·k² - 2; random
-    # signs leaning to +1 give the sums in between.
+    # signs leaning to +1 give the sums in between. Beyond one product's bound _forward sums
+    # two halves of the input channels, exact where each half is (forward_parts 2).
     gen = torch.Generator().manual_seed(cin)
     ones, flipped = torch.ones(2, cin, 6, 6), torch.ones(2, cin, 6, 6)
     flipped[0, 0, 2, 2] = -1.0
@@ -50,7 +54,9 @@ def test_exact_in_bf16_is_exactly_where_the_worst_sums_survive_the_rounding(cin,
     agree = [
         torch.equal(bf16._forward(x, w, 1, kernel // 2, 1, 1), F.conv2d(x, w, None, 1, kernel // 2)) for x, w in cases
     ]
-    if bf16.exact_in_bf16(cin, kernel * kernel):
+    parts = bf16.forward_parts(cin, kernel * kernel, 1)
+    assert (parts == 1) == bf16.exact_in_bf16(cin, kernel * kernel)
+    if parts:
         assert all(agree)
     else:  # the bound is tight: one of the two largest sums is already rounded
         assert not (agree[0] and agree[1])
@@ -91,22 +97,43 @@ def test_linear_forward_and_gradients_are_the_bits_of_float32(bf16_calls, monkey
 
 
 @pytest.mark.parametrize(
-    ("pad_value", "stride", "groups", "channels_last"),
-    [(0.0, 1, 1, True), (0.0, 2, 1, False), (-1.0, 1, 2, True), (1.0, 1, 1, False)],
+    ("cin", "pad_value", "stride", "groups", "channels_last"),
+    [
+        (32, 0.0, 1, 1, True),
+        (32, 0.0, 2, 1, False),
+        (32, -1.0, 1, 2, True),
+        (32, 1.0, 1, 1, False),
+        (64, 0.0, 1, 1, True),  # 576 products: two halves of 288, added in float32
+        (64, 0.0, 2, 1, False),
+        (64, -1.0, 1, 1, True),
+    ],
 )
 def test_forward_and_gradients_are_the_bits_of_float32(
-    bf16_calls, monkeypatch, pad_value, stride, groups, channels_last
+    bf16_calls, monkeypatch, cin, pad_value, stride, groups, channels_last
 ):
     torch.manual_seed(0)
-    conv = BinaryConv2d(32, 16, 3, stride=stride, padding=1, pad_value=pad_value, groups=groups)
+    conv = BinaryConv2d(cin, 16, 3, stride=stride, padding=1, pad_value=pad_value, groups=groups)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     conv = conv.to(memory_format=layout)
-    x0 = torch.randn(4, 32, 9, 9)
+    x0 = torch.randn(4, cin, 9, 9)
     x0.view(-1)[::11] = 0.0  # exact zeros binarize to +1 in both paths
     x0 = x0.contiguous(memory_format=layout)
     results = [run(monkeypatch, conv, x0, enabled) for enabled in (True, False)]
     assert len(bf16_calls) == 1
     assert_same_bits(*results)
+
+
+def test_the_sum_of_two_halves_is_exact_in_every_layout_pairing():
+    # The host kernel where both halves share a dense layout, PyTorch's ops where they do not.
+    gen = torch.Generator().manual_seed(3)
+    a, b = (torch.randint(-512, 513, (3, 16, 5, 5), generator=gen).float().bfloat16() for _ in "ab")
+    expected = a.float() + b.float()
+    last = torch.channels_last
+    transposed = b.mT.contiguous().mT  # b's values, other strides
+    for left, right in [(a, b), (a.contiguous(memory_format=last), b.contiguous(memory_format=last)), (a, transposed)]:
+        total = bf16._sum(left, right)
+        assert total.dtype == torch.float32 and torch.equal(total, expected)
+        assert total.stride() == left.stride()
 
 
 def test_only_products_of_two_sign_operands_take_the_bf16_path(bf16_calls):
@@ -117,7 +144,7 @@ def test_only_products_of_two_sign_operands_take_the_bf16_path(bf16_calls):
     BinaryConv2d(8, 4, 3, kernel_quantizer="magnitude_aware_sign")(x)  # ±α, not ±1
     BinaryConv2d(8, 4, 3, input_quantizer=None)(x)  # real input
     BinaryConv2d(8, 4, 3, input_quantizer="ste_sign", kernel_quantizer="dorefa")(x)
-    BinaryConv2d(29, 4, 3)(torch.randn(2, 29, 5, 5))  # 261 products: not exact
+    BinaryConv2d(58, 4, 3)(torch.randn(2, 58, 5, 5))  # 522 products, halves of 261: not exact
     two_stage = BinaryConv2d(8, 4, 3)
     set_weight_binarization(two_stage, False)  # real weights in the first stage
     two_stage(x)
@@ -159,7 +186,9 @@ def test_a_subclass_with_a_forward_of_its_own_loses_signs_unless_it_says_so(bf16
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "options"), [("ebnn_cnn", {}), ("binarynet_mlp", {"width": 64, "depth": 2})])
+@pytest.mark.parametrize(
+    ("model", "options"), [("ebnn_cnn", {}), ("binarynet_mlp", {"width": 64, "depth": 2}), ("resnet20", {})]
+)
 def test_training_is_the_same_bits_with_and_without_bf16(bf16_calls, monkeypatch, tmp_path, model, options):
     recipe = BASELINE.with_(batch_size=32)
     config = RunConfig(model=model, dataset="digits", epochs=1, seed=5, recipe=recipe, model_options=options)
@@ -170,7 +199,9 @@ def test_training_is_the_same_bits_with_and_without_bf16(bf16_calls, monkeypatch
         monkeypatch.setattr(bf16, "enabled", enabled)
         train(config, tmp_path / str(enabled), options)
         weights.append(safetensors.torch.load_file(tmp_path / str(enabled) / "model.safetensors"))
-    assert bf16_calls  # ebnn_cnn's second convolution (16 channels in), the MLP's 64-input layers
+    # ebnn_cnn's second convolution (16 channels in), the MLP's 64-input layers, ResNet-20's (its last
+    # stage's in two halves)
+    assert bf16_calls
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
@@ -194,7 +225,7 @@ def assert_one_bf16_rounding_from(coarse, reference):
     assert not torch.equal(coarse, reference)  # it did take the coarse path
 
 
-@pytest.mark.parametrize("cin", [16, 64])  # 64: a float32 forward (576 products) still takes the coarse backward
+@pytest.mark.parametrize("cin", [16, 64, 120])  # 120: a float32 forward (two halves of 540) still takes it
 def test_bf16_gradients_are_float32s_of_the_rounded_output_gradient_rounded_once(bf16_calls, cin):
     torch.manual_seed(1)
     conv = BinaryConv2d(cin, 8, 3, padding=1).to(memory_format=torch.channels_last)
@@ -209,7 +240,7 @@ def test_bf16_gradients_are_float32s_of_the_rounded_output_gradient_rounded_once
         conv(x).backward(rounded.contiguous(memory_format=torch.channels_last))
     for c, r in zip(coarse, (x.grad, conv.weight.grad), strict=True):
         assert_one_bf16_rounding_from(c, r)
-    assert len(bf16_calls) == (2 if cin == 16 else 0)  # the forward in bfloat16 only where exact, both runs
+    assert len(bf16_calls) == (0 if cin == 120 else 2)  # the forward in bfloat16 only where exact, both runs
 
 
 def test_bf16_gradients_of_a_linear_layer(bf16_calls):

@@ -9,7 +9,9 @@ to 512. A sum of an even number of ±1 is even, so a convolution whose input has
 number of channels per group (each valid tap adds that many products) is exact up to
 512 products per output; a linear layer's outputs all sum ``in_features`` products. Within
 that bound this forward costs about half of float32's on a CPU with AVX512-BF16
-(docs/performance.md).
+(docs/performance.md). A convolution with up to twice that (64 input channels of a 3×3
+kernel, as in ResNet-20's last stage) sums each half of its input channels in bfloat16 and
+adds the two halves in float32, exactly (``forward_parts``).
 
 The gradients are a separate choice, made per training run (``gradient_precision``):
 
@@ -21,7 +23,7 @@ The gradients are a separate choice, made per training run (``gradient_precision
   bfloat16 mixed-precision training; latent weights, BatchNorm and the optimiser stay
   float32. On a CPU with AVX512-BF16 the convolutions' backward, the larger half of a
   training step, takes about 0.6× float32's time. Layers whose forward is not exact in
-  bfloat16 (more than 512 products) keep a float32 forward and still take this backward.
+  bfloat16 (``forward_parts`` 0) keep a float32 forward and still take this backward.
 
 Before such a convolution the clipped straight-through sign (``clipped_sign_for_conv``) runs in
 the host kernels, straight to bfloat16 and back: one pass each way over the map instead of
@@ -98,6 +100,18 @@ def exact_in_bf16(channels_per_group: int, taps: int) -> bool:
     return products <= 256 or (channels_per_group % 2 == 0 and products <= 512)
 
 
+def forward_parts(channels_per_group: int, taps: int, groups: int) -> int:
+    """In how many bfloat16 products over parts of the input channels a convolution's forward is
+    exact (module docstring): 1 where one product holds every sum (``exact_in_bf16``); 2 where
+    each half of an ungrouped convolution's input channels does (the first ``channels // 2``, and
+    the rest), the two then added in float32; 0 where neither."""
+    if exact_in_bf16(channels_per_group, taps):
+        return 1
+    half = channels_per_group // 2
+    halves_exact = exact_in_bf16(half, taps) and exact_in_bf16(channels_per_group - half, taps)
+    return 2 if groups == 1 and halves_exact else 0
+
+
 def _fast_here(x: torch.Tensor, w: torch.Tensor) -> bool:
     return (
         enabled
@@ -114,7 +128,7 @@ def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether a convolution (4-D ``w``) or a linear layer (2-D ``x`` and ``w``) of ±1
     operands may take the bfloat16 forward."""
     if w.ndim == 4:
-        exact = exact_in_bf16(w.shape[1], w.shape[2] * w.shape[3])
+        exact = x.ndim == 4 and forward_parts(w.shape[1], w.shape[2] * w.shape[3], x.shape[1] // w.shape[1]) > 0
     else:
         # Row-major operands: autograd's mm backward takes other products for other strides.
         exact = x.ndim == 2 and x.is_contiguous() and w.is_contiguous() and exact_in_bf16(w.shape[1], 1)
@@ -133,8 +147,27 @@ def coarse_gradients(x: torch.Tensor, w: torch.Tensor) -> bool:
 def _forward(
     x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups: int, widen: bool = True
 ) -> torch.Tensor:
-    product = F.conv2d(x.bfloat16(), w.bfloat16(), None, stride, padding, dilation, groups)
-    return product.float() if widen else product
+    """The exact forward (``forward_parts`` > 0) in bfloat16; in float32, except where ``widen`` is
+    False and one product holds every sum."""
+    xb, wb = x.bfloat16(), w.bfloat16()
+    if forward_parts(w.shape[1], w.shape[2] * w.shape[3], groups) == 1:
+        product = F.conv2d(xb, wb, None, stride, padding, dilation, groups)
+        return product.float() if widen else product
+    half = w.shape[1] // 2
+    low, high = (
+        F.conv2d(xb[:, part], wb[:, part], None, stride, padding, dilation) for part in (slice(half), slice(half, None))
+    )
+    return _sum(low, high)
+
+
+def _sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a + b in float32 for bfloat16 maps of integers (exact): one pass in the host kernels where
+    both have the same dense layout."""
+    if a.stride() != b.stride() or not _dense(a) or not fast.builds():
+        return a.float() + b.float()
+    out = torch.empty_like(a, dtype=torch.float32)  # a's strides: the three memories align
+    fast.sum_bf16(_flat(a), _flat(b), _flat(out), torch.get_num_threads())
+    return out
 
 
 def _operands(ctx, x: torch.Tensor, w: torch.Tensor, exact: bool, coarse: bool) -> tuple[torch.Tensor, torch.Tensor]:

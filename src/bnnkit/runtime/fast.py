@@ -129,6 +129,7 @@ def library() -> ctypes.CDLL:
     lib.bnn_maxpool2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.bnn_bn_supported.argtypes, lib.bnn_bn_supported.restype = [], ctypes.c_int
     lib.bnn_sign_bf16.argtypes = [ptr, ptr, i64, ctypes.c_int]
+    lib.bnn_sum_bf16.argtypes = [ptr, ptr, ptr, i64, ctypes.c_int]
     lib.bnn_clipped_grad_bf16.argtypes = [ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, i64, ctypes.c_int]
     f64, cint = ctypes.c_double, ctypes.c_int
     lib.bnn_bn_forward.argtypes = [
@@ -440,6 +441,17 @@ def sign_bf16(x: np.ndarray, out: np.ndarray | None = None, threads: int = 1) ->
     out = np.empty(len(x), np.uint16) if out is None else out
     _check_array(out, x.shape, "sign_bf16", np.uint16)
     library().bnn_sign_bf16(x.ctypes.data, out.ctypes.data, len(x), threads)
+    return out
+
+
+def sum_bf16(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """The sum in float32 (into ``out`` if given) of two flat bfloat16 arrays (uint16 bits), each
+    widened exactly first."""
+    _check_array(a, a.shape[:1], "sum_bf16", np.uint16)
+    _check_array(b, a.shape, "sum_bf16", np.uint16)
+    out = np.empty(len(a), np.float32) if out is None else out
+    _check_array(out, a.shape, "sum_bf16")
+    library().bnn_sum_bf16(a.ctypes.data, b.ctypes.data, out.ctypes.data, len(a), threads)
     return out
 
 

@@ -39,8 +39,9 @@ int64_t bnn_popcount_peak(int isa, const uint64_t *x, const uint64_t *w, int32_t
 
 /* sign.c: the clipped straight-through sign fused with bfloat16's conversions, over n elements of
  * the same memory layout: x -> sign(x) as bfloat16 bits; a bfloat16 gradient -> float32, 0 where
- * x is not strictly between low and high (NaN included). */
+ * x is not strictly between low and high (NaN included); two bfloat16 maps -> their float32 sum. */
 void bnn_sign_bf16(const float *x, uint16_t *out, int64_t n, int threads);
+void bnn_sum_bf16(const uint16_t *a, const uint16_t *b, float *out, int64_t n, int threads);
 void bnn_clipped_grad_bf16(const uint16_t *grad, const float *x, float *out, float low, float high, int64_t n,
                            int threads);
 

@@ -4,7 +4,11 @@
  * (widen the bfloat16 input gradient, then hardtanh's backward); these are one pass each, with
  * the same bits: sign(x) is +1 for x >= 0, -0.0 and NaN, -1 below 0 (bnnkit.quant.sign); the
  * gradient passes unchanged where low < x < high, and is +0.0 elsewhere, NaN included (ATen's
- * hardtanh_backward). Plain loops: gcc -O3 vectorises both. */
+ * hardtanh_backward). Plain loops: gcc -O3 vectorises both.
+ *
+ * bnn_sum_bf16 adds the two bfloat16 halves of a binary convolution whose whole sum a bfloat16
+ * output would round (bnnkit.nn.bf16.forward_parts): each half is an integer, so widening both
+ * and adding them in float32 is exact. */
 #include <stdint.h>
 #include <string.h>
 
@@ -21,15 +25,29 @@ void bnn_sign_bf16(const float *x, uint16_t *out, int64_t n, int threads)
         out[i] = x[i] < 0.0f ? BF16_MINUS_ONE : BF16_PLUS_ONE;
 }
 
+static inline float widen(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16; /* bfloat16 is float32's upper half: exact */
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+void bnn_sum_bf16(const uint16_t *a, const uint16_t *b, float *out, int64_t n, int threads)
+{
+    int64_t i;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i = 0; i < n; i++)
+        out[i] = widen(a[i]) + widen(b[i]);
+}
+
 void bnn_clipped_grad_bf16(const uint16_t *grad, const float *x, float *out, float low, float high, int64_t n,
                            int threads)
 {
     int64_t i;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (i = 0; i < n; i++) {
-        uint32_t bits = (uint32_t)grad[i] << 16; /* bfloat16 is float32's upper half: exact */
-        float g;
-        memcpy(&g, &bits, sizeof g);
+        float g = widen(grad[i]); /* loaded whatever x holds: a load under the condition does not vectorise */
         out[i] = (x[i] > low && x[i] < high) ? g : 0.0f;
     }
 }
