@@ -14,8 +14,9 @@ from helpers.training import trained_state
 
 from bnnkit.errors import BnnkitError
 from bnnkit.models import create_model
-from bnnkit.nn import BatchNorm2d, BinaryConv2d, bf16
+from bnnkit.nn import BatchNorm2d, BinaryConv2d, batchnorm, bf16
 from bnnkit.nn.batchnorm import link_bfloat16_maps
+from bnnkit.quant.sign import open_bounds
 from bnnkit.runtime import fast
 
 needs_kernels = pytest.mark.skipif(not fast.batchnorm_fits(64, 8, 1), reason="no AVX2 and FMA, or no C compiler")
@@ -86,6 +87,65 @@ def test_the_pool_kernels_on_a_bfloat16_map_are_atens_pool_bit_for_bit():
 
 
 @needs_kernels
+@pytest.mark.parametrize(("x_bf16", "chunks"), [(False, 1), (True, 1), (False, 2), (True, 3)])
+def test_the_sign_of_the_output_and_its_clipped_gradient_are_the_sign_kernels_bits(x_bf16, chunks):
+    """batchnorm_forward(signs=True) is sign_bf16 of its output; the backward from the sign's
+    gradient is the backward from clipped_grad_bf16 of it, at the clip bounds, 0 and NaN too."""
+    gen = torch.Generator().manual_seed(chunks)
+    rows, c = 200, 16
+    x = (torch.randn(rows, c, generator=gen) * 30).round()
+    x[5, 7] = math.nan  # a NaN output row for channel 7: sign +1, gradient 0
+    x = bf16_bits(x.bfloat16()) if x_bf16 else x.numpy()
+    w, b = torch.randn(c, generator=gen).numpy(), torch.randn(c, generator=gen).numpy()
+    # weight 0: every output is the bias: outside the clip in channels 3 and 6 (the first float32
+    # below -1: no gradient), 0 in channel 4 (sign +1) and on the clip's bound in channel 5, both
+    # inside (the whole gradient)
+    low, high = open_bounds(1.0, torch.float32)
+    w[3:7], b[3:7] = 0.0, (1.5, 0.0, 1.0, low)
+    y, mean, invstd = fast.batchnorm_forward(x, w, b, None, 0.1, 1e-5, chunks)
+    signs, mean_s, invstd_s = fast.batchnorm_forward(x, w, b, None, 0.1, 1e-5, chunks, signs=True)
+    assert np.array_equal(signs, fast.sign_bf16(y.ravel()).reshape(y.shape))
+    assert np.array_equal(mean, mean_s, equal_nan=True) and np.array_equal(invstd, invstd_s, equal_nan=True)
+    assert {0x3F80, 0xBF80} == set(signs.ravel().tolist())
+
+    grad = bf16_bits(torch.randn(rows, c, generator=gen).bfloat16())
+    clipped = fast.clipped_grad_bf16(grad.ravel(), y.ravel(), low, high).reshape(y.shape)
+    assert (clipped[:, [3, 6]] == 0).all() and np.array_equal(clipped[:, 4:6], bf16_bits_widened(grad[:, 4:6]))
+    theirs = fast.batchnorm_backward(x, clipped, mean, invstd, w, chunks)
+    ours = fast.batchnorm_backward(x, grad, mean, invstd, w, chunks, sign_of=(b, low, high))
+    for a, o in zip(theirs, ours, strict=True):
+        assert a is not None and o is not None and a.dtype == o.dtype
+        assert np.array_equal(a, o, equal_nan=True)
+
+
+@needs_kernels
+@pytest.mark.parametrize("grad_layout", [torch.channels_last, torch.contiguous_format])
+def test_the_sign_handed_over_has_the_gradients_of_the_sign_after_the_batchnorm(grad_layout):
+    """_HostBatchNormSign against _HostBatchNorm then the fused sign, whatever layout the gradient
+    comes back in (another than the map's takes the fallback, which recomputes the output)."""
+    gen = torch.Generator().manual_seed(4)
+    x0 = (torch.randn(6, 16, 5, 7, generator=gen) * 3).contiguous(memory_format=torch.channels_last)
+    w0, b0 = torch.randn(16, generator=gen), torch.randn(16, generator=gen)
+    grad = torch.randn(6, 16, 5, 7, generator=gen).bfloat16().contiguous(memory_format=grad_layout)
+    results = []
+    for fused in (True, False):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        running = [torch.zeros(16), torch.ones(16)]
+        if fused:
+            out = batchnorm._HostBatchNormSign.apply(x, w, b, *running, 0.1, 1e-5, 1.0)
+        else:
+            out = bf16._ClippedSignBf16.apply(batchnorm._HostBatchNorm.apply(x, w, b, *running, 0.1, 1e-5), 1.0)
+        out.backward(grad)
+        results.append([out, x.grad, w.grad, b.grad, *running])
+    for ours, theirs in zip(*results, strict=True):
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+
+
+def bf16_bits_widened(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+@needs_kernels
 def test_the_kernels_take_float32_or_bfloat16_bits_and_nothing_else():
     ones = np.ones(8, np.float32)
     with pytest.raises(BnnkitError, match="float32"):
@@ -104,48 +164,70 @@ def bfloat16_training(monkeypatch):
         yield
 
 
-def bfloat16_inputs(net: torch.nn.Module) -> list[str]:
-    """Names of the BatchNorms that receive a bfloat16 map in a training forward."""
+def bfloat16_inputs(net: torch.nn.Module, outputs: bool = False) -> list[str]:
+    """Names of the BatchNorms that receive a bfloat16 map in a training forward (``outputs``: that
+    hand one over, their sign)."""
     seen: list[str] = []
     for name, module in net.named_modules():
         if isinstance(module, BatchNorm2d):
             module.register_forward_hook(
-                lambda m, inputs, out, name=name: seen.append(name) if inputs[0].dtype == torch.bfloat16 else None
+                lambda m, inputs, out, name=name: (
+                    seen.append(name) if (out if outputs else inputs[0]).dtype == torch.bfloat16 else None
+                )
             )
     return seen
 
 
 @pytest.mark.parametrize(
-    ("model", "options", "layout"),
+    ("model", "options", "layout", "signs"),
     [
-        ("resnet20", {"width_mult": 0.5}, torch.channels_last),  # every BatchNorm in the kernels
-        ("resnet20", {"width_mult": 0.25}, torch.channels_last),  # 4 channels: ATen's, on the widened map
-        ("resnet20", {"width_mult": 0.5}, torch.contiguous_format),  # NCHW: ATen's
-        ("small_cnn", {"width": 16}, torch.channels_last),  # through max-pools to two of the BatchNorms
-        ("ebnn_cnn", {}, torch.channels_last),  # conv, pool, BatchNorm, whose gradient comes back NCHW
+        ("resnet20", {"width_mult": 0.5}, torch.channels_last, 9),  # every BatchNorm in the kernels
+        # 4 channels in the first stage: ATen's BatchNorm, on the widened map; 8 and 16 in the kernels
+        ("resnet20", {"width_mult": 0.25}, torch.channels_last, 6),
+        ("resnet20", {"width_mult": 0.5}, torch.contiguous_format, 0),  # NCHW: ATen's
+        ("resnet20", {}, torch.channels_last, 9),  # 64 channels: the last stage's products in halves
+        # through max-pools to two of the BatchNorms; the first reads the first convolution's NCHW
+        # output (its one input channel leaves the layout open): ATen's, whose sign the convolution makes
+        ("small_cnn", {"width": 16}, torch.channels_last, 2),
+        # conv, pool, BatchNorm, whose gradient comes back NCHW; its map is NCHW too, as small_cnn's first
+        ("ebnn_cnn", {}, torch.channels_last, 0),
     ],
 )
-def test_training_steps_are_the_same_bits_linked_or_not(bfloat16_training, model, options, layout):
+def test_training_steps_are_the_same_bits_linked_or_not(bfloat16_training, model, options, layout, signs):
     torch.manual_seed(0)
     plain = create_model(model, 10, (1, 28, 28), "embedded", **options).to(memory_format=layout)
     linked = copy.deepcopy(plain)
     assert link_bfloat16_maps(linked) > 0
-    handed_over = bfloat16_inputs(linked)
+    handed_over, signs_handed_over = bfloat16_inputs(linked), bfloat16_inputs(linked, outputs=True)
     ours, theirs = trained_state(linked, layout), trained_state(plain, layout)
     assert handed_over  # the bfloat16 maps did reach the BatchNorms
+    assert len(set(signs_handed_over)) == signs  # and the signs the convolutions after them
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), key
 
 
+def sign_links(net: torch.nn.Module) -> int:
+    return sum(bool(m.sign_reader) for m in net.modules() if isinstance(m, BatchNorm2d))
+
+
 def test_only_a_bare_convolution_read_by_a_batchnorm_alone_is_linked(bfloat16_training):
-    # eBNN's order, conv → pool → BatchNorm: linked through the pool
-    assert link_bfloat16_maps(create_model("ebnn_cnn", 10, (1, 28, 28), "embedded")) == 2
-    # pooling after the sign: the sign, not the BatchNorm, reads the pool
+    # eBNN's order, conv → pool → BatchNorm: linked through the pool; and the first BatchNorm's
+    # sign to the second convolution
+    ebnn = create_model("ebnn_cnn", 10, (1, 28, 28), "embedded")
+    assert link_bfloat16_maps(ebnn) == 3 and sign_links(ebnn) == 1
+    # pooling after the sign: the sign module, not a convolution, reads the BatchNorm
     after_sign = create_model("ebnn_cnn", 10, (1, 28, 28), "embedded+pool_after_sign")
-    assert link_bfloat16_maps(after_sign) == 2  # conv → BatchNorm, the pool comes later
+    assert link_bfloat16_maps(after_sign) == 2 and sign_links(after_sign) == 0
+    # 21 convolutions (stem, blocks, two shortcuts) into their BatchNorms; each block's first
+    # BatchNorm into its second convolution, unless the double residual's shortcut reads it too
     resnet = create_model("resnet20", 10, (1, 28, 28), "embedded", width_mult=0.5)
-    assert link_bfloat16_maps(resnet) >= 18  # at least the two convolutions of each of the 9 blocks
+    assert link_bfloat16_maps(resnet) == 30 and sign_links(resnet) == 9
+    double = create_model("resnet20", 10, (1, 28, 28), "embedded+double_residual", width_mult=0.5)
+    assert link_bfloat16_maps(double) == 21 and sign_links(double) == 0
+    # XNOR-Net's K reads the real input: no sign handed over
+    xnor = torch.nn.Sequential(BatchNorm2d(8), BinaryConv2d(8, 8, 3, activation_scale="xnor"))
+    assert link_bfloat16_maps(xnor) == 0
     # a scale after the product: the layer still widens it, and the BatchNorm gets float32
     scaled = torch.nn.Sequential(BinaryConv2d(8, 8, 3, padding=1, weight_scale="mean_abs"), BatchNorm2d(8))
     assert link_bfloat16_maps(scaled) == 1

@@ -60,9 +60,12 @@ class BasicBlock(nn.Module):
         """Additions per output value, for bnnkit.cost."""
         return 2 if self.double_shortcut else 1
 
-    def conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """Each convolution and the norm that alone reads its output (bnnkit.nn.batchnorm.link_bfloat16_maps)."""
-        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+    def sole_reader_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(maker, reader) pairs where the reader alone reads the maker's output
+        (bnnkit.nn.batchnorm.link_bfloat16_maps): each convolution and its norm; the first norm and
+        the second convolution, unless a shortcut reads that norm's output too."""
+        pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+        return pairs if self.double_shortcut else [*pairs, (self.bn1, self.conv2)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(self.conv1(x))

@@ -35,6 +35,8 @@ from torch.autograd.function import once_differentiable
 
 from bnnkit.errors import BnnkitError
 from bnnkit.nn import bf16
+from bnnkit.nn.layers import BinaryConv2d
+from bnnkit.quant.sign import open_bounds
 from bnnkit.runtime import fast
 
 
@@ -49,42 +51,79 @@ def _as_map(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return bf16.tensor_view(rows).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
+def _forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float, signs: bool = False):
+    """The host kernels' forward (with ``signs``, the output's sign in bfloat16), saving what the
+    backward reads."""
+    chunks = torch.get_num_threads()
+    running = None if running_mean is None else (running_mean.numpy(), running_var.numpy())
+    params = (weight.detach().numpy(), bias.detach().numpy())
+    y, mean, invstd = fast.batchnorm_forward(_rows(x), *params, running, momentum, eps, chunks, signs)
+    ctx.save_for_backward(x, weight, bias, torch.from_numpy(mean), torch.from_numpy(invstd))
+    ctx.chunks, ctx.eps = chunks, eps
+    return _as_map(y, x)
+
+
+def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of x, the weight and the bias for the float32 output gradient ``grad``."""
+    x, weight, _, mean, invstd = ctx.saved_tensors
+    if not (_channels_last(grad) and grad.dtype == torch.float32):
+        # what autograd would have called: ATen's backward takes every layout (and a float32
+        # map: autograd casts the gradient of a bfloat16 one as the convolution would)
+        mask = list(ctx.needs_input_grad[:3])
+        dx, dw, db = torch.ops.aten.native_batch_norm_backward(
+            grad, x.float(), weight, None, None, mean, invstd, True, ctx.eps, mask
+        )
+        return dx, dw, db
+    saved = (mean.numpy(), invstd.numpy(), weight.detach().numpy())
+    return _gradients(x, fast.batchnorm_backward(_rows(x), _rows(grad), *saved, ctx.chunks, ctx.needs_input_grad[0]))
+
+
+def _gradients(
+    x: torch.Tensor, grads: tuple[np.ndarray | None, np.ndarray, np.ndarray]
+) -> tuple[torch.Tensor | None, ...]:
+    dx, dw, db = grads
+    return None if dx is None else _as_map(dx, x), torch.from_numpy(dw), torch.from_numpy(db)
+
+
 class _HostBatchNorm(torch.autograd.Function):
     # ctx is Any: the saved chunks and eps are attributes FunctionCtx does not declare
     @staticmethod
     def forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
-        chunks = torch.get_num_threads()
-        running = None if running_mean is None else (running_mean.numpy(), running_var.numpy())
-        params = (weight.detach().numpy(), bias.detach().numpy())
-        y, mean, invstd = fast.batchnorm_forward(_rows(x), *params, running, momentum, eps, chunks)
-        ctx.save_for_backward(x, weight, torch.from_numpy(mean), torch.from_numpy(invstd))
-        ctx.chunks, ctx.eps = chunks, eps
-        return _as_map(y, x)
+        return _forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor):
-        x, weight, mean, invstd = ctx.saved_tensors
-        wants_dx = ctx.needs_input_grad[0]
-        if not (_channels_last(grad) and grad.dtype == torch.float32):
-            # what autograd would have called: ATen's backward takes every layout (and a float32
-            # map: autograd casts the gradient of a bfloat16 one as the convolution would)
-            mask = list(ctx.needs_input_grad[:3])
-            grads = torch.ops.aten.native_batch_norm_backward(
-                grad, x.float(), weight, None, None, mean, invstd, True, ctx.eps, mask
-            )
-            return *grads, None, None, None, None
-        saved = (mean.numpy(), invstd.numpy(), weight.detach().numpy())
-        dx, dw, db = fast.batchnorm_backward(_rows(x), _rows(grad), *saved, ctx.chunks, wants_dx)
-        return (
-            None if dx is None else _as_map(dx, x),
-            torch.from_numpy(dw),
-            torch.from_numpy(db),
-            None,
-            None,
-            None,
-            None,
-        )
+        return *_backward(ctx, grad), None, None, None, None
+
+
+class _HostBatchNormSign(torch.autograd.Function):
+    """The BatchNorm's output handed straight to the clipped sign of the binary convolution that
+    alone reads it (``bnnkit.nn.bf16.clipped_sign_for_conv``), in one pass each way: forward the
+    sign in bfloat16, backward the BatchNorm's gradients from the sign's bfloat16 gradient, the
+    output recomputed where the clip needs it. The same bits as the two apart."""
+
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float, clip: float):
+        ctx.clip = clip
+        return _forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, signs=True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor):
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        if grad.dtype == torch.bfloat16 and grad.stride() == x.stride():  # x is channels-last and dense
+            bounds = open_bounds(ctx.clip, torch.float32)
+            saved = (mean.numpy(), invstd.numpy(), weight.detach().numpy())
+            sign_of = (bias.detach().numpy(), *bounds)
+            grads = fast.batchnorm_backward(_rows(x), _rows(grad), *saved, ctx.chunks, ctx.needs_input_grad[0], sign_of)
+            return *_gradients(x, grads), None, None, None, None, None
+        # another layout: the output again (the same bits), then the sign's backward and the
+        # BatchNorm's, as they run apart
+        params = (weight.detach().numpy(), bias.detach().numpy())
+        y, _, _ = fast.batchnorm_forward(_rows(x), *params, None, 0.0, ctx.eps, ctx.chunks)
+        dy = bf16.clipped_sign_backward(grad, _as_map(y, x), ctx.clip)
+        return *_backward(ctx, dy), None, None, None, None, None
 
 
 def _channels_last(x: torch.Tensor) -> bool:
@@ -138,8 +177,11 @@ def _host_takes(bn: nn.BatchNorm2d, x: torch.Tensor) -> bool:
 class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d``, its training pass in the host kernels where the map allows it (module docstring)."""
 
-    # Set by link_bfloat16_maps: the convolution before may hand over its bfloat16 product.
+    # Set by link_bfloat16_maps: the convolution before may hand over its bfloat16 product
+    # (takes_bf16); the binary convolution after, which alone reads the output, may take its
+    # clipped sign from here (a tuple, which nn.Module does not register as a child).
     takes_bf16 = False
+    sign_reader: tuple[BinaryConv2d, ...] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Evaluation, and training without running statistics kept, read torch's own forward.
@@ -151,7 +193,10 @@ class BatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
-        return _HostBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
+        args = (x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
+        # The host kernels' output is float32 and laid out as x: the reader's sign fuses for it as for x.
+        clip = self.sign_reader[0].fused_sign_clip(x) if self.sign_reader else None
+        return _HostBatchNorm.apply(*args) if clip is None else _HostBatchNormSign.apply(*args, clip)
 
 
 def _end(module: nn.Module, last: bool) -> nn.Module:
@@ -161,13 +206,13 @@ def _end(module: nn.Module, last: bool) -> nn.Module:
     return module
 
 
-def _conv_norm_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]]:
+def _sole_reader_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]]:
     """(maker, reader) pairs where the reader alone reads the maker's output: neighbours in a
-    Sequential, and the pairs a block names (``conv_norm_pairs()``, as the residual blocks do)."""
+    Sequential, and the pairs a block names (``sole_reader_pairs()``, as the residual blocks do)."""
     for module in model.modules():
         if isinstance(module, nn.Sequential):
             yield from zip(module, list(module)[1:])
-        pairs = getattr(module, "conv_norm_pairs", None)
+        pairs = getattr(module, "sole_reader_pairs", None)
         if callable(pairs):
             yield from pairs()
 
@@ -175,20 +220,23 @@ def _conv_norm_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]]:
 def link_bfloat16_maps(model: nn.Module) -> int:
     """Lets every binary convolution whose output only a bnnkit ``BatchNorm2d`` reads, directly
     or through a ``MaxPool2x2`` that only it reads, hand over the bfloat16 product unwidened
-    (``bnnkit.nn.bf16``; module docstring): the same bits, a widening pass and a cast fewer per
-    convolution and step. Returns the number of convolutions linked."""
-    from bnnkit.nn.layers import BinaryConv2d
+    (``bnnkit.nn.bf16``; module docstring), and every such BatchNorm whose output only a binary
+    convolution reads hand over that convolution's clipped sign (``_HostBatchNormSign``): the same
+    bits, fewer passes over the maps per step. Returns the number of links made."""
     from bnnkit.nn.pool import MaxPool2x2
 
-    reader = {id(_end(maker, last=True)): _end(read, last=False) for maker, read in _conv_norm_pairs(model)}
+    reader = {id(_end(maker, last=True)): _end(read, last=False) for maker, read in _sole_reader_pairs(model)}
     linked = 0
-    for conv in model.modules():
-        if not isinstance(conv, BinaryConv2d):
+    for module in model.modules():
+        after = reader.get(id(module))
+        if isinstance(module, BatchNorm2d) and isinstance(after, BinaryConv2d) and after.activation_scale == "none":
+            module.sign_reader, after.takes_signs = (after,), True  # XNOR-Net's K reads the real input
+            linked += 1
+        if not isinstance(module, BinaryConv2d):
             continue
-        norm = reader.get(id(conv))
-        if isinstance(norm, MaxPool2x2):  # the pool passes bfloat16 through as it is (bnnkit.nn.pool)
-            norm = reader.get(id(norm))
-        if isinstance(norm, BatchNorm2d):
-            conv.feeds_batchnorm = norm.takes_bf16 = True
+        if isinstance(after, MaxPool2x2):  # the pool passes bfloat16 through as it is (bnnkit.nn.pool)
+            after = reader.get(id(after))
+        if isinstance(after, BatchNorm2d):
+            module.feeds_batchnorm = after.takes_bf16 = True
             linked += 1
     return linked

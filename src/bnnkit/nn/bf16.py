@@ -33,7 +33,9 @@ with the same bits. A ResNet-20 step takes about 0.95x the time (docs/performanc
 A convolution whose output only a bnnkit ``BatchNorm2d`` reads (``bnnkit.nn.batchnorm.link_bfloat16_maps``)
 hands it the bfloat16 product as it is: the BatchNorm widens it as it loads it and returns its
 input gradient in bfloat16, rounded as the cast in this module's backward would round it. The
-same bits, without a widening pass forward and a cast backward.
+same bits, without a widening pass forward and a cast backward. The other way round, a
+BatchNorm whose output only such a convolution's fused sign reads writes that sign itself, and
+takes its gradient back, without the float32 map in between.
 """
 
 from __future__ import annotations
@@ -273,14 +275,27 @@ class _ClippedSignBf16(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        if grad.stride() != x.stride() or not _dense(grad):
-            # PyTorch's ops, whose output layout (which the layers before read, and sum in that
-            # order) follows both operands' strides: the kernel's would always be x's.
-            return clipped_gradient(grad.float(), x, ctx.clip_value), None
-        out = torch.empty_like(x)
-        low, high = open_bounds(ctx.clip_value, torch.float32)
-        fast.clipped_grad_bf16(_flat(grad), _flat(x.detach()), low, high, _flat(out), torch.get_num_threads())
-        return out, None
+        return clipped_sign_backward(grad, x, ctx.clip_value), None
+
+
+def clipped_sign_backward(grad: torch.Tensor, x: torch.Tensor, clip_value: float) -> torch.Tensor:
+    """The float32 gradient of ``x`` for the bfloat16 gradient ``grad`` of its clipped sign."""
+    if grad.stride() != x.stride() or not _dense(grad):
+        # PyTorch's ops, whose output layout (which the layers before read, and sum in that
+        # order) follows both operands' strides: the kernel's would always be x's.
+        return clipped_gradient(grad.float(), x, clip_value)
+    out = torch.empty_like(x)
+    low, high = open_bounds(clip_value, torch.float32)
+    fast.clipped_grad_bf16(_flat(grad), _flat(x.detach()), low, high, _flat(out), torch.get_num_threads())
+    return out
+
+
+def sign_fuses(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether the clipped sign of a float32 map laid out as ``x`` (which may itself be a bfloat16
+    map, whose float32 image a BatchNorm would make) is fused with its casts before a binary
+    convolution with the ±1 kernel ``w`` (``clipped_sign_for_conv``)."""
+    fits = fused_sign and x.dim() == 4 and _dense(x) and not torch.jit.is_tracing()
+    return fits and usable(x, w) and coarse_gradients(x, w) and fast.builds()
 
 
 def clipped_sign_for_conv(x: torch.Tensor, clip_value: float, w: torch.Tensor) -> torch.Tensor | None:
@@ -289,8 +304,7 @@ def clipped_sign_for_conv(x: torch.Tensor, clip_value: float, w: torch.Tensor) -
     gradients anyway (``coarse_gradients``); None elsewhere. The sign, the casts and the mask
     then cost one pass over the map each way instead of four forward and two backward: the same
     values and gradients, bit for bit."""
-    fits = fused_sign and x.dim() == 4 and _dense(x) and not torch.jit.is_tracing()
-    if not (fits and x.dtype == torch.float32 and usable(x, w) and coarse_gradients(x, w) and fast.builds()):
+    if x.dtype != torch.float32 or not sign_fuses(x, w):
         return None
     return _ClippedSignBf16.apply(x, clip_value)
 

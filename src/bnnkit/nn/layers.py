@@ -197,8 +197,10 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
             raise BnnkitError("BinaryConv2d needs numeric padding, not 'same'/'valid'")
         return self.padding[0], self.padding[1]
 
-    # Set by bnnkit.nn.batchnorm.link_bfloat16_maps where a bnnkit BatchNorm2d alone reads the output.
+    # Set by bnnkit.nn.batchnorm.link_bfloat16_maps where a bnnkit BatchNorm2d alone reads the output
+    # (feeds_batchnorm), or alone makes the input and may hand over its sign (takes_signs).
     feeds_batchnorm = False
+    takes_signs = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
@@ -220,12 +222,19 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         return self.activation_scale == "none" and self.weight_scale == "none" and self.bias is None
 
     def _quantized_input(self, x: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
+        if self.takes_signs and x.dtype == torch.bfloat16:
+            return x  # the linked BatchNorm's own clipped sign (fused_sign_clip)
+        clip = self.fused_sign_clip(x)
+        fused = None if clip is None else bf16.clipped_sign_for_conv(x, clip, wq)
+        return super()._quantized_input(x, wq) if fused is None else fused
+
+    def fused_sign_clip(self, x: torch.Tensor) -> float | None:
+        """The clip of the input quantizer where it is the plain clipped sign and runs fused with
+        the bfloat16 casts on a float32 map laid out as ``x`` (``bf16.sign_fuses``); else None."""
         iq = self.input_quantizer
-        if type(iq) is ClippedSteSign and self._signs_only():
-            fused = bf16.clipped_sign_for_conv(x, iq.clip_value, wq)
-            if fused is not None:
-                return fused
-        return super()._quantized_input(x, wq)
+        if type(iq) is ClippedSteSign and self._signs_only() and bf16.sign_fuses(x, self.weight):
+            return iq.clip_value
+        return None
 
     def _input_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         # Padded positions count as zeros, as in XNOR-Net's convolution with a k×k box.

@@ -151,8 +151,11 @@ def library() -> ctypes.CDLL:
         ptr,
         ptr,
         ptr,
+        cint,
     ]
+    f32 = ctypes.c_float
     lib.bnn_bn_backward.argtypes = [ptr, cint, ptr, ptr, ptr, ptr, i64, i64, cint, cint, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.bnn_bn_backward.argtypes += [cint, ptr, f32, f32, ptr, ptr]
     return lib
 
 
@@ -488,18 +491,20 @@ def batchnorm_forward(
     momentum: float,
     eps: float,
     chunks: int,
+    signs: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BatchNorm's training forward of ``x`` (rows, channels), ATen's bits for ``chunks`` of its
     threads (``batchnorm_fits``): the output, the batch mean and 1 / sqrt(var + eps) per channel.
     ``running`` (mean, var) move towards the batch's statistics in place. ``x`` is float32, or
-    bfloat16 as the uint16 of its bits (``_map_dtype``); the output is float32 either way."""
+    bfloat16 as the uint16 of its bits (``_map_dtype``); the output is float32 either way, or with
+    ``signs`` its sign as bfloat16 bits (``sign_bf16`` of it)."""
     rows, c = x.shape
     _check_array(x, (rows, c), "batchnorm_forward", _map_dtype(x))
     for a in (weight, bias, *(running or ())):
         _check_array(a, (c,), "batchnorm_forward")
     if not batchnorm_fits(rows, c, chunks):
         raise BnnkitError(f"batchnorm_forward: cannot take {rows} x {c} in {chunks} chunks")
-    y = np.empty((rows, c), np.float32)
+    y = np.empty((rows, c), BF16_BITS if signs else np.float32)
     mean, invstd, alpha, beta = (np.empty(c, np.float32) for _ in range(4))
     partial = np.empty((chunks, c), np.float32)
     rm, rv = running or (None, None)
@@ -507,7 +512,7 @@ def batchnorm_forward(
         *(x.ctypes.data, int(x.dtype == BF16_BITS), rows, c, chunks, chunks, partial.ctypes.data, weight.ctypes.data),
         bias.ctypes.data,
         *(_address(rm), _address(rv), momentum, eps, mean.ctypes.data, invstd.ctypes.data, alpha.ctypes.data),
-        *(beta.ctypes.data, y.ctypes.data),
+        *(beta.ctypes.data, y.ctypes.data, int(signs)),
     )
     return y, mean, invstd
 
@@ -520,24 +525,30 @@ def batchnorm_backward(
     weight: np.ndarray,
     chunks: int,
     input_grad: bool = True,
+    sign_of: tuple[np.ndarray, float, float] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """The gradients of ``batchnorm_forward`` for the float32 output gradient ``grad``: of x (None
     without ``input_grad``; in x's type, a bfloat16 one rounded as PyTorch casts), of the weight
-    and of the bias, ATen's bits."""
+    and of the bias, ATen's bits. ``sign_of`` (bias, low, high): ``grad`` is instead the bfloat16
+    gradient (uint16 bits) of the output's sign (``batchnorm_forward(..., signs=True)``), which
+    passes it where low < output < high (``clipped_grad_bf16`` of it)."""
     rows, c = x.shape
     _check_array(x, (rows, c), "batchnorm_backward", _map_dtype(x))
-    for a, shape in ((grad, (rows, c)), (mean, (c,)), (invstd, (c,)), (weight, (c,))):
-        _check_array(a, shape, "batchnorm_backward")
+    _check_array(grad, (rows, c), "batchnorm_backward", np.float32 if sign_of is None else np.uint16)
+    bias, low, high = sign_of or (None, 0.0, 0.0)
+    for a in (mean, invstd, weight, *(() if bias is None else (bias,))):
+        _check_array(a, (c,), "batchnorm_backward")
     if not batchnorm_fits(rows, c, chunks):
         raise BnnkitError(f"batchnorm_backward: cannot take {rows} x {c} in {chunks} chunks")
     dx = np.empty_like(x) if input_grad else None
-    grad_bias, dotp, scale, grad_mean = (np.empty(c, np.float32) for _ in range(4))
+    grad_bias, dotp, scale, grad_mean, alpha, beta = (np.empty(c, np.float32) for _ in range(6))
     partial = np.empty((2, chunks, c), np.float32)
     library().bnn_bn_backward(
         *(x.ctypes.data, int(x.dtype == BF16_BITS), grad.ctypes.data, mean.ctypes.data, invstd.ctypes.data),
         *(weight.ctypes.data, rows, c),
         *(chunks, chunks, partial.ctypes.data, grad_bias.ctypes.data, dotp.ctypes.data, scale.ctypes.data),
-        *(grad_mean.ctypes.data, _address(dx)),
+        *(grad_mean.ctypes.data, _address(dx), int(sign_of is not None), _address(bias), low, high),
+        *(alpha.ctypes.data, beta.ctypes.data),
     )
     return dx, dotp * invstd, grad_bias
 

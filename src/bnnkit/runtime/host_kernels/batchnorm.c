@@ -17,7 +17,14 @@
  * The input x may also be bfloat16 (x_bf16): the output of a bfloat16 convolution, widened
  * exactly as it is loaded instead of in a pass of its own. The input gradient is then written
  * in bfloat16 too, rounded as PyTorch's vectorised float-to-bfloat16 cast rounds (to nearest
- * even, NaN to 0xFFFF), which the convolution's backward would otherwise apply to it. */
+ * even, NaN to 0xFFFF), which the convolution's backward would otherwise apply to it.
+ *
+ * Before a binary convolution that takes the clipped sign of this output in bfloat16
+ * (bnnkit.nn.bf16.clipped_sign_for_conv), the forward may write that sign instead of y (sign_out:
+ * +1 for y >= 0 and NaN, -1 below, as bfloat16 bits), and the backward take the sign's bfloat16
+ * gradient (dy_signs): dy is that gradient widened where low < y < high and +0.0 elsewhere (NaN
+ * included), y recomputed from x exactly as the forward computed it. The same bits as the sign's
+ * own kernels (sign.c) between the two, without y's float32 map. */
 #include <stdint.h>
 #include <string.h>
 
@@ -39,6 +46,23 @@ static inline __attribute__((always_inline)) FMA_TARGET __m256 load_x(const void
     return _mm256_loadu_ps((const float *)x + at);
 }
 
+/* The output's gradient as the backward reads it: float32 dy, or (signs) the bfloat16 gradient of
+ * the output's clipped sign, with what recomputes the output (y = x * alpha + beta) and the clip. */
+struct out_grad {
+    const void *dy;
+    int signs;
+    const float *alpha, *beta;
+    float low, high;
+};
+
+/* Eight 32-bit lanes, each at most 0xFFFF, stored as 16 bits at element `at`. */
+static inline __attribute__((always_inline)) FMA_TARGET void store_u16(uint16_t *out, int64_t at, __m256i lanes)
+{
+    /* packus interleaves the two 128-bit lanes; the permute joins their halves */
+    __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lanes, lanes), 0x08);
+    _mm_storeu_si128((__m128i *)(out + at), _mm256_castsi256_si128(packed));
+}
+
 /* Eight float32 values stored as bfloat16 at element `at`, as PyTorch's vectorised cast rounds. */
 static inline __attribute__((always_inline)) FMA_TARGET void store_bf16(uint16_t *out, int64_t at, __m256 v)
 {
@@ -46,10 +70,28 @@ static inline __attribute__((always_inline)) FMA_TARGET void store_bf16(uint16_t
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
     __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0xffff), nan);
-    /* 32 -> 16 bits: packus interleaves the two 128-bit lanes; the permute joins their halves */
-    __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0x08);
-    _mm_storeu_si128((__m128i *)(out + at), _mm256_castsi256_si128(packed));
+    store_u16(out, at, _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0xffff), nan));
+}
+
+/* The sign of eight values as bfloat16 bits: -1 (0xBF80) below 0, +1 (0x3F80) otherwise, NaN included. */
+static inline __attribute__((always_inline)) FMA_TARGET void store_sign(uint16_t *out, int64_t at, __m256 v)
+{
+    __m256i negative = _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
+    __m256i minus = _mm256_and_si256(negative, _mm256_set1_epi32(0x8000));
+    store_u16(out, at, _mm256_or_si256(minus, _mm256_set1_epi32(0x3F80)));
+}
+
+/* The output's gradient at element `at` of channel k (its x: xv): g->dy's, or (signs) the clipped
+ * sign's bfloat16 gradient where low < y < high for y = x * alpha + beta, +0.0 elsewhere. */
+static inline __attribute__((always_inline)) FMA_TARGET __m256 load_dy(const struct out_grad *g, int signs,
+                                                                        int64_t at, int64_t k, __m256 xv)
+{
+    if (!signs)
+        return _mm256_loadu_ps((const float *)g->dy + at);
+    __m256 y = _mm256_fmadd_ps(xv, _mm256_loadu_ps(g->alpha + k), _mm256_loadu_ps(g->beta + k));
+    __m256 inside = _mm256_and_ps(_mm256_cmp_ps(y, _mm256_set1_ps(g->low), _CMP_GT_OQ),
+                                  _mm256_cmp_ps(y, _mm256_set1_ps(g->high), _CMP_LT_OQ));
+    return _mm256_and_ps(inside, load_x(g->dy, at, 1));
 }
 
 int bnn_bn_supported(void)
@@ -69,16 +111,18 @@ static void chunk_rows(int64_t rows, int chunks, int t, int64_t *first, int64_t 
 /* Channels k0 .. k0 + 8 nv - 1 summed over rows [first, last) in row order, into acc (and acc2):
  *   what 0: acc += x                                   (the mean's sum)
  *   what 1: acc = fma(x - mean, x - mean, acc)         (the variance's sum of squares)
- *   what 2: acc += dy, acc2 = fma(x - mean, dy, acc2)  (the backward's sum and dot product) */
-static inline __attribute__((always_inline)) FMA_TARGET void sum_rows(const void *x, int x_bf16, const float *dy,
-                                                                       const float *mean, int64_t c, int64_t k0,
-                                                                       int64_t first, int64_t last, int nv,
-                                                                       int what, float *acc, float *acc2)
+ *   what 2: acc += dy, acc2 = fma(x - mean, dy, acc2)  (the backward's sum and dot product)
+ *   what 3: what 2, dy from the sign's gradient        (load_dy) */
+static inline __attribute__((always_inline)) FMA_TARGET void sum_rows(const void *x, int x_bf16,
+                                                                       const struct out_grad *dy, const float *mean,
+                                                                       int64_t c, int64_t k0, int64_t first,
+                                                                       int64_t last, int nv, int what, float *acc,
+                                                                       float *acc2)
 {
     __m256 a[MAX_VECTORS], a2[MAX_VECTORS], m[MAX_VECTORS];
     for (int v = 0; v < nv; v++) {
         a[v] = _mm256_loadu_ps(acc + k0 + 8 * v);
-        a2[v] = what == 2 ? _mm256_loadu_ps(acc2 + k0 + 8 * v) : _mm256_setzero_ps();
+        a2[v] = what >= 2 ? _mm256_loadu_ps(acc2 + k0 + 8 * v) : _mm256_setzero_ps();
         m[v] = what ? _mm256_loadu_ps(mean + k0 + 8 * v) : _mm256_setzero_ps();
     }
     for (int64_t i = first; i < last; i++) {
@@ -90,7 +134,7 @@ static inline __attribute__((always_inline)) FMA_TARGET void sum_rows(const void
                 __m256 d = _mm256_sub_ps(xv, m[v]);
                 a[v] = _mm256_fmadd_ps(d, d, a[v]);
             } else {
-                __m256 g = _mm256_loadu_ps(dy + i * c + k0 + 8 * v);
+                __m256 g = load_dy(dy, what == 3, i * c + k0 + 8 * v, k0 + 8 * v, xv);
                 a[v] = _mm256_add_ps(a[v], g);
                 a2[v] = _mm256_fmadd_ps(_mm256_sub_ps(xv, m[v]), g, a2[v]);
             }
@@ -98,13 +142,13 @@ static inline __attribute__((always_inline)) FMA_TARGET void sum_rows(const void
     }
     for (int v = 0; v < nv; v++) {
         _mm256_storeu_ps(acc + k0 + 8 * v, a[v]);
-        if (what == 2)
+        if (what >= 2)
             _mm256_storeu_ps(acc2 + k0 + 8 * v, a2[v]);
     }
 }
 
 /* partial[t * c + k] (and partial2's): channel k summed over chunk t, by `what` as in sum_rows */
-static FMA_TARGET void chunk_sums(const void *x, int x_bf16, const float *dy, const float *mean, int64_t rows,
+static FMA_TARGET void chunk_sums(const void *x, int x_bf16, const struct out_grad *dy, const float *mean, int64_t rows,
                                   int64_t c, int chunks, int threads, int what, float *partial, float *partial2)
 {
     int t;
@@ -120,14 +164,15 @@ static FMA_TARGET void chunk_sums(const void *x, int x_bf16, const float *dy, co
             int nv = left < MAX_VECTORS ? (int)left : MAX_VECTORS;
             float *acc = partial + t * c, *acc2 = partial2 ? partial2 + t * c : NULL;
             /* one call per count and type, so each inlined copy keeps its accumulators in registers */
-            switch ((nv * 3 + what) * 2 + x_bf16) {
+            switch ((nv * 4 + what) * 2 + x_bf16) {
 #define CASE(n, w, b)                                                         \
-    case (n * 3 + w) * 2 + b:                                                 \
+    case (n * 4 + w) * 2 + b:                                                 \
         sum_rows(x, b, dy, mean, c, k0, first, last, n, w, acc, acc2);        \
         break;
 #define CASES(n, w) CASE(n, w, 0) CASE(n, w, 1)
-                CASES(1, 0) CASES(1, 1) CASES(1, 2) CASES(2, 0) CASES(2, 1) CASES(2, 2)
-                CASES(3, 0) CASES(3, 1) CASES(3, 2) CASES(4, 0) CASES(4, 1) CASES(4, 2)
+#define ALL(n) CASES(n, 0) CASES(n, 1) CASES(n, 2) CASES(n, 3)
+                ALL(1) ALL(2) ALL(3) ALL(4)
+#undef ALL
 #undef CASES
 #undef CASE
             }
@@ -146,13 +191,14 @@ static double total(const float *partial, int64_t c, int chunks, int64_t k)
 
 /* The forward of training: the batch's mean and 1 / sqrt(var + eps) of each channel (mean and
  * invstd, for the backward), y = x * alpha + beta with alpha = invstd * weight and beta = bias -
- * mean * alpha, and the running statistics moved towards the batch's by `momentum` (where
- * running_mean and running_var are not NULL; the variance unbiased). */
+ * mean * alpha (or, sign_out, y's sign as bfloat16 bits), and the running statistics moved towards
+ * the batch's by `momentum` (where running_mean and running_var are not NULL; the variance
+ * unbiased). */
 FMA_TARGET void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t c, int chunks, int threads,
                                float *partial,
                                const float *weight, const float *bias, float *running_mean, float *running_var,
                                double momentum, double eps, float *mean, float *invstd, float *alpha, float *beta,
-                               float *y)
+                               void *y, int sign_out)
 {
     chunk_sums(x, x_bf16, NULL, NULL, rows, c, chunks, threads, 0, partial, NULL);
     for (int64_t k = 0; k < c; k++)
@@ -175,20 +221,32 @@ FMA_TARGET void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t 
     for (i = 0; i < rows; i++)
         for (int64_t k = 0; k < c; k += 8) {
             __m256 xv = load_x(x, i * c + k, x_bf16);
-            _mm256_storeu_ps(y + i * c + k,
-                             _mm256_fmadd_ps(xv, _mm256_loadu_ps(alpha + k), _mm256_loadu_ps(beta + k)));
+            __m256 out = _mm256_fmadd_ps(xv, _mm256_loadu_ps(alpha + k), _mm256_loadu_ps(beta + k));
+            if (sign_out)
+                store_sign((uint16_t *)y, i * c + k, out);
+            else
+                _mm256_storeu_ps((float *)y + i * c + k, out);
         }
 }
 
 /* The backward: sum (ATen's grad_bias) and dotp of each channel, then every input gradient
  *   dx = ((dy - sum / N) - (x - mean) * scale) * invstd * w,  scale = dotp * invstd * invstd / N,
  * with the subtraction of the product fused, in x's type. `partial` holds 2 x chunks x C floats;
- * scale and grad_mean are C floats of scratch. */
-FMA_TARGET void bnn_bn_backward(const void *x, int x_bf16, const float *dy, const float *mean, const float *invstd,
+ * scale and grad_mean are C floats of scratch. With dy_signs, dy is the bfloat16 gradient of the
+ * output's clipped sign (load_dy), the output recomputed from bias as the forward computed it
+ * (alpha and beta: C floats of scratch). */
+FMA_TARGET void bnn_bn_backward(const void *x, int x_bf16, const void *dy, const float *mean, const float *invstd,
                                 const float *weight, int64_t rows, int64_t c, int chunks, int threads,
-                                float *partial, float *sum, float *dotp, float *scale, float *grad_mean, void *dx)
+                                float *partial, float *sum, float *dotp, float *scale, float *grad_mean, void *dx,
+                                int dy_signs, const float *bias, float low, float high, float *alpha, float *beta)
 {
-    chunk_sums(x, x_bf16, dy, mean, rows, c, chunks, threads, 2, partial, partial + chunks * c);
+    struct out_grad g = {dy, dy_signs, alpha, beta, low, high};
+    if (dy_signs)
+        for (int64_t k = 0; k < c; k++) { /* as bnn_bn_forward computes them */
+            alpha[k] = invstd[k] * weight[k];
+            beta[k] = __builtin_fmaf(-mean[k], alpha[k], bias[k]);
+        }
+    chunk_sums(x, x_bf16, &g, mean, rows, c, chunks, threads, dy_signs ? 3 : 2, partial, partial + chunks * c);
     float n = (float)rows;
     for (int64_t k = 0; k < c; k++) {
         sum[k] = (float)total(partial, c, chunks, k);
@@ -202,10 +260,10 @@ FMA_TARGET void bnn_bn_backward(const void *x, int x_bf16, const float *dy, cons
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (i = 0; i < rows; i++)
         for (int64_t k = 0; k < c; k += 8) {
-            __m256 xv = load_x(x, i * c + k, x_bf16), g = _mm256_loadu_ps(dy + i * c + k);
+            __m256 xv = load_x(x, i * c + k, x_bf16), d = load_dy(&g, dy_signs, i * c + k, k, xv);
             __m256 centred = _mm256_fnmadd_ps(_mm256_sub_ps(xv, _mm256_loadu_ps(mean + k)),
                                               _mm256_loadu_ps(scale + k),
-                                              _mm256_sub_ps(g, _mm256_loadu_ps(grad_mean + k)));
+                                              _mm256_sub_ps(d, _mm256_loadu_ps(grad_mean + k)));
             __m256 out = _mm256_mul_ps(_mm256_mul_ps(centred, _mm256_loadu_ps(invstd + k)),
                                        _mm256_loadu_ps(weight + k));
             if (x_bf16)
@@ -220,18 +278,20 @@ FMA_TARGET void bnn_bn_backward(const void *x, int x_bf16, const float *dy, cons
 int bnn_bn_supported(void) { return 0; }
 void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t c, int chunks, int threads, float *partial,
                     const float *weight, const float *bias, float *running_mean, float *running_var, double momentum,
-                    double eps, float *mean, float *invstd, float *alpha, float *beta, float *y)
+                    double eps, float *mean, float *invstd, float *alpha, float *beta, void *y, int sign_out)
 {
     (void)x, (void)x_bf16, (void)rows, (void)c, (void)chunks, (void)threads, (void)partial, (void)weight, (void)bias;
     (void)running_mean, (void)running_var, (void)momentum, (void)eps, (void)mean, (void)invstd, (void)alpha;
-    (void)beta, (void)y;
+    (void)beta, (void)y, (void)sign_out;
 }
-void bnn_bn_backward(const void *x, int x_bf16, const float *dy, const float *mean, const float *invstd,
+void bnn_bn_backward(const void *x, int x_bf16, const void *dy, const float *mean, const float *invstd,
                      const float *weight, int64_t rows, int64_t c, int chunks, int threads, float *partial, float *sum,
-                     float *dotp, float *scale, float *grad_mean, void *dx)
+                     float *dotp, float *scale, float *grad_mean, void *dx, int dy_signs, const float *bias, float low,
+                     float high, float *alpha, float *beta)
 {
     (void)x, (void)x_bf16, (void)dy, (void)mean, (void)invstd, (void)weight, (void)rows, (void)c, (void)chunks, (void)threads;
-    (void)partial, (void)sum, (void)dotp, (void)scale, (void)grad_mean, (void)dx;
+    (void)partial, (void)sum, (void)dotp, (void)scale, (void)grad_mean, (void)dx, (void)dy_signs, (void)bias, (void)low;
+    (void)high, (void)alpha, (void)beta;
 }
 
 #endif
