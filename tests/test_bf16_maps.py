@@ -186,11 +186,8 @@ def bfloat16_inputs(net: torch.nn.Module, outputs: bool = False) -> list[str]:
         ("resnet20", {"width_mult": 0.25}, torch.channels_last, 6),
         ("resnet20", {"width_mult": 0.5}, torch.contiguous_format, 0),  # NCHW: ATen's
         ("resnet20", {}, torch.channels_last, 9),  # 64 channels: the last stage's products in halves
-        # through max-pools to two of the BatchNorms; the first reads the first convolution's NCHW
-        # output (its one input channel leaves the layout open): ATen's, whose sign the convolution makes
-        ("small_cnn", {"width": 16}, torch.channels_last, 2),
-        # conv, pool, BatchNorm, whose gradient comes back NCHW; its map is NCHW too, as small_cnn's first
-        ("ebnn_cnn", {}, torch.channels_last, 0),
+        ("small_cnn", {"width": 16}, torch.channels_last, 3),  # through max-pools to two of the BatchNorms
+        ("ebnn_cnn", {}, torch.channels_last, 1),  # conv, pool, BatchNorm, whose gradient comes back NCHW
     ],
 )
 def test_training_steps_are_the_same_bits_linked_or_not(bfloat16_training, model, options, layout, signs):

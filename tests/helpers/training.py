@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from bnnkit.nn import clip_weights_, latent_weights
 from bnnkit.recipe import load_recipe
+from bnnkit.training.batching import in_memory_format
 from bnnkit.training.optim import make_optimizer
 
 
@@ -15,7 +16,7 @@ def trained_state(net: torch.nn.Module, layout: torch.memory_format, steps: int 
     optimizer, latent = make_optimizer(net, load_recipe("embedded")), latent_weights(net)
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        x = torch.rand(16, 1, 28, 28, generator=gen).contiguous(memory_format=layout)
+        x = in_memory_format(torch.rand(16, 1, 28, 28, generator=gen), layout)  # as the training loop lays it out
         y = torch.randint(0, 10, (16,), generator=gen)
         loss = F.cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)
