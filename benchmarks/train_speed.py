@@ -387,17 +387,19 @@ def floor(model: str, steps: int, rounds: int) -> dict:
         with atens_batchnorm():
             bnnkit_step()
 
-    linked = [m for m in net.modules() if getattr(m, "feeds_batchnorm", False)]
+    # (module, attribute, its linked value): products handed to the BatchNorms, signs from them
+    links = [(m, "feeds_batchnorm", True) for m in net.modules() if getattr(m, "feeds_batchnorm", False)]
+    links += [(m, "sign_reader", m.sign_reader) for m in net.modules() if getattr(m, "sign_reader", ())]
 
     def unlinked_step():
-        """bnnkit's step with every convolution widening its product itself (the same bits)."""
-        for m in linked:
-            m.feeds_batchnorm = False
+        """bnnkit's step with every convolution widening its product and making its sign itself (the same bits)."""
+        for m, name, _ in links:
+            setattr(m, name, type(getattr(m, name))())  # False, ()
         try:
             bnnkit_step()
         finally:
-            for m in linked:
-                m.feeds_batchnorm = True
+            for m, name, value in links:
+                setattr(m, name, value)
 
     steppers = (bnnkit_step, reference_step, convolutions, bnnkit_fp32_step, aten_batchnorm_step, unlinked_step)
     for step in steppers:
