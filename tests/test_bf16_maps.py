@@ -134,7 +134,7 @@ def test_the_sign_handed_over_has_the_gradients_of_the_sign_after_the_batchnorm(
         if fused:
             out = batchnorm._HostBatchNormSign.apply(x, w, b, *running, 0.1, 1e-5, 1.0)
         else:
-            out = bf16._ClippedSignBf16.apply(batchnorm._HostBatchNorm.apply(x, w, b, *running, 0.1, 1e-5), 1.0)
+            out = bf16._ClippedSignBf16.apply(batchnorm._HostBatchNorm.apply(x, w, b, *running, 0.1, 1e-5, None), 1.0)
         out.backward(grad)
         results.append([out, x.grad, w.grad, b.grad, *running])
     for ours, theirs in zip(*results, strict=True):

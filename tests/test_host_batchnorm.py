@@ -94,6 +94,25 @@ def test_a_gradient_in_another_layout_takes_atens_backward():
     assert all(same_bits(a, b) for a, b in zip(mine[:-1], aten[:-1], strict=True))
 
 
+@needs_kernels
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_a_residual_added_in_the_pass_is_the_addition_after_it(layout):
+    """bnnkit's BatchNorm2d(x, residual) against ATen's BatchNorm then ``+ residual``: the output,
+    every gradient (the residual's is the output's) and the statistics. A residual in another
+    layout than x's is added after the kernels' pass instead."""
+    x, grad = channels_last_map((4, 16, 5, 5), 3, 2.0, 1.0), channels_last_map((4, 16, 5, 5), 4, 1.0, 0.0)
+    residual = channels_last_map((4, 16, 5, 5), 5, 3.0, 0.5).contiguous(memory_format=layout)
+    ours, theirs = pair(16, 0.1, seed=3)
+    results = []
+    for bn, fused in ((ours, True), (theirs, False)):
+        xi, ri = x.clone().requires_grad_(), residual.clone().requires_grad_()
+        y = bn(xi, ri) if fused else bn(xi) + ri
+        y.backward(grad)
+        results.append([y, xi.grad, ri.grad, *(p.grad for p in bn.parameters()), *bn.buffers()])
+    for a, b in zip(*results, strict=True):
+        assert same_bits(a, b) if a.is_floating_point() else torch.equal(a, b)  # num_batches_tracked
+
+
 @pytest.mark.parametrize(
     "x",
     [
@@ -141,15 +160,17 @@ def test_kernels_that_differ_from_aten_are_not_used(monkeypatch):
 
 
 @needs_kernels
-def test_training_steps_are_the_same_bits_with_either_batchnorm(monkeypatch):
+@pytest.mark.parametrize("recipe", ["baseline", "baseline+double_residual"])
+def test_training_steps_are_the_same_bits_with_either_batchnorm(monkeypatch, recipe):
     """A half-width ResNet-20 (8, 16 and 32 channels, so every BatchNorm can take the kernels)
-    trained 3 steps: the same parameters and buffers with bnnkit's BatchNorm and with ATen's."""
+    trained 3 steps: the same parameters and buffers with bnnkit's BatchNorm, which adds each
+    shortcut in its own pass, and with ATen's, after which PyTorch adds it."""
     x = channels_last_map((32, 1, 28, 28), 5, 1.0, 0.0)
     y = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(5))
 
     def trained() -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
-        model = create_model("resnet20", 10, (1, 28, 28), "baseline", width_mult=0.5)
+        model = create_model("resnet20", 10, (1, 28, 28), recipe, width_mult=0.5)
         model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), 1e-3)
         for _ in range(3):
@@ -158,12 +179,21 @@ def test_training_steps_are_the_same_bits_with_either_batchnorm(monkeypatch):
             opt.step()
         return model.state_dict()
 
-    calls = []
+    calls, residuals = [], []
     monkeypatch.setattr(
         fast, "batchnorm_backward", lambda *a, f=fast.batchnorm_backward, **k: calls.append(1) or f(*a, **k)
     )
+    monkeypatch.setattr(
+        fast,
+        "batchnorm_forward",
+        lambda *a, f=fast.batchnorm_forward: residuals.append(len(a) > 8 and a[8] is not None) or f(*a),
+    )
     mine = trained()
-    assert len(calls) >= 3 * 17  # the BatchNorms whose gradient comes back channels last
+    # the BatchNorms whose gradient comes back channels last: the pool's NCHW one reaches the last
+    # stage's second BatchNorms, and with the double residual its first ones too
+    assert len(calls) >= 3 * (17 if recipe == "baseline" else 14)
+    # every block's shortcut joins a BatchNorm's pass: once a block, twice with the double residual
+    assert sum(residuals) == 3 * 9 * (2 if "double" in recipe else 1)
     monkeypatch.setattr(batchnorm, "_host_takes", lambda bn, x: False)
     aten = trained()
     assert mine.keys() == aten.keys() and all(torch.equal(mine[k], aten[k]) for k in mine)

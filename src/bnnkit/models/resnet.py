@@ -10,6 +10,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.models.layers import Layers
 from bnnkit.models.registry import register_model
 from bnnkit.nn import BatchNorm2d
+from bnnkit.nn.batchnorm import plus_residual
 from bnnkit.recipe import Recipe
 
 
@@ -68,11 +69,11 @@ class BasicBlock(nn.Module):
         return pairs if self.double_shortcut else [*pairs, (self.bn1, self.conv2)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn1(self.conv1(x))
+        # Each addition of a shortcut joins the BatchNorm before it (plus_residual: the same bits).
         if self.double_shortcut:
-            out = out + self.shortcut(x)
-            return out + self.bn2(self.conv2(out))
-        return self.bn2(self.conv2(out)) + self.shortcut(x)
+            out = plus_residual(self.bn1, self.conv1(x), self.shortcut(x))
+            return plus_residual(self.bn2, self.conv2(out), out)
+        return plus_residual(self.bn2, self.conv2(self.bn1(self.conv1(x))), self.shortcut(x))
 
 
 class ResNet(nn.Module):

@@ -51,13 +51,25 @@ def _as_map(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return bf16.tensor_view(rows).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
-def _forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float, signs: bool = False):
-    """The host kernels' forward (with ``signs``, the output's sign in bfloat16), saving what the
-    backward reads."""
+def _forward(
+    ctx: Any,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+    signs: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The host kernels' forward (with ``signs``, the output's sign in bfloat16; with ``residual``,
+    that map added), saving what the backward reads."""
     chunks = torch.get_num_threads()
     running = None if running_mean is None else (running_mean.numpy(), running_var.numpy())
     params = (weight.detach().numpy(), bias.detach().numpy())
-    y, mean, invstd = fast.batchnorm_forward(_rows(x), *params, running, momentum, eps, chunks, signs)
+    plus = None if residual is None else _rows(residual)
+    y, mean, invstd = fast.batchnorm_forward(_rows(x), *params, running, momentum, eps, chunks, signs, plus)
     ctx.save_for_backward(x, weight, bias, torch.from_numpy(mean), torch.from_numpy(invstd))
     ctx.chunks, ctx.eps = chunks, eps
     return _as_map(y, x)
@@ -86,15 +98,18 @@ def _gradients(
 
 
 class _HostBatchNorm(torch.autograd.Function):
+    """The BatchNorm, and where a residual block adds a map to its output (``residual``, else
+    None), that addition in the same pass; its gradient is the output's, as an addition's is."""
+
     # ctx is Any: the saved chunks and eps are attributes FunctionCtx does not declare
     @staticmethod
-    def forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
-        return _forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps)
+    def forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float, residual):
+        return _forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual=residual)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor):
-        return *_backward(ctx, grad), None, None, None, None
+        return *_backward(ctx, grad), None, None, None, None, grad if ctx.needs_input_grad[7] else None
 
 
 class _HostBatchNormSign(torch.autograd.Function):
@@ -183,10 +198,13 @@ class BatchNorm2d(nn.BatchNorm2d):
     takes_bf16 = False
     sign_reader: tuple[BinaryConv2d, ...] = ()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The BatchNorm of ``x``, plus ``residual`` where given (a residual block's addition: in
+        the kernels' pass where the two maps share a layout)."""
         # Evaluation, and training without running statistics kept, read torch's own forward.
         if not (self.training and self.track_running_stats) or not _host_takes(self, x):
-            return super().forward(x.float() if self.takes_bf16 and x.dtype == torch.bfloat16 else x)
+            out = super().forward(x.float() if self.takes_bf16 and x.dtype == torch.bfloat16 else x)
+            return out if residual is None else out + residual
         self._check_input_dim(x)
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.num_batches_tracked is not None:  # nn.BatchNorm2d's bookkeeping, as its forward does it
@@ -194,9 +212,18 @@ class BatchNorm2d(nn.BatchNorm2d):
             if self.momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
         args = (x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
+        if residual is not None:
+            fits = residual.dtype == torch.float32 and residual.shape == x.shape and residual.stride() == x.stride()
+            return _HostBatchNorm.apply(*args, residual) if fits else _HostBatchNorm.apply(*args, None) + residual
         # The host kernels' output is float32 and laid out as x: the reader's sign fuses for it as for x.
         clip = self.sign_reader[0].fused_sign_clip(x) if self.sign_reader else None
-        return _HostBatchNorm.apply(*args) if clip is None else _HostBatchNormSign.apply(*args, clip)
+        return _HostBatchNorm.apply(*args, None) if clip is None else _HostBatchNormSign.apply(*args, clip)
+
+
+def plus_residual(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``norm(x) + residual``: in the BatchNorm's own pass where ``norm`` is a bnnkit ``BatchNorm2d``
+    (the same bits: the addition is rounded once either way)."""
+    return norm(x, residual) if isinstance(norm, BatchNorm2d) else norm(x) + residual
 
 
 def _end(module: nn.Module, last: bool) -> nn.Module:

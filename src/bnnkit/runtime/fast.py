@@ -152,6 +152,7 @@ def library() -> ctypes.CDLL:
         ptr,
         ptr,
         cint,
+        ptr,
     ]
     f32 = ctypes.c_float
     lib.bnn_bn_backward.argtypes = [ptr, cint, ptr, ptr, ptr, ptr, i64, i64, cint, cint, ptr, ptr, ptr, ptr, ptr, ptr]
@@ -492,14 +493,18 @@ def batchnorm_forward(
     eps: float,
     chunks: int,
     signs: bool = False,
+    residual: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BatchNorm's training forward of ``x`` (rows, channels), ATen's bits for ``chunks`` of its
     threads (``batchnorm_fits``): the output, the batch mean and 1 / sqrt(var + eps) per channel.
     ``running`` (mean, var) move towards the batch's statistics in place. ``x`` is float32, or
-    bfloat16 as the uint16 of its bits (``_map_dtype``); the output is float32 either way, or with
-    ``signs`` its sign as bfloat16 bits (``sign_bf16`` of it)."""
+    bfloat16 as the uint16 of its bits (``_map_dtype``); the output is float32 either way, plus the
+    float32 ``residual`` (rows, channels) where given, or with ``signs`` its sign as bfloat16 bits
+    (``sign_bf16`` of it)."""
     rows, c = x.shape
     _check_array(x, (rows, c), "batchnorm_forward", _map_dtype(x))
+    if residual is not None:
+        _check_array(residual, (rows, c), "batchnorm_forward")
     for a in (weight, bias, *(running or ())):
         _check_array(a, (c,), "batchnorm_forward")
     if not batchnorm_fits(rows, c, chunks):
@@ -512,7 +517,7 @@ def batchnorm_forward(
         *(x.ctypes.data, int(x.dtype == BF16_BITS), rows, c, chunks, chunks, partial.ctypes.data, weight.ctypes.data),
         bias.ctypes.data,
         *(_address(rm), _address(rv), momentum, eps, mean.ctypes.data, invstd.ctypes.data, alpha.ctypes.data),
-        *(beta.ctypes.data, y.ctypes.data, int(signs)),
+        *(beta.ctypes.data, y.ctypes.data, int(signs), _address(residual)),
     )
     return y, mean, invstd
 

@@ -55,12 +55,14 @@ void bnn_maxpool2_backward(const void *grad_out, const uint8_t *tap, void *grad_
 /* batchnorm.c: BatchNorm's training pass on rows x C maps (C % 8 == 0), float32 or (x_bf16)
  * bfloat16 in and the input gradient in the same type, ATen's results bit for bit; `chunks` is
  * ATen's thread count (its split of the rows), `partial` chunks x C floats of scratch.
- * sign_out / dy_signs: the output's sign in bfloat16 forward and its clipped gradient backward.
+ * sign_out / dy_signs: the output's sign in bfloat16 forward and its clipped gradient backward;
+ * residual: a float32 map added to the output (a residual block's shortcut).
  * bnn_bn_supported: 0 where the kernels cannot match ATen (no AVX2 and FMA). */
 int bnn_bn_supported(void);
 void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t c, int chunks, int threads, float *partial,
                     const float *weight, const float *bias, float *running_mean, float *running_var, double momentum,
-                    double eps, float *mean, float *invstd, float *alpha, float *beta, void *y, int sign_out);
+                    double eps, float *mean, float *invstd, float *alpha, float *beta, void *y, int sign_out,
+                    const float *residual);
 void bnn_bn_backward(const void *x, int x_bf16, const void *dy, const float *mean, const float *invstd,
                      const float *weight, int64_t rows, int64_t c, int chunks, int threads, float *partial, float *sum,
                      float *dotp, float *scale, float *grad_mean, void *dx, int dy_signs, const float *bias, float low,
