@@ -66,7 +66,7 @@ def _forward(
     """The host kernels' forward (with ``signs``, the output's sign in bfloat16; with ``residual``,
     that map added), saving what the backward reads."""
     chunks = torch.get_num_threads()
-    running = None if running_mean is None else (running_mean.numpy(), running_var.numpy())
+    running = None if running_mean is None or running_var is None else (running_mean.numpy(), running_var.numpy())
     params = (weight.detach().numpy(), bias.detach().numpy())
     plus = None if residual is None else _rows(residual)
     y, mean, invstd = fast.batchnorm_forward(_rows(x), *params, running, momentum, eps, chunks, signs, plus)
