@@ -141,6 +141,64 @@ def test_the_sign_handed_over_has_the_gradients_of_the_sign_after_the_batchnorm(
         assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
 
 
+@needs_kernels
+def test_the_sign_written_beside_the_output_and_the_gradients_added_in_its_clip_are_the_kernels_bits():
+    """batchnorm_forward(signs_into=) writes sign_bf16 of the output it returns unchanged;
+    clipped_grad_bf16(plus=) is plus + the clipped gradient, -0.0 + 0.0 = +0.0 included."""
+    gen = torch.Generator().manual_seed(7)
+    rows, c = 150, 16
+    x = (torch.randn(rows, c, generator=gen) * 3).numpy()
+    w, b, residual = torch.randn(c, generator=gen).numpy(), torch.randn(c, generator=gen).numpy(), x[::-1].copy()
+    y, mean, invstd = fast.batchnorm_forward(x, w, b, None, 0.1, 1e-5, 2, residual=residual)
+    signs = np.empty((rows, c), np.uint16)
+    y2, mean2, invstd2 = fast.batchnorm_forward(x, w, b, None, 0.1, 1e-5, 2, residual=residual, signs_into=signs)
+    assert np.array_equal(y, y2) and np.array_equal(mean, mean2) and np.array_equal(invstd, invstd2)
+    assert np.array_equal(signs, fast.sign_bf16(y.ravel()).reshape(y.shape))
+
+    low, high = open_bounds(1.0, torch.float32)
+    grad = bf16_bits(torch.randn(rows * c, generator=gen).bfloat16())
+    plus = torch.randn(rows * c, generator=gen).numpy()
+    plus[:40] = -0.0  # where the clip passes nothing: +0.0 from autograd's addition
+    outside = np.abs(y.ravel()) >= 1
+    plus[:40][~outside[:40]] = 1.0
+    clipped = fast.clipped_grad_bf16(grad, y.ravel(), low, high)
+    added = fast.clipped_grad_bf16(grad, y.ravel(), low, high, plus=plus)
+    expected = (torch.from_numpy(plus) + torch.from_numpy(clipped)).numpy()  # autograd's float32 addition
+    assert np.array_equal(added.view(np.uint32), expected.view(np.uint32))
+    assert outside[:40].any() and (added[:40][outside[:40]].view(np.uint32) == 0).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("grads", ["both", "sign", "map", "other layout"])
+def test_the_sign_shared_with_the_output_has_the_gradients_of_the_sign_made_apart(residual, grads):
+    """_HostBatchNormSharedSign against _HostBatchNorm and a fused sign of its output, read by
+    the sign's reader and the output's: forward and every gradient, bit for bit, whichever reader
+    sends a gradient and in whatever layout."""
+    gen = torch.Generator().manual_seed(5)
+    shape = (6, 16, 5, 7)
+    x0, r0 = ((torch.randn(*shape, generator=gen) * 2).contiguous(memory_format=torch.channels_last) for _ in "xr")
+    w0, b0 = torch.randn(16, generator=gen), torch.randn(16, generator=gen)
+    layout = torch.contiguous_format if grads == "other layout" else torch.channels_last
+    grad_sign = torch.randn(*shape, generator=gen).bfloat16().contiguous(memory_format=layout)
+    grad_map = torch.randn(*shape, generator=gen).contiguous(memory_format=layout)
+    results = []
+    for shared in (True, False):
+        x, w, b, r = (t.clone().requires_grad_() for t in (x0, w0, b0, r0))
+        running = [torch.zeros(16), torch.ones(16)]
+        args = (x, w, b, *running, 0.1, 1e-5, r if residual else None)
+        if shared:
+            out, sign = batchnorm._HostBatchNormSharedSign.apply(*args, 1.0)
+        else:
+            out = batchnorm._HostBatchNorm.apply(*args)
+            sign = bf16._ClippedSignBf16.apply(out, 1.0)
+        ends = {"sign": [sign], "map": [out]}.get(grads, [sign, out])
+        torch.autograd.backward(ends, [grad_sign if e is sign else grad_map for e in ends])
+        results.append([out, sign, x.grad, w.grad, b.grad, *running, r.grad if residual else r0])
+    for ours, theirs in zip(*results, strict=True):
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+
+
 def bf16_bits_widened(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
@@ -178,27 +236,44 @@ def bfloat16_inputs(net: torch.nn.Module, outputs: bool = False) -> list[str]:
     return seen
 
 
+def signs_shared(net: torch.nn.Module) -> list[str]:
+    """Names of the binary convolutions that take the sign handed over with their input."""
+    seen: list[str] = []
+    for name, module in net.named_modules():
+        if isinstance(module, BinaryConv2d):
+            module.register_forward_pre_hook(
+                lambda m, inputs, name=name: (
+                    seen.append(name) if m.shares_sign and hasattr(inputs[0], bf16.HANDED_SIGN) else None
+                )
+            )
+    return seen
+
+
 @pytest.mark.parametrize(
-    ("model", "options", "layout", "signs"),
+    ("model", "options", "layout", "signs", "shared"),
     [
-        ("resnet20", {"width_mult": 0.5}, torch.channels_last, 9),  # every BatchNorm in the kernels
+        ("resnet20", {"width_mult": 0.5}, torch.channels_last, 9, 9),  # every BatchNorm in the kernels
         # 4 channels in the first stage: ATen's BatchNorm, on the widened map; 8 and 16 in the kernels
-        ("resnet20", {"width_mult": 0.25}, torch.channels_last, 6),
-        ("resnet20", {"width_mult": 0.5}, torch.contiguous_format, 0),  # NCHW: ATen's
-        ("resnet20", {}, torch.channels_last, 9),  # 64 channels: the last stage's products in halves
-        ("small_cnn", {"width": 16}, torch.channels_last, 3),  # through max-pools to two of the BatchNorms
-        ("ebnn_cnn", {}, torch.channels_last, 1),  # conv, pool, BatchNorm, whose gradient comes back NCHW
+        ("resnet20", {"width_mult": 0.25}, torch.channels_last, 6, 5),
+        ("resnet20", {"width_mult": 0.5}, torch.contiguous_format, 0, 0),  # NCHW: ATen's
+        ("resnet20", {}, torch.channels_last, 9, 9),  # 64 channels: the last stage's products in halves
+        ("resnet20", {"width_mult": 0.5, "recipe": "embedded+double_residual"}, torch.channels_last, 0, 18),
+        ("small_cnn", {"width": 16}, torch.channels_last, 3, 0),  # through max-pools to two of the BatchNorms
+        ("ebnn_cnn", {}, torch.channels_last, 1, 0),  # conv, pool, BatchNorm, whose gradient comes back NCHW
     ],
 )
-def test_training_steps_are_the_same_bits_linked_or_not(bfloat16_training, model, options, layout, signs):
+def test_training_steps_are_the_same_bits_linked_or_not(bfloat16_training, model, options, layout, signs, shared):
     torch.manual_seed(0)
-    plain = create_model(model, 10, (1, 28, 28), "embedded", **options).to(memory_format=layout)
+    options = {"recipe": "embedded", **options}
+    plain = create_model(model, 10, (1, 28, 28), options.pop("recipe"), **options).to(memory_format=layout)
     linked = copy.deepcopy(plain)
     assert link_bfloat16_maps(linked) > 0
     handed_over, signs_handed_over = bfloat16_inputs(linked), bfloat16_inputs(linked, outputs=True)
+    taken_with_input = signs_shared(linked)
     ours, theirs = trained_state(linked, layout), trained_state(plain, layout)
     assert handed_over  # the bfloat16 maps did reach the BatchNorms
     assert len(set(signs_handed_over)) == signs  # and the signs the convolutions after them
+    assert len(set(taken_with_input)) == shared  # and, with their outputs, to the blocks' convolutions
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), key
@@ -206,6 +281,10 @@ def test_training_steps_are_the_same_bits_linked_or_not(bfloat16_training, model
 
 def sign_links(net: torch.nn.Module) -> int:
     return sum(bool(m.sign_reader) for m in net.modules() if isinstance(m, BatchNorm2d))
+
+
+def shared_links(net: torch.nn.Module) -> int:
+    return sum(bool(m.sign_sharer) for m in net.modules() if isinstance(m, BatchNorm2d))
 
 
 def test_only_a_bare_convolution_read_by_a_batchnorm_alone_is_linked(bfloat16_training):
@@ -217,11 +296,16 @@ def test_only_a_bare_convolution_read_by_a_batchnorm_alone_is_linked(bfloat16_tr
     after_sign = create_model("ebnn_cnn", 10, (1, 28, 28), "embedded+pool_after_sign")
     assert link_bfloat16_maps(after_sign) == 2 and sign_links(after_sign) == 0
     # 21 convolutions (stem, blocks, two shortcuts) into their BatchNorms; each block's first
-    # BatchNorm into its second convolution, unless the double residual's shortcut reads it too
+    # BatchNorm into its second convolution, unless the double residual's shortcut reads it too,
+    # where the sign goes with the output instead, as it does to each block's first convolution
     resnet = create_model("resnet20", 10, (1, 28, 28), "embedded", width_mult=0.5)
-    assert link_bfloat16_maps(resnet) == 30 and sign_links(resnet) == 9
+    assert link_bfloat16_maps(resnet) == 39 and sign_links(resnet) == 9 and shared_links(resnet) == 9
     double = create_model("resnet20", 10, (1, 28, 28), "embedded+double_residual", width_mult=0.5)
-    assert link_bfloat16_maps(double) == 21 and sign_links(double) == 0
+    assert link_bfloat16_maps(double) == 39 and sign_links(double) == 0 and shared_links(double) == 18
+    # a feature_norm BatchNorm, not the convolution, reads each block's input: nothing shared
+    normed = create_model("resnet20", 10, (1, 28, 28), "embedded+feature_norm", width_mult=0.5)
+    link_bfloat16_maps(normed)
+    assert shared_links(normed) == 0
     # XNOR-Net's K reads the real input: no sign handed over
     xnor = torch.nn.Sequential(BatchNorm2d(8), BinaryConv2d(8, 8, 3, activation_scale="xnor"))
     assert link_bfloat16_maps(xnor) == 0

@@ -1,5 +1,6 @@
 """The training max-pool in the host kernels (bnnkit.nn.MaxPool2x2) against ATen's: the same
-values and input gradients bit for bit, where it runs and where it hands over to ATen."""
+values and input gradients bit for bit, where it runs and where it hands over to ATen; the
+global average pool (bnnkit.nn.GlobalAvgPool) against nn.AdaptiveAvgPool2d(1)."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 
 from bnnkit.errors import BnnkitError
 from bnnkit.models import create_model
-from bnnkit.nn import MaxPool2x2, pool
+from bnnkit.nn import GlobalAvgPool, MaxPool2x2, pool
 from bnnkit.recipe import load_recipe
 from bnnkit.runtime import fast
 from bnnkit.training.batching import in_memory_format
@@ -100,3 +101,26 @@ def test_the_kernel_entry_points_refuse_what_they_cannot_pool():
         fast.maxpool2_backward(out, tap[:, :1].copy())
     with pytest.raises(BnnkitError, match="uint8"):
         fast.maxpool2_backward(out, tap.astype(np.int32))
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_the_global_average_pool_is_atens_and_its_gradient_keeps_the_layout(layout):
+    """The values and the gradient that reaches the layer before (a hook on a non-leaf map: the
+    gradient autograd passes on, not the one it accumulates into a leaf's .grad) are
+    nn.AdaptiveAvgPool2d(1)'s bit for bit; the gradient's layout is the map's."""
+    x0 = (torch.randn(8, 16, 7, 7, generator=torch.Generator().manual_seed(3)) * 5).contiguous(memory_format=layout)
+    grad = torch.randn(8, 16, 1, 1)
+    results = []
+    for module in (GlobalAvgPool(), nn.AdaptiveAvgPool2d(1)):
+        x = x0.clone().requires_grad_()
+        before = x * 1.0  # a map inside the graph
+        seen: list[torch.Tensor] = []
+        before.register_hook(seen.append)
+        out = module(before)
+        out.backward(grad)
+        results.append((out, seen[0]))
+    (ours, our_grad), (theirs, their_grad) = results
+    assert torch.equal(ours, theirs) and torch.equal(our_grad, their_grad)
+    assert our_grad.is_contiguous(memory_format=layout)
+    if layout == torch.channels_last:  # where ATen's would not be: what the kernels after it need
+        assert not their_grad.is_contiguous(memory_format=layout)

@@ -9,7 +9,7 @@ from torch import nn
 from bnnkit.errors import BnnkitError
 from bnnkit.models.layers import Layers
 from bnnkit.models.registry import register_model
-from bnnkit.nn import BatchNorm2d
+from bnnkit.nn import BatchNorm2d, GlobalAvgPool
 from bnnkit.nn.batchnorm import plus_residual
 from bnnkit.recipe import Recipe
 
@@ -68,6 +68,12 @@ class BasicBlock(nn.Module):
         pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2)]
         return pairs if self.double_shortcut else [*pairs, (self.bn1, self.conv2)]
 
+    def sign_sharing_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(maker, reader) pairs where the reader and one other module read the maker's output
+        (bnnkit.nn.batchnorm.link_bfloat16_maps): under double residual, the first norm (its
+        output plus the shortcut) and the second convolution, beside the second addition."""
+        return [(self.bn1, self.conv2)] if self.double_shortcut else []
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Each addition of a shortcut joins the BatchNorm before it (plus_residual: the same bits).
         if self.double_shortcut:
@@ -88,8 +94,16 @@ class ResNet(nn.Module):
                 stages.append(BasicBlock(layers, cin, cout, stride))
                 cin = cout
         self.blocks = nn.Sequential(*stages)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.pool = nn.Sequential(GlobalAvgPool(), nn.Flatten())
         self.classifier = layers.classifier(cin, num_classes)
+
+    def sign_sharing_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(maker, reader) pairs where the reader and one other module read the maker's output
+        (bnnkit.nn.batchnorm.link_bfloat16_maps): each block's input, made by the stem or the
+        last norm of the block before, and read by the block's first convolution and its shortcut."""
+        blocks = [block for block in self.blocks if isinstance(block, BasicBlock)]  # all of them
+        makers = [self.stem, *(block.bn2 for block in blocks[:-1])]
+        return [(maker, block.conv1) for maker, block in zip(makers, blocks, strict=True)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.blocks(self.stem(x))))

@@ -15,12 +15,13 @@ from bnnkit.nn.layers import (
     latent_weights,
     set_weight_binarization,
 )
-from bnnkit.nn.pool import MaxPool2x2
+from bnnkit.nn.pool import GlobalAvgPool, MaxPool2x2
 
 __all__ = [
     "BatchNorm2d",
     "BinaryConv2d",
     "BinaryLinear",
+    "GlobalAvgPool",
     "InputNorm",
     "IntegerPixels",
     "LearnableThreshold",

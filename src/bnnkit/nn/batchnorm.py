@@ -62,22 +62,27 @@ def _forward(
     eps: float,
     signs: bool = False,
     residual: torch.Tensor | None = None,
-) -> torch.Tensor:
+    signs_too: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The host kernels' forward (with ``signs``, the output's sign in bfloat16; with ``residual``,
-    that map added), saving what the backward reads."""
+    that map added; with ``signs_too``, the output and its sign), saving what the backward reads
+    (and with ``signs_too`` the output, whose clip the sign's gradient passes through)."""
     chunks = torch.get_num_threads()
     running = None if running_mean is None or running_var is None else (running_mean.numpy(), running_var.numpy())
     params = (weight.detach().numpy(), bias.detach().numpy())
     plus = None if residual is None else _rows(residual)
-    y, mean, invstd = fast.batchnorm_forward(_rows(x), *params, running, momentum, eps, chunks, signs, plus)
-    ctx.save_for_backward(x, weight, bias, torch.from_numpy(mean), torch.from_numpy(invstd))
+    sign_bits = np.empty((x.numel() // x.shape[1], x.shape[1]), fast.BF16_BITS) if signs_too else None
+    y, mean, invstd = fast.batchnorm_forward(_rows(x), *params, running, momentum, eps, chunks, signs, plus, sign_bits)
+    out = _as_map(y, x)
+    saved = (x, weight, bias, torch.from_numpy(mean), torch.from_numpy(invstd))
+    ctx.save_for_backward(*saved, *((out,) if signs_too else ()))
     ctx.chunks, ctx.eps = chunks, eps
-    return _as_map(y, x)
+    return out, None if sign_bits is None else _as_map(sign_bits, x)
 
 
 def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     """The gradients of x, the weight and the bias for the float32 output gradient ``grad``."""
-    x, weight, _, mean, invstd = ctx.saved_tensors
+    x, weight, _, mean, invstd = ctx.saved_tensors[:5]
     if not (_channels_last(grad) and grad.dtype == torch.float32):
         # what autograd would have called: ATen's backward takes every layout (and a float32
         # map: autograd casts the gradient of a bfloat16 one as the convolution would)
@@ -104,7 +109,7 @@ class _HostBatchNorm(torch.autograd.Function):
     # ctx is Any: the saved chunks and eps are attributes FunctionCtx does not declare
     @staticmethod
     def forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float, residual):
-        return _forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual=residual)
+        return _forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual=residual)[0]
 
     @staticmethod
     @once_differentiable
@@ -121,7 +126,7 @@ class _HostBatchNormSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float, clip: float):
         ctx.clip = clip
-        return _forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, signs=True)
+        return _forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, signs=True)[0]
 
     @staticmethod
     @once_differentiable
@@ -139,6 +144,29 @@ class _HostBatchNormSign(torch.autograd.Function):
         y, _, _ = fast.batchnorm_forward(_rows(x), *params, None, 0.0, ctx.eps, ctx.chunks)
         dy = bf16.clipped_sign_backward(grad, _as_map(y, x), ctx.clip)
         return *_backward(ctx, dy), None, None, None, None, None
+
+
+class _HostBatchNormSharedSign(torch.autograd.Function):
+    """The BatchNorm (plus ``residual`` where given) and, in the same pass, the clipped sign of its
+    output for the binary convolution that reads it beside one other reader (a residual block's
+    input: the first convolution and the shortcut). Backward, the two readers' gradients are
+    added in the pass that clips the sign's: the same bits as the sign made and clipped apart."""
+
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float, residual, clip):
+        ctx.clip = clip
+        ctx.set_materialize_grads(False)
+        args = (x, weight, bias, running_mean, running_var, momentum, eps)
+        return _forward(ctx, *args, residual=residual, signs_too=True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor | None, grad_sign: torch.Tensor | None):
+        out = ctx.saved_tensors[5]
+        dy = grad if grad_sign is None else bf16.clipped_sign_backward(grad_sign, out, ctx.clip, plus=grad)
+        if dy is None:
+            return (None,) * 9
+        return *_backward(ctx, dy), None, None, None, None, dy if ctx.needs_input_grad[7] else None, None
 
 
 def _channels_last(x: torch.Tensor) -> bool:
@@ -194,9 +222,11 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     # Set by link_bfloat16_maps: the convolution before may hand over its bfloat16 product
     # (takes_bf16); the binary convolution after, which alone reads the output, may take its
-    # clipped sign from here (a tuple, which nn.Module does not register as a child).
+    # clipped sign from here (a tuple, which nn.Module does not register as a child); a binary
+    # convolution that reads the output beside one other reader may take its sign from here too.
     takes_bf16 = False
     sign_reader: tuple[BinaryConv2d, ...] = ()
+    sign_sharer: tuple[BinaryConv2d, ...] = ()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The BatchNorm of ``x``, plus ``residual`` where given (a residual block's addition: in
@@ -214,10 +244,18 @@ class BatchNorm2d(nn.BatchNorm2d):
         args = (x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
         if residual is not None:
             fits = residual.dtype == torch.float32 and residual.shape == x.shape and residual.stride() == x.stride()
-            return _HostBatchNorm.apply(*args, residual) if fits else _HostBatchNorm.apply(*args, None) + residual
+            if not fits:
+                return _HostBatchNorm.apply(*args, None) + residual
         # The host kernels' output is float32 and laid out as x: the reader's sign fuses for it as for x.
-        clip = self.sign_reader[0].fused_sign_clip(x) if self.sign_reader else None
-        return _HostBatchNorm.apply(*args, None) if clip is None else _HostBatchNormSign.apply(*args, clip)
+        sharer = self.sign_sharer[0].fused_sign_clip(x) if self.sign_sharer else None
+        if sharer is not None:
+            out, sign = _HostBatchNormSharedSign.apply(*args, residual, sharer)
+            setattr(out, bf16.HANDED_SIGN, sign)  # for the sharer's forward (BinaryConv2d._quantized_input)
+            return out
+        clip = self.sign_reader[0].fused_sign_clip(x) if self.sign_reader and residual is None else None
+        if clip is None:
+            return _HostBatchNorm.apply(*args, residual)
+        return _HostBatchNormSign.apply(*args, clip)
 
 
 def plus_residual(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -244,16 +282,32 @@ def _sole_reader_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]
             yield from pairs()
 
 
+def _sign_sharing_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]]:
+    """(maker, reader) pairs where the reader and one other module read the maker's output, as the
+    models name them (``sign_sharing_pairs()``: a residual block's input and its first convolution)."""
+    for module in model.modules():
+        pairs = getattr(module, "sign_sharing_pairs", None)
+        if callable(pairs):
+            yield from pairs()
+
+
 def link_bfloat16_maps(model: nn.Module) -> int:
     """Lets every binary convolution whose output only a bnnkit ``BatchNorm2d`` reads, directly
     or through a ``MaxPool2x2`` that only it reads, hand over the bfloat16 product unwidened
-    (``bnnkit.nn.bf16``; module docstring), and every such BatchNorm whose output only a binary
-    convolution reads hand over that convolution's clipped sign (``_HostBatchNormSign``): the same
-    bits, fewer passes over the maps per step. Returns the number of links made."""
+    (``bnnkit.nn.bf16``; module docstring), every such BatchNorm whose output only a binary
+    convolution reads hand over that convolution's clipped sign (``_HostBatchNormSign``), and
+    every one whose output a binary convolution reads beside one other module hand that sign over
+    with the output (``_HostBatchNormSharedSign``): the same bits, fewer passes over the maps per
+    step. Returns the number of links made."""
     from bnnkit.nn.pool import MaxPool2x2
 
-    reader = {id(_end(maker, last=True)): _end(read, last=False) for maker, read in _sole_reader_pairs(model)}
     linked = 0
+    for maker, read in _sign_sharing_pairs(model):
+        norm, conv = _end(maker, last=True), _end(read, last=False)
+        if isinstance(norm, BatchNorm2d) and isinstance(conv, BinaryConv2d):
+            norm.sign_sharer, conv.shares_sign = (conv,), True
+            linked += 1
+    reader = {id(_end(maker, last=True)): _end(read, last=False) for maker, read in _sole_reader_pairs(model)}
     for module in model.modules():
         after = reader.get(id(module))
         if isinstance(module, BatchNorm2d) and isinstance(after, BinaryConv2d) and after.activation_scale == "none":

@@ -278,15 +278,26 @@ class _ClippedSignBf16(torch.autograd.Function):
         return clipped_sign_backward(grad, x, ctx.clip_value), None
 
 
-def clipped_sign_backward(grad: torch.Tensor, x: torch.Tensor, clip_value: float) -> torch.Tensor:
-    """The float32 gradient of ``x`` for the bfloat16 gradient ``grad`` of its clipped sign."""
-    if grad.stride() != x.stride() or not _dense(grad):
+# The attribute of a float32 map that carries its clipped sign in bfloat16, made in the same pass
+# by the BatchNorm that made the map (bnnkit.nn.batchnorm's sign_sharer) for the binary
+# convolution that reads it beside another reader (BinaryConv2d.shares_sign).
+HANDED_SIGN = "bnnkit_clipped_sign"
+
+
+def clipped_sign_backward(
+    grad: torch.Tensor, x: torch.Tensor, clip_value: float, plus: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The float32 gradient of ``x`` for the bfloat16 gradient ``grad`` of its clipped sign; plus
+    ``plus`` where given (the float32 gradient from x's other reader, added as autograd adds them)."""
+    if grad.stride() != x.stride() or not _dense(grad) or (plus is not None and plus.stride() != x.stride()):
         # PyTorch's ops, whose output layout (which the layers before read, and sum in that
         # order) follows both operands' strides: the kernel's would always be x's.
-        return clipped_gradient(grad.float(), x, clip_value)
+        clipped = clipped_gradient(grad.float(), x, clip_value)
+        return clipped if plus is None else plus + clipped
     out = torch.empty_like(x)
     low, high = open_bounds(clip_value, torch.float32)
-    fast.clipped_grad_bf16(_flat(grad), _flat(x.detach()), low, high, _flat(out), torch.get_num_threads())
+    added = None if plus is None else _flat(plus.detach())
+    fast.clipped_grad_bf16(_flat(grad), _flat(x.detach()), low, high, _flat(out), torch.get_num_threads(), added)
     return out
 
 

@@ -198,9 +198,11 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         return self.padding[0], self.padding[1]
 
     # Set by bnnkit.nn.batchnorm.link_bfloat16_maps where a bnnkit BatchNorm2d alone reads the output
-    # (feeds_batchnorm), or alone makes the input and may hand over its sign (takes_signs).
+    # (feeds_batchnorm), or makes the input and may hand over its sign, as the input (takes_signs)
+    # or beside it (shares_sign: bf16.HANDED_SIGN).
     feeds_batchnorm = False
     takes_signs = False
+    shares_sign = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq = self._quantized(x)
@@ -224,6 +226,9 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     def _quantized_input(self, x: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
         if self.takes_signs and x.dtype == torch.bfloat16:
             return x  # the linked BatchNorm's own clipped sign (fused_sign_clip)
+        handed = getattr(x, bf16.HANDED_SIGN, None) if self.shares_sign else None
+        if handed is not None:
+            return handed
         clip = self.fused_sign_clip(x)
         fused = None if clip is None else bf16.clipped_sign_for_conv(x, clip, wq)
         return super()._quantized_input(x, wq) if fused is None else fused

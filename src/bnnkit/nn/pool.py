@@ -1,4 +1,4 @@
-"""The models' 2x2 max-pool: ``nn.MaxPool2d(2)`` whose pass on a CPU runs in bnnkit's host
+"""The models' pools. The 2x2 max-pool: ``nn.MaxPool2d(2)`` whose pass on a CPU runs in bnnkit's host
 kernels (``bnnkit.runtime.fast.maxpool2``) where the map allows it.
 
 ATen's CPU pool keeps an int64 index per output for the backward, which zero-fills the
@@ -13,6 +13,11 @@ Between a bfloat16 convolution and the BatchNorm that takes its product unwidene
 (``bnnkit.nn.batchnorm.link_bfloat16_maps``) the map and its gradient are bfloat16: the kernels
 pool them as they are (the maximum of bfloat16 values is one of them, and its gradient is
 copied, not summed), and so does ATen's pool where the kernels do not take the map.
+
+The global average pool (``GlobalAvgPool``, ``nn.AdaptiveAvgPool2d(1)``) returns a channels-last
+map's gradient channels-last: ATen's mean backward divides the broadcast gradient into a
+contiguous (NCHW) map, which sends the BatchNorms of a ResNet's last stage to ATen's NCHW
+backward instead of bnnkit's kernels, at a few times their cost (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -68,3 +73,33 @@ class MaxPool2x2(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _HostMaxPool2.apply(x) if _host_pool_takes(x) else super().forward(x)
+
+
+class _ChannelsLastMean(torch.autograd.Function):
+    """The mean over H and W, keeping both; its gradient laid out as the input. Each input
+    gradient is the output's divided by H·W, as ATen's mean backward computes it."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape  # type: ignore[attr-defined]
+        return x.mean((2, 3), keepdim=True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        shape = ctx.shape  # type: ignore[attr-defined]
+        spread = (grad / (shape[2] * shape[3])).expand(shape)
+        return spread.contiguous(memory_format=torch.channels_last)
+
+
+class GlobalAvgPool(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d(1)`` whose gradient keeps a channels-last map's layout (module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        traced = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+        if x.dim() == 4 and x.requires_grad and x.is_contiguous(memory_format=torch.channels_last) and not traced:
+            return _ChannelsLastMean.apply(x)
+        return super().forward(x)

@@ -130,7 +130,7 @@ def library() -> ctypes.CDLL:
     lib.bnn_bn_supported.argtypes, lib.bnn_bn_supported.restype = [], ctypes.c_int
     lib.bnn_sign_bf16.argtypes = [ptr, ptr, i64, ctypes.c_int]
     lib.bnn_sum_bf16.argtypes = [ptr, ptr, ptr, i64, ctypes.c_int]
-    lib.bnn_clipped_grad_bf16.argtypes = [ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, i64, ctypes.c_int]
+    lib.bnn_clipped_grad_bf16.argtypes = [ptr, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, i64, ctypes.c_int]
     f64, cint = ctypes.c_double, ctypes.c_int
     lib.bnn_bn_forward.argtypes = [
         ptr,
@@ -151,7 +151,7 @@ def library() -> ctypes.CDLL:
         ptr,
         ptr,
         ptr,
-        cint,
+        ptr,
         ptr,
     ]
     f32 = ctypes.c_float
@@ -460,16 +460,27 @@ def sum_bf16(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, thread
 
 
 def clipped_grad_bf16(
-    grad: np.ndarray, x: np.ndarray, low: float, high: float, out: np.ndarray | None = None, threads: int = 1
+    grad: np.ndarray,
+    x: np.ndarray,
+    low: float,
+    high: float,
+    out: np.ndarray | None = None,
+    threads: int = 1,
+    plus: np.ndarray | None = None,
 ) -> np.ndarray:
     """The bfloat16 gradient ``grad`` (uint16 bits) as float32 (into ``out`` if given) where
     ``low < x < high``, +0.0 elsewhere (NaN included): ``hardtanh_backward(grad.float(), x, low, high)``
-    in one pass."""
+    in one pass; added to the float32 ``plus`` where given (``plus + that``, as autograd adds a
+    map's gradients from two readers)."""
     _check_array(x, x.shape[:1], "clipped_grad_bf16")
     _check_array(grad, x.shape, "clipped_grad_bf16", np.uint16)
+    if plus is not None:
+        _check_array(plus, x.shape, "clipped_grad_bf16")
     out = np.empty(len(x), np.float32) if out is None else out
     _check_array(out, x.shape, "clipped_grad_bf16")
-    library().bnn_clipped_grad_bf16(grad.ctypes.data, x.ctypes.data, out.ctypes.data, low, high, len(x), threads)
+    library().bnn_clipped_grad_bf16(
+        grad.ctypes.data, x.ctypes.data, _address(plus), out.ctypes.data, low, high, len(x), threads
+    )
     return out
 
 
@@ -494,22 +505,27 @@ def batchnorm_forward(
     chunks: int,
     signs: bool = False,
     residual: np.ndarray | None = None,
+    signs_into: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BatchNorm's training forward of ``x`` (rows, channels), ATen's bits for ``chunks`` of its
     threads (``batchnorm_fits``): the output, the batch mean and 1 / sqrt(var + eps) per channel.
     ``running`` (mean, var) move towards the batch's statistics in place. ``x`` is float32, or
     bfloat16 as the uint16 of its bits (``_map_dtype``); the output is float32 either way, plus the
     float32 ``residual`` (rows, channels) where given, or with ``signs`` its sign as bfloat16 bits
-    (``sign_bf16`` of it)."""
+    (``sign_bf16`` of it) instead. ``signs_into`` (rows, channels, uint16): that sign written there
+    too, beside the float32 output."""
     rows, c = x.shape
     _check_array(x, (rows, c), "batchnorm_forward", _map_dtype(x))
     if residual is not None:
         _check_array(residual, (rows, c), "batchnorm_forward")
+    if signs_into is not None:
+        _check_array(signs_into, (rows, c), "batchnorm_forward", np.uint16)
     for a in (weight, bias, *(running or ())):
         _check_array(a, (c,), "batchnorm_forward")
     if not batchnorm_fits(rows, c, chunks):
         raise BnnkitError(f"batchnorm_forward: cannot take {rows} x {c} in {chunks} chunks")
     y = np.empty((rows, c), BF16_BITS if signs else np.float32)
+    sign_bits = y if signs else signs_into
     mean, invstd, alpha, beta = (np.empty(c, np.float32) for _ in range(4))
     partial = np.empty((chunks, c), np.float32)
     rm, rv = running or (None, None)
@@ -517,7 +533,7 @@ def batchnorm_forward(
         *(x.ctypes.data, int(x.dtype == BF16_BITS), rows, c, chunks, chunks, partial.ctypes.data, weight.ctypes.data),
         bias.ctypes.data,
         *(_address(rm), _address(rv), momentum, eps, mean.ctypes.data, invstd.ctypes.data, alpha.ctypes.data),
-        *(beta.ctypes.data, y.ctypes.data, int(signs), _address(residual)),
+        *(beta.ctypes.data, None if signs else y.ctypes.data, _address(sign_bits), _address(residual)),
     )
     return y, mean, invstd
 

@@ -20,8 +20,8 @@
  * even, NaN to 0xFFFF), which the convolution's backward would otherwise apply to it.
  *
  * Before a binary convolution that takes the clipped sign of this output in bfloat16
- * (bnnkit.nn.bf16.clipped_sign_for_conv), the forward may write that sign instead of y (sign_out:
- * +1 for y >= 0 and NaN, -1 below, as bfloat16 bits), and the backward take the sign's bfloat16
+ * (bnnkit.nn.bf16.clipped_sign_for_conv), the forward may write that sign instead of y or beside
+ * it (signs: +1 for y >= 0 and NaN, -1 below, as bfloat16 bits), and the backward take the sign's bfloat16
  * gradient (dy_signs): dy is that gradient widened where low < y < high and +0.0 elsewhere (NaN
  * included), y recomputed from x exactly as the forward computed it. The same bits as the sign's
  * own kernels (sign.c) between the two, without y's float32 map. */
@@ -192,14 +192,15 @@ static double total(const float *partial, int64_t c, int chunks, int64_t k)
 /* The forward of training: the batch's mean and 1 / sqrt(var + eps) of each channel (mean and
  * invstd, for the backward), y = x * alpha + beta with alpha = invstd * weight and beta = bias -
  * mean * alpha (plus the float32 map `residual` where it is not NULL: a residual block's addition,
- * rounded once as PyTorch's own; or, sign_out, y's sign as bfloat16 bits), and the running
+ * rounded once as PyTorch's own), written where y is not NULL, and its sign as bfloat16 bits where
+ * signs is not NULL, and the running
  * statistics moved towards the batch's by `momentum` (where running_mean and running_var are not
  * NULL; the variance unbiased). */
 FMA_TARGET void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t c, int chunks, int threads,
                                float *partial,
                                const float *weight, const float *bias, float *running_mean, float *running_var,
                                double momentum, double eps, float *mean, float *invstd, float *alpha, float *beta,
-                               void *y, int sign_out, const float *residual)
+                               float *y, uint16_t *signs, const float *residual)
 {
     chunk_sums(x, x_bf16, NULL, NULL, rows, c, chunks, threads, 0, partial, NULL);
     for (int64_t k = 0; k < c; k++)
@@ -225,10 +226,10 @@ FMA_TARGET void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t 
             __m256 out = _mm256_fmadd_ps(xv, _mm256_loadu_ps(alpha + k), _mm256_loadu_ps(beta + k));
             if (residual)
                 out = _mm256_add_ps(out, _mm256_loadu_ps(residual + i * c + k));
-            if (sign_out)
-                store_sign((uint16_t *)y, i * c + k, out);
-            else
-                _mm256_storeu_ps((float *)y + i * c + k, out);
+            if (signs)
+                store_sign(signs, i * c + k, out);
+            if (y)
+                _mm256_storeu_ps(y + i * c + k, out);
         }
 }
 
@@ -281,12 +282,12 @@ FMA_TARGET void bnn_bn_backward(const void *x, int x_bf16, const void *dy, const
 int bnn_bn_supported(void) { return 0; }
 void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t c, int chunks, int threads, float *partial,
                     const float *weight, const float *bias, float *running_mean, float *running_var, double momentum,
-                    double eps, float *mean, float *invstd, float *alpha, float *beta, void *y, int sign_out,
+                    double eps, float *mean, float *invstd, float *alpha, float *beta, float *y, uint16_t *signs,
                     const float *residual)
 {
     (void)x, (void)x_bf16, (void)rows, (void)c, (void)chunks, (void)threads, (void)partial, (void)weight, (void)bias;
     (void)running_mean, (void)running_var, (void)momentum, (void)eps, (void)mean, (void)invstd, (void)alpha;
-    (void)beta, (void)y, (void)sign_out, (void)residual;
+    (void)beta, (void)y, (void)signs, (void)residual;
 }
 void bnn_bn_backward(const void *x, int x_bf16, const void *dy, const float *mean, const float *invstd,
                      const float *weight, int64_t rows, int64_t c, int chunks, int threads, float *partial, float *sum,

@@ -39,11 +39,12 @@ int64_t bnn_popcount_peak(int isa, const uint64_t *x, const uint64_t *w, int32_t
 
 /* sign.c: the clipped straight-through sign fused with bfloat16's conversions, over n elements of
  * the same memory layout: x -> sign(x) as bfloat16 bits; a bfloat16 gradient -> float32, 0 where
- * x is not strictly between low and high (NaN included); two bfloat16 maps -> their float32 sum. */
+ * x is not strictly between low and high (NaN included), plus the float32 map `plus` where it is
+ * not NULL; two bfloat16 maps -> their float32 sum. */
 void bnn_sign_bf16(const float *x, uint16_t *out, int64_t n, int threads);
 void bnn_sum_bf16(const uint16_t *a, const uint16_t *b, float *out, int64_t n, int threads);
-void bnn_clipped_grad_bf16(const uint16_t *grad, const float *x, float *out, float low, float high, int64_t n,
-                           int threads);
+void bnn_clipped_grad_bf16(const uint16_t *grad, const float *x, const float *plus, float *out, float low,
+                           float high, int64_t n, int threads);
 
 /* maxpool.c: the 2x2 max-pool of float32 (bf16: bfloat16) training maps, N x H x W x C (H, W even,
  * C % 4 == 0); tap (N x H/2 x W/2 x C) is the winning tap of each output, 0..3 in row order. */
@@ -55,13 +56,14 @@ void bnn_maxpool2_backward(const void *grad_out, const uint8_t *tap, void *grad_
 /* batchnorm.c: BatchNorm's training pass on rows x C maps (C % 8 == 0), float32 or (x_bf16)
  * bfloat16 in and the input gradient in the same type, ATen's results bit for bit; `chunks` is
  * ATen's thread count (its split of the rows), `partial` chunks x C floats of scratch.
- * sign_out / dy_signs: the output's sign in bfloat16 forward and its clipped gradient backward;
+ * y / signs: the float32 output and its sign in bfloat16 (either may be NULL); dy_signs: the
+ * gradient of that sign, clipped, as the backward's output gradient;
  * residual: a float32 map added to the output (a residual block's shortcut).
  * bnn_bn_supported: 0 where the kernels cannot match ATen (no AVX2 and FMA). */
 int bnn_bn_supported(void);
 void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t c, int chunks, int threads, float *partial,
                     const float *weight, const float *bias, float *running_mean, float *running_var, double momentum,
-                    double eps, float *mean, float *invstd, float *alpha, float *beta, void *y, int sign_out,
+                    double eps, float *mean, float *invstd, float *alpha, float *beta, float *y, uint16_t *signs,
                     const float *residual);
 void bnn_bn_backward(const void *x, int x_bf16, const void *dy, const float *mean, const float *invstd,
                      const float *weight, int64_t rows, int64_t c, int chunks, int threads, float *partial, float *sum,

@@ -8,7 +8,10 @@
  *
  * bnn_sum_bf16 adds the two bfloat16 halves of a binary convolution whose whole sum a bfloat16
  * output would round (bnnkit.nn.bf16.forward_parts): each half is an integer, so widening both
- * and adding them in float32 is exact. */
+ * and adding them in float32 is exact.
+ *
+ * bnn_clipped_grad_bf16 may add the clipped gradient to a float32 map `plus` (the gradient the
+ * map's other reader sends back), as autograd would add the two: one pass instead of two. */
 #include <stdint.h>
 #include <string.h>
 
@@ -41,13 +44,23 @@ void bnn_sum_bf16(const uint16_t *a, const uint16_t *b, float *out, int64_t n, i
         out[i] = widen(a[i]) + widen(b[i]);
 }
 
-void bnn_clipped_grad_bf16(const uint16_t *grad, const float *x, float *out, float low, float high, int64_t n,
-                           int threads)
+void bnn_clipped_grad_bf16(const uint16_t *grad, const float *x, const float *plus, float *out, float low,
+                           float high, int64_t n, int threads)
 {
     int64_t i;
+    /* grad is loaded whatever x holds: a load under the condition does not vectorise. plus has a
+     * loop of its own: 0 + (-0.0) is +0.0, so adding a zero map instead would change the sign of zeros. */
+    if (plus) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (i = 0; i < n; i++) {
+            float g = widen(grad[i]);
+            out[i] = plus[i] + ((x[i] > low && x[i] < high) ? g : 0.0f);
+        }
+        return;
+    }
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (i = 0; i < n; i++) {
-        float g = widen(grad[i]); /* loaded whatever x holds: a load under the condition does not vectorise */
+        float g = widen(grad[i]);
         out[i] = (x[i] > low && x[i] < high) ? g : 0.0f;
     }
 }
