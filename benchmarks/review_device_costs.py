@@ -47,7 +47,7 @@ def join(accuracy_csv: str, measured_csv: str, stage: str | None = None) -> list
                 "delta_top1": float(row["delta_top1"]) * 100,
                 # the paired interval, in points (None for the baseline and for a lone seed)
                 "ci": [None if (v := number(row, k)) is None else v * 100 for k in ("delta_ci_low", "delta_ci_high")],
-                "p_holm": number(row, "delta_p"),
+                "p_holm": number(row, "delta_p_holm"),
                 "flash": flash,
                 "ram": ram,
                 "instructions": insn,
@@ -92,7 +92,7 @@ def plot(table: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bnnkit.review.report import COLORS, _legend
+    from bnnkit.review.report import COLORS, category_legend
     from bnnkit.training.plots import label_points, save_figure
 
     points = [r for r in table if r["instructions_ratio"] is not None]
@@ -108,7 +108,7 @@ def plot(table: list[dict], path: str) -> None:
         ylabel="Δ top-1 vs baseline (points; error bar: 95% paired t interval)",
     )
     ax.grid(alpha=0.3)
-    _legend(ax, {r["category"] for r in points})
+    category_legend(ax, {r["category"] for r in points})
     label_points(
         ax, [r["instructions_ratio"] for r in points], [r["delta_top1"] for r in points], [r["label"] for r in points]
     )

@@ -51,6 +51,11 @@ class _HostMaxPool2(torch.autograd.Function):
         return tensor_view(fast.maxpool2_backward(g, tap.numpy(), ctx.threads)).permute(0, 3, 1, 2)  # type: ignore[attr-defined]
 
 
+def _traced() -> bool:
+    """Whether the pass is being traced or exported, which records ATen's ops, not autograd Functions."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
 def _host_pool_takes(x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
@@ -58,9 +63,7 @@ def _host_pool_takes(x: torch.Tensor) -> bool:
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
         and fast.maxpool2_fits(tuple(_nhwc(x).shape))
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and not torch.onnx.is_in_onnx_export()
+        and not _traced()
         and fast.builds()
     )
 
@@ -99,7 +102,6 @@ class GlobalAvgPool(nn.AdaptiveAvgPool2d):
         super().__init__(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        traced = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-        if x.dim() == 4 and x.requires_grad and x.is_contiguous(memory_format=torch.channels_last) and not traced:
+        if x.dim() == 4 and x.requires_grad and x.is_contiguous(memory_format=torch.channels_last) and not _traced():
             return _ChannelsLastMean.apply(x)
         return super().forward(x)

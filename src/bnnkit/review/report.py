@@ -376,7 +376,7 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3)
             ax.margins(x=0.08)
-            _legend(ax, {r["category"] for r in points})
+            category_legend(ax, {r["category"] for r in points})
             xs, ys = [r[cost] for r in points], [100 * r["top1_mean"] for r in points]
             label_points(ax, xs, ys, [r["label"] for r in points])
             save_figure(fig, folder / f"{prefix}acc_vs_{cost}.png")
@@ -398,7 +398,7 @@ def _plots(rows: list[dict], costs: list[str], folder: Path) -> list[Path]:
         ax.set(xlabel="Δ top-1 vs baseline (points; error bar: 95% paired t interval)", title=textwrap.fill(study, 90))
         ax.title.set_fontsize(9)
         ax.grid(axis="x", alpha=0.3)
-        _legend(ax, {r["category"] for r in bars})
+        category_legend(ax, {r["category"] for r in bars})
         save_figure(fig, folder / f"{prefix}delta_by_category.png")
         written.append(folder / f"{prefix}delta_by_category.png")
     return written
@@ -458,7 +458,7 @@ def _curves(runs: list[dict], folder: Path) -> list[Path]:
         ax.set(xlabel="epoch", ylabel="validation accuracy (%; mean over seeds)", title=textwrap.fill(study, 90))
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-        _legend(ax, set(category.values()))
+        category_legend(ax, set(category.values()))
         xs, ys, names = zip(*ends, strict=True)
         label_points(ax, xs, ys, names)
         path = folder / f"{f'study{i}_' if len(studies) > 1 else ''}val_curves.png"
@@ -467,7 +467,7 @@ def _curves(runs: list[dict], folder: Path) -> list[Path]:
     return written
 
 
-def _legend(ax, categories: set[str]) -> None:
+def category_legend(ax, categories: set[str]) -> None:
     from matplotlib.patches import Patch
 
     handles = [Patch(color=COLORS.get(c, "tab:gray"), label=c) for c in sorted(categories, key=_category_rank)]
