@@ -5,10 +5,12 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
+from bnnkit.errors import BnnkitError
 from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableThreshold, bf16, set_weight_binarization
 from bnnkit.quant import get_quantizer, quantizer_names
 from bnnkit.quant.sign import ClippedSteSign
 from bnnkit.recipe import BASELINE
+from bnnkit.runtime import fast
 from bnnkit.training import RunConfig, TrainOptions, train
 
 
@@ -38,11 +40,13 @@ def signs(*shape, generator, p_plus=0.5):
     ("cin", "kernel"),
     [(1, 3), (28, 3), (29, 3), (56, 3), (57, 3), (58, 3), (60, 3), (64, 3), (113, 3), (116, 3), (120, 3), (256, 1)],
 )
-def test_forward_parts_is_exactly_where_the_worst_sums_survive_the_rounding(cin, kernel):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_forward_parts_is_exactly_where_the_worst_sums_survive_the_rounding(cin, kernel, layout):
     # All ones: every interior output is the largest sum, cin·k², and the border ones each
     # smaller count of whole taps; one -1 more makes the next largest, cin·k² - 2; random
     # signs leaning to +1 give the sums in between. Beyond one product's bound _forward sums
-    # two halves of the input channels, exact where each half is (forward_parts 2).
+    # two halves of the input channels, exact where each half is (forward_parts 2); or, on
+    # a channels-last map, the host kernels' XNOR-popcount sums.
     gen = torch.Generator().manual_seed(cin)
     ones, flipped = torch.ones(2, cin, 6, 6), torch.ones(2, cin, 6, 6)
     flipped[0, 0, 2, 2] = -1.0
@@ -51,15 +55,39 @@ def test_forward_parts_is_exactly_where_the_worst_sums_survive_the_rounding(cin,
         (signs(2, cin, 6, 6, generator=gen, p_plus=0.97), signs(3, cin, kernel, kernel, generator=gen))
         for _ in range(4)
     ]
+    cases = [(x.contiguous(memory_format=layout), w) for x, w in cases]
     agree = [
         torch.equal(bf16._forward(x, w, 1, kernel // 2, 1, 1), F.conv2d(x, w, None, 1, kernel // 2)) for x, w in cases
     ]
     parts = bf16.forward_parts(cin, kernel * kernel, 1)
+    popcounts = bf16._popcounts(cases[0][0], kernel // 2, 1)
+    assert popcounts == (layout == torch.channels_last or cin == 1) or not fast.builds()
     assert (parts == 1) == bf16.exact_in_bf16(cin, kernel * kernel)
     if parts:
         assert all(agree)
-    else:  # the bound is tight: one of the two largest sums is already rounded
+    elif not popcounts:  # the bound is tight: one of the two largest sums is already rounded
         assert not (agree[0] and agree[1])
+
+
+@pytest.mark.skipif(not fast.builds(), reason="no C compiler")
+@pytest.mark.parametrize(
+    ("cin", "kernel", "stride", "padding", "cout"),
+    [(64, 3, 1, 1, 64), (64, 3, 2, 1, 128), (60, 3, 1, 0, 33), (96, 3, 2, 2, 16), (600, 1, 1, 0, 8), (64, 3, 1, 1, 7)],
+)
+def test_the_popcount_forward_is_the_float32_convolution(cin, kernel, stride, padding, cout):
+    """Channels that fill a word or not, strides, zero padding wider than a tap, output counts off
+    the kernels' block: the XNOR-popcount sums against PyTorch's float32 product."""
+    gen = torch.Generator().manual_seed(cin + cout)
+    x = signs(5, cin, 9, 11, generator=gen).contiguous(memory_format=torch.channels_last)
+    w = signs(cout, cin, kernel, kernel, generator=gen)
+    assert bf16.forward_parts(cin, kernel * kernel, 1) == 2 and bf16._popcounts(x, padding, 1)
+    out = bf16._forward(x, w, stride, padding, 1, 1)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, F.conv2d(x, w, None, stride, padding))
+    with pytest.raises(BnnkitError, match="bfloat16 bits"):
+        fast.binary_conv_sums(x.permute(0, 2, 3, 1).numpy(), (w > 0).numpy(), (1, 1), (1, 1))
+    with pytest.raises(BnnkitError, match="kernel"):
+        fast.binary_conv_sums(bf16.numpy_view(x.bfloat16().permute(0, 2, 3, 1)), w.numpy(), (1, 1), (1, 1))
 
 
 @pytest.mark.parametrize("features", [255, 256, 257, 510, 512, 514])

@@ -167,6 +167,17 @@ def test_the_sign_written_beside_the_output_and_the_gradients_added_in_its_clip_
     assert np.array_equal(added.view(np.uint32), expected.view(np.uint32))
     assert outside[:40].any() and (added[:40][outside[:40]].view(np.uint32) == 0).all()
 
+    # the backward that makes that sum in its first pass: the sum written, and the gradients of
+    # the BatchNorm for it, the same bits as the two passes apart
+    for other in (plus, None):
+        into = np.full((rows, c), np.nan, np.float32)
+        clip = fast.SavedClip(y, low, high, None if other is None else other.reshape(rows, c), into)
+        fused = fast.batchnorm_backward(x, grad.reshape(rows, c), mean, invstd, w, 2, clipped_by=clip)
+        dy = added if other is not None else clipped
+        apart = fast.batchnorm_backward(x, dy.reshape(rows, c), mean, invstd, w, 2)
+        assert np.array_equal(into.view(np.uint32), dy.reshape(rows, c).view(np.uint32))
+        assert all(np.array_equal(f, a) for f, a in zip(fused, apart, strict=True))
+
 
 @needs_kernels
 @pytest.mark.parametrize("residual", [False, True])

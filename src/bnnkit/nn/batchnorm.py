@@ -162,11 +162,29 @@ class _HostBatchNormSharedSign(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor | None, grad_sign: torch.Tensor | None):
-        out = ctx.saved_tensors[5]
-        dy = grad if grad_sign is None else bf16.clipped_sign_backward(grad_sign, out, ctx.clip, plus=grad)
-        if dy is None:
-            return (None,) * 9
-        return *_backward(ctx, dy), None, None, None, None, dy if ctx.needs_input_grad[7] else None, None
+        x, weight, _, mean, invstd, out = ctx.saved_tensors
+        if grad_sign is not None and all(g.stride() == x.stride() for g in (grad_sign, out, *_given(grad))):
+            # the kernels make the whole output gradient (also the residual's) in their first pass
+            dy = torch.empty_like(out)
+            low, high = open_bounds(ctx.clip, torch.float32)
+            clip = fast.SavedClip(_rows(out), low, high, None if grad is None else _rows(grad), _rows(dy))
+            saved = (mean.numpy(), invstd.numpy(), weight.detach().numpy())
+            grads = _gradients(
+                x,
+                fast.batchnorm_backward(
+                    _rows(x), _rows(grad_sign), *saved, ctx.chunks, ctx.needs_input_grad[0], clipped_by=clip
+                ),
+            )
+        else:
+            apart = grad if grad_sign is None else bf16.clipped_sign_backward(grad_sign, out, ctx.clip, plus=grad)
+            if apart is None:
+                return (None,) * 9
+            dy, grads = apart, _backward(ctx, apart)
+        return *grads, None, None, None, None, dy if ctx.needs_input_grad[7] else None, None
+
+
+def _given(grad: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    return () if grad is None else (grad,)
 
 
 def _channels_last(x: torch.Tensor) -> bool:

@@ -155,11 +155,24 @@ def _forward(
     if forward_parts(w.shape[1], w.shape[2] * w.shape[3], groups) == 1:
         product = F.conv2d(xb, wb, None, stride, padding, dilation, groups)
         return product.float() if widen else product
+    if _popcounts(xb, padding, dilation):
+        signs = numpy_view(xb.detach().permute(0, 2, 3, 1))
+        sums = fast.binary_conv_sums(signs, (wb > 0).numpy(), _pair(stride), _pair(padding), torch.get_num_threads())
+        return torch.from_numpy(sums).permute(0, 3, 1, 2)
     half = w.shape[1] // 2
     low, high = (
         F.conv2d(xb[:, part], wb[:, part], None, stride, padding, dilation) for part in (slice(half), slice(half, None))
     )
     return _sum(low, high)
+
+
+def _popcounts(xb: torch.Tensor, padding, dilation) -> bool:
+    """Whether the host kernels' XNOR-popcount convolution (``fast.binary_conv_sums``) takes a
+    forward that bfloat16 holds only in two halves: a channels-last map, as the training step
+    lays maps out. It makes the same integer sums in one pass instead of two products and their
+    addition (about 0.4x the time for 64 channels at 7x7, docs/performance.md)."""
+    plain = not isinstance(padding, str) and _pair(dilation) == [1, 1]
+    return plain and xb.is_contiguous(memory_format=torch.channels_last) and fast.builds()
 
 
 def _sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -29,16 +29,17 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnnkit.errors import BnnkitError
-from bnnkit.graph import INT32_MIN, OPS, Family, Graph, Op, OpTable, out_size, pad_of, pair
+from bnnkit.graph import INT32_MIN, OPS, Family, Graph, Op, OpTable, PadMode, out_size, pad_of, pair
 from bnnkit.runtime import numpy_ref
 from bnnkit.runtime.c import pack_words
 from bnnkit.runtime.toolchain import FAST_CFLAGS, OPENMP, SANITIZE, host_cc, run_tool
@@ -156,7 +157,7 @@ def library() -> ctypes.CDLL:
     ]
     f32 = ctypes.c_float
     lib.bnn_bn_backward.argtypes = [ptr, cint, ptr, ptr, ptr, ptr, i64, i64, cint, cint, ptr, ptr, ptr, ptr, ptr, ptr]
-    lib.bnn_bn_backward.argtypes += [cint, ptr, f32, f32, ptr, ptr]
+    lib.bnn_bn_backward.argtypes += [cint, ptr, f32, f32, ptr, ptr, ptr, ptr, ptr]
     return lib
 
 
@@ -350,6 +351,28 @@ class Layer:
         return np.moveaxis(out, -1, 1)
 
 
+def binary_conv_sums(
+    signs: np.ndarray, weight: np.ndarray, stride: Sequence[int], padding: Sequence[int], threads: int = 1
+) -> np.ndarray:
+    """A zero-padded convolution of ±1 maps, ``signs`` (N, H, W, C) as bfloat16 bits (the sign bit
+    clear for +1), with the ±1 kernel ``weight`` (O, C, kh, kw; True for +1): its integer sums in
+    float32, (N, Ho, Wo, O), by XNOR and popcount. Exact, so the same values as any float product
+    whose sums it holds (``bnnkit.nn.bf16``'s training forward)."""
+    if signs.dtype != BF16_BITS or signs.ndim != 4:
+        raise BnnkitError(f"binary_conv_sums: (N, H, W, C) bfloat16 bits, got {signs.dtype} {signs.shape}")
+    _, h, w, c = signs.shape
+    if weight.dtype != bool or weight.ndim != 4 or weight.shape[1] != c:
+        raise BnnkitError(f"binary_conv_sums: a bool (O, {c}, kh, kw) kernel, got {weight.dtype} {weight.shape}")
+    attrs = {"stride": list(stride), "padding": list(padding), "pad": PadMode.ZERO.mode}
+    layer = Layer(Op("binary_conv2d", ["x"], "y", attrs, {"weight": weight}), (c, h, w))
+    plus = (signs >> 15) == 0
+    # 64 channels to a word: NumPy's little-endian bytes are the words as they are
+    words = np.packbits(plus, axis=-1, bitorder="little").view("<u8") if c % 64 == 0 else pack_words(plus, 64)
+    sums = layer(Packed(words, (c, h, w)), threads=threads)
+    assert isinstance(sums, np.ndarray)  # no threshold: the int32 sums
+    return np.moveaxis(sums, 1, -1).astype(np.float32)  # back to the (N, Ho, Wo, O) the kernel wrote: no gather
+
+
 def _xor_form(threshold: Op) -> tuple[np.ndarray, np.ndarray]:
     """The threshold as bit = (sum >= t) XOR f, which the kernels evaluate without a
     branch: ``sum <= t`` is ``not sum >= t + 1``; for t = INT32_MAX it always holds, and
@@ -538,6 +561,19 @@ def batchnorm_forward(
     return y, mean, invstd
 
 
+class SavedClip(NamedTuple):
+    """How ``batchnorm_backward`` makes the output gradient of a BatchNorm whose output has two
+    readers, the clipped sign's and another (a residual block's input): ``plus`` (float32, or None)
+    + the sign's bfloat16 gradient where low < ``output`` < high, as ``clipped_grad_bf16(..., plus)``
+    makes it, written to ``into`` (float32): the other reader's layers read it too."""
+
+    output: np.ndarray
+    low: float
+    high: float
+    plus: np.ndarray | None
+    into: np.ndarray
+
+
 def batchnorm_backward(
     x: np.ndarray,
     grad: np.ndarray,
@@ -547,29 +583,38 @@ def batchnorm_backward(
     chunks: int,
     input_grad: bool = True,
     sign_of: tuple[np.ndarray, float, float] | None = None,
+    clipped_by: SavedClip | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """The gradients of ``batchnorm_forward`` for the float32 output gradient ``grad``: of x (None
     without ``input_grad``; in x's type, a bfloat16 one rounded as PyTorch casts), of the weight
     and of the bias, ATen's bits. ``sign_of`` (bias, low, high): ``grad`` is instead the bfloat16
     gradient (uint16 bits) of the output's sign (``batchnorm_forward(..., signs=True)``), which
-    passes it where low < output < high (``clipped_grad_bf16`` of it)."""
+    passes it where low < output < high (``clipped_grad_bf16`` of it). ``clipped_by``: the same,
+    clipped by the saved output, plus the other reader's gradient, that whole output gradient
+    written as it is made (``SavedClip``)."""
     rows, c = x.shape
     _check_array(x, (rows, c), "batchnorm_backward", _map_dtype(x))
-    _check_array(grad, (rows, c), "batchnorm_backward", np.float32 if sign_of is None else np.uint16)
+    signs = sign_of is not None or clipped_by is not None
+    _check_array(grad, (rows, c), "batchnorm_backward", np.uint16 if signs else np.float32)
     bias, low, high = sign_of or (None, 0.0, 0.0)
     for a in (mean, invstd, weight, *(() if bias is None else (bias,))):
         _check_array(a, (c,), "batchnorm_backward")
+    if clipped_by is not None:
+        low, high = clipped_by.low, clipped_by.high
+        for a in (clipped_by.output, clipped_by.into, *(() if clipped_by.plus is None else (clipped_by.plus,))):
+            _check_array(a, (rows, c), "batchnorm_backward")
     if not batchnorm_fits(rows, c, chunks):
         raise BnnkitError(f"batchnorm_backward: cannot take {rows} x {c} in {chunks} chunks")
     dx = np.empty_like(x) if input_grad else None
     grad_bias, dotp, scale, grad_mean, alpha, beta = (np.empty(c, np.float32) for _ in range(6))
     partial = np.empty((2, chunks, c), np.float32)
+    saved = (None, None, None) if clipped_by is None else (clipped_by.output, clipped_by.plus, clipped_by.into)
     library().bnn_bn_backward(
         *(x.ctypes.data, int(x.dtype == BF16_BITS), grad.ctypes.data, mean.ctypes.data, invstd.ctypes.data),
         *(weight.ctypes.data, rows, c),
         *(chunks, chunks, partial.ctypes.data, grad_bias.ctypes.data, dotp.ctypes.data, scale.ctypes.data),
-        *(grad_mean.ctypes.data, _address(dx), int(sign_of is not None), _address(bias), low, high),
-        *(alpha.ctypes.data, beta.ctypes.data),
+        *(grad_mean.ctypes.data, _address(dx), 2 if clipped_by else int(sign_of is not None), _address(bias)),
+        *(low, high, alpha.ctypes.data, beta.ctypes.data, *map(_address, saved)),
     )
     return dx, dotp * invstd, grad_bias
 

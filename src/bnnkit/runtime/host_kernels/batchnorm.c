@@ -24,7 +24,14 @@
  * it (signs: +1 for y >= 0 and NaN, -1 below, as bfloat16 bits), and the backward take the sign's bfloat16
  * gradient (dy_signs): dy is that gradient widened where low < y < high and +0.0 elsewhere (NaN
  * included), y recomputed from x exactly as the forward computed it. The same bits as the sign's
- * own kernels (sign.c) between the two, without y's float32 map. */
+ * own kernels (sign.c) between the two, without y's float32 map.
+ *
+ * Where the output has a second reader (a residual block's input: the shortcut beside the first
+ * convolution), the backward may take the sign's gradient with the saved output y and the second
+ * reader's float32 gradient (plus): the first pass then makes the whole output gradient, plus +
+ * the clipped one as sign.c's bnn_clipped_grad_bf16 makes it, writes it (the shortcut's gradient
+ * too) and sums it; the second pass reads it back. One pass over the maps fewer than making it
+ * apart. */
 #include <stdint.h>
 #include <string.h>
 
@@ -46,13 +53,20 @@ static inline __attribute__((always_inline)) FMA_TARGET __m256 load_x(const void
     return _mm256_loadu_ps((const float *)x + at);
 }
 
-/* The output's gradient as the backward reads it: float32 dy, or (signs) the bfloat16 gradient of
- * the output's clipped sign, with what recomputes the output (y = x * alpha + beta) and the clip. */
+/* The output's gradient as the backward reads it (signs):
+ *   SIGNS_NONE: float32 dy;
+ *   SIGNS_RECOMPUTED: the bfloat16 gradient of the output's clipped sign, the output recomputed
+ *     (y = x * alpha + beta) for the clip;
+ *   SIGNS_SAVED: that gradient clipped by the saved output y, plus the float32 map `plus` where it
+ *     is not NULL, written to `combined` as it is read. */
+enum { SIGNS_NONE, SIGNS_RECOMPUTED, SIGNS_SAVED };
 struct out_grad {
     const void *dy;
     int signs;
     const float *alpha, *beta;
     float low, high;
+    const float *y, *plus;
+    float *combined;
 };
 
 /* Eight 32-bit lanes, each at most 0xFFFF, stored as 16 bits at element `at`. */
@@ -81,17 +95,24 @@ static inline __attribute__((always_inline)) FMA_TARGET void store_sign(uint16_t
     store_u16(out, at, _mm256_or_si256(minus, _mm256_set1_epi32(0x3F80)));
 }
 
-/* The output's gradient at element `at` of channel k (its x: xv): g->dy's, or (signs) the clipped
- * sign's bfloat16 gradient where low < y < high for y = x * alpha + beta, +0.0 elsewhere. */
+/* The output's gradient at element `at` of channel k (its x: xv), as struct out_grad says: the
+ * clipped sign's bfloat16 gradient where low < y < high, +0.0 elsewhere (NaN included). */
 static inline __attribute__((always_inline)) FMA_TARGET __m256 load_dy(const struct out_grad *g, int signs,
                                                                         int64_t at, int64_t k, __m256 xv)
 {
-    if (!signs)
+    if (signs == SIGNS_NONE)
         return _mm256_loadu_ps((const float *)g->dy + at);
-    __m256 y = _mm256_fmadd_ps(xv, _mm256_loadu_ps(g->alpha + k), _mm256_loadu_ps(g->beta + k));
+    __m256 y = signs == SIGNS_SAVED ? _mm256_loadu_ps(g->y + at)
+                                    : _mm256_fmadd_ps(xv, _mm256_loadu_ps(g->alpha + k), _mm256_loadu_ps(g->beta + k));
     __m256 inside = _mm256_and_ps(_mm256_cmp_ps(y, _mm256_set1_ps(g->low), _CMP_GT_OQ),
                                   _mm256_cmp_ps(y, _mm256_set1_ps(g->high), _CMP_LT_OQ));
-    return _mm256_and_ps(inside, load_x(g->dy, at, 1));
+    __m256 d = _mm256_and_ps(inside, load_x(g->dy, at, 1));
+    if (signs != SIGNS_SAVED)
+        return d;
+    if (g->plus) /* as bnn_clipped_grad_bf16 adds: plus + clipped (0 + (-0.0) would not be -0.0) */
+        d = _mm256_add_ps(_mm256_loadu_ps(g->plus + at), d);
+    _mm256_storeu_ps(g->combined + at, d);
+    return d;
 }
 
 int bnn_bn_supported(void)
@@ -112,7 +133,8 @@ static void chunk_rows(int64_t rows, int chunks, int t, int64_t *first, int64_t 
  *   what 0: acc += x                                   (the mean's sum)
  *   what 1: acc = fma(x - mean, x - mean, acc)         (the variance's sum of squares)
  *   what 2: acc += dy, acc2 = fma(x - mean, dy, acc2)  (the backward's sum and dot product)
- *   what 3: what 2, dy from the sign's gradient        (load_dy) */
+ *   what 3: what 2, dy from the sign's gradient        (load_dy, SIGNS_RECOMPUTED)
+ *   what 4: what 2, dy from the sign's gradient        (load_dy, SIGNS_SAVED) */
 static inline __attribute__((always_inline)) FMA_TARGET void sum_rows(const void *x, int x_bf16,
                                                                        const struct out_grad *dy, const float *mean,
                                                                        int64_t c, int64_t k0, int64_t first,
@@ -134,7 +156,7 @@ static inline __attribute__((always_inline)) FMA_TARGET void sum_rows(const void
                 __m256 d = _mm256_sub_ps(xv, m[v]);
                 a[v] = _mm256_fmadd_ps(d, d, a[v]);
             } else {
-                __m256 g = load_dy(dy, what == 3, i * c + k0 + 8 * v, k0 + 8 * v, xv);
+                __m256 g = load_dy(dy, what - 2, i * c + k0 + 8 * v, k0 + 8 * v, xv);
                 a[v] = _mm256_add_ps(a[v], g);
                 a2[v] = _mm256_fmadd_ps(_mm256_sub_ps(xv, m[v]), g, a2[v]);
             }
@@ -164,13 +186,13 @@ static FMA_TARGET void chunk_sums(const void *x, int x_bf16, const struct out_gr
             int nv = left < MAX_VECTORS ? (int)left : MAX_VECTORS;
             float *acc = partial + t * c, *acc2 = partial2 ? partial2 + t * c : NULL;
             /* one call per count and type, so each inlined copy keeps its accumulators in registers */
-            switch ((nv * 4 + what) * 2 + x_bf16) {
+            switch ((nv * 5 + what) * 2 + x_bf16) {
 #define CASE(n, w, b)                                                         \
-    case (n * 4 + w) * 2 + b:                                                 \
+    case (n * 5 + w) * 2 + b:                                                 \
         sum_rows(x, b, dy, mean, c, k0, first, last, n, w, acc, acc2);        \
         break;
 #define CASES(n, w) CASE(n, w, 0) CASE(n, w, 1)
-#define ALL(n) CASES(n, 0) CASES(n, 1) CASES(n, 2) CASES(n, 3)
+#define ALL(n) CASES(n, 0) CASES(n, 1) CASES(n, 2) CASES(n, 3) CASES(n, 4)
                 ALL(1) ALL(2) ALL(3) ALL(4)
 #undef ALL
 #undef CASES
@@ -236,21 +258,25 @@ FMA_TARGET void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t 
 /* The backward: sum (ATen's grad_bias) and dotp of each channel, then every input gradient
  *   dx = ((dy - sum / N) - (x - mean) * scale) * invstd * w,  scale = dotp * invstd * invstd / N,
  * with the subtraction of the product fused, in x's type. `partial` holds 2 x chunks x C floats;
- * scale and grad_mean are C floats of scratch. With dy_signs, dy is the bfloat16 gradient of the
- * output's clipped sign (load_dy), the output recomputed from bias as the forward computed it
- * (alpha and beta: C floats of scratch). */
+ * scale and grad_mean are C floats of scratch. dy_signs says what dy is (struct out_grad): with
+ * SIGNS_RECOMPUTED the output is recomputed from bias as the forward computed it (alpha and
+ * beta: C floats of scratch); with SIGNS_SAVED it is y, and the whole output gradient is written
+ * to `combined` (rows x C floats), which the second pass reads. */
 FMA_TARGET void bnn_bn_backward(const void *x, int x_bf16, const void *dy, const float *mean, const float *invstd,
                                 const float *weight, int64_t rows, int64_t c, int chunks, int threads,
                                 float *partial, float *sum, float *dotp, float *scale, float *grad_mean, void *dx,
-                                int dy_signs, const float *bias, float low, float high, float *alpha, float *beta)
+                                int dy_signs, const float *bias, float low, float high, float *alpha, float *beta,
+                                const float *y, const float *plus, float *combined)
 {
-    struct out_grad g = {dy, dy_signs, alpha, beta, low, high};
-    if (dy_signs)
+    struct out_grad g = {dy, dy_signs, alpha, beta, low, high, y, plus, combined};
+    if (dy_signs == SIGNS_RECOMPUTED)
         for (int64_t k = 0; k < c; k++) { /* as bnn_bn_forward computes them */
             alpha[k] = invstd[k] * weight[k];
             beta[k] = __builtin_fmaf(-mean[k], alpha[k], bias[k]);
         }
-    chunk_sums(x, x_bf16, &g, mean, rows, c, chunks, threads, dy_signs ? 3 : 2, partial, partial + chunks * c);
+    chunk_sums(x, x_bf16, &g, mean, rows, c, chunks, threads, 2 + dy_signs, partial, partial + chunks * c);
+    if (dy_signs == SIGNS_SAVED)
+        g = (struct out_grad){.dy = combined, .signs = SIGNS_NONE};
     float n = (float)rows;
     for (int64_t k = 0; k < c; k++) {
         sum[k] = (float)total(partial, c, chunks, k);
@@ -264,7 +290,7 @@ FMA_TARGET void bnn_bn_backward(const void *x, int x_bf16, const void *dy, const
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (i = 0; i < rows; i++)
         for (int64_t k = 0; k < c; k += 8) {
-            __m256 xv = load_x(x, i * c + k, x_bf16), d = load_dy(&g, dy_signs, i * c + k, k, xv);
+            __m256 xv = load_x(x, i * c + k, x_bf16), d = load_dy(&g, g.signs, i * c + k, k, xv);
             __m256 centred = _mm256_fnmadd_ps(_mm256_sub_ps(xv, _mm256_loadu_ps(mean + k)),
                                               _mm256_loadu_ps(scale + k),
                                               _mm256_sub_ps(d, _mm256_loadu_ps(grad_mean + k)));
@@ -292,11 +318,11 @@ void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t c, int chun
 void bnn_bn_backward(const void *x, int x_bf16, const void *dy, const float *mean, const float *invstd,
                      const float *weight, int64_t rows, int64_t c, int chunks, int threads, float *partial, float *sum,
                      float *dotp, float *scale, float *grad_mean, void *dx, int dy_signs, const float *bias, float low,
-                     float high, float *alpha, float *beta)
+                     float high, float *alpha, float *beta, const float *y, const float *plus, float *combined)
 {
     (void)x, (void)x_bf16, (void)dy, (void)mean, (void)invstd, (void)weight, (void)rows, (void)c, (void)chunks, (void)threads;
     (void)partial, (void)sum, (void)dotp, (void)scale, (void)grad_mean, (void)dx, (void)dy_signs, (void)bias, (void)low;
-    (void)high, (void)alpha, (void)beta;
+    (void)high, (void)alpha, (void)beta, (void)y, (void)plus, (void)combined;
 }
 
 #endif

@@ -57,7 +57,8 @@ void bnn_maxpool2_backward(const void *grad_out, const uint8_t *tap, void *grad_
  * bfloat16 in and the input gradient in the same type, ATen's results bit for bit; `chunks` is
  * ATen's thread count (its split of the rows), `partial` chunks x C floats of scratch.
  * y / signs: the float32 output and its sign in bfloat16 (either may be NULL); dy_signs: the
- * gradient of that sign, clipped, as the backward's output gradient;
+ * gradient of that sign, clipped, as the backward's output gradient: 1 by the output recomputed,
+ * 2 by the saved output y, plus `plus` (or NULL), that sum written to `combined`;
  * residual: a float32 map added to the output (a residual block's shortcut).
  * bnn_bn_supported: 0 where the kernels cannot match ATen (no AVX2 and FMA). */
 int bnn_bn_supported(void);
@@ -68,6 +69,6 @@ void bnn_bn_forward(const void *x, int x_bf16, int64_t rows, int64_t c, int chun
 void bnn_bn_backward(const void *x, int x_bf16, const void *dy, const float *mean, const float *invstd,
                      const float *weight, int64_t rows, int64_t c, int chunks, int threads, float *partial, float *sum,
                      float *dotp, float *scale, float *grad_mean, void *dx, int dy_signs, const float *bias, float low,
-                     float high, float *alpha, float *beta);
+                     float high, float *alpha, float *beta, const float *y, const float *plus, float *combined);
 
 #endif
