@@ -150,7 +150,8 @@ class _HostBatchNormSharedSign(torch.autograd.Function):
     """The BatchNorm (plus ``residual`` where given) and, in the same pass, the clipped sign of its
     output for the binary convolution that reads it beside one other reader (a residual block's
     input: the first convolution and the shortcut). Backward, the two readers' gradients are
-    added in the pass that clips the sign's: the same bits as the sign made and clipped apart."""
+    added as the first of the kernels' two passes clips the sign's and sums the result
+    (``fast.SavedClip``): the same bits as the sign made and clipped apart."""
 
     @staticmethod
     def forward(ctx: Any, x, weight, bias, running_mean, running_var, momentum: float, eps: float, residual, clip):

@@ -11,7 +11,9 @@ number of channels per group (each valid tap adds that many products) is exact u
 that bound this forward costs about half of float32's on a CPU with AVX512-BF16
 (docs/performance.md). A convolution with up to twice that (64 input channels of a 3×3
 kernel, as in ResNet-20's last stage) sums each half of its input channels in bfloat16 and
-adds the two halves in float32, exactly (``forward_parts``).
+adds the two halves in float32, exactly (``forward_parts``). On a channels-last map (a training
+step's layout) the host's XNOR-popcount kernel makes those sums instead, in one pass
+(``fast.binary_conv_sums``): integers, so the same values.
 
 The gradients are a separate choice, made per training run (``gradient_precision``):
 
