@@ -172,7 +172,7 @@ def _popcounts(xb: torch.Tensor, padding, dilation) -> bool:
     """Whether the host kernels' XNOR-popcount convolution (``fast.binary_conv_sums``) takes a
     forward that bfloat16 holds only in two halves: a channels-last map, as the training step
     lays maps out. It makes the same integer sums in one pass instead of two products and their
-    addition (about 0.4x the time for 64 channels at 7x7, docs/performance.md)."""
+    addition (about half the time for 64 channels at 7x7, docs/performance.md)."""
     plain = not isinstance(padding, str) and _pair(dilation) == [1, 1]
     return plain and xb.is_contiguous(memory_format=torch.channels_last) and fast.builds()
 

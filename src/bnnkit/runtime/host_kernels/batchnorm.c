@@ -109,7 +109,7 @@ static inline __attribute__((always_inline)) FMA_TARGET __m256 load_dy(const str
     __m256 d = _mm256_and_ps(inside, load_x(g->dy, at, 1));
     if (signs != SIGNS_SAVED)
         return d;
-    if (g->plus) /* as bnn_clipped_grad_bf16 adds: plus + clipped (0 + (-0.0) would not be -0.0) */
+    if (g->plus) /* as autograd adds the two: a -0.0 in plus where the clip passes nothing gives +0.0 */
         d = _mm256_add_ps(_mm256_loadu_ps(g->plus + at), d);
     _mm256_storeu_ps(g->combined + at, d);
     return d;
