@@ -91,14 +91,16 @@ def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
             grad, x.float(), weight, None, None, mean, invstd, True, ctx.eps, mask
         )
         return dx, dw, db
-    saved = (mean.numpy(), invstd.numpy(), weight.detach().numpy())
-    return _gradients(x, fast.batchnorm_backward(_rows(x), _rows(grad), *saved, ctx.chunks, ctx.needs_input_grad[0]))
+    return _host_backward(ctx, grad)
 
 
-def _gradients(
-    x: torch.Tensor, grads: tuple[np.ndarray | None, np.ndarray, np.ndarray]
-) -> tuple[torch.Tensor | None, ...]:
-    dx, dw, db = grads
+def _host_backward(ctx: Any, grad: torch.Tensor, **how: Any) -> tuple[torch.Tensor | None, ...]:
+    """The host kernels' gradients of x, the weight and the bias for the output gradient ``grad``:
+    float32, or the bfloat16 gradient of the output's sign as ``how`` says (``fast.batchnorm_backward``'s
+    ``sign_of`` or ``clipped_by``)."""
+    x, weight, _, mean, invstd = ctx.saved_tensors[:5]
+    stats = (mean.numpy(), invstd.numpy(), weight.detach().numpy())
+    dx, dw, db = fast.batchnorm_backward(_rows(x), _rows(grad), *stats, ctx.chunks, ctx.needs_input_grad[0], **how)
     return None if dx is None else _as_map(dx, x), torch.from_numpy(dw), torch.from_numpy(db)
 
 
@@ -131,13 +133,10 @@ class _HostBatchNormSign(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor):
-        x, weight, bias, mean, invstd = ctx.saved_tensors
+        x, weight, bias = ctx.saved_tensors[:3]
         if grad.dtype == torch.bfloat16 and grad.stride() == x.stride():  # x is channels-last and dense
-            bounds = open_bounds(ctx.clip, torch.float32)
-            saved = (mean.numpy(), invstd.numpy(), weight.detach().numpy())
-            sign_of = (bias.detach().numpy(), *bounds)
-            grads = fast.batchnorm_backward(_rows(x), _rows(grad), *saved, ctx.chunks, ctx.needs_input_grad[0], sign_of)
-            return *_gradients(x, grads), None, None, None, None, None
+            sign_of = (bias.detach().numpy(), *open_bounds(ctx.clip, torch.float32))
+            return *_host_backward(ctx, grad, sign_of=sign_of), None, None, None, None, None
         # another layout: the output again (the same bits), then the sign's backward and the
         # BatchNorm's, as they run apart
         params = (weight.detach().numpy(), bias.detach().numpy())
@@ -163,19 +162,13 @@ class _HostBatchNormSharedSign(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor | None, grad_sign: torch.Tensor | None):
-        x, weight, _, mean, invstd, out = ctx.saved_tensors
+        x, out = ctx.saved_tensors[0], ctx.saved_tensors[5]
         if grad_sign is not None and all(g.stride() == x.stride() for g in (grad_sign, out, *_given(grad))):
             # the kernels make the whole output gradient (also the residual's) in their first pass
             dy = torch.empty_like(out)
             low, high = open_bounds(ctx.clip, torch.float32)
             clip = fast.SavedClip(_rows(out), low, high, None if grad is None else _rows(grad), _rows(dy))
-            saved = (mean.numpy(), invstd.numpy(), weight.detach().numpy())
-            grads = _gradients(
-                x,
-                fast.batchnorm_backward(
-                    _rows(x), _rows(grad_sign), *saved, ctx.chunks, ctx.needs_input_grad[0], clipped_by=clip
-                ),
-            )
+            grads = _host_backward(ctx, grad_sign, clipped_by=clip)
         else:
             apart = grad if grad_sign is None else bf16.clipped_sign_backward(grad_sign, out, ctx.clip, plus=grad)
             if apart is None:

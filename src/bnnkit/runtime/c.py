@@ -51,10 +51,15 @@ def pack_words(bits: np.ndarray, word_bits: int = 32) -> np.ndarray:
     i % word_bits of word i // word_bits, unused bits 0."""
     bits = np.asarray(bits, dtype=bool)
     n = bits.shape[-1]
-    padded = np.zeros(bits.shape[:-1] + (-(-n // word_bits) * word_bits,), dtype=bool)
-    padded[..., :n] = bits
-    little_endian = np.packbits(padded, axis=-1, bitorder="little").view(f"<u{word_bits // 8}")
-    return little_endian.astype(f"u{word_bits // 8}")
+    if n % word_bits:
+        padded = np.zeros(bits.shape[:-1] + (-(-n // word_bits) * word_bits,), dtype=bool)
+        padded[..., :n] = bits
+        bits = padded
+    packed = np.ascontiguousarray(np.packbits(bits, axis=-1, bitorder="little"))  # a view's may not be
+    little_endian = packed.view(f"<u{word_bits // 8}")
+    # the bytes are already the words on a little-endian machine: no copy there (training's
+    # popcount forward packs a map every step)
+    return little_endian.astype(f"u{word_bits // 8}", copy=False)
 
 
 def _array(ctype: str, name: str, values: Sequence[str]) -> str:

@@ -365,10 +365,7 @@ def binary_conv_sums(
         raise BnnkitError(f"binary_conv_sums: a bool (O, {c}, kh, kw) kernel, got {weight.dtype} {weight.shape}")
     attrs = {"stride": list(stride), "padding": list(padding), "pad": PadMode.ZERO.mode}
     layer = Layer(Op("binary_conv2d", ["x"], "y", attrs, {"weight": weight}), (c, h, w))
-    plus = (signs >> 15) == 0
-    # 64 channels to a word: NumPy's little-endian bytes are the words as they are
-    words = np.packbits(plus, axis=-1, bitorder="little").view("<u8") if c % 64 == 0 else pack_words(plus, 64)
-    sums = layer(Packed(words, (c, h, w)), threads=threads)
+    sums = layer(Packed(pack_words((signs >> 15) == 0, 64), (c, h, w)), threads=threads)
     assert isinstance(sums, np.ndarray)  # no threshold: the int32 sums
     return np.moveaxis(sums, 1, -1).astype(np.float32)  # back to the (N, Ho, Wo, O) the kernel wrote: no gather
 
